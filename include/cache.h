@@ -1,0 +1,57 @@
+/* The token cache: tokens by (grant, user id, scope), single-flight minting,
+ * refresh ahead, least-recently-used eviction. It knows nothing of HTTP or of
+ * Instacart: tokens come from a fetch function, so a second tier (a shared
+ * store for a fleet) can sit behind it without changing its callers. */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "oauth.h"
+#include "token.h"
+
+typedef struct cache cache;
+
+/* Delivers a fetch's result: t is a new reference for the callee, or NULL. */
+typedef void (*cache_done_fn)(void *userdata, const mint_outcome *o, token *t);
+/* Starts fetching a token; must call done exactly once, from any thread
+ * (even before returning). */
+typedef void (*cache_fetch_fn)(void *source, enum oauth_grant grant, const char *user_id,
+                               const char *scope, cache_done_fn done, void *ctx);
+
+typedef struct cache_settings {
+    unsigned max_entries;
+    uint64_t min_ttl_ms;          /* least remaining lifetime of a token handed out */
+    unsigned refresh_before_pct;  /* refresh in the background this close to expiry */
+    uint64_t failure_ttl_ms;      /* how long a rejection for one key is remembered */
+    unsigned max_waiters;         /* callers waiting on one mint */
+    uint64_t retry_base_ms;       /* backoff of failed background refreshes */
+    uint64_t retry_max_ms;
+    uint64_t (*clock)(void);      /* now_ms unless a test says otherwise */
+} cache_settings;
+
+enum {
+    CACHE_HIT = 0,    /* *ret_token holds a token */
+    CACHE_MISS,       /* this call started a fetch; done will be called */
+    CACHE_COALESCED,  /* joined a fetch in flight; done will be called */
+    CACHE_FAILED,     /* a recent rejection for this key is remembered: *ret_outcome */
+};
+
+struct cache_stats {
+    unsigned long long hits, misses, coalesced, refreshes, evictions, expirations;
+    unsigned long long entries, fetching;
+};
+
+int cache_new(const cache_settings *s, cache_fetch_fn fetch, void *source, cache **ret);
+/* A token for the key with at least min_ttl_ms left (the cache's own minimum
+ * when 0), or a promise to call done. Returns a CACHE_* value, -EBUSY when
+ * too many callers already wait on this key, -ENOBUFS when every entry is
+ * busy minting and none can be evicted. */
+int cache_get(cache *c, enum oauth_grant grant, const char *user_id, const char *scope,
+              uint64_t min_ttl_ms, cache_done_fn done, void *userdata,
+              token **ret_token, mint_outcome *ret_outcome);
+/* Drops expired entries; call periodically. Returns how many went. */
+size_t cache_sweep(cache *c);
+void cache_get_stats(cache *c, struct cache_stats *ret);
+/* Call only when no fetch is in flight (stop the source first). */
+cache *cache_free(cache *c);

@@ -1,0 +1,64 @@
+/* The daemon's configuration: one immutable snapshot, read from an INI file
+ * (and the client secret from its own file), checked as a whole. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CONFIG_ERR_MAX 512
+
+typedef struct config {
+    char *path;
+
+    /* [upstream] */
+    char *base_url;          /* without a trailing slash */
+    char *client_id;
+    char *client_secret_file;
+    char *client_secret;     /* wiped by config_free() */
+    size_t client_secret_len;
+    char *default_scope;
+    uint64_t connect_timeout_ms;
+    uint64_t attempt_timeout_ms;
+    uint64_t request_timeout_ms; /* per mint, retries included */
+    unsigned max_concurrent;
+    unsigned queue_max;
+    uint64_t retry_base_ms;
+    uint64_t retry_max_ms;
+    unsigned breaker_failures;
+    uint64_t breaker_cooldown_ms;
+
+    /* [cache] */
+    unsigned max_entries;
+    uint64_t min_ttl_ms;
+    unsigned refresh_before_pct;
+    uint64_t failure_ttl_ms;
+    unsigned max_waiters;
+
+    /* [server] */
+    char *listen;
+    bool allow_remote;
+    unsigned threads;
+    unsigned max_connections;
+    uint64_t idle_timeout_ms;
+    uint64_t shutdown_timeout_ms;
+
+    /* [log] */
+    int log_level;
+} config;
+
+/* Reads path, then the client secret ($CREDENTIALS_DIRECTORY/client_secret
+ * when credentials_dir is not NULL, else client_secret_file). On failure
+ * returns a negative errno and writes a message naming file and line to err. */
+int config_load(const char *path, const char *credentials_dir, config **ret,
+                char err[CONFIG_ERR_MAX]);
+/* Same, from a string (tests and fuzzing); the secret is not loaded. */
+int config_parse_string(const char *text, const char *name, config **ret,
+                        char err[CONFIG_ERR_MAX]);
+config *config_free(config *c);
+
+struct sockaddr_storage;
+#include <sys/socket.h>
+/* Parses ADDRESS:PORT (IPv4, [IPv6] or localhost). */
+int config_listen_parse(const char *s, struct sockaddr_storage *ret, socklen_t *ret_len,
+                        bool *ret_loopback);

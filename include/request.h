@@ -1,0 +1,31 @@
+/* Checking what callers send, independent of the HTTP library: the query of
+ * a token request and the user ids in it. Pure functions (unit tested and
+ * fuzzed); the HTTP front feeds them what libmicrohttpd decoded. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define REQUEST_MIN_TTL_MAX_S (12 * 3600)
+
+typedef struct token_query {
+    const char *user_id; /* point into the caller's buffers */
+    size_t user_id_len;
+    const char *scope;
+    size_t scope_len;
+    uint64_t min_ttl_ms; /* 0 when not given */
+    bool has_min_ttl;
+    const char *error;   /* what was wrong, for error_description */
+} token_query;
+
+/* 1..256 bytes of UTF-8 without control characters. */
+bool request_user_id_valid(const char *s, size_t len);
+
+/* Feeds one decoded query parameter (value may be NULL for "?key").
+ * allow_user_id is false where the user id comes from elsewhere (frontend
+ * routes). Returns 0 or -EINVAL with q->error set. */
+int token_query_add(token_query *q, const char *key, size_t key_len, const char *value,
+                    size_t value_len, bool allow_user_id);
+/* Checks the whole: the user id is present where required. */
+int token_query_finish(token_query *q, bool need_user_id);

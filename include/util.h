@@ -1,0 +1,50 @@
+/* Small helpers shared by every module: clocks, wiping, fingerprints, Base64. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define MS_PER_SEC 1000ULL
+
+/* Milliseconds on CLOCK_MONOTONIC: every lifetime in tokend is measured on it. */
+uint64_t now_ms(void);
+/* Seconds on the wall clock, only for what is shown to people and callers. */
+int64_t now_unix(void);
+
+/* Free memory that held a secret, wiping it first. Accepts NULL; returns NULL. */
+void *wipe_free(void *p, size_t len);
+char *wipe_free_str(char *s);
+
+static inline void freep(void *p) { free(*(void **)p); }
+#define _cleanup_free_ __attribute__((cleanup(freep)))
+
+/* A short, stable tag for correlating a user id (or any secret-ish string) in
+ * logs without revealing it: 12 hex digits of a 64-bit FNV-1a hash. */
+#define FINGERPRINT_LEN 13
+void fingerprint(const char *s, size_t len, char out[FINGERPRINT_LEN]);
+
+/* Standard Base64 with '=' padding. Returns the encoded length written to out
+ * (plus NUL), or 0 if out is too small. base64_encoded_size() includes the NUL. */
+size_t base64_encoded_size(size_t len);
+size_t base64_encode(const void *in, size_t len, char *out, size_t out_size);
+/* Strict decoding: standard alphabet, padding required, no whitespace.
+ * Returns decoded length, or -1 on malformed input or short buffer. */
+ptrdiff_t base64_decode(const char *in, size_t len, void *out, size_t out_size);
+
+/* Strict UTF-8 check (no overlongs, surrogates or code points past U+10FFFF)
+ * that also refuses C0 and C1 control characters and DEL. */
+bool utf8_is_printable(const char *s, size_t len);
+
+/* Parse a whole decimal unsigned integer with no sign, no spaces and no
+ * trailing text, not above max. Returns 0 or -EINVAL/-ERANGE. */
+int parse_uint(const char *s, uint64_t max, uint64_t *ret);
+
+/* Parse a duration: a whole number with an optional unit ms, s, m or h
+ * (seconds when none). Returns 0 or -EINVAL/-ERANGE. */
+int parse_duration_ms(const char *s, uint64_t *ret_ms);
+
+/* A random 64-bit value from getrandom(), for jitter seeds. */
+uint64_t random_u64(void);

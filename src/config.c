@@ -1,0 +1,454 @@
+/* The configuration file: an INI file read with libinih, every key checked
+ * against a table, then the whole checked for consistency. A bad file is
+ * refused with the file, the line and what to do; nothing here guesses.
+ * Not responsible for applying the configuration. */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "log.h"
+#include "oauth.h"
+#include "secret.h"
+#include "util.h"
+
+enum value_type { T_STRING, T_UINT, T_DURATION, T_BOOL, T_PERCENT, T_LOGLEVEL };
+
+struct key {
+    const char *section;
+    const char *name;
+    enum value_type type;
+    size_t offset;
+    uint64_t min, max; /* for numbers; durations in ms */
+};
+
+#define K(sec, nm, ty, field, mn, mx) { sec, nm, ty, offsetof(config, field), mn, mx }
+static const struct key keys[] = {
+    K("upstream", "base_url", T_STRING, base_url, 0, 0),
+    K("upstream", "client_id", T_STRING, client_id, 0, 0),
+    K("upstream", "client_secret_file", T_STRING, client_secret_file, 0, 0),
+    K("upstream", "scope", T_STRING, default_scope, 0, 0),
+    K("upstream", "connect_timeout", T_DURATION, connect_timeout_ms, 100, 60000),
+    K("upstream", "attempt_timeout", T_DURATION, attempt_timeout_ms, 100, 300000),
+    K("upstream", "request_timeout", T_DURATION, request_timeout_ms, 100, 300000),
+    K("upstream", "max_concurrent", T_UINT, max_concurrent, 1, 1024),
+    K("upstream", "queue_max", T_UINT, queue_max, 0, 1000000),
+    K("upstream", "retry_base", T_DURATION, retry_base_ms, 1, 60000),
+    K("upstream", "retry_max", T_DURATION, retry_max_ms, 1, 600000),
+    K("upstream", "breaker_failures", T_UINT, breaker_failures, 1, 1000),
+    K("upstream", "breaker_cooldown", T_DURATION, breaker_cooldown_ms, 100, 3600000),
+    K("cache", "max_entries", T_UINT, max_entries, 1, 100000000),
+    K("cache", "min_ttl", T_DURATION, min_ttl_ms, 0, 12 * 3600000ULL),
+    K("cache", "refresh_before", T_PERCENT, refresh_before_pct, 0, 50),
+    K("cache", "failure_ttl", T_DURATION, failure_ttl_ms, 0, 3600000),
+    K("cache", "max_waiters", T_UINT, max_waiters, 1, 1000000),
+    K("server", "listen", T_STRING, listen, 0, 0),
+    K("server", "allow_remote", T_BOOL, allow_remote, 0, 0),
+    K("server", "threads", T_UINT, threads, 1, 256),
+    K("server", "max_connections", T_UINT, max_connections, 1, 1000000),
+    K("server", "idle_timeout", T_DURATION, idle_timeout_ms, 1000, 3600000),
+    K("server", "shutdown_timeout", T_DURATION, shutdown_timeout_ms, 0, 600000),
+    K("log", "level", T_LOGLEVEL, log_level, 0, 0),
+};
+#undef K
+
+struct parse_state {
+    config *cfg;
+    const char *name;
+    char *err;
+    bool failed;
+    bool seen[ARRAY_SIZE(keys)];
+};
+
+static void set_err(struct parse_state *st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_err(struct parse_state *st, const char *fmt, ...) {
+    va_list ap;
+
+    if (st->failed)
+        return; /* the first error is the one worth reading */
+    st->failed = true;
+    va_start(ap, fmt);
+    vsnprintf(st->err, CONFIG_ERR_MAX, fmt, ap);
+    va_end(ap);
+}
+
+static void defaults(config *c) {
+    c->connect_timeout_ms = 5000;
+    c->attempt_timeout_ms = 5000;
+    c->request_timeout_ms = 10000;
+    c->max_concurrent = 64;
+    c->queue_max = 4096;
+    c->retry_base_ms = 100;
+    c->retry_max_ms = 2000;
+    c->breaker_failures = 5;
+    c->breaker_cooldown_ms = 10000;
+    c->max_entries = 100000;
+    c->min_ttl_ms = 300000;
+    c->refresh_before_pct = 25;
+    c->failure_ttl_ms = 30000;
+    c->max_waiters = 4096;
+    c->threads = 1;
+    c->max_connections = 4096;
+    c->idle_timeout_ms = 30000;
+    c->shutdown_timeout_ms = 10000;
+    c->log_level = LOG_INFO;
+}
+
+static bool section_known(const char *section) {
+    for (size_t i = 0; i < ARRAY_SIZE(keys); i++)
+        if (strcmp(keys[i].section, section) == 0)
+            return true;
+    return false;
+}
+
+/* Returns the error text for a bad value, or NULL when it was stored. */
+static const char *store(config *c, const struct key *k, const char *value) {
+    void *field = (char *)c + k->offset;
+    uint64_t v;
+    int r;
+
+    switch (k->type) {
+    case T_STRING:
+        if (!*value)
+            return "must not be empty";
+        for (const char *p = value; *p; p++)
+            if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                return "contains a control character";
+        *(char **)field = strdup(value);
+        return *(char **)field ? NULL : "out of memory";
+    case T_UINT:
+        r = parse_uint(value, k->max, &v);
+        if (r < 0 || v < k->min)
+            return "must be a whole number in range";
+        *(unsigned *)field = (unsigned)v;
+        return NULL;
+    case T_PERCENT: {
+        size_t n = strlen(value);
+        char num[8];
+        if (n < 2 || n > sizeof(num) || value[n - 1] != '%')
+            return "must be a percentage such as 25%";
+        memcpy(num, value, n - 1);
+        num[n - 1] = '\0';
+        if (parse_uint(num, k->max, &v) < 0 || v < k->min)
+            return "must be a percentage in range";
+        *(unsigned *)field = (unsigned)v;
+        return NULL;
+    }
+    case T_DURATION:
+        r = parse_duration_ms(value, &v);
+        if (r < 0)
+            return "must be a duration such as 500ms, 10s, 5m or 1h (seconds without a unit)";
+        if (v < k->min || v > k->max)
+            return "is out of range";
+        *(uint64_t *)field = v;
+        return NULL;
+    case T_BOOL:
+        if (!strcasecmp(value, "yes") || !strcasecmp(value, "true") || !strcmp(value, "1"))
+            *(bool *)field = true;
+        else if (!strcasecmp(value, "no") || !strcasecmp(value, "false") || !strcmp(value, "0"))
+            *(bool *)field = false;
+        else
+            return "must be yes or no";
+        return NULL;
+    case T_LOGLEVEL:
+        r = log_level_from_string(value);
+        if (r < 0)
+            return "must be one of error, warning, notice, info, debug";
+        *(int *)field = r;
+        return NULL;
+    }
+    return "has an unknown type";
+}
+
+static void range_text(const struct key *k, char *buf, size_t size) {
+    switch (k->type) {
+    case T_UINT:
+    case T_PERCENT:
+        snprintf(buf, size, " (%llu to %llu%s)", (unsigned long long)k->min,
+                 (unsigned long long)k->max, k->type == T_PERCENT ? "%" : "");
+        break;
+    case T_DURATION:
+        snprintf(buf, size, " (%llums to %llus)", (unsigned long long)k->min,
+                 (unsigned long long)(k->max / 1000));
+        break;
+    default:
+        buf[0] = '\0';
+    }
+}
+
+static int handler(void *user, const char *section, const char *name, const char *value) {
+    struct parse_state *st = user;
+
+    if (!section_known(section)) {
+        set_err(st, "unknown section [%s]; known sections are [upstream], [cache], [server], [log]",
+                section);
+        return 0;
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
+        const struct key *k = &keys[i];
+        const char *why;
+        char range[64];
+
+        if (strcmp(k->section, section) != 0 || strcmp(k->name, name) != 0)
+            continue;
+        if (st->seen[i]) {
+            set_err(st, "%s is set twice in [%s]", name, section);
+            return 0;
+        }
+        st->seen[i] = true;
+        why = store(st->cfg, k, value);
+        if (why) {
+            range_text(k, range, sizeof(range));
+            set_err(st, "[%s] %s = '%s' %s%s", section, name, value, why, range);
+            return 0;
+        }
+        return 1;
+    }
+    set_err(st, "unknown key '%s' in [%s]; see the sample tokend.conf for the keys", name, section);
+    return 0;
+}
+
+static bool host_is_loopback(const char *host, size_t len) {
+    char buf[64];
+    struct in_addr a4;
+    struct in6_addr a6;
+
+    if (len == 9 && strncasecmp(host, "localhost", 9) == 0)
+        return true;
+    if (len >= sizeof(buf))
+        return false;
+    memcpy(buf, host, len);
+    buf[len] = '\0';
+    if (inet_pton(AF_INET, buf, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    if (len > 2 && buf[0] == '[' && buf[len - 1] == ']') {
+        buf[len - 1] = '\0';
+        return inet_pton(AF_INET6, buf + 1, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+    }
+    return false;
+}
+
+/* https://host[:port][/prefix], or http:// to a loopback host only: tokens
+ * and the secret cross this link, so it is encrypted unless it never leaves
+ * the machine. */
+static const char *check_base_url(char *url) {
+    const char *rest, *host_end;
+    bool https;
+    size_t n;
+
+    if (strncmp(url, "https://", 8) == 0) {
+        https = true;
+        rest = url + 8;
+    } else if (strncmp(url, "http://", 7) == 0) {
+        https = false;
+        rest = url + 7;
+    } else
+        return "must start with https:// (or http:// for a loopback test server)";
+    if (strpbrk(url, "@?# \\"))
+        return "must not contain credentials, a query, a fragment, spaces or backslashes";
+    host_end = rest + strcspn(rest, "/");
+    if (host_end == rest)
+        return "has no host";
+    if (!https) {
+        /* strip a port: the last ':' after any IPv6 bracket */
+        const char *colon = memrchr(rest, ':', (size_t)(host_end - rest));
+        const char *bracket = memrchr(rest, ']', (size_t)(host_end - rest));
+        size_t hlen = (colon && (!bracket || colon > bracket)) ? (size_t)(colon - rest)
+                                                                : (size_t)(host_end - rest);
+        if (!host_is_loopback(rest, hlen))
+            return "uses http:// to a host that is not loopback; use https://";
+    }
+    n = strlen(url);
+    while (n > 0 && url[n - 1] == '/')
+        url[--n] = '\0';
+    return NULL;
+}
+
+int config_listen_parse(const char *s, struct sockaddr_storage *ret, socklen_t *ret_len,
+                        bool *ret_loopback) {
+    const char *colon = strrchr(s, ':');
+    char host[64];
+    uint64_t port;
+    size_t hlen;
+
+    if (!colon || parse_uint(colon + 1, 65535, &port) < 0)
+        return -EINVAL;
+    hlen = (size_t)(colon - s);
+    if (hlen == 0 || hlen >= sizeof(host))
+        return -EINVAL;
+    memcpy(host, s, hlen);
+    host[hlen] = '\0';
+    memset(ret, 0, sizeof(*ret));
+    if (strcasecmp(host, "localhost") == 0) {
+        struct sockaddr_in *a = (struct sockaddr_in *)ret;
+        a->sin_family = AF_INET;
+        a->sin_port = htons((uint16_t)port);
+        a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        *ret_len = sizeof(*a);
+    } else if (host[0] == '[' && host[hlen - 1] == ']') {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ret;
+        host[hlen - 1] = '\0';
+        if (inet_pton(AF_INET6, host + 1, &a->sin6_addr) != 1)
+            return -EINVAL;
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons((uint16_t)port);
+        *ret_len = sizeof(*a);
+        host[hlen - 1] = ']';
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)ret;
+        if (inet_pton(AF_INET, host, &a->sin_addr) != 1)
+            return -EINVAL;
+        a->sin_family = AF_INET;
+        a->sin_port = htons((uint16_t)port);
+        *ret_len = sizeof(*a);
+    }
+    *ret_loopback = host_is_loopback(host, hlen);
+    return 0;
+}
+
+static int finish(struct parse_state *st) {
+    config *c = st->cfg;
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    bool loopback;
+    const char *why;
+
+    if (!c->base_url) {
+        set_err(st, "[upstream] base_url is missing; set it to your Instacart server, "
+                    "e.g. https://connect.dev.instacart.tools");
+        return -EINVAL;
+    }
+    why = check_base_url(c->base_url);
+    if (why) {
+        set_err(st, "[upstream] base_url '%s' %s", c->base_url, why);
+        return -EINVAL;
+    }
+    if (!c->client_id) {
+        set_err(st, "[upstream] client_id is missing; set it to your OAuth application's client id");
+        return -EINVAL;
+    }
+    if (!c->default_scope && !(c->default_scope = strdup("connect:recommendations")))
+        return -ENOMEM;
+    if (!oauth_scope_valid(c->default_scope, strlen(c->default_scope))) {
+        set_err(st, "[upstream] scope '%s' is not a valid scope", c->default_scope);
+        return -EINVAL;
+    }
+    if (c->retry_max_ms < c->retry_base_ms) {
+        set_err(st, "[upstream] retry_max must not be below retry_base");
+        return -EINVAL;
+    }
+    if (!c->listen && !(c->listen = strdup("127.0.0.1:8787")))
+        return -ENOMEM;
+    if (config_listen_parse(c->listen, &ss, &sl, &loopback) < 0) {
+        set_err(st, "[server] listen = '%s' must be ADDRESS:PORT, e.g. 127.0.0.1:8787 or [::1]:8787",
+                c->listen);
+        return -EINVAL;
+    }
+    if (!loopback && !c->allow_remote) {
+        set_err(st, "[server] listen = '%s' is not a loopback address; tokend hands out tokens "
+                    "for any user to whoever connects, so set allow_remote = yes only behind a "
+                    "firewall you trust", c->listen);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int parse(const char *path, const char *text, config **ret, char err[CONFIG_ERR_MAX]) {
+    struct parse_state st = { .name = path, .err = err };
+    config *c;
+    int line, r;
+
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    defaults(c);
+    st.cfg = c;
+    c->path = strdup(path);
+    if (!c->path) {
+        config_free(c);
+        return -ENOMEM;
+    }
+    err[0] = '\0';
+
+    line = text ? ini_parse_string(text, handler, &st) : ini_parse(path, handler, &st);
+    if (line == -1) {
+        snprintf(err, CONFIG_ERR_MAX, "%s: cannot open: %s", path, strerror(errno));
+        config_free(c);
+        return -ENOENT;
+    }
+    if (line != 0) {
+        char msg[CONFIG_ERR_MAX];
+        /* a line inih itself rejected (no '=', an unclosed '[') */
+        if (!st.failed)
+            snprintf(st.err, CONFIG_ERR_MAX, "cannot parse this line; expected 'key = value' or '[section]'");
+        snprintf(msg, sizeof(msg), "%s:%d: %s", path, line, err);
+        memcpy(err, msg, CONFIG_ERR_MAX);
+        config_free(c);
+        return -EINVAL;
+    }
+    r = finish(&st);
+    if (r < 0) {
+        char msg[CONFIG_ERR_MAX];
+        snprintf(msg, sizeof(msg), "%s: %s", path, err);
+        memcpy(err, msg, CONFIG_ERR_MAX);
+        config_free(c);
+        return r;
+    }
+    *ret = c;
+    return 0;
+}
+
+int config_parse_string(const char *text, const char *name, config **ret, char err[CONFIG_ERR_MAX]) {
+    return parse(name, text, ret, err);
+}
+
+int config_load(const char *path, const char *credentials_dir, config **ret, char err[CONFIG_ERR_MAX]) {
+    char secret_path[4096];
+    const char *from;
+    config *c;
+    int r;
+
+    r = parse(path, NULL, &c, err);
+    if (r < 0)
+        return r;
+    if (credentials_dir && *credentials_dir) {
+        snprintf(secret_path, sizeof(secret_path), "%s/client_secret", credentials_dir);
+        from = secret_path;
+    } else if (c->client_secret_file) {
+        from = c->client_secret_file;
+    } else {
+        snprintf(err, CONFIG_ERR_MAX,
+                 "%s: [upstream] client_secret_file is missing, and no systemd credential "
+                 "'client_secret' was passed; set client_secret_file to a file only this user can read",
+                 path);
+        config_free(c);
+        return -EINVAL;
+    }
+    r = secret_load(from, &c->client_secret, &c->client_secret_len, err, CONFIG_ERR_MAX);
+    if (r < 0) {
+        config_free(c);
+        return r;
+    }
+    *ret = c;
+    return 0;
+}
+
+config *config_free(config *c) {
+    if (!c)
+        return NULL;
+    free(c->path);
+    free(c->base_url);
+    free(c->client_id);
+    free(c->client_secret_file);
+    wipe_free(c->client_secret, c->client_secret_len);
+    free(c->default_scope);
+    free(c->listen);
+    free(c);
+    return NULL;
+}

@@ -1,0 +1,747 @@
+/* The client of Instacart's token endpoint. Responsible for: sending mints
+ * without blocking anyone (a libcurl multi handle driven by one worker
+ * thread), reusing connections, retrying what is worth retrying inside each
+ * mint's deadline, and protecting Instacart and ourselves when it fails (a
+ * concurrency limit with a bounded queue, a circuit breaker, pausing on 429).
+ * Not responsible for caching or for deciding who may have a token.
+ *
+ * Threads: upstream_mint() is called from any thread and only appends to the
+ * incoming list under the lock, then wakes the worker. Everything with a curl
+ * handle in it happens on the worker. */
+#include "upstream.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "build-config.h"
+#include "config.h"
+#include "log.h"
+#include "util.h"
+
+#define RETRY_AFTER_MAX_S 3600
+#define DEFAULT_RETRY_AFTER_S 1
+
+struct job {
+    struct job *next;
+    struct job *aprev, *anext; /* on the active list while a request is out */
+    upstream *u;
+    enum oauth_grant grant;
+    char *user_id;
+    char *scope;
+    upstream_done_fn done;
+    void *userdata;
+    uint64_t submitted_ms, deadline_ms, not_before_ms, attempt_started_ms;
+    unsigned attempts;
+    bool probe;
+    CURL *easy;
+    char *body; /* holds the client secret */
+    size_t body_len;
+    char *resp; /* may hold a token */
+    size_t resp_len;
+    bool resp_too_big;
+    unsigned retry_after_s;
+    mint_outcome last;  /* the most recent failure, reported if we give up */
+    char fp[FINGERPRINT_LEN];
+};
+
+struct job_list {
+    struct job *head, *tail;
+    unsigned n;
+};
+
+enum breaker_state { BREAKER_CLOSED, BREAKER_OPEN, BREAKER_HALF_OPEN };
+
+struct upstream {
+    /* fixed at creation */
+    char *token_url;
+    char *client_id;
+    char *client_secret;
+    size_t client_secret_len;
+    uint64_t connect_timeout_ms, attempt_timeout_ms, request_timeout_ms;
+    uint64_t retry_base_ms, retry_max_ms, breaker_cooldown_ms;
+    unsigned max_concurrent, queue_max, breaker_failures;
+    struct curl_slist *headers;
+    CURLM *multi;
+
+    pthread_t thread;
+    bool thread_started;
+
+    pthread_mutex_t lock; /* guards everything below */
+    struct job_list incoming;
+    unsigned total;       /* accepted and not yet done */
+    bool stopping;
+    enum breaker_state breaker;
+    uint64_t breaker_until_ms;
+    mint_outcome breaker_outcome; /* what callers get while it is open */
+    unsigned consecutive_failures;
+    bool probe_in_flight;
+    uint64_t paused_until_ms; /* after a 429 */
+    uint64_t last_credentials_log_ms;
+    bool credentials_rejected;
+    struct upstream_stats stats;
+    uint64_t heartbeat_ms;
+
+    /* worker only */
+    struct job_list ready, delayed;
+    struct job *active_head;
+    unsigned active;
+    uint64_t last_expiry_walk_ms;
+};
+
+static void list_push(struct job_list *l, struct job *j) {
+    j->next = NULL;
+    if (l->tail)
+        l->tail->next = j;
+    else
+        l->head = j;
+    l->tail = j;
+    l->n++;
+}
+
+static void list_push_front(struct job_list *l, struct job *j) {
+    j->next = l->head;
+    l->head = j;
+    if (!l->tail)
+        l->tail = j;
+    l->n++;
+}
+
+static struct job *list_pop(struct job_list *l) {
+    struct job *j = l->head;
+    if (j) {
+        l->head = j->next;
+        if (!l->head)
+            l->tail = NULL;
+        l->n--;
+        j->next = NULL;
+    }
+    return j;
+}
+
+int upstream_new(const config *cfg, upstream **ret) {
+    upstream *u;
+    size_t n;
+
+    u = calloc(1, sizeof(*u));
+    if (!u)
+        return -ENOMEM;
+    pthread_mutex_init(&u->lock, NULL);
+    n = strlen(cfg->base_url) + sizeof("/v2/oauth/token");
+    u->token_url = malloc(n);
+    u->client_id = strdup(cfg->client_id);
+    u->client_secret = malloc(cfg->client_secret_len + 1);
+    if (!u->token_url || !u->client_id || !u->client_secret) {
+        upstream_free(u);
+        return -ENOMEM;
+    }
+    snprintf(u->token_url, n, "%s/v2/oauth/token", cfg->base_url);
+    memcpy(u->client_secret, cfg->client_secret, cfg->client_secret_len);
+    u->client_secret[cfg->client_secret_len] = '\0';
+    u->client_secret_len = cfg->client_secret_len;
+    u->connect_timeout_ms = cfg->connect_timeout_ms;
+    u->attempt_timeout_ms = cfg->attempt_timeout_ms;
+    u->request_timeout_ms = cfg->request_timeout_ms;
+    u->retry_base_ms = cfg->retry_base_ms;
+    u->retry_max_ms = cfg->retry_max_ms;
+    u->breaker_cooldown_ms = cfg->breaker_cooldown_ms;
+    u->breaker_failures = cfg->breaker_failures;
+    u->max_concurrent = cfg->max_concurrent;
+    u->queue_max = cfg->queue_max;
+
+    u->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    u->headers = u->headers ? curl_slist_append(u->headers, "Accept: application/json") : NULL;
+    /* no "Expect: 100-continue" round trip for a small body */
+    u->headers = u->headers ? curl_slist_append(u->headers, "Expect:") : NULL;
+    u->multi = curl_multi_init();
+    if (!u->headers || !u->multi) {
+        upstream_free(u);
+        return -ENOMEM;
+    }
+    /* Keep one connection per concurrent mint open between mints, so a mint
+     * pays no TCP or TLS handshake while traffic flows. */
+    curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, (long)u->max_concurrent);
+    curl_multi_setopt(u->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)u->max_concurrent);
+    u->heartbeat_ms = now_ms();
+    *ret = u;
+    return 0;
+}
+
+static void job_free(struct job *j) {
+    if (j->easy)
+        curl_easy_cleanup(j->easy);
+    free(j->user_id);
+    free(j->scope);
+    wipe_free(j->body, j->body_len);
+    wipe_free(j->resp, j->resp_len);
+    free(j);
+}
+
+static void outcome_set(mint_outcome *o, enum mint_kind kind, int status, unsigned retry_after,
+                        const char *error) {
+    o->kind = kind;
+    o->http_status = status;
+    o->retry_after_s = retry_after;
+    snprintf(o->error, sizeof(o->error), "%s", error);
+}
+
+/* Ends a job: counts it, logs it, tells the caller. Worker thread, or the
+ * submitting thread for a mint refused at once. */
+static void job_complete(upstream *u, struct job *j, const mint_outcome *o, token *t) {
+    uint64_t ms = now_ms() - j->submitted_ms;
+
+    pthread_mutex_lock(&u->lock);
+    u->total--;
+    switch (o->kind) {
+    case MINT_OK:
+        u->stats.mints_ok++;
+        break;
+    case MINT_REJECTED:
+        u->stats.mints_rejected++;
+        break;
+    case MINT_UNAVAILABLE:
+        u->stats.mints_failed++;
+        break;
+    case MINT_TIMEOUT:
+        u->stats.mints_timeout++;
+        break;
+    }
+    pthread_mutex_unlock(&u->lock);
+
+    if (o->kind == MINT_OK)
+        log_info("mint ok user=%s scope=%s attempts=%u latency_ms=%llu", j->fp, j->scope,
+                 j->attempts, (unsigned long long)ms);
+    else if (j->attempts > 0 || o->kind != MINT_UNAVAILABLE)
+        log_warning("mint failed user=%s scope=%s status=%d error=%s attempts=%u latency_ms=%llu",
+                    j->fp, j->scope, o->http_status, o->error, j->attempts, (unsigned long long)ms);
+    j->done(j->userdata, o, t);
+    job_free(j);
+}
+
+void upstream_mint(upstream *u, enum oauth_grant grant, const char *user_id, const char *scope,
+                   upstream_done_fn done, void *userdata) {
+    mint_outcome o = { 0 };
+    struct job *j;
+    uint64_t now = now_ms();
+    int r;
+
+    j = calloc(1, sizeof(*j));
+    if (!j) {
+        outcome_set(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, "out_of_memory");
+        done(userdata, &o, NULL);
+        return;
+    }
+    j->u = u;
+    j->grant = grant;
+    j->done = done;
+    j->userdata = userdata;
+    j->submitted_ms = now;
+    j->deadline_ms = now + u->request_timeout_ms;
+    j->user_id = strdup(grant == OAUTH_GRANT_USER_ASSERTION ? user_id : "");
+    j->scope = strdup(scope ? scope : "");
+    fingerprint(j->user_id ? j->user_id : "", j->user_id ? strlen(j->user_id) : 0, j->fp);
+    r = (j->user_id && j->scope)
+            ? oauth_request_body(grant, u->client_id, u->client_secret, scope, user_id, &j->body, &j->body_len)
+            : -ENOMEM;
+
+    pthread_mutex_lock(&u->lock);
+    u->total++;
+    if (r < 0)
+        outcome_set(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, "out_of_memory");
+    else if (u->stopping)
+        outcome_set(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, "shutting_down");
+    else if (u->breaker == BREAKER_OPEN && now < u->breaker_until_ms)
+        o = u->breaker_outcome, o.retry_after_s = (unsigned)((u->breaker_until_ms - now + 999) / 1000);
+    else if (u->breaker != BREAKER_CLOSED && u->probe_in_flight)
+        o = u->breaker_outcome, o.retry_after_s = DEFAULT_RETRY_AFTER_S;
+    else if (u->total > u->max_concurrent + u->queue_max)
+        outcome_set(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, "overloaded");
+    else if (u->paused_until_ms > j->deadline_ms)
+        outcome_set(&o, MINT_UNAVAILABLE, 429, (unsigned)((u->paused_until_ms - now + 999) / 1000),
+                    "rate_limited");
+    else {
+        list_push(&u->incoming, j);
+        pthread_mutex_unlock(&u->lock);
+        curl_multi_wakeup(u->multi);
+        return;
+    }
+    pthread_mutex_unlock(&u->lock);
+    job_complete(u, j, &o, NULL);
+}
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata) {
+    struct job *j = userdata;
+    size_t n = size * nmemb;
+    char *p;
+
+    if (j->resp_len + n > OAUTH_BODY_MAX) {
+        j->resp_too_big = true;
+        return 0; /* aborts the transfer */
+    }
+    /* grow without realloc so no unwiped copy of a token is left behind */
+    p = malloc(j->resp_len + n + 1);
+    if (!p)
+        return 0;
+    if (j->resp)
+        memcpy(p, j->resp, j->resp_len);
+    memcpy(p + j->resp_len, data, n);
+    wipe_free(j->resp, j->resp_len);
+    j->resp = p;
+    j->resp_len += n;
+    j->resp[j->resp_len] = '\0';
+    return n;
+}
+
+static unsigned parse_retry_after(const char *v) {
+    uint64_t s;
+    time_t t;
+
+    while (*v == ' ' || *v == '\t')
+        v++;
+    if (parse_uint(v, RETRY_AFTER_MAX_S, &s) == 0)
+        return (unsigned)s;
+    if (*v >= '0' && *v <= '9')
+        return RETRY_AFTER_MAX_S; /* a number too large */
+    t = curl_getdate(v, NULL);
+    if (t < 0)
+        return 0;
+    if (t <= time(NULL))
+        return 0;
+    return t - time(NULL) > RETRY_AFTER_MAX_S ? RETRY_AFTER_MAX_S : (unsigned)(t - time(NULL));
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *userdata) {
+    struct job *j = userdata;
+    size_t n = size * nmemb;
+    char line[128];
+
+    if (n > 12 && n < sizeof(line) && strncasecmp(data, "Retry-After:", 12) == 0) {
+        memcpy(line, data + 12, n - 12);
+        line[n - 12] = '\0';
+        line[strcspn(line, "\r\n")] = '\0';
+        j->retry_after_s = parse_retry_after(line);
+    }
+    return n;
+}
+
+static void active_unlink(upstream *u, struct job *j) {
+    curl_multi_remove_handle(u->multi, j->easy);
+    if (j->aprev)
+        j->aprev->anext = j->anext;
+    else
+        u->active_head = j->anext;
+    if (j->anext)
+        j->anext->aprev = j->aprev;
+    j->aprev = j->anext = NULL;
+    u->active--;
+}
+
+static int attempt_start(upstream *u, struct job *j, uint64_t now) {
+    uint64_t budget = j->deadline_ms - now;
+    CURL *e;
+
+    if (budget > u->attempt_timeout_ms)
+        budget = u->attempt_timeout_ms;
+    e = j->easy ? j->easy : curl_easy_init();
+    if (!e)
+        return -ENOMEM;
+    curl_easy_reset(e);
+    j->easy = e;
+    wipe_free(j->resp, j->resp_len);
+    j->resp = NULL;
+    j->resp_len = 0;
+    j->resp_too_big = false;
+    j->retry_after_s = 0;
+    j->attempt_started_ms = now;
+    j->attempts++;
+
+    curl_easy_setopt(e, CURLOPT_URL, u->token_url);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, u->headers);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "instacart-tokend/" TOKEND_VERSION);
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    /* not COPYPOSTFIELDS: curl would keep a copy of the secret we cannot wipe */
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, j->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)j->body_len);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, j);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, j);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)u->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(budget ? budget : 1));
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, j);
+    if (curl_multi_add_handle(u->multi, e) != CURLM_OK)
+        return -EIO;
+    j->aprev = NULL;
+    j->anext = u->active_head;
+    if (u->active_head)
+        u->active_head->aprev = j;
+    u->active_head = j;
+    u->active++;
+    pthread_mutex_lock(&u->lock);
+    u->stats.requests++;
+    if (j->attempts > 1)
+        u->stats.retries++;
+    pthread_mutex_unlock(&u->lock);
+    return 0;
+}
+
+/* CURLcode, translated once here: what failed, as a short stable code. */
+static const char *transport_error(CURLcode rc, bool *timeout) {
+    *timeout = false;
+    switch (rc) {
+    case CURLE_OPERATION_TIMEDOUT:
+        *timeout = true;
+        return "timeout";
+    case CURLE_COULDNT_RESOLVE_HOST:
+        return "cannot_resolve";
+    case CURLE_COULDNT_CONNECT:
+        return "connection_refused";
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CACERT_BADFILE:
+        return "tls_failed";
+    case CURLE_GOT_NOTHING:
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_PARTIAL_FILE:
+        return "connection_dropped";
+    default:
+        return "transport_error";
+    }
+}
+
+/* Called with u->lock held. */
+static void breaker_failure(upstream *u, const mint_outcome *o, bool at_once, uint64_t now) {
+    u->consecutive_failures++;
+    if (u->breaker == BREAKER_HALF_OPEN || at_once || u->consecutive_failures >= u->breaker_failures) {
+        if (u->breaker != BREAKER_OPEN)
+            log_warning("circuit to Instacart open for %llu ms after %u failures (last: %s)",
+                        (unsigned long long)u->breaker_cooldown_ms, u->consecutive_failures, o->error);
+        u->breaker = BREAKER_OPEN;
+        u->breaker_until_ms = now + u->breaker_cooldown_ms;
+        u->breaker_outcome = *o;
+    }
+}
+
+static void breaker_success(upstream *u) {
+    if (u->breaker != BREAKER_CLOSED)
+        log_notice("circuit to Instacart closed");
+    u->breaker = BREAKER_CLOSED;
+    u->consecutive_failures = 0;
+    u->credentials_rejected = false;
+}
+
+static uint64_t backoff(upstream *u, unsigned attempts) {
+    uint64_t cap = u->retry_base_ms << (attempts < 20 ? attempts : 20);
+    if (cap > u->retry_max_ms || cap == 0)
+        cap = u->retry_max_ms;
+    return random_u64() % (cap + 1); /* full jitter */
+}
+
+static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
+    uint64_t now = now_ms();
+    long status = 0;
+    mint_outcome o = { 0 };
+    bool retry = false, timeout = false, breaker = false, credentials = false;
+    token *t = NULL;
+
+    active_unlink(u, j);
+    curl_easy_getinfo(j->easy, CURLINFO_RESPONSE_CODE, &status);
+
+    if (rc != CURLE_OK) {
+        if (rc == CURLE_WRITE_ERROR && j->resp_too_big)
+            outcome_set(&o, MINT_UNAVAILABLE, (int)status, DEFAULT_RETRY_AFTER_S, "answer_too_large");
+        else {
+            const char *why = transport_error(rc, &timeout);
+            outcome_set(&o, timeout ? MINT_TIMEOUT : MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, why);
+            retry = true;
+        }
+        breaker = true;
+    } else if (status == 200) {
+        if (oauth_parse_token(j->resp, j->resp_len, j->attempt_started_ms, &t) == 0)
+            o.kind = MINT_OK, o.http_status = 200;
+        else {
+            outcome_set(&o, MINT_UNAVAILABLE, 200, DEFAULT_RETRY_AFTER_S, "invalid_answer");
+            breaker = true;
+        }
+    } else if (status == 408 || status == 429 || status >= 500) {
+        char code[64];
+        oauth_parse_error(j->resp, j->resp_len, code, sizeof(code));
+        outcome_set(&o, MINT_UNAVAILABLE, (int)status,
+                    j->retry_after_s ? j->retry_after_s : DEFAULT_RETRY_AFTER_S,
+                    code[0] ? code : (status == 429 ? "rate_limited" : "upstream_unavailable"));
+        retry = true;
+        breaker = status != 429;
+    } else if (status >= 400 && status < 500) {
+        char code[64];
+        oauth_parse_error(j->resp, j->resp_len, code, sizeof(code));
+        outcome_set(&o, MINT_REJECTED, (int)status, 0, code[0] ? code : "rejected");
+        credentials = status == 401 || strcmp(code, "invalid_client") == 0 ||
+                      strcmp(code, "query_params_forbidden") == 0;
+    } else {
+        outcome_set(&o, MINT_UNAVAILABLE, (int)status, DEFAULT_RETRY_AFTER_S, "unexpected_status");
+        breaker = true;
+    }
+
+    pthread_mutex_lock(&u->lock);
+    if (j->probe)
+        u->probe_in_flight = false;
+    if (o.kind == MINT_OK)
+        breaker_success(u);
+    else if (credentials) {
+        /* A configuration fault: every mint would fail the same way, so stop
+         * asking for a while and say so loudly, but not on every request. */
+        u->credentials_rejected = true;
+        breaker_failure(u, &o, true, now);
+        if (!u->last_credentials_log_ms || now - u->last_credentials_log_ms >= 60000) {
+            u->last_credentials_log_ms = now;
+            log_error("Instacart rejected the client credentials (HTTP %ld %s): check client_id "
+                      "and the client secret, then reload", status, o.error);
+        }
+    } else if (breaker)
+        breaker_failure(u, &o, false, now);
+    if (status == 429) {
+        uint64_t until = now + (uint64_t)(j->retry_after_s ? j->retry_after_s : DEFAULT_RETRY_AFTER_S) * 1000;
+        if (until > u->paused_until_ms)
+            u->paused_until_ms = until;
+        log_warning("Instacart is rate limiting (429): minting paused for %u s",
+                    j->retry_after_s ? j->retry_after_s : DEFAULT_RETRY_AFTER_S);
+    }
+    pthread_mutex_unlock(&u->lock);
+
+    if (retry) {
+        uint64_t delay = backoff(u, j->attempts);
+        if (j->retry_after_s && (uint64_t)j->retry_after_s * 1000 > delay)
+            delay = (uint64_t)j->retry_after_s * 1000;
+        j->last = o;
+        if (now + delay < j->deadline_ms) {
+            j->not_before_ms = now + delay;
+            j->probe = false;
+            list_push(&u->delayed, j);
+            return;
+        }
+    }
+    job_complete(u, j, &o, t);
+}
+
+/* Whether a job may start now; fails it (and returns false) when it cannot
+ * succeed in time. *wait is lowered to when it may start. */
+static bool may_start(upstream *u, struct job *j, uint64_t now, uint64_t *wait, bool *failed) {
+    mint_outcome o = { 0 };
+
+    *failed = false;
+    if (now >= j->deadline_ms) {
+        if (j->attempts)
+            o = j->last; /* why the retries did not succeed */
+        else
+            outcome_set(&o, MINT_TIMEOUT, 0, DEFAULT_RETRY_AFTER_S, "queue_timeout");
+        goto fail;
+    }
+    pthread_mutex_lock(&u->lock);
+    if (u->breaker == BREAKER_OPEN && now >= u->breaker_until_ms)
+        u->breaker = BREAKER_HALF_OPEN;
+    if (u->breaker == BREAKER_OPEN || (u->breaker == BREAKER_HALF_OPEN && u->probe_in_flight)) {
+        o = u->breaker_outcome;
+        o.retry_after_s = u->breaker == BREAKER_OPEN ? (unsigned)((u->breaker_until_ms - now + 999) / 1000)
+                                                     : DEFAULT_RETRY_AFTER_S;
+        pthread_mutex_unlock(&u->lock);
+        goto fail;
+    }
+    if (now < u->paused_until_ms) {
+        uint64_t until = u->paused_until_ms;
+        pthread_mutex_unlock(&u->lock);
+        if (until >= j->deadline_ms) {
+            outcome_set(&o, MINT_UNAVAILABLE, 429, (unsigned)((until - now + 999) / 1000), "rate_limited");
+            goto fail;
+        }
+        if (until - now < *wait)
+            *wait = until - now;
+        return false;
+    }
+    if (u->breaker == BREAKER_HALF_OPEN) {
+        u->probe_in_flight = true;
+        j->probe = true;
+    }
+    pthread_mutex_unlock(&u->lock);
+    return true;
+fail:
+    *failed = true;
+    job_complete(u, j, &o, NULL);
+    return false;
+}
+
+static void start_jobs(upstream *u, uint64_t now, uint64_t *wait) {
+    struct job_list keep = { 0 };
+    struct job *j;
+    bool failed;
+
+    /* retries whose time has come go first: they have waited longest */
+    while ((j = list_pop(&u->delayed))) {
+        if (j->not_before_ms > now) {
+            if (j->not_before_ms - now < *wait)
+                *wait = j->not_before_ms - now;
+            list_push(&keep, j);
+        } else if (u->active < u->max_concurrent && may_start(u, j, now, wait, &failed)) {
+            if (attempt_start(u, j, now) < 0) {
+                mint_outcome o;
+                outcome_set(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, "out_of_memory");
+                job_complete(u, j, &o, NULL);
+            }
+        } else if (!failed) {
+            list_push(&keep, j);
+        }
+    }
+    u->delayed = keep;
+
+    while (u->active < u->max_concurrent && (j = list_pop(&u->ready))) {
+        if (!may_start(u, j, now, wait, &failed)) {
+            if (failed)
+                continue;
+            list_push_front(&u->ready, j);
+            break; /* paused: the whole queue waits */
+        }
+        if (attempt_start(u, j, now) < 0) {
+            mint_outcome o;
+            outcome_set(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, "out_of_memory");
+            job_complete(u, j, &o, NULL);
+        }
+    }
+
+    /* Jobs stuck behind a full pipe still have deadlines: fail those whose
+     * time is up, once a second. */
+    if (now - u->last_expiry_walk_ms >= 1000) {
+        struct job_list rest = { 0 };
+        u->last_expiry_walk_ms = now;
+        while ((j = list_pop(&u->ready))) {
+            if (now >= j->deadline_ms)
+                may_start(u, j, now, wait, &failed);
+            else
+                list_push(&rest, j);
+        }
+        u->ready = rest;
+    }
+}
+
+static void fail_all(upstream *u, struct job_list *l, const char *why) {
+    struct job *j;
+    mint_outcome o;
+
+    outcome_set(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, why);
+    while ((j = list_pop(l)))
+        job_complete(u, j, &o, NULL);
+}
+
+static void *worker(void *arg) {
+    upstream *u = arg;
+    struct job_list active = { 0 };
+
+    for (;;) {
+        uint64_t now, wait = 1000;
+        long curl_wait = -1;
+        int running, left;
+        CURLMsg *m;
+
+        pthread_mutex_lock(&u->lock);
+        u->heartbeat_ms = now_ms();
+        if (u->stopping) {
+            pthread_mutex_unlock(&u->lock);
+            break;
+        }
+        while (u->incoming.head)
+            list_push(&u->ready, list_pop(&u->incoming));
+        pthread_mutex_unlock(&u->lock);
+
+        now = now_ms();
+        start_jobs(u, now, &wait);
+        curl_multi_perform(u->multi, &running);
+        while ((m = curl_multi_info_read(u->multi, &left))) {
+            struct job *j = NULL;
+            if (m->msg != CURLMSG_DONE)
+                continue;
+            curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&j);
+            attempt_done(u, j, m->data.result);
+        }
+        if (u->ready.head && u->active < u->max_concurrent)
+            wait = 0;
+        curl_multi_timeout(u->multi, &curl_wait);
+        if (curl_wait >= 0 && (uint64_t)curl_wait < wait)
+            wait = (uint64_t)curl_wait;
+        curl_multi_poll(u->multi, NULL, 0, (int)wait, NULL);
+    }
+
+    /* Stopping: whatever is still queued or in flight fails now. */
+    while (u->active_head) {
+        struct job *j = u->active_head;
+        active_unlink(u, j);
+        list_push(&active, j);
+    }
+    pthread_mutex_lock(&u->lock);
+    while (u->incoming.head)
+        list_push(&u->ready, list_pop(&u->incoming));
+    pthread_mutex_unlock(&u->lock);
+    fail_all(u, &active, "shutting_down");
+    fail_all(u, &u->delayed, "shutting_down");
+    fail_all(u, &u->ready, "shutting_down");
+    return NULL;
+}
+
+int upstream_start(upstream *u) {
+    int r = pthread_create(&u->thread, NULL, worker, u);
+    if (r != 0)
+        return -r;
+    u->thread_started = true;
+    return 0;
+}
+
+void upstream_stop(upstream *u) {
+    if (!u || !u->thread_started)
+        return;
+    pthread_mutex_lock(&u->lock);
+    u->stopping = true;
+    pthread_mutex_unlock(&u->lock);
+    curl_multi_wakeup(u->multi);
+    pthread_join(u->thread, NULL);
+    u->thread_started = false;
+}
+
+upstream *upstream_free(upstream *u) {
+    if (!u)
+        return NULL;
+    upstream_stop(u);
+    if (u->multi)
+        curl_multi_cleanup(u->multi);
+    curl_slist_free_all(u->headers);
+    free(u->token_url);
+    free(u->client_id);
+    wipe_free(u->client_secret, u->client_secret_len);
+    pthread_mutex_destroy(&u->lock);
+    free(u);
+    return NULL;
+}
+
+void upstream_get_stats(upstream *u, struct upstream_stats *ret) {
+    pthread_mutex_lock(&u->lock);
+    *ret = u->stats;
+    ret->in_flight = u->total;
+    ret->queued = u->incoming.n;
+    pthread_mutex_unlock(&u->lock);
+}
+
+uint64_t upstream_idle_ms(upstream *u) {
+    uint64_t hb;
+    pthread_mutex_lock(&u->lock);
+    hb = u->heartbeat_ms;
+    pthread_mutex_unlock(&u->lock);
+    return now_ms() - hb;
+}

@@ -1,0 +1,222 @@
+/* Helpers with no home of their own: clocks, wiping, fingerprints, Base64,
+ * UTF-8 checks, number parsing. Base64 is hand-written: it is 40 lines, and
+ * the libraries that have it (OpenSSL, GnuTLS) would be a dependency for
+ * this alone. */
+#include "util.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+int64_t now_unix(void) {
+    return (int64_t)time(NULL);
+}
+
+void *wipe_free(void *p, size_t len) {
+    if (p) {
+        explicit_bzero(p, len);
+        free(p);
+    }
+    return NULL;
+}
+
+char *wipe_free_str(char *s) {
+    if (s)
+        wipe_free(s, strlen(s));
+    return NULL;
+}
+
+void fingerprint(const char *s, size_t len, char out[FINGERPRINT_LEN]) {
+    static const char hex[] = "0123456789abcdef";
+    uint64_t h = 0xcbf29ce484222325ULL;
+
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 0x100000001b3ULL;
+    }
+    for (int i = FINGERPRINT_LEN - 2; i >= 0; i--) {
+        out[i] = hex[h & 0xf];
+        h >>= 4;
+    }
+    out[FINGERPRINT_LEN - 1] = '\0';
+}
+
+static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+size_t base64_encoded_size(size_t len) {
+    return (len + 2) / 3 * 4 + 1;
+}
+
+size_t base64_encode(const void *in, size_t len, char *out, size_t out_size) {
+    const unsigned char *p = in;
+    size_t o = 0;
+
+    if (out_size < base64_encoded_size(len))
+        return 0;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)p[i + 1] << 8;
+        if (i + 2 < len)
+            v |= p[i + 2];
+        out[o++] = b64[(v >> 18) & 63];
+        out[o++] = b64[(v >> 12) & 63];
+        out[o++] = i + 1 < len ? b64[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < len ? b64[v & 63] : '=';
+    }
+    out[o] = '\0';
+    return o;
+}
+
+static int b64_value(char c) {
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+ptrdiff_t base64_decode(const char *in, size_t len, void *out, size_t out_size) {
+    unsigned char *o = out;
+    size_t n = 0;
+
+    if (len == 0 || len % 4 != 0)
+        return -1;
+    for (size_t i = 0; i < len; i += 4) {
+        int v[4];
+        int pad = 0;
+        for (int j = 0; j < 4; j++) {
+            char c = in[i + j];
+            /* padding only in the last group, only at its end */
+            if (c == '=' && i + 4 == len && j >= 2 && (j == 3 || in[i + 3] == '=')) {
+                v[j] = 0;
+                pad++;
+                continue;
+            }
+            if (pad)
+                return -1;
+            v[j] = b64_value(c);
+            if (v[j] < 0)
+                return -1;
+        }
+        uint32_t w = (uint32_t)v[0] << 18 | (uint32_t)v[1] << 12 | (uint32_t)v[2] << 6 | (uint32_t)v[3];
+        /* canonical form: the bits padding discards must be zero */
+        if ((pad == 1 && (w & 0xff)) || (pad == 2 && (w & 0xffff)))
+            return -1;
+        for (int j = 0; j < 3 - pad; j++) {
+            if (n >= out_size)
+                return -1;
+            o[n++] = (unsigned char)(w >> (16 - 8 * j));
+        }
+    }
+    return (ptrdiff_t)n;
+}
+
+bool utf8_is_printable(const char *s, size_t len) {
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+
+    while (i < len) {
+        unsigned c = p[i];
+        uint32_t cp;
+        size_t n;
+
+        if (c < 0x80) {
+            if (c < 0x20 || c == 0x7f)
+                return false;
+            i++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf) {
+            n = 1;
+            cp = c & 0x1f;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            n = 2;
+            cp = c & 0x0f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            n = 3;
+            cp = c & 0x07;
+        } else
+            return false;
+        if (len - i <= n)
+            return false;
+        for (size_t j = 1; j <= n; j++) {
+            if ((p[i + j] & 0xc0) != 0x80)
+                return false;
+            cp = cp << 6 | (p[i + j] & 0x3f);
+        }
+        if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10ffff ||
+            (cp >= 0xd800 && cp <= 0xdfff) || (cp >= 0x80 && cp <= 0x9f))
+            return false;
+        i += n + 1;
+    }
+    return true;
+}
+
+int parse_uint(const char *s, uint64_t max, uint64_t *ret) {
+    uint64_t v = 0;
+
+    if (!s || !*s)
+        return -EINVAL;
+    for (const char *p = s; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return -EINVAL;
+        if (v > (UINT64_MAX - 9) / 10)
+            return -ERANGE;
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    if (v > max)
+        return -ERANGE;
+    *ret = v;
+    return 0;
+}
+
+int parse_duration_ms(const char *s, uint64_t *ret_ms) {
+    static const struct {
+        const char *suffix;
+        uint64_t ms;
+    } units[] = { { "ms", 1 }, { "s", 1000 }, { "m", 60000 }, { "h", 3600000 } };
+    char num[32];
+    size_t digits = strspn(s, "0123456789");
+    const char *unit = s + digits;
+    uint64_t mult = 0, v;
+    int r;
+
+    if (digits == 0 || digits >= sizeof(num))
+        return digits == 0 ? -EINVAL : -ERANGE;
+    if (*unit == '\0')
+        mult = 1000;
+    for (size_t i = 0; i < ARRAY_SIZE(units) && !mult; i++)
+        if (strcmp(unit, units[i].suffix) == 0)
+            mult = units[i].ms;
+    if (!mult)
+        return -EINVAL;
+    memcpy(num, s, digits);
+    num[digits] = '\0';
+    r = parse_uint(num, UINT64_MAX / mult / 1000, &v); /* far below overflow */
+    if (r < 0)
+        return r;
+    *ret_ms = v * mult;
+    return 0;
+}
+
+uint64_t random_u64(void) {
+    uint64_t v = 0;
+    if (getrandom(&v, sizeof(v), 0) != sizeof(v))
+        v = now_ms() ^ (uint64_t)(uintptr_t)&v;
+    return v;
+}
