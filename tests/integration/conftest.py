@@ -1,0 +1,204 @@
+"""Fixtures for the integration tests: the real instacart-tokend binary
+against the real Instacart stand-in (tests/stub), both on loopback.
+
+Run through meson (`meson test -C build`), which sets TOKEND_BUILD_DIR; by
+hand: TOKEND_BUILD_DIR=build /usr/bin/python3 -m pytest tests/integration
+"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import http.client
+
+import pytest
+
+from stub import Stub
+
+BUILD = os.path.abspath(os.environ.get("TOKEND_BUILD_DIR", "build"))
+TOKEND_EXE = os.path.join(BUILD, "src", "instacart-tokend")
+STUB_EXE = os.path.join(BUILD, "tests", "stub", "instacart-stub")
+# Set by .ci/run for the valgrind pass: a command prefix for the daemon.
+WRAPPER = os.environ.get("TOKEND_WRAPPER", "").split()
+SLOW = 5 if WRAPPER else 1  # valgrind runs the daemon ~20x slower
+
+
+def wait_for(cond, timeout=10.0, interval=0.01, what="condition"):
+    """Polls cond() until it returns something truthy, or fails at the deadline."""
+    deadline = time.monotonic() + timeout * SLOW
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+    def header(self, name):
+        return self.headers.get(name.lower())
+
+    def __repr__(self):
+        return f"<Response {self.status} {self.body[:200]!r}>"
+
+
+class Tokend:
+    """One instacart-tokend process with a configuration of the test's own."""
+
+    def __init__(self, workdir, stub, sections=None, secret="test-secret", client_id="test-client",
+                 env=None):
+        self.workdir = str(workdir)
+        self.stub = stub
+        self.secret_path = os.path.join(self.workdir, "client-secret")
+        self.conf_path = os.path.join(self.workdir, "tokend.conf")
+        self.log_path = os.path.join(self.workdir, "tokend.log")
+        self.env = env or {}
+        self.proc = None
+        self.address = None
+        self.write_secret(secret)
+        self.sections = {
+            "upstream": {
+                "base_url": stub.base_url if stub else "http://127.0.0.1:9",
+                "client_id": client_id,
+                "client_secret_file": self.secret_path,
+            },
+            "server": {"listen": "127.0.0.1:0"},
+        }
+        for sec, kv in (sections or {}).items():
+            self.sections.setdefault(sec, {}).update(kv)
+        self.write_config()
+
+    def write_secret(self, secret):
+        fd = os.open(self.secret_path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+        os.rename(self.secret_path + ".tmp", self.secret_path)
+
+    def write_config(self):
+        with open(self.conf_path, "w") as f:
+            for sec, kv in self.sections.items():
+                f.write(f"[{sec}]\n")
+                for k, v in kv.items():
+                    if v is not None:
+                        f.write(f"{k} = {v}\n")
+
+    def start(self, expect_ready=True, extra_args=()):
+        self.logf = open(self.log_path, "ab")
+        env = {k: v for k, v in os.environ.items() if k not in ("CREDENTIALS_DIRECTORY", "JOURNAL_STREAM",
+                                                                "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID",
+                                                                "LISTEN_FDNAMES", "WATCHDOG_USEC")}
+        env.update(self.env)
+        self.proc = subprocess.Popen(WRAPPER + [TOKEND_EXE, "--config", self.conf_path, *extra_args],
+                                     stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf, env=env,
+                                     pass_fds=getattr(self, "pass_fds", ()))
+        if expect_ready:
+            m = wait_for(lambda: self._find_address() or self._died(), timeout=15, what="tokend to listen")
+            if m is True:
+                raise AssertionError(f"tokend exited early ({self.proc.returncode}): {self.log()}")
+        return self
+
+    def _died(self):
+        return self.proc.poll() is not None
+
+    def _find_address(self):
+        m = re.search(r"listening on http://(\S+?) ", self.log())
+        if m:
+            self.address = m.group(1)
+            host, port = self.address.rsplit(":", 1)
+            self.host, self.port = host.strip("[]"), int(port)
+            return self.address
+        return None
+
+    def log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def request(self, method, path, body=None, headers=None, timeout=10.0):
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout * SLOW)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            r = conn.getresponse()
+            data = r.read()
+            return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
+        finally:
+            conn.close()
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def token(self, user_id, **params):
+        from urllib.parse import urlencode
+        q = urlencode({"user_id": user_id, **params})
+        return self.get("/v1/token?" + q)
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=15.0, expect_code=0):
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=timeout * SLOW)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("tokend did not exit on SIGTERM within the deadline")
+        self.logf.close()
+        proc, self.proc = self.proc, None
+        if expect_code is not None:
+            assert code == expect_code, f"tokend exited {code}: {self.log()}"
+        return code
+
+
+@pytest.fixture
+def stub(tmp_path):
+    s = Stub(STUB_EXE, str(tmp_path / "stub"))
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def make_tokend(tmp_path):
+    made = []
+
+    def make(stub, sections=None, start=True, **kw):
+        d = tmp_path / f"tokend{len(made)}"
+        d.mkdir()
+        t = Tokend(d, stub, sections, **kw)
+        made.append(t)
+        if start:
+            t.start()
+        return t
+
+    yield make
+    for t in made:
+        if t.proc is not None:
+            t.stop(expect_code=None)
+
+
+@pytest.fixture
+def tokend(stub, make_tokend):
+    return make_tokend(stub)
+
+
+def assert_no_secrets(text, *secrets):
+    for s in secrets:
+        if s:
+            assert s not in text, f"a secret or token leaked into the log: {s[:6]}..."
