@@ -10,7 +10,9 @@
  * mutex; every wait is a timed wait on one condition variable that shutdown and
  * /__stub/reset broadcast, so nothing ever sleeps blindly.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <sys/types.h>
 #include <sys/random.h>
 #include <sys/resource.h>
@@ -132,19 +134,19 @@ struct req {                      /* one HTTP request: MHD's con_cls */
 
 /* ---------------------------------------------------------------- helpers */
 
-static void *xrealloc(void *p, size_t n)
-{
-	if (!(p = realloc(p, n ? n : 1))) {
-		fputs("instacart-stub: out of memory\n", stderr);
-		abort();
-	}
+static _Noreturn void oom(void) {
+	fputs("instacart-stub: out of memory\n", stderr);
+	abort();
+}
+
+static void *xrealloc(void *p, size_t n) {
+	if (!(p = realloc(p, n ? n : 1))) oom();
 	return p;
 }
 
 static void *xcalloc(size_t n) { return memset(xrealloc(NULL, n), 0, n); }
 
-static char *xstrndup(const char *s, size_t max)
-{
+static char *xstrndup(const char *s, size_t max) {
 	if (!s) return NULL;
 	size_t n = strnlen(s, max);
 	char *d = xrealloc(NULL, n + 1);
@@ -155,28 +157,25 @@ static char *xstrndup(const char *s, size_t max)
 
 static char *xstrdup(const char *s) { return xstrndup(s, SIZE_MAX); }
 
-static char *print_json(const cJSON *j)
-{
+static char *print_json(const cJSON *j) {
 	char *s = cJSON_PrintUnformatted(j);
-	return s ? s : xrealloc(NULL, SIZE_MAX);  /* out of memory: abort there */
+	if (!s) oom();
+	return s;
 }
 
-static int64_t mono_ns(void)
-{
+static int64_t mono_ns(void) {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * NS_PER_S + ts.tv_nsec;
 }
 
-static const char *jstr(const cJSON *obj, const char *key)
-{
+static const char *jstr(const cJSON *obj, const char *key) {
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
 	return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
 /* A JSON number holding an integer within [lo, hi]. */
-static bool json_int(const cJSON *v, long long lo, long long hi, long long *out)
-{
+static bool json_int(const cJSON *v, long long lo, long long hi, long long *out) {
 	if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble)) return false;
 	double d = v->valuedouble;
 	if (d < (double)lo || d > (double)hi || (double)(long long)d != d) return false;
@@ -184,8 +183,7 @@ static bool json_int(const cJSON *v, long long lo, long long hi, long long *out)
 	return true;
 }
 
-static bool parse_ll(const char *s, long long lo, long long hi, long long *out)
-{
+static bool parse_ll(const char *s, long long lo, long long hi, long long *out) {
 	if (!s || !*s || isspace((unsigned char)*s)) return false;
 	char *end;
 	errno = 0;
@@ -197,8 +195,7 @@ static bool parse_ll(const char *s, long long lo, long long hi, long long *out)
 
 /* cJSON turns \u0000 into a NUL that silently cuts the string short, which
  * would let "test-client\u0000junk" pass as "test-client": refuse it. */
-static bool has_nul_escape(const char *s)
-{
+static bool has_nul_escape(const char *s) {
 	for (; *s; s++) {
 		if (*s != '\\') continue;
 		if (s[1] == 'u' && !strncmp(s + 2, "0000", 4)) return true;
@@ -208,15 +205,13 @@ static bool has_nul_escape(const char *s)
 }
 
 /* Exactly `len` bytes of one JSON value, or NULL. */
-static cJSON *parse_exact(const char *s, size_t len)
-{
+static cJSON *parse_exact(const char *s, size_t len) {
 	if (!s || !len || strlen(s) != len || has_nul_escape(s)) return NULL;
 	return cJSON_ParseWithOpts(s, NULL, 1);
 }
 
 /* Does the query, form-decoded, mention `word` in any case? */
-static bool query_mentions(const char *q, const char *word)
-{
+static bool query_mentions(const char *q, const char *word) {
 	char *d = xcalloc(strlen(q) + 1), *o = d, hex[3] = { 0 };
 	for (; *q; q++) {
 		if (*q == '%' && isxdigit((unsigned char)q[1]) && isxdigit((unsigned char)q[2])) {
@@ -232,8 +227,7 @@ static bool query_mentions(const char *q, const char *word)
 	return hit;
 }
 
-static int b64val(int c)
-{
+static int b64val(int c) {
 	if (c >= 'A' && c <= 'Z') return c - 'A';
 	if (c >= 'a' && c <= 'z') return c - 'a' + 26;
 	if (c >= '0' && c <= '9') return c - '0' + 52;
@@ -242,8 +236,7 @@ static int b64val(int c)
 
 /* Strict standard Base64: whole quads, canonical '=' padding and zero spare
  * bits; no whitespace, no URL-safe alphabet.  NUL-terminated result or NULL. */
-static char *b64_decode_strict(const char *s, size_t *outlen)
-{
+static char *b64_decode_strict(const char *s, size_t *outlen) {
 	size_t n = strlen(s), pad = 0, o = 0;
 	if (!n || n % 4) return NULL;
 	if (s[n - 1] == '=') pad = s[n - 2] == '=' ? 2 : 1;
@@ -269,8 +262,7 @@ bad:
 
 /* The user_id of a fulfillment_user_assertion: Base64 of a JSON object with a
  * non-empty string "user_id".  NULL when the assertion is not that. */
-static char *assertion_user(const char *assertion)
-{
+static char *assertion_user(const char *assertion) {
 	size_t n;
 	char *raw = b64_decode_strict(assertion, &n), *user = NULL;
 	cJSON *j = raw ? parse_exact(raw, n) : NULL;
@@ -282,8 +274,7 @@ static char *assertion_user(const char *assertion)
 }
 
 /* application/json, parameters such as "; charset=utf-8" allowed. */
-static bool ctype_is_json(const char *ct)
-{
+static bool ctype_is_json(const char *ct) {
 	static const char mt[] = "application/json";
 	if (!ct) return false;
 	ct += strspn(ct, " \t");
@@ -293,8 +284,7 @@ static bool ctype_is_json(const char *ct)
 	return !*ct || *ct == ';';
 }
 
-static enum kind classify(const char *p)
-{
+static enum kind classify(const char *p) {
 	static const char reco[] = "/v2/recommendations/";
 	if (!strncmp(p, "/__stub/", 8)) return K_CONTROL;
 	if (!strcmp(p, TOKEN_PATH)) return K_TOKEN;
@@ -311,8 +301,7 @@ static enum kind classify(const char *p)
 
 /* ---------------------------------------------------------------- tokens (lock held) */
 
-static void random_token(char out[44])
-{
+static void random_token(char out[44]) {
 	static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 	unsigned char b[43];
 	for (size_t got = 0; got < sizeof b;) {
@@ -327,8 +316,7 @@ static void random_token(char out[44])
 	out[43] = '\0';
 }
 
-static struct token **token_slot(const char *tok)
-{
+static struct token **token_slot(const char *tok) {
 	uint32_t h = 2166136261u;  /* FNV-1a */
 	for (const char *p = tok; *p; p++) h = (h ^ (unsigned char)*p) * 16777619u;
 	struct token **pp = &g.buckets[h % TOKEN_BUCKETS];
@@ -336,8 +324,7 @@ static struct token **token_slot(const char *tok)
 	return pp;
 }
 
-static void token_clear(struct token *t)
-{
+static void token_clear(struct token *t) {
 	free(t->user);
 	free(t->scope);
 	free(t->client);
@@ -345,8 +332,7 @@ static void token_clear(struct token *t)
 
 /* Remembers (or re-remembers) a token, forgetting the oldest at TOKEN_CAP. */
 static struct token *token_put(const char *tok, const char *user, const char *scope, const char *client,
-			       int64_t expiry)
-{
+			       int64_t expiry) {
 	struct token **pp = token_slot(tok), *t = *pp;
 	if (t) {
 		token_clear(t);
@@ -380,8 +366,7 @@ static struct token *token_put(const char *tok, const char *user, const char *sc
 }
 
 /* The token named by "Authorization: Bearer <token>" (scheme in any case). */
-static struct token *bearer_token(const struct req *r)
-{
+static struct token *bearer_token(const struct req *r) {
 	if (!r->auth || strncasecmp(r->auth, "Bearer ", 7)) return NULL;
 	const char *t = r->auth + 7 + strspn(r->auth + 7, " ");
 	return *t ? *token_slot(t) : NULL;
@@ -389,8 +374,7 @@ static struct token *bearer_token(const struct req *r)
 
 /* ---------------------------------------------------------------- log & faults */
 
-static bool credentials_ok(const char *id, const char *secret)
-{
+static bool credentials_ok(const char *id, const char *secret) {
 	bool ok = false;
 	if (!id || !secret) return false;
 	pthread_mutex_lock(&g.lock);
@@ -401,8 +385,7 @@ static bool credentials_ok(const char *id, const char *secret)
 }
 
 /* One scope (the n bytes at s) known to the stub?  Lock held. */
-static bool scope_known(const char *s, size_t n)
-{
+static bool scope_known(const char *s, size_t n) {
 	static const char *const builtin[] = { "connect:recommendations", "connect:post_checkout",
 					       "connect:fulfillment" };
 	for (size_t i = 0; i < NELEM(builtin); i++)
@@ -413,8 +396,7 @@ static bool scope_known(const char *s, size_t n)
 }
 
 /* A known scope, or (list) a comma-separated list of known scopes. */
-static bool scope_ok(const char *p, bool list)
-{
+static bool scope_ok(const char *p, bool list) {
 	bool ok = true;
 	pthread_mutex_lock(&g.lock);
 	for (size_t n; ok; p += n + 1) {
@@ -426,15 +408,13 @@ static bool scope_ok(const char *p, bool list)
 	return ok;
 }
 
-static void rec_free(struct rec *e)
-{
+static void rec_free(struct rec *e) {
 	for (size_t i = 0; i < NFIELDS; i++) free(e->f[i]);
 	free(e);
 }
 
 /* Lock held once the fault is shared. */
-static void fault_unref(struct fault *f)
-{
+static void fault_unref(struct fault *f) {
 	if (!f || --f->refs) return;
 	char *s[] = { f->match_user, f->match_path, f->body, f->content_type, f->retry_after,
 		      f->expires_in.raw, f->expires_in.str, f->token_type.raw, f->token_type.str,
@@ -444,8 +424,7 @@ static void fault_unref(struct fault *f)
 }
 
 /* Finishes the request's log entry, unless a reset has discarded it. */
-static void rec_finish(struct req *r, unsigned status)
-{
+static void rec_finish(struct req *r, unsigned status) {
 	pthread_mutex_lock(&g.lock);
 	if (r->rec && r->gen == g.gen && !r->rec->done) {
 		r->rec->status = status;
@@ -457,8 +436,7 @@ static void rec_finish(struct req *r, unsigned status)
 
 /* First queued fault that matches, with one use consumed.  The caller holds a
  * reference, so a reset during its delay cannot free it. */
-static struct fault *fault_take(const struct req *r, const char *path, const char *user)
-{
+static struct fault *fault_take(const struct req *r, const char *path, const char *user) {
 	struct fault *hit = NULL;
 	pthread_mutex_lock(&g.lock);
 	for (size_t i = 0; i < g.nfaults && !hit; i++) {
@@ -481,8 +459,7 @@ static struct fault *fault_take(const struct req *r, const char *path, const cha
 /* Sleeps until `deadline` (monotonic ns); true if shutdown, /__stub/reset or
  * the client hanging up cut it short.  The socket is peeked every 100 ms as
  * MHD cannot notice a hang-up while this connection's thread is parked here. */
-static bool wait_for(struct MHD_Connection *c, const struct req *r, int64_t deadline)
-{
+static bool wait_for(struct MHD_Connection *c, const struct req *r, int64_t deadline) {
 	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
 	int fd = ci ? ci->connect_fd : -1;
 	bool cut = false;
@@ -507,8 +484,7 @@ static bool wait_for(struct MHD_Connection *c, const struct req *r, int64_t dead
 /* ---------------------------------------------------------------- replies */
 
 static enum MHD_Result queue(struct MHD_Connection *c, struct req *r, unsigned status, unsigned logged,
-			     struct MHD_Response *resp, const char *ctype, const char *hname, const char *hvalue)
-{
+			     struct MHD_Response *resp, const char *ctype, const char *hname, const char *hvalue) {
 	if (!resp) return MHD_NO;
 	if (ctype) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
 	if (hname && hvalue) MHD_add_response_header(resp, hname, hvalue);
@@ -521,8 +497,7 @@ static enum MHD_Result queue(struct MHD_Connection *c, struct req *r, unsigned s
 
 /* Answers with `body` (malloc'd, taken; NULL for none). */
 static enum MHD_Result reply(struct MHD_Connection *c, struct req *r, unsigned status, const char *ctype,
-			     char *body, const char *hname, const char *hvalue)
-{
+			     char *body, const char *hname, const char *hvalue) {
 	struct MHD_Response *resp =
 		MHD_create_response_from_buffer(body ? strlen(body) : 0, body, MHD_RESPMEM_MUST_FREE);
 	if (!resp) free(body);
@@ -530,15 +505,13 @@ static enum MHD_Result reply(struct MHD_Connection *c, struct req *r, unsigned s
 }
 
 static enum MHD_Result reply_json(struct MHD_Connection *c, struct req *r, unsigned status, cJSON *j,
-				  const char *hname, const char *hvalue)
-{
+				  const char *hname, const char *hvalue) {
 	char *s = print_json(j);
 	cJSON_Delete(j);
 	return reply(c, r, status, "application/json", s, hname, hvalue);
 }
 
-static cJSON *error_json(const char *error, const char *desc)
-{
+static cJSON *error_json(const char *error, const char *desc) {
 	cJSON *j = cJSON_CreateObject();
 	cJSON_AddStringToObject(j, "error", error);
 	cJSON_AddStringToObject(j, "error_description", desc);
@@ -546,34 +519,29 @@ static cJSON *error_json(const char *error, const char *desc)
 }
 
 static enum MHD_Result reply_error(struct MHD_Connection *c, struct req *r, unsigned status, const char *error,
-				   const char *desc)
-{
+				   const char *desc) {
 	return reply_json(c, r, status, error_json(error, desc), NULL, NULL);
 }
 
-static enum MHD_Result reply_ok(struct MHD_Connection *c, struct req *r, cJSON *j)
-{
+static enum MHD_Result reply_ok(struct MHD_Connection *c, struct req *r, cJSON *j) {
 	return reply_json(c, r, 200, j, NULL, NULL);
 }
 
 /* Closes the connection without a word. */
-static enum MHD_Result drop(struct req *r)
-{
+static enum MHD_Result drop(struct req *r) {
 	r->answered = true;
 	rec_finish(r, 0);
 	return MHD_NO;
 }
 
-static void add_member(cJSON *j, const char *key, const struct override *ov, cJSON *dflt)
-{
+static void add_member(cJSON *j, const char *key, const struct override *ov, cJSON *dflt) {
 	if (ov && ov->mode != OV_KEEP) cJSON_Delete(dflt);
 	if (ov && ov->mode == OV_RAW) cJSON_AddRawToObject(j, key, ov->raw);
 	if (!ov || ov->mode == OV_KEEP) cJSON_AddItemToObject(j, key, dflt);
 }
 
 /* The success answer, member order as in Instacart's documentation. */
-static cJSON *token_answer(const char *tok, long long expires_in, const char *scope, const struct fault *f)
-{
+static cJSON *token_answer(const char *tok, long long expires_in, const char *scope, const struct fault *f) {
 	cJSON *j = cJSON_CreateObject();
 	add_member(j, "access_token", f ? &f->access_token : NULL, cJSON_CreateString(tok));
 	add_member(j, "token_type", f ? &f->token_type : NULL, cJSON_CreateString("Bearer"));
@@ -585,8 +553,7 @@ static cJSON *token_answer(const char *tok, long long expires_in, const char *sc
 
 struct trunc { char *body; size_t half; };
 
-static ssize_t trunc_read(void *cls, uint64_t pos, char *buf, size_t max)
-{
+static ssize_t trunc_read(void *cls, uint64_t pos, char *buf, size_t max) {
 	struct trunc *t = cls;
 	if (pos >= t->half) return MHD_CONTENT_READER_END_WITH_ERROR;  /* MHD closes mid-body */
 	size_t n = t->half - (size_t)pos < max ? t->half - (size_t)pos : max;
@@ -594,8 +561,7 @@ static ssize_t trunc_read(void *cls, uint64_t pos, char *buf, size_t max)
 	return (ssize_t)n;
 }
 
-static void trunc_free(void *cls)
-{
+static void trunc_free(void *cls) {
 	free(((struct trunc *)cls)->body);
 	free(cls);
 }
@@ -604,8 +570,7 @@ static void trunc_free(void *cls)
 
 /* Checks 1-3, shared by token and revoke: query credentials, body, client.
  * False once an error answer is queued (in *ret). */
-static bool client_checks(struct MHD_Connection *c, struct req *r, enum MHD_Result *ret)
-{
+static bool client_checks(struct MHD_Connection *c, struct req *r, enum MHD_Result *ret) {
 	const char *q = strchr(r->uri, '?');
 	if (q && (query_mentions(q + 1, "client_id") || query_mentions(q + 1, "client_secret")))
 		*ret = reply_error(c, r, 403, "query_params_forbidden",
@@ -623,8 +588,7 @@ static bool client_checks(struct MHD_Connection *c, struct req *r, enum MHD_Resu
 	return false;
 }
 
-static enum MHD_Result token_endpoint(struct MHD_Connection *c, struct req *r, const struct fault *f)
-{
+static enum MHD_Result token_endpoint(struct MHD_Connection *c, struct req *r, const struct fault *f) {
 	enum MHD_Result ret;
 	if (!client_checks(c, r, &ret)) return ret;
 	const char *grant = jstr(r->json, "grant_type"), *client = jstr(r->json, "client_id");
@@ -658,8 +622,7 @@ static enum MHD_Result token_endpoint(struct MHD_Connection *c, struct req *r, c
 	return reply_ok(c, r, token_answer(tok, exp, scope, f));
 }
 
-static enum MHD_Result revoke_endpoint(struct MHD_Connection *c, struct req *r)
-{
+static enum MHD_Result revoke_endpoint(struct MHD_Connection *c, struct req *r) {
 	enum MHD_Result ret;
 	if (!client_checks(c, r, &ret)) return ret;
 	const char *tok = jstr(r->json, "token"), *client = jstr(r->json, "client_id");
@@ -683,8 +646,7 @@ static enum MHD_Result revoke_endpoint(struct MHD_Connection *c, struct req *r)
 	return reply(c, r, 200, NULL, NULL, NULL, NULL);
 }
 
-static enum MHD_Result reco_endpoint(struct MHD_Connection *c, struct req *r, const char *path)
-{
+static enum MHD_Result reco_endpoint(struct MHD_Connection *c, struct req *r, const char *path) {
 	char *user = NULL;
 	pthread_mutex_lock(&g.lock);
 	struct token *t = bearer_token(r);
@@ -708,8 +670,7 @@ static enum MHD_Result reco_endpoint(struct MHD_Connection *c, struct req *r, co
 	return reply_ok(c, r, j);
 }
 
-static enum MHD_Result serve(struct MHD_Connection *c, struct req *r, const char *url, const struct fault *f)
-{
+static enum MHD_Result serve(struct MHD_Connection *c, struct req *r, const char *url, const struct fault *f) {
 	switch (r->kind) {
 	case K_TOKEN: return token_endpoint(c, r, f);
 	case K_REVOKE: return revoke_endpoint(c, r);
@@ -718,8 +679,7 @@ static enum MHD_Result serve(struct MHD_Connection *c, struct req *r, const char
 	}
 }
 
-static const char *status_error(unsigned s)
-{
+static const char *status_error(unsigned s) {
 	static const struct { unsigned status; const char *error; } map[] = {
 		{ 400, "invalid_request" }, { 401, "invalid_client" }, { 403, "forbidden" }, { 404, "not_found" },
 		{ 408, "request_timeout" }, { 429, "rate_limited" }, { 500, "server_error" },
@@ -730,8 +690,7 @@ static const char *status_error(unsigned s)
 	return "error";
 }
 
-static enum MHD_Result apply_fault(struct MHD_Connection *c, struct req *r, const char *url, struct fault *f)
-{
+static enum MHD_Result apply_fault(struct MHD_Connection *c, struct req *r, const char *url, struct fault *f) {
 	if (f->delay_ms > 0 && wait_for(c, r, mono_ns() + f->delay_ms * NS_PER_MS)) return drop(r);
 	const char *ct = f->content_type ? f->content_type : "application/json";
 	switch (f->action) {
@@ -774,8 +733,7 @@ static enum MHD_Result apply_fault(struct MHD_Connection *c, struct req *r, cons
 
 /* A whole request to a non-control path: log what it carries, then apply a
  * fault or the strict endpoint. */
-static enum MHD_Result on_api(struct MHD_Connection *c, struct req *r, const char *url, const char *method)
-{
+static enum MHD_Result on_api(struct MHD_Connection *c, struct req *r, const char *url, const char *method) {
 	if (r->kind != K_OTHER && strcmp(method, "POST"))
 		return reply_json(c, r, 405, error_json("method_not_allowed", "only POST is allowed"), "Allow",
 				  "POST");
@@ -812,8 +770,7 @@ static enum MHD_Result on_api(struct MHD_Connection *c, struct req *r, const cha
 
 /* ---------------------------------------------------------------- control API */
 
-static bool take_string(char **dst, const cJSON *v, bool header)
-{
+static bool take_string(char **dst, const cJSON *v, bool header) {
 	if (!cJSON_IsString(v) || (header && strpbrk(v->valuestring, "\r\n"))) return false;
 	free(*dst);
 	*dst = xstrdup(v->valuestring);
@@ -821,8 +778,7 @@ static bool take_string(char **dst, const cJSON *v, bool header)
 }
 
 /* null omits the member; any other JSON value replaces it verbatim. */
-static void take_override(struct override *ov, const cJSON *v, const char *raw)
-{
+static void take_override(struct override *ov, const cJSON *v, const char *raw) {
 	free(ov->raw);
 	free(ov->str);
 	ov->mode = cJSON_IsNull(v) ? OV_OMIT : OV_RAW;
@@ -830,8 +786,7 @@ static void take_override(struct override *ov, const cJSON *v, const char *raw)
 	ov->str = cJSON_IsString(v) && !raw ? xstrdup(v->valuestring) : NULL;
 }
 
-static struct fault *fault_parse(const cJSON *o, const char **err)
-{
+static struct fault *fault_parse(const cJSON *o, const char **err) {
 	static const struct { const char *name; size_t off; bool header; } strs[] = {
 		{ "match_user", offsetof(struct fault, match_user), false },
 		{ "match_path", offsetof(struct fault, match_path), false },
@@ -839,7 +794,10 @@ static struct fault *fault_parse(const cJSON *o, const char **err)
 		{ "content_type", offsetof(struct fault, content_type), true },
 		{ "retry_after", offsetof(struct fault, retry_after), true },
 	};
-	if (!cJSON_IsObject(o)) return *err = "a fault must be a JSON object", NULL;
+	if (!cJSON_IsObject(o)) {
+		*err = "a fault must be a JSON object";
+		return NULL;
+	}
 	struct fault *f = xcalloc(sizeof *f);
 	f->refs = 1;
 	f->count = -1;
@@ -861,7 +819,8 @@ static struct fault *fault_parse(const cJSON *o, const char **err)
 		} else if (!strcmp(k, "status")) {
 			if (json_int(m, 100, 599, &n)) f->status = (unsigned)n; else *err = "status must be 100..599";
 		} else if (!strcmp(k, "action")) {
-			for (i = 0; i < NELEM(action_names) && !(cJSON_IsString(m) && !strcmp(m->valuestring, action_names[i])); i++) {}
+			const char *a = cJSON_IsString(m) ? m->valuestring : "";
+			for (i = 0; i < NELEM(action_names) && strcmp(a, action_names[i]); i++) {}
 			f->action = (enum action)i;
 			if (i == NELEM(action_names)) *err = "unknown action";
 		} else if (!strcmp(k, "expires_in")) {
@@ -878,15 +837,16 @@ static struct fault *fault_parse(const cJSON *o, const char **err)
 		}
 		if (*err) break;
 	}
-	if (!*err && (int)f->action < 0 && !(f->action = f->status ? A_STATUS : A_OK) && !f->status)
-		*err = "action is required";
+	if (!*err && (int)f->action < 0) {  /* a bare status implies action "status" */
+		if (f->status) f->action = A_STATUS;
+		else *err = "action is required";
+	}
 	if (!*err && f->action == A_STATUS && !f->status) *err = "action \"status\" needs a status";
 	if (*err) fault_unref(f);
 	return *err ? NULL : f;
 }
 
-static enum MHD_Result ctl_faults(struct MHD_Connection *c, struct req *r)
-{
+static enum MHD_Result ctl_faults(struct MHD_Connection *c, struct req *r) {
 	cJSON *j = parse_exact(r->body, r->len);
 	size_t n = cJSON_IsArray(j) ? (size_t)cJSON_GetArraySize(j) : 1, queued;
 	struct fault **fs = xcalloc(n * sizeof *fs);
@@ -910,15 +870,13 @@ static enum MHD_Result ctl_faults(struct MHD_Connection *c, struct req *r)
 	return reply_ok(c, r, o);
 }
 
-static cJSON *time_json(struct timespec t)
-{
+static cJSON *time_json(struct timespec t) {
 	char b[48];  /* µs precision; cJSON's %.15g would round it away */
 	snprintf(b, sizeof b, "%lld.%06ld", (long long)t.tv_sec, t.tv_nsec / 1000);
 	return cJSON_CreateRaw(b);
 }
 
-static enum MHD_Result ctl_requests(struct MHD_Connection *c, struct req *r)
-{
+static enum MHD_Result ctl_requests(struct MHD_Connection *c, struct req *r) {
 	cJSON *o = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(o, "requests");
 	pthread_mutex_lock(&g.lock);
 	for (size_t i = 0; i < g.nlog; i++) {
@@ -937,8 +895,7 @@ static enum MHD_Result ctl_requests(struct MHD_Connection *c, struct req *r)
 	return reply_ok(c, r, o);
 }
 
-static enum MHD_Result ctl_stats(struct MHD_Connection *c, struct req *r)
-{
+static enum MHD_Result ctl_stats(struct MHD_Connection *c, struct req *r) {
 	cJSON *o = cJSON_CreateObject();
 	pthread_mutex_lock(&g.lock);
 	cJSON_AddNumberToObject(o, "token_requests", (double)g.token_requests);
@@ -950,14 +907,12 @@ static enum MHD_Result ctl_stats(struct MHD_Connection *c, struct req *r)
 	return reply_ok(c, r, o);
 }
 
-static void free_strv(char **v, size_t n)
-{
+static void free_strv(char **v, size_t n) {
 	for (size_t i = 0; i < n; i++) free(v[i]);
 	free(v);
 }
 
-static enum MHD_Result ctl_reset(struct MHD_Connection *c, struct req *r)
-{
+static enum MHD_Result ctl_reset(struct MHD_Connection *c, struct req *r) {
 	pthread_mutex_lock(&g.lock);
 	for (size_t i = 0; i < g.nlog; i++) rec_free(g.log[i]);
 	for (size_t i = 0; i < g.nfaults; i++) fault_unref(g.faults[i]);
@@ -973,8 +928,7 @@ static enum MHD_Result ctl_reset(struct MHD_Connection *c, struct req *r)
 	return reply_ok(c, r, o);
 }
 
-static void free_creds(struct cred *cr, size_t n)
-{
+static void free_creds(struct cred *cr, size_t n) {
 	for (size_t i = 0; i < n; i++) {
 		free(cr[i].id);
 		free(cr[i].secret);
@@ -983,8 +937,7 @@ static void free_creds(struct cred *cr, size_t n)
 }
 
 /* Replaces the settings named in the body, all or nothing. */
-static enum MHD_Result ctl_config(struct MHD_Connection *c, struct req *r)
-{
+static enum MHD_Result ctl_config(struct MHD_Connection *c, struct req *r) {
 	cJSON *j = parse_exact(r->body, r->len);
 	const cJSON *m, *e, *members = cJSON_IsObject(j) ? j : NULL;
 	const char *err = members ? NULL : "body must be a JSON object";
@@ -1050,8 +1003,7 @@ static enum MHD_Result ctl_config(struct MHD_Connection *c, struct req *r)
 	return reply_ok(c, r, o);
 }
 
-static enum MHD_Result on_control(struct MHD_Connection *c, struct req *r, const char *url, const char *method)
-{
+static enum MHD_Result on_control(struct MHD_Connection *c, struct req *r, const char *url, const char *method) {
 	static const struct {
 		const char *path, *method;
 		enum MHD_Result (*fn)(struct MHD_Connection *, struct req *);
@@ -1074,8 +1026,7 @@ static enum MHD_Result on_control(struct MHD_Connection *c, struct req *r, const
 /* ---------------------------------------------------------------- MHD glue */
 
 /* Runs before header parsing, with the raw target: keeps the query verbatim. */
-static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
-{
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c) {
 	(void)cls;
 	(void)c;
 	struct req *r = xcalloc(sizeof *r);
@@ -1084,8 +1035,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
 	return r;
 }
 
-static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
-{
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
 	(void)cls;
 	(void)c;
 	(void)toe;
@@ -1101,8 +1051,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
 
 /* Headers are in: classify, log the arrival, refuse a declared oversized body
  * at once (before the client sends it). */
-static enum MHD_Result on_headers(struct MHD_Connection *c, struct req *r, const char *url, const char *method)
-{
+static enum MHD_Result on_headers(struct MHD_Connection *c, struct req *r, const char *url, const char *method) {
 	r->started = true;
 	r->kind = classify(url);
 	r->limit = r->kind == K_CONTROL ? CONTROL_BODY_MAX : API_BODY_MAX;
@@ -1138,8 +1087,7 @@ static enum MHD_Result on_headers(struct MHD_Connection *c, struct req *r, const
 	return MHD_YES;
 }
 
-static void body_append(struct req *r, const char *data, size_t n)
-{
+static void body_append(struct req *r, const char *data, size_t n) {
 	r->total += n;
 	if (r->too_large) return;
 	if (r->len + n > r->limit) {  /* keep draining, remember only the verdict */
@@ -1156,8 +1104,7 @@ static void body_append(struct req *r, const char *data, size_t n)
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
-				  const char *version, const char *upload, size_t *upload_size, void **con_cls)
-{
+				  const char *version, const char *upload, size_t *upload_size, void **con_cls) {
 	(void)cls;
 	(void)version;
 	struct req *r = *con_cls;
@@ -1174,8 +1121,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
 /* ---------------------------------------------------------------- startup */
 
-static char *read_secret(const char *path)
-{
+static char *read_secret(const char *path) {
 	FILE *f = fopen(path, "rb");
 	if (!f) return NULL;
 	char *buf = xrealloc(NULL, 65537);
@@ -1190,8 +1136,7 @@ static char *read_secret(const char *path)
 }
 
 /* Written to a temporary name, then renamed: readers never see half a number. */
-static bool write_port_file(const char *path, unsigned port)
-{
+static bool write_port_file(const char *path, unsigned port) {
 	size_t n = strlen(path) + 32;
 	char *tmp = xrealloc(NULL, n);
 	snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
@@ -1203,15 +1148,13 @@ static bool write_port_file(const char *path, unsigned port)
 	return ok;
 }
 
-static int usage(FILE *out, const char *msg)
-{
+static int usage(FILE *out, const char *msg) {
 	fprintf(out, "instacart-stub: %s\nusage: instacart-stub --listen 127.0.0.1:PORT "
 		"[--client-id ID --client-secret-file PATH]... [--expires-in N] [--port-file PATH]\n", msg);
 	return out == stdout ? 0 : 2;
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
 	const char *listen = NULL, *port_file = NULL;
 	const char **ids = xcalloc((size_t)argc * sizeof *ids), **files = xcalloc((size_t)argc * sizeof *files);
 	size_t nids = 0, nfiles = 0;

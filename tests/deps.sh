@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The Debian packages tokend needs, in one place. `tests/deps.sh build` or
+# `tests/deps.sh test` installs what is missing (as root, or through sudo);
+# `tests/deps.sh list test` prints the list.
+set -euo pipefail
+
+build=(meson ninja-build gcc pkg-config libcurl4-openssl-dev libcjson-dev libmicrohttpd-dev
+       libsystemd-dev libinih-dev uthash-dev curl ca-certificates)
+# python3-pytest runs the integration tests; nginx-light is the reverse proxy
+# in front and the benchmark's reference; prometheus brings promtool; clang
+# and its runtime build the fuzzers; valgrind checks leaks; debootstrap and
+# systemd-container boot a real systemd for the systemctl tests.
+test=("${build[@]}" python3 python3-pytest nginx-light prometheus clang libclang-rt-14-dev valgrind
+      debootstrap systemd-container wrk hyperfine iproute2 procps)
+
+mode=${1:-build}
+if [[ $mode == list ]]; then
+    eval "echo \${${2:-build}[@]}"
+    exit 0
+fi
+eval "pkgs=(\"\${${mode}[@]}\")"
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+((${#missing[@]} == 0)) && exit 0
+sudo=()
+[[ $(id -u) == 0 ]] || sudo=(sudo)
+"${sudo[@]}" apt-get update -q
+DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q -o DPkg::Lock::Timeout=600 "${missing[@]}"
