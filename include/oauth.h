@@ -27,6 +27,10 @@ int oauth_assertion(const char *user_id, char **ret);
 int oauth_request_body(enum oauth_grant grant, const char *client_id, const char *client_secret,
                        const char *scope, const char *user_id, char **ret, size_t *ret_len);
 
+/* The JSON body of POST /v2/oauth/token/revoke. *ret holds the secret. */
+int oauth_revoke_body(const char *client_id, const char *client_secret, const char *token_value,
+                      char **ret, size_t *ret_len);
+
 /* Parses a 200 answer. Returns 0 with a new token, or -EBADMSG when anything
  * is missing, malformed or out of range (the answer must then not be cached). */
 int oauth_parse_token(const char *body, size_t len, uint64_t received_ms, token **ret);

@@ -30,7 +30,8 @@ void fingerprint(const char *s, size_t len, char out[FINGERPRINT_LEN]);
  * (plus NUL), or 0 if out is too small. base64_encoded_size() includes the NUL. */
 size_t base64_encoded_size(size_t len);
 size_t base64_encode(const void *in, size_t len, char *out, size_t out_size);
-/* Strict decoding: standard alphabet, padding required, no whitespace.
+/* Strict decoding: standard alphabet, padding required, no whitespace, and
+ * not empty (nothing tokend decodes may be).
  * Returns decoded length, or -1 on malformed input or short buffer. */
 ptrdiff_t base64_decode(const char *in, size_t len, void *out, size_t out_size);
 

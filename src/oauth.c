@@ -29,6 +29,26 @@ static cJSON *json_delete_wiped(cJSON *j) {
     return NULL;
 }
 
+/* Parses a whole answer and nothing else. cJSON stops at the end of the
+ * first value (so trailing bytes would pass unseen), and turns \u0000 into
+ * a NUL that silently shortens a string: both are refused. */
+static cJSON *json_parse_strict(const char *body, size_t len) {
+    const char *end = NULL;
+    cJSON *j;
+
+    if (len == 0 || len > OAUTH_BODY_MAX || memmem(body, len, "\\u0000", 6))
+        return NULL;
+    j = cJSON_ParseWithLengthOpts(body, len, &end, false);
+    if (!j)
+        return NULL;
+    for (; end && end < body + len; end++)
+        if (*end != ' ' && *end != '\t' && *end != '\r' && *end != '\n') {
+            json_delete_wiped(j);
+            return NULL;
+        }
+    return j;
+}
+
 /* cJSON_PrintPreallocated writes into our buffer with no reallocation, so no
  * copy of a secret is left behind in freed memory. */
 static int json_print(cJSON *j, size_t size, char **ret, size_t *ret_len) {
@@ -108,6 +128,20 @@ out:
     return r;
 }
 
+int oauth_revoke_body(const char *client_id, const char *client_secret, const char *token_value,
+                      char **ret, size_t *ret_len) {
+    cJSON *j = cJSON_CreateObject();
+    int r = -ENOMEM;
+
+    if (j && cJSON_AddStringToObject(j, "client_id", client_id) &&
+        cJSON_AddStringToObject(j, "client_secret", client_secret) &&
+        cJSON_AddStringToObject(j, "token", token_value))
+        r = json_print(j, 64 + 6 * (strlen(client_id) + strlen(client_secret) + strlen(token_value)),
+                       ret, ret_len);
+    json_delete_wiped(j);
+    return r;
+}
+
 int oauth_scope_valid(const char *s, size_t len) {
     if (len == 0 || len > OAUTH_SCOPE_MAX)
         return false;
@@ -147,9 +181,7 @@ int oauth_parse_token(const char *body, size_t len, uint64_t received_ms, token 
     double lifetime;
     int r = -EBADMSG;
 
-    if (len == 0 || len > OAUTH_BODY_MAX)
-        return -EBADMSG;
-    j = cJSON_ParseWithLength(body, len);
+    j = json_parse_strict(body, len);
     if (!j)
         return -EBADMSG;
     if (!cJSON_IsObject(j))
@@ -217,10 +249,10 @@ static bool find_code(const cJSON *e, char *out, size_t out_size) {
 void oauth_parse_error(const char *body, size_t len, char *out, size_t out_size) {
     cJSON *j;
 
-    out[0] = '\0';
-    if (out_size == 0 || len == 0 || len > OAUTH_BODY_MAX)
+    if (out_size == 0)
         return;
-    j = cJSON_ParseWithLength(body, len);
+    out[0] = '\0';
+    j = json_parse_strict(body, len);
     if (!j)
         return;
     if (!find_code(j, out, out_size) && cJSON_IsArray(j))

@@ -5,6 +5,17 @@
  * what arrived.  Upstream for the integration tests and the README demo of
  * instacart-tokend; tests/integration/stub.py drives it.
  *
+ *   instacart-stub --listen 127.0.0.1:PORT [--client-id ID --client-secret-file PATH]...
+ *                  [--expires-in N] [--port-file PATH]
+ *
+ * Upstream side: POST /v2/oauth/token, /v2/oauth/token/revoke and the four
+ * /v2/recommendations/... calls (Bearer token).  Control side (JSON, never
+ * logged): GET /__stub/requests, GET /__stub/stats, POST /__stub/faults (a
+ * fault object or an array: match_user, match_path, count, delay_ms, action =
+ * ok|status|hang|drop|truncate|malformed, status, body, content_type,
+ * retry_after, expires_in | expires_in_raw, token_type, access_token),
+ * POST /__stub/reset, POST /__stub/config (expires_in, credentials, extra_scopes).
+ *
  * Model: libmicrohttpd with one thread per connection, so an injected delay or
  * hang simply parks that connection's thread.  All shared state sits behind one
  * mutex; every wait is a timed wait on one condition variable that shutdown and
@@ -25,6 +36,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -146,16 +158,16 @@ static void *xrealloc(void *p, size_t n) {
 
 static void *xcalloc(size_t n) { return memset(xrealloc(NULL, n), 0, n); }
 
-static char *xstrndup(const char *s, size_t max) {
-	if (!s) return NULL;
-	size_t n = strnlen(s, max);
+static char *dup_n(const char *s, size_t n) {
 	char *d = xrealloc(NULL, n + 1);
 	memcpy(d, s, n);
 	d[n] = '\0';
 	return d;
 }
 
-static char *xstrdup(const char *s) { return xstrndup(s, SIZE_MAX); }
+/* Both pass NULL through. */
+static char *xstrdup(const char *s) { return s ? dup_n(s, strlen(s)) : NULL; }
+static char *xstrndup(const char *s, size_t max) { return s ? dup_n(s, strnlen(s, max)) : NULL; }
 
 static char *print_json(const cJSON *j) {
 	char *s = cJSON_PrintUnformatted(j);
@@ -357,9 +369,9 @@ static struct token *token_put(const char *tok, const char *user, const char *sc
 		}
 		*pp = t;
 	}
-	t->user = xstrndup(user, SIZE_MAX);
-	t->scope = xstrndup(scope, SIZE_MAX);
-	t->client = xstrndup(client, SIZE_MAX);
+	t->user = xstrdup(user);
+	t->scope = xstrdup(scope);
+	t->client = xstrdup(client);
 	t->expiry = expiry;
 	t->revoked = false;
 	return t;
@@ -427,6 +439,7 @@ static void fault_unref(struct fault *f) {
 static void rec_finish(struct req *r, unsigned status) {
 	pthread_mutex_lock(&g.lock);
 	if (r->rec && r->gen == g.gen && !r->rec->done) {
+		r->rec->body_bytes = r->total;
 		r->rec->status = status;
 		r->rec->done = true;
 		clock_gettime(CLOCK_REALTIME, &r->rec->t_done);
@@ -651,7 +664,7 @@ static enum MHD_Result reco_endpoint(struct MHD_Connection *c, struct req *r, co
 	pthread_mutex_lock(&g.lock);
 	struct token *t = bearer_token(r);
 	bool ok = t && !t->revoked && t->expiry > mono_ns();
-	if (ok) user = xstrndup(t->user, SIZE_MAX);
+	if (ok) user = xstrdup(t->user);
 	pthread_mutex_unlock(&g.lock);
 	if (!ok)
 		return reply_json(c, r, 401, error_json("invalid_token", "missing, unknown, revoked or expired token"),
@@ -749,7 +762,7 @@ static enum MHD_Result on_api(struct MHD_Connection *c, struct req *r, const cha
 	pthread_mutex_lock(&g.lock);
 	if (r->kind == K_RECO) {
 		struct token *t = bearer_token(r);
-		auth_user = t ? xstrndup(t->user, SIZE_MAX) : NULL;
+		auth_user = t ? xstrdup(t->user) : NULL;
 	}
 	if (r->rec && r->gen == g.gen) {
 		const char *v[] = { [F_GRANT] = grant, [F_SCOPE] = scope, [F_USER] = r->user_id,
@@ -1025,6 +1038,14 @@ static enum MHD_Result on_control(struct MHD_Connection *c, struct req *r, const
 
 /* ---------------------------------------------------------------- MHD glue */
 
+/* MHD's own complaints, minus the one every intentional drop or hang causes. */
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+	char msg[512];
+	(void)cls;
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	if (!strcasestr(msg, "application reported")) fprintf(stderr, "instacart-stub: libmicrohttpd: %s", msg);
+}
+
 /* Runs before header parsing, with the raw target: keeps the query verbatim. */
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c) {
 	(void)cls;
@@ -1055,8 +1076,8 @@ static enum MHD_Result on_headers(struct MHD_Connection *c, struct req *r, const
 	r->started = true;
 	r->kind = classify(url);
 	r->limit = r->kind == K_CONTROL ? CONTROL_BODY_MAX : API_BODY_MAX;
-	r->ctype = xstrndup(MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE), SIZE_MAX);
-	r->auth = xstrndup(MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION), SIZE_MAX);
+	r->ctype = xstrdup(MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE));
+	r->auth = xstrdup(MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION));
 	const char *q = strchr(r->uri, '?'), *cls;
 	long long cl;
 	if ((cls = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH)) &&
@@ -1075,7 +1096,6 @@ static enum MHD_Result on_headers(struct MHD_Connection *c, struct req *r, const
 									  : xstrndup(q + 1, FIELD_MAX);
 		e->f[F_CTYPE] = xstrndup(r->ctype, FIELD_MAX);
 		e->t_recv = r->t_recv;
-		e->body_bytes = r->total;
 		if (g.nlog == g.log_alloc) {
 			g.log_alloc = g.log_alloc ? g.log_alloc * 2 : 1024;
 			g.log = xrealloc(g.log, g.log_alloc * sizeof *g.log);
@@ -1154,24 +1174,40 @@ static int usage(FILE *out, const char *msg) {
 	return out == stdout ? 0 : 2;
 }
 
-int main(int argc, char **argv) {
+/* Everything but the cleanup, so that every exit path of main frees the state. */
+static int run(int argc, char **argv) {
 	const char *listen = NULL, *port_file = NULL;
-	const char **ids = xcalloc((size_t)argc * sizeof *ids), **files = xcalloc((size_t)argc * sizeof *files);
 	size_t nids = 0, nfiles = 0;
+	/* The i-th --client-id pairs with the i-th --client-secret-file. */
+	g.creds = xcalloc(((size_t)argc / 2 + 1) * sizeof *g.creds);
+	g.ncreds = (size_t)argc / 2 + 1;  /* for the cleanup, until parsing is done */
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[++i] : NULL;
 		if (!strcmp(a, "--help") || !strcmp(a, "-h"))
 			return usage(stdout, "a strict local stand-in for Instacart's POST /v2/oauth/token");
 		if (!v) return usage(stderr, "option needs a value");
-		if (!strcmp(a, "--listen")) listen = v;
-		else if (!strcmp(a, "--port-file")) port_file = v;
-		else if (!strcmp(a, "--client-id") && *v) ids[nids++] = v;
-		else if (!strcmp(a, "--client-secret-file")) files[nfiles++] = v;
-		else if (strcmp(a, "--expires-in")) return usage(stderr, "unknown option or empty value");
-		else if (!parse_ll(v, -EXPIRES_MAX, EXPIRES_MAX, &g.expires_in))
+		if (!strcmp(a, "--listen")) {
+			listen = v;
+		} else if (!strcmp(a, "--port-file")) {
+			port_file = v;
+		} else if (!strcmp(a, "--client-id") && *v) {
+			g.creds[nids++].id = xstrdup(v);
+		} else if (!strcmp(a, "--client-secret-file")) {
+			if (!(g.creds[nfiles++].secret = read_secret(v))) {
+				fprintf(stderr, "instacart-stub: cannot read a non-empty secret from %s\n", v);
+				return 2;
+			}
+		} else if (strcmp(a, "--expires-in")) {
+			return usage(stderr, "unknown option or empty value");
+		} else if (!parse_ll(v, -EXPIRES_MAX, EXPIRES_MAX, &g.expires_in)) {
 			return usage(stderr, "--expires-in needs an integer within +-1e9");
+		}
 	}
 	if (nids != nfiles) return usage(stderr, "--client-id and --client-secret-file must come in pairs");
+	if (!(g.ncreds = nids)) {  /* the documented default, for tests that do not care */
+		g.creds[0] = (struct cred){ xstrdup("test-client"), xstrdup("test-secret") };
+		g.ncreds = 1;
+	}
 	struct sockaddr_in sa = { .sin_family = AF_INET };
 	const char *colon = listen ? strrchr(listen, ':') : NULL;
 	long long port;
@@ -1181,21 +1217,6 @@ int main(int argc, char **argv) {
 	if (inet_pton(AF_INET, host, &sa.sin_addr) != 1 || !parse_ll(colon + 1, 0, 65535, &port))
 		return usage(stderr, "--listen needs an IPv4 address and a port 0..65535");
 	sa.sin_port = htons((uint16_t)port);
-
-	g.creds = xcalloc((nids ? nids : 1) * sizeof *g.creds);
-	if (!nids) {  /* the documented default, for tests that do not care */
-		g.creds[0] = (struct cred){ xstrdup("test-client"), xstrdup("test-secret") };
-		g.ncreds = 1;
-	}
-	for (; g.ncreds < nids; g.ncreds++) {
-		if (!(g.creds[g.ncreds].secret = read_secret(files[g.ncreds]))) {
-			fprintf(stderr, "instacart-stub: cannot read a non-empty secret from %s\n", files[g.ncreds]);
-			return 2;
-		}
-		g.creds[g.ncreds].id = xstrdup(ids[g.ncreds]);
-	}
-	free(ids);
-	free(files);
 
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
@@ -1218,7 +1239,8 @@ int main(int argc, char **argv) {
 	/* MHD_USE_POLL: select() would fail on descriptors beyond FD_SETSIZE. */
 	struct MHD_Daemon *d = MHD_start_daemon(
 		MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ERROR_LOG,
-		0, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+		0, NULL, NULL, on_request, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+		MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
 		MHD_OPTION_CONNECTION_LIMIT, (unsigned int)4000, MHD_OPTION_THREAD_STACK_SIZE, (size_t)2 << 20,
 		MHD_OPTION_URI_LOG_CALLBACK, on_uri, NULL, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
 		MHD_OPTION_END);
@@ -1229,26 +1251,26 @@ int main(int argc, char **argv) {
 	const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_LISTEN_FD);
 	struct sockaddr_in bound;
 	socklen_t blen = sizeof bound;
-	if (!di || getsockname(di->listen_fd, (struct sockaddr *)&bound, &blen)) {
-		perror("instacart-stub: getsockname");
-		return 1;
-	}
-	unsigned actual = ntohs(bound.sin_port);
-	if (port_file && !write_port_file(port_file, actual)) {
+	bool up = di && !getsockname(di->listen_fd, (struct sockaddr *)&bound, &blen);
+	if (up && port_file && !write_port_file(port_file, ntohs(bound.sin_port))) {
 		fprintf(stderr, "instacart-stub: cannot write %s\n", port_file);
-		return 1;
+		up = false;
 	}
-	printf("listening on %s:%u\n", host, actual);
-	fflush(stdout);
-
-	int sig;
-	while (sigwait(&sigs, &sig)) {}
+	if (up) {
+		printf("listening on %s:%u\n", host, ntohs(bound.sin_port));
+		fflush(stdout);
+		for (int sig; sigwait(&sigs, &sig);) {}
+	}
 	pthread_mutex_lock(&g.lock);
 	g.shutdown = true;  /* ends every delay and hang */
 	pthread_cond_broadcast(&g.cond);
 	pthread_mutex_unlock(&g.lock);
 	MHD_stop_daemon(d);
+	return up ? 0 : 1;
+}
 
+int main(int argc, char **argv) {
+	int rc = run(argc, argv);
 	for (size_t i = 0; i < g.nlog; i++) rec_free(g.log[i]);
 	for (size_t i = 0; i < g.nfaults; i++) fault_unref(g.faults[i]);
 	for (size_t i = 0; i < g.ntokens; i++) {
@@ -1262,5 +1284,5 @@ int main(int argc, char **argv) {
 	free_strv(g.revoked, g.nrevoked);
 	free_creds(g.creds, g.ncreds);
 	free_strv(g.extra_scopes, g.nextra);
-	return 0;
+	return rc;
 }

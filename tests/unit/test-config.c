@@ -1,0 +1,903 @@
+/* Unit tests of src/config.c (and, through config_load, src/secret.c): what
+ * configuration tokend accepts, what it refuses, and that each refusal
+ * tells the operator the file and the line. */
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <netinet/in.h>
+#include <sys/stat.h>
+#include <syslog.h>
+
+#include "config.h"
+#include "unit.h"
+#include "util.h"
+
+#define NAME "t.conf"
+#define BASE                                                                                       \
+    "[upstream]\n"                                                                                 \
+    "base_url = https://connect.dev.instacart.tools\n"                                             \
+    "client_id = cid\n"
+/* text appended to BASE starts on this line */
+#define FIRST_EXTRA_LINE 4
+
+static config *parse_ok(const char *text) {
+    char err[CONFIG_ERR_MAX] = "";
+    config *c = NULL;
+    int r = config_parse_string(text, NAME, &c, err);
+
+    if (r != 0)
+        UNIT_FAIL("refused (%d): %s\n--- the file:\n%s", r, err, text);
+    ASSERT(c);
+    return c;
+}
+
+/* Parses text, expects a refusal; returns the message. */
+static const char *parse_refused(const char *text) {
+    static char err[CONFIG_ERR_MAX];
+    config *c = NULL;
+    int r;
+
+    err[0] = '\0';
+    r = config_parse_string(text, NAME, &c, err);
+    if (r != -EINVAL)
+        UNIT_FAIL("accepted (%d), want -EINVAL:\n%s", r, text);
+    ASSERT(c == NULL);
+    ASSERT(err[0] != '\0');
+    return err;
+}
+
+/* BASE + extra must be refused with a message for line `line` that mentions
+ * `what` (the key, the section or the value). */
+static void refused_at(const char *extra, int line, const char *what) {
+    char text[1024], prefix[32];
+    const char *err;
+
+    snprintf(text, sizeof(text), "%s%s", BASE, extra);
+    snprintf(prefix, sizeof(prefix), NAME ":%d: ", line);
+    err = parse_refused(text);
+    if (strncmp(err, prefix, strlen(prefix)) != 0 || !strstr(err, what))
+        UNIT_FAIL("for\n%s\nthe message should start with '%s' and mention '%s', but is:\n%s",
+                  text, prefix, what, err);
+}
+
+/* A refusal of the file as a whole (no line): "name: ..." mentioning what. */
+static void refused_whole(const char *text, const char *what) {
+    const char *err = parse_refused(text);
+
+    ASSERT_STARTS_WITH(err, NAME ": ");
+    ASSERT_CONTAINS(err, what);
+}
+
+static void minimal_file(void) {
+    config *c = parse_ok(BASE);
+
+    ASSERT_STR_EQ(c->path, NAME);
+    ASSERT_STR_EQ(c->base_url, "https://connect.dev.instacart.tools");
+    ASSERT_STR_EQ(c->client_id, "cid");
+    ASSERT(c->client_secret == NULL); /* parse_string never reads a secret */
+    /* the defaults the sample file documents */
+    ASSERT_STR_EQ(c->default_scope, "connect:recommendations");
+    ASSERT_STR_EQ(c->listen, "127.0.0.1:8787");
+    ASSERT(!c->allow_remote);
+    ASSERT_UINT_EQ(c->connect_timeout_ms, 5000);
+    ASSERT_UINT_EQ(c->request_timeout_ms, 10000);
+    ASSERT_UINT_EQ(c->max_entries, 100000);
+    ASSERT_UINT_EQ(c->min_ttl_ms, 300000);
+    ASSERT_UINT_EQ(c->refresh_before_pct, 25);
+    ASSERT_UINT_EQ(c->failure_ttl_ms, 30000);
+    ASSERT_UINT_EQ(c->max_waiters, 4096);
+    ASSERT_INT_EQ(c->log_level, LOG_INFO);
+    config_free(c);
+}
+
+static void every_key_in_its_unit(void) {
+    config *c = parse_ok("; a comment\n"
+                         "# another\n"
+                         "\n"
+                         "[upstream]\n"
+                         "base_url = https://connect.instacart.com/\n"
+                         "client_id = my-app\n"
+                         "client_secret_file = /etc/instacart-tokend/client-secret\n"
+                         "scope = connect:post_checkout\n"
+                         "connect_timeout = 2s\n"
+                         "attempt_timeout = 750ms\n"
+                         "request_timeout = 1m\n"
+                         "max_concurrent = 8\n"
+                         "queue_max = 0\n"
+                         "retry_base = 50ms\n"
+                         "retry_max = 5\n"
+                         "breaker_failures = 3\n"
+                         "breaker_cooldown = 1h\n"
+                         "[cache]\n"
+                         "max_entries = 10\n"
+                         "min_ttl = 0\n"
+                         "refresh_before = 10%\n"
+                         "failure_ttl = 0s\n"
+                         "max_waiters = 1\n"
+                         "[server]\n"
+                         "listen = [::1]:9000\n"
+                         "allow_remote = yes\n"
+                         "threads = 4\n"
+                         "max_connections = 100\n"
+                         "idle_timeout = 90s\n"
+                         "shutdown_timeout = 0\n"
+                         "[log]\n"
+                         "level = debug\n");
+
+    ASSERT_STR_EQ(c->base_url, "https://connect.instacart.com"); /* no trailing slash */
+    ASSERT_STR_EQ(c->client_id, "my-app");
+    ASSERT_STR_EQ(c->client_secret_file, "/etc/instacart-tokend/client-secret");
+    ASSERT_STR_EQ(c->default_scope, "connect:post_checkout");
+    ASSERT_UINT_EQ(c->connect_timeout_ms, 2000);
+    ASSERT_UINT_EQ(c->attempt_timeout_ms, 750);
+    ASSERT_UINT_EQ(c->request_timeout_ms, 60000);
+    ASSERT_UINT_EQ(c->max_concurrent, 8);
+    ASSERT_UINT_EQ(c->queue_max, 0);
+    ASSERT_UINT_EQ(c->retry_base_ms, 50);
+    ASSERT_UINT_EQ(c->retry_max_ms, 5000);
+    ASSERT_UINT_EQ(c->breaker_failures, 3);
+    ASSERT_UINT_EQ(c->breaker_cooldown_ms, 3600000);
+    ASSERT_UINT_EQ(c->max_entries, 10);
+    ASSERT_UINT_EQ(c->min_ttl_ms, 0);
+    ASSERT_UINT_EQ(c->refresh_before_pct, 10);
+    ASSERT_UINT_EQ(c->failure_ttl_ms, 0);
+    ASSERT_UINT_EQ(c->max_waiters, 1);
+    ASSERT_STR_EQ(c->listen, "[::1]:9000");
+    ASSERT(c->allow_remote);
+    ASSERT_UINT_EQ(c->threads, 4);
+    ASSERT_UINT_EQ(c->max_connections, 100);
+    ASSERT_UINT_EQ(c->idle_timeout_ms, 90000);
+    ASSERT_UINT_EQ(c->shutdown_timeout_ms, 0);
+    ASSERT_INT_EQ(c->log_level, LOG_DEBUG);
+    config_free(c);
+}
+
+static void booleans_and_levels(void) {
+    static const struct {
+        const char *text;
+        bool want;
+    } bools[] = { { "yes", true }, { "YES", true }, { "true", true }, { "1", true },
+                  { "no", false }, { "False", false }, { "0", false } };
+    static const struct {
+        const char *text;
+        int want;
+    } levels[] = { { "error", LOG_ERR }, { "warning", LOG_WARNING }, { "notice", LOG_NOTICE },
+                   { "info", LOG_INFO }, { "DEBUG", LOG_DEBUG } };
+    char text[512];
+
+    for (size_t i = 0; i < ARRAY_SIZE(bools); i++) {
+        snprintf(text, sizeof(text), BASE "[server]\nallow_remote = %s\n", bools[i].text);
+        config *c = parse_ok(text);
+        ASSERT_INT_EQ(c->allow_remote, bools[i].want);
+        config_free(c);
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(levels); i++) {
+        snprintf(text, sizeof(text), BASE "[log]\nlevel = %s\n", levels[i].text);
+        config *c = parse_ok(text);
+        ASSERT_INT_EQ(c->log_level, levels[i].want);
+        config_free(c);
+    }
+}
+
+static void unknown_section(void) {
+    refused_at("[cach]\nmax_entries = 5\n", FIRST_EXTRA_LINE + 1, "[cach]");
+    refused_at("[Upstream]\nscope = x\n", FIRST_EXTRA_LINE + 1, "[Upstream]");
+    /* a key before any section */
+    ASSERT_STARTS_WITH(parse_refused("client_id = x\n" BASE), NAME ":1: ");
+}
+
+static void unknown_key(void) {
+    refused_at("client_secret = hunter2\n", FIRST_EXTRA_LINE, "client_secret");
+    refused_at("[cache]\nmin_tll = 5m\n", FIRST_EXTRA_LINE + 1, "min_tll");
+    /* a key of another section is unknown here: no guessing */
+    refused_at("listen = 127.0.0.1:1\n", FIRST_EXTRA_LINE, "listen");
+    refused_at("\n\n[server]\nBASE_URL = https://x\n", FIRST_EXTRA_LINE + 3, "BASE_URL");
+}
+
+static void key_set_twice(void) {
+    /* the line named is the second one */
+    refused_at("client_id = other\n", FIRST_EXTRA_LINE, "client_id");
+    refused_at("[cache]\nmax_entries = 5\n[server]\n[cache]\nmax_entries = 6\n",
+               FIRST_EXTRA_LINE + 4, "max_entries");
+    refused_at("[upstream]\nbase_url = https://other.example\n", FIRST_EXTRA_LINE + 1, "base_url");
+}
+
+static void empty_value(void) {
+    refused_at("scope =\n", FIRST_EXTRA_LINE, "scope");
+    refused_at("client_secret_file = \n", FIRST_EXTRA_LINE, "client_secret_file");
+    refused_at("[cache]\nmax_entries =\n", FIRST_EXTRA_LINE + 1, "max_entries");
+    refused_at("[cache]\nmin_ttl =\n", FIRST_EXTRA_LINE + 1, "min_ttl");
+    refused_at("[cache]\nrefresh_before =\n", FIRST_EXTRA_LINE + 1, "refresh_before");
+    refused_at("[server]\nallow_remote =\n", FIRST_EXTRA_LINE + 1, "allow_remote");
+    refused_at("[log]\nlevel =\n", FIRST_EXTRA_LINE + 1, "level");
+    ASSERT_STARTS_WITH(parse_refused("[upstream]\nbase_url =\nclient_id = x\n"), NAME ":2: ");
+}
+
+static void bad_values(void) {
+    static const struct {
+        const char *extra;
+        const char *key;
+    } bad[] = {
+        /* numbers */
+        { "max_concurrent = many\n", "max_concurrent" },
+        { "max_concurrent = -1\n", "max_concurrent" },
+        { "max_concurrent = 1.5\n", "max_concurrent" },
+        { "max_concurrent = 0x10\n", "max_concurrent" },
+        { "max_concurrent = 8 requests\n", "max_concurrent" },
+        { "[cache]\nmax_entries = 1e6\n", "max_entries" },
+        /* durations */
+        { "connect_timeout = soon\n", "connect_timeout" },
+        { "connect_timeout = 1.5s\n", "connect_timeout" },
+        { "connect_timeout = -1s\n", "connect_timeout" },
+        { "connect_timeout = 5 s\n", "connect_timeout" },
+        { "connect_timeout = 5sec\n", "connect_timeout" },
+        { "connect_timeout = 1d\n", "connect_timeout" },
+        /* percentages */
+        { "[cache]\nrefresh_before = 25\n", "refresh_before" },
+        { "[cache]\nrefresh_before = %\n", "refresh_before" },
+        { "[cache]\nrefresh_before = x%\n", "refresh_before" },
+        { "[cache]\nrefresh_before = -5%\n", "refresh_before" },
+        { "[cache]\nrefresh_before = 2.5%\n", "refresh_before" },
+        { "[cache]\nrefresh_before = 25%%\n", "refresh_before" },
+        /* booleans */
+        { "[server]\nallow_remote = maybe\n", "allow_remote" },
+        { "[server]\nallow_remote = 2\n", "allow_remote" },
+        /* log levels */
+        { "[log]\nlevel = verbose\n", "level" },
+        { "[log]\nlevel = 7\n", "level" },
+        { "[log]\nlevel = emerg\n", "level" },
+        /* strings with control characters */
+        { "scope = a\x01" "b\n", "scope" },
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        int line = FIRST_EXTRA_LINE + (bad[i].extra[0] == '[' ? 1 : 0);
+        refused_at(bad[i].extra, line, bad[i].key);
+    }
+}
+
+static void out_of_range(void) {
+    static const struct {
+        const char *extra;
+        const char *key;
+    } bad[] = {
+        { "connect_timeout = 99ms\n", "connect_timeout" },
+        { "connect_timeout = 61s\n", "connect_timeout" },
+        { "attempt_timeout = 301s\n", "attempt_timeout" },
+        { "request_timeout = 0\n", "request_timeout" },
+        { "max_concurrent = 0\n", "max_concurrent" },
+        { "max_concurrent = 1025\n", "max_concurrent" },
+        { "max_concurrent = 99999999999999999999999\n", "max_concurrent" },
+        { "queue_max = 1000001\n", "queue_max" },
+        { "retry_base = 0\n", "retry_base" },
+        { "retry_max = 11m\n", "retry_max" },
+        { "breaker_failures = 0\n", "breaker_failures" },
+        { "breaker_cooldown = 2h\n", "breaker_cooldown" },
+        { "[cache]\nmax_entries = 0\n", "max_entries" },
+        { "[cache]\nmax_entries = 100000001\n", "max_entries" },
+        { "[cache]\nmin_ttl = 43201s\n", "min_ttl" },
+        { "[cache]\nmin_ttl = 13h\n", "min_ttl" },
+        { "[cache]\nrefresh_before = 51%\n", "refresh_before" },
+        { "[cache]\nrefresh_before = 100%\n", "refresh_before" },
+        { "[cache]\nfailure_ttl = 61m\n", "failure_ttl" },
+        { "[cache]\nmax_waiters = 0\n", "max_waiters" },
+        { "[server]\nthreads = 0\n", "threads" },
+        { "[server]\nthreads = 257\n", "threads" },
+        { "[server]\nmax_connections = 0\n", "max_connections" },
+        { "[server]\nidle_timeout = 999ms\n", "idle_timeout" },
+        { "[server]\nshutdown_timeout = 11m\n", "shutdown_timeout" },
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        int line = FIRST_EXTRA_LINE + (bad[i].extra[0] == '[' ? 1 : 0);
+        refused_at(bad[i].extra, line, bad[i].key);
+    }
+    /* and the bounds themselves are fine */
+    config *c = parse_ok(BASE "connect_timeout = 100ms\nmax_concurrent = 1024\n"
+                              "[cache]\nmin_ttl = 12h\nrefresh_before = 50%\n"
+                              "[server]\nthreads = 256\nidle_timeout = 1s\n");
+    ASSERT_UINT_EQ(c->connect_timeout_ms, 100);
+    ASSERT_UINT_EQ(c->max_concurrent, 1024);
+    ASSERT_UINT_EQ(c->min_ttl_ms, 12 * 3600000ULL);
+    ASSERT_UINT_EQ(c->refresh_before_pct, 50);
+    ASSERT_UINT_EQ(c->threads, 256);
+    config_free(c);
+}
+
+static void unparsable_line(void) {
+    refused_at("this line has no equals sign\n", FIRST_EXTRA_LINE, "cannot parse");
+    refused_at("[cache\n", FIRST_EXTRA_LINE, "cannot parse");
+}
+
+static void first_error_wins(void) {
+    /* two mistakes: the first one is reported, with its own line */
+    refused_at("bogus = 1\n[cache]\nmax_entries = 0\n", FIRST_EXTRA_LINE, "bogus");
+    refused_at("[cache]\nmax_entries = 0\nbogus = 1\n", FIRST_EXTRA_LINE + 1, "max_entries");
+    refused_at("bogus = 1\nnot a key value line\n", FIRST_EXTRA_LINE, "bogus");
+}
+
+/* inih reports the line of the first error of any kind, config.c keeps the
+ * message of the first error its handler saw: a syntax error followed by a
+ * bad key must not come out as "line of the first, text of the second". */
+static void line_matches_message_after_syntax_error(void) {
+    char text[512];
+    const char *err;
+
+    snprintf(text, sizeof(text), "%s", BASE "not a key value line\n[cache]\nmax_entrie = 5\n");
+    err = parse_refused(text);
+    if (strstr(err, "max_entrie"))
+        ASSERT_STARTS_WITH(err, NAME ":6: ");
+    else
+        ASSERT_STARTS_WITH(err, NAME ":4: ");
+}
+
+static void missing_base_url(void) {
+    refused_whole("[upstream]\nclient_id = x\n", "base_url");
+    refused_whole("", "base_url");
+}
+
+static void missing_client_id(void) {
+    refused_whole("[upstream]\nbase_url = https://connect.instacart.com\n", "client_id");
+}
+
+static void base_url(const char *url, const char *want) {
+    char text[512];
+
+    snprintf(text, sizeof(text), "[upstream]\nbase_url = %s\nclient_id = x\n", url);
+    if (want) {
+        config *c = parse_ok(text);
+        ASSERT_STR_EQ(c->base_url, want);
+        config_free(c);
+    } else {
+        const char *err = parse_refused(text);
+        ASSERT_STARTS_WITH(err, NAME ": ");
+        ASSERT_CONTAINS(err, "base_url");
+    }
+}
+
+static void base_url_https(void) {
+    base_url("https://connect.instacart.com", "https://connect.instacart.com");
+    base_url("https://connect.instacart.com/", "https://connect.instacart.com");
+    base_url("https://connect.instacart.com//", "https://connect.instacart.com");
+    base_url("https://connect.dev.instacart.tools:8443", "https://connect.dev.instacart.tools:8443");
+    base_url("https://gw.example.com/instacart/", "https://gw.example.com/instacart");
+    base_url("https://10.1.2.3", "https://10.1.2.3");
+}
+
+static void base_url_plain_http_only_to_loopback(void) {
+    /* tokens and the secret cross this link in clear text */
+    base_url("http://connect.instacart.com", NULL);
+    base_url("http://connect.instacart.com:80/", NULL);
+    base_url("http://10.0.0.1:8080", NULL);
+    base_url("http://192.168.1.1", NULL);
+    base_url("http://localhost.example.com", NULL);
+    base_url("http://localhostx:8080", NULL);
+    base_url("http://127.0.0.1.nip.io", NULL);
+    base_url("http://[::2]:8080", NULL);
+    base_url("http://[::ffff:10.0.0.1]", NULL);
+    /* the local stand-in of Instacart's server */
+    base_url("http://127.0.0.1:8080", "http://127.0.0.1:8080");
+    base_url("http://127.0.0.1:8080/", "http://127.0.0.1:8080");
+    base_url("http://127.1.2.3:9", "http://127.1.2.3:9");
+    base_url("http://localhost", "http://localhost");
+    base_url("http://LOCALHOST:1234/prefix", "http://LOCALHOST:1234/prefix");
+    base_url("http://[::1]:8080", "http://[::1]:8080");
+    base_url("http://[::1]", "http://[::1]");
+}
+
+static void base_url_refusals(void) {
+    base_url("https://user:pass@connect.instacart.com", NULL);
+    base_url("https://connect.instacart.com@evil.example", NULL);
+    base_url("http://127.0.0.1@evil.example", NULL);
+    base_url("https://connect.instacart.com/?client_secret=x", NULL);
+    base_url("https://connect.instacart.com/#frag", NULL);
+    base_url("https://connect.instacart.com\\evil", NULL);
+    base_url("connect.instacart.com", NULL);
+    base_url("ftp://connect.instacart.com", NULL);
+    base_url("https:/connect.instacart.com", NULL);
+    base_url("https://", NULL);
+    base_url("https:///v2", NULL);
+}
+
+/* A port with no host in front is no host: curl would fail at every mint
+ * instead of tokend refusing the file at start. */
+static void base_url_port_without_host(void) {
+    base_url("https://:443", NULL);
+    base_url("https://:443/v2", NULL);
+}
+
+static void listen_text(const char *extra, bool ok) {
+    char text[512];
+
+    snprintf(text, sizeof(text), BASE "[server]\n%s", extra);
+    if (ok) {
+        config_free(parse_ok(text));
+    } else {
+        const char *err = parse_refused(text);
+        ASSERT_STARTS_WITH(err, NAME ": ");
+        ASSERT_CONTAINS(err, "listen");
+    }
+}
+
+static void listen_loopback_only_unless_allowed(void) {
+    listen_text("listen = 127.0.0.1:8787\n", true);
+    listen_text("listen = 127.0.0.2:1\n", true);
+    listen_text("listen = localhost:8787\n", true);
+    listen_text("listen = [::1]:8787\n", true);
+    listen_text("listen = 0.0.0.0:8787\n", false);
+    listen_text("listen = 10.1.2.3:8787\n", false);
+    listen_text("listen = [::]:8787\n", false);
+    listen_text("listen = 0.0.0.0:8787\nallow_remote = no\n", false);
+    listen_text("listen = 0.0.0.0:8787\nallow_remote = yes\n", true);
+    listen_text("allow_remote = yes\nlisten = [::]:8787\n", true);
+    {
+        char text[512];
+        snprintf(text, sizeof(text), BASE "[server]\nlisten = 0.0.0.0:8787\n");
+        ASSERT_CONTAINS(parse_refused(text), "allow_remote");
+    }
+}
+
+static void listen_malformed(void) {
+    static const char *const bad[] = {
+        "127.0.0.1", "127.0.0.1:", ":8787", "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:80x",
+        "127.0.0.1:0x50", "example.com:80", "[::1:8787", "::1:8787", "[::1]", "[nope]:80",
+        "256.0.0.1:80", "127.0.0.1 :80",
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+        char text[512];
+        const char *err;
+        snprintf(text, sizeof(text), BASE "[server]\nlisten = %s\nallow_remote = yes\n", bad[i]);
+        err = parse_refused(text);
+        ASSERT_STARTS_WITH(err, NAME ": ");
+        ASSERT_CONTAINS(err, bad[i]);
+    }
+}
+
+static void listen_addresses(void) {
+    struct sockaddr_storage ss;
+    socklen_t sl = 0;
+    bool loopback = false;
+
+    ASSERT_INT_EQ(config_listen_parse("127.0.0.1:8787", &ss, &sl, &loopback), 0);
+    ASSERT_INT_EQ(ss.ss_family, AF_INET);
+    ASSERT_UINT_EQ(sl, sizeof(struct sockaddr_in));
+    ASSERT_UINT_EQ(ntohs(((struct sockaddr_in *)&ss)->sin_port), 8787);
+    ASSERT_UINT_EQ(ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr), INADDR_LOOPBACK);
+    ASSERT(loopback);
+
+    ASSERT_INT_EQ(config_listen_parse("localhost:99", &ss, &sl, &loopback), 0);
+    ASSERT_INT_EQ(ss.ss_family, AF_INET);
+    ASSERT_UINT_EQ(ntohs(((struct sockaddr_in *)&ss)->sin_port), 99);
+    ASSERT(loopback);
+
+    ASSERT_INT_EQ(config_listen_parse("[::1]:8080", &ss, &sl, &loopback), 0);
+    ASSERT_INT_EQ(ss.ss_family, AF_INET6);
+    ASSERT_UINT_EQ(sl, sizeof(struct sockaddr_in6));
+    ASSERT_UINT_EQ(ntohs(((struct sockaddr_in6 *)&ss)->sin6_port), 8080);
+    ASSERT(IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr));
+    ASSERT(loopback);
+
+    ASSERT_INT_EQ(config_listen_parse("10.0.0.1:80", &ss, &sl, &loopback), 0);
+    ASSERT(!loopback);
+    ASSERT_INT_EQ(config_listen_parse("[::]:80", &ss, &sl, &loopback), 0);
+    ASSERT(!loopback);
+    ASSERT_INT_EQ(config_listen_parse("0.0.0.0:80", &ss, &sl, &loopback), 0);
+    ASSERT(!loopback);
+    ASSERT_INT_EQ(config_listen_parse("nope", &ss, &sl, &loopback), -EINVAL);
+}
+
+static void retry_max_below_base(void) {
+    refused_whole(BASE "retry_base = 3s\nretry_max = 2s\n", "retry_max");
+}
+
+static void invalid_default_scope(void) {
+    refused_whole(BASE "scope = connect recommendations\n", "scope");
+    refused_whole(BASE "scope = a\"b\n", "scope");
+}
+
+/* The sample file must parse, and each default it shows commented out must
+ * be the built-in default: an operator who uncomments a line gets no
+ * surprise. */
+static char *read_text(const char *path) {
+    FILE *f = fopen(path, "re");
+    char *buf;
+    long n;
+
+    if (!f)
+        UNIT_FAIL("cannot open %s (set TOKEND_SAMPLE_CONF to config/tokend.conf)", path);
+    ASSERT(fseek(f, 0, SEEK_END) == 0);
+    n = ftell(f);
+    ASSERT(n > 0);
+    rewind(f);
+    buf = malloc((size_t)n + 1);
+    ASSERT(buf);
+    ASSERT(fread(buf, 1, (size_t)n, f) == (size_t)n);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+static void sample_file_defaults_are_the_defaults(void) {
+    const char *path = getenv("TOKEND_SAMPLE_CONF");
+    char *text, *uncommented;
+    config *a, *b;
+    size_t o = 0, n_uncommented = 0;
+
+    text = read_text(path && *path ? path : TOKEND_SAMPLE_CONF);
+    uncommented = malloc(strlen(text) + 1);
+    ASSERT(uncommented);
+    /* "#key = value" becomes "key = value"; prose comments stay */
+    for (const char *p = text; *p;) {
+        const char *eol = strchr(p, '\n');
+        size_t len = eol ? (size_t)(eol - p) + 1 : strlen(p);
+        size_t name = p[0] == '#' ? strspn(p + 1, "abcdefghijklmnopqrstuvwxyz_") : 0;
+        if (name > 0 && strncmp(p + 1 + name, " = ", 3) == 0) {
+            p++, len--;
+            n_uncommented++;
+        }
+        memcpy(uncommented + o, p, len);
+        o += len;
+        p += len;
+    }
+    uncommented[o] = '\0';
+    ASSERT(n_uncommented >= 15);
+
+    a = parse_ok(text);
+    b = parse_ok(uncommented);
+    ASSERT_STR_EQ(a->default_scope, b->default_scope);
+    ASSERT_STR_EQ(a->listen, b->listen);
+    ASSERT_UINT_EQ(a->connect_timeout_ms, b->connect_timeout_ms);
+    ASSERT_UINT_EQ(a->attempt_timeout_ms, b->attempt_timeout_ms);
+    ASSERT_UINT_EQ(a->request_timeout_ms, b->request_timeout_ms);
+    ASSERT_UINT_EQ(a->max_concurrent, b->max_concurrent);
+    ASSERT_UINT_EQ(a->queue_max, b->queue_max);
+    ASSERT_UINT_EQ(a->retry_base_ms, b->retry_base_ms);
+    ASSERT_UINT_EQ(a->retry_max_ms, b->retry_max_ms);
+    ASSERT_UINT_EQ(a->breaker_failures, b->breaker_failures);
+    ASSERT_UINT_EQ(a->breaker_cooldown_ms, b->breaker_cooldown_ms);
+    ASSERT_UINT_EQ(a->max_entries, b->max_entries);
+    ASSERT_UINT_EQ(a->min_ttl_ms, b->min_ttl_ms);
+    ASSERT_UINT_EQ(a->refresh_before_pct, b->refresh_before_pct);
+    ASSERT_UINT_EQ(a->failure_ttl_ms, b->failure_ttl_ms);
+    ASSERT_UINT_EQ(a->max_waiters, b->max_waiters);
+    ASSERT_INT_EQ(a->allow_remote, b->allow_remote);
+    ASSERT_UINT_EQ(a->threads, b->threads);
+    ASSERT_UINT_EQ(a->max_connections, b->max_connections);
+    ASSERT_UINT_EQ(a->idle_timeout_ms, b->idle_timeout_ms);
+    ASSERT_UINT_EQ(a->shutdown_timeout_ms, b->shutdown_timeout_ms);
+    ASSERT_INT_EQ(a->log_level, b->log_level);
+    config_free(a);
+    config_free(b);
+    free(uncommented);
+    free(text);
+}
+
+/* ---- files on disk: config_load and the client secret ---- */
+
+static char tmp_root[256];
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    return remove(path);
+}
+
+static void tmp_cleanup(void) {
+    if (tmp_root[0])
+        nftw(tmp_root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static const char *tmp_dir(void) {
+    if (!tmp_root[0]) {
+        const char *base = getenv("TMPDIR");
+        snprintf(tmp_root, sizeof(tmp_root), "%s/tokend-unit-XXXXXX", base && *base ? base : "/tmp");
+        ASSERT(mkdtemp(tmp_root));
+        atexit(tmp_cleanup);
+    }
+    return tmp_root;
+}
+
+/* A new file in the temporary directory holding content, with mode. */
+static char *tmp_file(const char *content, size_t len, mode_t mode) {
+    char *path = NULL;
+    int fd;
+
+    ASSERT(asprintf(&path, "%s/file-XXXXXX", tmp_dir()) > 0);
+    fd = mkstemp(path);
+    ASSERT(fd >= 0);
+    ASSERT(write(fd, content, len) == (ssize_t)len);
+    ASSERT(fchmod(fd, mode) == 0);
+    ASSERT(close(fd) == 0);
+    return path;
+}
+
+/* A configuration file naming secret_path as client_secret_file. */
+static char *conf_file(const char *secret_path) {
+    char text[1024];
+
+    if (secret_path)
+        snprintf(text, sizeof(text), BASE "client_secret_file = %s\n", secret_path);
+    else
+        snprintf(text, sizeof(text), "%s", BASE);
+    return tmp_file(text, strlen(text), 0644);
+}
+
+/* config_load with a secret file holding content at mode: the result, and
+ * the message in err. */
+static int load_with_secret(const char *content, size_t len, mode_t mode, config **c,
+                            char err[CONFIG_ERR_MAX], char **ret_secret_path) {
+    char *secret = tmp_file(content, len, mode), *conf = conf_file(secret);
+    int r;
+
+    *c = NULL;
+    err[0] = '\0';
+    r = config_load(conf, NULL, c, err);
+    free(conf);
+    if (ret_secret_path)
+        *ret_secret_path = secret;
+    else
+        free(secret);
+    return r;
+}
+
+static void secret_loaded_and_newline_stripped(void) {
+    static const struct {
+        const char *content;
+        const char *want;
+    } cases[] = {
+        { "s3cret\n", "s3cret" },       { "s3cret", "s3cret" },
+        { "s3cret\r\n", "s3cret" },     { "s3cret \t\n\n", "s3cret" },
+        { "with inner space\n", "with inner space" },
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        char err[CONFIG_ERR_MAX];
+        config *c;
+        int r = load_with_secret(cases[i].content, strlen(cases[i].content), 0600, &c, err, NULL);
+        if (r != 0)
+            UNIT_FAIL("refused (%d): %s", r, err);
+        ASSERT_STR_EQ(c->client_secret, cases[i].want);
+        ASSERT_UINT_EQ(c->client_secret_len, strlen(cases[i].want));
+        ASSERT_STR_EQ(c->client_id, "cid");
+        config_free(c);
+    }
+    /* read-only for the owner is fine too */
+    {
+        char err[CONFIG_ERR_MAX];
+        config *c;
+        ASSERT_INT_EQ(load_with_secret("ro\n", 3, 0400, &c, err, NULL), 0);
+        ASSERT_STR_EQ(c->client_secret, "ro");
+        config_free(c);
+    }
+}
+
+static void secret_missing_file(void) {
+    char err[CONFIG_ERR_MAX], *missing = NULL, *conf;
+    config *c = NULL;
+
+    ASSERT(asprintf(&missing, "%s/no-such-secret", tmp_dir()) > 0);
+    conf = conf_file(missing);
+    ASSERT_INT_EQ(config_load(conf, NULL, &c, err), -ENOENT);
+    ASSERT(c == NULL);
+    ASSERT_CONTAINS(err, missing);
+    free(conf);
+    free(missing);
+}
+
+static void secret_empty_or_blank(void) {
+    static const char *const contents[] = { "", "\n", " \t\r\n\n", "   " };
+    for (size_t i = 0; i < ARRAY_SIZE(contents); i++) {
+        char err[CONFIG_ERR_MAX], *path;
+        config *c;
+        int r = load_with_secret(contents[i], strlen(contents[i]), 0600, &c, err, &path);
+        ASSERT(r < 0);
+        ASSERT(c == NULL);
+        ASSERT_CONTAINS(err, path);
+        ASSERT_CONTAINS(err, "empty");
+        free(path);
+    }
+}
+
+static void secret_readable_by_others_refused(void) {
+    static const mode_t modes[] = { 0640, 0604, 0620, 0602, 0610, 0660, 0644 };
+    for (size_t i = 0; i < ARRAY_SIZE(modes); i++) {
+        char err[CONFIG_ERR_MAX], *path;
+        config *c;
+        int r = load_with_secret("s3cret\n", 7, modes[i], &c, err, &path);
+        if (r != -EPERM)
+            UNIT_FAIL("mode %04o: got %d, want -EPERM (%s)", (unsigned)modes[i], r, err);
+        ASSERT(c == NULL);
+        ASSERT_CONTAINS(err, path);
+        ASSERT_CONTAINS(err, "chmod 600");
+        free(path);
+    }
+}
+
+static void secret_symlink_refused(void) {
+    char err[CONFIG_ERR_MAX], *target = tmp_file("s3cret\n", 7, 0600), *link = NULL, *conf;
+    config *c = NULL;
+
+    ASSERT(asprintf(&link, "%s/secret-link", tmp_dir()) > 0);
+    ASSERT(symlink(target, link) == 0);
+    conf = conf_file(link);
+    ASSERT_INT_EQ(config_load(conf, NULL, &c, err), -ELOOP);
+    ASSERT(c == NULL);
+    ASSERT_CONTAINS(err, link);
+    ASSERT_CONTAINS(err, "symbolic link");
+    free(conf);
+    free(link);
+    free(target);
+}
+
+static void secret_not_a_regular_file(void) {
+    char err[CONFIG_ERR_MAX], *dir = NULL, *conf;
+    config *c = NULL;
+
+    ASSERT(asprintf(&dir, "%s/a-directory", tmp_dir()) > 0);
+    ASSERT(mkdir(dir, 0700) == 0);
+    conf = conf_file(dir);
+    ASSERT(config_load(conf, NULL, &c, err) < 0);
+    ASSERT(c == NULL);
+    ASSERT_CONTAINS(err, "regular file");
+    free(conf);
+    free(dir);
+}
+
+static void secret_control_character_or_too_big(void) {
+    char err[CONFIG_ERR_MAX], big[4098];
+    config *c;
+
+    ASSERT(load_with_secret("s3c\x01ret\n", 8, 0600, &c, err, NULL) < 0);
+    ASSERT_CONTAINS(err, "control character");
+    ASSERT(load_with_secret("line1\nline2\n", 12, 0600, &c, err, NULL) < 0);
+    memset(big, 'x', sizeof(big));
+    ASSERT_INT_EQ(load_with_secret(big, 4097, 0600, &c, err, NULL), -EFBIG);
+    ASSERT_INT_EQ(load_with_secret(big, 4096, 0600, &c, err, NULL), 0);
+    ASSERT_UINT_EQ(c->client_secret_len, 4096);
+    config_free(c);
+}
+
+static void secret_not_configured(void) {
+    char err[CONFIG_ERR_MAX], *conf = conf_file(NULL);
+    config *c = NULL;
+
+    ASSERT_INT_EQ(config_load(conf, NULL, &c, err), -EINVAL);
+    ASSERT(c == NULL);
+    ASSERT_STARTS_WITH(err, conf);
+    ASSERT_CONTAINS(err, "client_secret_file");
+    free(conf);
+}
+
+static char *credentials_dir(const char *content, mode_t mode) {
+    char *dir = NULL, *file = NULL;
+    int fd;
+
+    ASSERT(asprintf(&dir, "%s/creds-XXXXXX", tmp_dir()) > 0);
+    ASSERT(mkdtemp(dir));
+    ASSERT(asprintf(&file, "%s/client_secret", dir) > 0);
+    fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    ASSERT(fd >= 0);
+    ASSERT(write(fd, content, strlen(content)) == (ssize_t)strlen(content));
+    ASSERT(fchmod(fd, mode) == 0);
+    close(fd);
+    free(file);
+    return dir;
+}
+
+static void credentials_directory_takes_precedence(void) {
+    char err[CONFIG_ERR_MAX], *file_secret = tmp_file("from-file\n", 10, 0600),
+                              *conf = conf_file(file_secret), *creds = credentials_dir("from-creds\n", 0600);
+    config *c = NULL;
+
+    ASSERT_INT_EQ(config_load(conf, creds, &c, err), 0);
+    ASSERT_STR_EQ(c->client_secret, "from-creds");
+    config_free(c);
+    /* an empty CREDENTIALS_DIRECTORY means none */
+    ASSERT_INT_EQ(config_load(conf, "", &c, err), 0);
+    ASSERT_STR_EQ(c->client_secret, "from-file");
+    config_free(c);
+    free(conf);
+    /* the file is not even opened: a bad one does not matter under systemd */
+    conf = conf_file("/nonexistent/secret");
+    ASSERT_INT_EQ(config_load(conf, creds, &c, err), 0);
+    ASSERT_STR_EQ(c->client_secret, "from-creds");
+    config_free(c);
+    free(conf);
+    /* and no client_secret_file at all is fine with a credential */
+    conf = conf_file(NULL);
+    ASSERT_INT_EQ(config_load(conf, creds, &c, err), 0);
+    ASSERT_STR_EQ(c->client_secret, "from-creds");
+    config_free(c);
+    free(conf);
+    free(creds);
+    free(file_secret);
+}
+
+static void credentials_directory_checked_too(void) {
+    char err[CONFIG_ERR_MAX], *file_secret = tmp_file("from-file\n", 10, 0600),
+                              *conf = conf_file(file_secret), *empty = NULL, *creds;
+    config *c = NULL;
+
+    /* a credential missing from the directory is an error, not a fallback */
+    ASSERT(asprintf(&empty, "%s/empty-creds", tmp_dir()) > 0);
+    ASSERT(mkdir(empty, 0700) == 0);
+    ASSERT_INT_EQ(config_load(conf, empty, &c, err), -ENOENT);
+    ASSERT(c == NULL);
+    ASSERT_CONTAINS(err, "client_secret");
+    /* and the same rules apply to it */
+    creds = credentials_dir("x\n", 0640);
+    ASSERT_INT_EQ(config_load(conf, creds, &c, err), -EPERM);
+    free(creds);
+    creds = credentials_dir("\n", 0600);
+    ASSERT(config_load(conf, creds, &c, err) < 0);
+    free(creds);
+    free(empty);
+    free(conf);
+    free(file_secret);
+}
+
+static void config_file_missing(void) {
+    char err[CONFIG_ERR_MAX], *path = NULL;
+    config *c = NULL;
+
+    ASSERT(asprintf(&path, "%s/no-such.conf", tmp_dir()) > 0);
+    ASSERT_INT_EQ(config_load(path, NULL, &c, err), -ENOENT);
+    ASSERT(c == NULL);
+    ASSERT_STARTS_WITH(err, path);
+    free(path);
+}
+
+static void config_file_errors_name_the_file_and_line(void) {
+    char err[CONFIG_ERR_MAX], prefix[300];
+    const char *text = BASE "[cache]\nmax_entries = lots\n";
+    char *path = tmp_file(text, strlen(text), 0644);
+    config *c = NULL;
+
+    ASSERT_INT_EQ(config_load(path, NULL, &c, err), -EINVAL);
+    ASSERT(c == NULL);
+    snprintf(prefix, sizeof(prefix), "%s:5: ", path);
+    ASSERT_STARTS_WITH(err, prefix);
+    ASSERT_CONTAINS(err, "max_entries");
+    free(path);
+}
+
+static void config_free_accepts_null(void) {
+    ASSERT(config_free(NULL) == NULL);
+}
+
+static const unit_test tests[] = {
+    TEST(minimal_file),
+    TEST(every_key_in_its_unit),
+    TEST(booleans_and_levels),
+    TEST(unknown_section),
+    TEST(unknown_key),
+    TEST(key_set_twice),
+    TEST(empty_value),
+    TEST(bad_values),
+    TEST(out_of_range),
+    TEST(unparsable_line),
+    TEST(first_error_wins),
+    TEST(line_matches_message_after_syntax_error),
+    TEST(missing_base_url),
+    TEST(missing_client_id),
+    TEST(base_url_https),
+    TEST(base_url_plain_http_only_to_loopback),
+    TEST(base_url_refusals),
+    TEST(base_url_port_without_host),
+    TEST(listen_loopback_only_unless_allowed),
+    TEST(listen_malformed),
+    TEST(listen_addresses),
+    TEST(retry_max_below_base),
+    TEST(invalid_default_scope),
+    TEST(sample_file_defaults_are_the_defaults),
+    TEST(secret_loaded_and_newline_stripped),
+    TEST(secret_missing_file),
+    TEST(secret_empty_or_blank),
+    TEST(secret_readable_by_others_refused),
+    TEST(secret_symlink_refused),
+    TEST(secret_not_a_regular_file),
+    TEST(secret_control_character_or_too_big),
+    TEST(secret_not_configured),
+    TEST(credentials_directory_takes_precedence),
+    TEST(credentials_directory_checked_too),
+    TEST(config_file_missing),
+    TEST(config_file_errors_name_the_file_and_line),
+    TEST(config_free_accepts_null),
+};
+
+UNIT_MAIN(tests)
