@@ -2,19 +2,42 @@
 #pragma once
 
 #include "cache.h"
+#include "upstream.h"
 
 typedef struct api api;
 struct config;
 
+/* Routes, for counting requests by route. */
+enum api_route {
+    ROUTE_TOKEN,
+    ROUTE_HEALTHZ,
+    ROUTE_READYZ,
+    ROUTE_METRICS,
+    ROUTE_STATUS,
+    ROUTE_CACHE_FLUSH,
+    ROUTE_OTHER,
+    _ROUTE_MAX,
+};
+extern const char *const api_route_names[_ROUTE_MAX];
+
+/* The statuses counted one by one; the rest go in the last slot. */
+#define API_CODES 16
+extern const unsigned api_codes[API_CODES - 1];
+
 struct api_stats {
     unsigned long long requests, ok, client_errors, upstream_errors;
-    unsigned waiting; /* requests suspended on a mint */
+    unsigned long long by_route[_ROUTE_MAX][API_CODES];
+    unsigned waiting; /* requests suspended on a mint or a revocation */
 };
 
-/* listen_fd: a socket passed by systemd, or -1 to bind cfg->listen. */
-int api_new(const struct config *cfg, cache *c, int listen_fd, api **ret);
+/* listen_fd: a socket passed by systemd, or -1 to bind cfg->listen. up is
+ * used for revocations and readiness. */
+int api_new(const struct config *cfg, cache *c, upstream *up, int listen_fd, api **ret);
 /* The address actually bound, e.g. "127.0.0.1:8787". */
 const char *api_address(api *a);
+/* After a reload: what /v1/status shows as the effective configuration.
+ * (The routes' own settings, default scope and min_ttl, need a restart.) */
+void api_set_config(api *a, const struct config *cfg);
 /* Stops accepting new connections; those open are still served. */
 void api_quiesce(api *a);
 /* Requests waiting on a mint right now. */

@@ -44,7 +44,8 @@ struct cache_stats {
 
 int cache_new(const cache_settings *s, cache_fetch_fn fetch, void *source, cache **ret);
 /* A token for the key with at least min_ttl_ms left (the cache's own minimum
- * when 0), or a promise to call done. Returns a CACHE_* value, -EBUSY when
+ * when 0), or a promise to call done. With done NULL, only looks: -EAGAIN
+ * where it would have had to wait. Returns a CACHE_* value, -EBUSY when
  * too many callers already wait on this key, -ENOBUFS when every entry is
  * busy minting and none can be evicted. */
 int cache_get(cache *c, enum oauth_grant grant, const char *user_id, const char *scope,
@@ -55,3 +56,26 @@ size_t cache_sweep(cache *c);
 void cache_get_stats(cache *c, struct cache_stats *ret);
 /* Call only when no fetch is in flight (stop the source first). */
 cache *cache_free(cache *c);
+
+/* Handing the cache over a restart (snapshot.c) and flushing it on a change
+ * of credentials (reload). */
+
+/* Called for each entry holding a token with time left, with the cache's
+ * lock held: it must not call back into the cache. t is borrowed. */
+typedef void (*cache_export_fn)(void *userdata, enum oauth_grant grant, const char *user_id,
+                                const char *scope, const token *t);
+/* Returns how many entries fn was given. */
+size_t cache_export(cache *c, cache_export_fn fn, void *userdata);
+/* Inserts a token (a restored one) for the key; the cache takes its own
+ * reference. Returns 0, -EEXIST when the key already has a token or a
+ * fetch, -EINVAL, -ENOBUFS when full of busy entries, or -ENOMEM. */
+int cache_put(cache *c, enum oauth_grant grant, const char *user_id, const char *scope, token *t);
+/* Forgets every token and remembered failure (the credentials or the server
+ * changed). Fetches in flight complete normally. Returns how many went. */
+size_t cache_flush(cache *c);
+
+/* Drops the key's token (and any remembered failure). Returns 1 with the
+ * dropped token in *ret_token (a reference for the caller, say to revoke
+ * it; NULL to just wipe it), 0 when nothing was cached. */
+int cache_drop(cache *c, enum oauth_grant grant, const char *user_id, const char *scope,
+               token **ret_token);

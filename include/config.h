@@ -62,3 +62,7 @@ struct sockaddr_storage;
 /* Parses ADDRESS:PORT (IPv4, [IPv6] or localhost). */
 int config_listen_parse(const char *s, struct sockaddr_storage *ret, socklen_t *ret_len,
                         bool *ret_loopback);
+
+/* The effective configuration as JSON, durations in seconds, without the
+ * secret (only the path it came from). malloc()ed, or NULL. */
+char *config_describe(const config *c);

@@ -2,6 +2,8 @@
  * handle in one worker thread, so no caller ever blocks on the network. */
 #pragma once
 
+#include <stdbool.h>
+
 #include "oauth.h"
 #include "token.h"
 
@@ -14,15 +16,29 @@ struct config;
  * MINT_OK. */
 typedef void (*upstream_done_fn)(void *userdata, const mint_outcome *o, token *t);
 
+/* Upper bounds, in seconds, of the request latency histogram's buckets. */
+#define UPSTREAM_LATENCY_BUCKETS 11
+extern const double upstream_latency_bounds[UPSTREAM_LATENCY_BUCKETS];
+
+enum upstream_circuit { CIRCUIT_CLOSED, CIRCUIT_OPEN, CIRCUIT_HALF_OPEN };
+
 struct upstream_stats {
     unsigned long long requests;   /* HTTP requests sent, retries included */
     unsigned long long mints_ok;
     unsigned long long mints_rejected;
     unsigned long long mints_failed;
     unsigned long long mints_timeout;
+    unsigned long long revocations_ok;
+    unsigned long long revocations_failed;
     unsigned long long retries;
+    unsigned long long latency_buckets[UPSTREAM_LATENCY_BUCKETS]; /* not cumulative */
+    unsigned long long latency_count;
+    double latency_sum_s;
     unsigned in_flight;
     unsigned queued;
+    enum upstream_circuit circuit;
+    bool credentials_rejected;     /* Instacart refused the client credentials */
+    bool rate_limited;             /* paused by a 429 right now */
 };
 
 int upstream_new(const struct config *cfg, upstream **ret);
@@ -32,6 +48,9 @@ int upstream_start(upstream *u);
  * or the worker is stopping. user_id is ignored for client_credentials. */
 void upstream_mint(upstream *u, enum oauth_grant grant, const char *user_id, const char *scope,
                    upstream_done_fn done, void *userdata);
+/* Revokes a token at Instacart (POST /v2/oauth/token/revoke); done gets
+ * MINT_OK and no token on success. Same queue, retries and breaker as mints. */
+void upstream_revoke(upstream *u, const char *token_value, upstream_done_fn done, void *userdata);
 /* Ends the worker: mints still queued or in flight complete with
  * MINT_UNAVAILABLE. Idempotent. */
 void upstream_stop(upstream *u);
@@ -40,3 +59,6 @@ void upstream_get_stats(upstream *u, struct upstream_stats *ret);
 /* Microseconds since the worker last went round its loop: a wedged worker
  * shows here (the watchdog reads it). */
 uint64_t upstream_idle_ms(upstream *u);
+/* Reload: swaps client id, secret and base URL for mints submitted from now
+ * on (jobs already queued keep their bodies). Returns 0 or -ENOMEM. */
+int upstream_set_credentials(upstream *u, const struct config *cfg);

@@ -16,6 +16,8 @@
 
 #include "util.h"
 
+#define KEY_MAX (1 + OAUTH_USER_ID_MAX + 1 + OAUTH_SCOPE_MAX)
+
 struct waiter {
     struct waiter *next;
     cache_done_fn done;
@@ -131,6 +133,19 @@ static void schedule_refresh(cache *c, cache_entry *e, uint64_t now) {
     e->refresh_failures = 0;
 }
 
+/* The key: grant byte, user id, NUL, scope. Returns its length, 0 if too long. */
+static size_t make_key(char buf[KEY_MAX], enum oauth_grant grant, const char *user_id, const char *scope) {
+    size_t ulen = strlen(user_id), slen = strlen(scope);
+
+    if (ulen > OAUTH_USER_ID_MAX || slen > OAUTH_SCOPE_MAX)
+        return 0;
+    buf[0] = (char)grant;
+    memcpy(buf + 1, user_id, ulen);
+    buf[1 + ulen] = '\0';
+    memcpy(buf + 2 + ulen, scope, slen);
+    return 1 + ulen + 1 + slen;
+}
+
 static cache_entry *entry_find(cache *c, const char *key, size_t keylen) {
     cache_entry *e = NULL;
     HASH_FIND(hh, c->table, key, keylen, e);
@@ -159,9 +174,8 @@ static void fetch_done(void *userdata, const mint_outcome *o, token *t);
 int cache_get(cache *c, enum oauth_grant grant, const char *user_id, const char *scope,
               uint64_t min_ttl_ms, cache_done_fn done, void *userdata,
               token **ret_token, mint_outcome *ret_outcome) {
-    size_t ulen = strlen(user_id), slen = strlen(scope);
-    size_t keylen = 1 + ulen + 1 + slen;
-    char keybuf[1 + OAUTH_USER_ID_MAX + 1 + OAUTH_SCOPE_MAX];
+    char keybuf[KEY_MAX];
+    size_t keylen = make_key(keybuf, grant, user_id, scope);
     struct waiter *w;
     cache_entry *e;
     bool start = false, background = false;
@@ -169,12 +183,8 @@ int cache_get(cache *c, enum oauth_grant grant, const char *user_id, const char 
     uint64_t now;
     int r;
 
-    if (ulen > OAUTH_USER_ID_MAX || slen > OAUTH_SCOPE_MAX)
+    if (!keylen)
         return -EINVAL;
-    keybuf[0] = (char)grant;
-    memcpy(keybuf + 1, user_id, ulen);
-    keybuf[1 + ulen] = '\0';
-    memcpy(keybuf + 2 + ulen, scope, slen);
     if (min_ttl_ms == 0)
         min_ttl_ms = c->s.min_ttl_ms;
 
@@ -189,6 +199,7 @@ int cache_get(cache *c, enum oauth_grant grant, const char *user_id, const char 
             c->stats.hits++;
             if (now >= e->refresh_at_ms && now >= e->retry_at_ms && !e->fetching) {
                 e->fetching = true;
+                c->stats.fetching++;
                 background = true;
                 c->stats.refreshes++;
             }
@@ -203,7 +214,13 @@ int cache_get(cache *c, enum oauth_grant grant, const char *user_id, const char 
             pthread_mutex_unlock(&c->lock);
             return CACHE_FAILED;
         }
-    } else {
+    }
+    if (!done) {
+        /* a look-up only: the caller allocates its waiting state, then asks again */
+        pthread_mutex_unlock(&c->lock);
+        return -EAGAIN;
+    }
+    if (!e) {
         r = make_room(c);
         if (r < 0) {
             pthread_mutex_unlock(&c->lock);
@@ -238,6 +255,7 @@ int cache_get(cache *c, enum oauth_grant grant, const char *user_id, const char 
     r = e->fetching ? CACHE_COALESCED : CACHE_MISS;
     if (!e->fetching) {
         e->fetching = true;
+        c->stats.fetching++;
         start = true;
         c->stats.misses++;
     } else
@@ -265,6 +283,7 @@ static void fetch_done(void *userdata, const mint_outcome *o, token *t) {
     pthread_mutex_lock(&c->lock);
     now = c->s.clock();
     e->fetching = false;
+    c->stats.fetching--;
     waiters = e->waiters;
     e->waiters = NULL;
     e->n_waiters = 0;
@@ -282,8 +301,11 @@ static void fetch_done(void *userdata, const mint_outcome *o, token *t) {
             e->failed_until_ms = now + c->s.failure_ttl_ms;
         }
         if (e->tok) {
-            /* a failed refresh: the old token serves on, retried with backoff */
+            /* a failed refresh: the old token serves on, retried with backoff,
+             * and not before a remembered rejection lapses */
             e->retry_at_ms = now + backoff_ms(c, e->refresh_failures);
+            if (e->retry_at_ms < e->failed_until_ms)
+                e->retry_at_ms = e->failed_until_ms;
             if (e->refresh_failures < 255)
                 e->refresh_failures++;
         }
@@ -333,7 +355,6 @@ void cache_get_stats(cache *c, struct cache_stats *ret) {
     pthread_mutex_lock(&c->lock);
     *ret = c->stats;
     ret->entries = HASH_COUNT(c->table);
-    ret->fetching = 0;
     pthread_mutex_unlock(&c->lock);
 }
 
@@ -349,4 +370,121 @@ cache *cache_free(cache *c) {
     pthread_mutex_destroy(&c->lock);
     free(c);
     return NULL;
+}
+
+/* ---- export, restore and flush: for restarts (snapshot.c) and reloads ---- */
+
+size_t cache_export(cache *c, cache_export_fn fn, void *userdata) {
+    char scope[OAUTH_SCOPE_MAX + 1];
+    size_t n = 0;
+    cache_entry *e;
+    uint64_t now;
+
+    pthread_mutex_lock(&c->lock);
+    now = c->s.clock();
+    /* least recently used first, so a restore that overflows a smaller
+     * cache evicts the coldest entries, as the running cache would have */
+    for (e = c->lru_tail; e; e = e->lru_prev) {
+        const char *user = e->key + 1;
+        size_t ulen = strlen(user), slen = e->keylen - 2 - ulen;
+
+        if (!e->tok || token_remaining_ms(e->tok, now) == 0)
+            continue;
+        memcpy(scope, user + ulen + 1, slen);
+        scope[slen] = '\0';
+        fn(userdata, e->grant, user, scope, e->tok);
+        n++;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return n;
+}
+
+int cache_put(cache *c, enum oauth_grant grant, const char *user_id, const char *scope, token *t) {
+    char keybuf[KEY_MAX];
+    size_t keylen = make_key(keybuf, grant, user_id, scope);
+    cache_entry *e;
+    int r;
+
+    if (!keylen || !t)
+        return -EINVAL;
+
+    pthread_mutex_lock(&c->lock);
+    e = entry_find(c, keybuf, keylen);
+    if (e && (e->tok || e->fetching)) {
+        pthread_mutex_unlock(&c->lock);
+        return -EEXIST;
+    }
+    if (!e) {
+        r = make_room(c);
+        if (r < 0) {
+            pthread_mutex_unlock(&c->lock);
+            return r;
+        }
+        e = calloc(1, sizeof(*e) + keylen);
+        if (!e) {
+            pthread_mutex_unlock(&c->lock);
+            return -ENOMEM;
+        }
+        e->cache = c;
+        e->grant = grant;
+        e->keylen = (uint16_t)keylen;
+        memcpy(e->key, keybuf, keylen);
+        HASH_ADD(hh, c->table, key, keylen, e);
+    } else
+        lru_unlink(c, e);
+    lru_push_head(c, e);
+    e->tok = token_ref(t);
+    e->failed_until_ms = 0;
+    schedule_refresh(c, e, c->s.clock());
+    pthread_mutex_unlock(&c->lock);
+    return 0;
+}
+
+size_t cache_flush(cache *c) {
+    cache_entry *e, *tmp;
+    size_t n = 0;
+
+    pthread_mutex_lock(&c->lock);
+    HASH_ITER(hh, c->table, e, tmp) {
+        if (e->fetching) {
+            /* its waiters are answered by the fetch; only the old token goes */
+            e->tok = token_unref(e->tok);
+            e->failed_until_ms = 0;
+        } else
+            entry_remove(c, e);
+        n++;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return n;
+}
+
+/* ---- operator control ---- */
+
+int cache_drop(cache *c, enum oauth_grant grant, const char *user_id, const char *scope,
+               token **ret_token) {
+    char keybuf[KEY_MAX];
+    size_t keylen = make_key(keybuf, grant, user_id, scope);
+    cache_entry *e;
+    token *t = NULL;
+
+    if (!keylen)
+        return -EINVAL;
+    pthread_mutex_lock(&c->lock);
+    e = entry_find(c, keybuf, keylen);
+    if (e) {
+        t = e->tok;
+        e->tok = NULL;
+        e->failed_until_ms = 0;
+        /* a fetch in flight keeps the entry: its waiters are answered by it */
+        if (!e->fetching)
+            entry_remove(c, e);
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (!t)
+        return 0;
+    if (ret_token)
+        *ret_token = t;
+    else
+        token_unref(t);
+    return 1;
 }

@@ -5,6 +5,7 @@
 #include "config.h"
 
 #include <arpa/inet.h>
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <ini.h>
 #include <stdarg.h>
@@ -63,6 +64,8 @@ struct parse_state {
     const char *name;
     char *err;
     bool failed;
+    int line;     /* of the line inih is reading now */
+    int err_line; /* of the first error the handler found */
     bool seen[ARRAY_SIZE(keys)];
 };
 
@@ -73,6 +76,7 @@ static void set_err(struct parse_state *st, const char *fmt, ...) {
     if (st->failed)
         return; /* the first error is the one worth reading */
     st->failed = true;
+    st->err_line = st->line;
     va_start(ap, fmt);
     vsnprintf(st->err, CONFIG_ERR_MAX, fmt, ap);
     va_end(ap);
@@ -253,7 +257,7 @@ static const char *check_base_url(char *url) {
     if (strpbrk(url, "@?# \\"))
         return "must not contain credentials, a query, a fragment, spaces or backslashes";
     host_end = rest + strcspn(rest, "/");
-    if (host_end == rest)
+    if (host_end == rest || *rest == ':')
         return "has no host";
     if (!https) {
         /* strip a port: the last ':' after any IPv6 bracket */
@@ -359,6 +363,39 @@ static int finish(struct parse_state *st) {
     return 0;
 }
 
+/* inih's reader, counting lines: the handler is not told the line number,
+ * and inih reports the first error of its own or ours, whichever it met
+ * first, so we must know which line our error was on. */
+struct reader {
+    FILE *f;
+    const char *s;
+    struct parse_state *st;
+};
+
+static char *read_line(char *buf, int size, void *stream) {
+    struct reader *rd = stream;
+    size_t n;
+
+    if (rd->f) {
+        if (!fgets(buf, size, rd->f))
+            return NULL;
+    } else {
+        if (!*rd->s)
+            return NULL;
+        n = strcspn(rd->s, "\n");
+        if (n < (size_t)size - 1 && rd->s[n] == '\n')
+            n++;
+        if (n > (size_t)size - 1)
+            n = (size_t)size - 1;
+        memcpy(buf, rd->s, n);
+        buf[n] = '\0';
+        rd->s += n;
+    }
+    if (strchr(buf, '\n') || (rd->f ? feof(rd->f) : !*rd->s))
+        rd->st->line++;
+    return buf;
+}
+
 static int parse(const char *path, const char *text, config **ret, char err[CONFIG_ERR_MAX]) {
     struct parse_state st = { .name = path, .err = err };
     config *c;
@@ -376,16 +413,24 @@ static int parse(const char *path, const char *text, config **ret, char err[CONF
     }
     err[0] = '\0';
 
-    line = text ? ini_parse_string(text, handler, &st) : ini_parse(path, handler, &st);
-    if (line == -1) {
-        snprintf(err, CONFIG_ERR_MAX, "%s: cannot open: %s", path, strerror(errno));
-        config_free(c);
-        return -ENOENT;
+    {
+        struct reader rd = { .s = text, .st = &st };
+        if (!text) {
+            rd.f = fopen(path, "re");
+            if (!rd.f) {
+                snprintf(err, CONFIG_ERR_MAX, "%s: cannot open: %s", path, strerror(errno));
+                config_free(c);
+                return -ENOENT;
+            }
+        }
+        line = ini_parse_stream(read_line, &rd, handler, &st);
+        if (rd.f)
+            fclose(rd.f);
     }
     if (line != 0) {
         char msg[CONFIG_ERR_MAX];
-        /* a line inih itself rejected (no '=', an unclosed '[') */
-        if (!st.failed)
+        /* a line inih itself rejected (no '=', an unclosed '[') before ours */
+        if (!st.failed || line < st.err_line)
             snprintf(st.err, CONFIG_ERR_MAX, "cannot parse this line; expected 'key = value' or '[section]'");
         snprintf(msg, sizeof(msg), "%s:%d: %s", path, line, err);
         memcpy(err, msg, CONFIG_ERR_MAX);
@@ -451,4 +496,53 @@ config *config_free(config *c) {
     free(c->listen);
     free(c);
     return NULL;
+}
+
+char *config_describe(const config *c) {
+    static const char *const level_names[] = { [LOG_ERR] = "error", [LOG_WARNING] = "warning",
+                                                [LOG_NOTICE] = "notice", [LOG_INFO] = "info",
+                                                [LOG_DEBUG] = "debug" };
+    cJSON *j = cJSON_CreateObject(), *sec = NULL;
+    const char *current = NULL;
+    char *out = NULL;
+
+    if (!j)
+        return NULL;
+    /* the table knows every key; the secret itself is never a key */
+    for (size_t i = 0; i < ARRAY_SIZE(keys); i++) {
+        const struct key *k = &keys[i];
+        const void *field = (const char *)c + k->offset;
+
+        if (!current || strcmp(current, k->section) != 0) {
+            current = k->section;
+            sec = cJSON_AddObjectToObject(j, current);
+            if (!sec)
+                goto out;
+        }
+        switch (k->type) {
+        case T_STRING:
+            if (*(char *const *)field)
+                cJSON_AddStringToObject(sec, k->name, *(char *const *)field);
+            else
+                cJSON_AddNullToObject(sec, k->name);
+            break;
+        case T_UINT:
+        case T_PERCENT:
+            cJSON_AddNumberToObject(sec, k->name, *(const unsigned *)field);
+            break;
+        case T_DURATION:
+            cJSON_AddNumberToObject(sec, k->name, (double)*(const uint64_t *)field / 1000);
+            break;
+        case T_BOOL:
+            cJSON_AddBoolToObject(sec, k->name, *(const bool *)field);
+            break;
+        case T_LOGLEVEL:
+            cJSON_AddStringToObject(sec, k->name, level_names[*(const int *)field]);
+            break;
+        }
+    }
+    out = cJSON_PrintUnformatted(j);
+out:
+    cJSON_Delete(j);
+    return out;
 }

@@ -32,6 +32,7 @@ struct job {
     struct job *aprev, *anext; /* on the active list while a request is out */
     upstream *u;
     enum oauth_grant grant;
+    bool revoke;       /* a revocation, not a mint */
     char *user_id;
     char *scope;
     upstream_done_fn done;
@@ -60,6 +61,7 @@ enum breaker_state { BREAKER_CLOSED, BREAKER_OPEN, BREAKER_HALF_OPEN };
 struct upstream {
     /* fixed at creation */
     char *token_url;
+    char *revoke_url;
     char *client_id;
     char *client_secret;
     size_t client_secret_len;
@@ -141,6 +143,11 @@ int upstream_new(const config *cfg, upstream **ret) {
         return -ENOMEM;
     }
     snprintf(u->token_url, n, "%s/v2/oauth/token", cfg->base_url);
+    if (asprintf(&u->revoke_url, "%s/v2/oauth/token/revoke", cfg->base_url) < 0) {
+        u->revoke_url = NULL;
+        upstream_free(u);
+        return -ENOMEM;
+    }
     memcpy(u->client_secret, cfg->client_secret, cfg->client_secret_len);
     u->client_secret[cfg->client_secret_len] = '\0';
     u->client_secret_len = cfg->client_secret_len;
@@ -197,6 +204,12 @@ static void job_complete(upstream *u, struct job *j, const mint_outcome *o, toke
 
     pthread_mutex_lock(&u->lock);
     u->total--;
+    if (j->revoke) {
+        if (o->kind == MINT_OK)
+            u->stats.revocations_ok++;
+        else
+            u->stats.revocations_failed++;
+    } else
     switch (o->kind) {
     case MINT_OK:
         u->stats.mints_ok++;
@@ -213,18 +226,32 @@ static void job_complete(upstream *u, struct job *j, const mint_outcome *o, toke
     }
     pthread_mutex_unlock(&u->lock);
 
-    if (o->kind == MINT_OK)
-        log_info("mint ok user=%s scope=%s attempts=%u latency_ms=%llu", j->fp, j->scope,
-                 j->attempts, (unsigned long long)ms);
-    else if (j->attempts > 0 || o->kind != MINT_UNAVAILABLE)
-        log_warning("mint failed user=%s scope=%s status=%d error=%s attempts=%u latency_ms=%llu",
-                    j->fp, j->scope, o->http_status, o->error, j->attempts, (unsigned long long)ms);
+    if (j->revoke) {
+        if (o->kind == MINT_OK)
+            log_info("revoked a token at Instacart (attempts=%u)", j->attempts);
+        else
+            log_warning("revocation failed: status=%d error=%s attempts=%u", o->http_status, o->error,
+                        j->attempts);
+    } else if (o->kind == MINT_OK || j->attempts > 0 || o->kind != MINT_UNAVAILABLE) {
+        char fields[256];
+        snprintf(fields, sizeof(fields),
+                 "USER_FINGERPRINT=%s\nSCOPE=%s\nUPSTREAM_STATUS=%d\nLATENCY_MS=%llu\nATTEMPTS=%u%s%s",
+                 j->fp, j->scope, o->http_status, (unsigned long long)ms, j->attempts,
+                 o->kind == MINT_OK ? "" : "\nUPSTREAM_ERROR=", o->kind == MINT_OK ? "" : o->error);
+        if (o->kind == MINT_OK)
+            log_event(LOG_INFO, LOG_ID_MINT_OK, fields, "mint ok user=%s scope=%s attempts=%u latency_ms=%llu",
+                      j->fp, j->scope, j->attempts, (unsigned long long)ms);
+        else
+            log_event(LOG_WARNING, LOG_ID_MINT_FAILED, fields,
+                      "mint failed user=%s scope=%s status=%d error=%s attempts=%u latency_ms=%llu",
+                      j->fp, j->scope, o->http_status, o->error, j->attempts, (unsigned long long)ms);
+    }
     j->done(j->userdata, o, t);
     job_free(j);
 }
 
-void upstream_mint(upstream *u, enum oauth_grant grant, const char *user_id, const char *scope,
-                   upstream_done_fn done, void *userdata) {
+static void submit(upstream *u, enum oauth_grant grant, const char *user_id, const char *scope,
+                   const char *revoke_token, upstream_done_fn done, void *userdata) {
     mint_outcome o = { 0 };
     struct job *j;
     uint64_t now = now_ms();
@@ -238,18 +265,23 @@ void upstream_mint(upstream *u, enum oauth_grant grant, const char *user_id, con
     }
     j->u = u;
     j->grant = grant;
+    j->revoke = revoke_token != NULL;
     j->done = done;
     j->userdata = userdata;
     j->submitted_ms = now;
     j->deadline_ms = now + u->request_timeout_ms;
-    j->user_id = strdup(grant == OAUTH_GRANT_USER_ASSERTION ? user_id : "");
+    j->user_id = strdup(grant == OAUTH_GRANT_USER_ASSERTION && user_id ? user_id : "");
     j->scope = strdup(scope ? scope : "");
     fingerprint(j->user_id ? j->user_id : "", j->user_id ? strlen(j->user_id) : 0, j->fp);
-    r = (j->user_id && j->scope)
-            ? oauth_request_body(grant, u->client_id, u->client_secret, scope, user_id, &j->body, &j->body_len)
-            : -ENOMEM;
 
     pthread_mutex_lock(&u->lock);
+    /* under the lock: a reload may swap the credentials (upstream_set_credentials) */
+    if (!j->user_id || !j->scope)
+        r = -ENOMEM;
+    else if (revoke_token)
+        r = oauth_revoke_body(u->client_id, u->client_secret, revoke_token, &j->body, &j->body_len);
+    else
+        r = oauth_request_body(grant, u->client_id, u->client_secret, scope, user_id, &j->body, &j->body_len);
     u->total++;
     if (r < 0)
         outcome_set(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, "out_of_memory");
@@ -272,6 +304,15 @@ void upstream_mint(upstream *u, enum oauth_grant grant, const char *user_id, con
     }
     pthread_mutex_unlock(&u->lock);
     job_complete(u, j, &o, NULL);
+}
+
+void upstream_mint(upstream *u, enum oauth_grant grant, const char *user_id, const char *scope,
+                   upstream_done_fn done, void *userdata) {
+    submit(u, grant, user_id, scope, NULL, done, userdata);
+}
+
+void upstream_revoke(upstream *u, const char *token_value, upstream_done_fn done, void *userdata) {
+    submit(u, OAUTH_GRANT_CLIENT_CREDENTIALS, NULL, NULL, token_value, done, userdata);
 }
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata) {
@@ -360,7 +401,9 @@ static int attempt_start(upstream *u, struct job *j, uint64_t now) {
     j->attempt_started_ms = now;
     j->attempts++;
 
-    curl_easy_setopt(e, CURLOPT_URL, u->token_url);
+    pthread_mutex_lock(&u->lock); /* a reload may swap it; curl copies it */
+    curl_easy_setopt(e, CURLOPT_URL, j->revoke ? u->revoke_url : u->token_url);
+    pthread_mutex_unlock(&u->lock);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -449,6 +492,23 @@ static uint64_t backoff(upstream *u, unsigned attempts) {
     return random_u64() % (cap + 1); /* full jitter */
 }
 
+const double upstream_latency_bounds[UPSTREAM_LATENCY_BUCKETS] = {
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+};
+
+/* Called with u->lock held. */
+static void latency_record(upstream *u, uint64_t ms) {
+    double s = (double)ms / 1000;
+
+    for (size_t i = 0; i < UPSTREAM_LATENCY_BUCKETS; i++)
+        if (s <= upstream_latency_bounds[i]) {
+            u->stats.latency_buckets[i]++;
+            break;
+        }
+    u->stats.latency_count++;
+    u->stats.latency_sum_s += s;
+}
+
 static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
     uint64_t now = now_ms();
     long status = 0;
@@ -468,6 +528,8 @@ static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
             retry = true;
         }
         breaker = true;
+    } else if (status == 200 && j->revoke) {
+        o.kind = MINT_OK, o.http_status = 200;
     } else if (status == 200) {
         if (oauth_parse_token(j->resp, j->resp_len, j->attempt_started_ms, &t) == 0)
             o.kind = MINT_OK, o.http_status = 200;
@@ -495,6 +557,7 @@ static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
     }
 
     pthread_mutex_lock(&u->lock);
+    latency_record(u, now - j->attempt_started_ms);
     if (j->probe)
         u->probe_in_flight = false;
     if (o.kind == MINT_OK)
@@ -662,8 +725,6 @@ static void *worker(void *arg) {
             list_push(&u->ready, list_pop(&u->incoming));
         pthread_mutex_unlock(&u->lock);
 
-        now = now_ms();
-        start_jobs(u, now, &wait);
         curl_multi_perform(u->multi, &running);
         while ((m = curl_multi_info_read(u->multi, &left))) {
             struct job *j = NULL;
@@ -672,6 +733,9 @@ static void *worker(void *arg) {
             curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&j);
             attempt_done(u, j, m->data.result);
         }
+        /* after completions, so retries just scheduled count in the wait */
+        now = now_ms();
+        start_jobs(u, now, &wait);
         if (u->ready.head && u->active < u->max_concurrent)
             wait = 0;
         curl_multi_timeout(u->multi, &curl_wait);
@@ -723,6 +787,7 @@ upstream *upstream_free(upstream *u) {
         curl_multi_cleanup(u->multi);
     curl_slist_free_all(u->headers);
     free(u->token_url);
+    free(u->revoke_url);
     free(u->client_id);
     wipe_free(u->client_secret, u->client_secret_len);
     pthread_mutex_destroy(&u->lock);
@@ -735,6 +800,11 @@ void upstream_get_stats(upstream *u, struct upstream_stats *ret) {
     *ret = u->stats;
     ret->in_flight = u->total;
     ret->queued = u->incoming.n;
+    ret->circuit = u->breaker == BREAKER_CLOSED ? CIRCUIT_CLOSED
+                   : u->breaker == BREAKER_OPEN && now_ms() < u->breaker_until_ms ? CIRCUIT_OPEN
+                                                                                   : CIRCUIT_HALF_OPEN;
+    ret->credentials_rejected = u->credentials_rejected;
+    ret->rate_limited = now_ms() < u->paused_until_ms;
     pthread_mutex_unlock(&u->lock);
 }
 
@@ -744,4 +814,47 @@ uint64_t upstream_idle_ms(upstream *u) {
     hb = u->heartbeat_ms;
     pthread_mutex_unlock(&u->lock);
     return now_ms() - hb;
+}
+
+#define SWAP(a, b) do { __typeof__(a) tmp_ = (a); (a) = (b); (b) = tmp_; } while (0)
+
+/* Reload: new credentials and server for mints submitted from now on. Jobs
+ * already queued keep the bodies they were built with; a retry of one goes
+ * to the new URL. */
+int upstream_set_credentials(upstream *u, const config *cfg) {
+    size_t n = strlen(cfg->base_url) + sizeof("/v2/oauth/token");
+    char *url = malloc(n), *id = strdup(cfg->client_id), *secret = malloc(cfg->client_secret_len + 1);
+    char *revoke_url = NULL;
+    size_t secret_len = cfg->client_secret_len;
+
+    if (!url || !id || !secret || asprintf(&revoke_url, "%s/v2/oauth/token/revoke", cfg->base_url) < 0) {
+        free(url);
+        free(id);
+        free(secret);
+        return -ENOMEM;
+    }
+    snprintf(url, n, "%s/v2/oauth/token", cfg->base_url);
+    memcpy(secret, cfg->client_secret, secret_len);
+    secret[secret_len] = '\0';
+
+    pthread_mutex_lock(&u->lock);
+    SWAP(u->token_url, url);
+    SWAP(u->revoke_url, revoke_url);
+    SWAP(u->client_id, id);
+    SWAP(u->client_secret, secret);
+    SWAP(u->client_secret_len, secret_len);
+    if (u->credentials_rejected) {
+        /* the breaker opened on the old credentials: let the new ones try */
+        u->credentials_rejected = false;
+        u->breaker = BREAKER_CLOSED;
+        u->consecutive_failures = 0;
+        u->probe_in_flight = false;
+    }
+    pthread_mutex_unlock(&u->lock);
+
+    free(url);
+    free(revoke_url);
+    free(id);
+    wipe_free(secret, secret_len);
+    return 0;
 }

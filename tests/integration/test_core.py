@@ -178,7 +178,7 @@ def test_unknown_route_is_404(stub, tokend):
 def test_wrong_method_is_405_with_allow(stub, tokend):
     r = tokend.request("POST", "/v1/token?user_id=a", body=b"")
     assert r.status == 405
-    assert r.header("allow") == "GET"
+    assert r.header("allow") == "GET, DELETE"
     assert r.json()["error"] == "invalid_request"
     assert stub.token_requests() == []
 

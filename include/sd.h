@@ -1,0 +1,41 @@
+/* systemd glue: readiness and status notifications, the watchdog, sockets
+ * and the file descriptor store. Every call is harmless without systemd
+ * (no NOTIFY_SOCKET, no LISTEN_FDS): the daemon runs the same by hand. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* The name under which the cache image is kept in the fd store. */
+#define SYSTEMD_FDNAME_CACHE "cache"
+
+/* Takes the descriptors systemd passed (LISTEN_FDS), and unsets the
+ * variables: the first listening stream socket and the last descriptor
+ * named "cache"; anything else is closed with a warning. Each is -1 when
+ * absent. Returns how many were passed, or -errno. */
+int systemd_take_fds(int *ret_listen_fd, int *ret_cache_fd);
+
+/* Whether a service manager listens to notifications. */
+bool systemd_notifying(void);
+
+/* Each returns > 0 when sent, 0 without a service manager, -errno on error. */
+int systemd_ready(const char *status);
+int systemd_reloading(void);
+int systemd_status(const char *status);
+int systemd_stopping(const char *status);
+int systemd_watchdog_ping(void);
+
+/* The watchdog interval systemd asked for in µs, 0 when none. */
+uint64_t systemd_watchdog_usec(void);
+
+/* Hands fd to the store under name (systemd keeps its own copy; the caller
+ * still closes fd), then waits up to timeout_ms until systemd has read the
+ * message, so an exit right after cannot lose it. */
+int systemd_store_fd(int fd, const char *name, uint64_t timeout_ms);
+/* Drops every descriptor stored under name. */
+int systemd_store_remove(const char *name);
+
+/* The watchdog's check that the HTTP server answers: GET /healthz on
+ * address ("127.0.0.1:8787", "[::1]:8787"; a wildcard address is probed on
+ * loopback) within timeout_ms. Returns 0 on a 200, -errno otherwise. */
+int systemd_probe_http(const char *address, uint64_t timeout_ms);

@@ -1,0 +1,529 @@
+/* The cache image handed over a restart. Responsible for: the binary format
+ * (versioned, checksummed, tied to one boot and one set of credentials), the
+ * sealed memfd that carries it, and refusing anything that is not exactly
+ * what we wrote. Not responsible for where the memfd goes (sd.c hands it to
+ * systemd) nor for deciding when to write one (main.c).
+ *
+ * Format, all integers little-endian:
+ *
+ *   header, 64 bytes
+ *     0  magic "TOKENDC\x1a"
+ *     8  u32 version (1)
+ *    12  u32 number of entries
+ *    16  u64 bytes of entries after the header
+ *    24  16 bytes: the boot id (/proc/sys/kernel/random/boot_id)
+ *    40  u64 CLOCK_BOOTTIME at writing, ns
+ *    48  u64 FNV-1a of base URL, '\n', client id
+ *    56  u32 CRC-32C of bytes 0..55 and of every entry
+ *    60  u32 zero
+ *   entry, 28 bytes then the strings
+ *     0  u8 grant, u8 zero, u16 user id length, u16 scope length,
+ *        u16 token length, u32 lifetime (s), u64 remaining lifetime at
+ *        writing (ms), i64 created_at (Instacart's clock)
+ *    28  user id, scope, token; no terminators
+ *
+ * Why CLOCK_BOOTTIME and the boot id: lifetimes are counted from the moment
+ * of writing, and the time between writing and reading must include any
+ * suspend (CLOCK_MONOTONIC stops then, Instacart's clock does not). Both
+ * clocks restart at boot, so an image from another boot is meaningless; the
+ * fd store cannot outlive a boot anyway, but a snapshot handed in by other
+ * means could. */
+#include "snapshot.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "oauth.h"
+#include "request.h"
+#include "util.h"
+
+static const uint8_t magic[8] = { 'T', 'O', 'K', 'E', 'N', 'D', 'C', 0x1a };
+
+#define HEADER_LEN 64
+#define ENTRY_FIXED_LEN 28
+#define CRC_OFFSET 56
+
+/* ---- small helpers ---- */
+
+static void put16(uint8_t *p, uint16_t v) {
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static void put32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put64(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint16_t get16(const uint8_t *p) {
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static uint32_t get32(const uint8_t *p) {
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static uint64_t get64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* CRC-32C (Castagnoli), bitwise-table: catches every burst of up to 32 bits,
+ * which a plain hash does not promise. */
+static uint32_t crc32c(uint32_t crc, const uint8_t *p, size_t len) {
+    static uint32_t table[256];
+    static bool ready;
+
+    if (!ready) {
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t v = i;
+            for (int k = 0; k < 8; k++)
+                v = v & 1 ? (v >> 1) ^ 0x82f63b78u : v >> 1;
+            table[i] = v;
+        }
+        ready = true;
+    }
+    crc = ~crc;
+    while (len--)
+        crc = table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+static uint64_t identity_hash(const snapshot_identity *id) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    const char *parts[] = { id->base_url, "\n", id->client_id };
+
+    for (size_t i = 0; i < ARRAY_SIZE(parts); i++)
+        for (const char *s = parts[i]; *s; s++) {
+            h ^= (unsigned char)*s;
+            h *= 0x100000001b3ULL;
+        }
+    return h;
+}
+
+static uint64_t boottime_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static int hexval(char c) {
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* The kernel's random id of this boot, as 16 bytes. */
+static int boot_id(uint8_t out[16]) {
+    char buf[64];
+    ssize_t n;
+    int fd, k = 0;
+
+    fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return -EIO;
+    buf[n] = '\0';
+    for (char *p = buf; *p && *p != '\n' && k < 32; p++) {
+        int v;
+        if (*p == '-')
+            continue;
+        v = hexval(*p);
+        if (v < 0)
+            return -EIO;
+        if (k % 2 == 0)
+            out[k / 2] = (uint8_t)(v << 4);
+        else
+            out[k / 2] |= (uint8_t)v;
+        k++;
+    }
+    return k == 32 ? 0 : -EIO;
+}
+
+/* RFC 6750 b64token: what the HTTP front prints into JSON without escaping,
+ * so nothing else may come back from an image. */
+static bool token_chars_valid(const uint8_t *s, size_t len) {
+    size_t i = 0;
+
+    if (len == 0)
+        return false;
+    for (; i < len; i++) {
+        uint8_t ch = s[i];
+        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '.' || ch == '_' || ch == '~' || ch == '+' || ch == '/'))
+            break;
+    }
+    if (i == 0)
+        return false;
+    while (i < len && s[i] == '=')
+        i++;
+    return i == len;
+}
+
+/* ---- writing ---- */
+
+struct encoder {
+    uint8_t *buf;
+    size_t len, size;
+    uint64_t now;
+    int error;
+};
+
+static int grow(struct encoder *en, size_t need) {
+    size_t size = en->size ? en->size : 4096;
+    uint8_t *p;
+
+    while (size < en->len + need) {
+        if (size > SNAPSHOT_SIZE_MAX)
+            return -EFBIG;
+        size *= 2;
+    }
+    if (size == en->size)
+        return 0;
+    /* no realloc: the old buffer holds tokens and must be wiped */
+    p = malloc(size);
+    if (!p)
+        return -ENOMEM;
+    if (en->buf)
+        memcpy(p, en->buf, en->len);
+    wipe_free(en->buf, en->size);
+    en->buf = p;
+    en->size = size;
+    return 0;
+}
+
+static void encode_entry(void *userdata, enum oauth_grant grant, const char *user_id, const char *scope,
+                         const token *t) {
+    struct encoder *en = userdata;
+    size_t ulen = strlen(user_id), slen = strlen(scope), need;
+    uint8_t *p;
+
+    need = ENTRY_FIXED_LEN + ulen + slen + t->len;
+    if (en->error)
+        return;
+    if (en->len + need - HEADER_LEN > SNAPSHOT_SIZE_MAX) {
+        en->error = -EFBIG;
+        return;
+    }
+    en->error = grow(en, need);
+    if (en->error)
+        return;
+    p = en->buf + en->len;
+    p[0] = (uint8_t)grant;
+    p[1] = 0;
+    put16(p + 2, (uint16_t)ulen);
+    put16(p + 4, (uint16_t)slen);
+    put16(p + 6, t->len);
+    put32(p + 8, t->lifetime_s);
+    put64(p + 12, token_remaining_ms(t, en->now));
+    put64(p + 20, (uint64_t)t->created_at);
+    p += ENTRY_FIXED_LEN;
+    memcpy(p, user_id, ulen);
+    memcpy(p + ulen, scope, slen);
+    memcpy(p + ulen + slen, t->value, t->len);
+    en->len += need;
+}
+
+int snapshot_encode(cache *c, const snapshot_identity *id, uint8_t **ret, size_t *ret_len,
+                    size_t *ret_count) {
+    struct encoder en = { .now = now_ms() };
+    uint8_t boot[16];
+    size_t count;
+    uint32_t crc;
+    int r;
+
+    r = boot_id(boot);
+    if (r < 0)
+        return r;
+    r = grow(&en, HEADER_LEN);
+    if (r < 0)
+        return r;
+    en.len = HEADER_LEN;
+    count = cache_export(c, encode_entry, &en);
+    if (en.error || count > UINT32_MAX) {
+        wipe_free(en.buf, en.size);
+        return en.error ? en.error : -EFBIG;
+    }
+    memcpy(en.buf, magic, sizeof(magic));
+    put32(en.buf + 8, SNAPSHOT_VERSION);
+    put32(en.buf + 12, (uint32_t)count);
+    put64(en.buf + 16, en.len - HEADER_LEN);
+    memcpy(en.buf + 24, boot, sizeof(boot));
+    /* taken after the export: lifetimes were measured a moment earlier, so
+     * a restore errs on the side of less time left */
+    put64(en.buf + 40, boottime_ns());
+    put64(en.buf + 48, identity_hash(id));
+    put32(en.buf + 60, 0);
+    crc = crc32c(0, en.buf, CRC_OFFSET);
+    crc = crc32c(crc, en.buf + HEADER_LEN, en.len - HEADER_LEN);
+    put32(en.buf + CRC_OFFSET, crc);
+    *ret = en.buf; /* size >= len: the caller wipes len bytes, the rest never held a token */
+    *ret_len = en.len;
+    *ret_count = count;
+    return 0;
+}
+
+int snapshot_write_memfd(cache *c, const snapshot_identity *id, int *ret_fd, size_t *ret_count) {
+    uint8_t *buf = NULL;
+    size_t len = 0, count = 0, off = 0;
+    int fd, r;
+
+    r = snapshot_encode(c, id, &buf, &len, &count);
+    if (r < 0)
+        return r;
+    fd = memfd_create("instacart-tokend-cache", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) {
+        r = -errno;
+        goto out;
+    }
+    while (off < len) {
+        ssize_t n = write(fd, buf + off, len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            r = n < 0 ? -errno : -EIO;
+            goto out;
+        }
+        off += (size_t)n;
+    }
+    /* sealed: whoever holds it (systemd, the next tokend) sees exactly what
+     * was written, and a reader can never be cut short by a shrink */
+    if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
+        r = -errno;
+        goto out;
+    }
+    *ret_fd = fd;
+    *ret_count = count;
+    fd = -1;
+    r = 0;
+out:
+    if (fd >= 0)
+        close(fd);
+    wipe_free(buf, len);
+    return r;
+}
+
+/* ---- reading ---- */
+
+struct entry_view {
+    enum oauth_grant grant;
+    const char *user, *scope, *value;
+    uint16_t ulen, slen, tlen;
+    uint32_t lifetime_s;
+    uint64_t remaining_ms;
+    int64_t created_at;
+};
+
+/* Parses the entry at *off, checking every length against what is left and
+ * every field against what a running cache could hold. */
+static const char *entry_parse(const uint8_t *p, size_t len, size_t *off, struct entry_view *v) {
+    const uint8_t *e = p + *off;
+    size_t left = len - *off, strings;
+
+    if (left < ENTRY_FIXED_LEN)
+        return "an entry is cut short";
+    if (e[0] > OAUTH_GRANT_CLIENT_CREDENTIALS || e[1] != 0)
+        return "an entry has an unknown grant";
+    v->grant = e[0];
+    v->ulen = get16(e + 2);
+    v->slen = get16(e + 4);
+    v->tlen = get16(e + 6);
+    v->lifetime_s = get32(e + 8);
+    v->remaining_ms = get64(e + 12);
+    v->created_at = (int64_t)get64(e + 20);
+    strings = (size_t)v->ulen + v->slen + v->tlen;
+    if (strings > left - ENTRY_FIXED_LEN)
+        return "an entry runs past the end";
+    if (v->ulen > OAUTH_USER_ID_MAX || v->slen == 0 || v->slen > OAUTH_SCOPE_MAX ||
+        v->tlen == 0 || v->tlen > OAUTH_TOKEN_MAX)
+        return "an entry has a length out of range";
+    if (v->lifetime_s == 0 || v->lifetime_s > OAUTH_LIFETIME_MAX ||
+        v->remaining_ms > (uint64_t)v->lifetime_s * MS_PER_SEC)
+        return "an entry has a lifetime out of range";
+    v->user = (const char *)e + ENTRY_FIXED_LEN;
+    v->scope = v->user + v->ulen;
+    v->value = v->scope + v->slen;
+    if (v->grant == OAUTH_GRANT_USER_ASSERTION ? !request_user_id_valid(v->user, v->ulen) : v->ulen != 0)
+        return "an entry has an invalid user id";
+    if (!oauth_scope_valid(v->scope, v->slen))
+        return "an entry has an invalid scope";
+    if (!token_chars_valid((const uint8_t *)v->value, v->tlen))
+        return "an entry has an invalid token";
+    *off += ENTRY_FIXED_LEN + strings;
+    return NULL;
+}
+
+static int restore_entry(cache *c, const struct entry_view *v, uint64_t elapsed_ms, uint64_t now,
+                         uint64_t min_ttl_ms, struct snapshot_counts *n) {
+    char user[OAUTH_USER_ID_MAX + 1], scope[OAUTH_SCOPE_MAX + 1];
+    uint64_t left, life = (uint64_t)v->lifetime_s * MS_PER_SEC, need;
+    token *t;
+    int r;
+
+    left = v->remaining_ms > elapsed_ms ? v->remaining_ms - elapsed_ms : 0;
+    /* the rule the cache applies before handing a token out */
+    need = min_ttl_ms < life / 2 ? min_ttl_ms : life / 2;
+    if (left == 0 || left <= need) {
+        n->expired++;
+        return 0;
+    }
+    r = token_new(v->value, v->tlen, v->lifetime_s, v->created_at,
+                  now + left >= life ? now + left - life : 0, &t);
+    if (r < 0)
+        return r;
+    t->expires_ms = now + left; /* exact even when receipt predates our clock's zero */
+    memcpy(user, v->user, v->ulen);
+    user[v->ulen] = '\0';
+    memcpy(scope, v->scope, v->slen);
+    scope[v->slen] = '\0';
+    r = cache_put(c, v->grant, user, scope, t);
+    token_unref(t);
+    explicit_bzero(user, sizeof(user));
+    if (r == -ENOMEM)
+        return r;
+    if (r < 0)
+        n->skipped++;
+    else
+        n->restored++;
+    return 0;
+}
+
+int snapshot_decode(const void *buf, size_t len, const snapshot_identity *id, uint64_t min_ttl_ms,
+                    cache *c, struct snapshot_counts *ret, char err[SNAPSHOT_ERR_MAX]) {
+    const uint8_t *p = buf;
+    struct snapshot_counts n = { 0 };
+    struct entry_view v;
+    uint8_t boot[16];
+    uint64_t payload, written, now_boot, elapsed_ms, now;
+    uint32_t version, crc;
+    size_t off;
+    int r;
+
+#define FAIL(code, ...) do { snprintf(err, SNAPSHOT_ERR_MAX, __VA_ARGS__); return (code); } while (0)
+    if (len < sizeof(magic) || memcmp(p, magic, sizeof(magic)) != 0)
+        FAIL(-EBADMSG, "not a tokend cache image (%zu bytes, no magic)", len);
+    if (len < HEADER_LEN)
+        FAIL(-EBADMSG, "truncated: %zu bytes, shorter than the header", len);
+    version = get32(p + 8);
+    if (version != SNAPSHOT_VERSION)
+        FAIL(-EPROTONOSUPPORT, "format version %u, this tokend reads version %u", version, SNAPSHOT_VERSION);
+    n.entries = get32(p + 12);
+    payload = get64(p + 16);
+    if (payload != len - HEADER_LEN)
+        FAIL(-EBADMSG, "truncated or padded: the header promises %llu bytes of entries, %zu are there",
+             (unsigned long long)payload, len - HEADER_LEN);
+    if (get32(p + 60) != 0)
+        FAIL(-EBADMSG, "corrupt header");
+    crc = crc32c(0, p, CRC_OFFSET);
+    crc = crc32c(crc, p + HEADER_LEN, len - HEADER_LEN);
+    if (crc != get32(p + CRC_OFFSET))
+        FAIL(-EBADMSG, "checksum mismatch (corrupt)");
+    r = boot_id(boot);
+    if (r < 0)
+        FAIL(-ESTALE, "cannot read this boot's id: %s", strerror(-r));
+    if (memcmp(boot, p + 24, sizeof(boot)) != 0)
+        FAIL(-ESTALE, "written during another boot");
+    written = get64(p + 40);
+    now_boot = boottime_ns();
+    if (written > now_boot)
+        FAIL(-ESTALE, "written in the future of this boot's clock");
+    if (get64(p + 48) != identity_hash(id))
+        FAIL(-EREMCHG, "written for another client id or Instacart server");
+
+    /* every entry checked before any is used: all or nothing */
+    off = HEADER_LEN;
+    for (size_t i = 0; i < n.entries; i++) {
+        const char *why = entry_parse(p, len, &off, &v);
+        if (why)
+            FAIL(-EBADMSG, "entry %zu of %zu: %s", i + 1, n.entries, why);
+    }
+    if (off != len)
+        FAIL(-EBADMSG, "%zu bytes after the last entry", len - off);
+#undef FAIL
+
+    elapsed_ms = (now_boot - written) / 1000000;
+    now = now_ms();
+    off = HEADER_LEN;
+    for (size_t i = 0; i < n.entries; i++) {
+        entry_parse(p, len, &off, &v);
+        r = restore_entry(c, &v, elapsed_ms, now, min_ttl_ms, &n);
+        if (r < 0) {
+            snprintf(err, SNAPSHOT_ERR_MAX, "restoring: %s", strerror(-r));
+            return r;
+        }
+    }
+    *ret = n;
+    return 0;
+}
+
+int snapshot_read_fd(int fd, const snapshot_identity *id, uint64_t min_ttl_ms, cache *c,
+                     struct snapshot_counts *ret, char err[SNAPSHOT_ERR_MAX]) {
+    struct stat st;
+    uint8_t *buf;
+    size_t len, off = 0;
+    int r;
+
+    if (fstat(fd, &st) < 0) {
+        r = -errno;
+        snprintf(err, SNAPSHOT_ERR_MAX, "fstat: %s", strerror(errno));
+        return r;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(err, SNAPSHOT_ERR_MAX, "not a memory file");
+        return -EBADMSG;
+    }
+    if (st.st_size < 0 || (uint64_t)st.st_size > SNAPSHOT_SIZE_MAX + HEADER_LEN) {
+        snprintf(err, SNAPSHOT_ERR_MAX, "%lld bytes, more than a tokend writes", (long long)st.st_size);
+        return -EBADMSG;
+    }
+    len = (size_t)st.st_size;
+    /* copied, not mapped: an unsealed file shrunk under a mapping would
+     * kill us with SIGBUS */
+    buf = malloc(len ? len : 1);
+    if (!buf) {
+        snprintf(err, SNAPSHOT_ERR_MAX, "out of memory");
+        return -ENOMEM;
+    }
+    while (off < len) {
+        ssize_t n = pread(fd, buf + off, len - off, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            r = -errno;
+            snprintf(err, SNAPSHOT_ERR_MAX, "read: %s", strerror(errno));
+            wipe_free(buf, len);
+            return r;
+        }
+        if (n == 0)
+            break; /* shrunk meanwhile: decode sees the truncation */
+        off += (size_t)n;
+    }
+    r = snapshot_decode(buf, off, id, min_ttl_ms, c, ret, err);
+    wipe_free(buf, len);
+    return r;
+}

@@ -1,0 +1,856 @@
+"""The benchmark of instacart-tokend, run through tests/bench/run.sh.
+
+Starts the Instacart stand-in (tests/stub), tokend and nginx on 127.0.0.1
+and measures, in one run:
+
+  1. hit path: wrk over 10,000 cached users at 50 and 1,000 connections,
+     alternating three times with nginx answering a same-size JSON body;
+  2. one connection: p50 and p99, alternating with nginx the same way;
+  3. coalescing: 1,000 concurrent first requests for one user and for 100
+     users, against an immediate stand-in and one that delays each mint;
+  4. miss path: first requests for 20,000 new users at 1, 16 and 64
+     connections: mints per second and tokend's added latency per mint;
+  5. memory: resident memory idle, with 1,000 open connections, and with
+     100,000 and 1,000,000 cached users;
+  6. start-up: exec to a connectable socket and to the first served token.
+
+Prints a table and the targets of issue 7 with pass or miss, and writes the
+raw figures as JSON (--json). Ratios are the measure: absolute figures drift
+between runs on a shared machine, ratios within one run do not.
+
+Standard library only; /usr/bin/python3. Talks to 127.0.0.1 only. Every
+wait is bounded in count and time; every process it starts is stopped.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import pwd
+import grp
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LUA = os.path.join(HERE, "pick-user.lua")
+
+# What each mode does. "full" is what the issue asks for.
+PROFILES = {
+    "full": dict(hit_seconds=10, rounds=3, hit_conns=(50, 1000), one_conn=True, hit_users=10000,
+                 miss_users=20000, miss_conns=(1, 16, 64), coalesce_conns=1000,
+                 fills=(100000, 1000000), hold_conns=1000, startup_runs=20, mint_delay_ms=100),
+    "quick": dict(hit_seconds=3, rounds=3, hit_conns=(50, 1000), one_conn=True, hit_users=10000,
+                  miss_users=5000, miss_conns=(1, 16, 64), coalesce_conns=1000,
+                  fills=(100000,), hold_conns=1000, startup_runs=10, mint_delay_ms=100),
+    # a one-second miniature of every step, for the test suite: checks that
+    # the benchmark still runs and counts right, not how fast anything is
+    "selftest": dict(hit_seconds=1, rounds=1, hit_conns=(50,), one_conn=True, hit_users=200,
+                     miss_users=300, miss_conns=(8,), coalesce_conns=100,
+                     fills=(1000,), hold_conns=50, startup_runs=2, mint_delay_ms=50),
+}
+
+TARGETS_TEXT = """\
+- hit path at 50 connections: >= 0.95x nginx req/s (median of pairs); p99 < 1 ms
+- hit path at 1,000 connections: >= 0.95x nginx; no connection left waiting
+- one connection: p50 and p99 within 1.2x nginx's
+- coalescing: exactly one mint per user, always
+- miss path: added latency per mint < 0.5 ms at the median; >= 5,000 mints/s
+- memory: < 1 KiB per cached token; 1,000,000 users < 1 GiB RSS; idle < 8 MB; < 8 KB per open connection
+- start-up to listening: < 50 ms"""
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for {pid}")
+
+
+def open_fds(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid):
+    """User + system CPU seconds of a whole process (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def machine_busy_s():
+    """CPU seconds the whole machine spent not idle, all cores together."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / TICK
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def children_cpu_s():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def http_get(port, path, timeout=5.0):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def http_post_json(port, path, body, timeout=30.0):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        data = json.dumps(body).encode()
+        conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+        r = conn.getresponse()
+        raw = r.read()
+        if r.status != 200:
+            raise BenchError(f"POST {path} -> {r.status}: {raw[:200]!r}")
+        return json.loads(raw)
+    finally:
+        conn.close()
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+class Procs:
+    """Every process the benchmark starts, so each is stopped (by its own pid)."""
+
+    def __init__(self):
+        self.procs = []
+
+    def start(self, argv, log_path, **kw):
+        logf = open(log_path, "ab")
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                             start_new_session=False, **kw)
+        logf.close()
+        self.procs.append(p)
+        return p
+
+    def stop(self, p, timeout=15.0):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+        if p in self.procs:
+            self.procs.remove(p)
+        return p.returncode
+
+    def stop_all(self):
+        for p in list(reversed(self.procs)):
+            try:
+                self.stop(p)
+            except Exception as e:  # keep stopping the others
+                log(f"could not stop pid {p.pid}: {e}")
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.p = PROFILES[args.mode]
+        self.build = os.path.abspath(args.build_dir)
+        self.tokend_exe = os.path.join(self.build, "src", "instacart-tokend")
+        self.stub_exe = os.path.join(self.build, "tests", "stub", "instacart-stub")
+        self.client_exe = os.path.join(self.build, "tests", "bench", "bench-client")
+        for exe in (self.tokend_exe, self.stub_exe, self.client_exe):
+            if not os.access(exe, os.X_OK):
+                raise BenchError(f"{exe} is missing: build first (tests/bench/run.sh does)")
+        self.tmp = tempfile.mkdtemp(prefix="tokend-bench-")
+        self.procs = Procs()
+        self.results = {"mode": args.mode}
+        self.checks = []      # (what, ok, detail): correctness; any failure fails the run
+        self.targets = []     # (target, ok, figure): issue 7's performance targets
+        self.skipped = []
+        self.wrk_exe = shutil.which("wrk")
+        self.nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
+        self.taskset = shutil.which("taskset")
+        self.pin = args.pin and self.taskset and os.cpu_count() and os.cpu_count() >= 2
+        self.secret_path = os.path.join(self.tmp, "client-secret")
+        fd = os.open(self.secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("bench-secret\n")
+        os.chmod(self.secret_path, 0o600)
+        self.n_tokend = 0
+
+    # ------------------------------------------------------------ processes
+
+    def server_prefix(self):
+        return [self.taskset, "-c", "0"] if self.pin else []
+
+    def load_prefix(self):
+        return [self.taskset, "-c", "1"] if self.pin else []
+
+    def start_stub(self):
+        port_file = os.path.join(self.tmp, "stub.port")
+        argv = [self.stub_exe, "--listen", "127.0.0.1:0", "--port-file", port_file,
+                "--expires-in", "86400", "--client-id", "bench-client", "--client-secret-file",
+                self.secret_path]
+        self.stub = self.procs.start(argv, os.path.join(self.tmp, "stub.log"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.stub.poll() is not None:
+                raise BenchError(f"the stand-in exited with {self.stub.returncode}")
+            try:
+                with open(port_file) as f:
+                    self.stub_port = int(f.read().strip())
+                if http_get(self.stub_port, "/__stub/stats", timeout=1)[0] == 200:
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        raise BenchError("the stand-in did not come up within 10 s")
+
+    def stub_stats(self):
+        status, _, body = http_get(self.stub_port, "/__stub/stats", timeout=30)
+        if status != 200:
+            raise BenchError(f"/__stub/stats -> {status}")
+        return json.loads(body)
+
+    def stub_reset(self):
+        http_post_json(self.stub_port, "/__stub/reset", {})
+
+    def stub_requests(self):
+        status, _, body = http_get(self.stub_port, "/__stub/requests", timeout=120)
+        if status != 200:
+            raise BenchError(f"/__stub/requests -> {status}")
+        return json.loads(body)["requests"]
+
+    def write_config(self, path, port=0, **sections):
+        conf = {
+            "upstream": {"base_url": f"http://127.0.0.1:{self.stub_port}", "client_id": "bench-client",
+                         "client_secret_file": self.secret_path},
+            "server": {"listen": f"127.0.0.1:{port}"},
+        }
+        for sec, kv in sections.items():
+            conf.setdefault(sec, {}).update(kv)
+        with open(path, "w") as f:
+            for sec, kv in conf.items():
+                f.write(f"[{sec}]\n")
+                for k, v in kv.items():
+                    f.write(f"{k} = {v}\n")
+
+    def start_tokend(self, pinned=False, **sections):
+        self.n_tokend += 1
+        name = f"tokend{self.n_tokend}"
+        conf = os.path.join(self.tmp, name + ".conf")
+        logp = os.path.join(self.tmp, name + ".log")
+        self.write_config(conf, **sections)
+        argv = (self.server_prefix() if pinned else []) + [self.tokend_exe, "--config", conf]
+        p = self.procs.start(argv, logp)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if p.poll() is not None:
+                raise BenchError(f"tokend exited with {p.returncode}: {open(logp).read()[-2000:]}")
+            with open(logp, errors="replace") as f:
+                m = re.search(r"listening on http://(\S+?):(\d+) ", f.read())
+            if m:
+                p.port = int(m.group(2))
+                p.log_path = logp
+                return p
+            time.sleep(0.01)
+        raise BenchError("tokend did not log 'listening on' within 15 s")
+
+    def start_nginx(self, body):
+        root = os.path.join(self.tmp, "nginx")
+        os.makedirs(os.path.join(root, "logs"), exist_ok=True)
+        port = free_port()
+        user_line = ""
+        if os.geteuid() == 0:
+            # run as the current user, not the compiled-in nobody
+            pw = pwd.getpwuid(os.geteuid())
+            user_line = f"user {pw.pw_name} {grp.getgrgid(pw.pw_gid).gr_name};"
+        if "'" in body or "\\" in body or "$" in body:
+            raise BenchError("the reference body cannot be quoted for nginx")
+        conf = os.path.join(root, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""# written by tests/bench/bench.py: the reference server of the hit path
+daemon off;
+master_process on;
+worker_processes 1;
+{user_line}
+pid {root}/nginx.pid;
+error_log {root}/logs/error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  server_tokens off;
+  keepalive_requests 1000000000;
+  keepalive_timeout 60s;
+  client_body_temp_path {root}/body;
+  proxy_temp_path {root}/proxy;
+  fastcgi_temp_path {root}/fastcgi;
+  uwsgi_temp_path {root}/uwsgi;
+  scgi_temp_path {root}/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    default_type application/json;
+    location / {{
+      add_header Cache-Control no-store;
+      add_header X-Cache hit;
+      return 200 '{body}';
+    }}
+  }}
+}}
+""")
+        argv = self.server_prefix() + [self.nginx, "-p", root + "/", "-c", conf, "-e", root + "/logs/error.log"]
+        p = self.procs.start(argv, os.path.join(root, "logs", "stdout.log"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if p.poll() is not None:
+                raise BenchError(f"nginx exited with {p.returncode}: "
+                                 f"{open(os.path.join(root, 'logs', 'error.log')).read()[-2000:]}")
+            try:
+                status, _, got = http_get(port, "/v1/token?user_id=x", timeout=1)
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.02)
+        else:
+            raise BenchError("nginx did not answer within 10 s")
+        if len(got) != len(body):
+            raise BenchError(f"nginx answers {len(got)} bytes, tokend {len(body)}")
+        p.port = port
+        # the worker serves; its pid for fd counts and memory
+        children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+        p.worker = int(children[0]) if children else p.pid
+        return p
+
+    def client(self, *args, timeout=600, check=True):
+        argv = [self.client_exe, *map(str, args)]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        out = r.stdout.strip().splitlines()
+        if not out:
+            raise BenchError(f"bench-client {' '.join(map(str, args))} printed nothing: {r.stderr[-1000:]}")
+        res = json.loads(out[-1])
+        if check and r.returncode != 0:
+            raise BenchError(f"bench-client {args[0]} failed: {res} {r.stderr[-1000:]}")
+        return res
+
+    # ------------------------------------------------------------ steps
+
+    def wrk(self, port, conns, seconds, pid):
+        argv = self.load_prefix() + [self.wrk_exe, "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s",
+                                     "-s", LUA, f"http://127.0.0.1:{port}/", "--",
+                                     str(self.p["hit_users"]), "hit-"]
+        fds_before = open_fds(pid)
+        cpu0, busy0, kids0 = proc_cpu_s(pid), machine_busy_s(), children_cpu_s()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # halfway through: how many connections has the server accepted?
+        time.sleep(min(seconds / 2, seconds - 0.2) if seconds > 0.4 else 0)
+        fds_mid = open_fds(pid)
+        out, _ = proc.communicate(timeout=seconds + 60)
+        cpu1, busy1, kids1 = proc_cpu_s(pid), machine_busy_s(), children_cpu_s()
+        m = re.search(r"^BENCH (.*)$", out, re.M)
+        if proc.returncode != 0 or not m:
+            raise BenchError(f"wrk failed ({proc.returncode}): {out[-2000:]}")
+        r = {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+        r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+        r["errors"] = r["connect"] + r["read"] + r["write"] + r["timeout"] + r["status"]
+        r["accepted"] = fds_mid - fds_before
+        r["bytes_per_response"] = r["bytes"] / r["requests"] if r["requests"] else 0
+        # CPU the server spent per request: steadier than req/s on a shared
+        # machine, and what the issue's "server CPU per request" compares
+        r["server_cpu_s"] = cpu1 - cpu0
+        r["cpu_us_per_req"] = (cpu1 - cpu0) * 1e6 / r["requests"] if r["requests"] else float("nan")
+        r["wrk_cpu_s"] = kids1 - kids0
+        # everything else the machine did meanwhile (other jobs, and kernel
+        # softirq work not charged to either process), in cores
+        r["other_cores"] = ((busy1 - busy0) - r["server_cpu_s"] - r["wrk_cpu_s"]) / (r["duration_us"] / 1e6)
+        return r
+
+    def step_hit(self):
+        if not self.wrk_exe or not self.nginx:
+            self.skipped.append("hit path and one connection: wrk or nginx is not installed "
+                                "(apt-get install wrk nginx-light)")
+            return
+        users = self.p["hit_users"]
+        t = self.start_tokend(pinned=True)
+        self.hit_tokend = t
+        self.stub_reset()
+        log(f"hit path: pre-warming {users} users")
+        warm = self.client("load", "--port", t.port, "--prefix", "hit-", "--first", 0, "--count", users,
+                           "--conns", 32)
+        mints = self.stub_stats()["mints"]
+        self.check("pre-warm: one mint per user", warm["ok"] == users and mints == users,
+                   f"{warm['ok']} answers, {mints} mints for {users} users")
+        status, headers, body = http_get(t.port, "/v1/token?user_id=hit-0")
+        if status != 200 or headers.get("x-cache") != "hit":
+            raise BenchError(f"a pre-warmed user is not a hit: {status} {headers}")
+        body = body.decode()
+        n = self.start_nginx(body)
+        self.results["body_bytes"] = len(body)
+        runs = {}
+        levels = list(self.p["hit_conns"]) + ([1] if self.p["one_conn"] else [])
+        for conns in levels:
+            pairs = []
+            for rnd in range(self.p["rounds"]):
+                order = [("tokend", t.port, t.pid), ("nginx", n.port, n.worker)]
+                if rnd % 2:
+                    order.reverse()  # alternate who goes first: drift hits both alike
+                pair = {}
+                for name, port, pid in order:
+                    time.sleep(0.5)
+                    log(f"hit path: {name} at {conns} connections, round {rnd + 1}")
+                    pair[name] = self.wrk(port, conns, self.p["hit_seconds"], pid)
+                pairs.append(pair)
+            runs[conns] = pairs
+        self.procs.stop(n)
+        after = self.stub_stats()["mints"]
+        self.check("hit path: no mint during the wrk runs", after == users, f"{after} mints, expected {users}")
+        for conns, pairs in runs.items():
+            for pair in pairs:
+                for name, r in pair.items():
+                    self.check(f"hit path: {name} at {conns} connections without errors", r["errors"] == 0,
+                               f"connect {r['connect']} read {r['read']} write {r['write']} "
+                               f"timeout {r['timeout']} non-2xx {r['status']}")
+        self.results["hit"] = {str(k): v for k, v in runs.items()}
+
+    def step_coalesce(self):
+        t = getattr(self, "hit_tokend", None) or self.start_tokend()
+        self.coalesce_tokend = t
+        conns = self.p["coalesce_conns"]
+        rows = []
+        for delay in (0, self.p["mint_delay_ms"]):
+            for users in (1, 100):
+                prefix = f"co{users}d{delay}-"
+                self.stub_reset()
+                if delay:
+                    http_post_json(self.stub_port, "/__stub/faults",
+                                   {"action": "ok", "delay_ms": delay, "count": users})
+                log(f"coalescing: {conns} concurrent first requests for {users} user(s), "
+                    f"stand-in delay {delay} ms")
+                r = self.client("burst", "--port", t.port, "--prefix", prefix, "--users", users,
+                                "--conns", conns, "--timeout-ms", 30000, check=False)
+                mints = self.stub_stats()["mints"]
+                r.update(users=users, delay_ms=delay, mints=mints)
+                rows.append(r)
+                self.check(f"coalescing: {conns} requests, {users} user(s), delay {delay} ms: "
+                           f"one mint per user and every request answered",
+                           mints == users and r["ok"] == conns,
+                           f"{mints} mints, {r['ok']} of {conns} answered 200")
+        self.results["coalesce"] = rows
+
+    def step_miss(self):
+        t = self.start_tokend()
+        count = self.p["miss_users"]
+        rows = []
+        for conns in self.p["miss_conns"]:
+            self.stub_reset()
+            prefix = f"miss{conns}-"
+            out = os.path.join(self.tmp, f"miss-{conns}.txt")
+            log(f"miss path: {count} new users over {conns} connection(s)")
+            r = self.client("load", "--port", t.port, "--prefix", prefix, "--first", 0, "--count", count,
+                            "--conns", conns, "--out", out, "--timeout-ms", 300000, check=False)
+            stats = self.stub_stats()
+            stub_time = {}
+            for q in self.stub_requests():
+                if q["path"] == "/v2/oauth/token" and q.get("t_done") is not None and q["user_id"]:
+                    if q["user_id"] in stub_time:
+                        stub_time[q["user_id"]] = None  # minted twice: not one mint per user
+                    else:
+                        stub_time[q["user_id"]] = q["t_done"] - q["t_recv"]
+            total, stub, added = [], [], []
+            with open(out) as f:
+                for line in f:
+                    idx, ts, td, st = line.split()
+                    if int(st) != 200:
+                        continue
+                    s = stub_time.get(f"{prefix}{idx}")
+                    if s is None:
+                        continue
+                    total.append(float(td) - float(ts))
+                    stub.append(s)
+                    added.append(float(td) - float(ts) - s)
+            added.sort()
+            total.sort()
+            stub.sort()
+
+            def q(xs, p):
+                return xs[min(len(xs) - 1, int(p / 100 * (len(xs) - 1) + 0.5))] * 1e3 if xs else float("nan")
+
+            row = dict(conns=conns, count=count, ok=r["ok"], mints=stats["mints"],
+                       elapsed_s=r["elapsed_s"], mints_per_s=stats["mints"] / r["elapsed_s"],
+                       matched=len(added),
+                       total_p50_ms=q(total, 50), total_p99_ms=q(total, 99),
+                       stub_p50_ms=q(stub, 50), stub_p99_ms=q(stub, 99),
+                       added_p50_ms=q(added, 50), added_p90_ms=q(added, 90), added_p99_ms=q(added, 99))
+            rows.append(row)
+            self.check(f"miss path at {conns} connection(s): every user answered, one mint each",
+                       r["ok"] == count and stats["mints"] == count and len(added) == count,
+                       f"{r['ok']} answered, {stats['mints']} mints, {len(added)} matched, for {count} users")
+        self.procs.stop(t)
+        self.results["miss"] = rows
+
+    def step_memory(self):
+        fills = self.p["fills"]
+        t = self.start_tokend(cache={"max_entries": 1100000},
+                              upstream={"max_concurrent": 64, "queue_max": 100000})
+        time.sleep(0.5)
+        mem = {"idle_kb": rss_kb(t.pid)}
+        # one mint first, so the connection test measures connections and not
+        # libcurl's first-use allocations
+        http_get(t.port, "/v1/token?user_id=mem-conn")
+        mem["after_first_token_kb"] = rss_kb(t.pid)
+        conns = self.p["hold_conns"]
+        log(f"memory: {conns} open connections")
+        h = self.client("hold", "--port", t.port, "--conns", conns, "--user", "mem-conn", "--pid", t.pid,
+                        "--timeout-ms", 60000)
+        mem["hold"] = h
+        time.sleep(0.5)  # the connections are closed; let the daemon notice
+        done = 0
+        mem["fills"] = []
+        for target in fills:
+            self.stub_reset()  # keeps the stand-in's own request log small
+            log(f"memory: filling the cache to {target} users")
+            r = self.client("load", "--port", t.port, "--prefix", "mem-", "--first", done,
+                            "--count", target - done, "--conns", 64, "--timeout-ms", 1800000, check=False)
+            mints = self.stub_stats()["mints"]
+            self.check(f"memory: fill to {target} users, one mint each",
+                       r["ok"] == target - done and mints == target - done,
+                       f"{r['ok']} answered, {mints} mints for {target - done} users")
+            done = target
+            time.sleep(1.0)
+            mem["fills"].append(dict(users=target, rss_kb=rss_kb(t.pid), fill_rate=r["rate"]))
+        # the oldest users must still be there: the cache held them all
+        self.stub_reset()
+        sample = min(1000, fills[-1])
+        r = self.client("load", "--port", t.port, "--prefix", "mem-", "--first", 0, "--count", sample,
+                        "--conns", 8, check=False)
+        mints = self.stub_stats()["mints"]
+        self.check(f"memory: the first {sample} of {fills[-1]} users are still cached",
+                   r["hit"] == sample and mints == 0, f"{r['hit']} hits, {mints} mints")
+        self.procs.stop(t)
+        self.results["memory"] = mem
+
+    def step_startup(self):
+        port = free_port()
+        conf = os.path.join(self.tmp, "startup.conf")
+        self.write_config(conf, port=port)
+        runs = self.p["startup_runs"]
+        log(f"start-up: {runs} runs")
+        r = self.client("startup", "--exe", self.tokend_exe, "--config", conf, "--port", port,
+                        "--prefix", "start-", "--runs", runs, "--timeout-ms", 60000 + runs * 2000)
+        self.results["startup"] = r
+
+    # ------------------------------------------------------------ verdicts
+
+    def check(self, what, ok, detail):
+        self.checks.append((what, bool(ok), detail))
+        if not ok:
+            log(f"CHECK FAILED: {what}: {detail}")
+
+    def target(self, what, ok, figure):
+        """ok: True pass, False miss, None a figure for context only."""
+        self.targets.append((what, None if ok is None else bool(ok), figure))
+
+    # ------------------------------------------------------------ report
+
+    def machine(self):
+        model = "unknown"
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        model = line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+
+        def version(argv, pattern):
+            try:
+                out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+                m = re.search(pattern, out.stdout + out.stderr)
+                return m.group(1) if m else "?"
+            except (OSError, subprocess.TimeoutExpired):
+                return "absent"
+
+        mhd = version(["pkg-config", "--modversion", "libmicrohttpd"], r"(\S+)")
+        return dict(nproc=os.cpu_count(), cpu=model, kernel=platform.release(), loadavg=loadavg(),
+                    wrk=version([self.wrk_exe or "wrk", "-v"], r"wrk (\S+)"),
+                    nginx=version([self.nginx or "nginx", "-v"], r"nginx/(\S+)"),
+                    libmicrohttpd=mhd, pinned=bool(self.pin))
+
+    def report(self):
+        res = self.results
+        lines = []
+        out = lines.append
+        m = res["machine"]
+        out(f"## tokend benchmark ({res['mode']})")
+        out("")
+        out(f"Machine: {m['nproc']} cores, {m['cpu']}, Linux {m['kernel']}; wrk {m['wrk']}, "
+            f"nginx {m['nginx']}, libmicrohttpd {m['libmicrohttpd']}; "
+            + ("servers pinned to CPU 0, wrk to CPU 1" if m["pinned"] else "no CPU pinning")
+            + f"; load average {m['loadavg']} before, {res.get('loadavg_after', '?')} after")
+        out(f"Command: {res['command']}")
+        out("")
+
+        if "hit" in res:
+            out(f"### 1-2. Hit path ({self.p['hit_users']:,} cached users, {self.p['hit_seconds']} s per run, "
+                f"wrk -t1, {res['body_bytes']}-byte JSON body, alternating with nginx)")
+            out("")
+            out("| conns | round | tokend req/s | nginx req/s | ratio | tokend p50 | nginx p50 | tokend p99 | "
+                "nginx p99 | p50 ratio | p99 ratio | CPU us/req (t/n) | CPU ratio | other load, cores (t/n) | "
+                "accepted (t/n) | errors (t/n) |")
+            out("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for conns, pairs in res["hit"].items():
+                ratios, p50r, p99r, cpur = [], [], [], []
+                for i, pr in enumerate(pairs):
+                    a, b = pr["tokend"], pr["nginx"]
+                    ratio = a["rps"] / b["rps"]
+                    cr = a["cpu_us_per_req"] / b["cpu_us_per_req"] if b["cpu_us_per_req"] else float("nan")
+                    cpur.append(cr)
+                    r50 = a["p50_us"] / b["p50_us"] if b["p50_us"] else float("nan")
+                    r99 = a["p99_us"] / b["p99_us"] if b["p99_us"] else float("nan")
+                    ratios.append(ratio)
+                    p50r.append(r50)
+                    p99r.append(r99)
+                    out(f"| {conns} | {i + 1} | {a['rps']:,.0f} | {b['rps']:,.0f} | {ratio:.2f} | "
+                        f"{a['p50_us'] / 1e3:.3f} ms | {b['p50_us'] / 1e3:.3f} ms | {a['p99_us'] / 1e3:.3f} ms | "
+                        f"{b['p99_us'] / 1e3:.3f} ms | {r50:.2f} | {r99:.2f} | "
+                        f"{a['cpu_us_per_req']:.1f}/{b['cpu_us_per_req']:.1f} | {cr:.2f} | "
+                        f"{a['other_cores']:.2f}/{b['other_cores']:.2f} | {a['accepted']}/{b['accepted']} | "
+                        f"{a['errors']}/{b['errors']} |")
+                med = median(ratios)
+                tp99 = median([pr["tokend"]["p99_us"] for pr in pairs]) / 1e3
+                out(f"| {conns} | **median** | {median([p['tokend']['rps'] for p in pairs]):,.0f} | "
+                    f"{median([p['nginx']['rps'] for p in pairs]):,.0f} | **{med:.2f}** | "
+                    f"{median([p['tokend']['p50_us'] for p in pairs]) / 1e3:.3f} ms | "
+                    f"{median([p['nginx']['p50_us'] for p in pairs]) / 1e3:.3f} ms | {tp99:.3f} ms | "
+                    f"{median([p['nginx']['p99_us'] for p in pairs]) / 1e3:.3f} ms | **{median(p50r):.2f}** | "
+                    f"**{median(p99r):.2f}** | "
+                    f"{median([p['tokend']['cpu_us_per_req'] for p in pairs]):.1f}/"
+                    f"{median([p['nginx']['cpu_us_per_req'] for p in pairs]):.1f} | **{median(cpur):.2f}** | | | |")
+                c = int(conns)
+                self.target(f"(context, no target) server CPU per request at {c} connection(s), tokend/nginx",
+                            None, f"{median(cpur):.2f}x")
+                if c == 1:
+                    self.target("one connection: p50 within 1.2x nginx", median(p50r) <= 1.2,
+                                f"{median(p50r):.2f}x")
+                    self.target("one connection: p99 within 1.2x nginx", median(p99r) <= 1.2,
+                                f"{median(p99r):.2f}x")
+                else:
+                    self.target(f"hit path at {c} connections: >= 0.95x nginx req/s", med >= 0.95,
+                                f"{med:.2f}x (pairs: {', '.join(f'{x:.2f}' for x in ratios)})")
+                    if c == 50:
+                        self.target("hit path at 50 connections: p99 < 1 ms", tp99 < 1.0,
+                                    f"{tp99:.3f} ms (nginx {median([p['nginx']['p99_us'] for p in pairs]) / 1e3:.3f} ms)")
+                    else:
+                        acc = min(p["tokend"]["accepted"] for p in pairs)
+                        errs = sum(p["tokend"]["errors"] for p in pairs)
+                        self.target(f"hit path at {c} connections: no connection left waiting",
+                                    acc >= c and errs == 0,
+                                    f"fewest accepted mid-run {acc} of {c}; {errs} wrk errors")
+            out("")
+
+        if "coalesce" in res:
+            out("### 3. Coalescing (concurrent first requests; mints counted by the stand-in)")
+            out("")
+            out("| requests | users | stand-in delay | mints | miss | coalesced | hit | answered 200 | "
+                "writes spread over | all answered in |")
+            out("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            ok = True
+            for r in res["coalesce"]:
+                out(f"| {r['conns']} | {r['users']} | {r['delay_ms']} ms | **{r['mints']}** | {r['miss']} | "
+                    f"{r['coalesced']} | {r['hit']} | {r['ok']} | {r['write_spread_us'] / 1e3:.1f} ms | "
+                    f"{r['elapsed_ms']:.0f} ms |")
+                ok = ok and r["mints"] == r["users"]
+            self.target("coalescing: exactly one mint per user", ok,
+                        ", ".join(f"{r['mints']}/{r['users']}" for r in res["coalesce"]))
+            out("")
+
+        if "miss" in res:
+            out("### 4. Miss path (first requests for new users; the stand-in answers at once)")
+            out("")
+            out("| conns | users | mints | mints/s | tokend answer p50 | p99 | stand-in own p50 | "
+                "added p50 | added p90 | added p99 |")
+            out("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for r in res["miss"]:
+                out(f"| {r['conns']} | {r['count']:,} | {r['mints']:,} | {r['mints_per_s']:,.0f} | "
+                    f"{r['total_p50_ms']:.3f} ms | {r['total_p99_ms']:.3f} ms | {r['stub_p50_ms']:.3f} ms | "
+                    f"{r['added_p50_ms']:.3f} ms | {r['added_p90_ms']:.3f} ms | {r['added_p99_ms']:.3f} ms |")
+            one = min(res["miss"], key=lambda r: r["conns"])
+            best = max(res["miss"], key=lambda r: r["mints_per_s"])
+            self.target("miss path: added latency < 0.5 ms median (one connection, no queueing)",
+                        one["added_p50_ms"] < 0.5, f"{one['added_p50_ms']:.3f} ms at {one['conns']} conn")
+            at_best = best["added_p50_ms"]
+            self.target(f"miss path: added latency < 0.5 ms median at full rate ({best['conns']} conns)",
+                        at_best < 0.5, f"{at_best:.3f} ms")
+            self.target("miss path: >= 5,000 mints/s", best["mints_per_s"] >= 5000,
+                        f"{best['mints_per_s']:,.0f}/s at {best['conns']} conns")
+            out("")
+            out("Added latency = tokend's answer time seen by the client minus the stand-in's own time "
+                "for that user's mint (t_done - t_recv in /__stub/requests).")
+            out("")
+
+        if "memory" in res:
+            mem = res["memory"]
+            out("### 5. Memory (VmRSS of tokend)")
+            out("")
+            out("| state | RSS | per item |")
+            out("|---|---:|---:|")
+            out(f"| idle, just started | {mem['idle_kb'] / 1024:.1f} MiB | |")
+            out(f"| after the first token | {mem['after_first_token_kb'] / 1024:.1f} MiB | |")
+            h = mem["hold"]
+            out(f"| {h['conns']:,} open keep-alive connections | {h['rss_after_kb'] / 1024:.1f} MiB | "
+                f"{h['bytes_per_conn']:,.0f} B per connection |")
+            prev_users, prev_kb = 0, mem["after_first_token_kb"]
+            for fl in mem["fills"]:
+                per = (fl["rss_kb"] - prev_kb) * 1024 / (fl["users"] - prev_users)
+                out(f"| {fl['users']:,} cached users (filled at {fl['fill_rate']:,.0f}/s) | "
+                    f"{fl['rss_kb'] / 1024:.1f} MiB | {per:,.0f} B per token (vs previous row) |")
+                prev_users, prev_kb = fl["users"], fl["rss_kb"]
+            last = mem["fills"][-1]
+            overall = (last["rss_kb"] - mem["after_first_token_kb"]) * 1024 / last["users"]
+            out(f"| bytes per cached token, overall | | {overall:,.0f} B |")
+            self.target("memory: < 1 KiB per cached token", overall < 1024, f"{overall:,.0f} B")
+            if last["users"] >= 1000000:
+                self.target("memory: 1,000,000 cached users < 1 GiB RSS", last["rss_kb"] < 1024 * 1024,
+                            f"{last['rss_kb'] / 1024:.0f} MiB")
+            self.target("memory: idle < 8 MB", mem["idle_kb"] * 1024 < 8e6, f"{mem['idle_kb'] * 1024 / 1e6:.1f} MB")
+            self.target("memory: < 8 KB per open connection", h["bytes_per_conn"] < 8000,
+                        f"{h['bytes_per_conn']:,.0f} B")
+            out("")
+
+        if "startup" in res:
+            s = res["startup"]
+            out(f"### 6. Start-up ({s['ok']} runs; exec to ...)")
+            out("")
+            out("| to | median | min | max |")
+            out("|---|---:|---:|---:|")
+            out(f"| a connectable socket | {s['listen_ms_p50']:.1f} ms | {s['listen_ms_min']:.1f} ms | "
+                f"{s['listen_ms_max']:.1f} ms |")
+            out(f"| the first served token (one mint) | {s['token_ms_p50']:.1f} ms | {s['token_ms_min']:.1f} ms | "
+                f"{s['token_ms_max']:.1f} ms |")
+            self.target("start-up to listening < 50 ms", s["listen_ms_p50"] < 50, f"{s['listen_ms_p50']:.1f} ms")
+            out("")
+
+        if self.args.mode == "selftest":
+            out("Self-test: a miniature that checks the benchmark runs and counts right; its figures "
+                "are not measurements, so no target is judged.")
+            self.targets = []
+        else:
+            out("### Targets (issue 7)")
+            out("")
+            out("| target | figure | verdict |")
+            out("|---|---|---|")
+            for what, ok, fig in self.targets:
+                out(f"| {what} | {fig} | {'info' if ok is None else 'pass' if ok else '**MISS**'} |")
+        out("")
+        bad = [c for c in self.checks if not c[1]]
+        out(f"Correctness checks: {len(self.checks) - len(bad)} of {len(self.checks)} passed.")
+        for what, _, detail in bad:
+            out(f"- FAILED: {what}: {detail}")
+        for s in self.skipped:
+            out(f"- skipped: {s}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------ main
+
+    def run(self):
+        steps = [("hit", self.step_hit), ("coalesce", self.step_coalesce), ("miss", self.step_miss),
+                 ("memory", self.step_memory), ("startup", self.step_startup)]
+        only = set(self.args.only.split(",")) if self.args.only else None
+        self.results["machine"] = self.machine()
+        self.results["command"] = self.args.command or " ".join(sys.argv)
+        t0 = time.monotonic()
+        try:
+            self.start_stub()
+            for name, fn in steps:
+                if only and name not in only:
+                    continue
+                fn()
+        finally:
+            self.procs.stop_all()
+        self.results["elapsed_s"] = time.monotonic() - t0
+        self.results["loadavg_after"] = loadavg()
+        self.results["checks"] = self.checks
+        text = self.report()
+        self.results["targets"] = self.targets
+        print(text)
+        if self.args.json:
+            with open(self.args.json, "w") as f:
+                json.dump(self.results, f, indent=1)
+        if not self.args.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            log(f"kept {self.tmp}")
+        return 0 if all(c[1] for c in self.checks) else 1
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build-dir", required=True, help="where instacart-tokend, the stand-in and bench-client are built")
+    ap.add_argument("--mode", choices=sorted(PROFILES), default="full")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="do not pin the servers to CPU 0 and wrk to CPU 1")
+    ap.add_argument("--only", help="comma-separated steps: hit,coalesce,miss,memory,startup")
+    ap.add_argument("--json", help="also write the raw figures here")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
+    ap.add_argument("--command", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 4096:
+        print("bench: the file descriptor limit is below 4096; wrk at 1,000 connections needs more "
+              "(ulimit -n 65536)", file=sys.stderr)
+        return 2
+    try:
+        return Bench(args).run()
+    except (BenchError, subprocess.TimeoutExpired) as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+#!/usr/bin/env bash
+# tokend under a real systemd (issue 4): a minimal Debian 12 booted with
+# systemd-nspawn, tokend installed into it with `meson install --destdir`, the
+# Instacart stand-in running beside it as a unit of its own, driven from the
+# host with nsenter (machinectl and systemctl -M do not work on these
+# machines).
+#
+#   run-container-test.sh SOURCE_DIR BUILD_DIR
+#
+# Checks: the units verify without a warning; the socket starts the service;
+# `systemctl status` shows it active with its status line; a token is served;
+# the journal gets structured mint events; a reload with a rotated secret
+# takes effect; `systemctl restart` keeps 1,000 cached tokens (the stand-in
+# counts the mints); a SIGSTOPped daemon is killed and restarted by the
+# watchdog; `systemctl stop` is clean; the security exposure score.
+#
+# Exit 77 (skipped) only without root or without systemd-nspawn/debootstrap
+# (Debian: systemd-container, debootstrap). The debootstrapped root is kept
+# in $TOKEND_CT_ROOT_CACHE (default /var/tmp/tokend-ct-root.tar) for the next
+# run; without it the root is built from the mirror apt is configured with.
+set -euo pipefail
+
+SRC=$(cd "${1:?usage: run-container-test.sh SOURCE_DIR BUILD_DIR}" && pwd)
+BUILD=$(cd "${2:?usage: run-container-test.sh SOURCE_DIR BUILD_DIR}" && pwd)
+HERE=$SRC/tests/systemd
+CACHE_TAR=${TOKEND_CT_ROOT_CACHE:-/var/tmp/tokend-ct-root.tar}
+SUITE=bookworm
+PACKAGES=systemd,systemd-sysv,dbus,procps,libcurl4,libcjson1,libmicrohttpd12,libsystemd0,libinih1
+STAMP="suite=$SUITE packages=$PACKAGES"
+USERS=1000
+WATCHDOG_SEC=5 # the shipped unit says 30 s; a drop-in shortens it for the test
+
+skip() {
+    echo "SKIP: $*"
+    exit 77
+}
+[[ $(id -u) == 0 ]] || skip "needs root (debootstrap, systemd-nspawn)"
+for tool in systemd-nspawn debootstrap nsenter python3; do
+    command -v "$tool" >/dev/null || skip "$tool is missing (Debian packages: systemd-container debootstrap)"
+done
+
+start=$SECONDS
+step() { printf '\n=== [%3d s] %s\n' $((SECONDS - start)) "$*"; }
+fail() {
+    echo "FAIL: $*" >&2
+    exit 1
+}
+
+WORK=$(mktemp -d /var/tmp/tokend-ct.XXXXXX)
+ROOT=$WORK/root
+NSPAWN_PID=
+LEADER=
+
+# nsenter into every namespace of the container's PID 1, bounded in time.
+ct() { timeout "${CT_TIMEOUT:-60}" nsenter -t "$LEADER" -a env SYSTEMD_PAGER= SYSTEMD_COLORS=0 "$@"; }
+# The host's python3 in the container's network only: HTTP to its loopback.
+client() { timeout "${CT_TIMEOUT:-120}" nsenter -t "$LEADER" -n /usr/bin/python3 "$HERE/ct_client.py" "$@"; }
+journal() { ct journalctl --no-pager -u instacart-tokend.service "$@"; }
+
+cleanup() {
+    local rc=$?
+    trap - EXIT
+    set +e
+    if ((rc != 0 && rc != 77)) && [[ -n $LEADER ]]; then
+        echo "--- the container's view, for the failure above"
+        CT_TIMEOUT=20 ct systemctl --no-pager status instacart-tokend.service instacart-stub.service 2>&1 | tail -30
+        CT_TIMEOUT=20 journal -n 60 2>&1
+    fi
+    if [[ -n $NSPAWN_PID ]] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
+        # nspawn turns SIGTERM into a clean poweroff of the container
+        kill -TERM "$NSPAWN_PID"
+        for _ in $(seq 1 150); do
+            kill -0 "$NSPAWN_PID" 2>/dev/null || break
+            sleep 0.2
+        done
+        if kill -0 "$NSPAWN_PID" 2>/dev/null; then
+            echo "the container did not power off within 30 s: killing it"
+            kill -KILL "$NSPAWN_PID"
+        fi
+        wait "$NSPAWN_PID" 2>/dev/null
+    fi
+    if ((rc != 0 && rc != 77)) && [[ -f $WORK/console.log ]]; then
+        echo "--- container console (last lines)"
+        tail -20 "$WORK/console.log"
+    fi
+    rm -rf --one-file-system "$WORK"
+    echo "container test: exit $rc after $((SECONDS - start)) s"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+# Polls a command until it succeeds, or fails the test at the deadline.
+wait_until() {
+    local secs=$1 what=$2
+    shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || fail "timed out after ${secs} s waiting for $what"
+        sleep 0.2
+    done
+}
+
+# The Debian mirror apt on this machine uses, for $SUITE.
+mirror() {
+    python3 - "$SUITE" <<'EOF'
+import glob, re, sys
+suite = sys.argv[1]
+found = []
+for path in ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*")):
+    try:
+        text = open(path).read()
+    except OSError:
+        continue
+    if path.endswith(".sources"):
+        for stanza in re.split(r"\n\s*\n", text):
+            f = {}
+            for line in stanza.splitlines():
+                if ":" in line and not line.startswith(("#", " ")):
+                    k, v = line.split(":", 1)
+                    f[k.strip().lower()] = v.split()
+            if "deb" in f.get("types", []) and suite in f.get("suites", []) and "main" in f.get("components", []):
+                found += f.get("uris", [])
+    elif path.endswith(".list") or path == "/etc/apt/sources.list":
+        for line in text.splitlines():
+            words = re.sub(r"\[[^]]*\]", "", line.split("#")[0]).split()
+            if len(words) >= 4 and words[0] == "deb" and words[2] == suite and "main" in words[3:]:
+                found.append(words[1])
+print(found[0] if found else "http://deb.debian.org/debian")
+EOF
+}
+
+# ------------------------------------------------------------------ the root
+step "root file system"
+mkdir -p "$ROOT"
+if [[ -f $CACHE_TAR ]] && tar -xOf "$CACHE_TAR" ./.tokend-ct-stamp 2>/dev/null | grep -qxF "$STAMP" &&
+    tar -C "$ROOT" --numeric-owner -xf "$CACHE_TAR"; then
+    echo "from the cached root $CACHE_TAR"
+else
+    rm -rf --one-file-system "$ROOT" && mkdir -p "$ROOT"
+    MIRROR=$(mirror)
+    echo "debootstrap $SUITE from $MIRROR (the cache $CACHE_TAR is absent or stale)"
+    timeout 900 debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$ROOT" "$MIRROR" \
+        >"$WORK/debootstrap.log" 2>&1 || {
+        tail -30 "$WORK/debootstrap.log"
+        fail "debootstrap failed"
+    }
+    echo "$STAMP" >"$ROOT/.tokend-ct-stamp"
+    rm -f "$ROOT"/var/cache/apt/archives/*.deb "$ROOT"/var/lib/apt/lists/*_Packages
+    # cached for the next run; never required
+    if tar -C "$ROOT" --numeric-owner -cf "$CACHE_TAR.tmp.$$" . 2>/dev/null; then
+        mv "$CACHE_TAR.tmp.$$" "$CACHE_TAR"
+    else
+        rm -f "$CACHE_TAR.tmp.$$"
+    fi
+fi
+
+# ------------------------------------------------------------------ install
+step "meson install --destdir into the root"
+meson install -C "$BUILD" --destdir "$ROOT" --no-rebuild --quiet >"$WORK/install.log" 2>&1 || {
+    cat "$WORK/install.log"
+    fail "meson install failed"
+}
+install -m 0755 "$BUILD/tests/stub/instacart-stub" "$ROOT/usr/local/bin/instacart-stub"
+UNIT_FILE=$(find "$ROOT/lib/systemd/system/" "$ROOT/usr/lib/systemd/system/" "$ROOT/usr/local/lib/systemd/system/" \
+    -maxdepth 1 -name instacart-tokend.service 2>/dev/null | head -1 || true)
+[[ -n $UNIT_FILE ]] || fail "meson install put no instacart-tokend.service in a unit directory"
+UNIT_DIR=${UNIT_FILE#"$ROOT"}
+UNIT_DIR=${UNIT_DIR%/*}
+[[ -f $ROOT$UNIT_DIR/instacart-tokend.socket ]] || fail "no instacart-tokend.socket beside the service"
+CONFIG=$(sed -n 's/^ExecStart=.*--config \([^ ]*\).*/\1/p' "$UNIT_FILE")
+SECRET=$(sed -n 's/^LoadCredential=client_secret:\(.*\)$/\1/p' "$UNIT_FILE")
+[[ -n $CONFIG && -n $SECRET ]] || fail "cannot read the configuration and secret paths from the unit"
+[[ -f $ROOT$CONFIG ]] || fail "meson install did not install the sample configuration at $CONFIG"
+grep -q '^\[upstream\]' "$ROOT$CONFIG" || fail "$CONFIG is not the sample configuration"
+echo "units in $UNIT_DIR; configuration $CONFIG; secret $SECRET"
+
+# This test's configuration: the stand-in on loopback, the unit's socket.
+cat >"$ROOT$CONFIG" <<'EOF'
+[upstream]
+base_url = http://127.0.0.1:9797
+client_id = ct-client
+[server]
+listen = 127.0.0.1:8787
+[log]
+level = info
+EOF
+chmod 0644 "$ROOT$CONFIG"
+write_secret() { # root-only, as the unit expects: LoadCredential= copies it
+    install -m 0600 /dev/null "$ROOT$1.tmp"
+    printf '%s\n' "$2" >"$ROOT$1.tmp"
+    mv "$ROOT$1.tmp" "$ROOT$1"
+}
+mkdir -p "$ROOT${SECRET%/*}" "$ROOT/etc/instacart-stub"
+write_secret "$SECRET" ct-secret-1
+write_secret /etc/instacart-stub/secret ct-secret-1
+cat >"$ROOT/etc/systemd/system/instacart-stub.service" <<'EOF'
+[Unit]
+Description=Instacart stand-in for the container test
+[Service]
+ExecStart=/usr/local/bin/instacart-stub --listen 127.0.0.1:9797 --client-id ct-client --client-secret-file /etc/instacart-stub/secret
+EOF
+mkdir -p "$ROOT/etc/systemd/system/instacart-tokend.service.d"
+printf '[Service]\nWatchdogSec=%ss\n' "$WATCHDOG_SEC" >"$ROOT/etc/systemd/system/instacart-tokend.service.d/test-watchdog.conf"
+# a quiet boot: nothing the test does not need
+: >"$ROOT/etc/machine-id"
+echo tokend-ct >"$ROOT/etc/hostname"
+
+# ------------------------------------------------------------------ boot
+step "boot the container"
+systemd-nspawn -b --register=no --keep-unit --private-network --console=read-only \
+    -D "$ROOT" --machine="tokend-ct-$$" >"$WORK/console.log" 2>&1 </dev/null &
+NSPAWN_PID=$!
+find_leader() {
+    LEADER=$(pgrep -P "$NSPAWN_PID" -x systemd | head -1)
+    [[ -n $LEADER ]]
+}
+wait_until 60 "the container's systemd to start" find_leader
+echo "nspawn $NSPAWN_PID, the container's PID 1 is host PID $LEADER"
+# systemctl needs PID 1's private socket, which comes a moment after exec
+wait_until 60 "the container's systemd to take commands" ct test -S /run/systemd/private
+state=$(CT_TIMEOUT=120 ct systemctl is-system-running --wait 2>&1) || true
+echo "system: $state"
+[[ $state == running || $state == degraded ]] || fail "the container did not boot: $state"
+if [[ $state == degraded ]]; then
+    ct systemctl --no-pager --failed || true
+fi
+
+# ------------------------------------------------------------------ checks
+step "systemd-analyze verify"
+out=$(ct systemd-analyze verify "$UNIT_DIR/instacart-tokend.service" "$UNIT_DIR/instacart-tokend.socket" 2>&1) ||
+    fail "systemd-analyze verify failed: $out"
+[[ -z $out ]] || fail "systemd-analyze verify warned: $out"
+echo "no warning"
+
+step "the socket starts the service on the first connection"
+ct systemctl start instacart-stub.service
+wait_until 20 "the stand-in to answer" client stub-stats
+ct systemctl start instacart-tokend.socket
+[[ $(ct systemctl is-active instacart-tokend.service) == inactive ]] || fail "the service ran before any connection"
+read -r status how _ < <(client token first-user)
+[[ $status == 200 && $how == miss ]] || fail "first token: $status $how"
+[[ $(ct systemctl is-active instacart-tokend.service) == active ]] || fail "the service is not active after a connection"
+echo "first token served (HTTP $status, $how); the service is active"
+
+step "systemctl status"
+wait_until 10 "the status line to count the mint" sh -c \
+    "nsenter -t $LEADER -a systemctl show -p StatusText --value instacart-tokend.service | grep -q '1 ok'"
+status_out=$(ct systemctl --no-pager status instacart-tokend.service 2>&1 || true)
+echo "$status_out" | sed -n '1,6p'
+grep -q 'Active: active (running)' <<<"$status_out" || fail "status does not say active (running)"
+grep -q 'Status: ".*tokens cached; mints: 1 ok' <<<"$status_out" || fail "status has no status line"
+
+step "the journal: structured mint events"
+events=$(journal -o verbose MESSAGE_ID=ad808c4429fd4af99c549760518e4f5c 2>&1)
+for field in USER_FINGERPRINT= UPSTREAM_STATUS=200 LATENCY_MS= PRIORITY=6; do
+    grep -q "$field" <<<"$events" || fail "no $field in the journal's mint event: $events"
+done
+if journal -o cat | grep -q ct-secret; then fail "the secret is in the journal"; fi
+echo "MESSAGE_ID, USER_FINGERPRINT, UPSTREAM_STATUS, LATENCY_MS present; no secret"
+
+step "reload with a rotated secret"
+client stub-credentials ct-client ct-secret-2 # Instacart now knows only the new one
+read -r status _ < <(client token rotation-before)
+[[ $status == 502 ]] || fail "the old secret still works at the stand-in ($status)"
+write_secret "$SECRET" ct-secret-2
+pid_before=$(ct systemctl show -p MainPID --value instacart-tokend.service)
+ct systemctl reload instacart-tokend.service
+client wait-token rotation-after 20 || fail "no token with the rotated secret after the reload"
+[[ $(ct systemctl show -p MainPID --value instacart-tokend.service) == "$pid_before" ]] ||
+    fail "the reload restarted the process"
+read -r status how _ < <(client token first-user)
+[[ $status == 200 && $how == hit ]] || fail "the reload lost the cache ($status $how)"
+journal -o cat | grep -q 'reloaded' || fail "no reload in the journal"
+echo "new mints use the rotated secret; same process; cache kept"
+
+step "systemctl restart keeps $USERS cached tokens"
+read -r line < <(client fetch "$USERS" user-)
+echo "first fetch: $line"
+[[ $line == "ok=$USERS "* ]] || fail "fetching $USERS users: $line"
+mints_before=$(client stub-stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["mints"])')
+pid_before=$(ct systemctl show -p MainPID --value instacart-tokend.service)
+CT_TIMEOUT=90 ct systemctl restart instacart-tokend.service
+[[ $(ct systemctl show -p MainPID --value instacart-tokend.service) != "$pid_before" ]] || fail "not restarted"
+journal -o cat | grep 'handed .* cached tokens' | tail -1
+journal -o cat | grep 'restored .* cached tokens' | tail -1
+read -r line < <(client fetch "$USERS" user-)
+mints_after=$(client stub-stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["mints"])')
+echo "after the restart: $line"
+echo "RESULT: new mints after systemctl restart with $USERS cached users: $((mints_after - mints_before))"
+[[ $line == "ok=$USERS hit=$USERS miss=0 failed=0" ]] || fail "tokens were lost over the restart: $line"
+((mints_after == mints_before)) || fail "$((mints_after - mints_before)) new mints after the restart"
+
+step "the watchdog kills and restarts a stopped process (WatchdogSec=${WATCHDOG_SEC}s)"
+pid_before=$(ct systemctl show -p MainPID --value instacart-tokend.service)
+restarts_before=$(ct systemctl show -p NRestarts --value instacart-tokend.service)
+ct kill -STOP "$pid_before"
+restarted() {
+    local pid state
+    pid=$(ct systemctl show -p MainPID --value instacart-tokend.service)
+    state=$(ct systemctl is-active instacart-tokend.service)
+    [[ $pid != 0 && $pid != "$pid_before" && $state == active ]]
+}
+wait_until $((WATCHDOG_SEC * 4 + 30)) "the watchdog to restart tokend" restarted
+journal -o cat | grep -qi 'watchdog timeout' || fail "systemd logged no watchdog timeout"
+echo "killed after the watchdog timeout and restarted: NRestarts $restarts_before -> $(ct systemctl show -p NRestarts --value instacart-tokend.service)"
+read -r status _ < <(client token after-watchdog)
+[[ $status == 200 ]] || fail "no token after the watchdog restart ($status)"
+
+step "systemctl stop is clean"
+CT_TIMEOUT=90 ct systemctl stop instacart-tokend.socket instacart-tokend.service
+show=$(ct systemctl show -p ActiveState -p Result -p ExecMainStatus instacart-tokend.service)
+echo "$show" | tr '\n' ' '
+echo
+grep -qx 'ActiveState=inactive' <<<"$show" && grep -qx 'Result=success' <<<"$show" &&
+    grep -qx 'ExecMainStatus=0' <<<"$show" || fail "not a clean stop: $show"
+journal -o cat | tail -3
+
+step "systemd-analyze security"
+security=$(ct systemd-analyze security --no-pager instacart-tokend.service 2>&1 | tail -1)
+echo "$security"
+score=$(grep -o 'level for instacart-tokend.service: [0-9.]*' <<<"$security" | grep -o '[0-9.]*$')
+[[ -n $score ]] || fail "no exposure score"
+echo "RESULT: exposure score $score"
+python3 -c "import sys; sys.exit(0 if float('$score') <= 2.0 else 1)" || fail "exposure $score is above 2.0"
+
+step "passed"
+echo "RESULT: container test took $((SECONDS - start)) s"
