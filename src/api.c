@@ -462,13 +462,14 @@ static enum MHD_Result handle_readyz(api *a, struct MHD_Connection *conn) {
     cJSON *j;
     char *body;
 
+    /* Not ready while the breaker is open: for breaker_cooldown after a
+     * rejection of the credentials or a run of failures. Then the next mint
+     * probes, and readiness follows what it finds. */
     upstream_get_stats(a->up, &us);
-    if (us.credentials_rejected)
+    if (us.circuit == CIRCUIT_OPEN && us.credentials_rejected)
         reason = "Instacart rejects the client credentials: check client_id and the secret, then reload";
     else if (us.circuit == CIRCUIT_OPEN)
         reason = "Instacart is failing: the circuit breaker is open, new users cannot get tokens";
-    else if (us.circuit == CIRCUIT_HALF_OPEN)
-        reason = "Instacart was failing: the circuit breaker is probing";
     j = cJSON_CreateObject();
     if (!j)
         return MHD_NO;
