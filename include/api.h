@@ -10,6 +10,10 @@ struct config;
 /* Routes, for counting requests by route. */
 enum api_route {
     ROUTE_TOKEN,
+    ROUTE_CLIENT_TOKEN,
+    ROUTE_FRONTEND_TOKEN,
+    ROUTE_DROPIN,
+    ROUTE_PROXY,
     ROUTE_HEALTHZ,
     ROUTE_READYZ,
     ROUTE_METRICS,
@@ -30,11 +34,13 @@ struct api_stats {
     unsigned waiting; /* requests suspended on a mint or a revocation */
 };
 
-/* listen_fd: a socket passed by systemd, or -1 to bind cfg->listen. up is
- * used for revocations and readiness. */
+/* listen_fd: a socket passed by systemd, or -1 to bind every address of
+ * cfg->listen. up is used for revocations, forwarding and readiness. */
 int api_new(const struct config *cfg, cache *c, upstream *up, int listen_fd, api **ret);
-/* The address actually bound, e.g. "127.0.0.1:8787". */
+/* The first TCP address bound, e.g. "127.0.0.1:8787" ("" if none). */
 const char *api_address(api *a);
+/* Every address served, for the log: "http://127.0.0.1:8787 unix:/run/x.sock". */
+const char *api_listening(api *a);
 /* After a reload: what /v1/status shows as the effective configuration.
  * (The routes' own settings, default scope and min_ttl, need a restart.) */
 void api_set_config(api *a, const struct config *cfg);

@@ -79,3 +79,7 @@ size_t cache_flush(cache *c);
  * it; NULL to just wipe it), 0 when nothing was cached. */
 int cache_drop(cache *c, enum oauth_grant grant, const char *user_id, const char *scope,
                token **ret_token);
+/* The same, only if the key's token is still `only` (NULL: whatever it is):
+ * a caller that found a token refused drops that one, not a newer one. */
+int cache_drop_if(cache *c, enum oauth_grant grant, const char *user_id, const char *scope,
+                  const token *only, token **ret_token);

@@ -36,12 +36,29 @@ typedef struct config {
     unsigned max_waiters;
 
     /* [server] */
-    char *listen;
+    char *listen;            /* as written; parsed into listens */
+    char **listens;          /* ADDRESS:PORT or unix:PATH, at least one */
+    size_t n_listens;
+    unsigned socket_mode;
+    char *socket_group;
+    char *allowed_uids_text, *allowed_gids_text;
+    unsigned *allowed_uids, *allowed_gids; /* resolved; none = anyone */
+    size_t n_allowed_uids, n_allowed_gids;
+    char *allowed_hosts_text, *allowed_origins_text;
+    char **allowed_hosts, **allowed_origins;
+    size_t n_allowed_hosts, n_allowed_origins;
     bool allow_remote;
     unsigned threads;
     unsigned max_connections;
     uint64_t idle_timeout_ms;
     uint64_t shutdown_timeout_ms;
+
+    /* [auth] */
+    char *keys_file;
+
+    /* [frontend] */
+    char *user_header;
+    uint64_t max_body;
 
     /* [log] */
     int log_level;
@@ -59,7 +76,8 @@ config *config_free(config *c);
 
 struct sockaddr_storage;
 #include <sys/socket.h>
-/* Parses ADDRESS:PORT (IPv4, [IPv6] or localhost). */
+/* Parses ADDRESS:PORT (IPv4, [IPv6] or localhost) or unix:PATH (always
+ * counted as local). */
 int config_listen_parse(const char *s, struct sockaddr_storage *ret, socklen_t *ret_len,
                         bool *ret_loopback);
 

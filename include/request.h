@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "oauth.h"
+
 #define REQUEST_MIN_TTL_MAX_S (12 * 3600)
 
 typedef struct token_query {
@@ -29,3 +31,19 @@ int token_query_add(token_query *q, const char *key, size_t key_len, const char 
                     size_t value_len, bool allow_user_id);
 /* Checks the whole: the user id is present where required. */
 int token_query_finish(token_query *q, bool need_user_id);
+
+/* A body for the drop-in POST /v2/oauth/token, minus the credentials. */
+typedef struct dropin {
+    enum oauth_grant grant;
+    char *user_id; /* malloc()ed; NULL for client_credentials */
+    char *scope;   /* malloc()ed; NULL when not given */
+} dropin;
+
+/* Parses and checks a drop-in body. Returns 0, or -EINVAL with *error the
+ * OAuth error code (invalid_request, invalid_grant, unsupported_grant_type)
+ * and *description what was wrong. */
+int dropin_parse(const char *body, size_t len, dropin *ret, const char **error, const char **description);
+void dropin_clear(dropin *d);
+
+/* One of the four frontend Recommendations paths, with a safe {order_id}. */
+bool request_proxy_path_valid(const char *path);

@@ -10,7 +10,7 @@
 #define SYSTEMD_FDNAME_CACHE "cache"
 
 /* Takes the descriptors systemd passed (LISTEN_FDS), and unsets the
- * variables: the first listening stream socket and the last descriptor
+ * variables: the first listening stream socket (TCP or AF_UNIX) and the last descriptor
  * named "cache"; anything else is closed with a warning. Each is -1 when
  * absent. Returns how many were passed, or -errno. */
 int systemd_take_fds(int *ret_listen_fd, int *ret_cache_fd);

@@ -51,6 +51,17 @@ void upstream_mint(upstream *u, enum oauth_grant grant, const char *user_id, con
 /* Revokes a token at Instacart (POST /v2/oauth/token/revoke); done gets
  * MINT_OK and no token on success. Same queue, retries and breaker as mints. */
 void upstream_revoke(upstream *u, const char *token_value, upstream_done_fn done, void *userdata);
+/* A Recommendations call forwarded for a caller: status is Instacart's
+ * HTTP status, or 0 when there was no answer (body NULL then). Called
+ * exactly once, from the worker thread or before upstream_forward returns. */
+typedef void (*upstream_forward_fn)(void *userdata, int status, const char *content_type,
+                                    const char *body, size_t len);
+#define UPSTREAM_FORWARD_ANSWER_MAX (1024 * 1024)
+
+/* POSTs body to {base_url}{path} with the bearer token; not retried (the
+ * caller decides), and not counted against the breaker. */
+void upstream_forward(upstream *u, const char *path, const char *bearer, const char *body, size_t len,
+                      upstream_forward_fn done, void *userdata);
 /* Ends the worker: mints still queued or in flight complete with
  * MINT_UNAVAILABLE. Idempotent. */
 void upstream_stop(upstream *u);

@@ -1,8 +1,8 @@
-/* The HTTP front, on libmicrohttpd. Responsible for: routing, turning what
- * callers send into validated requests, answering cache hits straight from
- * the server thread, and suspending a connection while its token is minted
- * so no server thread ever waits on the network. Not responsible for how
- * tokens are made or kept.
+/* The HTTP front, on libmicrohttpd. Responsible for: the listening sockets
+ * (TCP and Unix), who may call what (Host, Origin, forwarding headers, peer
+ * credentials, API keys), dispatching to the routes (routes.c), answering,
+ * and suspending a connection while it waits on the network so no server
+ * thread ever does. Not responsible for how tokens are made or kept.
  *
  * libmicrohttpd calls the handler at least twice per request. We answer on
  * the second call, never the first: 0.9.75 drops keep-alive for responses
@@ -13,76 +13,80 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <microhttpd.h>
+#include <grp.h>
 #include <netinet/in.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
-#include "build-config.h"
+#include "api-internal.h"
 #include "config.h"
 #include "log.h"
-#include "metrics.h"
-#include "request.h"
 #include "util.h"
 
 #define TOKEN_JSON_MAX (OAUTH_TOKEN_MAX + OAUTH_SCOPE_MAX + 160)
 
 const char *const api_route_names[_ROUTE_MAX] = {
-    [ROUTE_TOKEN] = "/v1/token",     [ROUTE_HEALTHZ] = "/healthz", [ROUTE_READYZ] = "/readyz",
-    [ROUTE_METRICS] = "/metrics",    [ROUTE_STATUS] = "/v1/status",
-    [ROUTE_CACHE_FLUSH] = "/v1/cache/flush", [ROUTE_OTHER] = "other",
+    [ROUTE_TOKEN] = "/v1/token",
+    [ROUTE_CLIENT_TOKEN] = "/v1/client-token",
+    [ROUTE_FRONTEND_TOKEN] = "/v1/frontend/token",
+    [ROUTE_DROPIN] = "/v2/oauth/token",
+    [ROUTE_PROXY] = "/v2/recommendations",
+    [ROUTE_HEALTHZ] = "/healthz",
+    [ROUTE_READYZ] = "/readyz",
+    [ROUTE_METRICS] = "/metrics",
+    [ROUTE_STATUS] = "/v1/status",
+    [ROUTE_CACHE_FLUSH] = "/v1/cache/flush",
+    [ROUTE_OTHER] = "other",
 };
 
 const unsigned api_codes[API_CODES - 1] = { 200, 400, 401, 403, 404, 405, 411, 413,
                                             421, 429, 431, 500, 502, 503, 504 };
 
-struct api {
-    struct MHD_Daemon *mhd;
-    cache *cache;
-    upstream *up;
-    int listen_fd;
-    bool listen_loopback;
-    char address[80];
-    char default_scope[OAUTH_SCOPE_MAX + 1];
-    uint64_t min_ttl_ms;
-    struct MHD_Response *health;
-    int64_t start_unix;
-    uint64_t start_ms;
+#define ALL_BUT_FRONTEND (RIGHT_TOKEN | RIGHT_CLIENT_TOKEN | RIGHT_ADMIN)
 
-    /* counted with atomics: the hit path takes no lock for them */
-    unsigned long long counts[_ROUTE_MAX][API_CODES];
-
-    pthread_mutex_t lock; /* orders suspend against resume; guards below */
-    unsigned waiting;
-    char *config_json;
+static const struct {
+    const char *path;   /* NULL: matched otherwise */
+    const char *allow;  /* methods, for 405's Allow */
+    bool body;          /* takes a request body */
+    bool frontend;      /* reached through the site's proxy: forwarding headers, CORS */
+} route_table[_ROUTE_MAX] = {
+    [ROUTE_TOKEN] = { "/v1/token", "GET, DELETE", false, false },
+    [ROUTE_CLIENT_TOKEN] = { "/v1/client-token", "GET", false, false },
+    [ROUTE_FRONTEND_TOKEN] = { "/v1/frontend/token", "GET, OPTIONS", false, true },
+    [ROUTE_DROPIN] = { "/v2/oauth/token", "POST", true, false },
+    [ROUTE_PROXY] = { NULL, "POST, OPTIONS", true, true },
+    [ROUTE_HEALTHZ] = { "/healthz", "GET", false, false },
+    [ROUTE_READYZ] = { "/readyz", "GET", false, false },
+    [ROUTE_METRICS] = { "/metrics", "GET", false, false },
+    [ROUTE_STATUS] = { "/v1/status", "GET", false, false },
+    [ROUTE_CACHE_FLUSH] = { "/v1/cache/flush", "POST", false, false },
+    [ROUTE_OTHER] = { NULL, "", false, false },
 };
 
 /* What *req_cls points to between the handler's calls, until a request
  * needs state of its own: the route, and whether a body was seen. */
 static char marker_route[_ROUTE_MAX], marker_body[_ROUTE_MAX];
-
-enum request_kind { REQUEST_MINT, REQUEST_REVOKE };
-
-/* A request that waits on the network: suspended until done. */
-struct request {
-    api *api;
-    struct MHD_Connection *conn;
-    enum api_route route;
-    enum request_kind kind;
-    bool suspended, done;
-    int how; /* CACHE_MISS or CACHE_COALESCED */
-    mint_outcome outcome;
-    token *tok;
-    char scope[OAUTH_SCOPE_MAX + 1];
-};
+/* Unix-socket peers outside the allow-list, marked when they connect. */
+static char peer_denied;
 
 static bool is_marker(const void *p) {
     return (p >= (void *)marker_route && p < (void *)(marker_route + _ROUTE_MAX)) ||
            (p >= (void *)marker_body && p < (void *)(marker_body + _ROUTE_MAX));
+}
+
+static enum api_route route_of(const char *url) {
+    for (int r = 0; r < ROUTE_OTHER; r++)
+        if (route_table[r].path && strcmp(url, route_table[r].path) == 0)
+            return r;
+    if (request_proxy_path_valid(url))
+        return ROUTE_PROXY;
+    return ROUTE_OTHER;
 }
 
 static unsigned code_index(unsigned status) {
@@ -92,52 +96,46 @@ static unsigned code_index(unsigned status) {
     return API_CODES - 1;
 }
 
-static void count(api *a, enum api_route route, unsigned status) {
+void api_count(api *a, enum api_route route, unsigned status) {
     __atomic_add_fetch(&a->counts[route][code_index(status)], 1, __ATOMIC_RELAXED);
 }
 
-static enum MHD_Result queue(api *a, struct MHD_Connection *conn, enum api_route route,
-                             unsigned status, struct MHD_Response *resp) {
+/* ---- answers ---- */
+
+enum MHD_Result api_queue(const struct call *c, unsigned status, struct MHD_Response *resp) {
     enum MHD_Result r;
 
     if (!resp)
         return MHD_NO;
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    if (!MHD_get_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE))
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-    r = MHD_queue_response(conn, status, resp);
+    if (c->cors) {
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, c->cors);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_VARY, "Origin");
+    }
+    r = MHD_queue_response(c->conn, status, resp);
     MHD_destroy_response(resp);
-    count(a, route, status);
+    api_count(c->a, c->route, status);
     return r;
 }
 
-static const struct {
-    const char *path;
-    const char *allow; /* the methods it takes, for 405's Allow */
-} route_table[_ROUTE_MAX] = {
-    [ROUTE_TOKEN] = { "/v1/token", "GET, DELETE" },
-    [ROUTE_HEALTHZ] = { "/healthz", "GET" },
-    [ROUTE_READYZ] = { "/readyz", "GET" },
-    [ROUTE_METRICS] = { "/metrics", "GET" },
-    [ROUTE_STATUS] = { "/v1/status", "GET" },
-    [ROUTE_CACHE_FLUSH] = { "/v1/cache/flush", "POST" },
-    [ROUTE_OTHER] = { NULL, "" },
-};
+enum MHD_Result api_json(const struct call *c, unsigned status, char *body) {
+    struct MHD_Response *resp;
 
-static enum api_route route_of(const char *url) {
-    for (int r = 0; r < ROUTE_OTHER; r++)
-        if (strcmp(url, route_table[r].path) == 0)
-            return r;
-    return ROUTE_OTHER;
-}
-
-static const char *route_allow(enum api_route route) {
-    return route_table[route].allow;
+    if (!body)
+        return MHD_NO;
+    resp = MHD_create_response_from_buffer_with_free_callback(strlen(body), body, free);
+    if (!resp) {
+        free(body);
+        return MHD_NO;
+    }
+    return api_queue(c, status, resp);
 }
 
 /* Errors are rare: built with cJSON so any text is escaped. */
-static enum MHD_Result answer_error(api *a, struct MHD_Connection *conn, enum api_route route,
-                                    unsigned status, const char *error, const char *description,
-                                    const mint_outcome *up) {
+enum MHD_Result api_error(const struct call *c, unsigned status, const char *error, const char *description,
+                          const mint_outcome *up) {
     struct MHD_Response *resp;
     cJSON *j = cJSON_CreateObject();
     char *body = NULL;
@@ -158,12 +156,31 @@ static enum MHD_Result answer_error(api *a, struct MHD_Connection *conn, enum ap
         return MHD_NO;
     }
     if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, route_allow(route));
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, route_table[c->route].allow);
+    if (status == MHD_HTTP_UNAUTHORIZED)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"instacart-tokend\"");
     if (status == MHD_HTTP_SERVICE_UNAVAILABLE) {
         snprintf(num, sizeof(num), "%u", up && up->retry_after_s ? up->retry_after_s : 1);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, num);
     }
-    return queue(a, conn, route, status, resp);
+    return api_queue(c, status, resp);
+}
+
+enum MHD_Result api_failure(const struct call *c, const mint_outcome *o) {
+    char desc[256];
+
+    switch (o->kind) {
+    case MINT_REJECTED:
+        snprintf(desc, sizeof(desc), "Instacart refused the request: HTTP %d %s", o->http_status, o->error);
+        return api_error(c, MHD_HTTP_BAD_GATEWAY, "upstream_rejected", desc, o);
+    case MINT_TIMEOUT:
+        snprintf(desc, sizeof(desc), "Instacart did not answer in time (%s); try again later", o->error);
+        return api_error(c, MHD_HTTP_GATEWAY_TIMEOUT, "upstream_timeout", desc, o);
+    case MINT_UNAVAILABLE:
+    default:
+        snprintf(desc, sizeof(desc), "Instacart is unavailable (%s); try again after Retry-After", o->error);
+        return api_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "upstream_unavailable", desc, o);
+    }
 }
 
 static void free_wiped(void *p) {
@@ -174,8 +191,7 @@ static void free_wiped(void *p) {
  * snprintf, not cJSON: every field is a number or was validated to need no
  * escaping (RFC 6750 token characters, checked scope), and this runs for
  * every request. */
-static enum MHD_Result answer_token(api *a, struct MHD_Connection *conn, enum api_route route,
-                                    const token *t, const char *scope, const char *how) {
+enum MHD_Result api_token(const struct call *c, const token *t, const char *scope, const char *how) {
     struct MHD_Response *resp;
     uint64_t left = token_remaining_ms(t, now_ms()) / 1000;
     char *body;
@@ -185,9 +201,10 @@ static enum MHD_Result answer_token(api *a, struct MHD_Connection *conn, enum ap
     if (!body)
         return MHD_NO;
     n = snprintf(body, TOKEN_JSON_MAX,
-                 "{\"access_token\":\"%s\",\"token_type\":\"Bearer\",\"expires_in\":%llu,"
-                 "\"scope\":\"%s\",\"created_at\":%lld}",
-                 t->value, (unsigned long long)left, scope, (long long)t->created_at);
+                 "{\"access_token\":\"%s\",\"token_type\":\"Bearer\",\"expires_in\":%llu%s%s%s,"
+                 "\"created_at\":%lld}",
+                 t->value, (unsigned long long)left, *scope ? ",\"scope\":\"" : "", scope, *scope ? "\"" : "",
+                 (long long)t->created_at);
     if (n < 0 || n >= TOKEN_JSON_MAX) {
         wipe_free(body, TOKEN_JSON_MAX);
         return MHD_NO;
@@ -198,76 +215,52 @@ static enum MHD_Result answer_token(api *a, struct MHD_Connection *conn, enum ap
         return MHD_NO;
     }
     MHD_add_response_header(resp, "X-Cache", how);
-    return queue(a, conn, route, MHD_HTTP_OK, resp);
+    return api_queue(c, MHD_HTTP_OK, resp);
 }
 
-static enum MHD_Result answer_failure(api *a, struct MHD_Connection *conn, enum api_route route,
-                                      const mint_outcome *o) {
-    char desc[256];
+/* ---- waiting on the network ---- */
 
-    switch (o->kind) {
-    case MINT_REJECTED:
-        snprintf(desc, sizeof(desc), "Instacart refused the request: HTTP %d %s", o->http_status, o->error);
-        return answer_error(a, conn, route, MHD_HTTP_BAD_GATEWAY, "upstream_rejected", desc, o);
-    case MINT_TIMEOUT:
-        snprintf(desc, sizeof(desc), "Instacart did not answer in time (%s); try again later", o->error);
-        return answer_error(a, conn, route, MHD_HTTP_GATEWAY_TIMEOUT, "upstream_timeout", desc, o);
-    case MINT_UNAVAILABLE:
-    default:
-        snprintf(desc, sizeof(desc), "Instacart is unavailable (%s); try again after Retry-After",
-                 o->error);
-        return answer_error(a, conn, route, MHD_HTTP_SERVICE_UNAVAILABLE, "upstream_unavailable", desc, o);
+struct request *api_request_new(const struct call *c, enum request_kind kind, void **req_cls) {
+    struct request *r = calloc(1, sizeof(*r));
+
+    if (!r)
+        return NULL;
+    r->call = *c;
+    if (c->cors) {
+        snprintf(r->cors, sizeof(r->cors), "%s", c->cors);
+        r->call.cors = r->cors;
     }
+    r->kind = kind;
+    *req_cls = r; /* freed when the request completes */
+    return r;
 }
 
-static enum MHD_Result answer_json(api *a, struct MHD_Connection *conn, enum api_route route,
-                                   unsigned status, char *body) {
-    struct MHD_Response *resp;
-
-    if (!body)
-        return MHD_NO;
-    resp = MHD_create_response_from_buffer_with_free_callback(strlen(body), body, free);
-    if (!resp) {
-        free(body);
-        return MHD_NO;
-    }
-    return queue(a, conn, route, status, resp);
-}
-
-/* Answers once the request is suspended, or at once if done already. Under
- * the lock, so on_done can never resume a connection not yet suspended. */
-static enum MHD_Result suspend_or_answer(api *a, struct request *r);
-
-static void on_done(void *userdata, const mint_outcome *o, token *t) {
-    struct request *r = userdata;
-    api *a = r->api;
+void api_request_complete(struct request *r) {
+    api *a = r->call.a;
 
     pthread_mutex_lock(&a->lock);
-    r->outcome = *o;
-    r->tok = t;
     r->done = true;
     if (r->suspended) {
         r->suspended = false;
         a->waiting--;
         /* r may be answered and freed by the server thread from here on */
-        MHD_resume_connection(r->conn);
+        MHD_resume_connection(r->call.conn);
     }
     pthread_mutex_unlock(&a->lock);
 }
 
-static enum MHD_Result answer_done(api *a, struct request *r) {
-    if (r->kind == REQUEST_REVOKE) {
-        if (r->outcome.kind != MINT_OK)
-            return answer_failure(a, r->conn, r->route, &r->outcome);
-        return answer_json(a, r->conn, r->route, MHD_HTTP_OK, strdup("{\"dropped\":true,\"revoked\":true}"));
-    }
-    if (r->tok)
-        return answer_token(a, r->conn, r->route, r->tok, r->scope,
-                            r->how == CACHE_MISS ? "miss" : "coalesced");
-    return answer_failure(a, r->conn, r->route, &r->outcome);
+void api_on_done(void *userdata, const mint_outcome *o, token *t) {
+    struct request *r = userdata;
+
+    r->outcome = *o;
+    r->tok = t;
+    api_request_complete(r);
 }
 
-static enum MHD_Result suspend_or_answer(api *a, struct request *r) {
+/* Under the lock, so a completion can never resume a connection that is not
+ * yet suspended. */
+enum MHD_Result api_suspend_or_answer(struct request *r) {
+    api *a = r->call.a;
     bool finished;
 
     pthread_mutex_lock(&a->lock);
@@ -275,116 +268,66 @@ static enum MHD_Result suspend_or_answer(api *a, struct request *r) {
     if (!finished) {
         r->suspended = true;
         a->waiting++;
-        MHD_suspend_connection(r->conn);
+        MHD_suspend_connection(r->call.conn);
     }
     pthread_mutex_unlock(&a->lock);
-    return finished ? answer_done(a, r) : MHD_YES;
+    return finished ? route_answer_done(r) : MHD_YES;
 }
 
-static struct request *request_new(api *a, struct MHD_Connection *conn, enum api_route route,
-                                   enum request_kind kind, const char *scope, void **req_cls) {
-    struct request *r = calloc(1, sizeof(*r));
+/* ---- who may call what ---- */
 
-    if (!r)
-        return NULL;
-    r->api = a;
-    r->conn = conn;
-    r->route = route;
-    r->kind = kind;
-    snprintf(r->scope, sizeof(r->scope), "%s", scope);
-    *req_cls = r; /* freed when the request completes */
-    return r;
+static const char *header(struct MHD_Connection *conn, const char *name) {
+    return MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
 }
 
-struct query_ctx {
-    token_query q;
-    bool allow_revoke, revoke;
-    int r;
-};
+static bool host_allowed(api *a, const char *host) {
+    char name[256];
+    const char *end;
+    struct in_addr a4;
+    size_t n;
 
-static enum MHD_Result on_arg(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
-                              const char *value, size_t value_size) {
-    struct query_ctx *qc = cls;
-
-    if (qc->allow_revoke && key_size == 6 && memcmp(key, "revoke", 6) == 0) {
-        if (value && value_size == 4 && memcmp(value, "true", 4) == 0)
-            qc->revoke = true;
-        else if (!(value && value_size == 5 && memcmp(value, "false", 5) == 0)) {
-            qc->q.error = "revoke must be true or false";
-            qc->r = -EINVAL;
-        }
-        return qc->r < 0 ? MHD_NO : MHD_YES;
+    if (!host)
+        return true; /* HTTP/1.0 without Host: no browser sends that */
+    if (host[0] == '[') {
+        end = strchr(host, ']');
+        if (!end || (end[1] && end[1] != ':'))
+            return false;
+        n = (size_t)(end - host - 1);
+        if (n >= sizeof(name))
+            return false;
+        memcpy(name, host + 1, n);
+        name[n] = '\0';
+        return strcmp(name, "::1") == 0;
     }
-    qc->r = token_query_add(&qc->q, key, key_size, value, value_size, true);
-    return qc->r < 0 ? MHD_NO : MHD_YES;
-}
-
-static bool parse_token_query(struct MHD_Connection *conn, struct query_ctx *qc, char user[OAUTH_USER_ID_MAX + 1]) {
-    MHD_get_connection_values_n(conn, MHD_GET_ARGUMENT_KIND, on_arg, qc);
-    if (qc->r < 0 || token_query_finish(&qc->q, true) < 0)
+    end = strrchr(host, ':');
+    n = end ? (size_t)(end - host) : strlen(host);
+    if (end && (!end[1] || strspn(end + 1, "0123456789") != strlen(end + 1)))
         return false;
-    memcpy(user, qc->q.user_id, qc->q.user_id_len);
-    user[qc->q.user_id_len] = '\0';
-    return true;
+    if (n == 0 || n >= sizeof(name))
+        return false;
+    memcpy(name, host, n);
+    name[n] = '\0';
+    if (strcasecmp(name, "localhost") == 0)
+        return true;
+    if (inet_pton(AF_INET, name, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127)
+        return true;
+    for (size_t i = 0; i < a->n_allowed_hosts; i++)
+        if (strcasecmp(name, a->allowed_hosts[i]) == 0)
+            return true;
+    return false;
 }
 
-static enum MHD_Result handle_token(api *a, struct MHD_Connection *conn, void **req_cls) {
-    struct query_ctx qc = { 0 };
-    char user[OAUTH_USER_ID_MAX + 1];
-    const char *scope;
-    struct request *r;
-    mint_outcome o;
-    token *t = NULL;
-    uint64_t min_ttl;
-    int res;
-
-    if (!parse_token_query(conn, &qc, user))
-        return answer_error(a, conn, ROUTE_TOKEN, MHD_HTTP_BAD_REQUEST, "invalid_request", qc.q.error, NULL);
-    scope = qc.q.scope ? qc.q.scope : a->default_scope;
-    min_ttl = qc.q.min_ttl_ms > a->min_ttl_ms ? qc.q.min_ttl_ms : a->min_ttl_ms;
-
-    /* the hit path allocates nothing but the answer */
-    res = cache_get(a->cache, OAUTH_GRANT_USER_ASSERTION, user, scope, min_ttl, NULL, NULL, &t, &o);
-    if (res == CACHE_HIT) {
-        enum MHD_Result ret = answer_token(a, conn, ROUTE_TOKEN, t, scope, "hit");
-        token_unref(t);
-        return ret;
-    }
-    if (res == CACHE_FAILED)
-        return answer_failure(a, conn, ROUTE_TOKEN, &o);
-
-    r = request_new(a, conn, ROUTE_TOKEN, REQUEST_MINT, scope, req_cls);
-    if (!r)
-        return MHD_NO;
-    res = cache_get(a->cache, OAUTH_GRANT_USER_ASSERTION, user, r->scope, min_ttl, on_done, r, &t, &o);
-    switch (res) {
-    case CACHE_HIT: {
-        enum MHD_Result ret = answer_token(a, conn, ROUTE_TOKEN, t, r->scope, "hit");
-        token_unref(t);
-        return ret;
-    }
-    case CACHE_FAILED:
-        return answer_failure(a, conn, ROUTE_TOKEN, &o);
-    case CACHE_MISS:
-    case CACHE_COALESCED:
-        r->how = res;
-        return suspend_or_answer(a, r);
-    default:
-        o = (mint_outcome){ .kind = MINT_UNAVAILABLE, .retry_after_s = 1 };
-        snprintf(o.error, sizeof(o.error), "%s",
-                 res == -EBUSY ? "too_many_waiters" : res == -ENOBUFS ? "cache_full" : "internal_error");
-        return answer_failure(a, conn, ROUTE_TOKEN, &o);
-    }
+static const char *origin_allowed(api *a, const char *origin) {
+    for (size_t i = 0; origin && i < a->n_allowed_origins; i++)
+        if (strcmp(origin, a->allowed_origins[i]) == 0)
+            return a->allowed_origins[i];
+    return NULL;
 }
 
-/* Operator routes act on every user: only from this machine (or, with the
- * key file of a later issue, with an admin key). */
-static bool peer_is_local(api *a, struct MHD_Connection *conn) {
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+bool api_peer_is_local(const struct call *c) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     const struct sockaddr *sa = ci ? ci->client_addr : NULL;
 
-    if (a->listen_loopback)
-        return true;
     if (!sa)
         return false;
     if (sa->sa_family == AF_UNIX)
@@ -393,247 +336,264 @@ static bool peer_is_local(api *a, struct MHD_Connection *conn) {
         return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
     if (sa->sa_family == AF_INET6) {
         const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
-        return IN6_IS_ADDR_LOOPBACK(a6) ||
-               (IN6_IS_ADDR_V4MAPPED(a6) && a6->s6_addr[12] == 127);
+        return IN6_IS_ADDR_LOOPBACK(a6) || (IN6_IS_ADDR_V4MAPPED(a6) && a6->s6_addr[12] == 127);
     }
     return false;
 }
 
-static enum MHD_Result refuse_remote(api *a, struct MHD_Connection *conn, enum api_route route) {
-    return answer_error(a, conn, route, MHD_HTTP_FORBIDDEN, "forbidden",
-                        "cache control is served to local callers only", NULL);
+static int route_rights(enum api_route route, const char *method) {
+    switch (route) {
+    case ROUTE_TOKEN:
+        return strcmp(method, MHD_HTTP_METHOD_DELETE) == 0 ? RIGHT_ADMIN : RIGHT_TOKEN;
+    case ROUTE_CLIENT_TOKEN:
+        return RIGHT_CLIENT_TOKEN;
+    case ROUTE_FRONTEND_TOKEN:
+        return RIGHT_FRONTEND;
+    case ROUTE_DROPIN:
+        return RIGHT_TOKEN | RIGHT_CLIENT_TOKEN; /* which one is decided by the grant */
+    case ROUTE_PROXY:
+        return RIGHT_PROXY;
+    case ROUTE_STATUS:
+    case ROUTE_CACHE_FLUSH:
+        return RIGHT_ADMIN;
+    default:
+        return 0;
+    }
 }
 
-/* DELETE /v1/token?user_id=U[&scope=S][&revoke=true] */
-static enum MHD_Result handle_token_delete(api *a, struct MHD_Connection *conn, void **req_cls) {
-    struct query_ctx qc = { .allow_revoke = true };
-    char user[OAUTH_USER_ID_MAX + 1];
-    const char *scope;
-    struct request *r;
-    token *t = NULL;
-    int dropped;
+/* Everything that keeps out who does not belong, before a route runs.
+ * Returns MHD_YES with c->rights set to go on, or the refusal's result
+ * with *refused set. */
+static enum MHD_Result guard(struct call *c, const char *method, bool *refused) {
+    api *a = c->a;
+    const union MHD_ConnectionInfo *ci;
+    const char *origin = header(c->conn, MHD_HTTP_HEADER_ORIGIN);
+    const char *site = header(c->conn, "Sec-Fetch-Site");
+    const char *authz;
+    int needed = route_rights(c->route, method);
+    bool preflight = strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0 && route_table[c->route].frontend;
 
-    if (!peer_is_local(a, conn))
-        return refuse_remote(a, conn, ROUTE_TOKEN);
-    if (!parse_token_query(conn, &qc, user))
-        return answer_error(a, conn, ROUTE_TOKEN, MHD_HTTP_BAD_REQUEST, "invalid_request", qc.q.error, NULL);
-    if (qc.q.has_min_ttl)
-        return answer_error(a, conn, ROUTE_TOKEN, MHD_HTTP_BAD_REQUEST, "invalid_request",
-                            "min_ttl has no meaning when dropping a token", NULL);
-    scope = qc.q.scope ? qc.q.scope : a->default_scope;
-    dropped = cache_drop(a->cache, OAUTH_GRANT_USER_ASSERTION, user, scope, qc.revoke ? &t : NULL);
-    if (dropped < 0)
-        return answer_error(a, conn, ROUTE_TOKEN, MHD_HTTP_BAD_REQUEST, "invalid_request", "bad key", NULL);
-    {
-        char fp[FINGERPRINT_LEN];
-        fingerprint(user, strlen(user), fp);
-        log_notice("operator dropped the token of user=%s scope=%s%s (%s)", fp, scope,
-                   qc.revoke ? " with revocation" : "", dropped ? "was cached" : "none cached");
-    }
-    if (!t)
-        return answer_json(a, conn, ROUTE_TOKEN, MHD_HTTP_OK,
-                           strdup(dropped ? "{\"dropped\":true,\"revoked\":false}"
-                                          : "{\"dropped\":false,\"revoked\":false}"));
-    r = request_new(a, conn, ROUTE_TOKEN, REQUEST_REVOKE, scope, req_cls);
-    if (!r) {
-        token_unref(t);
+    *refused = true;
+    /* DNS rebinding: a page on evil.example resolving to 127.0.0.1 */
+    if (!host_allowed(a, header(c->conn, MHD_HTTP_HEADER_HOST)))
+        return api_error(c, MHD_HTTP_MISDIRECTED_REQUEST, "misdirected_request",
+                         "the Host header names no address of tokend; add the name to [server] "
+                         "allowed_hosts if it is yours", NULL);
+    /* a browser sending a request on a page's behalf */
+    if (origin && !origin_allowed(a, origin))
+        return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
+                         "cross-origin request from an origin not in [server] allowed_origins", NULL);
+    if (site && strcmp(site, "cross-site") == 0 && !origin_allowed(a, origin))
+        return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden", "cross-site request refused", NULL);
+    if (route_table[c->route].frontend)
+        c->cors = origin_allowed(a, origin);
+    else if (header(c->conn, "X-Forwarded-For") || header(c->conn, MHD_HTTP_HEADER_FORWARDED))
+        return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
+                         "forwarded requests are served on the frontend routes only", NULL);
+    ci = MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    if (ci && ci->socket_context == &peer_denied)
+        return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
+                         "this user is not in [server] allowed_uids or allowed_gids", NULL);
+
+    if (!a->auth)
+        c->rights = ALL_BUT_FRONTEND;
+    else if ((authz = header(c->conn, MHD_HTTP_HEADER_AUTHORIZATION)) && strncasecmp(authz, "Bearer ", 7) == 0)
+        c->rights = auth_check(a->auth, authz + 7, strlen(authz + 7), NULL);
+    else
+        c->rights = -1;
+    if (needed && !preflight && c->rights < 0)
+        return api_error(c, MHD_HTTP_UNAUTHORIZED, "unauthorized",
+                         "an API key is required: send Authorization: Bearer KEY", NULL);
+    if (c->rights < 0)
+        c->rights = 0;
+    if (needed && !preflight && !(c->rights & needed))
+        return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
+                         a->auth ? "this API key lacks the right this route needs"
+                                 : "this route needs an API key with the frontend or proxy right ([auth] keys_file)",
+                         NULL);
+    /* The user header names whose token to use: only the site's proxy may
+     * set it, and the proxy proves that with its key. */
+    if (header(c->conn, a->user_header) && !(c->rights & (RIGHT_FRONTEND | RIGHT_PROXY)))
+        return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
+                         "the user header is accepted only with a frontend or proxy key", NULL);
+    *refused = false;
+    return MHD_YES;
+}
+
+/* ---- the handler ---- */
+
+static enum MHD_Result preflight(const struct call *c) {
+    struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+
+    if (!resp)
         return MHD_NO;
-    }
-    upstream_revoke(a->up, t->value, on_done, r);
-    token_unref(t);
-    return suspend_or_answer(a, r);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_METHODS, route_table[c->route].allow);
+    MHD_add_response_header(resp, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+    MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
+    return api_queue(c, MHD_HTTP_NO_CONTENT, resp);
 }
 
-static enum MHD_Result handle_flush(api *a, struct MHD_Connection *conn) {
-    char body[64];
-    size_t n;
+static bool method_allowed(enum api_route route, const char *method) {
+    const char *allow = route_table[route].allow;
+    size_t n = strlen(method);
 
-    if (!peer_is_local(a, conn))
-        return refuse_remote(a, conn, ROUTE_CACHE_FLUSH);
-    n = cache_flush(a->cache);
-    log_notice("operator flushed the cache: %zu entries dropped", n);
-    snprintf(body, sizeof(body), "{\"dropped\":%zu}", n);
-    return answer_json(a, conn, ROUTE_CACHE_FLUSH, MHD_HTTP_OK, strdup(body));
+    for (const char *p = strstr(allow, method); p; p = strstr(p + 1, method))
+        if ((p == allow || p[-1] == ' ') && (p[n] == ',' || p[n] == '\0'))
+            return true;
+    return false;
 }
 
-static enum MHD_Result handle_readyz(api *a, struct MHD_Connection *conn) {
-    struct upstream_stats us;
-    const char *reason = NULL;
-    cJSON *j;
-    char *body;
+static enum MHD_Result take_body(struct request *r, const char *data, size_t *size) {
+    size_t max = r->call.a->max_body;
 
-    /* Not ready while the breaker is open: for breaker_cooldown after a
-     * rejection of the credentials or a run of failures. Then the next mint
-     * probes, and readiness follows what it finds. */
-    upstream_get_stats(a->up, &us);
-    if (us.circuit == CIRCUIT_OPEN && us.credentials_rejected)
-        reason = "Instacart rejects the client credentials: check client_id and the secret, then reload";
-    else if (us.circuit == CIRCUIT_OPEN)
-        reason = "Instacart is failing: the circuit breaker is open, new users cannot get tokens";
-    j = cJSON_CreateObject();
-    if (!j)
-        return MHD_NO;
-    cJSON_AddStringToObject(j, "status", reason ? "not_ready" : "ready");
-    if (reason)
-        cJSON_AddStringToObject(j, "reason", reason);
-    body = cJSON_PrintUnformatted(j);
-    cJSON_Delete(j);
-    return answer_json(a, conn, ROUTE_READYZ, reason ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_OK, body);
+    if (r->too_big || r->body_len + *size > max) {
+        /* keep draining, keep nothing: refused once it is all in */
+        r->too_big = true;
+        free(r->body);
+        r->body = NULL;
+        r->body_len = 0;
+    } else {
+        char *p = realloc(r->body, r->body_len + *size + 1);
+        if (!p)
+            return MHD_NO;
+        memcpy(p + r->body_len, data, *size);
+        r->body = p;
+        r->body_len += *size;
+        r->body[r->body_len] = '\0';
+    }
+    *size = 0;
+    return MHD_YES;
 }
 
-static enum MHD_Result handle_metrics(api *a, struct MHD_Connection *conn) {
-    struct api_stats as;
-    struct cache_stats cs;
-    struct upstream_stats us;
-    struct MHD_Response *resp;
-    char *text;
-    size_t len;
+static enum MHD_Result body_complete(struct request *r, const char *url, const char *method) {
+    struct call *c = &r->call;
+    bool refused;
+    enum MHD_Result ret;
 
-    count(a, ROUTE_METRICS, MHD_HTTP_OK); /* this scrape counts itself */
-    api_get_stats(a, &as);
-    cache_get_stats(a->cache, &cs);
-    upstream_get_stats(a->up, &us);
-    if (metrics_render(&as, &cs, &us, a->start_unix, &text, &len) < 0)
-        return MHD_NO;
-    resp = MHD_create_response_from_buffer_with_free_callback(len, text, free);
-    if (!resp) {
-        free(text);
-        return MHD_NO;
+    r->uploading = false;
+    if (r->refused) {
+        /* refused before the body; answered now that it has been read */
+        ret = guard(c, method, &refused);
+        if (refused)
+            return ret;
     }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-    {
-        enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, resp);
-        MHD_destroy_response(resp);
-        return ret;
+    if (r->too_big) {
+        char desc[96];
+        snprintf(desc, sizeof(desc), "the request body is larger than %zu bytes", c->a->max_body);
+        return api_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request_too_large", desc, NULL);
     }
+    return c->route == ROUTE_DROPIN ? route_dropin(r) : route_proxy(r, url);
 }
 
-static enum MHD_Result handle_status(api *a, struct MHD_Connection *conn) {
-    struct api_stats as;
-    struct cache_stats cs;
-    struct upstream_stats us;
-    cJSON *j, *o, *cfg = NULL;
-    char *body;
-    static const char *const circuit[] = { "closed", "open", "half_open" };
-
-    api_get_stats(a, &as);
-    cache_get_stats(a->cache, &cs);
-    upstream_get_stats(a->up, &us);
-    j = cJSON_CreateObject();
-    if (!j)
-        return MHD_NO;
-    cJSON_AddStringToObject(j, "version", TOKEND_VERSION);
-    cJSON_AddNumberToObject(j, "started_at", (double)a->start_unix);
-    cJSON_AddNumberToObject(j, "uptime_seconds", (double)((now_ms() - a->start_ms) / 1000));
-    pthread_mutex_lock(&a->lock);
-    if (a->config_json)
-        cfg = cJSON_Parse(a->config_json);
-    pthread_mutex_unlock(&a->lock);
-    if (cfg)
-        cJSON_AddItemToObject(j, "config", cfg);
-    o = cJSON_AddObjectToObject(j, "cache");
-    if (o) {
-        cJSON_AddNumberToObject(o, "entries", (double)cs.entries);
-        cJSON_AddNumberToObject(o, "hits", (double)cs.hits);
-        cJSON_AddNumberToObject(o, "misses", (double)cs.misses);
-        cJSON_AddNumberToObject(o, "coalesced", (double)cs.coalesced);
-        cJSON_AddNumberToObject(o, "refreshes", (double)cs.refreshes);
-        cJSON_AddNumberToObject(o, "evictions", (double)cs.evictions);
-        cJSON_AddNumberToObject(o, "expirations", (double)cs.expirations);
-    }
-    o = cJSON_AddObjectToObject(j, "upstream");
-    if (o) {
-        cJSON_AddStringToObject(o, "circuit", circuit[us.circuit]);
-        cJSON_AddBoolToObject(o, "credentials_rejected", us.credentials_rejected);
-        cJSON_AddBoolToObject(o, "rate_limited", us.rate_limited);
-        cJSON_AddNumberToObject(o, "requests", (double)us.requests);
-        cJSON_AddNumberToObject(o, "retries", (double)us.retries);
-        cJSON_AddNumberToObject(o, "mints_ok", (double)us.mints_ok);
-        cJSON_AddNumberToObject(o, "mints_rejected", (double)us.mints_rejected);
-        cJSON_AddNumberToObject(o, "mints_failed", (double)us.mints_failed);
-        cJSON_AddNumberToObject(o, "mints_timed_out", (double)us.mints_timeout);
-        cJSON_AddNumberToObject(o, "in_flight", us.in_flight);
-        cJSON_AddNumberToObject(o, "revocations_ok", (double)us.revocations_ok);
-        cJSON_AddNumberToObject(o, "revocations_failed", (double)us.revocations_failed);
-    }
-    o = cJSON_AddObjectToObject(j, "http");
-    if (o) {
-        cJSON_AddNumberToObject(o, "requests", (double)as.requests);
-        cJSON_AddNumberToObject(o, "client_errors", (double)as.client_errors);
-        cJSON_AddNumberToObject(o, "upstream_errors", (double)as.upstream_errors);
-        cJSON_AddNumberToObject(o, "waiting", as.waiting);
-    }
-    body = cJSON_PrintUnformatted(j);
-    cJSON_Delete(j);
-    return answer_json(a, conn, ROUTE_STATUS, MHD_HTTP_OK, body);
-}
-
-static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const char *url,
-                               const char *method, const char *version, const char *upload_data,
-                               size_t *upload_data_size, void **req_cls) {
-    api *a = cls;
-    enum api_route route;
-    bool get, body;
+/* Nothing is answered while a body is still arriving: answering then closes
+ * the socket under unread data, and the caller sees a reset instead of the
+ * answer. Bodies nobody wants are read and dropped (bounded by the idle
+ * timeout); wanted ones are kept up to max_body. */
+static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                               const char *version, const char *upload_data, size_t *upload_data_size,
+                               void **req_cls) {
+    struct listener *l = cls;
+    struct call c = { .a = l->api, .conn = conn };
+    enum MHD_Result ret;
+    bool get, seen_body, refused;
 
     if (*req_cls == NULL) {
         *req_cls = &marker_route[route_of(url)];
         return MHD_YES;
     }
-    if (!is_marker(*req_cls))
-        return answer_done(a, *req_cls); /* resumed after a mint or a revocation */
-    body = *req_cls >= (void *)marker_body && *req_cls < (void *)(marker_body + _ROUTE_MAX);
-    route = body ? (enum api_route)((char *)*req_cls - marker_body)
-                 : (enum api_route)((char *)*req_cls - marker_route);
+    if (!is_marker(*req_cls)) {
+        struct request *r = *req_cls;
+        if (!r->uploading)
+            return route_answer_done(r); /* resumed after waiting */
+        if (*upload_data_size)
+            return take_body(r, upload_data, upload_data_size);
+        return body_complete(r, url, method);
+    }
+    seen_body = *req_cls >= (void *)marker_body && *req_cls < (void *)(marker_body + _ROUTE_MAX);
+    c.route = seen_body ? (enum api_route)((char *)*req_cls - marker_body)
+                        : (enum api_route)((char *)*req_cls - marker_route);
+
+    if (!seen_body && route_table[c.route].body && strcmp(method, MHD_HTTP_METHOD_POST) == 0) {
+        const char *cl = header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        struct request *r;
+        uint64_t declared;
+
+        ret = guard(&c, method, &refused);
+        if (refused && !*upload_data_size && cl && strcmp(cl, "0") == 0)
+            return ret; /* no body to wait for */
+        r = api_request_new(&c, c.route == ROUTE_PROXY ? REQUEST_PROXY : REQUEST_MINT, req_cls);
+        if (!r)
+            return MHD_NO;
+        r->uploading = true;
+        r->refused = refused;
+        /* too big by its own account, or refused: nothing of it is kept */
+        r->too_big = refused || (cl && parse_uint(cl, UINT64_MAX, &declared) == 0 && declared > c.a->max_body);
+        if (*upload_data_size)
+            return take_body(r, upload_data, upload_data_size);
+        return MHD_YES; /* the body, or its end, comes in the next calls */
+    }
     if (*upload_data_size) {
-        /* no route takes a body; drain it (bounded by the connection's
-         * memory and timeout), refuse at the end */
         *upload_data_size = 0;
-        *req_cls = &marker_body[route];
+        *req_cls = &marker_body[c.route];
         return MHD_YES;
     }
-    if (body)
-        return answer_error(a, conn, route, MHD_HTTP_BAD_REQUEST, "invalid_request",
-                            "this route takes no request body", NULL);
+
+    ret = guard(&c, method, &refused);
+    if (refused)
+        return ret;
+    if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0 && route_table[c.route].frontend)
+        return preflight(&c);
+    if (seen_body && method_allowed(c.route, method))
+        return api_error(&c, MHD_HTTP_BAD_REQUEST, "invalid_request", "this route takes no request body", NULL);
 
     get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
-    switch (route) {
+    switch (c.route) {
     case ROUTE_TOKEN:
         if (get)
-            return handle_token(a, conn, req_cls);
+            return route_token(&c, req_cls);
         if (strcmp(method, MHD_HTTP_METHOD_DELETE) == 0)
-            return handle_token_delete(a, conn, req_cls);
+            return route_token_delete(&c, req_cls);
+        break;
+    case ROUTE_CLIENT_TOKEN:
+        if (get)
+            return route_client_token(&c, req_cls);
+        break;
+    case ROUTE_FRONTEND_TOKEN:
+        if (get)
+            return route_frontend_token(&c, req_cls);
         break;
     case ROUTE_HEALTHZ:
         if (get) {
-            count(a, route, MHD_HTTP_OK);
-            return MHD_queue_response(conn, MHD_HTTP_OK, a->health);
+            api_count(c.a, c.route, MHD_HTTP_OK);
+            return MHD_queue_response(conn, MHD_HTTP_OK, c.a->health);
         }
         break;
     case ROUTE_READYZ:
         if (get)
-            return handle_readyz(a, conn);
+            return route_readyz(&c);
         break;
     case ROUTE_METRICS:
         if (get)
-            return handle_metrics(a, conn);
+            return route_metrics(&c);
         break;
     case ROUTE_STATUS:
         if (get)
-            return handle_status(a, conn);
+            return route_status(&c);
         break;
     case ROUTE_CACHE_FLUSH:
         if (strcmp(method, MHD_HTTP_METHOD_POST) == 0)
-            return handle_flush(a, conn);
+            return route_flush(&c);
         break;
+    case ROUTE_DROPIN:
+    case ROUTE_PROXY:
+        break; /* POST was handled above */
     default:
-        return answer_error(a, conn, route, MHD_HTTP_NOT_FOUND, "not_found",
-                            "no such route; see the README for GET /v1/token", NULL);
+        return api_error(&c, MHD_HTTP_NOT_FOUND, "not_found", "no such route; see the README for the routes", NULL);
     }
     {
-        char desc[96];
-        snprintf(desc, sizeof(desc), "%s takes %s", url, route_allow(route));
-        return answer_error(a, conn, route, MHD_HTTP_METHOD_NOT_ALLOWED, "invalid_request", desc, NULL);
+        char desc[160];
+        snprintf(desc, sizeof(desc), "this route takes %s", route_table[c.route].allow);
+        return api_error(&c, MHD_HTTP_METHOD_NOT_ALLOWED, "invalid_request", desc, NULL);
     }
 }
 
@@ -643,11 +603,39 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
 
     if (r && !is_marker(r)) {
         token_unref(r->tok);
+        token_unref(r->used);
+        free(r->body);
+        free(r->fwd_body);
         free(r);
     }
     *req_cls = NULL;
 }
 
+/* Unix-socket peers are checked once, when they connect (SO_PEERCRED). */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe) {
+    struct listener *l = cls;
+    api *a = l->api;
+    const union MHD_ConnectionInfo *ci;
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    bool ok;
+
+    if (toe != MHD_CONNECTION_NOTIFY_STARTED || !l->unix_socket || (!a->n_allowed_uids && !a->n_allowed_gids))
+        return;
+    ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    ok = false;
+    if (ci && getsockopt(ci->connect_fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+        for (size_t i = 0; i < a->n_allowed_uids && !ok; i++)
+            ok = cred.uid == a->allowed_uids[i];
+        for (size_t i = 0; i < a->n_allowed_gids && !ok; i++)
+            ok = cred.gid == a->allowed_gids[i];
+    }
+    if (!ok)
+        *socket_context = &peer_denied;
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
     char line[512];
     size_t n;
@@ -659,125 +647,215 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
     log_debug("http: %s", line);
 }
 
-static int bind_listen(const char *spec, int *ret_fd) {
+/* ---- sockets ---- */
+
+static int bind_listen(const config *cfg, const char *spec, int *ret_fd) {
     struct sockaddr_storage ss;
     socklen_t sl;
     bool loopback;
-    int fd, one = 1;
+    int fd, one = 1, r;
 
     if (config_listen_parse(spec, &ss, &sl, &loopback) < 0)
         return -EINVAL;
     fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return -errno;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ss.ss_family == AF_UNIX) {
+        const char *path = ((struct sockaddr_un *)&ss)->sun_path;
+        struct stat st;
+        /* a socket left by an earlier run is replaced; anything else is not */
+        if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+            unlink(path);
+    } else
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (ss.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 4096) < 0) {
-        int r = -errno;
-        close(fd);
-        return r;
+    if (bind(fd, (struct sockaddr *)&ss, sl) < 0)
+        goto fail;
+    if (ss.ss_family == AF_UNIX) {
+        const char *path = ((struct sockaddr_un *)&ss)->sun_path;
+        const struct group *g = cfg->socket_group ? getgrnam(cfg->socket_group) : NULL;
+        if (chmod(path, cfg->socket_mode) < 0 || (g && chown(path, (uid_t)-1, g->gr_gid) < 0))
+            goto fail;
     }
+    if (listen(fd, 4096) < 0)
+        goto fail;
     *ret_fd = fd;
     return 0;
+fail:
+    r = -errno;
+    close(fd);
+    return r;
 }
 
-static void describe_address(int fd, char *buf, size_t size) {
+static void describe(struct listener *l) {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     char host[INET6_ADDRSTRLEN];
 
-    buf[0] = '\0';
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+    l->address[0] = '\0';
+    if (getsockname(l->fd, (struct sockaddr *)&ss, &sl) < 0)
         return;
     if (ss.ss_family == AF_INET) {
         struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
         inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
-        snprintf(buf, size, "%s:%u", host, ntohs(s4->sin_port));
+        snprintf(l->address, sizeof(l->address), "%s:%u", host, ntohs(s4->sin_port));
+        l->loopback = (ntohl(s4->sin_addr.s_addr) >> 24) == 127;
     } else if (ss.ss_family == AF_INET6) {
         struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
         inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
-        snprintf(buf, size, "[%s]:%u", host, ntohs(s6->sin6_port));
+        snprintf(l->address, sizeof(l->address), "[%s]:%u", host, ntohs(s6->sin6_port));
+        l->loopback = IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr);
+    } else if (ss.ss_family == AF_UNIX) {
+        snprintf(l->address, sizeof(l->address), "unix:%s", ((struct sockaddr_un *)&ss)->sun_path);
+        l->unix_socket = l->loopback = true;
     }
 }
 
-int api_new(const config *cfg, cache *c, upstream *up, int listen_fd, api **ret) {
-    static const char health[] = "{\"status\":\"ok\"}";
+static int start_listener(api *a, const config *cfg, struct listener *l) {
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
-    api *a;
-    int r;
 
-    a = calloc(1, sizeof(*a));
-    if (!a)
-        return -ENOMEM;
-    pthread_mutex_init(&a->lock, NULL);
-    a->cache = c;
-    a->up = up;
-    a->listen_fd = -1;
-    a->min_ttl_ms = cfg->min_ttl_ms;
-    a->start_unix = now_unix();
-    a->start_ms = now_ms();
-    snprintf(a->default_scope, sizeof(a->default_scope), "%s", cfg->default_scope);
-    a->config_json = config_describe(cfg);
-    a->health = MHD_create_response_from_buffer(sizeof(health) - 1, (void *)health, MHD_RESPMEM_PERSISTENT);
-    if (!a->health) {
-        api_free(a);
-        return -ENOMEM;
-    }
-    MHD_add_response_header(a->health, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-    MHD_add_response_header(a->health, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-
-    if (listen_fd >= 0)
-        a->listen_fd = listen_fd;
-    else {
-        r = bind_listen(cfg->listen, &a->listen_fd);
-        if (r < 0) {
-            log_error("cannot listen on %s: %s", cfg->listen, strerror(-r));
-            api_free(a);
-            return r;
-        }
-    }
-    fcntl(a->listen_fd, F_SETFL, fcntl(a->listen_fd, F_GETFL) | O_NONBLOCK);
-    describe_address(a->listen_fd, a->address, sizeof(a->address));
-    {
-        struct sockaddr_storage ss;
-        socklen_t sl;
-        a->listen_loopback = config_listen_parse(a->address, &ss, &sl, &a->listen_loopback) == 0 &&
-                             a->listen_loopback;
-    }
-
+    fcntl(l->fd, F_SETFL, fcntl(l->fd, F_GETFL) | O_NONBLOCK);
+    l->api = a;
+    describe(l);
     struct MHD_OptionItem opts[] = {
         { MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, a },
-        { MHD_OPTION_LISTEN_SOCKET, a->listen_fd, NULL },
+        { MHD_OPTION_LISTEN_SOCKET, l->fd, NULL },
         { MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, NULL },
         { MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)(cfg->idle_timeout_ms / 1000), NULL },
         /* 8 KiB: no 32 KiB memset per connection, and a cap on header size */
         { MHD_OPTION_CONNECTION_MEMORY_LIMIT, 8192, NULL },
         { MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, a },
+        { MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, l },
         /* one polling thread unless asked: more threads than cores hurt tail latency */
         { cfg->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, cfg->threads, NULL },
         { MHD_OPTION_END, 0, NULL },
     };
-    a->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handler, a, MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
-    if (!a->mhd) {
-        log_error("cannot start the HTTP server on %s", a->address);
-        api_free(a);
+    l->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handler, l, MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+    if (!l->mhd) {
+        log_error("cannot start the HTTP server on %s", l->address);
         return -EIO;
+    }
+    return 0;
+}
+
+static int copy_words(char **from, size_t n, char ***ret) {
+    char **v = calloc(n + 1, sizeof(*v));
+
+    if (!v)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        if (!(v[i] = strdup(from[i])))
+            return *ret = v, -ENOMEM;
+    *ret = v;
+    return 0;
+}
+
+int api_new(const config *cfg, cache *c, upstream *up, int listen_fd, api **ret) {
+    static const char health[] = "{\"status\":\"ok\"}";
+    char err[512];
+    size_t pos = 0;
+    api *a;
+    int r;
+
+    a = calloc(1, sizeof(*a));
+    if (!a) {
+        if (listen_fd >= 0)
+            close(listen_fd);
+        return -ENOMEM;
+    }
+    pthread_mutex_init(&a->lock, NULL);
+    a->cache = c;
+    a->up = up;
+    a->min_ttl_ms = cfg->min_ttl_ms;
+    a->max_body = cfg->max_body;
+    a->start_unix = now_unix();
+    a->start_ms = now_ms();
+    snprintf(a->default_scope, sizeof(a->default_scope), "%s", cfg->default_scope);
+    snprintf(a->user_header, sizeof(a->user_header), "%s", cfg->user_header ? cfg->user_header : "X-Tokend-User");
+    a->config_json = config_describe(cfg);
+    a->n_allowed_hosts = cfg->n_allowed_hosts;
+    a->n_allowed_origins = cfg->n_allowed_origins;
+    a->n_allowed_uids = cfg->n_allowed_uids;
+    a->n_allowed_gids = cfg->n_allowed_gids;
+    a->allowed_uids = calloc(cfg->n_allowed_uids + 1, sizeof(unsigned));
+    a->allowed_gids = calloc(cfg->n_allowed_gids + 1, sizeof(unsigned));
+    a->health = MHD_create_response_from_buffer(sizeof(health) - 1, (void *)health, MHD_RESPMEM_PERSISTENT);
+    if (!a->health || !a->allowed_uids || !a->allowed_gids ||
+        copy_words(cfg->allowed_hosts, cfg->n_allowed_hosts, &a->allowed_hosts) < 0 ||
+        copy_words(cfg->allowed_origins, cfg->n_allowed_origins, &a->allowed_origins) < 0) {
+        if (listen_fd >= 0)
+            close(listen_fd);
+        api_free(a);
+        return -ENOMEM;
+    }
+    if (cfg->n_allowed_uids)
+        memcpy(a->allowed_uids, cfg->allowed_uids, cfg->n_allowed_uids * sizeof(unsigned));
+    if (cfg->n_allowed_gids)
+        memcpy(a->allowed_gids, cfg->allowed_gids, cfg->n_allowed_gids * sizeof(unsigned));
+    MHD_add_response_header(a->health, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    MHD_add_response_header(a->health, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+
+    if (cfg->keys_file) {
+        r = auth_load(cfg->keys_file, &a->auth, err, sizeof(err));
+        if (r < 0) {
+            log_error("%s", err);
+            if (listen_fd >= 0)
+                close(listen_fd);
+            api_free(a);
+            return r;
+        }
+    }
+
+    if (listen_fd >= 0) {
+        a->listeners[a->n_listeners++].fd = listen_fd;
+    } else {
+        for (size_t i = 0; i < cfg->n_listens && i < API_LISTENERS_MAX; i++) {
+            r = bind_listen(cfg, cfg->listens[i], &a->listeners[a->n_listeners].fd);
+            if (r < 0) {
+                log_error("cannot listen on %s: %s", cfg->listens[i], strerror(-r));
+                api_free(a);
+                return r;
+            }
+            a->listeners[a->n_listeners++].bound = true;
+        }
+    }
+    for (size_t i = 0; i < a->n_listeners; i++) {
+        struct listener *l = &a->listeners[i];
+        r = start_listener(a, cfg, l);
+        if (r < 0) {
+            api_free(a);
+            return r;
+        }
+        pos += (size_t)snprintf(a->listening + pos, pos < sizeof(a->listening) ? sizeof(a->listening) - pos : 0,
+                                "%s%s%s", i ? " " : "", l->unix_socket ? "" : "http://", l->address);
+        if (pos >= sizeof(a->listening))
+            pos = sizeof(a->listening) - 1;
     }
     *ret = a;
     return 0;
 }
 
 const char *api_address(api *a) {
-    return a->address;
+    for (size_t i = 0; i < a->n_listeners; i++)
+        if (!a->listeners[i].unix_socket)
+            return a->listeners[i].address;
+    return "";
+}
+
+const char *api_listening(api *a) {
+    return a->listening;
 }
 
 void api_quiesce(api *a) {
-    if (a && a->mhd && a->listen_fd >= 0) {
-        MHD_quiesce_daemon(a->mhd);
-        close(a->listen_fd);
-        a->listen_fd = -1;
+    for (size_t i = 0; a && i < a->n_listeners; i++) {
+        struct listener *l = &a->listeners[i];
+        if (l->mhd && l->fd >= 0) {
+            MHD_quiesce_daemon(l->mhd);
+            close(l->fd);
+            l->fd = -1;
+        }
     }
 }
 
@@ -816,17 +894,33 @@ void api_set_config(api *a, const config *cfg) {
     pthread_mutex_unlock(&a->lock);
 }
 
+static void free_words(char **v) {
+    for (size_t i = 0; v && v[i]; i++)
+        free(v[i]);
+    free(v);
+}
+
 api *api_free(api *a) {
     if (!a)
         return NULL;
-    if (a->mhd) {
-        MHD_stop_daemon(a->mhd); /* closes the listening socket unless quiesced */
-        a->listen_fd = -1;
+    for (size_t i = 0; i < a->n_listeners; i++) {
+        struct listener *l = &a->listeners[i];
+        if (l->mhd) {
+            MHD_stop_daemon(l->mhd); /* closes the listening socket unless quiesced */
+            l->fd = -1;
+        }
+        if (l->fd >= 0)
+            close(l->fd);
+        if (l->bound && l->unix_socket && strncmp(l->address, "unix:", 5) == 0)
+            unlink(l->address + 5);
     }
-    if (a->listen_fd >= 0)
-        close(a->listen_fd);
     if (a->health)
         MHD_destroy_response(a->health);
+    auth_free(a->auth);
+    free_words(a->allowed_hosts);
+    free_words(a->allowed_origins);
+    free(a->allowed_uids);
+    free(a->allowed_gids);
     free(a->config_json);
     pthread_mutex_destroy(&a->lock);
     free(a);

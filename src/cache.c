@@ -462,6 +462,11 @@ size_t cache_flush(cache *c) {
 
 int cache_drop(cache *c, enum oauth_grant grant, const char *user_id, const char *scope,
                token **ret_token) {
+    return cache_drop_if(c, grant, user_id, scope, NULL, ret_token);
+}
+
+int cache_drop_if(cache *c, enum oauth_grant grant, const char *user_id, const char *scope,
+                  const token *only, token **ret_token) {
     char keybuf[KEY_MAX];
     size_t keylen = make_key(keybuf, grant, user_id, scope);
     cache_entry *e;
@@ -471,7 +476,7 @@ int cache_drop(cache *c, enum oauth_grant grant, const char *user_id, const char
         return -EINVAL;
     pthread_mutex_lock(&c->lock);
     e = entry_find(c, keybuf, keylen);
-    if (e) {
+    if (e && (!only || e->tok == only)) {
         t = e->tok;
         e->tok = NULL;
         e->failed_until_ms = 0;

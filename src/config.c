@@ -5,6 +5,9 @@
 #include "config.h"
 
 #include <arpa/inet.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/un.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <ini.h>
@@ -14,12 +17,13 @@
 #include <string.h>
 #include <strings.h>
 
+#include "auth.h"
 #include "log.h"
 #include "oauth.h"
 #include "secret.h"
 #include "util.h"
 
-enum value_type { T_STRING, T_UINT, T_DURATION, T_BOOL, T_PERCENT, T_LOGLEVEL };
+enum value_type { T_STRING, T_UINT, T_DURATION, T_BOOL, T_PERCENT, T_LOGLEVEL, T_OCTAL, T_SIZE };
 
 struct key {
     const char *section;
@@ -51,10 +55,19 @@ static const struct key keys[] = {
     K("cache", "max_waiters", T_UINT, max_waiters, 1, 1000000),
     K("server", "listen", T_STRING, listen, 0, 0),
     K("server", "allow_remote", T_BOOL, allow_remote, 0, 0),
+    K("server", "socket_mode", T_OCTAL, socket_mode, 0, 0777),
+    K("server", "socket_group", T_STRING, socket_group, 0, 0),
+    K("server", "allowed_uids", T_STRING, allowed_uids_text, 0, 0),
+    K("server", "allowed_gids", T_STRING, allowed_gids_text, 0, 0),
+    K("server", "allowed_hosts", T_STRING, allowed_hosts_text, 0, 0),
+    K("server", "allowed_origins", T_STRING, allowed_origins_text, 0, 0),
     K("server", "threads", T_UINT, threads, 1, 256),
     K("server", "max_connections", T_UINT, max_connections, 1, 1000000),
     K("server", "idle_timeout", T_DURATION, idle_timeout_ms, 1000, 3600000),
     K("server", "shutdown_timeout", T_DURATION, shutdown_timeout_ms, 0, 600000),
+    K("auth", "keys_file", T_STRING, keys_file, 0, 0),
+    K("frontend", "user_header", T_STRING, user_header, 0, 0),
+    K("frontend", "max_body", T_SIZE, max_body, 1, 16 * 1024 * 1024),
     K("log", "level", T_LOGLEVEL, log_level, 0, 0),
 };
 #undef K
@@ -102,6 +115,8 @@ static void defaults(config *c) {
     c->idle_timeout_ms = 30000;
     c->shutdown_timeout_ms = 10000;
     c->log_level = LOG_INFO;
+    c->socket_mode = 0660;
+    c->max_body = 64 * 1024;
 }
 
 static bool section_known(const char *section) {
@@ -160,6 +175,35 @@ static const char *store(config *c, const struct key *k, const char *value) {
         else
             return "must be yes or no";
         return NULL;
+    case T_OCTAL: {
+        char *end;
+        unsigned long m;
+        errno = 0;
+        m = strtoul(value, &end, 8);
+        if (errno || *end || end == value || *value == '-' || m > k->max)
+            return "must be an octal file mode such as 0660";
+        *(unsigned *)field = (unsigned)m;
+        return NULL;
+    }
+    case T_SIZE: {
+        static const struct { const char *suffix; uint64_t mult; } units[] = {
+            { "", 1 }, { "B", 1 }, { "KiB", 1024 }, { "MiB", 1024 * 1024 },
+        };
+        size_t digits = strspn(value, "0123456789");
+        char num[24];
+        if (digits == 0 || digits >= sizeof(num))
+            return "must be a size such as 65536, 64KiB or 1MiB";
+        memcpy(num, value, digits);
+        num[digits] = '\0';
+        for (size_t i = 0; i < ARRAY_SIZE(units); i++)
+            if (strcmp(value + digits, units[i].suffix) == 0) {
+                if (parse_uint(num, k->max / units[i].mult, &v) < 0 || v * units[i].mult < k->min)
+                    return "is out of range (1 byte to 16MiB)";
+                *(uint64_t *)field = v * units[i].mult;
+                return NULL;
+            }
+        return "must be a size such as 65536, 64KiB or 1MiB";
+    }
     case T_LOGLEVEL:
         r = log_level_from_string(value);
         if (r < 0)
@@ -190,7 +234,8 @@ static int handler(void *user, const char *section, const char *name, const char
     struct parse_state *st = user;
 
     if (!section_known(section)) {
-        set_err(st, "unknown section [%s]; known sections are [upstream], [cache], [server], [log]",
+        set_err(st, "unknown section [%s]; known sections are [upstream], [cache], [server], "
+                    "[auth], [frontend], [log]",
                 section);
         return 0;
     }
@@ -281,6 +326,18 @@ int config_listen_parse(const char *s, struct sockaddr_storage *ret, socklen_t *
     uint64_t port;
     size_t hlen;
 
+    if (strncmp(s, "unix:", 5) == 0) {
+        struct sockaddr_un *u = (struct sockaddr_un *)ret;
+        size_t n = strlen(s + 5);
+        if (s[5] != '/' || n >= sizeof(u->sun_path))
+            return -EINVAL;
+        memset(ret, 0, sizeof(*ret));
+        u->sun_family = AF_UNIX;
+        memcpy(u->sun_path, s + 5, n + 1);
+        *ret_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+        *ret_loopback = true;
+        return 0;
+    }
     if (!colon || parse_uint(colon + 1, 65535, &port) < 0)
         return -EINVAL;
     hlen = (size_t)(colon - s);
@@ -313,6 +370,81 @@ int config_listen_parse(const char *s, struct sockaddr_storage *ret, socklen_t *
         *ret_len = sizeof(*a);
     }
     *ret_loopback = host_is_loopback(host, hlen);
+    return 0;
+}
+
+/* Splits a space- or comma-separated list into a NULL-terminated array. */
+static int split_words(const char *text, char ***ret, size_t *ret_n) {
+    char **v = NULL;
+    size_t n = 0;
+
+    for (const char *p = text; *p;) {
+        size_t len;
+        char **nv;
+        p += strspn(p, " \t,");
+        len = strcspn(p, " \t,");
+        if (!len)
+            break;
+        nv = realloc(v, (n + 2) * sizeof(*v));
+        if (!nv)
+            goto fail;
+        v = nv;
+        v[n] = strndup(p, len);
+        if (!v[n])
+            goto fail;
+        v[++n] = NULL;
+        p += len;
+    }
+    *ret = v;
+    *ret_n = n;
+    return 0;
+fail:
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+    return -ENOMEM;
+}
+
+static void free_words(char **v, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+/* uids or gids, by number or by name, resolved once at load. */
+static int resolve_ids(struct parse_state *st, const char *text, bool groups, unsigned **ret, size_t *ret_n) {
+    char **words = NULL;
+    size_t n = 0;
+    unsigned *ids;
+
+    if (!text)
+        return 0;
+    if (split_words(text, &words, &n) < 0)
+        return -ENOMEM;
+    ids = calloc(n ? n : 1, sizeof(*ids));
+    if (!ids) {
+        free_words(words, n);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v;
+        if (parse_uint(words[i], UINT32_MAX - 1, &v) == 0)
+            ids[i] = (unsigned)v;
+        else if (!groups && getpwnam(words[i]))
+            ids[i] = getpwnam(words[i])->pw_uid;
+        else if (groups && getgrnam(words[i]))
+            ids[i] = getgrnam(words[i])->gr_gid;
+        else {
+            set_err(st, "[server] allowed_%s: '%s' is not a %s on this system", groups ? "gids" : "uids",
+                    words[i], groups ? "group" : "user");
+            free_words(words, n);
+            free(ids);
+            return -EINVAL;
+        }
+    }
+    free_words(words, n);
+    *ret = ids;
+    *ret_n = n;
     return 0;
 }
 
@@ -349,17 +481,50 @@ static int finish(struct parse_state *st) {
     }
     if (!c->listen && !(c->listen = strdup("127.0.0.1:8787")))
         return -ENOMEM;
-    if (config_listen_parse(c->listen, &ss, &sl, &loopback) < 0) {
-        set_err(st, "[server] listen = '%s' must be ADDRESS:PORT, e.g. 127.0.0.1:8787 or [::1]:8787",
-                c->listen);
+    if (split_words(c->listen, &c->listens, &c->n_listens) < 0)
+        return -ENOMEM;
+    if (c->n_listens == 0) {
+        set_err(st, "[server] listen is empty; give ADDRESS:PORT or unix:PATH");
         return -EINVAL;
     }
-    if (!loopback && !c->allow_remote) {
-        set_err(st, "[server] listen = '%s' is not a loopback address; tokend hands out tokens "
-                    "for any user to whoever connects, so set allow_remote = yes only behind a "
-                    "firewall you trust", c->listen);
+    for (size_t i = 0; i < c->n_listens; i++) {
+        if (config_listen_parse(c->listens[i], &ss, &sl, &loopback) < 0) {
+            set_err(st, "[server] listen = '%s' must be ADDRESS:PORT (127.0.0.1:8787, [::1]:8787) "
+                        "or unix:/absolute/path", c->listens[i]);
+            return -EINVAL;
+        }
+        if (!loopback && !c->allow_remote) {
+            set_err(st, "[server] listen = '%s' is not a loopback address; tokend hands out tokens "
+                        "for any user to whoever connects, so set allow_remote = yes only behind a "
+                        "firewall you trust", c->listens[i]);
+            return -EINVAL;
+        }
+    }
+    if ((c->allowed_hosts_text && split_words(c->allowed_hosts_text, &c->allowed_hosts, &c->n_allowed_hosts) < 0) ||
+        (c->allowed_origins_text &&
+         split_words(c->allowed_origins_text, &c->allowed_origins, &c->n_allowed_origins) < 0))
+        return -ENOMEM;
+    for (size_t i = 0; i < c->n_allowed_origins; i++)
+        if (strncmp(c->allowed_origins[i], "https://", 8) != 0 && strncmp(c->allowed_origins[i], "http://", 7) != 0) {
+            set_err(st, "[server] allowed_origins: '%s' is not an origin such as https://shop.example",
+                    c->allowed_origins[i]);
+            return -EINVAL;
+        }
+    if (resolve_ids(st, c->allowed_uids_text, false, &c->allowed_uids, &c->n_allowed_uids) < 0 ||
+        resolve_ids(st, c->allowed_gids_text, true, &c->allowed_gids, &c->n_allowed_gids) < 0)
+        return -EINVAL;
+    if (c->socket_group && !getgrnam(c->socket_group)) {
+        set_err(st, "[server] socket_group = '%s' is not a group on this system", c->socket_group);
         return -EINVAL;
     }
+    if (!c->user_header && !(c->user_header = strdup("X-Tokend-User")))
+        return -ENOMEM;
+    for (const char *p = c->user_header; *p; p++)
+        if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-')) {
+            set_err(st, "[frontend] user_header = '%s' must be a header name (letters, digits, '-')",
+                    c->user_header);
+            return -EINVAL;
+        }
     return 0;
 }
 
@@ -480,6 +645,16 @@ int config_load(const char *path, const char *credentials_dir, config **ret, cha
         config_free(c);
         return r;
     }
+    if (c->keys_file) {
+        /* checked here too, so --check-config and a reload catch a bad one */
+        auth *checked = NULL;
+        r = auth_load(c->keys_file, &checked, err, CONFIG_ERR_MAX);
+        auth_free(checked);
+        if (r < 0) {
+            config_free(c);
+            return r;
+        }
+    }
     *ret = c;
     return 0;
 }
@@ -494,6 +669,18 @@ config *config_free(config *c) {
     wipe_free(c->client_secret, c->client_secret_len);
     free(c->default_scope);
     free(c->listen);
+    free_words(c->listens, c->n_listens);
+    free(c->socket_group);
+    free(c->allowed_uids_text);
+    free(c->allowed_gids_text);
+    free(c->allowed_uids);
+    free(c->allowed_gids);
+    free(c->allowed_hosts_text);
+    free(c->allowed_origins_text);
+    free_words(c->allowed_hosts, c->n_allowed_hosts);
+    free_words(c->allowed_origins, c->n_allowed_origins);
+    free(c->keys_file);
+    free(c->user_header);
     free(c);
     return NULL;
 }
@@ -538,6 +725,15 @@ char *config_describe(const config *c) {
             break;
         case T_LOGLEVEL:
             cJSON_AddStringToObject(sec, k->name, level_names[*(const int *)field]);
+            break;
+        case T_OCTAL: {
+            char mode[8];
+            snprintf(mode, sizeof(mode), "%04o", *(const unsigned *)field);
+            cJSON_AddStringToObject(sec, k->name, mode);
+            break;
+        }
+        case T_SIZE:
+            cJSON_AddNumberToObject(sec, k->name, (double)*(const uint64_t *)field);
             break;
         }
     }

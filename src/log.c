@@ -102,6 +102,8 @@ static int send_journal(int level, const char *msgid, const char *fields, const 
     return sd_journal_sendv(iov, (int)n);
 }
 
+static void vlog(int level, const char *msgid, const char *fields, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
 static void vlog(int level, const char *msgid, const char *fields, const char *fmt, va_list ap) {
     char line[LOG_LINE_MAX];
 

@@ -61,7 +61,6 @@ static unsigned fit_connections(unsigned wanted, unsigned upstream_conns) {
     return wanted;
 }
 
-
 /* ---- under systemd: status, watchdog, reload, the cache across restarts ---- */
 
 /* The worker goes round its loop at least once a second; this much silence
@@ -79,7 +78,7 @@ struct service {
     cache *c;
     api *a;
     uint64_t watchdog_ms, next_watchdog_ms, next_status_ms;
-    unsigned long long seen_ok, seen_failed;
+    unsigned long long seen_ok, seen_rejected, seen_failed;
     unsigned long long probes; /* the watchdog's own requests, not callers' */
     const char *upstream_state;
     char status[256];
@@ -105,13 +104,15 @@ static const char *status_text(struct service *s) {
     upstream_get_stats(s->up, &us);
     api_get_stats(s->a, &as);
     failed = us.mints_rejected + us.mints_failed + us.mints_timeout;
-    /* the upstream's state as of its latest mints */
+    /* Instacart's state as of the mints since the last look */
     if (us.mints_ok > s->seen_ok)
         s->upstream_state = "ok";
+    else if (us.mints_rejected > s->seen_rejected)
+        s->upstream_state = "rejecting mints";
     else if (failed > s->seen_failed)
-        s->upstream_state = us.mints_rejected > 0 && failed - s->seen_failed == us.mints_rejected ? "rejecting"
-                                                                                                 : "failing";
+        s->upstream_state = "failing";
     s->seen_ok = us.mints_ok;
+    s->seen_rejected = us.mints_rejected;
     s->seen_failed = failed;
     snprintf(s->status, sizeof(s->status),
              "%llu tokens cached; mints: %llu ok, %llu failed; Instacart: %s, %u in flight; %llu requests served",
@@ -162,9 +163,14 @@ static void watchdog(struct service *s, uint64_t now) {
     systemd_watchdog_ping();
 }
 
-/* Settings each module copied at start: a reload cannot change them. */
+static bool same_text(const char *a, const char *b) {
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* Settings each module copied at start: a reload cannot change them. A new
+ * key belongs here unless reload() applies it. */
 static void warn_needs_restart(const config *was, const config *now, unsigned was_connections) {
-    char names[512] = "";
+    char names[768] = "";
     size_t n = 0;
 
 #define CHANGED(cond, name)                                                        \
@@ -173,6 +179,15 @@ static void warn_needs_restart(const config *was, const config *now, unsigned wa
             n += (size_t)snprintf(names + n, sizeof(names) - n, "%s%s", n ? ", " : "", name); \
     } while (0)
     CHANGED(strcmp(was->listen, now->listen) != 0, "[server] listen");
+    CHANGED(was->socket_mode != now->socket_mode, "[server] socket_mode");
+    CHANGED(!same_text(was->socket_group, now->socket_group), "[server] socket_group");
+    CHANGED(!same_text(was->allowed_uids_text, now->allowed_uids_text), "[server] allowed_uids");
+    CHANGED(!same_text(was->allowed_gids_text, now->allowed_gids_text), "[server] allowed_gids");
+    CHANGED(!same_text(was->allowed_hosts_text, now->allowed_hosts_text), "[server] allowed_hosts");
+    CHANGED(!same_text(was->allowed_origins_text, now->allowed_origins_text), "[server] allowed_origins");
+    CHANGED(!same_text(was->keys_file, now->keys_file), "[auth] keys_file");
+    CHANGED(!same_text(was->user_header, now->user_header), "[frontend] user_header");
+    CHANGED(was->max_body != now->max_body, "[frontend] max_body");
     CHANGED(was->allow_remote != now->allow_remote, "[server] allow_remote");
     CHANGED(was->threads != now->threads, "[server] threads");
     CHANGED(was_connections != now->max_connections, "[server] max_connections");
@@ -199,17 +214,36 @@ static void warn_needs_restart(const config *was, const config *now, unsigned wa
                     now->path, names);
 }
 
+/* Where a reload finds the secret. systemd copies LoadCredential= only at
+ * start; the unit's ExecReload= puts a rotated secret into our runtime
+ * directory first (see instacart-tokend.service). *ret_copy names that copy,
+ * or is "" when there is none. */
+static const char *reload_credentials_dir(char *ret_copy, size_t size) {
+    const char *rt = getenv("RUNTIME_DIRECTORY");
+
+    ret_copy[0] = '\0';
+    if (rt && *rt && !strchr(rt, ':') && snprintf(ret_copy, size, "%s/client_secret", rt) < (int)size &&
+        access(ret_copy, F_OK) == 0)
+        return rt;
+    ret_copy[0] = '\0';
+    return getenv("CREDENTIALS_DIRECTORY");
+}
+
 /* SIGHUP: the whole configuration and the secret again, applied only if all
  * of it is valid; otherwise the old one keeps serving. */
 static void reload(struct service *s) {
-    char err[CONFIG_ERR_MAX];
+    char err[CONFIG_ERR_MAX], rotated[4096];
     const config *old = effective(s);
     config *n = NULL;
+    const char *from;
     bool flush;
     int r;
 
     systemd_reloading();
-    r = config_load(s->path, getenv("CREDENTIALS_DIRECTORY"), &n, err);
+    from = reload_credentials_dir(rotated, sizeof(rotated));
+    r = config_load(s->path, from, &n, err);
+    if (rotated[0])
+        unlink(rotated); /* read or refused: a copy of the secret goes either way */
     if (r < 0) {
         log_event(LOG_ERR, LOG_ID_RELOAD_FAILED, NULL,
                   "reload refused, still serving with the previous configuration: %s", err);
@@ -232,8 +266,10 @@ static void reload(struct service *s) {
         log_notice("client id or Instacart server changed: dropped %zu cached tokens",
                    cache_flush(s->c));
     log_event(LOG_NOTICE, LOG_ID_RELOADED, NULL,
-              "reloaded %s: minting as client id %s at %s with the secret read now", n->path,
-              n->client_id, n->base_url);
+              "reloaded %s: minting as client id %s at %s, with the secret from %s", n->path,
+              n->client_id, n->base_url,
+              rotated[0] ? "ExecReload= (rotated)" : from ? "the systemd credential" : n->client_secret_file);
+    api_set_config(s->a, n);
     config_free(s->current);
     s->current = n;
     systemd_ready(status_text(s));
@@ -368,8 +404,8 @@ static int run(const char *path, config *cfg) {
         r = -EPERM;
         goto out;
     }
-    log_event(LOG_NOTICE, LOG_ID_STARTED, NULL, "listening on http://%s (Instacart at %s, client id %s)",
-              api_address(a), cfg->base_url, cfg->client_id);
+    log_event(LOG_NOTICE, LOG_ID_STARTED, NULL, "listening on %s (Instacart at %s, client id %s)",
+              api_listening(a), cfg->base_url, cfg->client_id);
     /* ready: listening, credentials loaded, the old cache restored */
     systemd_ready(status_text(&s));
     s.watchdog_ms = systemd_watchdog_usec() / 1000;

@@ -36,7 +36,8 @@ static cJSON *json_parse_strict(const char *body, size_t len) {
     const char *end = NULL;
     cJSON *j;
 
-    if (len == 0 || len > OAUTH_BODY_MAX || memmem(body, len, "\\u0000", 6))
+    /* a raw NUL is never JSON, and cJSON would cut a string at it unseen */
+    if (len == 0 || len > OAUTH_BODY_MAX || memchr(body, '\0', len) || memmem(body, len, "\\u0000", 6))
         return NULL;
     j = cJSON_ParseWithLengthOpts(body, len, &end, false);
     if (!j)
@@ -109,7 +110,7 @@ int oauth_request_body(enum oauth_grant grant, const char *client_id, const char
         !cJSON_AddStringToObject(j, "client_id", client_id) ||
         !cJSON_AddStringToObject(j, "client_secret", client_secret))
         goto out;
-    if (scope && !cJSON_AddStringToObject(j, "scope", scope))
+    if (scope && *scope && !cJSON_AddStringToObject(j, "scope", scope))
         goto out;
     if (grant == OAUTH_GRANT_USER_ASSERTION) {
         r = oauth_assertion(user_id, &assertion);

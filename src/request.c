@@ -3,7 +3,9 @@
  * cache, with a description of what was wrong. */
 #include "request.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "oauth.h"
@@ -69,4 +71,133 @@ int token_query_finish(token_query *q, bool need_user_id) {
     if (need_user_id && !q->user_id)
         return fail(q, "user_id is missing; ask for /v1/token?user_id=USER");
     return 0;
+}
+
+/* One JSON value and nothing after it but white space: cJSON alone stops
+ * at the end of the first value and would accept trailing bytes. */
+static cJSON *parse_whole(const char *text, size_t len) {
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(text, len, &end, false);
+
+    if (!j)
+        return NULL;
+    for (; end && end < text + len; end++)
+        if (*end != ' ' && *end != '\t' && *end != '\r' && *end != '\n') {
+            cJSON_Delete(j);
+            return NULL;
+        }
+    return j;
+}
+
+static int dropin_fail(const char **error, const char **description, const char *e, const char *d) {
+    *error = e;
+    *description = d;
+    return -EINVAL;
+}
+
+/* The assertion must be exactly what Instacart takes: standard Base64 of a
+ * JSON object whose user_id is a valid user id. */
+static int decode_assertion(const char *assertion, char **ret_user) {
+    size_t alen = strlen(assertion);
+    char json[4 * OAUTH_USER_ID_MAX + 64];
+    ptrdiff_t n;
+    const cJSON *u;
+    cJSON *j;
+    int r = -EINVAL;
+
+    n = base64_decode(assertion, alen, json, sizeof(json) - 1);
+    if (n <= 0)
+        return -EINVAL;
+    json[n] = '\0';
+    /* cJSON would turn \u0000 into a NUL and shorten the id unseen */
+    if (memchr(json, '\0', (size_t)n) || strstr(json, "\\u0000"))
+        return -EINVAL;
+    j = parse_whole(json, (size_t)n);
+    if (!j)
+        return -EINVAL;
+    u = cJSON_GetObjectItemCaseSensitive(j, "user_id");
+    if (cJSON_IsObject(j) && cJSON_IsString(u) && request_user_id_valid(u->valuestring, strlen(u->valuestring))) {
+        *ret_user = strdup(u->valuestring);
+        r = *ret_user ? 0 : -ENOMEM;
+    }
+    cJSON_Delete(j);
+    explicit_bzero(json, sizeof(json));
+    return r;
+}
+
+int dropin_parse(const char *body, size_t len, dropin *ret, const char **error, const char **description) {
+    const cJSON *gt, *as, *sc;
+    dropin d = { 0 };
+    cJSON *j;
+    int r;
+
+    if (len == 0 || len > OAUTH_BODY_MAX || memchr(body, '\0', len) || memmem(body, len, "\\u0000", 6))
+        return dropin_fail(error, description, "invalid_request", "the body must be a JSON object");
+    j = parse_whole(body, len);
+    if (!cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        return dropin_fail(error, description, "invalid_request", "the body must be a JSON object");
+    }
+    if (cJSON_GetObjectItemCaseSensitive(j, "client_secret")) {
+        r = dropin_fail(error, description, "invalid_request",
+                        "do not send client_secret: tokend holds the credentials; drop it from the request");
+        goto out;
+    }
+    gt = cJSON_GetObjectItemCaseSensitive(j, "grant_type");
+    as = cJSON_GetObjectItemCaseSensitive(j, "assertion");
+    sc = cJSON_GetObjectItemCaseSensitive(j, "scope");
+    if (sc && (!cJSON_IsString(sc) || !oauth_scope_valid(sc->valuestring, strlen(sc->valuestring)))) {
+        r = dropin_fail(error, description, "invalid_scope", "scope must be a string of valid scopes");
+        goto out;
+    }
+    if (cJSON_IsString(gt) && strcmp(gt->valuestring, "fulfillment_user_assertion") == 0) {
+        d.grant = OAUTH_GRANT_USER_ASSERTION;
+        if (!cJSON_IsString(as) || decode_assertion(as->valuestring, &d.user_id) < 0) {
+            r = dropin_fail(error, description, "invalid_grant",
+                            "assertion must be standard Base64 of a JSON object {\"user_id\": \"...\"}");
+            goto out;
+        }
+    } else if (cJSON_IsString(gt) && strcmp(gt->valuestring, "client_credentials") == 0) {
+        d.grant = OAUTH_GRANT_CLIENT_CREDENTIALS;
+    } else {
+        r = dropin_fail(error, description, "unsupported_grant_type",
+                        "grant_type must be fulfillment_user_assertion or client_credentials");
+        goto out;
+    }
+    if (sc && !(d.scope = strdup(sc->valuestring))) {
+        r = -ENOMEM;
+        goto out;
+    }
+    *ret = d;
+    d = (dropin){ 0 };
+    r = 0;
+out:
+    dropin_clear(&d);
+    cJSON_Delete(j);
+    return r;
+}
+
+void dropin_clear(dropin *d) {
+    free(d->user_id);
+    free(d->scope);
+    d->user_id = d->scope = NULL;
+}
+
+bool request_proxy_path_valid(const char *path) {
+    static const char prefix[] = "/v2/recommendations/";
+    const char *p, *id;
+    size_t n;
+
+    if (strncmp(path, prefix, sizeof(prefix) - 1) != 0)
+        return false;
+    p = path + sizeof(prefix) - 1;
+    if (strcmp(p, "replacement_items") == 0 || strcmp(p, "complementary_items") == 0)
+        return true;
+    if (strncmp(p, "orders/", 7) != 0)
+        return false;
+    id = p + 7;
+    n = strspn(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-");
+    if (n == 0 || n > 128 || id[n] != '/')
+        return false;
+    return strcmp(id + n + 1, "replacement_items") == 0 || strcmp(id + n + 1, "complementary_items") == 0;
 }

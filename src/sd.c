@@ -45,11 +45,11 @@ int systemd_take_fds(int *ret_listen_fd, int *ret_cache_fd) {
             if (cache_fd >= 0)
                 close(cache_fd);
             cache_fd = fd;
-        } else if (listen_fd < 0 && sd_is_socket_inet(fd, AF_UNSPEC, SOCK_STREAM, 1, 0) > 0) {
+        } else if (listen_fd < 0 && sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) > 0) {
             listen_fd = fd;
         } else {
             log_warning("ignoring descriptor %d named '%s' passed by systemd: tokend takes one "
-                        "listening TCP socket and the '%s' store", fd, name, SYSTEMD_FDNAME_CACHE);
+                        "listening stream socket and the '%s' store", fd, name, SYSTEMD_FDNAME_CACHE);
             close(fd);
         }
     }

@@ -33,6 +33,11 @@ struct job {
     upstream *u;
     enum oauth_grant grant;
     bool revoke;       /* a revocation, not a mint */
+    bool forward;      /* a forwarded Recommendations call */
+    char *url;         /* forward: where to */
+    struct curl_slist *fwd_headers; /* forward: holds the bearer token */
+    upstream_forward_fn fwd_done;
+    size_t resp_max;
     char *user_id;
     char *scope;
     upstream_done_fn done;
@@ -62,6 +67,7 @@ struct upstream {
     /* fixed at creation */
     char *token_url;
     char *revoke_url;
+    char *forward_base; /* base_url, for forwarded calls */
     char *client_id;
     char *client_secret;
     size_t client_secret_len;
@@ -143,7 +149,8 @@ int upstream_new(const config *cfg, upstream **ret) {
         return -ENOMEM;
     }
     snprintf(u->token_url, n, "%s/v2/oauth/token", cfg->base_url);
-    if (asprintf(&u->revoke_url, "%s/v2/oauth/token/revoke", cfg->base_url) < 0) {
+    u->forward_base = strdup(cfg->base_url);
+    if (!u->forward_base || asprintf(&u->revoke_url, "%s/v2/oauth/token/revoke", cfg->base_url) < 0) {
         u->revoke_url = NULL;
         upstream_free(u);
         return -ENOMEM;
@@ -182,6 +189,10 @@ int upstream_new(const config *cfg, upstream **ret) {
 static void job_free(struct job *j) {
     if (j->easy)
         curl_easy_cleanup(j->easy);
+    for (struct curl_slist *h = j->fwd_headers; h; h = h->next)
+        explicit_bzero(h->data, strlen(h->data));
+    curl_slist_free_all(j->fwd_headers);
+    free(j->url);
     free(j->user_id);
     free(j->scope);
     wipe_free(j->body, j->body_len);
@@ -199,8 +210,23 @@ static void outcome_set(mint_outcome *o, enum mint_kind kind, int status, unsign
 
 /* Ends a job: counts it, logs it, tells the caller. Worker thread, or the
  * submitting thread for a mint refused at once. */
+static void forward_complete(upstream *u, struct job *j, int status, const char *content_type) {
+    pthread_mutex_lock(&u->lock);
+    u->total--;
+    pthread_mutex_unlock(&u->lock);
+    log_info("forwarded %s status=%d latency_ms=%llu", j->scope ? j->scope : "?", status,
+             (unsigned long long)(now_ms() - j->submitted_ms));
+    j->fwd_done(j->userdata, status, content_type, status ? j->resp : NULL, status ? j->resp_len : 0);
+    job_free(j);
+}
+
 static void job_complete(upstream *u, struct job *j, const mint_outcome *o, token *t) {
     uint64_t ms = now_ms() - j->submitted_ms;
+
+    if (j->forward) {
+        forward_complete(u, j, 0, NULL);
+        return;
+    }
 
     pthread_mutex_lock(&u->lock);
     u->total--;
@@ -266,6 +292,7 @@ static void submit(upstream *u, enum oauth_grant grant, const char *user_id, con
     j->u = u;
     j->grant = grant;
     j->revoke = revoke_token != NULL;
+    j->resp_max = OAUTH_BODY_MAX;
     j->done = done;
     j->userdata = userdata;
     j->submitted_ms = now;
@@ -315,12 +342,64 @@ void upstream_revoke(upstream *u, const char *token_value, upstream_done_fn done
     submit(u, OAUTH_GRANT_CLIENT_CREDENTIALS, NULL, NULL, token_value, done, userdata);
 }
 
+void upstream_forward(upstream *u, const char *path, const char *bearer, const char *body, size_t len,
+                      upstream_forward_fn done, void *userdata) {
+    struct job *j = calloc(1, sizeof(*j));
+    char *auth = NULL;
+    bool accepted = false;
+
+    if (!j) {
+        done(userdata, 0, NULL, NULL, 0);
+        return;
+    }
+    j->u = u;
+    j->forward = true;
+    j->fwd_done = done;
+    j->userdata = userdata;
+    j->resp_max = UPSTREAM_FORWARD_ANSWER_MAX;
+    j->submitted_ms = now_ms();
+    j->deadline_ms = j->submitted_ms + u->request_timeout_ms;
+    j->scope = strdup(path); /* for the log */
+    j->body = malloc(len + 1);
+    if (j->body) {
+        memcpy(j->body, body, len);
+        j->body[len] = '\0';
+        j->body_len = len;
+    }
+    if (asprintf(&auth, "Authorization: Bearer %s", bearer) >= 0) {
+        j->fwd_headers = curl_slist_append(NULL, auth);
+        wipe_free_str(auth);
+    }
+    if (j->fwd_headers) {
+        struct curl_slist *h = curl_slist_append(j->fwd_headers, "Content-Type: application/json");
+        h = h ? curl_slist_append(h, "Accept: application/json") : NULL;
+        h = h ? curl_slist_append(h, "Expect:") : NULL;
+        if (!h) {
+            curl_slist_free_all(j->fwd_headers);
+            j->fwd_headers = NULL;
+        }
+    }
+
+    pthread_mutex_lock(&u->lock);
+    u->total++;
+    if (j->body && j->fwd_headers && !u->stopping && u->total <= u->max_concurrent + u->queue_max &&
+        asprintf(&j->url, "%s%s", u->forward_base, path) >= 0) {
+        list_push(&u->incoming, j);
+        accepted = true;
+    }
+    pthread_mutex_unlock(&u->lock);
+    if (accepted)
+        curl_multi_wakeup(u->multi);
+    else
+        forward_complete(u, j, 0, NULL);
+}
+
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata) {
     struct job *j = userdata;
     size_t n = size * nmemb;
     char *p;
 
-    if (j->resp_len + n > OAUTH_BODY_MAX) {
+    if (j->resp_len + n > j->resp_max) {
         j->resp_too_big = true;
         return 0; /* aborts the transfer */
     }
@@ -402,14 +481,14 @@ static int attempt_start(upstream *u, struct job *j, uint64_t now) {
     j->attempts++;
 
     pthread_mutex_lock(&u->lock); /* a reload may swap it; curl copies it */
-    curl_easy_setopt(e, CURLOPT_URL, j->revoke ? u->revoke_url : u->token_url);
+    curl_easy_setopt(e, CURLOPT_URL, j->forward ? j->url : j->revoke ? u->revoke_url : u->token_url);
     pthread_mutex_unlock(&u->lock);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, u->headers);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, j->forward ? j->fwd_headers : u->headers);
     curl_easy_setopt(e, CURLOPT_USERAGENT, "instacart-tokend/" TOKEND_VERSION);
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     /* not COPYPOSTFIELDS: curl would keep a copy of the secret we cannot wipe */
@@ -509,6 +588,12 @@ static void latency_record(upstream *u, uint64_t ms) {
     u->stats.latency_sum_s += s;
 }
 
+static void latency_record_locked(upstream *u, uint64_t ms) {
+    pthread_mutex_lock(&u->lock);
+    latency_record(u, ms);
+    pthread_mutex_unlock(&u->lock);
+}
+
 static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
     uint64_t now = now_ms();
     long status = 0;
@@ -518,6 +603,14 @@ static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
 
     active_unlink(u, j);
     curl_easy_getinfo(j->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (j->forward) {
+        /* passed back as it is: the caller decides what a status means */
+        char *ct = NULL;
+        curl_easy_getinfo(j->easy, CURLINFO_CONTENT_TYPE, &ct);
+        latency_record_locked(u, now - j->attempt_started_ms);
+        forward_complete(u, j, rc == CURLE_OK ? (int)status : 0, ct);
+        return;
+    }
 
     if (rc != CURLE_OK) {
         if (rc == CURLE_WRITE_ERROR && j->resp_too_big)
@@ -611,6 +704,8 @@ static bool may_start(upstream *u, struct job *j, uint64_t now, uint64_t *wait, 
             outcome_set(&o, MINT_TIMEOUT, 0, DEFAULT_RETRY_AFTER_S, "queue_timeout");
         goto fail;
     }
+    if (j->forward)
+        return true; /* the breaker guards the token endpoint, not these */
     pthread_mutex_lock(&u->lock);
     if (u->breaker == BREAKER_OPEN && now >= u->breaker_until_ms)
         u->breaker = BREAKER_HALF_OPEN;
@@ -788,6 +883,7 @@ upstream *upstream_free(upstream *u) {
     curl_slist_free_all(u->headers);
     free(u->token_url);
     free(u->revoke_url);
+    free(u->forward_base);
     free(u->client_id);
     wipe_free(u->client_secret, u->client_secret_len);
     pthread_mutex_destroy(&u->lock);
@@ -824,10 +920,10 @@ uint64_t upstream_idle_ms(upstream *u) {
 int upstream_set_credentials(upstream *u, const config *cfg) {
     size_t n = strlen(cfg->base_url) + sizeof("/v2/oauth/token");
     char *url = malloc(n), *id = strdup(cfg->client_id), *secret = malloc(cfg->client_secret_len + 1);
-    char *revoke_url = NULL;
+    char *revoke_url = NULL, *forward_base = strdup(cfg->base_url);
     size_t secret_len = cfg->client_secret_len;
 
-    if (!url || !id || !secret || asprintf(&revoke_url, "%s/v2/oauth/token/revoke", cfg->base_url) < 0) {
+    if (!url || !id || !secret || !forward_base || asprintf(&revoke_url, "%s/v2/oauth/token/revoke", cfg->base_url) < 0) {
         free(url);
         free(id);
         free(secret);
@@ -840,6 +936,7 @@ int upstream_set_credentials(upstream *u, const config *cfg) {
     pthread_mutex_lock(&u->lock);
     SWAP(u->token_url, url);
     SWAP(u->revoke_url, revoke_url);
+    SWAP(u->forward_base, forward_base);
     SWAP(u->client_id, id);
     SWAP(u->client_secret, secret);
     SWAP(u->client_secret_len, secret_len);
@@ -854,6 +951,7 @@ int upstream_set_credentials(upstream *u, const config *cfg) {
 
     free(url);
     free(revoke_url);
+    free(forward_base);
     free(id);
     wipe_free(secret, secret_len);
     return 0;

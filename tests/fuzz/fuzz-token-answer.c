@@ -56,6 +56,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (oauth_parse_token(body, size, RECEIVED_MS, &t) == 0) {
         fuzz_check(t);
         check_token(t);
+        /* JSON has no raw NUL anywhere (RFC 8259 7); one inside the token's
+         * string would cut it short without anything looking wrong */
+        fuzz_check(!memchr(body, '\0', size));
         token_unref(t);
     } else
         fuzz_check(!t);

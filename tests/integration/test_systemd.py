@@ -132,6 +132,7 @@ class SdTokend(Tokend):
         env = {k: v for k, v in os.environ.items()
                if k not in ("CREDENTIALS_DIRECTORY", "JOURNAL_STREAM", "NOTIFY_SOCKET", "LISTEN_FDS",
                             "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        env.update(self.env)
         env["NOTIFY_SOCKET"] = self.notify.address
         if self.names:
             env["LISTEN_FDNAMES"] = ":".join(self.names)
@@ -332,6 +333,34 @@ def test_reload_applies_a_rotated_secret_and_keeps_the_cache(stub, notify, make_
     assert "reloaded" in t.log()
 
 
+def write_private(path, text):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o400)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+
+
+def test_reload_takes_the_secret_exec_reload_hands_over(stub, notify, make_sd, tmp_path):
+    # as under the unit: the secret comes from the credential, which systemd
+    # does not refresh on reload; ExecReload= leaves the rotated one in the
+    # runtime directory
+    creds, run = tmp_path / "credentials", tmp_path / "run"
+    creds.mkdir(mode=0o700)
+    run.mkdir(mode=0o700)
+    write_private(creds / "client_secret", "test-secret")
+    t = make_sd(stub, notify, secret="not-this-one",
+                env={"CREDENTIALS_DIRECTORY": str(creds), "RUNTIME_DIRECTORY": str(run)})
+    assert t.token("alice").status == 200
+
+    stub.config(credentials=[("test-client", "rotated-secret")])
+    write_private(run / "client_secret", "rotated-secret")
+    t.signal(signal.SIGHUP)
+    notify.wait("READY", "1", count=2)
+    wait_for(lambda: "secret from ExecReload= (rotated)" in t.log(), what="the reload")
+    assert not (run / "client_secret").exists(), "the copy of the secret was left behind"
+    assert t.token("bob").status == 200
+    assert t.token("alice").header("x-cache") == "hit"
+
+
 def test_reload_refuses_a_broken_configuration(stub, notify, make_sd):
     t = make_sd(stub, notify)
     notify.wait("READY", "1")
@@ -495,4 +524,4 @@ def test_without_a_service_manager_nothing_is_stored(stub, make_tokend):
     t = make_tokend(stub)
     assert t.token("alice").status == 200
     t.stop()
-    assert "handed" not in t.log() and "cannot" not in t.log()
+    assert "cached tokens to systemd" not in t.log() and "cache image" not in t.log()

@@ -1039,6 +1039,7 @@ static enum MHD_Result on_control(struct MHD_Connection *c, struct req *r, const
 /* ---------------------------------------------------------------- MHD glue */
 
 /* MHD's own complaints, minus the one every intentional drop or hang causes. */
+static void mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 static void mhd_log(void *cls, const char *fmt, va_list ap) {
 	char msg[512];
 	(void)cls;

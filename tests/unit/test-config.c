@@ -439,7 +439,7 @@ static void listen_malformed(void) {
     static const char *const bad[] = {
         "127.0.0.1", "127.0.0.1:", ":8787", "127.0.0.1:65536", "127.0.0.1:-1", "127.0.0.1:80x",
         "127.0.0.1:0x50", "example.com:80", "[::1:8787", "::1:8787", "[::1]", "[nope]:80",
-        "256.0.0.1:80", "127.0.0.1 :80",
+        "256.0.0.1:80", "unix:relative.sock", "unix:",
     };
     for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
         char text[512];

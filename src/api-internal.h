@@ -1,0 +1,128 @@
+/* Shared by the HTTP front's two files: api.c (the server, who may call
+ * what, answers) and routes.c (what each route does). Private to them. */
+#pragma once
+
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "api.h"
+#include "auth.h"
+#include "cache.h"
+#include "oauth.h"
+#include "request.h"
+#include "token.h"
+#include "upstream.h"
+
+#define API_LISTENERS_MAX 8
+#define ORIGIN_MAX 256
+
+struct listener {
+    api *api;
+    struct MHD_Daemon *mhd;
+    int fd;
+    bool unix_socket;
+    bool loopback;
+    bool bound;        /* ours to unlink (a Unix socket we made) */
+    char address[136]; /* 127.0.0.1:8787, [::1]:8787 or unix:/path */
+};
+
+struct api {
+    struct listener listeners[API_LISTENERS_MAX];
+    size_t n_listeners;
+    char listening[512];
+    cache *cache;
+    upstream *up;
+    auth *auth; /* NULL: no keys file */
+    char default_scope[OAUTH_SCOPE_MAX + 1];
+    uint64_t min_ttl_ms;
+    char user_header[64];
+    size_t max_body;
+    char **allowed_hosts, **allowed_origins;
+    size_t n_allowed_hosts, n_allowed_origins;
+    unsigned *allowed_uids, *allowed_gids;
+    size_t n_allowed_uids, n_allowed_gids;
+    struct MHD_Response *health;
+    int64_t start_unix;
+    uint64_t start_ms;
+
+    /* counted with atomics: the hit path takes no lock for them */
+    unsigned long long counts[_ROUTE_MAX][API_CODES];
+
+    pthread_mutex_t lock; /* orders suspend against resume; guards below */
+    unsigned waiting;
+    char *config_json;
+};
+
+/* One request being answered: what every answer needs. */
+struct call {
+    api *a;
+    struct MHD_Connection *conn;
+    enum api_route route;
+    int rights;           /* of the caller's key; every right without a keys file */
+    const char *cors;     /* the Origin to allow in the answer, or NULL */
+};
+
+enum request_kind { REQUEST_MINT, REQUEST_REVOKE, REQUEST_PROXY };
+
+/* A request with state of its own: one with a body, or one that waits on
+ * the network (suspended until done). Freed when the request completes. */
+struct request {
+    struct call call;
+    char cors[ORIGIN_MAX];
+    enum request_kind kind;
+    bool uploading;  /* the body is still arriving */
+    bool refused;    /* the guard refused it: answered once the body is read */
+    bool suspended, done;
+    int how;         /* CACHE_MISS or CACHE_COALESCED */
+    mint_outcome outcome;
+    token *tok;
+    char scope[OAUTH_SCOPE_MAX + 1];
+
+    char *body;      /* the caller's body, at most api->max_body */
+    size_t body_len;
+    bool too_big;
+
+    /* the Recommendations proxy */
+    char user[OAUTH_USER_ID_MAX + 1];
+    char path[256];
+    bool retried;
+    token *used;     /* the token the last forward carried */
+    int fwd_status;
+    char *fwd_body;
+    size_t fwd_len;
+    char fwd_type[128];
+};
+
+/* answers (api.c) */
+enum MHD_Result api_queue(const struct call *c, unsigned status, struct MHD_Response *resp);
+enum MHD_Result api_error(const struct call *c, unsigned status, const char *error, const char *description,
+                          const mint_outcome *up);
+enum MHD_Result api_failure(const struct call *c, const mint_outcome *o);
+enum MHD_Result api_json(const struct call *c, unsigned status, char *body);
+enum MHD_Result api_token(const struct call *c, const token *t, const char *scope, const char *how);
+void api_count(api *a, enum api_route route, unsigned status);
+bool api_peer_is_local(const struct call *c);
+
+/* state for waiting (api.c) */
+struct request *api_request_new(const struct call *c, enum request_kind kind, void **req_cls);
+/* Marks r done and resumes it if suspended; r may be freed by then. */
+void api_request_complete(struct request *r);
+/* Suspends until api_request_complete, or answers at once if done. */
+enum MHD_Result api_suspend_or_answer(struct request *r);
+/* The cache's callback for a request waiting on a mint or a revocation. */
+void api_on_done(void *userdata, const mint_outcome *o, token *t);
+
+/* routes (routes.c) */
+enum MHD_Result route_token(const struct call *c, void **req_cls);
+enum MHD_Result route_token_delete(const struct call *c, void **req_cls);
+enum MHD_Result route_client_token(const struct call *c, void **req_cls);
+enum MHD_Result route_frontend_token(const struct call *c, void **req_cls);
+enum MHD_Result route_dropin(struct request *r);
+enum MHD_Result route_proxy(struct request *r, const char *url);
+enum MHD_Result route_readyz(const struct call *c);
+enum MHD_Result route_metrics(const struct call *c);
+enum MHD_Result route_status(const struct call *c);
+enum MHD_Result route_flush(const struct call *c);
+/* Answers a request resumed after waiting. */
+enum MHD_Result route_answer_done(struct request *r);

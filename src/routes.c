@@ -1,0 +1,449 @@
+/* What each route of the HTTP front does, once api.c has let the caller in:
+ * tokens for users (by query, by the proxy's user header, by Instacart's
+ * own request body), tokens for the partner's backend, the Recommendations
+ * proxy, and the operator's routes. Not responsible for who may call what
+ * (api.c) nor for how tokens are made (cache.c, upstream.c). */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api-internal.h"
+#include "build-config.h"
+#include "log.h"
+#include "metrics.h"
+#include "util.h"
+
+/* ---- tokens ---- */
+
+static mint_outcome local_failure(const char *why) {
+    mint_outcome o = { .kind = MINT_UNAVAILABLE, .retry_after_s = 1 };
+    snprintf(o.error, sizeof(o.error), "%s", why);
+    return o;
+}
+
+/* A token for the key: answered at once on a hit, else the request waits
+ * on the mint. r is the request's own state when it has one already (a
+ * body), else one is made only on a miss: the hit path allocates nothing
+ * but its answer. */
+static enum MHD_Result serve_token(const struct call *c, struct request *r, void **req_cls,
+                                   enum oauth_grant grant, const char *user, const char *scope,
+                                   uint64_t min_ttl_ms) {
+    mint_outcome o;
+    token *t = NULL;
+    int res;
+
+    if (min_ttl_ms < c->a->min_ttl_ms)
+        min_ttl_ms = c->a->min_ttl_ms;
+    if (!r) {
+        res = cache_get(c->a->cache, grant, user, scope, min_ttl_ms, NULL, NULL, &t, &o);
+        if (res != -EAGAIN)
+            goto answer;
+        r = api_request_new(c, REQUEST_MINT, req_cls);
+        if (!r)
+            return MHD_NO;
+    }
+    snprintf(r->scope, sizeof(r->scope), "%s", scope);
+    res = cache_get(c->a->cache, grant, user, r->scope, min_ttl_ms, api_on_done, r, &t, &o);
+    if (res == CACHE_MISS || res == CACHE_COALESCED) {
+        r->how = res;
+        return api_suspend_or_answer(r);
+    }
+answer:
+    switch (res) {
+    case CACHE_HIT: {
+        enum MHD_Result ret = api_token(c, t, scope, "hit");
+        token_unref(t);
+        return ret;
+    }
+    case CACHE_FAILED:
+        return api_failure(c, &o);
+    default:
+        o = local_failure(res == -EBUSY ? "too_many_waiters" : res == -ENOBUFS ? "cache_full" : "internal_error");
+        return api_failure(c, &o);
+    }
+}
+
+struct query_ctx {
+    token_query q;
+    bool allow_user_id, allow_revoke, revoke;
+    int r;
+};
+
+static enum MHD_Result on_arg(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                              const char *value, size_t value_size) {
+    struct query_ctx *qc = cls;
+
+    if (qc->allow_revoke && key_size == 6 && memcmp(key, "revoke", 6) == 0) {
+        if (value && value_size == 4 && memcmp(value, "true", 4) == 0)
+            qc->revoke = true;
+        else if (!(value && value_size == 5 && memcmp(value, "false", 5) == 0)) {
+            qc->q.error = "revoke must be true or false";
+            qc->r = -EINVAL;
+        }
+    } else
+        qc->r = token_query_add(&qc->q, key, key_size, value, value_size, qc->allow_user_id);
+    return qc->r < 0 ? MHD_NO : MHD_YES;
+}
+
+/* The query, checked; user gets the user id when the route takes one. */
+static bool parse_query(const struct call *c, struct query_ctx *qc, char user[OAUTH_USER_ID_MAX + 1]) {
+    MHD_get_connection_values_n(c->conn, MHD_GET_ARGUMENT_KIND, on_arg, qc);
+    if (qc->r < 0 || token_query_finish(&qc->q, qc->allow_user_id) < 0)
+        return false;
+    if (qc->allow_user_id) {
+        memcpy(user, qc->q.user_id, qc->q.user_id_len);
+        user[qc->q.user_id_len] = '\0';
+    }
+    return true;
+}
+
+enum MHD_Result route_token(const struct call *c, void **req_cls) {
+    struct query_ctx qc = { .allow_user_id = true };
+    char user[OAUTH_USER_ID_MAX + 1];
+
+    if (!parse_query(c, &qc, user))
+        return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", qc.q.error, NULL);
+    return serve_token(c, NULL, req_cls, OAUTH_GRANT_USER_ASSERTION, user,
+                       qc.q.scope ? qc.q.scope : c->a->default_scope, qc.q.min_ttl_ms);
+}
+
+/* client_credentials: one token per scope ("" for none) */
+enum MHD_Result route_client_token(const struct call *c, void **req_cls) {
+    struct query_ctx qc = { 0 };
+
+    if (!parse_query(c, &qc, NULL))
+        return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", qc.q.error, NULL);
+    return serve_token(c, NULL, req_cls, OAUTH_GRANT_CLIENT_CREDENTIALS, "", qc.q.scope ? qc.q.scope : "",
+                       qc.q.min_ttl_ms);
+}
+
+/* The user as the site's proxy names it (api.c checked the proxy's key). */
+static bool user_from_header(const struct call *c, char user[OAUTH_USER_ID_MAX + 1], const char **why) {
+    const char *v = NULL;
+    size_t len = 0;
+
+    if (MHD_lookup_connection_value_n(c->conn, MHD_HEADER_KIND, c->a->user_header, strlen(c->a->user_header),
+                                      &v, &len) != MHD_YES || !v) {
+        *why = "the user header is missing: the site's proxy must set it";
+        return false;
+    }
+    if (!request_user_id_valid(v, len) || memchr(v, '\0', len)) {
+        *why = "the user header must hold 1 to 256 bytes of UTF-8 without control characters";
+        return false;
+    }
+    memcpy(user, v, len);
+    user[len] = '\0';
+    return true;
+}
+
+enum MHD_Result route_frontend_token(const struct call *c, void **req_cls) {
+    struct query_ctx qc = { 0 };
+    char user[OAUTH_USER_ID_MAX + 1];
+    const char *why;
+
+    if (!user_from_header(c, user, &why))
+        return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", why, NULL);
+    if (!parse_query(c, &qc, NULL))
+        return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", qc.q.error, NULL);
+    return serve_token(c, NULL, req_cls, OAUTH_GRANT_USER_ASSERTION, user,
+                       qc.q.scope ? qc.q.scope : c->a->default_scope, qc.q.min_ttl_ms);
+}
+
+/* POST /v2/oauth/token with Instacart's own body, minus the credentials */
+enum MHD_Result route_dropin(struct request *r) {
+    const struct call *c = &r->call;
+    const char *error, *desc;
+    enum MHD_Result ret;
+    dropin d;
+
+    if (dropin_parse(r->body ? r->body : "", r->body_len, &d, &error, &desc) < 0)
+        return api_error(c, MHD_HTTP_BAD_REQUEST, error, desc, NULL);
+    if (!(c->rights & (d.grant == OAUTH_GRANT_USER_ASSERTION ? RIGHT_TOKEN : RIGHT_CLIENT_TOKEN))) {
+        dropin_clear(&d);
+        return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden", "this API key lacks the right for this grant", NULL);
+    }
+    if (d.grant == OAUTH_GRANT_USER_ASSERTION)
+        ret = serve_token(c, r, NULL, d.grant, d.user_id, d.scope ? d.scope : c->a->default_scope, 0);
+    else
+        ret = serve_token(c, r, NULL, d.grant, "", d.scope ? d.scope : "", 0);
+    dropin_clear(&d);
+    return ret;
+}
+
+/* ---- the Recommendations proxy: the token never reaches the browser ---- */
+
+static void proxy_send(struct request *r, token *t);
+
+static void proxy_on_token(void *userdata, const mint_outcome *o, token *t) {
+    struct request *r = userdata;
+
+    if (!t) {
+        r->outcome = *o;
+        api_request_complete(r);
+        return;
+    }
+    proxy_send(r, t);
+    token_unref(t);
+}
+
+/* Gets the user's token (cached, or minted single-flight), then forwards. */
+static void proxy_start(struct request *r) {
+    api *a = r->call.a;
+    mint_outcome o;
+    token *t = NULL;
+    int res;
+
+    res = cache_get(a->cache, OAUTH_GRANT_USER_ASSERTION, r->user, a->default_scope, a->min_ttl_ms,
+                    proxy_on_token, r, &t, &o);
+    if (res == CACHE_HIT) {
+        proxy_send(r, t);
+        token_unref(t);
+    } else if (res == CACHE_FAILED) {
+        r->outcome = o;
+        api_request_complete(r);
+    } else if (res < 0) {
+        r->outcome = local_failure(res == -EBUSY ? "too_many_waiters" : "cache_full");
+        api_request_complete(r);
+    }
+}
+
+static void proxy_on_answer(void *userdata, int status, const char *content_type, const char *body, size_t len) {
+    struct request *r = userdata;
+    api *a = r->call.a;
+
+    if (status == 401 && !r->retried) {
+        /* Instacart no longer takes this token (revoked, say): drop it,
+         * mint once more, try once more */
+        r->retried = true;
+        cache_drop_if(a->cache, OAUTH_GRANT_USER_ASSERTION, r->user, a->default_scope, r->used, NULL);
+        proxy_start(r);
+        return;
+    }
+    r->fwd_status = status;
+    if (status) {
+        r->fwd_body = malloc(len + 1);
+        if (r->fwd_body) {
+            memcpy(r->fwd_body, body, len);
+            r->fwd_len = len;
+        }
+        snprintf(r->fwd_type, sizeof(r->fwd_type), "%s", content_type ? content_type : "application/json");
+    } else
+        r->outcome = local_failure("forward_failed");
+    api_request_complete(r);
+}
+
+static void proxy_send(struct request *r, token *t) {
+    token_unref(r->used);
+    r->used = token_ref(t);
+    upstream_forward(r->call.a->up, r->path, t->value, r->body ? r->body : "", r->body_len, proxy_on_answer, r);
+}
+
+enum MHD_Result route_proxy(struct request *r, const char *url) {
+    const struct call *c = &r->call;
+    const char *why;
+
+    if (!user_from_header(c, r->user, &why))
+        return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", why, NULL);
+    snprintf(r->path, sizeof(r->path), "%s", url); /* checked by request_proxy_path_valid */
+    r->kind = REQUEST_PROXY;
+    proxy_start(r);
+    return api_suspend_or_answer(r);
+}
+
+static enum MHD_Result answer_forwarded(struct request *r) {
+    struct MHD_Response *resp;
+
+    if (!r->fwd_status)
+        return api_failure(&r->call, &r->outcome);
+    resp = MHD_create_response_from_buffer_with_free_callback(r->fwd_len, r->fwd_body ? r->fwd_body : "",
+                                                              r->fwd_body ? free : NULL);
+    if (!resp)
+        return MHD_NO;
+    r->fwd_body = NULL; /* the response owns it now */
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->fwd_type);
+    return api_queue(&r->call, (unsigned)r->fwd_status, resp);
+}
+
+/* ---- operators ---- */
+
+static enum MHD_Result refuse_remote(const struct call *c) {
+    return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden", "cache control is served to local callers only", NULL);
+}
+
+/* DELETE /v1/token?user_id=U[&scope=S][&revoke=true] */
+enum MHD_Result route_token_delete(const struct call *c, void **req_cls) {
+    struct query_ctx qc = { .allow_user_id = true, .allow_revoke = true };
+    char user[OAUTH_USER_ID_MAX + 1], fp[FINGERPRINT_LEN];
+    const char *scope;
+    struct request *r;
+    token *t = NULL;
+    int dropped;
+
+    if (!c->a->auth && !api_peer_is_local(c))
+        return refuse_remote(c);
+    if (!parse_query(c, &qc, user))
+        return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", qc.q.error, NULL);
+    if (qc.q.has_min_ttl)
+        return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", "min_ttl has no meaning when dropping a token",
+                         NULL);
+    scope = qc.q.scope ? qc.q.scope : c->a->default_scope;
+    dropped = cache_drop(c->a->cache, OAUTH_GRANT_USER_ASSERTION, user, scope, qc.revoke ? &t : NULL);
+    fingerprint(user, strlen(user), fp);
+    log_notice("operator dropped the token of user=%s scope=%s%s (%s)", fp, scope,
+               qc.revoke ? " with revocation" : "", dropped > 0 ? "was cached" : "none cached");
+    if (!t)
+        return api_json(c, MHD_HTTP_OK, strdup(dropped > 0 ? "{\"dropped\":true,\"revoked\":false}"
+                                                            : "{\"dropped\":false,\"revoked\":false}"));
+    r = api_request_new(c, REQUEST_REVOKE, req_cls);
+    if (!r) {
+        token_unref(t);
+        return MHD_NO;
+    }
+    upstream_revoke(c->a->up, t->value, api_on_done, r);
+    token_unref(t);
+    return api_suspend_or_answer(r);
+}
+
+enum MHD_Result route_flush(const struct call *c) {
+    char body[64];
+    size_t n;
+
+    if (!c->a->auth && !api_peer_is_local(c))
+        return refuse_remote(c);
+    n = cache_flush(c->a->cache);
+    log_notice("operator flushed the cache: %zu entries dropped", n);
+    snprintf(body, sizeof(body), "{\"dropped\":%zu}", n);
+    return api_json(c, MHD_HTTP_OK, strdup(body));
+}
+
+enum MHD_Result route_readyz(const struct call *c) {
+    struct upstream_stats us;
+    const char *reason = NULL;
+    cJSON *j;
+    char *body;
+
+    /* Not ready while the breaker is open: for breaker_cooldown after a
+     * rejection of the credentials or a run of failures. Then the next mint
+     * probes, and readiness follows what it finds. */
+    upstream_get_stats(c->a->up, &us);
+    if (us.circuit == CIRCUIT_OPEN && us.credentials_rejected)
+        reason = "Instacart rejects the client credentials: check client_id and the secret, then reload";
+    else if (us.circuit == CIRCUIT_OPEN)
+        reason = "Instacart is failing: the circuit breaker is open, new users cannot get tokens";
+    j = cJSON_CreateObject();
+    if (!j)
+        return MHD_NO;
+    cJSON_AddStringToObject(j, "status", reason ? "not_ready" : "ready");
+    if (reason)
+        cJSON_AddStringToObject(j, "reason", reason);
+    body = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    return api_json(c, reason ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_OK, body);
+}
+
+enum MHD_Result route_metrics(const struct call *c) {
+    struct api_stats as;
+    struct cache_stats cs;
+    struct upstream_stats us;
+    struct MHD_Response *resp;
+    char *text;
+    size_t len;
+
+    api_count(c->a, ROUTE_METRICS, MHD_HTTP_OK); /* this scrape counts itself */
+    api_get_stats(c->a, &as);
+    cache_get_stats(c->a->cache, &cs);
+    upstream_get_stats(c->a->up, &us);
+    if (metrics_render(&as, &cs, &us, c->a->start_unix, &text, &len) < 0)
+        return MHD_NO;
+    resp = MHD_create_response_from_buffer_with_free_callback(len, text, free);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    {
+        enum MHD_Result ret = MHD_queue_response(c->conn, MHD_HTTP_OK, resp);
+        MHD_destroy_response(resp);
+        return ret;
+    }
+}
+
+enum MHD_Result route_status(const struct call *c) {
+    static const char *const circuit[] = { "closed", "open", "half_open" };
+    struct api_stats as;
+    struct cache_stats cs;
+    struct upstream_stats us;
+    cJSON *j, *o, *cfg = NULL;
+    char *body;
+
+    api_get_stats(c->a, &as);
+    cache_get_stats(c->a->cache, &cs);
+    upstream_get_stats(c->a->up, &us);
+    j = cJSON_CreateObject();
+    if (!j)
+        return MHD_NO;
+    cJSON_AddStringToObject(j, "version", TOKEND_VERSION);
+    cJSON_AddNumberToObject(j, "started_at", (double)c->a->start_unix);
+    cJSON_AddNumberToObject(j, "uptime_seconds", (double)((now_ms() - c->a->start_ms) / 1000));
+    pthread_mutex_lock(&c->a->lock);
+    if (c->a->config_json)
+        cfg = cJSON_Parse(c->a->config_json);
+    pthread_mutex_unlock(&c->a->lock);
+    if (cfg)
+        cJSON_AddItemToObject(j, "config", cfg);
+    o = cJSON_AddObjectToObject(j, "cache");
+    if (o) {
+        cJSON_AddNumberToObject(o, "entries", (double)cs.entries);
+        cJSON_AddNumberToObject(o, "hits", (double)cs.hits);
+        cJSON_AddNumberToObject(o, "misses", (double)cs.misses);
+        cJSON_AddNumberToObject(o, "coalesced", (double)cs.coalesced);
+        cJSON_AddNumberToObject(o, "refreshes", (double)cs.refreshes);
+        cJSON_AddNumberToObject(o, "evictions", (double)cs.evictions);
+        cJSON_AddNumberToObject(o, "expirations", (double)cs.expirations);
+        cJSON_AddNumberToObject(o, "fetching", (double)cs.fetching);
+    }
+    o = cJSON_AddObjectToObject(j, "upstream");
+    if (o) {
+        cJSON_AddStringToObject(o, "circuit", circuit[us.circuit]);
+        cJSON_AddBoolToObject(o, "credentials_rejected", us.credentials_rejected);
+        cJSON_AddBoolToObject(o, "rate_limited", us.rate_limited);
+        cJSON_AddNumberToObject(o, "requests", (double)us.requests);
+        cJSON_AddNumberToObject(o, "retries", (double)us.retries);
+        cJSON_AddNumberToObject(o, "mints_ok", (double)us.mints_ok);
+        cJSON_AddNumberToObject(o, "mints_rejected", (double)us.mints_rejected);
+        cJSON_AddNumberToObject(o, "mints_failed", (double)us.mints_failed);
+        cJSON_AddNumberToObject(o, "mints_timed_out", (double)us.mints_timeout);
+        cJSON_AddNumberToObject(o, "in_flight", us.in_flight);
+        cJSON_AddNumberToObject(o, "revocations_ok", (double)us.revocations_ok);
+        cJSON_AddNumberToObject(o, "revocations_failed", (double)us.revocations_failed);
+    }
+    o = cJSON_AddObjectToObject(j, "http");
+    if (o) {
+        cJSON_AddNumberToObject(o, "requests", (double)as.requests);
+        cJSON_AddNumberToObject(o, "client_errors", (double)as.client_errors);
+        cJSON_AddNumberToObject(o, "upstream_errors", (double)as.upstream_errors);
+        cJSON_AddNumberToObject(o, "waiting", as.waiting);
+    }
+    body = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    return api_json(c, MHD_HTTP_OK, body);
+}
+
+enum MHD_Result route_answer_done(struct request *r) {
+    switch (r->kind) {
+    case REQUEST_PROXY:
+        return answer_forwarded(r);
+    case REQUEST_REVOKE:
+        if (r->outcome.kind != MINT_OK)
+            return api_failure(&r->call, &r->outcome);
+        return api_json(&r->call, MHD_HTTP_OK, strdup("{\"dropped\":true,\"revoked\":true}"));
+    case REQUEST_MINT:
+    default:
+        if (r->tok)
+            return api_token(&r->call, r->tok, r->scope, r->how == CACHE_MISS ? "miss" : "coalesced");
+        return api_failure(&r->call, &r->outcome);
+    }
+}

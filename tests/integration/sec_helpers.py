@@ -1,0 +1,118 @@
+"""Helpers for the issue 5 tests (test_security.py, test_nginx.py): API keys
+and their keys file, and HTTP over a Unix socket.  Standard library only."""
+import hashlib
+import http.client
+import os
+import re
+import secrets
+import shutil
+import socket
+import tempfile
+
+from conftest import SLOW, Response, wait_for
+
+RIGHTS = ("token", "client-token", "frontend", "proxy", "admin")
+
+
+class Keys:
+    """Random API keys, one per set of rights, and the keys file naming them.
+
+        keys = Keys(path, {"fe": ("frontend", "proxy"), ...})
+        keys["fe"]             # the key itself, to send as Bearer
+        keys.path              # for [auth] keys_file
+    """
+
+    def __init__(self, path, named_rights):
+        self.path = os.fspath(path)
+        self.keys = {}
+        lines = ["# instacart-tokend API keys: NAME SHA256-OF-KEY RIGHTS", ""]
+        for name, rights in named_rights.items():
+            key = secrets.token_urlsafe(32)
+            self.keys[name] = key
+            lines.append(f"{name} {sha256_hex(key)} {','.join(rights)}")
+            lines.append("")  # blank lines are allowed
+            lines.append(f"# {name}: {', '.join(rights)}")
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def __getitem__(self, name):
+        return self.keys[name]
+
+    def values(self):
+        return self.keys.values()
+
+
+def sha256_hex(key):
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def bearer(key, **more):
+    h = {"Authorization": f"Bearer {key}"}
+    h.update(more)
+    return h
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over AF_UNIX; the Host header says localhost."""
+
+    def __init__(self, path, timeout=10.0):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(self.timeout)
+            s.connect(self.unix_path)
+        except BaseException:
+            s.close()
+            raise
+        self.sock = s
+
+
+def unix_request(path, method, url, body=None, headers=None, timeout=10.0):
+    conn = UnixHTTPConnection(path, timeout=timeout * SLOW)
+    try:
+        conn.request(method, url, body=body, headers=headers or {})
+        r = conn.getresponse()
+        data = r.read()
+        return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
+    finally:
+        conn.close()
+
+
+def start_unix_only(t, sock_path):
+    """Starts a Tokend whose only listener is unix:sock_path (conftest's
+    start() waits for a TCP one) and waits until it says it listens."""
+    t.start(expect_ready=False)
+    wait_unix_listening(t, sock_path)
+    return t
+
+
+def wait_unix_listening(t, sock_path):
+    """Waits for tokend's "listening on ... unix:PATH " (the line may name
+    its TCP listeners first)."""
+    want = re.compile(r"listening on [^\n]*\bunix:" + re.escape(sock_path) + r" ")
+
+    def up():
+        if t.proc.poll() is not None:
+            raise AssertionError(f"tokend exited early ({t.proc.returncode}): {t.log()}")
+        return want.search(t.log())
+
+    wait_for(up, timeout=15, what="tokend to listen on its Unix socket")
+
+
+class ShortDir:
+    """A directory with a short path (a Unix socket path must fit in 108
+    bytes; pytest's tmp_path may not), removed at close()."""
+
+    def __init__(self):
+        self.path = tempfile.mkdtemp(prefix="tkd-", dir="/tmp")
+
+    def close(self):
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def http_addresses(log):
+    return re.findall(r"listening on http://(\S+?) ", log)

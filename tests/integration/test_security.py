@@ -1,0 +1,1105 @@
+"""Issue 5: who may reach tokend and what for (Host, Origin, forwarded
+requests, API keys and their rights, the user header, Unix socket peers),
+the frontend routes (frontend token, the Recommendations proxy), backend
+tokens and the drop-in for Instacart's token endpoint, against the real
+stand-in.  Every refusal also asserts that nothing reached Instacart."""
+import base64
+import grp
+import json
+import os
+import pwd
+import stat
+import subprocess
+
+import pytest
+
+from conftest import TOKEND_EXE, assert_no_secrets
+from sec_helpers import (RIGHTS, Keys, ShortDir, bearer, http_addresses, sha256_hex, start_unix_only,
+                         unix_request, wait_unix_listening)
+from stub import assertion
+
+SHOP = "https://shop.example"
+APP = "https://app.example:8443"
+SERVER = {"allowed_hosts": "tokend.internal", "allowed_origins": f"{SHOP} {APP}"}
+USER_HEADER = "X-Tokend-User"
+JSON = {"Content-Type": "application/json"}
+TOKEN_FIELDS = {"access_token", "token_type", "expires_in", "scope", "created_at"}
+
+RECO_PATHS = [
+    "/v2/recommendations/replacement_items",
+    "/v2/recommendations/complementary_items",
+    "/v2/recommendations/orders/ORD-1234_x/replacement_items",
+    "/v2/recommendations/orders/ORD-1234_x/complementary_items",
+]
+RECO_BODY = {"location_code": "94105", "cart_id": "cart-1", "max_complementary_items": 3,
+             "items": [{"line_num": 1, "item": {"rrc": "12345"}}, {"line_num": 2, "item": {"upc": "0001"}}]}
+
+FAST = {"upstream": {"attempt_timeout": "500ms", "request_timeout": "1500ms", "retry_base": "10ms",
+                     "retry_max": "50ms", "breaker_failures": "1000"}}
+
+
+def key_names():
+    """Key name -> rights: one key per right, one per 'all rights but one',
+    one with all, and the frontend proxy's (frontend + proxy)."""
+    named = {"all": RIGHTS, "fe": ("frontend", "proxy")}
+    for r in RIGHTS:
+        n = r.replace("-", "_")
+        named[f"only_{n}"] = (r,)
+        named[f"all_but_{n}"] = tuple(x for x in RIGHTS if x != r)
+    return named
+
+
+def only(right):
+    return "only_" + right.replace("-", "_")
+
+
+def all_but(right):
+    return "all_but_" + right.replace("-", "_")
+
+
+@pytest.fixture
+def secure(stub, make_tokend, tmp_path):
+    """tokend with a keys file, allowed hosts and origins; .keys holds the keys."""
+    keys = Keys(tmp_path / "keys", key_names())
+    t = make_tokend(stub, {"server": dict(SERVER), "auth": {"keys_file": keys.path}})
+    t.keys = keys
+    return t
+
+
+@pytest.fixture
+def open_tokend(stub, make_tokend):
+    """tokend without a keys file (loopback as in the core issue), with
+    allowed hosts and origins."""
+    return make_tokend(stub, {"server": dict(SERVER)})
+
+
+@pytest.fixture
+def short_dir():
+    d = ShortDir()
+    yield d.path
+    d.close()
+
+
+def post_json(t, path, body, headers=None, **kw):
+    raw = body if isinstance(body, (bytes, bytearray)) else json.dumps(body).encode()
+    return t.request("POST", path, body=raw, headers={**JSON, **(headers or {})}, **kw)
+
+
+def assert_error(r, status, error):
+    assert r.status == status, r
+    body = r.json()
+    assert body["error"] == error, body
+    assert body.get("error_description"), body
+
+
+def assert_nothing_reached_instacart(stub):
+    assert stub.requests() == [], "a refused request must not reach Instacart"
+
+
+def reco_requests(stub):
+    return [q for q in stub.requests() if q["path"].startswith("/v2/recommendations/")]
+
+
+def b64(raw):
+    return base64.b64encode(raw if isinstance(raw, bytes) else raw.encode()).decode()
+
+
+# ================================================================ Host (DNS rebinding)
+
+REBINDING_HOSTS = ["evil.example", "evil.example:8787", "127.0.0.1.nip.io", "localhost.evil.example",
+                   "tokend.internal.evil.example", "evil-tokend.internal", "attacker.example:80"]
+GOOD_HOSTS = ["localhost", "localhost:8787", "127.0.0.1", "127.0.0.1:8787", "127.1.2.3:99", "[::1]",
+              "[::1]:8787", "tokend.internal", "tokend.internal:8787"]
+
+
+@pytest.mark.parametrize("host", REBINDING_HOSTS)
+def test_rebinding_host_is_421(stub, open_tokend, host):
+    r = open_tokend.get("/v1/token?user_id=alice", headers={"Host": host})
+    assert_error(r, 421, "misdirected_request")
+    assert_nothing_reached_instacart(stub)
+
+
+@pytest.mark.parametrize("host", GOOD_HOSTS)
+def test_loopback_and_allowed_hosts_are_served(stub, open_tokend, host):
+    r = open_tokend.get("/v1/token?user_id=alice", headers={"Host": host})
+    assert r.status == 200, r
+    assert len(stub.token_requests()) == 1
+
+
+def test_rebinding_host_is_421_even_with_a_good_key(stub, secure):
+    r = secure.get("/v1/token?user_id=alice", headers=bearer(secure.keys["all"], Host="evil.example"))
+    assert_error(r, 421, "misdirected_request")
+    r = secure.get("/v1/frontend/token", headers=bearer(secure.keys["fe"], Host="evil.example",
+                                                        **{USER_HEADER: "alice"}))
+    assert_error(r, 421, "misdirected_request")
+    assert_nothing_reached_instacart(stub)
+
+
+def test_only_loopback_names_without_allowed_hosts(stub, tokend):
+    assert_error(tokend.get("/v1/token?user_id=a", headers={"Host": "tokend.internal"}), 421,
+                 "misdirected_request")
+    assert_nothing_reached_instacart(stub)
+    assert tokend.get("/v1/token?user_id=a", headers={"Host": "localhost:8787"}).status == 200
+
+
+# ================================================================ Origin and Sec-Fetch-Site
+
+BAD_ORIGINS = ["https://evil.example", "null", "https://shop.example.evil.example", "http://shop.example",
+               "https://shop.example:8443", "https://app.example", "https://SHOP.example.evil"]
+
+
+@pytest.mark.parametrize("origin", BAD_ORIGINS)
+def test_cross_site_origin_is_403(stub, open_tokend, origin):
+    r = open_tokend.get("/v1/token?user_id=alice", headers={"Origin": origin})
+    assert_error(r, 403, "forbidden")
+    assert_nothing_reached_instacart(stub)
+
+
+@pytest.mark.parametrize("origin", [SHOP, APP])
+def test_allowed_origin_is_served(stub, open_tokend, origin):
+    r = open_tokend.get("/v1/token?user_id=alice", headers={"Origin": origin})
+    assert r.status == 200, r
+    assert len(stub.token_requests()) == 1
+
+
+def test_any_origin_is_403_without_allowed_origins(stub, tokend):
+    assert_error(tokend.get("/v1/token?user_id=alice", headers={"Origin": SHOP}), 403, "forbidden")
+    assert_error(tokend.get("/v1/token?user_id=alice", headers={"Origin": "http://127.0.0.1:8787"}), 403,
+                 "forbidden")
+    assert_nothing_reached_instacart(stub)
+
+
+@pytest.mark.parametrize("origin", [None, "https://evil.example"])
+def test_sec_fetch_site_cross_site_is_403(stub, open_tokend, origin):
+    h = {"Sec-Fetch-Site": "cross-site"}
+    if origin:
+        h["Origin"] = origin
+    assert_error(open_tokend.get("/v1/token?user_id=alice", headers=h), 403, "forbidden")
+    assert_nothing_reached_instacart(stub)
+
+
+def test_sec_fetch_site_cross_site_from_an_allowed_origin_is_served(stub, open_tokend):
+    r = open_tokend.get("/v1/token?user_id=alice", headers={"Sec-Fetch-Site": "cross-site", "Origin": SHOP})
+    assert r.status == 200, r
+
+
+@pytest.mark.parametrize("site", ["same-origin", "none"])
+def test_sec_fetch_site_same_origin_or_none_is_served(stub, open_tokend, site):
+    assert open_tokend.get("/v1/token?user_id=alice", headers={"Sec-Fetch-Site": site}).status == 200
+
+
+def test_cross_site_origin_is_403_even_with_a_good_key(stub, secure):
+    r = secure.get("/v1/token?user_id=alice", headers=bearer(secure.keys["all"], Origin="https://evil.example"))
+    assert_error(r, 403, "forbidden")
+    r = secure.get("/v1/frontend/token", headers=bearer(secure.keys["fe"], Origin="https://evil.example",
+                                                        **{USER_HEADER: "alice"}))
+    assert_error(r, 403, "forbidden")
+    assert_nothing_reached_instacart(stub)
+
+
+# ================================================================ forwarded requests
+
+FORWARDED = [{"X-Forwarded-For": "203.0.113.7"}, {"X-Forwarded-For": "127.0.0.1"},
+             {"Forwarded": "for=203.0.113.7;proto=https"}, {"Forwarded": "for=127.0.0.1"}]
+NON_FRONTEND = [("GET", "/v1/token?user_id=alice", None),
+                ("GET", "/v1/client-token", None),
+                ("POST", "/v2/oauth/token", {"grant_type": "client_credentials"}),
+                ("DELETE", "/v1/token?user_id=alice", None),
+                ("POST", "/v1/cache/flush", None),
+                ("GET", "/v1/status", None),
+                ("GET", "/healthz", None),
+                ("GET", "/metrics", None)]
+
+
+@pytest.mark.parametrize("fwd", FORWARDED, ids=lambda h: "-".join(f"{k}={v}" for k, v in h.items()))
+def test_forwarded_request_on_v1_token_is_403(stub, open_tokend, fwd):
+    assert_error(open_tokend.get("/v1/token?user_id=alice", headers=fwd), 403, "forbidden")
+    assert_nothing_reached_instacart(stub)
+
+
+@pytest.mark.parametrize("method,path,body", NON_FRONTEND, ids=lambda x: str(x))
+@pytest.mark.parametrize("header", ["X-Forwarded-For", "Forwarded"])
+def test_forwarded_request_on_non_frontend_routes_is_403(stub, secure, method, path, body, header):
+    value = "for=203.0.113.7" if header == "Forwarded" else "203.0.113.7"
+    h = bearer(secure.keys["all"], **{header: value})
+    if body is not None:
+        r = post_json(secure, path, body, headers=h)
+    else:
+        r = secure.request(method, path, headers=h)
+    assert_error(r, 403, "forbidden")
+    assert_nothing_reached_instacart(stub)
+
+
+@pytest.mark.parametrize("fwd", FORWARDED[:3], ids=lambda h: "-".join(h))
+def test_forwarded_request_on_frontend_routes_is_served(stub, secure, fwd):
+    h = bearer(secure.keys["fe"], **{USER_HEADER: "alice"}, **fwd)
+    r = secure.get("/v1/frontend/token", headers=h)
+    assert r.status == 200, r
+    r = post_json(secure, RECO_PATHS[0], RECO_BODY, headers=h)
+    assert r.status == 200, r
+    assert r.json()["user_id"] == "alice"
+
+
+# ================================================================ API keys and rights
+
+# name -> (method, path, JSON body or None, extra headers, the right it needs)
+ROUTES = {
+    "token": ("GET", "/v1/token?user_id=alice", None, {}, "token"),
+    "client-token": ("GET", "/v1/client-token?scope=connect:fulfillment", None, {}, "client-token"),
+    "drop-in-user": ("POST", "/v2/oauth/token",
+                     {"grant_type": "fulfillment_user_assertion", "assertion": assertion("alice"),
+                      "scope": "connect:recommendations"}, {}, "token"),
+    "drop-in-client": ("POST", "/v2/oauth/token",
+                       {"grant_type": "client_credentials", "scope": "connect:fulfillment"}, {}, "client-token"),
+    "frontend-token": ("GET", "/v1/frontend/token", None, {USER_HEADER: "alice"}, "frontend"),
+    "proxy": ("POST", RECO_PATHS[0], RECO_BODY, {USER_HEADER: "alice"}, "proxy"),
+    "proxy-order": ("POST", RECO_PATHS[3], RECO_BODY, {USER_HEADER: "alice"}, "proxy"),
+    "delete": ("DELETE", "/v1/token?user_id=alice", None, {}, "admin"),
+    "flush": ("POST", "/v1/cache/flush", None, {}, "admin"),
+    "status": ("GET", "/v1/status", None, {}, "admin"),
+}
+
+
+def call(t, route, key=None, auth=None, **more_headers):
+    method, path, body, headers, _ = ROUTES[route]
+    h = dict(headers)
+    if key is not None:
+        h["Authorization"] = f"Bearer {key}"
+    if auth is not None:
+        h["Authorization"] = auth
+    h.update(more_headers)
+    if body is not None:
+        return post_json(t, path, body, headers=h)
+    return t.request(method, path, headers=h)
+
+
+def assert_401(r):
+    assert_error(r, 401, "unauthorized")
+    assert (r.header("www-authenticate") or "").startswith("Bearer"), r.headers
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_missing_key_is_401(stub, secure, route):
+    assert_401(call(secure, route))
+    assert_nothing_reached_instacart(stub)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_unknown_key_is_401(stub, secure, route):
+    assert_401(call(secure, route, key="k-" + os.urandom(16).hex()))
+    assert_nothing_reached_instacart(stub)
+
+
+def wrong_keys(keys):
+    k = keys["all"]
+    return {
+        "hash-of-the-key": f"Bearer {sha256_hex(k)}",
+        "key-plus-one": f"Bearer {k}x",
+        "key-minus-one": f"Bearer {k[:-1]}",
+        "key-uppercased": f"Bearer {k.upper()}" if k.upper() != k else "Bearer X",
+        "empty-bearer": "Bearer ",
+        "bare-bearer": "Bearer",
+        "bare-key": k,
+        "basic": "Basic " + b64(f"all:{k}"),
+        "name-as-key": "Bearer all",
+    }
+
+
+@pytest.mark.parametrize("variant", list(wrong_keys({"all": "x"})))
+def test_wrong_key_is_401(stub, secure, variant):
+    assert_401(call(secure, "token", auth=wrong_keys(secure.keys)[variant]))
+    assert_nothing_reached_instacart(stub)
+
+
+def lacking(right):
+    return [only(r) for r in RIGHTS if r != right] + [all_but(right)]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_key_without_the_right_is_403(stub, secure, route):
+    need = ROUTES[route][4]
+    for name in lacking(need):
+        r = call(secure, route, key=secure.keys[name])
+        assert r.status == 403, f"{route} with key {name}: {r}"
+        assert r.json()["error"] == "forbidden", (name, r)
+    assert_nothing_reached_instacart(stub)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("keyname", ["only", "all"])
+def test_key_with_the_right_is_served(stub, secure, route, keyname):
+    name = only(ROUTES[route][4]) if keyname == "only" else "all"
+    r = call(secure, route, key=secure.keys[name])
+    assert r.status == 200, r
+
+
+def test_drop_in_needs_the_right_of_its_grant(stub, secure):
+    # token (user grant) does not open the client grant, and client-token not the user grant
+    assert_error(call(secure, "drop-in-client", key=secure.keys[only("token")]), 403, "forbidden")
+    assert_error(call(secure, "drop-in-user", key=secure.keys[only("client-token")]), 403, "forbidden")
+    assert_nothing_reached_instacart(stub)
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+def test_health_and_metrics_need_no_key(stub, secure, path):
+    assert secure.get(path).status == 200
+
+
+def test_keys_never_reach_the_log(stub, make_tokend, tmp_path):
+    keys = Keys(tmp_path / "keys", key_names())
+    t = make_tokend(stub, {"server": dict(SERVER), "auth": {"keys_file": keys.path}, "log": {"level": "debug"}})
+    for name in ("all", only("token"), only("admin")):
+        call(t, "token", key=keys[name])
+        call(t, "status", key=keys[name])
+    call(t, "token", key="not-a-key-" + "z" * 20)
+    call(t, "frontend-token", key=keys["fe"])
+    t.stop()
+    assert_no_secrets(t.log(), *keys.values(), "not-a-key-" + "z" * 20)
+
+
+def run_tokend(*args, timeout=30):
+    return subprocess.run([TOKEND_EXE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+BAD_KEY_LINES = [
+    "bad {h} superuser",                    # unknown right
+    "bad {h}",                              # no rights
+    "bad 1234 token",                       # not a SHA-256
+    "bad {h}zz token",                      # too long
+    "bad " + "g" * 64 + " token",           # not hex
+]
+
+
+def bad_keys_config(stub, make_tokend, tmp_path, line):
+    path = tmp_path / "keys"
+    path.write_text("# keys\n" + line.format(h=sha256_hex("k")) + "\n")
+    os.chmod(path, 0o600)
+    return str(path), make_tokend(stub, {"auth": {"keys_file": str(path)}}, start=False)
+
+
+@pytest.mark.parametrize("line", BAD_KEY_LINES)
+def test_bad_keys_file_stops_the_daemon(stub, make_tokend, tmp_path, line):
+    path, t = bad_keys_config(stub, make_tokend, tmp_path, line)
+    try:
+        r = run_tokend("--config", t.conf_path, timeout=15)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("tokend started with a bad keys file")
+    assert r.returncode != 0
+    assert f"{path}:2" in r.stderr, r.stderr  # file and line
+
+
+@pytest.mark.parametrize("line", BAD_KEY_LINES)
+def test_check_config_checks_the_keys_file(stub, make_tokend, tmp_path, line):
+    path, t = bad_keys_config(stub, make_tokend, tmp_path, line)
+    r = run_tokend("--check-config", "--config", t.conf_path)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert f"{path}:2" in r.stderr, r.stderr
+
+
+def test_missing_keys_file_is_refused(stub, make_tokend, tmp_path):
+    missing = str(tmp_path / "nope")
+    t = make_tokend(stub, {"auth": {"keys_file": missing}}, start=False)
+    for args in (("--check-config", "--config", t.conf_path), ("--config", t.conf_path)):
+        try:
+            r = run_tokend(*args, timeout=15)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("tokend started without its keys file")
+        assert r.returncode != 0 and missing in r.stderr, (args, r.stderr)
+
+
+# ================================================================ the user header
+
+def test_user_header_without_any_keys_file_is_403(stub, open_tokend):
+    for path in ("/v1/token?user_id=alice", "/v1/client-token", "/healthz"):
+        r = open_tokend.get(path, headers={USER_HEADER: "alice"})
+        assert_error(r, 403, "forbidden")
+    r = open_tokend.get("/v1/token?user_id=alice", headers={USER_HEADER.lower(): "bob"})
+    assert_error(r, 403, "forbidden")
+    assert_nothing_reached_instacart(stub)
+
+
+@pytest.mark.parametrize("route,keyname", [
+    ("token", only("token")), ("client-token", only("client-token")), ("drop-in-user", only("token")),
+    ("drop-in-client", only("client-token")), ("status", only("admin")), ("flush", only("admin")),
+    ("delete", only("admin")),
+])
+def test_user_header_with_a_key_lacking_frontend_and_proxy_is_403(stub, secure, route, keyname):
+    r = call(secure, route, key=secure.keys[keyname], **{USER_HEADER: "alice"})
+    assert_error(r, 403, "forbidden")
+    assert_nothing_reached_instacart(stub)
+
+
+def test_user_header_without_a_key_is_refused(stub, secure):
+    r = secure.get("/v1/token?user_id=alice", headers={USER_HEADER: "alice"})
+    assert r.status in (401, 403), r
+    assert_nothing_reached_instacart(stub)
+
+
+def test_frontend_routes_need_a_key_even_without_a_keys_file(stub, open_tokend):
+    assert_error(open_tokend.get("/v1/frontend/token", headers={USER_HEADER: "alice"}), 403, "forbidden")
+    assert_error(open_tokend.get("/v1/frontend/token"), 403, "forbidden")
+    for path in RECO_PATHS:
+        assert_error(post_json(open_tokend, path, RECO_BODY, headers={USER_HEADER: "alice"}), 403, "forbidden")
+    assert_nothing_reached_instacart(stub)
+
+
+def test_configured_user_header(stub, make_tokend, tmp_path):
+    keys = Keys(tmp_path / "keys", key_names())
+    t = make_tokend(stub, {"server": dict(SERVER), "auth": {"keys_file": keys.path},
+                           "frontend": {"user_header": "X-Site-User"}})
+    r = t.get("/v1/frontend/token", headers=bearer(keys["fe"], **{"X-Site-User": "carol"}))
+    assert r.status == 200, r
+    assert [q["user_id"] for q in stub.token_requests()] == ["carol"]
+    # the configured header is the one guarded...
+    r = t.get("/v1/token?user_id=carol", headers=bearer(keys[only("token")], **{"X-Site-User": "carol"}))
+    assert_error(r, 403, "forbidden")
+    # ...and the one read: the default name is not a user
+    r = t.get("/v1/frontend/token", headers=bearer(keys["fe"], **{USER_HEADER: "dave"}))
+    assert r.status == 400, r
+    assert len(stub.requests()) == 1
+
+
+# ================================================================ GET /v1/frontend/token
+
+def fe_get(t, user, path="/v1/frontend/token", **headers):
+    h = bearer(t.keys["fe"], **headers)
+    if user is not None:
+        h[USER_HEADER] = user
+    return t.get(path, headers=h)
+
+
+def test_frontend_token_is_the_users_token(stub, secure):
+    r = fe_get(secure, "alice")
+    assert r.status == 200, r
+    assert r.header("content-type") == "application/json"
+    assert r.header("cache-control") == "no-store"
+    body = r.json()
+    assert set(body) == TOKEN_FIELDS
+    assert body["token_type"] == "Bearer" and body["scope"] == "connect:recommendations"
+    (req,) = stub.token_requests()
+    assert req["user_id"] == "alice" and req["grant_type"] == "fulfillment_user_assertion"
+    # the same JSON as GET /v1/token, from the same cache
+    same = secure.get("/v1/token?user_id=alice", headers=bearer(secure.keys[only("token")]))
+    assert same.status == 200 and same.header("x-cache") == "hit"
+    assert set(same.json()) == set(body)
+    for k in ("access_token", "token_type", "scope", "created_at"):
+        assert same.json()[k] == body[k]
+    again = fe_get(secure, "alice")
+    assert again.json()["access_token"] == body["access_token"]
+    assert len(stub.token_requests()) == 1
+
+
+def test_frontend_users_get_their_own_tokens(stub, secure):
+    a = fe_get(secure, "alice").json()["access_token"]
+    b = fe_get(secure, "bob").json()["access_token"]
+    assert a != b
+    assert sorted(q["user_id"] for q in stub.token_requests()) == ["alice", "bob"]
+
+
+def test_frontend_token_with_scope(stub, secure):
+    r = fe_get(secure, "alice", path="/v1/frontend/token?scope=connect:post_checkout")
+    assert r.status == 200, r
+    assert r.json()["scope"] == "connect:post_checkout"
+    assert [q["scope"] for q in stub.token_requests()] == ["connect:post_checkout"]
+
+
+@pytest.mark.parametrize("user", ["éçü".encode(), "用户".encode(), 'quote"d', "back\\slash", "a+b&c=d",
+                                  ("é" * 128).encode()])
+def test_frontend_awkward_user_ids_reach_instacart_intact(stub, secure, user):
+    r = fe_get(secure, user)
+    assert r.status == 200, r
+    (req,) = stub.token_requests()
+    assert req["user_id"] == (user.decode() if isinstance(user, bytes) else user)
+
+
+@pytest.mark.parametrize("user", [None, "", "a" * 257, b"\xff\xfe", b"a\x01b", b"a\x7fb", b"\xc2\x85",
+                                  b"\xc0\x80"],
+                         ids=["missing", "empty", "257-bytes", "not-utf8", "control", "del", "c1", "overlong"])
+def test_frontend_bad_user_is_400(stub, secure, user):
+    # (a byte the HTTP layer itself refuses may get its non-JSON 400 first)
+    r = fe_get(secure, user)
+    assert r.status == 400, r
+    if (r.header("content-type") or "").startswith("application/json"):
+        assert r.json()["error"] == "invalid_request"
+    r = post_json(secure, RECO_PATHS[0], RECO_BODY,
+                  headers=bearer(secure.keys["fe"], **({} if user is None else {USER_HEADER: user})))
+    assert r.status == 400, r
+    assert_nothing_reached_instacart(stub)
+
+
+@pytest.mark.parametrize("origin", [SHOP, APP])
+def test_frontend_cors_for_an_allowed_origin(stub, secure, origin):
+    r = fe_get(secure, "alice", Origin=origin)
+    assert r.status == 200, r
+    assert r.header("access-control-allow-origin") == origin
+    assert "origin" in [v.strip().lower() for v in (r.header("vary") or "").split(",")], r.headers
+    r = post_json(secure, RECO_PATHS[0], RECO_BODY, headers=bearer(secure.keys["fe"], Origin=origin,
+                                                                   **{USER_HEADER: "alice"}))
+    assert r.status == 200, r
+    assert r.header("access-control-allow-origin") == origin
+
+
+def test_frontend_without_origin_has_no_cors_headers(stub, secure):
+    r = fe_get(secure, "alice")
+    assert r.status == 200
+    assert r.header("access-control-allow-origin") is None
+
+
+@pytest.mark.parametrize("path,method", [("/v1/frontend/token", "GET"), (RECO_PATHS[0], "POST"),
+                                         (RECO_PATHS[2], "POST")])
+def test_frontend_preflight(stub, secure, path, method):
+    r = secure.request("OPTIONS", path, headers={
+        "Origin": SHOP, "Access-Control-Request-Method": method,
+        "Access-Control-Request-Headers": "content-type"})
+    assert r.status == 204, r
+    assert r.header("access-control-allow-origin") == SHOP
+    methods = [m.strip().upper() for m in (r.header("access-control-allow-methods") or "").split(",")]
+    assert method in methods, r.headers
+    allowed = [h.strip().lower() for h in (r.header("access-control-allow-headers") or "").split(",")]
+    assert allowed and allowed != [""], r.headers
+    if method == "POST":
+        assert "content-type" in allowed, r.headers
+    assert_nothing_reached_instacart(stub)
+
+
+def test_frontend_preflight_from_another_origin_is_403(stub, secure):
+    r = secure.request("OPTIONS", "/v1/frontend/token", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "GET"})
+    assert r.status == 403, r
+    assert r.header("access-control-allow-origin") is None
+    assert_nothing_reached_instacart(stub)
+
+
+# ================================================================ the Recommendations proxy
+
+def reco(t, path, body=RECO_BODY, user="alice", key="fe", headers=None, **kw):
+    h = bearer(t.keys[key], **{USER_HEADER: user})
+    h.update(headers or {})
+    return post_json(t, path, body, headers=h, **kw)
+
+
+@pytest.mark.parametrize("path", RECO_PATHS)
+def test_proxy_forwards_with_the_users_token(stub, secure, path):
+    raw = json.dumps(RECO_BODY).encode()
+    r = reco(secure, path, raw, headers={"Cookie": "session=browser-cookie"})
+    assert r.status == 200, r
+    assert r.header("content-type").startswith("application/json")
+    assert r.json() == {"ok": True, "path": path, "user_id": "alice", "body": RECO_BODY}
+    (tok,) = stub.token_requests()
+    assert tok["user_id"] == "alice" and tok["scope"] == "connect:recommendations"
+    (fwd,) = reco_requests(stub)
+    assert fwd["method"] == "POST" and fwd["path"] == path
+    assert fwd["authorization_user"] == "alice", "the user's token, not the caller's key"
+    assert fwd["content_type"].startswith("application/json")
+    assert fwd["body_bytes"] == len(raw)
+    assert fwd["query"] in (None, "")
+    assert fwd["status"] == 200
+
+
+def test_proxy_uses_each_users_token_and_the_cache(stub, secure):
+    for user in ("alice", "bob", "alice", "bob"):
+        r = reco(secure, RECO_PATHS[1], user=user)
+        assert r.status == 200 and r.json()["user_id"] == user, r
+    assert [q["authorization_user"] for q in reco_requests(stub)] == ["alice", "bob", "alice", "bob"]
+    assert sorted(q["user_id"] for q in stub.token_requests()) == ["alice", "bob"]
+    # the same cache as /v1/token
+    r = secure.get("/v1/token?user_id=alice", headers=bearer(secure.keys[only("token")]))
+    assert r.header("x-cache") == "hit"
+    assert len(stub.token_requests()) == 2
+
+
+def test_proxy_order_id_of_128_chars(stub, secure):
+    oid = ("Az09_-" * 22)[:128]
+    path = f"/v2/recommendations/orders/{oid}/complementary_items"
+    r = reco(secure, path)
+    assert r.status == 200, r
+    assert r.json()["path"] == path
+
+
+@pytest.mark.parametrize("status,body", [(400, '{"errors":[{"message":"unknown item","code":1001}]}'),
+                                         (404, '{"error":"not_found","error_description":"no such cart"}'),
+                                         (422, '{"errors":[{"message":"bad location_code"}]}')])
+def test_proxy_passes_instacarts_answer_back(stub, secure, status, body):
+    stub.fault(action="status", status=status, body=body, match_path=RECO_PATHS[0])
+    r = reco(secure, RECO_PATHS[0])
+    assert r.status == status, r
+    assert r.json() == json.loads(body)
+    assert len(reco_requests(stub)) == 1
+    assert len(stub.token_requests()) == 1
+
+
+def test_proxy_401_remints_once_and_retries(stub, secure):
+    first = secure.get("/v1/token?user_id=alice", headers=bearer(secure.keys[only("token")])).json()
+    stub.fault(action="status", status=401, count=1, match_path=RECO_PATHS[2],
+               body='{"error":"invalid_token"}')
+    r = reco(secure, RECO_PATHS[2])
+    assert r.status == 200, r
+    assert r.json()["user_id"] == "alice"
+    assert [q["user_id"] for q in stub.token_requests()] == ["alice", "alice"], "exactly one re-mint"
+    assert [q["status"] for q in reco_requests(stub)] == [401, 200]
+    # the dropped token was replaced in the cache
+    now = secure.get("/v1/token?user_id=alice", headers=bearer(secure.keys[only("token")]))
+    assert now.header("x-cache") == "hit"
+    assert now.json()["access_token"] != first["access_token"]
+    assert len(stub.token_requests()) == 2
+
+
+def test_proxy_401_forever_is_passed_back_after_one_retry(stub, secure):
+    stub.fault(action="status", status=401, match_path=RECO_PATHS[0], body='{"error":"invalid_token"}')
+    r = reco(secure, RECO_PATHS[0])
+    assert r.status == 401, r
+    assert r.json() == {"error": "invalid_token"}
+    assert [q["status"] for q in reco_requests(stub)] == [401, 401], "one retry, no more"
+    assert [q["user_id"] for q in stub.token_requests()] == ["alice", "alice"]
+
+
+def test_proxy_401_for_one_user_leaves_the_others_token(stub, secure):
+    reco(secure, RECO_PATHS[0], user="bob")
+    bob = secure.get("/v1/token?user_id=bob", headers=bearer(secure.keys[only("token")])).json()["access_token"]
+    stub.fault(action="status", status=401, count=1, match_path=RECO_PATHS[0], match_user="alice")
+    assert reco(secure, RECO_PATHS[0], user="alice").status == 200
+    r = secure.get("/v1/token?user_id=bob", headers=bearer(secure.keys[only("token")]))
+    assert r.json()["access_token"] == bob and r.header("x-cache") == "hit"
+
+
+DISALLOWED_PATHS = [
+    "/v2/recommendations/other",
+    "/v2/users",
+    "/v2/recommendations/users/alice/replacement_items",
+    "/v2/recommendations/users/alice/complementary_items",
+    "/v2/oauth/token/revoke",
+    "/v2/recommendations/replacement_items/extra",
+    "/v2/recommendations/replacement_items/",
+    "/v2/recommendations/",
+    "/v2/recommendations",
+    "/v2/",
+    "/v2/recommendations/orders/replacement_items",
+    "/v2/recommendations/orders/o1/other_items",
+    "/v2/recommendations/orders/o1",
+    "/v2/recommendations/Replacement_items",
+    "/v2//recommendations/replacement_items",
+    "/v2/recommendations//replacement_items",
+    "/v3/recommendations/replacement_items",
+    "/v1/recommendations/replacement_items",
+    "/recommendations/replacement_items",
+]
+
+
+@pytest.mark.parametrize("path", DISALLOWED_PATHS)
+def test_disallowed_proxy_path_is_404(stub, secure, path):
+    r = reco(secure, path, key="all")
+    assert_error(r, 404, "not_found")
+    assert_nothing_reached_instacart(stub)
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH"])
+@pytest.mark.parametrize("path", RECO_PATHS)
+def test_proxy_paths_with_another_method_are_refused(stub, secure, path, method):
+    h = bearer(secure.keys["fe"], **{USER_HEADER: "alice"})
+    body = json.dumps(RECO_BODY).encode() if method in ("PUT", "PATCH") else None
+    r = secure.request(method, path, body=body, headers={**h, **(JSON if body else {})})
+    if body is None:
+        assert r.status == 405 and "POST" in r.header("allow"), r
+    else:  # like any route given a body it does not take (tokend's rule since the core issue)
+        assert r.status in (400, 405), r
+    assert_nothing_reached_instacart(stub)
+
+
+BAD_ORDER_IDS = ["a/b", "..", ".", "%2F", "a%2Fb", "%2E%2E", "%2e%2e", "a.b", "a%20b", "%C3%A9", "x" * 129,
+                 "", "a:b", "a%00b", "..%2F..%2Foauth%2Ftoken"]
+
+
+@pytest.mark.parametrize("oid", BAD_ORDER_IDS)
+@pytest.mark.parametrize("suffix", ["replacement_items", "complementary_items"])
+def test_bad_order_id_is_404(stub, secure, oid, suffix):
+    r = reco(secure, f"/v2/recommendations/orders/{oid}/{suffix}")
+    assert_error(r, 404, "not_found")
+    assert_nothing_reached_instacart(stub)
+
+
+def test_order_id_dot_dot_is_404_not_a_shorter_path(stub, secure):
+    # would be /v2/recommendations/replacement_items once normalised
+    r = reco(secure, "/v2/recommendations/orders/../replacement_items")
+    assert_error(r, 404, "not_found")
+    r = reco(secure, "/v2/recommendations/orders/x/../../replacement_items")
+    assert_error(r, 404, "not_found")
+    assert_nothing_reached_instacart(stub)
+
+
+def big_json(size):
+    """A JSON object of exactly size bytes."""
+    skel = json.dumps({**RECO_BODY, "pad": ""}).encode()
+    body = json.dumps({**RECO_BODY, "pad": "x" * (size - len(skel))}).encode()
+    assert len(body) == size
+    return body
+
+
+def test_proxy_body_over_64_kib_is_413(stub, secure):
+    r = reco(secure, RECO_PATHS[0], big_json(64 * 1024 + 1))
+    assert_error(r, 413, "request_too_large")
+    assert_nothing_reached_instacart(stub)
+
+
+def test_proxy_body_of_64_kib_is_forwarded(stub, secure):
+    body = big_json(64 * 1024)
+    r = reco(secure, RECO_PATHS[0], body)
+    assert r.status == 200, r
+    (fwd,) = reco_requests(stub)
+    assert fwd["body_bytes"] == len(body)
+
+
+def test_proxy_chunked_body_over_the_limit_is_413(stub, secure):
+    chunk = b" " * 4096
+
+    def chunks():
+        yield b'{"pad":"'
+        for _ in range(20):
+            yield chunk
+        yield b'"}'
+
+    # no Content-Length: http.client sends it chunked
+    h = bearer(secure.keys["fe"], **{USER_HEADER: "alice"}, **JSON)
+    r = secure.request("POST", RECO_PATHS[0], body=chunks(), headers=h)
+    assert_error(r, 413, "request_too_large")
+    assert_nothing_reached_instacart(stub)
+
+
+@pytest.mark.parametrize("max_body,limit", [("1KiB", 1024), ("2000", 2000), ("1MiB", 1024 * 1024)])
+def test_configured_max_body(stub, make_tokend, tmp_path, max_body, limit):
+    keys = Keys(tmp_path / "keys", key_names())
+    t = make_tokend(stub, {"server": dict(SERVER), "auth": {"keys_file": keys.path},
+                           "frontend": {"max_body": max_body}})
+    t.keys = keys
+    over = reco(t, RECO_PATHS[0], big_json(limit + 1))
+    assert_error(over, 413, "request_too_large")
+    assert_nothing_reached_instacart(stub)
+    if limit <= 64 * 1024:  # the stand-in itself takes 64 KiB at most
+        assert reco(t, RECO_PATHS[0], big_json(limit)).status == 200
+
+
+# ================================================================ GET /v1/client-token
+
+def ct_get(t, scope=None):
+    path = "/v1/client-token" + ("" if scope is None else f"?scope={scope}")
+    return t.get(path, headers=bearer(t.keys[only("client-token")]))
+
+
+def assert_token_shape(body, scope):
+    assert {"access_token", "token_type", "expires_in", "created_at"} <= set(body) <= TOKEN_FIELDS, body
+    assert body["token_type"] == "Bearer"
+    assert 86390 <= body["expires_in"] <= 86400
+    if scope is not None:
+        assert body["scope"] == scope
+
+
+def test_client_token_without_scope(stub, secure):
+    r = ct_get(secure)
+    assert r.status == 200, r
+    assert r.header("content-type") == "application/json" and r.header("cache-control") == "no-store"
+    assert_token_shape(r.json(), None)
+    (req,) = stub.token_requests()
+    assert req["grant_type"] == "client_credentials"
+    assert req["scope"] is None and req["user_id"] is None
+    assert req["client_id"] == "test-client"
+    again = ct_get(secure)
+    assert again.json()["access_token"] == r.json()["access_token"]
+    assert again.header("x-cache") == "hit"
+    assert len(stub.token_requests()) == 1
+
+
+def test_client_token_one_per_scope_cached(stub, secure):
+    scopes = [None, "connect:fulfillment", "connect:recommendations",
+              "connect:recommendations,connect:fulfillment"]
+    tokens = {}
+    for s in scopes:
+        r = ct_get(secure, s)
+        assert r.status == 200, (s, r)
+        assert_token_shape(r.json(), s)
+        tokens[s] = r.json()["access_token"]
+    assert len(set(tokens.values())) == len(scopes)
+    for s in scopes:
+        r = ct_get(secure, s)
+        assert r.json()["access_token"] == tokens[s] and r.header("x-cache") == "hit", s
+    reqs = stub.token_requests()
+    assert [q["scope"] for q in reqs] == scopes, "one mint per scope"
+    assert {q["grant_type"] for q in reqs} == {"client_credentials"}
+
+
+def test_client_tokens_and_user_tokens_do_not_mix(stub, secure):
+    c = ct_get(secure, "connect:recommendations").json()["access_token"]
+    u = secure.get("/v1/token?user_id=alice", headers=bearer(secure.keys["all"])).json()["access_token"]
+    assert c != u
+    assert sorted(q["grant_type"] for q in stub.token_requests()) == ["client_credentials",
+                                                                     "fulfillment_user_assertion"]
+
+
+def test_client_token_failure_is_not_cached(stub, make_tokend, tmp_path):
+    keys = Keys(tmp_path / "keys", key_names())
+    t = make_tokend(stub, {"auth": {"keys_file": keys.path}, **FAST})
+    t.keys = keys
+    stub.fault(action="status", status=503)
+    r = ct_get(t, "connect:fulfillment")
+    assert r.status == 503 and r.json()["error"] == "upstream_unavailable", r
+    stub.reset()
+    r = ct_get(t, "connect:fulfillment")
+    assert r.status == 200 and r.header("x-cache") == "miss"
+
+
+def test_backend_routes_work_without_a_keys_file(stub, open_tokend):
+    assert open_tokend.get("/v1/client-token?scope=connect:fulfillment").status == 200
+    r = post_json(open_tokend, "/v2/oauth/token", {"grant_type": "client_credentials",
+                                                    "scope": "connect:fulfillment"})
+    assert r.status == 200, r
+    assert len(stub.token_requests()) == 1
+
+
+# ================================================================ POST /v2/oauth/token (drop-in)
+
+def drop_in(t, body, key=None, **kw):
+    return post_json(t, "/v2/oauth/token", body, headers=bearer(t.keys[key or "all"]), **kw)
+
+
+def user_grant(user="alice", scope="connect:recommendations", **more):
+    b = {"grant_type": "fulfillment_user_assertion", "assertion": assertion(user), **more}
+    if scope is not None:
+        b["scope"] = scope
+    return b
+
+
+def test_drop_in_user_grant(stub, secure):
+    r = drop_in(secure, user_grant(), key=only("token"))
+    assert r.status == 200, r
+    assert r.header("content-type") == "application/json"
+    body = r.json()
+    assert set(body) == TOKEN_FIELDS
+    assert body["token_type"] == "Bearer" and body["scope"] == "connect:recommendations"
+    assert 86390 <= body["expires_in"] <= 86400 and isinstance(body["created_at"], int)
+    (req,) = stub.token_requests()
+    assert req["user_id"] == "alice" and req["grant_type"] == "fulfillment_user_assertion"
+    again = drop_in(secure, user_grant(), key=only("token"))
+    assert again.json()["access_token"] == body["access_token"]
+    same = secure.get("/v1/token?user_id=alice", headers=bearer(secure.keys[only("token")]))
+    assert same.json()["access_token"] == body["access_token"]
+    assert len(stub.token_requests()) == 1, "answered from the cache"
+
+
+def test_drop_in_user_grant_other_scope(stub, secure):
+    r = drop_in(secure, user_grant(scope="connect:post_checkout"))
+    assert r.status == 200 and r.json()["scope"] == "connect:post_checkout", r
+    assert [q["scope"] for q in stub.token_requests()] == ["connect:post_checkout"]
+
+
+def test_drop_in_client_grant(stub, secure):
+    b = {"grant_type": "client_credentials", "scope": "connect:fulfillment"}
+    r = drop_in(secure, b, key=only("client-token"))
+    assert r.status == 200, r
+    body = r.json()
+    assert set(body) == TOKEN_FIELDS and body["scope"] == "connect:fulfillment"
+    (req,) = stub.token_requests()
+    assert req["grant_type"] == "client_credentials" and req["scope"] == "connect:fulfillment"
+    assert drop_in(secure, b, key=only("client-token")).json()["access_token"] == body["access_token"]
+    assert ct_get(secure, "connect:fulfillment").json()["access_token"] == body["access_token"]
+    assert len(stub.token_requests()) == 1, "answered from the cache"
+
+
+def test_drop_in_client_grant_without_scope(stub, secure):
+    r = drop_in(secure, {"grant_type": "client_credentials"})
+    assert r.status == 200, r
+    assert ct_get(secure).json()["access_token"] == r.json()["access_token"]
+    (req,) = stub.token_requests()
+    assert req["scope"] is None
+
+
+def test_drop_in_accepts_a_client_id(stub, secure):
+    # an existing client changes its base URL and drops its secret, nothing more
+    r = drop_in(secure, user_grant(client_id="test-client"))
+    assert r.status == 200, r
+    r = drop_in(secure, {"grant_type": "client_credentials", "client_id": "test-client"})
+    assert r.status == 200, r
+
+
+@pytest.mark.parametrize("body", [
+    user_grant(client_id="test-client", client_secret="test-secret"),
+    user_grant(client_secret="test-secret"),
+    user_grant(client_secret=""),
+    {"grant_type": "client_credentials", "client_id": "test-client", "client_secret": "test-secret"},
+    {"grant_type": "client_credentials", "client_secret": None},
+], ids=["user-grant", "no-client-id", "empty-secret", "client-grant", "null-secret"])
+def test_drop_in_with_a_secret_is_400(stub, secure, body):
+    assert_error(drop_in(secure, body), 400, "invalid_request")
+    assert_nothing_reached_instacart(stub)
+
+
+def _padded():
+    for i in range(100):
+        a = assertion(f"user{i}")
+        if a.endswith("="):
+            return a
+    raise AssertionError("no padded assertion")
+
+
+def _url_safe():
+    for i in range(10000):
+        a = assertion(f"u{i}>>??~~")
+        if "+" in a or "/" in a:
+            return a.replace("+", "-").replace("/", "_")
+    raise AssertionError("no assertion with + or /")
+
+
+BAD_ASSERTIONS = {
+    "not-base64": "not base64!!",
+    "url-safe": _url_safe(),
+    "unpadded": _padded().rstrip("="),
+    "newline-inside": assertion("alice")[:8] + "\n" + assertion("alice")[8:],
+    "leading-space": " " + assertion("alice"),
+    "empty": "",
+    "non-json": b64("hello, world"),
+    "json-string": b64('"alice"'),
+    "json-array": b64('["alice"]'),
+    "no-user-id": b64('{"id":"alice"}'),
+    "user-id-number": b64('{"user_id":1234}'),
+    "user-id-null": b64('{"user_id":null}'),
+    "user-id-array": b64('{"user_id":["alice"]}'),
+    "user-id-empty": b64('{"user_id":""}'),
+    "user-id-257-bytes": b64(json.dumps({"user_id": "a" * 257})),
+    "user-id-control": b64('{"user_id":"a\\u0001b"}'),
+    "trailing-garbage": b64('{"user_id":"alice"} x'),
+    "docs-sample": "eyAidXNlcl9pZCI6IGthbWFsc2luZ2gxMjM0fQ==",
+}
+
+
+@pytest.mark.parametrize("name", BAD_ASSERTIONS)
+def test_drop_in_undecodable_assertion_is_invalid_grant(stub, secure, name):
+    r = drop_in(secure, {"grant_type": "fulfillment_user_assertion", "assertion": BAD_ASSERTIONS[name],
+                         "scope": "connect:recommendations"})
+    assert_error(r, 400, "invalid_grant")
+    assert_nothing_reached_instacart(stub)
+
+
+def test_drop_in_docs_corrected_sample_is_accepted(stub, secure):
+    r = drop_in(secure, {"grant_type": "fulfillment_user_assertion",
+                         "assertion": "eyJ1c2VyX2lkIjoia2FtYWxzaW5naDEyMzQifQ==", "scope": "connect:recommendations"})
+    assert r.status == 200, r
+    assert [q["user_id"] for q in stub.token_requests()] == ["kamalsingh1234"]
+
+
+@pytest.mark.parametrize("grant", ["authorization_code", "password", "refresh_token", "",
+                                   "urn:ietf:params:oauth:grant-type:jwt-bearer", "CLIENT_CREDENTIALS"])
+def test_drop_in_unsupported_grant(stub, secure, grant):
+    r = drop_in(secure, {"grant_type": grant, "code": "c", "redirect_uri": "https://x.example/cb"})
+    assert_error(r, 400, "unsupported_grant_type")
+    assert_nothing_reached_instacart(stub)
+
+
+@pytest.mark.parametrize("raw", [b"grant_type=client_credentials", b"{", b'{"grant_type":"client_credentials"',
+                                 b"\xff\xfe{}"], ids=["form", "brace", "unterminated", "not-utf8"])
+def test_drop_in_not_json_is_400(stub, secure, raw):
+    assert_error(drop_in(secure, raw), 400, "invalid_request")
+    assert_nothing_reached_instacart(stub)
+
+
+def test_drop_in_body_over_64_kib_is_413(stub, secure):
+    skel = json.dumps({"grant_type": "client_credentials", "pad": ""}).encode()
+    raw = json.dumps({"grant_type": "client_credentials", "pad": "x" * (64 * 1024 + 1 - len(skel))}).encode()
+    assert len(raw) == 64 * 1024 + 1
+    assert_error(drop_in(secure, raw), 413, "request_too_large")
+    assert_nothing_reached_instacart(stub)
+
+
+# ================================================================ Unix socket
+
+def unix_tokend(stub, make_tokend, sock, **server):
+    t = make_tokend(stub, {"server": {"listen": f"unix:{sock}", **server}}, start=False)
+    return start_unix_only(t, sock)
+
+
+def test_unix_socket_peer_outside_the_uid_list_is_403(stub, make_tokend, short_dir):
+    sock = os.path.join(short_dir, "tokend.sock")
+    assert os.getuid() != 4242
+    unix_tokend(stub, make_tokend, sock, allowed_uids="4242")
+    r = unix_request(sock, "GET", "/v1/token?user_id=alice")
+    assert_error(r, 403, "forbidden")
+    assert unix_request(sock, "GET", "/v1/client-token").status == 403
+    assert_nothing_reached_instacart(stub)
+
+
+def test_unix_socket_peer_outside_the_gid_list_is_403(stub, make_tokend, short_dir):
+    sock = os.path.join(short_dir, "tokend.sock")
+    assert 4242 not in os.getgroups() and os.getgid() != 4242
+    unix_tokend(stub, make_tokend, sock, allowed_gids="4242")
+    assert_error(unix_request(sock, "GET", "/v1/token?user_id=alice"), 403, "forbidden")
+    assert_nothing_reached_instacart(stub)
+
+
+@pytest.mark.parametrize("kind", ["uid", "uid-name", "uid-among-others", "gid", "gid-name"])
+def test_unix_socket_peer_in_the_list_is_served(stub, make_tokend, short_dir, kind):
+    sock = os.path.join(short_dir, "tokend.sock")
+    uid, gid = os.getuid(), os.getgid()
+    server = {
+        "uid": {"allowed_uids": str(uid)},
+        "uid-name": {"allowed_uids": pwd.getpwuid(uid).pw_name},
+        "uid-among-others": {"allowed_uids": f"4242 {uid} 4243"},
+        "gid": {"allowed_gids": str(gid)},
+        "gid-name": {"allowed_gids": grp.getgrgid(gid).gr_name},
+    }[kind]
+    unix_tokend(stub, make_tokend, sock, **server)
+    r = unix_request(sock, "GET", "/v1/token?user_id=alice")
+    assert r.status == 200, r
+    assert [q["user_id"] for q in stub.token_requests()] == ["alice"]
+
+
+def test_unix_socket_mode_and_group(stub, make_tokend, short_dir):
+    sock = os.path.join(short_dir, "default.sock")
+    unix_tokend(stub, make_tokend, sock)
+    assert stat.S_ISSOCK(os.stat(sock).st_mode)
+    assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
+
+    sock2 = os.path.join(short_dir, "private.sock")
+    unix_tokend(stub, make_tokend, sock2, socket_mode="0600")
+    assert stat.S_IMODE(os.stat(sock2).st_mode) == 0o600
+
+    if os.getuid() != 0:
+        pytest.skip("socket_group to a group not ours needs root")
+    other = next((g for g in grp.getgrall() if g.gr_gid != os.getgid()), None)
+    if other is None:
+        pytest.skip("no other group on this system")
+    sock3 = os.path.join(short_dir, "group.sock")
+    unix_tokend(stub, make_tokend, sock3, socket_group=other.gr_name)
+    assert os.stat(sock3).st_gid == other.gr_gid
+    assert unix_request(sock3, "GET", "/v1/token?user_id=alice").status == 200
+
+
+def test_tcp_and_unix_at_once(stub, make_tokend, short_dir):
+    sock = os.path.join(short_dir, "tokend.sock")
+    # the peer allow-list is for Unix socket callers only
+    t = make_tokend(stub, {"server": {"listen": f"127.0.0.1:0 unix:{sock}", "allowed_uids": "4242"}})
+    wait_unix_listening(t, sock)
+    assert len(http_addresses(t.log())) == 1
+    tcp = t.get("/v1/token?user_id=alice")
+    assert tcp.status == 200, tcp
+    assert_error(unix_request(sock, "GET", "/v1/token?user_id=alice"), 403, "forbidden")
+    assert len(stub.token_requests()) == 1
+
+
+def test_tcp_and_unix_both_serve_the_same_cache(stub, make_tokend, short_dir):
+    sock = os.path.join(short_dir, "tokend.sock")
+    t = make_tokend(stub, {"server": {"listen": f"127.0.0.1:0 unix:{sock}"}})
+    wait_unix_listening(t, sock)
+    a = t.get("/v1/token?user_id=alice")
+    b = unix_request(sock, "GET", "/v1/token?user_id=alice")
+    assert a.status == b.status == 200
+    assert a.json()["access_token"] == b.json()["access_token"]
+    assert b.header("x-cache") == "hit"
+    assert len(stub.token_requests()) == 1
+
+
+def test_unix_socket_with_keys(stub, make_tokend, short_dir, tmp_path):
+    sock = os.path.join(short_dir, "tokend.sock")
+    keys = Keys(tmp_path / "keys", key_names())
+    t = make_tokend(stub, {"server": {"listen": f"unix:{sock}", "allowed_uids": str(os.getuid())},
+                           "auth": {"keys_file": keys.path}}, start=False)
+    start_unix_only(t, sock)
+    assert_401(unix_request(sock, "GET", "/v1/token?user_id=alice"))
+    assert_nothing_reached_instacart(stub)
+    r = unix_request(sock, "GET", "/v1/frontend/token", headers=bearer(keys["fe"], **{USER_HEADER: "alice"}))
+    assert r.status == 200, r
