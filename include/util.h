@@ -26,6 +26,9 @@ static inline void freep(void *p) { free(*(void **)p); }
 #define FINGERPRINT_LEN 13
 void fingerprint(const char *s, size_t len, char out[FINGERPRINT_LEN]);
 
+/* The value of a hex digit, or -1. */
+int hex_value(char c);
+
 /* Standard Base64 with '=' padding. Returns the encoded length written to out
  * (plus NUL), or 0 if out is too small. base64_encoded_size() includes the NUL. */
 size_t base64_encoded_size(size_t len);

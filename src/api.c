@@ -120,17 +120,20 @@ enum MHD_Result api_queue(const struct call *c, unsigned status, struct MHD_Resp
     return r;
 }
 
-enum MHD_Result api_json(const struct call *c, unsigned status, char *body) {
+/* A response owning a malloc()ed string, or NULL (the string freed). */
+static struct MHD_Response *owned_response(char *body) {
     struct MHD_Response *resp;
 
     if (!body)
-        return MHD_NO;
+        return NULL;
     resp = MHD_create_response_from_buffer_with_free_callback(strlen(body), body, free);
-    if (!resp) {
+    if (!resp)
         free(body);
-        return MHD_NO;
-    }
-    return api_queue(c, status, resp);
+    return resp;
+}
+
+enum MHD_Result api_json(const struct call *c, unsigned status, char *body) {
+    return api_queue(c, status, owned_response(body));
 }
 
 /* Errors are rare: built with cJSON so any text is escaped. */
@@ -148,13 +151,9 @@ enum MHD_Result api_error(const struct call *c, unsigned status, const char *err
           cJSON_AddStringToObject(j, "upstream_error", up->error))))
         body = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
-    if (!body)
+    resp = owned_response(body);
+    if (!resp)
         return MHD_NO;
-    resp = MHD_create_response_from_buffer_with_free_callback(strlen(body), body, free);
-    if (!resp) {
-        free(body);
-        return MHD_NO;
-    }
     if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, route_table[c->route].allow);
     if (status == MHD_HTTP_UNAUTHORIZED)

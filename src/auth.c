@@ -39,16 +39,6 @@ static const struct {
     { "proxy", RIGHT_PROXY },       { "admin", RIGHT_ADMIN },
 };
 
-static int hex_value(char c) {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static const char *parse_line(char *line, struct key_entry *k) {
     char *name, *hash, *rights, *extra, *save = NULL;
 

@@ -169,6 +169,25 @@ static int make_room(cache *c) {
     return -ENOBUFS;
 }
 
+/* A new entry for the key, room made for it first. Called with the lock held. */
+static int entry_new(cache *c, enum oauth_grant grant, const char *key, size_t keylen, cache_entry **ret) {
+    cache_entry *e;
+    int r = make_room(c);
+
+    if (r < 0)
+        return r;
+    e = calloc(1, sizeof(*e) + keylen);
+    if (!e)
+        return -ENOMEM;
+    e->cache = c;
+    e->grant = grant;
+    e->keylen = (uint16_t)keylen;
+    memcpy(e->key, key, keylen);
+    HASH_ADD(hh, c->table, key, keylen, e);
+    *ret = e;
+    return 0;
+}
+
 static void fetch_done(void *userdata, const mint_outcome *o, token *t);
 
 int cache_get(cache *c, enum oauth_grant grant, const char *user_id, const char *scope,
@@ -221,21 +240,11 @@ int cache_get(cache *c, enum oauth_grant grant, const char *user_id, const char 
         return -EAGAIN;
     }
     if (!e) {
-        r = make_room(c);
+        r = entry_new(c, grant, keybuf, keylen, &e);
         if (r < 0) {
             pthread_mutex_unlock(&c->lock);
             return r;
         }
-        e = calloc(1, sizeof(*e) + keylen);
-        if (!e) {
-            pthread_mutex_unlock(&c->lock);
-            return -ENOMEM;
-        }
-        e->cache = c;
-        e->grant = grant;
-        e->keylen = (uint16_t)keylen;
-        memcpy(e->key, keybuf, keylen);
-        HASH_ADD(hh, c->table, key, keylen, e);
         lru_push_head(c, e);
     }
     if (e->n_waiters >= c->s.max_waiters) {
@@ -415,21 +424,11 @@ int cache_put(cache *c, enum oauth_grant grant, const char *user_id, const char 
         return -EEXIST;
     }
     if (!e) {
-        r = make_room(c);
+        r = entry_new(c, grant, keybuf, keylen, &e);
         if (r < 0) {
             pthread_mutex_unlock(&c->lock);
             return r;
         }
-        e = calloc(1, sizeof(*e) + keylen);
-        if (!e) {
-            pthread_mutex_unlock(&c->lock);
-            return -ENOMEM;
-        }
-        e->cache = c;
-        e->grant = grant;
-        e->keylen = (uint16_t)keylen;
-        memcpy(e->key, keybuf, keylen);
-        HASH_ADD(hh, c->table, key, keylen, e);
     } else
         lru_unlink(c, e);
     lru_push_head(c, e);

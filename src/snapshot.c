@@ -125,16 +125,6 @@ static uint64_t boottime_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
-static int hexval(char c) {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* The kernel's random id of this boot, as 16 bytes. */
 static int boot_id(uint8_t out[16]) {
     char buf[64];
@@ -153,7 +143,7 @@ static int boot_id(uint8_t out[16]) {
         int v;
         if (*p == '-')
             continue;
-        v = hexval(*p);
+        v = hex_value(*p);
         if (v < 0)
             return -EIO;
         if (k % 2 == 0)

@@ -49,6 +49,16 @@ void fingerprint(const char *s, size_t len, char out[FINGERPRINT_LEN]) {
     out[FINGERPRINT_LEN - 1] = '\0';
 }
 
+int hex_value(char c) {
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 size_t base64_encoded_size(size_t len) {
