@@ -10,6 +10,8 @@ import os
 import pwd
 import stat
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -651,6 +653,25 @@ def test_proxy_401_forever_is_passed_back_after_one_retry(stub, secure):
     assert r.json() == {"error": "invalid_token"}
     assert [q["status"] for q in reco_requests(stub)] == [401, 401], "one retry, no more"
     assert [q["user_id"] for q in stub.token_requests()] == ["alice", "alice"]
+
+
+def test_proxy_401_remint_is_single_flight(stub, secure):
+    # Instacart stops honouring alice's token; 20 calls made with it at once
+    # all get 401, and must share one re-mint (a late 401 must not drop the
+    # token that replaced it).
+    first = secure.get("/v1/token?user_id=alice", headers=bearer(secure.keys[only("token")])).json()
+    status, _ = stub.revoke(first["access_token"])
+    assert status == 200
+    barrier = threading.Barrier(20)
+
+    def one(_):
+        barrier.wait(timeout=30)
+        return reco(secure, RECO_PATHS[1], timeout=30)
+
+    with ThreadPoolExecutor(max_workers=20) as ex:
+        rs = list(ex.map(one, range(20)))
+    assert [r.status for r in rs] == [200] * 20, rs
+    assert [q["user_id"] for q in stub.token_requests()] == ["alice", "alice"], "one re-mint for all"
 
 
 def test_proxy_401_for_one_user_leaves_the_others_token(stub, secure):
