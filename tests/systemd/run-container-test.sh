@@ -56,6 +56,13 @@ ct() { timeout "${CT_TIMEOUT:-60}" nsenter -t "$LEADER" -a env SYSTEMD_PAGER= SY
 # The host's python3 in the container's network only: HTTP to its loopback.
 client() { timeout "${CT_TIMEOUT:-120}" nsenter -t "$LEADER" -n /usr/bin/python3 "$HERE/ct_client.py" "$@"; }
 journal() { ct journalctl --no-pager -u instacart-tokend.service "$@"; }
+# Whether the unit's journal has a line matching $1. Not `journal | grep -q`:
+# grep's early exit would kill journalctl with SIGPIPE, a failure under pipefail.
+journal_has() {
+    local text
+    text=$(journal -o cat)
+    grep -qi -- "$1" <<<"$text"
+}
 
 cleanup() {
     local rc=$?
@@ -67,6 +74,7 @@ cleanup() {
         CT_TIMEOUT=20 journal -n 60 2>&1
     fi
     if [[ -n $NSPAWN_PID ]] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
+        step "power off the container"
         # nspawn turns SIGTERM into a clean poweroff of the container
         kill -TERM "$NSPAWN_PID"
         for _ in $(seq 1 150); do
@@ -133,7 +141,7 @@ EOF
 # ------------------------------------------------------------------ the root
 step "root file system"
 mkdir -p "$ROOT"
-if [[ -f $CACHE_TAR ]] && tar -xOf "$CACHE_TAR" ./.tokend-ct-stamp 2>/dev/null | grep -qxF "$STAMP" &&
+if [[ -f $CACHE_TAR ]] && [[ $(tar -xOf "$CACHE_TAR" ./.tokend-ct-stamp 2>/dev/null) == "$STAMP" ]] &&
     tar -C "$ROOT" --numeric-owner -xf "$CACHE_TAR"; then
     echo "from the cached root $CACHE_TAR"
 else
@@ -256,7 +264,7 @@ events=$(journal -o verbose MESSAGE_ID=ad808c4429fd4af99c549760518e4f5c 2>&1)
 for field in USER_FINGERPRINT= UPSTREAM_STATUS=200 LATENCY_MS= PRIORITY=6; do
     grep -q "$field" <<<"$events" || fail "no $field in the journal's mint event: $events"
 done
-if journal -o cat | grep -q ct-secret; then fail "the secret is in the journal"; fi
+if journal_has ct-secret; then fail "the secret is in the journal"; fi
 echo "MESSAGE_ID, USER_FINGERPRINT, UPSTREAM_STATUS, LATENCY_MS present; no secret"
 
 step "reload with a rotated secret"
@@ -271,7 +279,7 @@ client wait-token rotation-after 20 || fail "no token with the rotated secret af
     fail "the reload restarted the process"
 read -r status how _ < <(client token first-user)
 [[ $status == 200 && $how == hit ]] || fail "the reload lost the cache ($status $how)"
-journal -o cat | grep -q 'reloaded' || fail "no reload in the journal"
+journal_has 'reloaded' || fail "no reload in the journal"
 echo "new mints use the rotated secret; same process; cache kept"
 
 step "systemctl restart keeps $USERS cached tokens"
@@ -282,8 +290,9 @@ mints_before=$(client stub-stats | python3 -c 'import json,sys; print(json.load(
 pid_before=$(ct systemctl show -p MainPID --value instacart-tokend.service)
 CT_TIMEOUT=90 ct systemctl restart instacart-tokend.service
 [[ $(ct systemctl show -p MainPID --value instacart-tokend.service) != "$pid_before" ]] || fail "not restarted"
-journal -o cat | grep 'handed .* cached tokens' | tail -1
-journal -o cat | grep 'restored .* cached tokens' | tail -1
+text=$(journal -o cat)
+grep 'handed .* cached tokens' <<<"$text" | tail -1
+grep 'restored .* cached tokens' <<<"$text" | tail -1
 read -r line < <(client fetch "$USERS" user-)
 mints_after=$(client stub-stats | python3 -c 'import json,sys; print(json.load(sys.stdin)["mints"])')
 echo "after the restart: $line"
@@ -302,7 +311,7 @@ restarted() {
     [[ $pid != 0 && $pid != "$pid_before" && $state == active ]]
 }
 wait_until $((WATCHDOG_SEC * 4 + 30)) "the watchdog to restart tokend" restarted
-journal -o cat | grep -qi 'watchdog timeout' || fail "systemd logged no watchdog timeout"
+journal_has 'watchdog timeout' || fail "systemd logged no watchdog timeout"
 echo "killed after the watchdog timeout and restarted: NRestarts $restarts_before -> $(ct systemctl show -p NRestarts --value instacart-tokend.service)"
 read -r status _ < <(client token after-watchdog)
 [[ $status == 200 ]] || fail "no token after the watchdog restart ($status)"
