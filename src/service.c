@@ -1,0 +1,459 @@
+/* The running daemon: starts the modules in dependency order (upstream
+ * client, cache, HTTP front), runs the loop that answers signals (SIGTERM
+ * stops, SIGHUP reloads) and keeps systemd informed (status line, watchdog),
+ * carries the cache across restarts through systemd's file descriptor
+ * store, and stops the modules in reverse. Not responsible for the command
+ * line (main.c) nor for talking to systemd itself (sd.c). */
+#include <curl/curl.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "api.h"
+#include "cache.h"
+#include "config.h"
+#include "log.h"
+#include "sd.h"
+#include "snapshot.h"
+#include "service.h"
+#include "upstream.h"
+#include "util.h"
+
+/* The cache's source of tokens: Instacart, through the upstream client. */
+static void fetch_from_upstream(void *source, enum oauth_grant grant, const char *user_id,
+                                const char *scope, cache_done_fn done, void *ctx) {
+    upstream_mint(source, grant, user_id, scope, done, ctx);
+}
+
+/* Each connection is a file descriptor: make sure the limit we configured
+ * can be reached, and lower it (loudly) when the system will not allow it. */
+static unsigned fit_connections(unsigned wanted, unsigned upstream_conns) {
+    struct rlimit rl;
+    unsigned reserve = upstream_conns + 64;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return wanted;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)wanted + reserve > rl.rlim_cur) {
+        unsigned fit = rl.rlim_cur > reserve + 16 ? (unsigned)(rl.rlim_cur - reserve) : 16;
+        log_warning("max_connections %u does not fit the file descriptor limit %llu; using %u",
+                    wanted, (unsigned long long)rl.rlim_cur, fit);
+        return fit;
+    }
+    return wanted;
+}
+
+/* ---- under systemd: status, watchdog, reload, the cache across restarts ---- */
+
+/* The worker goes round its loop at least once a second; this much silence
+ * means it is wedged. */
+#define WORKER_IDLE_MAX_MS 5000
+#define STATUS_EVERY_MS 2000
+#define FDSTORE_TIMEOUT_MS 5000
+
+struct service {
+    const char *path;
+    config *boot;     /* as started: settings that only a restart applies */
+    config *current;  /* after a successful reload; NULL before */
+    unsigned wanted_connections;
+    upstream *up;
+    cache *c;
+    api *a;
+    uint64_t watchdog_ms, next_watchdog_ms, next_status_ms;
+    unsigned long long seen_ok, seen_rejected, seen_failed;
+    unsigned long long probes; /* the watchdog's own requests, not callers' */
+    const char *upstream_state;
+    char status[256];
+};
+
+static const config *effective(const struct service *s) {
+    return s->current ? s->current : s->boot;
+}
+
+/* The client secret lives in the upstream client only; drop our copy. */
+static void forget_secret(config *cfg) {
+    cfg->client_secret = wipe_free(cfg->client_secret, cfg->client_secret_len);
+    cfg->client_secret_len = 0;
+}
+
+static const char *status_text(struct service *s) {
+    struct cache_stats cs;
+    struct upstream_stats us;
+    struct api_stats as;
+    unsigned long long failed;
+
+    cache_get_stats(s->c, &cs);
+    upstream_get_stats(s->up, &us);
+    api_get_stats(s->a, &as);
+    failed = us.mints_rejected + us.mints_failed + us.mints_timeout;
+    /* Instacart's state as of the mints since the last look */
+    if (us.mints_ok > s->seen_ok)
+        s->upstream_state = "ok";
+    else if (us.mints_rejected > s->seen_rejected)
+        s->upstream_state = "rejecting mints";
+    else if (failed > s->seen_failed)
+        s->upstream_state = "failing";
+    s->seen_ok = us.mints_ok;
+    s->seen_rejected = us.mints_rejected;
+    s->seen_failed = failed;
+    snprintf(s->status, sizeof(s->status),
+             "%llu tokens cached; mints: %llu ok, %llu failed; Instacart: %s, %u in flight; %llu requests served",
+             cs.entries, us.mints_ok, failed, s->upstream_state, us.in_flight,
+             as.requests > s->probes ? as.requests - s->probes : 0);
+    return s->status;
+}
+
+static void update_status(struct service *s, uint64_t now) {
+    char before[sizeof(s->status)];
+
+    if (now < s->next_status_ms)
+        return;
+    s->next_status_ms = now + STATUS_EVERY_MS;
+    memcpy(before, s->status, sizeof(before));
+    if (strcmp(before, status_text(s)) != 0)
+        systemd_status(s->status);
+}
+
+/* WATCHDOG=1 only while both threads that matter make progress: the
+ * upstream worker (its heartbeat) and the HTTP server (it answers a real
+ * request). The main loop itself is the third: it sends the ping. */
+static void watchdog(struct service *s, uint64_t now) {
+    uint64_t idle, timeout;
+    const char *addr;
+    int r = 0;
+
+    if (!s->watchdog_ms || now < s->next_watchdog_ms)
+        return;
+    s->next_watchdog_ms = now + s->watchdog_ms / 3;
+    idle = upstream_idle_ms(s->up);
+    if (idle >= WORKER_IDLE_MAX_MS) {
+        log_error("watchdog: the upstream worker has not run for %llu ms; withholding the "
+                  "watchdog ping so systemd restarts tokend", (unsigned long long)idle);
+        return;
+    }
+    timeout = s->watchdog_ms / 6 < 2000 ? s->watchdog_ms / 6 : 2000;
+    addr = api_address(s->a);
+    if (addr[0]) {
+        r = systemd_probe_http(addr, timeout ? timeout : 1);
+        s->probes += r == 0;
+    }
+    if (r < 0) {
+        log_error("watchdog: the HTTP server did not answer GET /healthz on %s within %llu ms "
+                  "(%s); withholding the watchdog ping", addr, (unsigned long long)timeout, strerror(-r));
+        return;
+    }
+    systemd_watchdog_ping();
+}
+
+static bool same_text(const char *a, const char *b) {
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* Settings each module copied at start: a reload cannot change them. A new
+ * key belongs here unless reload() applies it. */
+static void warn_needs_restart(const config *was, const config *now, unsigned was_connections) {
+    char names[768] = "";
+    size_t n = 0;
+
+#define CHANGED(cond, name)                                                        \
+    do {                                                                           \
+        if ((cond) && n < sizeof(names))                                           \
+            n += (size_t)snprintf(names + n, sizeof(names) - n, "%s%s", n ? ", " : "", name); \
+    } while (0)
+    CHANGED(strcmp(was->listen, now->listen) != 0, "[server] listen");
+    CHANGED(was->socket_mode != now->socket_mode, "[server] socket_mode");
+    CHANGED(!same_text(was->socket_group, now->socket_group), "[server] socket_group");
+    CHANGED(!same_text(was->allowed_uids_text, now->allowed_uids_text), "[server] allowed_uids");
+    CHANGED(!same_text(was->allowed_gids_text, now->allowed_gids_text), "[server] allowed_gids");
+    CHANGED(!same_text(was->allowed_hosts_text, now->allowed_hosts_text), "[server] allowed_hosts");
+    CHANGED(!same_text(was->allowed_origins_text, now->allowed_origins_text), "[server] allowed_origins");
+    CHANGED(!same_text(was->keys_file, now->keys_file), "[auth] keys_file");
+    CHANGED(!same_text(was->user_header, now->user_header), "[frontend] user_header");
+    CHANGED(was->max_body != now->max_body, "[frontend] max_body");
+    CHANGED(was->allow_remote != now->allow_remote, "[server] allow_remote");
+    CHANGED(was->threads != now->threads, "[server] threads");
+    CHANGED(was_connections != now->max_connections, "[server] max_connections");
+    CHANGED(was->idle_timeout_ms != now->idle_timeout_ms, "[server] idle_timeout");
+    CHANGED(strcmp(was->default_scope, now->default_scope) != 0, "[upstream] scope");
+    CHANGED(was->connect_timeout_ms != now->connect_timeout_ms, "[upstream] connect_timeout");
+    CHANGED(was->attempt_timeout_ms != now->attempt_timeout_ms, "[upstream] attempt_timeout");
+    CHANGED(was->request_timeout_ms != now->request_timeout_ms, "[upstream] request_timeout");
+    CHANGED(was->max_concurrent != now->max_concurrent, "[upstream] max_concurrent");
+    CHANGED(was->queue_max != now->queue_max, "[upstream] queue_max");
+    CHANGED(was->retry_base_ms != now->retry_base_ms, "[upstream] retry_base");
+    CHANGED(was->retry_max_ms != now->retry_max_ms, "[upstream] retry_max");
+    CHANGED(was->breaker_failures != now->breaker_failures, "[upstream] breaker_failures");
+    CHANGED(was->breaker_cooldown_ms != now->breaker_cooldown_ms, "[upstream] breaker_cooldown");
+    CHANGED(was->max_entries != now->max_entries, "[cache] max_entries");
+    CHANGED(was->min_ttl_ms != now->min_ttl_ms, "[cache] min_ttl");
+    CHANGED(was->refresh_before_pct != now->refresh_before_pct, "[cache] refresh_before");
+    CHANGED(was->failure_ttl_ms != now->failure_ttl_ms, "[cache] failure_ttl");
+    CHANGED(was->max_waiters != now->max_waiters, "[cache] max_waiters");
+#undef CHANGED
+    if (n)
+        log_warning("%s: changed %s: these settings need a restart to take effect (a restart "
+                    "under systemd keeps the cached tokens); the running values stay until then",
+                    now->path, names);
+}
+
+/* Where a reload finds the secret. systemd copies LoadCredential= only at
+ * start; the unit's ExecReload= puts a rotated secret into our runtime
+ * directory first (see instacart-tokend.service). *ret_copy names that copy,
+ * or is "" when there is none. */
+static const char *reload_credentials_dir(char *ret_copy, size_t size) {
+    const char *rt = getenv("RUNTIME_DIRECTORY");
+
+    ret_copy[0] = '\0';
+    if (rt && *rt && !strchr(rt, ':') && snprintf(ret_copy, size, "%s/client_secret", rt) < (int)size &&
+        access(ret_copy, F_OK) == 0)
+        return rt;
+    ret_copy[0] = '\0';
+    return getenv("CREDENTIALS_DIRECTORY");
+}
+
+/* SIGHUP: the whole configuration and the secret again, applied only if all
+ * of it is valid; otherwise the old one keeps serving. */
+static void reload(struct service *s) {
+    char err[CONFIG_ERR_MAX], rotated[4096];
+    const config *old = effective(s);
+    config *n = NULL;
+    const char *from;
+    bool flush;
+    int r;
+
+    systemd_reloading();
+    from = reload_credentials_dir(rotated, sizeof(rotated));
+    r = config_load(s->path, from, &n, err);
+    if (rotated[0])
+        unlink(rotated); /* read or refused: a copy of the secret goes either way */
+    if (r < 0) {
+        log_event(LOG_ERR, LOG_ID_RELOAD_FAILED, NULL,
+                  "reload refused, still serving with the previous configuration: %s", err);
+        systemd_ready(status_text(s));
+        return;
+    }
+    flush = strcmp(old->client_id, n->client_id) != 0 || strcmp(old->base_url, n->base_url) != 0;
+    r = upstream_set_credentials(s->up, n);
+    if (r < 0) {
+        log_event(LOG_ERR, LOG_ID_RELOAD_FAILED, NULL,
+                  "reload failed (%s), still serving with the previous configuration", strerror(-r));
+        config_free(n);
+        systemd_ready(status_text(s));
+        return;
+    }
+    forget_secret(n);
+    warn_needs_restart(s->boot, n, s->wanted_connections);
+    log_set_max_level(n->log_level);
+    if (flush)
+        log_notice("client id or Instacart server changed: dropped %zu cached tokens",
+                   cache_flush(s->c));
+    log_event(LOG_NOTICE, LOG_ID_RELOADED, NULL,
+              "reloaded %s: minting as client id %s at %s, with the secret from %s", n->path,
+              n->client_id, n->base_url,
+              rotated[0] ? "ExecReload= (rotated)" : from ? "the systemd credential" : n->client_secret_file);
+    api_set_config(s->a, n);
+    config_free(s->current);
+    s->current = n;
+    systemd_ready(status_text(s));
+}
+
+static snapshot_identity identity_of(const config *cfg) {
+    return (snapshot_identity){ .base_url = cfg->base_url, .client_id = cfg->client_id };
+}
+
+/* The cache image systemd kept for us over the restart, if any. */
+static void restore_cache(struct service *s, int fd) {
+    snapshot_identity id = identity_of(s->boot);
+    struct snapshot_counts n = { 0 };
+    char err[SNAPSHOT_ERR_MAX], fields[96];
+    int r;
+
+    r = snapshot_read_fd(fd, &id, s->boot->min_ttl_ms, s->c, &n, err);
+    close(fd);
+    /* consumed: a crash later must not bring back this older image */
+    systemd_store_remove(SYSTEMD_FDNAME_CACHE);
+    if (r < 0) {
+        log_event(LOG_WARNING, LOG_ID_CACHE_IGNORED, NULL,
+                  "ignoring the cache image passed by systemd: %s; starting with an empty cache", err);
+        return;
+    }
+    snprintf(fields, sizeof(fields), "TOKENS_RESTORED=%zu\nTOKENS_EXPIRED=%zu\nTOKENS_SKIPPED=%zu",
+             n.restored, n.expired, n.skipped);
+    log_event(LOG_NOTICE, LOG_ID_CACHE_RESTORED, fields,
+              "restored %zu cached tokens from before the restart (%zu too close to expiry, %zu did not fit)",
+              n.restored, n.expired, n.skipped);
+}
+
+/* On stop: the cache into a sealed memfd, into systemd's fd store. */
+static void save_cache(struct service *s) {
+    snapshot_identity id = identity_of(effective(s));
+    size_t count = 0;
+    char fields[64];
+    int fd = -1, r;
+
+    if (!systemd_notifying())
+        return; /* nobody to keep it */
+    r = snapshot_write_memfd(s->c, &id, &fd, &count);
+    if (r < 0) {
+        log_warning("cannot write the cache image (%s); the next start begins with an empty cache",
+                    strerror(-r));
+        return;
+    }
+    r = systemd_store_fd(fd, SYSTEMD_FDNAME_CACHE, FDSTORE_TIMEOUT_MS);
+    close(fd);
+    if (r < 0) {
+        log_warning("cannot hand the cache image to systemd (%s); set FileDescriptorStoreMax= in "
+                    "the unit to keep cached tokens over a restart", strerror(-r));
+        return;
+    }
+    snprintf(fields, sizeof(fields), "TOKENS_SAVED=%zu", count);
+    log_event(LOG_NOTICE, LOG_ID_CACHE_SAVED, fields,
+              "handed %zu cached tokens to systemd's file descriptor store for the next start", count);
+}
+
+/* A socket from systemd skips [server] listen, so check here what the
+ * configuration would have refused. */
+static int check_passed_socket(const config *cfg, api *a) {
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    bool loopback = false;
+
+    if (config_listen_parse(api_address(a), &ss, &sl, &loopback) < 0 || loopback || cfg->allow_remote)
+        return 0;
+    log_error("the socket passed by systemd listens on %s, which is not a loopback address; tokend "
+              "hands out tokens to whoever connects, so set allow_remote = yes in [server] only "
+              "behind a firewall you trust", api_address(a));
+    return -EPERM;
+}
+
+int service_run(const char *path, config *cfg) {
+    struct service s = { .path = path, .boot = cfg, .upstream_state = "no mint yet" };
+    upstream *up = NULL;
+    cache *c = NULL;
+    api *a = NULL;
+    sigset_t mask;
+    int sfd = -1, listen_fd = -1, cache_fd = -1, r;
+    cache_settings cs = {
+        .max_entries = cfg->max_entries,
+        .min_ttl_ms = cfg->min_ttl_ms,
+        .refresh_before_pct = cfg->refresh_before_pct,
+        .failure_ttl_ms = cfg->failure_ttl_ms,
+        .max_waiters = cfg->max_waiters,
+        .retry_base_ms = cfg->retry_base_ms,
+        .retry_max_ms = cfg->retry_max_ms,
+    };
+
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    /* blocked before any thread starts, so only the signalfd sees them */
+    pthread_sigmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    sfd = signalfd(-1, &mask, SFD_CLOEXEC);
+    if (sfd < 0) {
+        r = -errno;
+        log_error("signalfd: %s", strerror(errno));
+        return r;
+    }
+    /* socket activation and the fd store: both optional */
+    systemd_take_fds(&listen_fd, &cache_fd);
+    s.wanted_connections = cfg->max_connections;
+    cfg->max_connections = fit_connections(cfg->max_connections, cfg->max_concurrent);
+
+    r = upstream_new(cfg, &up);
+    if (r < 0)
+        goto out;
+    forget_secret(cfg);
+    r = cache_new(&cs, fetch_from_upstream, up, &c);
+    if (r < 0)
+        goto out;
+    s.up = up;
+    s.c = c;
+    if (cache_fd >= 0) {
+        restore_cache(&s, cache_fd); /* closes it */
+        cache_fd = -1;
+    }
+    r = upstream_start(up);
+    if (r < 0)
+        goto out;
+    r = api_new(cfg, c, up, listen_fd, &a);
+    listen_fd = -1; /* the server owns it, even when it failed */
+    if (r < 0)
+        goto out;
+    s.a = a;
+    if (check_passed_socket(cfg, a) < 0) {
+        r = -EPERM;
+        goto out;
+    }
+    log_event(LOG_NOTICE, LOG_ID_STARTED, NULL, "listening on %s (Instacart at %s, client id %s)",
+              api_listening(a), cfg->base_url, cfg->client_id);
+    /* ready: listening, credentials loaded, the old cache restored */
+    systemd_ready(status_text(&s));
+    s.watchdog_ms = systemd_watchdog_usec() / 1000;
+    if (s.watchdog_ms)
+        systemd_watchdog_ping();
+    s.next_watchdog_ms = now_ms() + s.watchdog_ms / 3;
+    s.next_status_ms = now_ms() + STATUS_EVERY_MS;
+
+    for (;;) {
+        struct pollfd p = { .fd = sfd, .events = POLLIN };
+        struct signalfd_siginfo si;
+        uint64_t now = now_ms(), wait = 1000;
+
+        if (s.watchdog_ms)
+            wait = s.next_watchdog_ms > now ? (s.next_watchdog_ms - now < wait ? s.next_watchdog_ms - now : wait) : 0;
+        if (poll(&p, 1, (int)wait) > 0 && read(sfd, &si, sizeof(si)) == sizeof(si)) {
+            if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
+                break;
+            if (si.ssi_signo == SIGHUP)
+                reload(&s);
+        }
+        cache_sweep(c);
+        now = now_ms();
+        watchdog(&s, now);
+        update_status(&s, now);
+    }
+
+    {
+        uint64_t grace = effective(&s)->shutdown_timeout_ms;
+        systemd_stopping("Stopping: finishing requests in flight");
+        log_event(LOG_NOTICE, LOG_ID_STOPPING, NULL,
+                  "stopping: no new connections; waiting up to %llu ms for requests in flight",
+                  (unsigned long long)grace);
+        api_quiesce(a);
+        uint64_t deadline = now_ms() + grace;
+        while (api_waiting(a) > 0 && now_ms() < deadline)
+            poll(NULL, 0, 20); /* polling a counter, bounded by the deadline */
+    }
+    /* no fetch may change the cache while it is written out */
+    upstream_stop(up);
+    save_cache(&s);
+    r = 0;
+out:
+    /* reverse order: the upstream first, so every waiting caller is answered
+     * before the server and the cache go away */
+    upstream_stop(up);
+    api_free(a);
+    cache_free(c);
+    upstream_free(up);
+    config_free(s.current);
+    if (listen_fd >= 0)
+        close(listen_fd);
+    if (cache_fd >= 0)
+        close(cache_fd);
+    if (sfd >= 0)
+        close(sfd);
+    return r;
+}
+
