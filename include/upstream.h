@@ -31,6 +31,7 @@ struct upstream_stats {
     unsigned long long revocations_ok;
     unsigned long long revocations_failed;
     unsigned long long retries;
+    unsigned long long connections; /* new connections opened: reuse keeps this low */
     unsigned long long latency_buckets[UPSTREAM_LATENCY_BUCKETS]; /* not cumulative */
     unsigned long long latency_count;
     double latency_sum_s;

@@ -69,6 +69,8 @@ int metrics_render(const struct api_stats *as, const struct cache_stats *cs,
     one(f, "tokend_upstream_requests_total", "counter", "HTTP requests sent to Instacart, retries included.",
         us->requests);
     one(f, "tokend_upstream_retries_total", "counter", "Requests to Instacart that were retries.", us->retries);
+    one(f, "tokend_upstream_connections_total", "counter",
+        "Connections opened to Instacart (each a TCP and TLS handshake); reused otherwise.", us->connections);
 
     header(f, "tokend_upstream_request_duration_seconds", "histogram",
            "Time Instacart took to answer one HTTP request.");

@@ -576,8 +576,12 @@ const double upstream_latency_bounds[UPSTREAM_LATENCY_BUCKETS] = {
 };
 
 /* Called with u->lock held. */
-static void latency_record(upstream *u, uint64_t ms) {
+static void latency_record(upstream *u, struct job *j, uint64_t ms) {
     double s = (double)ms / 1000;
+    long connects = 0;
+
+    if (curl_easy_getinfo(j->easy, CURLINFO_NUM_CONNECTS, &connects) == CURLE_OK && connects > 0)
+        u->stats.connections += (unsigned long long)connects;
 
     for (size_t i = 0; i < UPSTREAM_LATENCY_BUCKETS; i++)
         if (s <= upstream_latency_bounds[i]) {
@@ -588,9 +592,9 @@ static void latency_record(upstream *u, uint64_t ms) {
     u->stats.latency_sum_s += s;
 }
 
-static void latency_record_locked(upstream *u, uint64_t ms) {
+static void latency_record_locked(upstream *u, struct job *j, uint64_t ms) {
     pthread_mutex_lock(&u->lock);
-    latency_record(u, ms);
+    latency_record(u, j, ms);
     pthread_mutex_unlock(&u->lock);
 }
 
@@ -607,7 +611,7 @@ static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
         /* passed back as it is: the caller decides what a status means */
         char *ct = NULL;
         curl_easy_getinfo(j->easy, CURLINFO_CONTENT_TYPE, &ct);
-        latency_record_locked(u, now - j->attempt_started_ms);
+        latency_record_locked(u, j, now - j->attempt_started_ms);
         forward_complete(u, j, rc == CURLE_OK ? (int)status : 0, ct);
         return;
     }
@@ -650,7 +654,7 @@ static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
     }
 
     pthread_mutex_lock(&u->lock);
-    latency_record(u, now - j->attempt_started_ms);
+    latency_record(u, j, now - j->attempt_started_ms);
     if (j->probe)
         u->probe_in_flight = false;
     if (o.kind == MINT_OK)

@@ -162,3 +162,11 @@ def test_status_shows_configuration_without_secrets(stub, tokend):
     assert st["upstream"]["mints_ok"] == 1 and st["upstream"]["circuit"] == "closed"
     assert b"test-secret" not in r.body
     assert st["http"]["requests"] >= 1
+
+
+def test_connections_to_instacart_are_reused(stub, tokend):
+    for i in range(5):
+        assert tokend.token(f"reuse{i}").header("x-cache") == "miss"
+    m = metrics(tokend)[0]
+    assert m["tokend_upstream_requests_total"] == 5
+    assert m["tokend_upstream_connections_total"] == 1, "a new connection (TLS handshake) per mint"
