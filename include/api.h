@@ -48,5 +48,8 @@ void api_set_config(api *a, const struct config *cfg);
 void api_quiesce(api *a);
 /* Requests waiting on a mint right now. */
 unsigned api_waiting(api *a);
+/* Requests that waited (or are waiting) and are not yet answered and done:
+ * at shutdown, those whose answers are still being written. */
+unsigned api_active(api *a);
 void api_get_stats(api *a, struct api_stats *ret);
 api *api_free(api *a);

@@ -51,6 +51,7 @@ struct api {
 
     pthread_mutex_t lock; /* orders suspend against resume; guards below */
     unsigned waiting;
+    unsigned active;  /* requests with state of their own, not yet completed */
     char *config_json;
 };
 

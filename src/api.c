@@ -231,6 +231,9 @@ struct request *api_request_new(const struct call *c, enum request_kind kind, vo
     }
     r->kind = kind;
     *req_cls = r; /* freed when the request completes */
+    pthread_mutex_lock(&c->a->lock);
+    c->a->active++;
+    pthread_mutex_unlock(&c->a->lock);
     return r;
 }
 
@@ -601,6 +604,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     struct request *r = *req_cls;
 
     if (r && !is_marker(r)) {
+        api *a = r->call.a;
+        pthread_mutex_lock(&a->lock);
+        a->active--;
+        pthread_mutex_unlock(&a->lock);
         token_unref(r->tok);
         token_unref(r->used);
         free(r->body);
@@ -862,6 +869,14 @@ unsigned api_waiting(api *a) {
     unsigned n;
     pthread_mutex_lock(&a->lock);
     n = a->waiting;
+    pthread_mutex_unlock(&a->lock);
+    return n;
+}
+
+unsigned api_active(api *a) {
+    unsigned n;
+    pthread_mutex_lock(&a->lock);
+    n = a->active;
     pthread_mutex_unlock(&a->lock);
     return n;
 }

@@ -436,8 +436,15 @@ int service_run(const char *path, config *cfg) {
         while (api_waiting(a) > 0 && now_ms() < deadline)
             poll(NULL, 0, 20); /* polling a counter, bounded by the deadline */
     }
-    /* no fetch may change the cache while it is written out */
+    /* no fetch may change the cache while it is written out; stopping it also
+     * answers the callers still waiting, whose answers then get a moment to
+     * be written before the server goes */
     upstream_stop(up);
+    {
+        uint64_t deadline = now_ms() + 2000;
+        while (api_active(a) > 0 && now_ms() < deadline)
+            poll(NULL, 0, 10); /* polling a counter, bounded by the deadline */
+    }
     save_cache(&s);
     r = 0;
 out:
