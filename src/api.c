@@ -29,8 +29,6 @@
 #include "log.h"
 #include "util.h"
 
-#define TOKEN_JSON_MAX (OAUTH_TOKEN_MAX + OAUTH_SCOPE_MAX + 160)
-
 const char *const api_route_names[_ROUTE_MAX] = {
     [ROUTE_TOKEN] = "/v1/token",
     [ROUTE_CLIENT_TOKEN] = "/v1/client-token",
@@ -186,31 +184,63 @@ static void free_wiped(void *p) {
     wipe_free_str(p);
 }
 
+static char *put(char *p, const char *s, size_t n) {
+    memcpy(p, s, n);
+    return p + n;
+}
+
+static char *put_u64(char *p, uint64_t v) {
+    char digits[20];
+    int i = 0;
+
+    do
+        digits[i++] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    while (i > 0)
+        *p++ = digits[--i];
+    return p;
+}
+
+#define PUT_LITERAL(p, s) put(p, s, sizeof(s) - 1)
+
 /* The hit path: Instacart's own answer shape, so clients parse one format.
- * snprintf, not cJSON: every field is a number or was validated to need no
- * escaping (RFC 6750 token characters, checked scope), and this runs for
- * every request. */
+ * Written by hand, not with cJSON nor snprintf: every field is a number or
+ * was validated to need no escaping (RFC 6750 token characters, checked
+ * scope), this runs for every request, and snprintf into a 4.5 KB buffer
+ * was a tenth of the hit path's instructions. The buffer is sized to the
+ * answer, so it comes from malloc's small-size cache. */
 enum MHD_Result api_token(const struct call *c, const token *t, const char *scope, const char *how) {
     struct MHD_Response *resp;
     uint64_t left = token_remaining_ms(t, now_ms()) / 1000;
-    char *body;
-    int n;
+    size_t slen = strlen(scope);
+    char *body, *p;
+    size_t n;
 
-    body = malloc(TOKEN_JSON_MAX);
+    /* 128 covers the literals (80), two numbers (up to 21 each) and the NUL */
+    body = malloc((size_t)t->len + slen + 128);
     if (!body)
         return MHD_NO;
-    n = snprintf(body, TOKEN_JSON_MAX,
-                 "{\"access_token\":\"%s\",\"token_type\":\"Bearer\",\"expires_in\":%llu%s%s%s,"
-                 "\"created_at\":%lld}",
-                 t->value, (unsigned long long)left, *scope ? ",\"scope\":\"" : "", scope, *scope ? "\"" : "",
-                 (long long)t->created_at);
-    if (n < 0 || n >= TOKEN_JSON_MAX) {
-        wipe_free(body, TOKEN_JSON_MAX);
-        return MHD_NO;
+    p = PUT_LITERAL(body, "{\"access_token\":\"");
+    p = put(p, t->value, t->len);
+    p = PUT_LITERAL(p, "\",\"token_type\":\"Bearer\",\"expires_in\":");
+    p = put_u64(p, left);
+    if (slen) {
+        p = PUT_LITERAL(p, ",\"scope\":\"");
+        p = put(p, scope, slen);
+        *p++ = '"';
     }
-    resp = MHD_create_response_from_buffer_with_free_callback((size_t)n, body, free_wiped);
+    p = PUT_LITERAL(p, ",\"created_at\":");
+    if (t->created_at < 0) {
+        *p++ = '-';
+        p = put_u64(p, (uint64_t)0 - (uint64_t)t->created_at);
+    } else
+        p = put_u64(p, (uint64_t)t->created_at);
+    *p++ = '}';
+    *p = '\0'; /* free_wiped wipes up to the NUL */
+    n = (size_t)(p - body);
+    resp = MHD_create_response_from_buffer_with_free_callback(n, body, free_wiped);
     if (!resp) {
-        wipe_free(body, TOKEN_JSON_MAX);
+        wipe_free_str(body);
         return MHD_NO;
     }
     MHD_add_response_header(resp, "X-Cache", how);
@@ -730,8 +760,10 @@ static int start_listener(api *a, const config *cfg, struct listener *l) {
         { MHD_OPTION_LISTEN_SOCKET, l->fd, NULL },
         { MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, NULL },
         { MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)(cfg->idle_timeout_ms / 1000), NULL },
-        /* 8 KiB: no 32 KiB memset per connection, and a cap on header size */
-        { MHD_OPTION_CONNECTION_MEMORY_LIMIT, 8192, NULL },
+        /* 6 KiB: MHD zeroes the whole pool for every request, and keeps it per
+         * open connection (8 KiB measured 8.7 KB per connection, 6 KiB 6.7 KB);
+         * it also caps a request's headers at about 5.6 KiB (431 beyond) */
+        { MHD_OPTION_CONNECTION_MEMORY_LIMIT, 6144, NULL },
         { MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, a },
         { MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, l },
         /* one polling thread unless asked: more threads than cores hurt tail latency */

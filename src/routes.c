@@ -92,7 +92,7 @@ static bool parse_query(const struct call *c, struct query_ctx *qc, char user[OA
     MHD_get_connection_values_n(c->conn, MHD_GET_ARGUMENT_KIND, on_arg, qc);
     if (qc->r < 0 || token_query_finish(&qc->q, qc->allow_user_id) < 0)
         return false;
-    if (qc->allow_user_id) {
+    if (qc->allow_user_id && user) { /* user is NULL where the route takes no user id */
         memcpy(user, qc->q.user_id, qc->q.user_id_len);
         user[qc->q.user_id_len] = '\0';
     }
