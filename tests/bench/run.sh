@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 # The benchmark of instacart-tokend (issue 7): tokend beside nginx, in one run.
 #
-#   tests/bench/run.sh            the whole benchmark (about 10 minutes)
+#   tests/bench/run.sh            the whole benchmark (about 12 minutes)
 #   tests/bench/run.sh --quick    3 s runs, 5,000 miss-path users, memory to 100,000 users
 #   tests/bench/run.sh --selftest a one-second miniature of every step (the test suite runs it)
 #
-# Other options go to bench.py: --no-pin, --only hit,coalesce,miss,memory,startup,
-# --json FILE (raw figures), --keep (keep the temporary directory).
+# Other options go to bench.py: --no-pin, --only hit,coalesce,miss,memory,startup,instructions,
+# --json FILE (raw figures), --keep (keep the temporary directory), --wait-quiet S.
 #
 # Builds tokend optimised in its own build directory, build-bench
 # (-Dbuildtype=release), unless TOKEND_BUILD_DIR names a build to use (the
-# test suite does). Needs wrk and nginx for the hit path:
-#   apt-get install wrk nginx-light
-# Everything runs on 127.0.0.1; nothing is left running afterwards.
+# test suite does). Needs wrk, nginx and valgrind (tests/deps.sh test installs them):
+#   apt-get install wrk nginx-light valgrind
+# Everything runs on 127.0.0.1; nothing is left running afterwards. See README.md here.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -25,7 +25,7 @@ for arg in "$@"; do
     --quick) mode=quick ;;
     --selftest) mode=selftest ;;
     -h | --help)
-        sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *) pass+=("$arg") ;;
