@@ -37,8 +37,13 @@ static void check_config(const config *c) {
     fuzz_check(!c->client_secret && c->client_secret_len == 0);
     fuzz_check(c->default_scope && oauth_scope_valid(c->default_scope, strlen(c->default_scope)));
     fuzz_check(printable(c->listen));
-    fuzz_check(config_listen_parse(c->listen, &ss, &sl, &loopback) == 0);
-    fuzz_check(loopback || c->allow_remote);
+    /* listen is a list of addresses (TCP and Unix sockets side by side) */
+    fuzz_check(c->n_listens >= 1);
+    for (size_t i = 0; i < c->n_listens; i++) {
+        fuzz_check(printable(c->listens[i]) && !strpbrk(c->listens[i], " \t,"));
+        fuzz_check(config_listen_parse(c->listens[i], &ss, &sl, &loopback) == 0);
+        fuzz_check(loopback || c->allow_remote);
+    }
     fuzz_check(c->retry_base_ms >= 1 && c->retry_base_ms <= c->retry_max_ms);
     fuzz_check(c->connect_timeout_ms >= 100 && c->connect_timeout_ms <= 60000);
     fuzz_check(c->max_concurrent >= 1 && c->max_concurrent <= 1024);

@@ -3,10 +3,10 @@
 #
 #   tests/fuzz/run.sh [SECONDS] [TARGET...]
 #
-# SECONDS defaults to 60; TARGETs are config, token-answer, query, assertion
-# (all when none is named). Configures build-fuzz (clang, ASan, UBSan) when it
-# is not configured yet, builds, and runs each target on a scratch copy of its
-# seed corpus, at most FUZZ_JOBS (default 2) at once. Nothing is written into
+# SECONDS defaults to 60; TARGETs are config, token-answer, query, assertion,
+# dropin, proxy-path, snapshot, keys (all when none is named). Configures
+# build-fuzz (clang, ASan, UBSan) when it is not configured yet, builds, and
+# runs each target on a scratch copy of its seed corpus, at most FUZZ_JOBS (default 2) at once. Nothing is written into
 # the source tree: new inputs and crash artifacts go to the scratch directory
 # (FUZZ_SCRATCH, default a fresh mktemp -d), kept when something was found.
 # Exits non-zero when any target crashed, leaked, timed out or broke an
@@ -18,7 +18,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-all_targets=(config token-answer query assertion)
+all_targets=(config token-answer query assertion dropin proxy-path snapshot keys)
 
 usage() {
     echo "usage: $0 [SECONDS] [TARGET...]; targets: ${all_targets[*]}" >&2

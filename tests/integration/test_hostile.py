@@ -1,0 +1,344 @@
+"""Issue 8: hostile clients. Many idle connections, oversized headers and
+bodies, pipelining, garbage on the wire and running out of file descriptors,
+against the real daemon and the real stand-in. Each test ends by checking
+that tokend still serves, which is what a caller would notice.
+
+The limits under test, all in tokend's [server] and [frontend] sections:
+max_connections (4096, lowered to fit RLIMIT_NOFILE), idle_timeout (30 s),
+8 KiB of connection memory for the request line and headers (431 past it,
+414 for a request line alone), max_body (64 KiB, 413 past it).
+
+All traffic goes to 127.0.0.1, and every connection a test opens is closed
+before it ends."""
+import contextlib
+import json
+import os
+import random
+import resource
+import select
+import socket
+
+import pytest
+
+import conftest
+from conftest import SLOW, wait_for
+
+IDLE = 2000
+BIG_HEADERS = 64 * 1024
+
+
+def open_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def accepted(t):
+    """How many TCP connections on its listening port tokend holds open
+    (its own sockets, from /proc, so nothing in the listen backlog counts)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{t.proc.pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{t.proc.pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    n = 0
+    with open(f"/proc/{t.proc.pid}/net/tcp") as f:
+        next(f)
+        for line in f:
+            field = line.split()
+            local_port, state, inode = int(field[1].split(":")[1], 16), field[3], field[9]
+            # ESTABLISHED or CLOSE_WAIT, not the LISTEN socket itself
+            n += local_port == t.port and state in ("01", "08") and inode in inodes
+    return n
+
+
+def raise_fd_limit(need):
+    """Raises this process's RLIMIT_NOFILE to at least need (up to the hard
+    limit, or past it as root), or skips: the test cannot be done here."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return
+    for limit in ((hard, hard), (need, need)):
+        try:
+            if limit[0] >= need or limit[0] == resource.RLIM_INFINITY:
+                resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+                return
+        except (ValueError, OSError):
+            pass
+    pytest.skip(f"needs {need} file descriptors; RLIMIT_NOFILE is {soft}/{hard}")
+
+
+@contextlib.contextmanager
+def connections(t, n, first_bytes=lambda i: b""):
+    """n TCP connections to tokend, all established (the kernel's handshake
+    done), each having sent first_bytes(i). Closed on the way out."""
+    socks = []
+    try:
+        for i in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.setblocking(False)
+            err = s.connect_ex((t.host, t.port))
+            assert err in (0, 115), f"connect: {os.strerror(err)}"  # EINPROGRESS
+        pending = {s.fileno(): s for s in socks}
+        poller = select.poll()
+        for fd in pending:
+            poller.register(fd, select.POLLOUT)
+
+        def connected():
+            for fd, _ in poller.poll(100):
+                s = pending.pop(fd)
+                poller.unregister(fd)
+                assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+            return not pending
+
+        wait_for(connected, timeout=30, what=f"{n} connections to be established")
+        for i, s in enumerate(socks):
+            data = first_bytes(i)
+            if data:
+                assert s.send(data) == len(data)
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
+
+
+def exchange(t, data, timeout=10.0):
+    """Sends data on a new connection and reads until tokend closes it or
+    the deadline passes: (bytes received, closed by tokend)."""
+    with socket.create_connection((t.host, t.port), timeout=timeout * SLOW) as s:
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before we were done talking: read what it said
+        got = b""
+        try:
+            while True:
+                b = s.recv(65536)
+                if not b:
+                    return got, True
+                got += b
+        except ConnectionResetError:
+            return got, True
+        except socket.timeout:
+            return got, False
+
+
+def parse_responses(data):
+    """Splits a byte stream into HTTP/1.1 responses: [(status, headers, body)]."""
+    out = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        assert sep, f"an incomplete response: {data[:200]!r}"
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+        n = int(headers["content-length"])
+        out.append((status, headers, rest[:n]))
+        data = rest[n:]
+    return out
+
+
+def healthy(t):
+    """For wait_for: True once /healthz answers 200 on a new connection."""
+    try:
+        return t.get("/healthz", timeout=2).status == 200
+    except OSError:
+        return False
+
+
+def serves(t, user):
+    """tokend answers a token request: what every caller needs."""
+    r = t.token(user)
+    assert r.status == 200, r
+    assert r.json()["access_token"]
+    return r.json()["access_token"]
+
+
+# ---------------------------------------------------------------- many connections
+
+
+def test_2000_idle_connections_do_not_stop_other_callers(stub, make_tokend):
+    raise_fd_limit(IDLE + 200)
+    # idle_timeout well past the test's length: the connections must really
+    # be held, not reaped, while the callers are served
+    t = make_tokend(stub, {"server": {"idle_timeout": "10m"}})
+    before = serves(t, "regular")
+    # half say nothing, half send the start of a request and stall (slowloris)
+    stall = b"GET /v1/token?user_id=stalled HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+    with connections(t, IDLE, lambda i: stall if i % 2 else b"") as socks:
+        # accepted by tokend, not waiting in the kernel's backlog
+        wait_for(lambda: accepted(t) >= IDLE, timeout=30,
+                 what=f"tokend to accept {IDLE} connections")
+        assert t.token("regular").json()["access_token"] == before  # a hit
+        serves(t, "newcomer")  # a miss: a mint through Instacart
+        assert t.get("/healthz").status == 200
+        # and the idle ones are still open, not dropped to make room
+        for s in socks[:10]:
+            with pytest.raises(BlockingIOError):
+                s.recv(1)
+    assert [r["user_id"] for r in stub.token_requests()] == ["regular", "newcomer"]
+    # and they are let go once their clients go
+    wait_for(lambda: accepted(t) == 0, timeout=30, what="tokend to close the connections")
+
+
+# ---------------------------------------------------------------- oversized requests
+
+
+@pytest.mark.parametrize("shape", ["many-headers", "one-header"])
+def test_64k_of_headers_gets_431_and_the_connection_closed(stub, tokend, shape):
+    if shape == "many-headers":
+        headers = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(BIG_HEADERS // 1000))
+    else:
+        headers = b"X-Pad: " + b"a" * BIG_HEADERS + b"\r\n"
+    req = b"GET /v1/token?user_id=big HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers + b"\r\n"
+    got, closed = exchange(tokend, req)
+    assert got.startswith(b"HTTP/1.1 431 "), got[:200]
+    assert closed, "the connection must be closed after a 431"
+    (status, headers, _), = parse_responses(got)
+    assert headers.get("connection", "").lower() == "close"
+    assert stub.token_requests() == []
+    serves(tokend, "after-big-headers")
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_dropin_body_over_64k_gets_413_and_the_connection_serves_on(stub, tokend, framing):
+    body = b'{"grant_type":"client_credentials"}' + b" " * (64 * 1024)
+    if framing == "chunked":  # no length announced: tokend finds out as it reads
+        headers = b"Transfer-Encoding: chunked\r\n"
+        payload = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 4096]), body[i:i + 4096])
+                           for i in range(0, len(body), 4096)) + b"0\r\n\r\n"
+    else:
+        headers = b"Content-Length: %d\r\n" % len(body)
+        payload = body
+    req = (b"POST /v2/oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" +
+           headers + b"\r\n" + payload +
+           b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    got, closed = exchange(tokend, req)
+    assert closed
+    (s1, h1, b1), (s2, _, b2) = parse_responses(got)
+    # the body was read and dropped, then refused in tokend's own JSON
+    assert s1 == 413
+    assert h1["content-type"] == "application/json"
+    assert b'"error":"request_too_large"' in b1
+    # ... and the same connection answered the next request
+    assert s2 == 200 and b2 == b'{"status":"ok"}'
+    assert stub.token_requests() == []
+
+
+# ---------------------------------------------------------------- pipelining
+
+
+def test_pipelined_requests_are_each_answered_in_order(stub, tokend):
+    def get(path, last=False):
+        return (b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s\r\n" %
+                (path.encode(), b"Connection: close\r\n" if last else b""))
+
+    # one send; the second user's miss suspends the connection while the
+    # rest of the pipeline waits in its buffer
+    req = (get("/v1/token?user_id=pipe1") + get("/healthz") + get("/v1/token?user_id=pipe2") +
+           get("/no/such/route") + get("/v1/token?user_id=pipe1") + get("/v1/token", last=True))
+    got, closed = exchange(tokend, req)
+    assert closed
+    rs = parse_responses(got)
+    assert [s for s, _, _ in rs] == [200, 200, 200, 404, 200, 400]
+    (_, h1, b1), (_, _, b2), (_, h3, b3), _, (_, h5, b5), _ = rs
+    assert b2 == b'{"status":"ok"}'
+    assert [h1["x-cache"], h3["x-cache"], h5["x-cache"]] == ["miss", "miss", "hit"]
+    tok1, tok3, tok5 = (json.loads(b)["access_token"] for b in (b1, b3, b5))
+    assert tok1 == tok5 != tok3
+    assert [r["user_id"] for r in stub.token_requests()] == ["pipe1", "pipe2"]
+
+
+# ---------------------------------------------------------------- garbage
+
+
+# libmicrohttpd 0.9.75 hands the request target over as a C string: a raw
+# NUL in it cuts the query short, so user_id=a<NUL>b is served as user "a".
+# No option of 0.9.75 refuses it (MHD_OPTION_STRICT_FOR_CLIENT included).
+NUL_CUTS_THE_QUERY = pytest.mark.xfail(strict=True, reason="libmicrohttpd 0.9.75 truncates at a raw NUL")
+
+GARBAGE = {
+    "random-binary": random.Random(8).randbytes(4096),
+    "lone-crlf": b"\r\n\r\n",
+    "http-0.9": b"GET /v1/token?user_id=old\r\n",
+    "absurd-method": b"FROBNICATE" * 100 + b" /v1/token?user_id=x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "100k-request-line": b"GET /v1/token?user_id=" + b"a" * 100 * 1024 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    "header-without-colon": b"GET /v1/token?user_id=x HTTP/1.1\r\nHost: 127.0.0.1\r\nnonsense\r\n\r\n",
+    "nul-in-request-line": pytest.param(b"GET /v1/token?user_id=a\x00b HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                                        marks=NUL_CUTS_THE_QUERY),
+    "bad-content-length": b"POST /v2/oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -5\r\n\r\n{}",
+    "bad-chunk-size": (b"POST /v2/oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"zz\r\n{}\r\n0\r\n\r\n"),
+    "http-2-preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00" * 64,
+}
+
+
+@pytest.mark.parametrize("garbage", GARBAGE.values(), ids=GARBAGE.keys())
+def test_garbage_is_refused_or_dropped_and_tokend_serves_on(stub, make_tokend, garbage):
+    # a short idle timeout: a client that sent garbage and went quiet is
+    # dropped, not kept forever
+    t = make_tokend(stub, {"server": {"idle_timeout": "2s"}})
+    got, closed = exchange(t, garbage, timeout=20.0)
+    assert closed, f"tokend kept the connection open past its idle timeout: {got[:200]!r}"
+    if got:
+        # a refusal: 4xx, or 505 for a protocol version it does not speak
+        status = int(got.split(b" ", 2)[1])
+        assert 400 <= status < 500 or status == 505, got[:300]
+    assert stub.token_requests() == []
+    serves(t, "after-garbage")
+    assert t.proc.poll() is None
+
+
+# ---------------------------------------------------------------- file descriptors
+
+
+@pytest.mark.parametrize("how", ["limit-at-start", "limit-lowered-while-running"])
+def test_running_out_of_file_descriptors_refuses_connections_then_recovers(stub, make_tokend, monkeypatch, how):
+    """At start, tokend fits max_connections under a low RLIMIT_NOFILE and
+    says so; lowered behind its back, accept() fails with EMFILE. Either way
+    the connections past the limit wait or are refused, tokend stays up, and
+    serves again once they go."""
+    limit = 64
+    raise_fd_limit(4 * limit + 100)
+    if how == "limit-at-start":
+        monkeypatch.setattr(conftest, "WRAPPER",
+                            ["bash", "-c", f'ulimit -n {limit} && exec "$@"', "tokend-ulimit"] + conftest.WRAPPER)
+    t = make_tokend(stub)
+    cached = serves(t, "cached")
+    if how == "limit-at-start":
+        assert "does not fit the file descriptor limit" in t.log()
+    else:
+        limit = open_fds(t.proc.pid) + 16
+        resource.prlimit(t.proc.pid, resource.RLIMIT_NOFILE, (limit, limit))
+
+    with connections(t, 4 * limit):
+        if how == "limit-lowered-while-running":
+            # every descriptor it may have is in use
+            wait_for(lambda: open_fds(t.proc.pid) >= limit, what="tokend to run out of descriptors")
+        else:
+            # the 16 connections it lowered max_connections to
+            wait_for(lambda: accepted(t) == 16, what="tokend to fill its connection limit")
+        assert t.proc.poll() is None, "tokend died out of file descriptors"
+        assert open_fds(t.proc.pid) <= limit
+    assert t.proc.poll() is None, "tokend died out of file descriptors"
+    # once they go: a hit, and a miss (a new connection to Instacart)
+    wait_for(lambda: healthy(t), timeout=30, what="tokend to serve again")
+    assert serves(t, "cached") == cached
+    serves(t, "fresh")
+    assert t.stop() == 0
+
+
+# libmicrohttpd 0.9.75 with MHD_USE_EPOLL: when a client's partial request and
+# its FIN arrive together (it sent part of a request and left), the connection
+# is never seen to close; it holds its slot, in CLOSE_WAIT, until the idle
+# timeout. Reproduced without tokend; MHD_USE_POLL is not affected.
+@pytest.mark.xfail(strict=True, reason="libmicrohttpd 0.9.75 epoll keeps such connections until idle_timeout")
+def test_clients_that_leave_mid_request_do_not_hold_connection_slots(stub, make_tokend):
+    t = make_tokend(stub, {"server": {"max_connections": "16", "idle_timeout": "1h"}})
+    for _ in range(200):
+        with socket.create_connection((t.host, t.port), timeout=10 * SLOW) as s:
+            s.sendall(b"GET /v1/token?user_id=gone HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    wait_for(lambda: healthy(t), timeout=10, what="tokend to serve once the clients have left")
+    assert stub.token_requests() == []
