@@ -680,7 +680,10 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
     n = strlen(line);
     while (n && line[n - 1] == '\n')
         line[--n] = '\0';
-    log_debug("http: %s", line);
+    /* running out of descriptors or memory is the operator's business; the
+     * rest (clients misbehaving) is noise at the default level */
+    log_msg(strstr(line, "resource limit") || strstr(line, "Failed to allocate") ? LOG_WARNING : LOG_DEBUG,
+            "http: %s", line);
 }
 
 /* ---- sockets ---- */

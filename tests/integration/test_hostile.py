@@ -3,10 +3,11 @@ bodies, pipelining, garbage on the wire and running out of file descriptors,
 against the real daemon and the real stand-in. Each test ends by checking
 that tokend still serves, which is what a caller would notice.
 
-The limits under test, all in tokend's [server] and [frontend] sections:
-max_connections (4096, lowered to fit RLIMIT_NOFILE), idle_timeout (30 s),
-8 KiB of connection memory for the request line and headers (431 past it,
-414 for a request line alone), max_body (64 KiB, 413 past it).
+The limits under test: [server] max_connections (4096, lowered to fit
+RLIMIT_NOFILE) and idle_timeout (30 s); libmicrohttpd's memory per
+connection (MHD_OPTION_CONNECTION_MEMORY_LIMIT in src/api.c), which caps the
+request line and headers (431 past it, 414 for a request line alone); and
+[frontend] max_body (64 KiB, 413 past it).
 
 All traffic goes to 127.0.0.1, and every connection a test opens is closed
 before it ends."""
