@@ -12,6 +12,7 @@
 #include "fuzz.h"
 #include "oauth.h"
 #include "request.h"
+#include "util.h"
 
 struct param {
     char *key;
@@ -19,16 +20,6 @@ struct param {
     char *value; /* NULL for "?key" */
     size_t value_len;
 };
-
-static int hex(uint8_t c) {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 /* A malloc()ed copy of s with %XX decoded, of exactly the decoded length. */
 static char *decode(const uint8_t *s, size_t len, size_t *ret_len) {
@@ -39,8 +30,8 @@ static char *decode(const uint8_t *s, size_t len, size_t *ret_len) {
     if (!tmp)
         return NULL;
     for (size_t i = 0; i < len; i++) {
-        if (s[i] == '%' && i + 2 < len && hex(s[i + 1]) >= 0 && hex(s[i + 2]) >= 0) {
-            tmp[n++] = (char)(hex(s[i + 1]) << 4 | hex(s[i + 2]));
+        if (s[i] == '%' && i + 2 < len && hex_value((char)s[i + 1]) >= 0 && hex_value((char)s[i + 2]) >= 0) {
+            tmp[n++] = (char)(hex_value((char)s[i + 1]) << 4 | hex_value((char)s[i + 2]));
             i += 2;
         } else
             tmp[n++] = (char)s[i];

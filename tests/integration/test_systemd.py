@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from conftest import SLOW, TOKEND_EXE, WRAPPER, Tokend, wait_for
+from conftest import SLOW, TOKEND_EXE, WRAPPER, Tokend, stop_all, wait_for
 
 F_GET_SEALS = 1034
 F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE = 1, 2, 4, 8
@@ -189,9 +189,7 @@ def make_sd(tmp_path):
         return t
 
     yield make
-    for t in made:
-        if t.proc is not None:
-            t.stop(expect_code=None)
+    stop_all(made)
 
 
 def stop_and_take_cache(t, notify):
