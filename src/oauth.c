@@ -11,43 +11,14 @@
 #include <string.h>
 #include <strings.h>
 
+#include "json.h"
 #include "util.h"
 
-/* cJSON copies strings into its tree; those copies may hold the secret or a
- * token, so they are wiped before the tree is freed. */
-static void json_wipe(cJSON *j) {
-    for (; j; j = j->next) {
-        if (j->valuestring)
-            explicit_bzero(j->valuestring, strlen(j->valuestring));
-        json_wipe(j->child);
-    }
-}
-
-static cJSON *json_delete_wiped(cJSON *j) {
-    json_wipe(j);
-    cJSON_Delete(j);
-    return NULL;
-}
-
-/* Parses a whole answer and nothing else. cJSON stops at the end of the
- * first value (so trailing bytes would pass unseen), and turns \u0000 into
- * a NUL that silently shortens a string: both are refused. */
+/* A whole answer within our size limit, parsed strictly (json.h). */
 static cJSON *json_parse_strict(const char *body, size_t len) {
-    const char *end = NULL;
-    cJSON *j;
-
-    /* a raw NUL is never JSON, and cJSON would cut a string at it unseen */
-    if (len == 0 || len > OAUTH_BODY_MAX || memchr(body, '\0', len) || memmem(body, len, "\\u0000", 6))
+    if (len == 0 || len > OAUTH_BODY_MAX)
         return NULL;
-    j = cJSON_ParseWithLengthOpts(body, len, &end, false);
-    if (!j)
-        return NULL;
-    for (; end && end < body + len; end++)
-        if (*end != ' ' && *end != '\t' && *end != '\r' && *end != '\n') {
-            json_delete_wiped(j);
-            return NULL;
-        }
-    return j;
+    return json_parse_whole(body, len);
 }
 
 /* cJSON_PrintPreallocated writes into our buffer with no reallocation, so no
