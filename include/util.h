@@ -50,5 +50,9 @@ int parse_uint(const char *s, uint64_t max, uint64_t *ret);
  * (seconds when none). Returns 0 or -EINVAL/-ERANGE. */
 int parse_duration_ms(const char *s, uint64_t *ret_ms);
 
+/* SipHash-2-4 of len bytes under a 128-bit key: a hash that callers who
+ * choose the input cannot make collide without knowing the key. */
+uint64_t siphash24(const void *in, size_t len, const unsigned char key[16]);
+
 /* A random 64-bit value from getrandom(), for jitter seeds. */
 uint64_t random_u64(void);

@@ -230,3 +230,48 @@ uint64_t random_u64(void) {
         v = now_ms() ^ (uint64_t)(uintptr_t)&v;
     return v;
 }
+
+/* SipHash-2-4 (Aumasson and Bernstein), as in their reference code. */
+#define SIP_ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIP_ROUND                                                                                       \
+    do {                                                                                                \
+        v0 += v1; v1 = SIP_ROTL(v1, 13); v1 ^= v0; v0 = SIP_ROTL(v0, 32);                               \
+        v2 += v3; v3 = SIP_ROTL(v3, 16); v3 ^= v2;                                                      \
+        v0 += v3; v3 = SIP_ROTL(v3, 21); v3 ^= v0;                                                      \
+        v2 += v1; v1 = SIP_ROTL(v1, 17); v1 ^= v2; v2 = SIP_ROTL(v2, 32);                               \
+    } while (0)
+
+static uint64_t load_le64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+uint64_t siphash24(const void *in, size_t len, const unsigned char key[16]) {
+    const unsigned char *p = in, *end = p + (len & ~(size_t)7);
+    uint64_t k0 = load_le64(key), k1 = load_le64(key + 8);
+    uint64_t v0 = k0 ^ 0x736f6d6570736575ull, v1 = k1 ^ 0x646f72616e646f6dull;
+    uint64_t v2 = k0 ^ 0x6c7967656e657261ull, v3 = k1 ^ 0x7465646279746573ull;
+    uint64_t m, b = (uint64_t)len << 56;
+
+    for (; p != end; p += 8) {
+        m = load_le64(p);
+        v3 ^= m;
+        SIP_ROUND;
+        SIP_ROUND;
+        v0 ^= m;
+    }
+    for (size_t i = 0; i < (len & 7); i++)
+        b |= (uint64_t)p[i] << (8 * i);
+    v3 ^= b;
+    SIP_ROUND;
+    SIP_ROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    SIP_ROUND;
+    SIP_ROUND;
+    SIP_ROUND;
+    SIP_ROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}

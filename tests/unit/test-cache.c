@@ -680,6 +680,61 @@ static void all_waiters_get_the_failure(void) {
     free_cache(c);
 }
 
+static bool present(cache *c, const char *user) {
+    token *t = NULL;
+    mint_outcome o;
+    int r = cache_get(c, UA, user, SCOPE, 0, NULL, NULL, &t, &o);
+
+    ASSERT(r == CACHE_HIT || r == -EAGAIN);
+    token_unref(t);
+    return r == CACHE_HIT;
+}
+
+/* The index grows well past its first size and shrinks back; deleting keys
+ * from the middle of probe runs loses none of the others. */
+static void index_grows_shrinks_and_keeps_every_key(void) {
+    enum { N = 20000 };
+    cache_settings s = settings();
+    char user[32], value[32];
+    cache *c;
+    token *t;
+
+    s.max_entries = N;
+    c = new_cache(&s);
+    for (unsigned i = 0; i < N; i++) {
+        snprintf(user, sizeof(user), "user-%u", i);
+        snprintf(value, sizeof(value), "tok-%u", i);
+        ASSERT_INT_EQ(token_new(value, strlen(value), 3600, 0, fake_now, &t), 0);
+        ASSERT_INT_EQ(cache_put(c, UA, user, SCOPE, t), 0);
+        token_unref(t);
+    }
+    ASSERT_UINT_EQ(stats(c).entries, N);
+    for (unsigned i = 0; i < N; i += 3) {
+        snprintf(user, sizeof(user), "user-%u", i);
+        ASSERT_INT_EQ(cache_drop(c, UA, user, SCOPE, NULL), 1);
+    }
+    for (unsigned i = 0; i < N; i++) {
+        snprintf(user, sizeof(user), "user-%u", i);
+        if (present(c, user) != (i % 3 != 0))
+            UNIT_FAIL("user-%u is %s after dropping every third user", i, i % 3 ? "missing" : "still there");
+    }
+    expect_hit_value(c, "user-4", "tok-4");
+    /* down to a handful: the index shrinks, and those left are still found */
+    for (unsigned i = 0; i < N - 10; i++) {
+        snprintf(user, sizeof(user), "user-%u", i);
+        cache_drop(c, UA, user, SCOPE, NULL);
+    }
+    ASSERT_UINT_EQ(stats(c).entries, 7); /* 19990..19999 but 19992, 19995 and 19998 */
+    for (unsigned i = N - 10; i < N; i++) {
+        snprintf(user, sizeof(user), "user-%u", i);
+        ASSERT(present(c, user) == (i % 3 != 0));
+    }
+    ASSERT_UINT_EQ(cache_flush(c), 7);
+    ASSERT_UINT_EQ(stats(c).entries, 0);
+    ASSERT(!present(c, "user-19999"));
+    free_cache(c);
+}
+
 static void lru_evicts_least_recently_used(void) {
     cache_settings s = settings();
     cache *c;
@@ -980,6 +1035,7 @@ static const unit_test tests[] = {
     TEST(other_failures_not_remembered),
     TEST(rejection_not_remembered_with_zero_failure_ttl),
     TEST(all_waiters_get_the_failure),
+    TEST(index_grows_shrinks_and_keeps_every_key),
     TEST(lru_evicts_least_recently_used),
     TEST(fetching_entries_not_evicted),
     TEST(max_waiters_per_key),

@@ -273,6 +273,19 @@ static void parse_duration_refusals(void) {
     assert_duration_refused("99999999999999999999999999999999999ms", -ERANGE);
 }
 
+/* The reference vectors of the SipHash paper: key 00..0f, message 00..len-1. */
+static void siphash24_reference_vectors(void) {
+    unsigned char key[16], msg[16];
+
+    for (int i = 0; i < 16; i++)
+        key[i] = msg[i] = (unsigned char)i;
+    ASSERT_UINT_EQ(siphash24(msg, 0, key), 0x726fdb47dd0e0e31ull);
+    ASSERT_UINT_EQ(siphash24(msg, 1, key), 0x74f839c593dc67fdull);
+    ASSERT_UINT_EQ(siphash24(msg, 15, key), 0xa129ca6149be45e5ull);
+    key[0] ^= 1; /* another key, another hash */
+    ASSERT(siphash24(msg, 15, key) != 0xa129ca6149be45e5ull);
+}
+
 static void fingerprint_is_stable_and_short(void) {
     char a[FINGERPRINT_LEN], b[FINGERPRINT_LEN], c[FINGERPRINT_LEN];
 
@@ -301,6 +314,7 @@ static const unit_test tests[] = {
     TEST(parse_duration_units),
     TEST(parse_duration_refusals),
     TEST(fingerprint_is_stable_and_short),
+    TEST(siphash24_reference_vectors),
 };
 
 UNIT_MAIN(tests)
