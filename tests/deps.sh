@@ -5,7 +5,7 @@
 set -euo pipefail
 
 build=(meson ninja-build gcc pkg-config libcurl4-openssl-dev libcjson-dev libmicrohttpd-dev
-       libsystemd-dev libinih-dev uthash-dev libssl-dev curl ca-certificates)
+       libsystemd-dev libinih-dev libssl-dev curl ca-certificates)
 # python3-pytest runs the integration tests; nginx-light is the reverse proxy
 # in front and the benchmark's reference; prometheus brings promtool; clang
 # and its runtime build the fuzzers; valgrind checks leaks; debootstrap and

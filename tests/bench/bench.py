@@ -231,7 +231,8 @@ class Bench:
         self.tokend_exe = os.path.join(self.build, "src", "instacart-tokend")
         self.stub_exe = os.path.join(self.build, "tests", "stub", "instacart-stub")
         self.client_exe = os.path.join(self.build, "tests", "bench", "bench-client")
-        for exe in (self.tokend_exe, self.stub_exe, self.client_exe):
+        self.floor_exe = os.path.join(self.build, "tests", "bench", "link-floor")
+        for exe in (self.tokend_exe, self.stub_exe, self.client_exe, self.floor_exe):
             if not os.access(exe, os.X_OK):
                 raise BenchError(f"{exe} is missing: build first (tests/bench/run.sh does)")
         self.tmp = tempfile.mkdtemp(prefix="tokend-bench-")
@@ -573,8 +574,21 @@ http {{
         self.procs.stop(t)
         self.results["miss"] = rows
 
+    def link_floor(self):
+        """VmRSS of a program linked with tokend's libraries that does nothing
+        (link-floor.c): the part of tokend's idle memory that is the libraries'."""
+        runs = []
+        for _ in range(5):
+            r = subprocess.run([self.floor_exe], capture_output=True, text=True, timeout=30)
+            m = dict(re.findall(r"(\w+)=(\d+)", r.stdout))
+            if r.returncode != 0 or "curl_init_kb" not in m:
+                raise BenchError(f"link-floor failed: {r.stdout} {r.stderr}")
+            runs.append({k: int(v) for k, v in m.items()})
+        return {k: median([x[k] for x in runs]) for k in runs[0]}
+
     def step_memory(self):
         fills = self.p["fills"]
+        floor = self.link_floor()
         t = self.start_tokend(cache={"max_entries": 1100000},
                               upstream={"max_concurrent": 64, "queue_max": 100000})
         time.sleep(0.5)
@@ -613,6 +627,7 @@ http {{
         self.check(f"memory: the first {sample} of {fills[-1]} users are still cached",
                    r["hit"] == sample and mints == 0, f"{r['hit']} hits, {mints} mints")
         self.procs.stop(t)
+        mem["floor"] = floor
         self.results["memory"] = mem
 
     def step_instructions(self):
@@ -844,6 +859,12 @@ http {{
 
             out("| state | RSS | anonymous / Pss / shared clean | per item |")
             out("|---|---:|---:|---:|")
+            fl0 = mem.get("floor")
+            if fl0:
+                out(f"| floor: a program that only links tokend's libraries (`link-floor`) | "
+                    f"{fl0['loaded_kb'] / 1024:.1f} MiB | {fl0['loaded_anon_kb'] / 1024:.1f} MiB anonymous | |")
+                out(f"| floor, after `curl_global_init()` (OpenSSL's start-up) | "
+                    f"{fl0['curl_init_kb'] / 1024:.1f} MiB | {fl0['curl_init_anon_kb'] / 1024:.1f} MiB anonymous | |")
             out(f"| idle, just started | {mem['idle_kb'] / 1024:.1f} MiB | {own(mem['idle'])} | |")
             out(f"| after the first token | {mem['after_first_token_kb'] / 1024:.1f} MiB | "
                 f"{own(mem['after_first_token'])} | |")
@@ -863,10 +884,15 @@ http {{
             if last["users"] >= 1000000:
                 self.target("memory: 1,000,000 cached users < 1 GiB RSS", last["rss_kb"] < 1024 * 1024,
                             f"{last['rss_kb'] / 1024:.0f} MiB")
+            floor_note = ""
+            if fl0:
+                floor_note = (f"; the libraries alone: {fl0['loaded_kb'] * 1024 / 1e6:.1f} MB loaded, "
+                              f"{fl0['curl_init_kb'] * 1024 / 1e6:.1f} MB after curl_global_init, so tokend's own "
+                              f"share is {(mem['idle_kb'] - fl0['curl_init_kb']) * 1024 / 1e6:.1f} MB")
             self.target("memory: idle < 8 MB (VmRSS)", mem["idle_kb"] * 1024 < 8e6,
                         f"{mem['idle_kb'] * 1024 / 1e6:.1f} MB, of which {mem['idle'].get('shared_clean_kb', 0) * 1024 / 1e6:.1f} MB "
                         f"shared clean library pages; anonymous {mem['idle'].get('anonymous_kb', 0) * 1024 / 1e6:.1f} MB, "
-                        f"Pss {mem['idle'].get('pss_kb', 0) * 1024 / 1e6:.1f} MB")
+                        f"Pss {mem['idle'].get('pss_kb', 0) * 1024 / 1e6:.1f} MB{floor_note}")
             self.target("memory: < 8 KB per open connection", h["bytes_per_conn"] < 8000,
                         f"{h['bytes_per_conn']:,.0f} B")
             out("")
