@@ -418,7 +418,14 @@ http {{
         argv = self.load_prefix() + [self.wrk_exe, "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s",
                                      "-s", LUA, f"http://127.0.0.1:{port}/", "--",
                                      str(self.p["hit_users"]), "hit-"]
-        fds_before = open_fds(pid)
+        # the previous run's connections may still be closing: let the count settle
+        fds_before, deadline = open_fds(pid), time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            n = open_fds(pid)
+            if n == fds_before:
+                break
+            fds_before = n
         cpu0, busy0, kids0 = proc_cpu_s(pid), machine_busy_s(), children_cpu_s()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         # how many connections has the server accepted? the most of three looks
