@@ -26,6 +26,11 @@
 
 #define RETRY_AFTER_MAX_S 3600
 #define DEFAULT_RETRY_AFTER_S 1
+/* A retry is started only with this long (or attempt_timeout, if shorter)
+ * left before the caller's deadline: one started a few milliseconds before
+ * it could not finish, would still load Instacart, and would turn the real
+ * reason (the failure being retried) into a timeout. */
+#define RETRY_MIN_BUDGET_MS 100
 
 struct job {
     struct job *next;
@@ -684,8 +689,9 @@ static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
         uint64_t delay = backoff(u, j->attempts);
         if (j->retry_after_s && (uint64_t)j->retry_after_s * 1000 > delay)
             delay = (uint64_t)j->retry_after_s * 1000;
+        uint64_t least = u->attempt_timeout_ms < RETRY_MIN_BUDGET_MS ? u->attempt_timeout_ms : RETRY_MIN_BUDGET_MS;
         j->last = o;
-        if (now + delay < j->deadline_ms) {
+        if (now + delay + least <= j->deadline_ms) {
             j->not_before_ms = now + delay;
             j->probe = false;
             list_push(&u->delayed, j);
