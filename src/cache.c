@@ -9,10 +9,11 @@
  * The index is open addressing with linear probing over (hash, entry)
  * slots, at most half full, hashed with SipHash under a key drawn at start
  * (user ids come from callers: nobody can pick ids that collide). A hit
- * reads one slot and the entry; the hot fields and the key sit at its
- * start. (uthash, used before, walked a chain of entries and read the key
- * from another cache line: on a 10,000-user benchmark the lookup was the
- * largest single item of the hit path's own CPU time.) */
+ * reads one slot, the entry (the fields a hit reads come first, the key
+ * right after them) and the token. (uthash, used before, walked a chain of
+ * entries and read the key from another cache line: on a 10,000-user
+ * benchmark the lookup was the largest single item of the hit path's own
+ * CPU time.) */
 #include "cache.h"
 
 #include <errno.h>
