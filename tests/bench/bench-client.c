@@ -266,6 +266,43 @@ static int read_answer(struct conn *c, int *status, char *xcache, size_t xsize) 
     }
 }
 
+/* One answer read off a busy connection: r is 1 (status and xcache are set)
+ * or -1 (the connection failed); t_done is when it was read, wall clock. */
+struct answer {
+    unsigned long i;
+    int r, status;
+    double t_done;
+    char xcache[32];
+};
+
+#define ANSWERS_MAX 256
+
+/* Waits for the busy connections registered in ep (data.u64: the index in
+ * c) until the deadline, and returns the answers completed by one wakeup,
+ * each connection no longer busy; -1 once the deadline has passed. */
+static int next_answers(int ep, struct conn *c, double deadline, struct answer out[ANSWERS_MAX]) {
+    struct epoll_event evs[ANSWERS_MAX];
+    int left = (int)((deadline - now_mono()) * 1000), n, got = 0;
+
+    if (left <= 0)
+        return -1;
+    n = epoll_wait(ep, evs, ANSWERS_MAX, left);
+    for (int e = 0; e < n; e++) {
+        struct answer *a = &out[got];
+        a->i = evs[e].data.u64;
+        a->status = 0;
+        if (!c[a->i].busy)
+            continue;
+        a->r = read_answer(&c[a->i], &a->status, a->xcache, sizeof(a->xcache));
+        if (a->r == 0)
+            continue;
+        a->t_done = now_real();
+        c[a->i].busy = false;
+        got++;
+    }
+    return got;
+}
+
 static int write_all(int fd, const char *s, size_t n) {
     while (n > 0) {
         ssize_t w = write(fd, s, n);
@@ -327,27 +364,17 @@ static int mode_burst(const struct opts *o) {
     t_written = now_mono();
     answered = k.failed;
     while (answered < o->conns) {
-        struct epoll_event evs[256];
-        int left = (int)((deadline - now_mono()) * 1000), n;
-        if (left <= 0)
+        struct answer a[ANSWERS_MAX];
+        int n = next_answers(ep, c, deadline, a);
+        if (n < 0)
             break;
-        n = epoll_wait(ep, evs, 256, left);
         for (int e = 0; e < n; e++) {
-            unsigned long i = evs[e].data.u64;
-            int status = 0, r;
-            char xc[32];
-            if (!c[i].busy)
-                continue;
-            r = read_answer(&c[i], &status, xc, sizeof(xc));
-            if (r == 0)
-                continue;
-            c[i].busy = false;
             answered++;
-            epoll_ctl(ep, EPOLL_CTL_DEL, c[i].fd, NULL);
-            if (r < 0)
+            epoll_ctl(ep, EPOLL_CTL_DEL, c[a[e].i].fd, NULL);
+            if (a[e].r < 0)
                 k.failed++;
             else
-                count_answer(&k, status, xc);
+                count_answer(&k, a[e].status, a[e].xcache);
         }
     }
     t_end = now_mono();
@@ -431,31 +458,25 @@ static int mode_load(const struct opts *o) {
     for (unsigned long i = 0; i < nconns; i++, next++)
         if (load_send(&c[i], o, next) < 0)
             die("write");
-    while (finished < o->count && now_mono() < deadline) {
-        struct epoll_event evs[256];
-        int left = (int)((deadline - now_mono()) * 1000), n;
-        n = epoll_wait(ep, evs, 256, left > 0 ? left : 0);
+    while (finished < o->count) {
+        struct answer a[ANSWERS_MAX];
+        int n = next_answers(ep, c, deadline, a);
+        if (n < 0)
+            break;
         for (int e = 0; e < n; e++) {
-            unsigned long i = evs[e].data.u64;
-            int status = 0, r;
-            char xc[32];
-            if (!c[i].busy)
-                continue;
-            r = read_answer(&c[i], &status, xc, sizeof(xc));
-            if (r == 0)
-                continue;
-            c[i].busy = false;
+            unsigned long i = a[e].i;
+            int status = a[e].status;
             finished++;
             t_send[c[i].idx] = c[i].t_send;
-            t_done[c[i].idx] = now_real();
-            if (r < 0) {
+            t_done[c[i].idx] = a[e].t_done;
+            if (a[e].r < 0) {
                 k.failed++;
                 st[c[i].idx] = -1;
                 if (reconnect(&c[i], o->port, ep, i) < 0)
                     die("reconnect");
             } else {
                 st[c[i].idx] = (short)status;
-                count_answer(&k, status, xc);
+                count_answer(&k, status, a[e].xcache);
                 lat[nlat++] = t_done[c[i].idx] - c[i].t_send;
             }
             if (next < o->count) {
@@ -547,22 +568,14 @@ static int mode_hold(const struct opts *o) {
             c[i].busy = true;
     }
     answered = failed;
-    while (answered < o->conns && now_mono() < deadline) {
-        struct epoll_event evs[256];
-        int left = (int)((deadline - now_mono()) * 1000), k;
-        k = epoll_wait(ep, evs, 256, left > 0 ? left : 0);
+    while (answered < o->conns) {
+        struct answer a[ANSWERS_MAX];
+        int k = next_answers(ep, c, deadline, a);
+        if (k < 0)
+            break;
         for (int e = 0; e < k; e++) {
-            unsigned long i = evs[e].data.u64;
-            int status = 0, r;
-            char xc[32];
-            if (!c[i].busy)
-                continue;
-            r = read_answer(&c[i], &status, xc, sizeof(xc));
-            if (r == 0)
-                continue;
-            c[i].busy = false;
             answered++;
-            if (r < 0 || status != 200)
+            if (a[e].r < 0 || a[e].status != 200)
                 failed++;
         }
     }
