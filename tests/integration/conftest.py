@@ -179,14 +179,16 @@ def stub(tmp_path):
     s.stop()
 
 
-@pytest.fixture
-def make_tokend(tmp_path):
+def daemon_factory(tmp_path, prefix, cls):
+    """A fixture's body: yields make(*args, start=True, **kw), which builds
+    cls(directory, *args, **kw) in a directory of its own and starts it;
+    stops every one made when the test ends."""
     made = []
 
-    def make(stub, sections=None, start=True, **kw):
-        d = tmp_path / f"tokend{len(made)}"
+    def make(*args, start=True, **kw):
+        d = tmp_path / f"{prefix}{len(made)}"
         d.mkdir()
-        t = Tokend(d, stub, sections, **kw)
+        t = cls(d, *args, **kw)
         made.append(t)
         if start:
             t.start()
@@ -194,6 +196,12 @@ def make_tokend(tmp_path):
 
     yield make
     stop_all(made)
+
+
+@pytest.fixture
+def make_tokend(tmp_path):
+    """make(stub, sections=None, start=True, **kw): a Tokend."""
+    yield from daemon_factory(tmp_path, "tokend", Tokend)
 
 
 def stop_all(daemons):

@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from conftest import SLOW, TOKEND_EXE, WRAPPER, Tokend, stop_all, wait_for
+from conftest import SLOW, TOKEND_EXE, WRAPPER, Tokend, daemon_factory, wait_for
 
 F_GET_SEALS = 1034
 F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE = 1, 2, 4, 8
@@ -177,19 +177,8 @@ def notify():
 
 @pytest.fixture
 def make_sd(tmp_path):
-    made = []
-
-    def make(stub, notify, start=True, **kw):
-        d = tmp_path / f"sd{len(made)}"
-        d.mkdir()
-        t = SdTokend(d, stub, notify, **kw)
-        made.append(t)
-        if start:
-            t.start()
-        return t
-
-    yield make
-    stop_all(made)
+    """make(stub, notify, start=True, **kw): an SdTokend."""
+    yield from daemon_factory(tmp_path, "sd", SdTokend)
 
 
 def stop_and_take_cache(t, notify):
