@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import http.client
@@ -56,6 +55,16 @@ class Response:
 
     def __repr__(self):
         return f"<Response {self.status} {self.body[:200]!r}>"
+
+
+def exchange(conn, method, path, body=None, headers=None):
+    """One request on an http.client connection, which it then closes."""
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
+    finally:
+        conn.close()
 
 
 class Tokend:
@@ -134,13 +143,7 @@ class Tokend:
 
     def request(self, method, path, body=None, headers=None, timeout=10.0):
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout * SLOW)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            r = conn.getresponse()
-            data = r.read()
-            return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
-        finally:
-            conn.close()
+        return exchange(conn, method, path, body, headers)
 
     def get(self, path, **kw):
         return self.request("GET", path, **kw)
@@ -165,7 +168,7 @@ class Tokend:
             self.proc.wait()
             raise AssertionError("tokend did not exit on SIGTERM within the deadline")
         self.logf.close()
-        proc, self.proc = self.proc, None
+        self.proc = None
         if expect_code is not None:
             assert code == expect_code, f"tokend exited {code}: {self.log()}"
         return code

@@ -9,7 +9,7 @@ import shutil
 import socket
 import tempfile
 
-from conftest import SLOW, Response, wait_for
+from conftest import SLOW, exchange, wait_for
 
 RIGHTS = ("token", "client-token", "frontend", "proxy", "admin")
 
@@ -72,14 +72,7 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 
 def unix_request(path, method, url, body=None, headers=None, timeout=10.0):
-    conn = UnixHTTPConnection(path, timeout=timeout * SLOW)
-    try:
-        conn.request(method, url, body=body, headers=headers or {})
-        r = conn.getresponse()
-        data = r.read()
-        return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
-    finally:
-        conn.close()
+    return exchange(UnixHTTPConnection(path, timeout=timeout * SLOW), method, url, body, headers)
 
 
 def start_unix_only(t, sock_path):

@@ -1,8 +1,6 @@
 """Issue 2: mint, cache and serve user tokens, against the real stand-in."""
-import base64
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -11,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from conftest import SLOW, TOKEND_EXE, Tokend, assert_no_secrets, wait_for
+from conftest import SLOW, TOKEND_EXE, assert_no_secrets, wait_for
 
 
 def fetch_many(t, paths, workers):

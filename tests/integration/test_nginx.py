@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from conftest import SLOW, Response, wait_for
+from conftest import SLOW, exchange, wait_for
 from nginx_fixture import NGINX, Nginx, basic, example_text, free_port, htpasswd_line, render
 from sec_helpers import Keys, ShortDir, bearer, wait_unix_listening
 
@@ -36,12 +36,7 @@ class Site:
             body = json.dumps(body).encode()
             h.setdefault("Content-Type", "application/json")
         conn = http.client.HTTPConnection("127.0.0.1", self.nginx.port, timeout=timeout * SLOW)
-        try:
-            conn.request(method, path, body=body, headers=h)
-            r = conn.getresponse()
-            return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
-        finally:
-            conn.close()
+        return exchange(conn, method, path, body, h)
 
     def get(self, path, user=None, **kw):
         return self.request("GET", path, user=user, **kw)

@@ -4,8 +4,6 @@ import re
 import subprocess
 import threading
 
-import pytest
-
 from conftest import wait_for
 
 FAST = {"upstream": {"attempt_timeout": "1s", "request_timeout": "2s", "retry_base": "10ms",

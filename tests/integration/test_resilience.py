@@ -1,6 +1,5 @@
 """Issue 3: refresh ahead, a bounded cache, and a policy for every way
 Instacart can fail, against the real stand-in."""
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor

@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from conftest import SLOW, TOKEND_EXE, WRAPPER, Tokend, daemon_factory, wait_for
+from conftest import SLOW, TOKEND_EXE, WRAPPER, Tokend, daemon_factory, exchange, wait_for
 
 F_GET_SEALS = 1034
 F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE = 1, 2, 4, 8
@@ -159,13 +159,8 @@ def listening_socket():
 
 def http_get(port, path, timeout=2.0):
     import http.client
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        return r.status, r.read()
-    finally:
-        c.close()
+    r = exchange(http.client.HTTPConnection("127.0.0.1", port, timeout=timeout), "GET", path)
+    return r.status, r.body
 
 
 @pytest.fixture
