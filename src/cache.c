@@ -233,9 +233,11 @@ static void schedule_refresh(cache *c, cache_entry *e, uint64_t now) {
     e->refresh_failures = 0;
 }
 
-/* The key: grant byte, user id, NUL, scope. Returns its length, 0 if too long. */
-static size_t make_key(char buf[KEY_MAX], enum oauth_grant grant, const char *user_id, const char *scope) {
-    size_t ulen = strlen(user_id), slen = strlen(scope);
+/* The key (grant byte, user id, NUL, scope) and its hash in the index.
+ * Returns its length, 0 if too long. Needs no lock. */
+static size_t make_key(const cache *c, char buf[KEY_MAX], enum oauth_grant grant, const char *user_id,
+                       const char *scope, uint64_t *ret_hash) {
+    size_t ulen = strlen(user_id), slen = strlen(scope), len = 1 + ulen + 1 + slen;
 
     if (ulen > OAUTH_USER_ID_MAX || slen > OAUTH_SCOPE_MAX)
         return 0;
@@ -243,7 +245,8 @@ static size_t make_key(char buf[KEY_MAX], enum oauth_grant grant, const char *us
     memcpy(buf + 1, user_id, ulen);
     buf[1 + ulen] = '\0';
     memcpy(buf + 2 + ulen, scope, slen);
-    return 1 + ulen + 1 + slen;
+    *ret_hash = siphash24(buf, len, c->hash_key);
+    return len;
 }
 
 static cache_entry *entry_find(cache *c, const char *key, size_t keylen, uint64_t hash) {
@@ -300,8 +303,8 @@ int cache_get(cache *c, enum oauth_grant grant, const char *user_id, const char 
               uint64_t min_ttl_ms, cache_done_fn done, void *userdata,
               token **ret_token, mint_outcome *ret_outcome) {
     char keybuf[KEY_MAX];
-    size_t keylen = make_key(keybuf, grant, user_id, scope);
     uint64_t hash;
+    size_t keylen = make_key(c, keybuf, grant, user_id, scope, &hash);
     struct waiter *w;
     cache_entry *e;
     bool start = false, background = false;
@@ -311,7 +314,6 @@ int cache_get(cache *c, enum oauth_grant grant, const char *user_id, const char 
 
     if (!keylen)
         return -EINVAL;
-    hash = siphash24(keybuf, keylen, c->hash_key);
     if (min_ttl_ms == 0)
         min_ttl_ms = c->s.min_ttl_ms;
 
@@ -522,14 +524,13 @@ size_t cache_export(cache *c, cache_export_fn fn, void *userdata) {
 
 int cache_put(cache *c, enum oauth_grant grant, const char *user_id, const char *scope, token *t) {
     char keybuf[KEY_MAX];
-    size_t keylen = make_key(keybuf, grant, user_id, scope);
     uint64_t hash;
+    size_t keylen = make_key(c, keybuf, grant, user_id, scope, &hash);
     cache_entry *e;
     int r;
 
     if (!keylen || !t)
         return -EINVAL;
-    hash = siphash24(keybuf, keylen, c->hash_key);
 
     pthread_mutex_lock(&c->lock);
     e = entry_find(c, keybuf, keylen, hash);
@@ -582,14 +583,13 @@ int cache_drop(cache *c, enum oauth_grant grant, const char *user_id, const char
 int cache_drop_if(cache *c, enum oauth_grant grant, const char *user_id, const char *scope,
                   const token *only, token **ret_token) {
     char keybuf[KEY_MAX];
-    size_t keylen = make_key(keybuf, grant, user_id, scope);
     uint64_t hash;
+    size_t keylen = make_key(c, keybuf, grant, user_id, scope, &hash);
     cache_entry *e;
     token *t = NULL;
 
     if (!keylen)
         return -EINVAL;
-    hash = siphash24(keybuf, keylen, c->hash_key);
     pthread_mutex_lock(&c->lock);
     e = entry_find(c, keybuf, keylen, hash);
     if (e && (!only || e->tok == only)) {
