@@ -266,6 +266,19 @@ static int read_answer(struct conn *c, int *status, char *xcache, size_t xsize) 
     }
 }
 
+/* An epoll set watching the n connections for answers (data.u64: the index). */
+static int watch_all(struct conn *c, unsigned long n) {
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+
+    if (ep < 0)
+        die("epoll_create1");
+    for (unsigned long i = 0; i < n; i++) {
+        struct epoll_event ev = { .events = EPOLLIN, .data.u64 = i };
+        epoll_ctl(ep, EPOLL_CTL_ADD, c[i].fd, &ev);
+    }
+    return ep;
+}
+
 /* One answer read off a busy connection: r is 1 (status and xcache are set)
  * or -1 (the connection failed); t_done is when it was read, wall clock. */
 struct answer {
@@ -347,13 +360,7 @@ static int mode_burst(const struct opts *o) {
         req_len[i] = format_request(reqs[i], REQ_MAX, o->prefix, i % o->users);
     if (connect_all(c, o->conns, o->port, deadline) < 0)
         return 1;
-    ep = epoll_create1(EPOLL_CLOEXEC);
-    if (ep < 0)
-        die("epoll_create1");
-    for (unsigned long i = 0; i < o->conns; i++) {
-        struct epoll_event ev = { .events = EPOLLIN, .data.u64 = i };
-        epoll_ctl(ep, EPOLL_CTL_ADD, c[i].fd, &ev);
-    }
+    ep = watch_all(c, o->conns);
     /* all at once: nothing but write() between the first and the last */
     t0 = now_mono();
     for (unsigned long i = 0; i < o->conns; i++)
@@ -556,12 +563,8 @@ static int mode_hold(const struct opts *o) {
                  o->user);
     if (connect_all(c, o->conns, o->port, deadline) < 0)
         return 1;
-    ep = epoll_create1(EPOLL_CLOEXEC);
-    if (ep < 0)
-        die("epoll_create1");
+    ep = watch_all(c, o->conns);
     for (unsigned long i = 0; i < o->conns; i++) {
-        struct epoll_event ev = { .events = EPOLLIN, .data.u64 = i };
-        epoll_ctl(ep, EPOLL_CTL_ADD, c[i].fd, &ev);
         if (write_all(c[i].fd, req, (size_t)n) < 0)
             failed++;
         else
