@@ -5,6 +5,7 @@
 #include "upstream.h"
 
 typedef struct api api;
+struct auth;
 struct config;
 
 /* Routes, for counting requests by route. */
@@ -35,8 +36,13 @@ struct api_stats {
 };
 
 /* listen_fd: a socket passed by systemd, or -1 to bind every address of
- * cfg->listen. up is used for revocations, forwarding and readiness. */
-int api_new(const struct config *cfg, cache *c, upstream *up, int listen_fd, api **ret);
+ * cfg->listen. keys: the API keys (NULL: none), owned by the api from
+ * here, even on failure. up is used for revocations, forwarding and
+ * readiness. */
+int api_new(const struct config *cfg, struct auth *keys, cache *c, upstream *up, int listen_fd, api **ret);
+/* Reload: the new API keys (NULL: none) from the next request on; takes
+ * ownership, frees the old ones. */
+void api_set_keys(api *a, struct auth *keys);
 /* The first TCP address bound, e.g. "127.0.0.1:8787" ("" if none). */
 const char *api_address(api *a);
 /* Every address served, for the log: "http://127.0.0.1:8787 unix:/run/x.sock". */

@@ -1,6 +1,7 @@
-/* Callers' API keys: who may use which routes. */
+/* Callers' API keys: who may use which routes, and for which scopes. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 
 enum auth_right {
@@ -12,11 +13,25 @@ enum auth_right {
 };
 
 typedef struct auth auth;
+typedef struct auth_key auth_key;
 
-/* Reads a keys file: lines "NAME SHA256HEX RIGHT[,RIGHT...]", '#' comments.
- * Returns 0, or -errno with a message naming file and line in err. */
+/* Reads a keys file: lines "NAME SHA256HEX RIGHT[,RIGHT...] [scopes=S[,S...]]",
+ * '#' comments. The file must be a regular file owned by root or tokend's
+ * user and not writable by group or others. Returns 0, or -errno with a
+ * message naming file and line in err. */
 int auth_load(const char *path, auth **ret, char *err, size_t err_size);
-/* The rights of the key, or -1 when it is no key of ours. Compares against
- * every key's hash in constant time; *ret_name (may be NULL) names it. */
+/* The key presented, or NULL when it is no key of ours. Compares against
+ * every key's hash in constant time. Valid while a is. */
+const auth_key *auth_find(const auth *a, const char *key, size_t len);
+int auth_key_rights(const auth_key *k);
+const char *auth_key_name(const auth_key *k);
+/* Whether the key may ask for scope ("" for none, client_credentials) on a
+ * frontend route (reached by a browser's user through the site's proxy) or
+ * another. A line with scopes= allows exactly those ("*": any), on every
+ * route. Without it, a frontend route gets only default_scope (the
+ * browser's user picks nothing), and the others any scope. */
+bool auth_key_allows_scope(const auth_key *k, const char *scope, const char *default_scope, bool frontend);
+/* The rights of the key, or -1 when it is no key of ours; *ret_name (may be
+ * NULL) names it. */
 int auth_check(const auth *a, const char *key, size_t len, const char **ret_name);
 auth *auth_free(auth *a);

@@ -7,6 +7,10 @@
 #include <stdint.h>
 
 #define CONFIG_ERR_MAX 512
+/* [server] listen takes at most this many addresses */
+#define CONFIG_LISTEN_MAX 8
+
+struct auth;
 
 typedef struct config {
     char *path;
@@ -27,6 +31,10 @@ typedef struct config {
     uint64_t retry_max_ms;
     unsigned breaker_failures;
     uint64_t breaker_cooldown_ms;
+    char *proxy;                  /* http:// or https:// proxy URL; NULL: none, whatever the environment says */
+    char *proxy_credentials_file;
+    char *proxy_credentials;      /* USER:PASSWORD, wiped by config_free() */
+    size_t proxy_credentials_len;
 
     /* [cache] */
     unsigned max_entries;
@@ -55,6 +63,7 @@ typedef struct config {
 
     /* [auth] */
     char *keys_file;
+    struct auth *keys;       /* loaded by config_load(); NULL without keys_file */
 
     /* [frontend] */
     char *user_header;
@@ -65,8 +74,9 @@ typedef struct config {
 } config;
 
 /* Reads path, then the client secret ($CREDENTIALS_DIRECTORY/client_secret
- * when credentials_dir is not NULL, else client_secret_file). On failure
- * returns a negative errno and writes a message naming file and line to err. */
+ * when credentials_dir is not NULL, else client_secret_file), the proxy's
+ * credentials and the keys file. On failure returns a negative errno and
+ * writes a message naming file and line to err. */
 int config_load(const char *path, const char *credentials_dir, config **ret,
                 char err[CONFIG_ERR_MAX]);
 /* Same, from a string (tests and fuzzing); the secret is not loaded. */

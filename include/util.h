@@ -21,10 +21,16 @@ char *wipe_free_str(char *s);
 static inline void freep(void *p) { free(*(void **)p); }
 #define _cleanup_free_ __attribute__((cleanup(freep)))
 
-/* A short, stable tag for correlating a user id (or any secret-ish string) in
- * logs without revealing it: 12 hex digits of a 64-bit FNV-1a hash. */
+/* A short tag for correlating a user id in logs without revealing it: 12 hex
+ * digits of SipHash-2-4 under a key derived from the client id and secret.
+ * Stable for as long as the secret is (so log lines correlate across
+ * restarts); without the secret, nobody can compute it for a guessed id,
+ * so it cannot be reversed by trying ids. */
 #define FINGERPRINT_LEN 13
 void fingerprint(const char *s, size_t len, char out[FINGERPRINT_LEN]);
+/* Derives the key; call before any thread logs a fingerprint. Until then
+ * the key is all zeros (tests only). Returns 0 or -EIO. */
+int fingerprint_set_key(const char *client_id, const char *secret, size_t secret_len);
 
 /* The value of a hex digit, or -1. */
 int hex_value(char c);

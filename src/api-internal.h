@@ -9,12 +9,12 @@
 #include "api.h"
 #include "auth.h"
 #include "cache.h"
+#include "config.h"
 #include "oauth.h"
 #include "request.h"
 #include "token.h"
 #include "upstream.h"
 
-#define API_LISTENERS_MAX 8
 #define ORIGIN_MAX 256
 
 struct listener {
@@ -28,11 +28,12 @@ struct listener {
 };
 
 struct api {
-    struct listener listeners[API_LISTENERS_MAX];
+    struct listener listeners[CONFIG_LISTEN_MAX];
     size_t n_listeners;
     char listening[512];
     cache *cache;
     upstream *up;
+    pthread_rwlock_t keys_lock; /* a reload swaps the keys under it */
     auth *auth; /* NULL: no keys file */
     char default_scope[OAUTH_SCOPE_MAX + 1];
     uint64_t min_ttl_ms;
@@ -104,6 +105,10 @@ enum MHD_Result api_json(const struct call *c, unsigned status, char *body);
 enum MHD_Result api_token(const struct call *c, const token *t, const char *scope, const char *how);
 void api_count(api *a, enum api_route route, unsigned status);
 bool api_peer_is_local(const struct call *c);
+/* Whether the caller's key may ask for scope (checked again for a body's
+ * scope, known only once the body is in), and the refusal if not. */
+bool api_key_allows_scope(const struct call *c, const char *scope);
+enum MHD_Result api_scope_refused(const struct call *c, const char *scope);
 
 /* state for waiting (api.c) */
 struct request *api_request_new(const struct call *c, enum request_kind kind, void **req_cls);

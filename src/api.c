@@ -5,8 +5,9 @@
  * thread ever does. Not responsible for how tokens are made or kept.
  *
  * libmicrohttpd calls the handler at least twice per request. We answer on
- * the second call, never the first: 0.9.75 drops keep-alive for responses
- * queued on the first call (see libmicrohttpd-notes.md). */
+ * the second call, never the first: measured on 0.9.75 (Debian 12), a
+ * response queued on the first call goes out with "Connection: close", so
+ * every such request would cost the caller a new connection. */
 #include "api.h"
 
 #include <arpa/inet.h>
@@ -223,7 +224,9 @@ enum MHD_Result api_token(const struct call *c, const token *t, const char *scop
     p = PUT_LITERAL(body, "{\"access_token\":\"");
     p = put(p, t->value, t->len);
     p = PUT_LITERAL(p, "\",\"token_type\":\"Bearer\",\"expires_in\":");
-    p = put_u64(p, left);
+    /* whole seconds left, but never 0 for a token we hand out: a caller
+     * reads 0 as already expired (a token of 1 s is served with 0.9 s) */
+    p = put_u64(p, left ? left : 1);
     if (slen) {
         p = PUT_LITERAL(p, ",\"scope\":\"");
         p = put(p, scope, slen);
@@ -393,6 +396,50 @@ static int route_rights(enum api_route route, const char *method) {
     }
 }
 
+/* The scope a GET token route will mint, for the key's scope check; NULL
+ * for routes that mint nothing a caller chooses. A repeated or bad scope is
+ * refused later by the route's own query check. */
+static const char *requested_scope(const struct call *c, const char *method) {
+    const char *s;
+
+    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 ||
+        (c->route != ROUTE_TOKEN && c->route != ROUTE_CLIENT_TOKEN && c->route != ROUTE_FRONTEND_TOKEN))
+        return NULL;
+    s = MHD_lookup_connection_value(c->conn, MHD_GET_ARGUMENT_KIND, "scope");
+    if (s)
+        return s;
+    return c->route == ROUTE_CLIENT_TOKEN ? "" : c->a->default_scope;
+}
+
+static enum MHD_Result scope_refused(const struct call *c, const char *scope) {
+    char desc[160];
+
+    snprintf(desc, sizeof(desc), "this API key may not ask for scope '%.64s'; list it in the key's "
+             "scopes= in [auth] keys_file", *scope ? scope : "(none)");
+    return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden", desc, NULL);
+}
+
+bool api_key_allows_scope(const struct call *c, const char *scope) {
+    api *a = c->a;
+    const char *authz;
+    bool ok = false;
+
+    pthread_rwlock_rdlock(&a->keys_lock);
+    if (!a->auth)
+        ok = true;
+    else if ((authz = header(c->conn, MHD_HTTP_HEADER_AUTHORIZATION)) && strncasecmp(authz, "Bearer ", 7) == 0) {
+        /* found again: a reload may have swapped the keys since the guard */
+        const auth_key *k = auth_find(a->auth, authz + 7, strlen(authz + 7));
+        ok = k && auth_key_allows_scope(k, scope, a->default_scope, route_table[c->route].frontend);
+    }
+    pthread_rwlock_unlock(&a->keys_lock);
+    return ok;
+}
+
+enum MHD_Result api_scope_refused(const struct call *c, const char *scope) {
+    return scope_refused(c, scope);
+}
+
 /* Everything that keeps out who does not belong, before a route runs.
  * Returns MHD_YES with c->rights set to go on, or the refusal's result
  * with *refused set. */
@@ -401,7 +448,8 @@ static enum MHD_Result guard(struct call *c, const char *method, bool *refused) 
     const union MHD_ConnectionInfo *ci;
     const char *origin = header(c->conn, MHD_HTTP_HEADER_ORIGIN);
     const char *site = header(c->conn, "Sec-Fetch-Site");
-    const char *authz;
+    const char *authz, *scope = NULL;
+    bool scope_ok = true;
     int needed = route_rights(c->route, method);
     bool preflight = strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0 && route_table[c->route].frontend;
 
@@ -427,12 +475,17 @@ static enum MHD_Result guard(struct call *c, const char *method, bool *refused) 
         return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
                          "this user is not in [server] allowed_uids or allowed_gids", NULL);
 
+    pthread_rwlock_rdlock(&a->keys_lock);
     if (!a->auth)
         c->rights = ALL_BUT_FRONTEND;
-    else if ((authz = header(c->conn, MHD_HTTP_HEADER_AUTHORIZATION)) && strncasecmp(authz, "Bearer ", 7) == 0)
-        c->rights = auth_check(a->auth, authz + 7, strlen(authz + 7), NULL);
-    else
+    else if ((authz = header(c->conn, MHD_HTTP_HEADER_AUTHORIZATION)) && strncasecmp(authz, "Bearer ", 7) == 0) {
+        const auth_key *k = auth_find(a->auth, authz + 7, strlen(authz + 7));
+        c->rights = k ? auth_key_rights(k) : -1;
+        if (k && (scope = requested_scope(c, method)))
+            scope_ok = auth_key_allows_scope(k, scope, a->default_scope, route_table[c->route].frontend);
+    } else
         c->rights = -1;
+    pthread_rwlock_unlock(&a->keys_lock);
     if (needed && !preflight && c->rights < 0)
         return api_error(c, MHD_HTTP_UNAUTHORIZED, "unauthorized",
                          "an API key is required: send Authorization: Bearer KEY", NULL);
@@ -443,6 +496,8 @@ static enum MHD_Result guard(struct call *c, const char *method, bool *refused) 
                          a->auth ? "this API key lacks the right this route needs"
                                  : "this route needs an API key with the frontend or proxy right ([auth] keys_file)",
                          NULL);
+    if (!scope_ok)
+        return scope_refused(c, scope);
     /* The user header names whose token to use: only the site's proxy may
      * set it, and the proxy proves that with its key. */
     if (header(c->conn, a->user_header) && !(c->rights & (RIGHT_FRONTEND | RIGHT_PROXY)))
@@ -481,14 +536,18 @@ static enum MHD_Result take_body(struct request *r, const char *data, size_t *si
     if (r->too_big || r->body_len + *size > max) {
         /* keep draining, keep nothing: refused once it is all in */
         r->too_big = true;
-        free(r->body);
-        r->body = NULL;
+        r->body = wipe_free(r->body, r->body_len);
         r->body_len = 0;
     } else {
-        char *p = realloc(r->body, r->body_len + *size + 1);
+        /* grown without realloc: a drop-in body holds an assertion, and
+         * realloc would leave an unwiped copy behind */
+        char *p = malloc(r->body_len + *size + 1);
         if (!p)
             return MHD_NO;
+        if (r->body)
+            memcpy(p, r->body, r->body_len);
         memcpy(p + r->body_len, data, *size);
+        wipe_free(r->body, r->body_len);
         r->body = p;
         r->body_len += *size;
         r->body[r->body_len] = '\0';
@@ -640,8 +699,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         pthread_mutex_unlock(&a->lock);
         token_unref(r->tok);
         token_unref(r->used);
-        free(r->body);
-        free(r->fwd_body);
+        wipe_free(r->body, r->body_len);
+        wipe_free(r->fwd_body, r->fwd_len);
         free(r);
     }
     *req_cls = NULL;
@@ -793,9 +852,8 @@ static int copy_words(char **from, size_t n, char ***ret) {
     return 0;
 }
 
-int api_new(const config *cfg, cache *c, upstream *up, int listen_fd, api **ret) {
+int api_new(const config *cfg, auth *keys, cache *c, upstream *up, int listen_fd, api **ret) {
     static const char health[] = "{\"status\":\"ok\"}";
-    char err[512];
     size_t pos = 0;
     api *a;
     int r;
@@ -804,9 +862,12 @@ int api_new(const config *cfg, cache *c, upstream *up, int listen_fd, api **ret)
     if (!a) {
         if (listen_fd >= 0)
             close(listen_fd);
+        auth_free(keys);
         return -ENOMEM;
     }
     pthread_mutex_init(&a->lock, NULL);
+    pthread_rwlock_init(&a->keys_lock, NULL);
+    a->auth = keys; /* before any listener starts: never a moment without them */
     a->cache = c;
     a->up = up;
     a->min_ttl_ms = cfg->min_ttl_ms;
@@ -838,21 +899,10 @@ int api_new(const config *cfg, cache *c, upstream *up, int listen_fd, api **ret)
     MHD_add_response_header(a->health, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
     MHD_add_response_header(a->health, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
 
-    if (cfg->keys_file) {
-        r = auth_load(cfg->keys_file, &a->auth, err, sizeof(err));
-        if (r < 0) {
-            log_error("%s", err);
-            if (listen_fd >= 0)
-                close(listen_fd);
-            api_free(a);
-            return r;
-        }
-    }
-
     if (listen_fd >= 0) {
         a->listeners[a->n_listeners++].fd = listen_fd;
     } else {
-        for (size_t i = 0; i < cfg->n_listens && i < API_LISTENERS_MAX; i++) {
+        for (size_t i = 0; i < cfg->n_listens && i < CONFIG_LISTEN_MAX; i++) { /* config.c refuses more */
             r = bind_listen(cfg, cfg->listens[i], &a->listeners[a->n_listeners].fd);
             if (r < 0) {
                 log_error("cannot listen on %s: %s", cfg->listens[i], strerror(-r));
@@ -934,6 +984,16 @@ void api_get_stats(api *a, struct api_stats *ret) {
     ret->waiting = api_waiting(a);
 }
 
+void api_set_keys(api *a, auth *keys) {
+    auth *old;
+
+    pthread_rwlock_wrlock(&a->keys_lock);
+    old = a->auth;
+    a->auth = keys;
+    pthread_rwlock_unlock(&a->keys_lock);
+    auth_free(old); /* no reader holds it: each finds its key under the lock */
+}
+
 void api_set_config(api *a, const config *cfg) {
     char *j = config_describe(cfg);
 
@@ -972,6 +1032,7 @@ api *api_free(api *a) {
     free(a->allowed_gids);
     free(a->config_json);
     pthread_mutex_destroy(&a->lock);
+    pthread_rwlock_destroy(&a->keys_lock);
     free(a);
     return NULL;
 }

@@ -1,5 +1,5 @@
 /* API keys. Responsible for reading the keys file and telling which rights
- * a presented key carries. Keys are stored as SHA-256 hashes, so the file
+ * and scopes a presented key carries. Keys are stored as SHA-256 hashes, so the file
  * holds nothing a thief could present; a presented key is hashed and
  * compared with every entry in constant time. SHA-256 comes from libcrypto:
  * already in the process through libcurl, and well kept. Not responsible
@@ -14,20 +14,24 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include "oauth.h"
+#include "secret.h"
 #include "util.h"
 
 #define KEY_NAME_MAX 64
 #define KEYS_MAX 1024
 
-struct key_entry {
+struct auth_key {
     char name[KEY_NAME_MAX];
     unsigned char hash[32];
     int rights;
+    char *scopes; /* NULL: the default rule; else ",S1,S2," or "*" */
 };
 
 struct auth {
-    struct key_entry *keys;
+    struct auth_key *keys;
     size_t n;
 };
 
@@ -39,15 +43,57 @@ static const struct {
     { "proxy", RIGHT_PROXY },       { "admin", RIGHT_ADMIN },
 };
 
-static const char *parse_line(char *line, struct key_entry *k) {
-    char *name, *hash, *rights, *extra, *save = NULL;
+/* "scopes=A,B" into ",A,B," (so a lookup is one strstr of ",S,"), or "*". */
+static const char *parse_scopes(const char *text, char **ret) {
+    size_t n = strlen(text), o = 0;
+    bool any = false, some = false;
+    char *out;
+
+    if (strncmp(text, "scopes=", 7) != 0)
+        return "the fourth field, if any, must be scopes=SCOPE[,SCOPE...] (or scopes=*)";
+    text += 7;
+    out = malloc(n + 2);
+    if (!out)
+        return "out of memory";
+    out[o++] = ',';
+    for (const char *p = text; *p;) {
+        size_t len = strcspn(p, ",");
+        if (len == 1 && *p == '*')
+            any = true;
+        else if (len) {
+            if (!oauth_scope_valid(p, len)) {
+                free(out);
+                return "a scope in scopes= has a character a scope cannot have";
+            }
+            memcpy(out + o, p, len);
+            o += len;
+            out[o++] = ',';
+            some = true;
+        }
+        p += len + (p[len] == ',');
+    }
+    out[o] = '\0';
+    if (!any && !some) {
+        free(out);
+        return "scopes= lists no scope; name at least one, or * for any";
+    }
+    if (any)
+        snprintf(out, n + 2, "*");
+    *ret = out;
+    return NULL;
+}
+
+static const char *parse_line(char *line, struct auth_key *k) {
+    char *name, *hash, *rights, *scopes, *extra, *save = NULL;
 
     name = strtok_r(line, " \t", &save);
     hash = strtok_r(NULL, " \t", &save);
     rights = strtok_r(NULL, " \t", &save);
+    scopes = strtok_r(NULL, " \t", &save);
     extra = strtok_r(NULL, " \t", &save);
+    k->scopes = NULL;
     if (!name || !hash || !rights || extra)
-        return "expected NAME SHA256HEX RIGHTS (e.g. 'web-proxy 9f86…08 frontend,proxy')";
+        return "expected NAME SHA256HEX RIGHTS [scopes=S,...] (e.g. 'web-proxy 9f86…08 frontend,proxy')";
     if (strlen(name) >= KEY_NAME_MAX)
         return "the key's name is longer than 63 characters";
     if (strlen(hash) != 64)
@@ -70,25 +116,23 @@ static const char *parse_line(char *line, struct key_entry *k) {
         if (!known)
             return "unknown right; rights are token, client-token, frontend, proxy, admin";
     }
-    return NULL;
+    return scopes ? parse_scopes(scopes, &k->scopes) : NULL;
 }
 
 int auth_load(const char *path, auth **ret, char *err, size_t err_size) {
     char line[512];
-    struct stat st;
     auth *a;
     FILE *f;
-    int lineno = 0;
+    int lineno = 0, fd;
 
-    f = fopen(path, "re");
+    fd = secret_file_open(path, "the keys file", SECRET_FILE_GUARD, err, err_size);
+    if (fd < 0)
+        return fd;
+    f = fdopen(fd, "r");
     if (!f) {
-        snprintf(err, err_size, "%s: cannot open the keys file: %s", path, strerror(errno));
-        return -errno;
-    }
-    if (fstat(fileno(f), &st) == 0 && (st.st_mode & S_IWOTH)) {
-        snprintf(err, err_size, "%s: the keys file is writable by others; run 'chmod o-w %s'", path, path);
-        fclose(f);
-        return -EPERM;
+        close(fd);
+        snprintf(err, err_size, "out of memory");
+        return -ENOMEM;
     }
     a = calloc(1, sizeof(*a));
     if (!a) {
@@ -96,7 +140,7 @@ int auth_load(const char *path, auth **ret, char *err, size_t err_size) {
         return -ENOMEM;
     }
     while (fgets(line, sizeof(line), f)) {
-        struct key_entry k;
+        struct auth_key k;
         const char *why;
         char *p = line;
 
@@ -115,12 +159,14 @@ int auth_load(const char *path, auth **ret, char *err, size_t err_size) {
             goto fail;
         }
         if (a->n >= KEYS_MAX) {
+            free(k.scopes);
             snprintf(err, err_size, "%s:%d: more than %d keys", path, lineno, KEYS_MAX);
             goto fail;
         }
         {
-            struct key_entry *nk = realloc(a->keys, (a->n + 1) * sizeof(*nk));
+            struct auth_key *nk = realloc(a->keys, (a->n + 1) * sizeof(*nk));
             if (!nk) {
+                free(k.scopes);
                 snprintf(err, err_size, "out of memory");
                 goto fail;
             }
@@ -137,26 +183,60 @@ fail:
     return -EINVAL;
 }
 
-int auth_check(const auth *a, const char *key, size_t len, const char **ret_name) {
+const auth_key *auth_find(const auth *a, const char *key, size_t len) {
     unsigned char digest[32];
     unsigned int dlen = 0;
-    int rights = -1;
+    const auth_key *found = NULL;
 
     if (!EVP_Digest(key, len, digest, &dlen, EVP_sha256(), NULL) || dlen != sizeof(digest))
-        return -1;
-    /* every entry is compared, so the time taken says nothing of which matched */
+        return NULL;
+    /* every entry is compared, so the time taken says nothing of which
+     * matched; the last line with the hash wins */
     for (size_t i = 0; i < a->n; i++)
-        if (CRYPTO_memcmp(digest, a->keys[i].hash, sizeof(digest)) == 0) {
-            rights = a->keys[i].rights;
-            if (ret_name)
-                *ret_name = a->keys[i].name;
-        }
+        if (CRYPTO_memcmp(digest, a->keys[i].hash, sizeof(digest)) == 0)
+            found = &a->keys[i];
     explicit_bzero(digest, sizeof(digest));
-    return rights;
+    return found;
+}
+
+int auth_key_rights(const auth_key *k) {
+    return k->rights;
+}
+
+const char *auth_key_name(const auth_key *k) {
+    return k->name;
+}
+
+bool auth_key_allows_scope(const auth_key *k, const char *scope, const char *default_scope, bool frontend) {
+    size_t n = strlen(scope);
+    const char *p;
+
+    if (!k->scopes)
+        return !frontend || strcmp(scope, default_scope) == 0;
+    if (strcmp(k->scopes, "*") == 0)
+        return true;
+    if (n == 0 || strchr(scope, ','))
+        return false; /* no scope means Instacart's choice: only for scopes=* */
+    for (p = strstr(k->scopes + 1, scope); p; p = strstr(p + 1, scope))
+        if (p[-1] == ',' && p[n] == ',')
+            return true;
+    return false;
+}
+
+int auth_check(const auth *a, const char *key, size_t len, const char **ret_name) {
+    const auth_key *k = auth_find(a, key, len);
+
+    if (!k)
+        return -1;
+    if (ret_name)
+        *ret_name = k->name;
+    return k->rights;
 }
 
 auth *auth_free(auth *a) {
     if (a) {
+        for (size_t i = 0; i < a->n; i++)
+            free(a->keys[i].scopes);
         free(a->keys);
         free(a);
     }

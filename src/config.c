@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "auth.h"
 #include "log.h"
@@ -48,6 +49,8 @@ static const struct key keys[] = {
     K("upstream", "retry_max", T_DURATION, retry_max_ms, 1, 600000),
     K("upstream", "breaker_failures", T_UINT, breaker_failures, 1, 1000),
     K("upstream", "breaker_cooldown", T_DURATION, breaker_cooldown_ms, 100, 3600000),
+    K("upstream", "proxy", T_STRING, proxy, 0, 0),
+    K("upstream", "proxy_credentials_file", T_STRING, proxy_credentials_file, 0, 0),
     K("cache", "max_entries", T_UINT, max_entries, 1, 100000000),
     K("cache", "min_ttl", T_DURATION, min_ttl_ms, 0, 12 * 3600000ULL),
     K("cache", "refresh_before", T_PERCENT, refresh_before_pct, 0, 50),
@@ -79,6 +82,7 @@ struct parse_state {
     bool failed;
     int line;     /* of the line inih is reading now */
     int err_line; /* of the first error the handler found */
+    bool stop;    /* a line too long: read no further */
     bool seen[ARRAY_SIZE(keys)];
 };
 
@@ -319,6 +323,24 @@ static const char *check_base_url(char *url) {
     return NULL;
 }
 
+/* http:// or https:// host:port of a forward proxy. Its credentials come
+ * from a file of their own: in the URL they would show in /v1/status. */
+static const char *check_proxy_url(const char *url) {
+    const char *rest;
+
+    if (strncmp(url, "http://", 7) == 0)
+        rest = url + 7;
+    else if (strncmp(url, "https://", 8) == 0)
+        rest = url + 8;
+    else
+        return "must start with http:// or https://";
+    if (strpbrk(url, "@?# \\"))
+        return "must not contain credentials (use proxy_credentials_file), a query, a fragment, spaces or backslashes";
+    if (!*rest || *rest == '/' || *rest == ':')
+        return "has no host";
+    return NULL;
+}
+
 int config_listen_parse(const char *s, struct sockaddr_storage *ret, socklen_t *ret_len,
                         bool *ret_loopback) {
     const char *colon = strrchr(s, ':');
@@ -475,6 +497,14 @@ static int finish(struct parse_state *st) {
         set_err(st, "[upstream] scope '%s' is not a valid scope", c->default_scope);
         return -EINVAL;
     }
+    if (c->proxy && (why = check_proxy_url(c->proxy))) {
+        set_err(st, "[upstream] proxy '%s' %s", c->proxy, why);
+        return -EINVAL;
+    }
+    if (c->proxy_credentials_file && !c->proxy) {
+        set_err(st, "[upstream] proxy_credentials_file is set but proxy is not; set proxy too");
+        return -EINVAL;
+    }
     if (c->retry_max_ms < c->retry_base_ms) {
         set_err(st, "[upstream] retry_max must not be below retry_base");
         return -EINVAL;
@@ -485,6 +515,11 @@ static int finish(struct parse_state *st) {
         return -ENOMEM;
     if (c->n_listens == 0) {
         set_err(st, "[server] listen is empty; give ADDRESS:PORT or unix:PATH");
+        return -EINVAL;
+    }
+    if (c->n_listens > CONFIG_LISTEN_MAX) {
+        set_err(st, "[server] listen names %zu addresses; tokend listens on at most %d", c->n_listens,
+                CONFIG_LISTEN_MAX);
         return -EINVAL;
     }
     for (size_t i = 0; i < c->n_listens; i++) {
@@ -541,6 +576,8 @@ static char *read_line(char *buf, int size, void *stream) {
     struct reader *rd = stream;
     size_t n;
 
+    if (rd->st->stop)
+        return NULL; /* after a line too long */
     if (rd->f) {
         if (!fgets(buf, size, rd->f))
             return NULL;
@@ -556,9 +593,16 @@ static char *read_line(char *buf, int size, void *stream) {
         buf[n] = '\0';
         rd->s += n;
     }
-    if (strchr(buf, '\n') || (rd->f ? feof(rd->f) : !*rd->s))
+    if (strchr(buf, '\n') || (rd->f ? feof(rd->f) : !*rd->s)) {
         rd->st->line++;
-    return buf;
+        return buf;
+    }
+    /* inih would take the rest of this line as a line of its own, and
+     * complain about that one: refuse the whole line here, by its number */
+    rd->st->line++;
+    set_err(rd->st, "this line is longer than %d characters; shorten it", size - 2);
+    rd->st->stop = true;
+    return NULL;
 }
 
 static int parse(const char *path, const char *text, config **ret, char err[CONFIG_ERR_MAX]) {
@@ -581,16 +625,19 @@ static int parse(const char *path, const char *text, config **ret, char err[CONF
     {
         struct reader rd = { .s = text, .st = &st };
         if (!text) {
-            rd.f = fopen(path, "re");
+            int fd = secret_file_open(path, "the configuration", SECRET_FILE_PLAIN, err, CONFIG_ERR_MAX);
+            if (fd >= 0 && !(rd.f = fdopen(fd, "r")))
+                close(fd);
             if (!rd.f) {
-                snprintf(err, CONFIG_ERR_MAX, "%s: cannot open: %s", path, strerror(errno));
                 config_free(c);
-                return -ENOENT;
+                return fd < 0 ? fd : -ENOMEM;
             }
         }
         line = ini_parse_stream(read_line, &rd, handler, &st);
         if (rd.f)
             fclose(rd.f);
+        if (line == 0 && st.stop)
+            line = st.err_line; /* inih saw only an end of file */
     }
     if (line != 0) {
         char msg[CONFIG_ERR_MAX];
@@ -645,11 +692,23 @@ int config_load(const char *path, const char *credentials_dir, config **ret, cha
         config_free(c);
         return r;
     }
+    if (c->proxy_credentials_file) {
+        r = secret_load_named(c->proxy_credentials_file, "the proxy's credentials", &c->proxy_credentials,
+                              &c->proxy_credentials_len, err, CONFIG_ERR_MAX);
+        if (r == 0 && !memchr(c->proxy_credentials, ':', c->proxy_credentials_len)) {
+            snprintf(err, CONFIG_ERR_MAX, "%s: the proxy's credentials must be USER:PASSWORD on one line",
+                     c->proxy_credentials_file);
+            r = -EINVAL;
+        }
+        if (r < 0) {
+            config_free(c);
+            return r;
+        }
+    }
     if (c->keys_file) {
-        /* checked here too, so --check-config and a reload catch a bad one */
-        auth *checked = NULL;
-        r = auth_load(c->keys_file, &checked, err, CONFIG_ERR_MAX);
-        auth_free(checked);
+        /* loaded with the rest, so a reload applies a new keys file or
+         * refuses a bad one together with everything else */
+        r = auth_load(c->keys_file, &c->keys, err, CONFIG_ERR_MAX);
         if (r < 0) {
             config_free(c);
             return r;
@@ -680,6 +739,10 @@ config *config_free(config *c) {
     free_words(c->allowed_hosts, c->n_allowed_hosts);
     free_words(c->allowed_origins, c->n_allowed_origins);
     free(c->keys_file);
+    auth_free(c->keys);
+    free(c->proxy);
+    free(c->proxy_credentials_file);
+    wipe_free(c->proxy_credentials, c->proxy_credentials_len);
     free(c->user_header);
     free(c);
     return NULL;

@@ -33,12 +33,13 @@ static const char *const level_names[] = {
     [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice", [LOG_INFO] = "info", [LOG_DEBUG] = "debug",
 };
 
+/* Set by a reload on the main thread while every other thread logs. */
 void log_set_max_level(int level) {
-    max_level = level;
+    __atomic_store_n(&max_level, level, __ATOMIC_RELAXED);
 }
 
 int log_get_max_level(void) {
-    return max_level;
+    return __atomic_load_n(&max_level, __ATOMIC_RELAXED);
 }
 
 int log_level_from_string(const char *s) {
@@ -107,7 +108,7 @@ static void vlog(int level, const char *msgid, const char *fields, const char *f
 static void vlog(int level, const char *msgid, const char *fields, const char *fmt, va_list ap) {
     char line[LOG_LINE_MAX];
 
-    if (level > max_level)
+    if (level > log_get_max_level())
         return;
     pthread_once(&journal_once, detect_journal);
     if (vsnprintf(line, sizeof(line), fmt, ap) < 0)

@@ -2,10 +2,14 @@
  * and hands over to the service (service.c), which starts the modules in
  * dependency order, serves, and stops them in reverse. */
 #include <curl/curl.h>
+#include <errno.h>
 #include <getopt.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 
 #include "build-config.h"
 #include "config.h"
@@ -17,22 +21,25 @@ static void help(void) {
            "Mints, caches and serves Instacart Connect access tokens on a local HTTP endpoint.\n\n"
            "  -c, --config FILE    configuration file (default %s)\n"
            "      --check-config   check the configuration and the client secret, then exit\n"
+           "      --allow-core-dumps  let a crash write a core dump (it would hold the secret and\n"
+           "                       tokens: only with a throwaway secret, see the README)\n"
            "  -h, --help           show this help\n"
            "      --version        show the version\n",
            TOKEND_DEFAULT_CONFIG);
 }
 
 int main(int argc, char **argv) {
-    enum { ARG_VERSION = 0x100, ARG_CHECK };
+    enum { ARG_VERSION = 0x100, ARG_CHECK, ARG_CORE };
     static const struct option options[] = {
         { "config", required_argument, NULL, 'c' },
         { "check-config", no_argument, NULL, ARG_CHECK },
+        { "allow-core-dumps", no_argument, NULL, ARG_CORE },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, ARG_VERSION },
         { 0 },
     };
     const char *path = TOKEND_DEFAULT_CONFIG;
-    bool check = false;
+    bool check = false, cores = false;
     char err[CONFIG_ERR_MAX];
     config *cfg = NULL;
     int c, r;
@@ -44,6 +51,9 @@ int main(int argc, char **argv) {
             break;
         case ARG_CHECK:
             check = true;
+            break;
+        case ARG_CORE:
+            cores = true;
             break;
         case 'h':
             help();
@@ -62,6 +72,16 @@ int main(int argc, char **argv) {
         return 2;
     }
 
+    /* Before the secret is read: a core dump would hold it, every token and
+     * every user id. Not dumpable also keeps other processes of our user
+     * from ptrace()ing us or reading /proc/PID/mem. */
+    if (!cores) {
+        struct rlimit none = { 0, 0 };
+        if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 || setrlimit(RLIMIT_CORE, &none) < 0) {
+            log_error("cannot turn core dumps off: %s", strerror(errno));
+            return 1;
+        }
+    }
     r = config_load(path, getenv("CREDENTIALS_DIRECTORY"), &cfg, err);
     if (r < 0) {
         log_error("%s", err);

@@ -45,7 +45,7 @@ int oauth_assertion(const char *user_id, char **ret) {
 
     j = cJSON_CreateObject();
     if (!j || !cJSON_AddStringToObject(j, "user_id", user_id)) {
-        cJSON_Delete(j);
+        json_delete_wiped(j);
         return -ENOMEM;
     }
     /* worst case \uXXXX for every byte, plus the frame */

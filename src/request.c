@@ -101,7 +101,7 @@ static int decode_assertion(const char *assertion, char **ret_user) {
         *ret_user = strdup(u->valuestring);
         r = *ret_user ? 0 : -ENOMEM;
     }
-    cJSON_Delete(j);
+    json_delete_wiped(j); /* the decoded assertion */
     explicit_bzero(json, sizeof(json));
     return r;
 }
@@ -116,7 +116,7 @@ int dropin_parse(const char *body, size_t len, dropin *ret, const char **error, 
         return dropin_fail(error, description, "invalid_request", "the body must be a JSON object");
     j = json_parse_whole(body, len);
     if (!cJSON_IsObject(j)) {
-        cJSON_Delete(j);
+        json_delete_wiped(j);
         return dropin_fail(error, description, "invalid_request", "the body must be a JSON object");
     }
     if (cJSON_GetObjectItemCaseSensitive(j, "client_secret")) {
@@ -154,12 +154,12 @@ int dropin_parse(const char *body, size_t len, dropin *ret, const char **error, 
     r = 0;
 out:
     dropin_clear(&d);
-    cJSON_Delete(j);
+    json_delete_wiped(j); /* holds the assertion */
     return r;
 }
 
 void dropin_clear(dropin *d) {
-    free(d->user_id);
+    wipe_free_str(d->user_id);
     free(d->scope);
     d->user_id = d->scope = NULL;
 }

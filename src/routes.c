@@ -154,7 +154,7 @@ enum MHD_Result route_frontend_token(const struct call *c, void **req_cls) {
 /* POST /v2/oauth/token with Instacart's own body, minus the credentials */
 enum MHD_Result route_dropin(struct request *r) {
     const struct call *c = &r->call;
-    const char *error, *desc;
+    const char *error, *desc, *scope;
     enum MHD_Result ret;
     dropin d;
 
@@ -164,10 +164,13 @@ enum MHD_Result route_dropin(struct request *r) {
         dropin_clear(&d);
         return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden", "this API key lacks the right for this grant", NULL);
     }
-    if (d.grant == OAUTH_GRANT_USER_ASSERTION)
-        ret = serve_token(c, r, NULL, d.grant, d.user_id, d.scope ? d.scope : c->a->default_scope, 0);
+    scope = d.scope ? d.scope : d.grant == OAUTH_GRANT_USER_ASSERTION ? c->a->default_scope : "";
+    if (!api_key_allows_scope(c, scope))
+        ret = api_scope_refused(c, scope);
+    else if (d.grant == OAUTH_GRANT_USER_ASSERTION)
+        ret = serve_token(c, r, NULL, d.grant, d.user_id, scope, 0);
     else
-        ret = serve_token(c, r, NULL, d.grant, "", d.scope ? d.scope : "", 0);
+        ret = serve_token(c, r, NULL, d.grant, "", scope, 0);
     dropin_clear(&d);
     return ret;
 }

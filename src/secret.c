@@ -1,6 +1,8 @@
-/* Loading the client secret. The file must be private to its owner: a secret
- * that other local users can read is already leaked, so we refuse to start
- * rather than use it. Not responsible for where the path comes from. */
+/* Opening and reading the files that hold or guard secrets. A secret file
+ * must be private to its owner: a secret that other local users can read is
+ * already leaked, so we refuse to start rather than use it. Every such file
+ * is opened without blocking, so a FIFO planted at its path cannot wedge a
+ * reload. Not responsible for where the paths come from. */
 #include "secret.h"
 
 #include <errno.h>
@@ -13,40 +15,87 @@
 
 #include "util.h"
 
-int secret_load(const char *path, char **ret, size_t *ret_len, char *err, size_t err_size) {
+int secret_file_open(const char *path, const char *what, enum secret_file_kind kind, char *err,
+                     size_t err_size) {
+    int flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | (kind == SECRET_FILE_PRIVATE ? O_NOFOLLOW : 0);
     struct stat st;
-    char *buf = NULL;
-    size_t len = 0;
     int fd, r;
 
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
+    /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+     * writer, for ever, with the reload (and so SIGTERM) stuck behind it */
+    fd = open(path, flags);
     if (fd < 0) {
         r = -errno;
-        snprintf(err, err_size, "%s: cannot open the client secret: %s%s", path, strerror(errno),
+        snprintf(err, err_size, "%s: cannot open %s: %s%s", path, what, strerror(errno),
                  errno == ELOOP ? " (symbolic links are refused)" : "");
         return r;
     }
     if (fstat(fd, &st) < 0) {
         r = -errno;
         snprintf(err, err_size, "%s: %s", path, strerror(errno));
-        goto out;
+        goto fail;
     }
     if (!S_ISREG(st.st_mode)) {
         r = -EINVAL;
-        snprintf(err, err_size, "%s: the client secret must be a regular file", path);
-        goto out;
+        snprintf(err, err_size, "%s: %s must be a regular file, not a %s", path, what,
+                 S_ISFIFO(st.st_mode) ? "FIFO" : S_ISDIR(st.st_mode) ? "directory"
+                 : S_ISSOCK(st.st_mode) ? "socket" : "device");
+        goto fail;
     }
-    if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+    if (kind != SECRET_FILE_PLAIN && st.st_uid != 0 && st.st_uid != geteuid()) {
         r = -EPERM;
-        snprintf(err, err_size,
-                 "%s: the client secret is accessible to group or others (mode %04o); "
-                 "run 'chmod 600 %s'",
-                 path, (unsigned)(st.st_mode & 07777), path);
+        snprintf(err, err_size, "%s: %s is owned by uid %u; it must be owned by root or by tokend's "
+                 "user (uid %u): run 'chown root %s'", path, what, (unsigned)st.st_uid,
+                 (unsigned)geteuid(), path);
+        goto fail;
+    }
+    if (kind == SECRET_FILE_PRIVATE && (st.st_mode & (S_IRWXG | S_IRWXO))) {
+        r = -EPERM;
+        snprintf(err, err_size, "%s: %s is accessible to group or others (mode %04o); run 'chmod 600 %s'",
+                 path, what, (unsigned)(st.st_mode & 07777), path);
+        goto fail;
+    }
+    if (kind == SECRET_FILE_GUARD && (st.st_mode & (S_IWGRP | S_IWOTH))) {
+        r = -EPERM;
+        snprintf(err, err_size, "%s: %s is writable by group or others (mode %04o); run 'chmod go-w %s'",
+                 path, what, (unsigned)(st.st_mode & 07777), path);
+        goto fail;
+    }
+    /* a regular file: reads would not block anyway; back to plain reads */
+    r = fcntl(fd, F_GETFL);
+    if (r < 0 || fcntl(fd, F_SETFL, r & ~O_NONBLOCK) < 0) {
+        r = -errno;
+        snprintf(err, err_size, "%s: %s", path, strerror(errno));
+        goto fail;
+    }
+    return fd;
+fail:
+    close(fd);
+    return r;
+}
+
+int secret_load(const char *path, char **ret, size_t *ret_len, char *err, size_t err_size) {
+    return secret_load_named(path, "the client secret", ret, ret_len, err, err_size);
+}
+
+int secret_load_named(const char *path, const char *what, char **ret, size_t *ret_len, char *err,
+                      size_t err_size) {
+    struct stat st;
+    char *buf = NULL;
+    size_t len = 0;
+    int fd, r;
+
+    fd = secret_file_open(path, what, SECRET_FILE_PRIVATE, err, err_size);
+    if (fd < 0)
+        return fd;
+    if (fstat(fd, &st) < 0) {
+        r = -errno;
+        snprintf(err, err_size, "%s: %s", path, strerror(errno));
         goto out;
     }
     if (st.st_size > SECRET_MAX) {
         r = -EFBIG;
-        snprintf(err, err_size, "%s: the client secret is larger than %d bytes", path, SECRET_MAX);
+        snprintf(err, err_size, "%s: %s is larger than %d bytes", path, what, SECRET_MAX);
         goto out;
     }
     buf = malloc(SECRET_MAX + 1);
@@ -69,7 +118,7 @@ int secret_load(const char *path, char **ret, size_t *ret_len, char *err, size_t
         len += (size_t)n;
         if (len > SECRET_MAX) {
             r = -EFBIG;
-            snprintf(err, err_size, "%s: the client secret is larger than %d bytes", path, SECRET_MAX);
+            snprintf(err, err_size, "%s: %s is larger than %d bytes", path, what, SECRET_MAX);
             goto out;
         }
     }
@@ -80,13 +129,13 @@ int secret_load(const char *path, char **ret, size_t *ret_len, char *err, size_t
         len--;
     if (len == 0) {
         r = -ENODATA;
-        snprintf(err, err_size, "%s: the client secret file is empty", path);
+        snprintf(err, err_size, "%s: %s is empty", path, what);
         goto out;
     }
     for (size_t i = 0; i < len; i++)
         if ((unsigned char)buf[i] < 0x20 || buf[i] == 0x7f) {
             r = -EINVAL;
-            snprintf(err, err_size, "%s: the client secret contains a control character", path);
+            snprintf(err, err_size, "%s: %s contains a control character", path, what);
             goto out;
         }
     buf[len] = '\0';

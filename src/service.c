@@ -177,7 +177,6 @@ static void warn_needs_restart(const config *was, const config *now, unsigned wa
     CHANGED(!same_text(was->allowed_gids_text, now->allowed_gids_text), "[server] allowed_gids");
     CHANGED(!same_text(was->allowed_hosts_text, now->allowed_hosts_text), "[server] allowed_hosts");
     CHANGED(!same_text(was->allowed_origins_text, now->allowed_origins_text), "[server] allowed_origins");
-    CHANGED(!same_text(was->keys_file, now->keys_file), "[auth] keys_file");
     CHANGED(!same_text(was->user_header, now->user_header), "[frontend] user_header");
     CHANGED(was->max_body != now->max_body, "[frontend] max_body");
     CHANGED(was->allow_remote != now->allow_remote, "[server] allow_remote");
@@ -254,6 +253,13 @@ static void reload(struct service *s) {
     forget_secret(n);
     warn_needs_restart(s->boot, n, s->wanted_connections);
     log_set_max_level(n->log_level);
+    /* the keys file was read with the rest: a removed key stops working now */
+    api_set_keys(s->a, n->keys);
+    n->keys = NULL;
+    if (n->keys_file)
+        log_notice("API keys reloaded from %s", n->keys_file);
+    else if (old->keys_file)
+        log_warning("[auth] keys_file removed: every local caller now has every right but frontend and proxy");
     if (flush)
         log_notice("client id or Instacart server changed: dropped %zu cached tokens",
                    cache_flush(s->c));
@@ -371,6 +377,9 @@ int service_run(const char *path, config *cfg) {
     s.wanted_connections = cfg->max_connections;
     cfg->max_connections = fit_connections(cfg->max_connections, cfg->max_concurrent);
 
+    r = fingerprint_set_key(cfg->client_id, cfg->client_secret, cfg->client_secret_len);
+    if (r < 0)
+        goto out;
     r = upstream_new(cfg, &up);
     if (r < 0)
         goto out;
@@ -387,8 +396,9 @@ int service_run(const char *path, config *cfg) {
     r = upstream_start(up);
     if (r < 0)
         goto out;
-    r = api_new(cfg, c, up, listen_fd, &a);
-    listen_fd = -1; /* the server owns it, even when it failed */
+    r = api_new(cfg, cfg->keys, c, up, listen_fd, &a);
+    listen_fd = -1; /* the server owns it and the keys, even when it failed */
+    cfg->keys = NULL;
     if (r < 0)
         goto out;
     s.a = a;

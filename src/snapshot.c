@@ -349,8 +349,9 @@ static const char *entry_parse(const uint8_t *p, size_t len, size_t *off, struct
     strings = (size_t)v->ulen + v->slen + v->tlen;
     if (strings > left - ENTRY_FIXED_LEN)
         return "an entry runs past the end";
-    if (v->ulen > OAUTH_USER_ID_MAX || v->slen == 0 || v->slen > OAUTH_SCOPE_MAX ||
-        v->tlen == 0 || v->tlen > OAUTH_TOKEN_MAX)
+    /* a client token asked for without a scope is cached under "" */
+    if (v->ulen > OAUTH_USER_ID_MAX || v->slen > OAUTH_SCOPE_MAX || v->tlen == 0 || v->tlen > OAUTH_TOKEN_MAX ||
+        (v->slen == 0 && v->grant != OAUTH_GRANT_CLIENT_CREDENTIALS))
         return "an entry has a length out of range";
     if (v->lifetime_s == 0 || v->lifetime_s > OAUTH_LIFETIME_MAX ||
         v->remaining_ms > (uint64_t)v->lifetime_s * MS_PER_SEC)
@@ -360,7 +361,7 @@ static const char *entry_parse(const uint8_t *p, size_t len, size_t *off, struct
     v->value = v->scope + v->slen;
     if (v->grant == OAUTH_GRANT_USER_ASSERTION ? !request_user_id_valid(v->user, v->ulen) : v->ulen != 0)
         return "an entry has an invalid user id";
-    if (!oauth_scope_valid(v->scope, v->slen))
+    if (v->slen && !oauth_scope_valid(v->scope, v->slen))
         return "an entry has an invalid scope";
     if (!token_chars_valid((const uint8_t *)v->value, v->tlen))
         return "an entry has an invalid token";

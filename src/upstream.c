@@ -19,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "breaker.h"
 #include "build-config.h"
 #include "config.h"
 #include "log.h"
@@ -58,6 +59,8 @@ struct job {
     bool resp_too_big;
     unsigned retry_after_s;
     mint_outcome last;  /* the most recent failure, reported if we give up */
+    uint64_t generation; /* of the server and client id its body was made for */
+    uint64_t serial;     /* of the credentials its body holds */
     char fp[FINGERPRINT_LEN];
 };
 
@@ -66,7 +69,6 @@ struct job_list {
     unsigned n;
 };
 
-enum breaker_state { BREAKER_CLOSED, BREAKER_OPEN, BREAKER_HALF_OPEN };
 
 struct upstream {
     /* fixed at creation */
@@ -76,9 +78,17 @@ struct upstream {
     char *client_id;
     char *client_secret;
     size_t client_secret_len;
+    char *proxy;             /* NULL: none, whatever the environment says */
+    char *proxy_credentials; /* USER:PASSWORD or NULL */
+    size_t proxy_credentials_len;
+    /* A reload bumps serial when it swaps anything above, and generation
+     * when the server or the client id changes: a token minted for an
+     * older generation is never handed out (it would be cached and served
+     * for a day after the operator moved away from that server or client). */
+    uint64_t generation, serial;
     uint64_t connect_timeout_ms, attempt_timeout_ms, request_timeout_ms;
-    uint64_t retry_base_ms, retry_max_ms, breaker_cooldown_ms;
-    unsigned max_concurrent, queue_max, breaker_failures;
+    uint64_t retry_base_ms, retry_max_ms;
+    unsigned max_concurrent, queue_max;
     struct curl_slist *headers;
     CURLM *multi;
 
@@ -89,11 +99,8 @@ struct upstream {
     struct job_list incoming;
     unsigned total;       /* accepted and not yet done */
     bool stopping;
-    enum breaker_state breaker;
-    uint64_t breaker_until_ms;
+    breaker breaker;
     mint_outcome breaker_outcome; /* what callers get while it is open */
-    unsigned consecutive_failures;
-    bool probe_in_flight;
     uint64_t paused_until_ms; /* after a 429 */
     uint64_t last_credentials_log_ms;
     bool credentials_rejected;
@@ -137,6 +144,29 @@ static struct job *list_pop(struct job_list *l) {
     return j;
 }
 
+/* The proxy as configured: [upstream] proxy, never http_proxy and friends
+ * from the environment, which would send the client secret wherever a
+ * stray variable points. */
+static int copy_proxy(const config *cfg, char **ret_proxy, char **ret_creds, size_t *ret_creds_len) {
+    char *proxy = NULL, *creds = NULL;
+
+    if (cfg->proxy && !(proxy = strdup(cfg->proxy)))
+        return -ENOMEM;
+    if (cfg->proxy_credentials) {
+        creds = malloc(cfg->proxy_credentials_len + 1);
+        if (!creds) {
+            free(proxy);
+            return -ENOMEM;
+        }
+        memcpy(creds, cfg->proxy_credentials, cfg->proxy_credentials_len);
+        creds[cfg->proxy_credentials_len] = '\0';
+    }
+    *ret_proxy = proxy;
+    *ret_creds = creds;
+    *ret_creds_len = creds ? cfg->proxy_credentials_len : 0;
+    return 0;
+}
+
 int upstream_new(const config *cfg, upstream **ret) {
     upstream *u;
     size_t n;
@@ -163,13 +193,16 @@ int upstream_new(const config *cfg, upstream **ret) {
     memcpy(u->client_secret, cfg->client_secret, cfg->client_secret_len);
     u->client_secret[cfg->client_secret_len] = '\0';
     u->client_secret_len = cfg->client_secret_len;
+    if (copy_proxy(cfg, &u->proxy, &u->proxy_credentials, &u->proxy_credentials_len) < 0) {
+        upstream_free(u);
+        return -ENOMEM;
+    }
     u->connect_timeout_ms = cfg->connect_timeout_ms;
     u->attempt_timeout_ms = cfg->attempt_timeout_ms;
     u->request_timeout_ms = cfg->request_timeout_ms;
     u->retry_base_ms = cfg->retry_base_ms;
     u->retry_max_ms = cfg->retry_max_ms;
-    u->breaker_cooldown_ms = cfg->breaker_cooldown_ms;
-    u->breaker_failures = cfg->breaker_failures;
+    breaker_init(&u->breaker, cfg->breaker_failures, cfg->breaker_cooldown_ms);
     u->max_concurrent = cfg->max_concurrent;
     u->queue_max = cfg->queue_max;
 
@@ -285,7 +318,7 @@ static void submit(upstream *u, enum oauth_grant grant, const char *user_id, con
                    const char *revoke_token, upstream_done_fn done, void *userdata) {
     mint_outcome o = { 0 };
     struct job *j;
-    uint64_t now = now_ms();
+    uint64_t now = now_ms(), wait_ms;
     int r;
 
     j = calloc(1, sizeof(*j));
@@ -308,6 +341,8 @@ static void submit(upstream *u, enum oauth_grant grant, const char *user_id, con
 
     pthread_mutex_lock(&u->lock);
     /* under the lock: a reload may swap the credentials (upstream_set_credentials) */
+    j->generation = u->generation;
+    j->serial = u->serial;
     if (!j->user_id || !j->scope)
         r = -ENOMEM;
     else if (revoke_token)
@@ -319,10 +354,8 @@ static void submit(upstream *u, enum oauth_grant grant, const char *user_id, con
         outcome_set(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, "out_of_memory");
     else if (u->stopping)
         outcome_set(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, "shutting_down");
-    else if (u->breaker == BREAKER_OPEN && now < u->breaker_until_ms)
-        o = u->breaker_outcome, o.retry_after_s = (unsigned)((u->breaker_until_ms - now + 999) / 1000);
-    else if (u->breaker != BREAKER_CLOSED && u->probe_in_flight)
-        o = u->breaker_outcome, o.retry_after_s = DEFAULT_RETRY_AFTER_S;
+    else if (breaker_refuses(&u->breaker, now, &wait_ms))
+        o = u->breaker_outcome, o.retry_after_s = wait_ms ? (unsigned)((wait_ms + 999) / 1000) : DEFAULT_RETRY_AFTER_S;
     else if (u->total > u->max_concurrent + u->queue_max)
         outcome_set(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, "overloaded");
     else if (u->paused_until_ms > j->deadline_ms)
@@ -477,16 +510,41 @@ static int attempt_start(upstream *u, struct job *j, uint64_t now) {
         return -ENOMEM;
     curl_easy_reset(e);
     j->easy = e;
+    j->attempts++;
     wipe_free(j->resp, j->resp_len);
     j->resp = NULL;
     j->resp_len = 0;
     j->resp_too_big = false;
     j->retry_after_s = 0;
     j->attempt_started_ms = now;
-    j->attempts++;
 
-    pthread_mutex_lock(&u->lock); /* a reload may swap it; curl copies it */
+    pthread_mutex_lock(&u->lock); /* a reload may swap these; curl copies them */
+    if (!j->forward && j->serial != u->serial) {
+        /* made before a reload: never send old credentials to a new server */
+        int r = -ESTALE;
+        if (!j->revoke) {
+            char *body = NULL;
+            size_t len = 0;
+            r = oauth_request_body(j->grant, u->client_id, u->client_secret, j->scope, j->user_id, &body, &len);
+            if (r == 0) {
+                wipe_free(j->body, j->body_len);
+                j->body = body;
+                j->body_len = len;
+                j->generation = u->generation;
+                j->serial = u->serial;
+            }
+        } else if (j->generation == u->generation)
+            r = 0; /* the same server: the old secret may still be accepted */
+        if (r < 0) {
+            pthread_mutex_unlock(&u->lock);
+            return r == -ESTALE ? r : -ENOMEM;
+        }
+    }
     curl_easy_setopt(e, CURLOPT_URL, j->forward ? j->url : j->revoke ? u->revoke_url : u->token_url);
+    /* "" turns off the environment's proxies */
+    curl_easy_setopt(e, CURLOPT_PROXY, u->proxy ? u->proxy : "");
+    if (u->proxy_credentials)
+        curl_easy_setopt(e, CURLOPT_PROXYUSERPWD, u->proxy_credentials);
     pthread_mutex_unlock(&u->lock);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
@@ -549,31 +607,22 @@ static const char *transport_error(CURLcode rc, bool *timeout) {
 }
 
 /* Called with u->lock held. */
-static void breaker_failure(upstream *u, const mint_outcome *o, bool at_once, uint64_t now) {
-    u->consecutive_failures++;
-    if (u->breaker == BREAKER_HALF_OPEN || at_once || u->consecutive_failures >= u->breaker_failures) {
-        if (u->breaker != BREAKER_OPEN)
-            log_warning("circuit to Instacart open for %llu ms after %u failures (last: %s)",
-                        (unsigned long long)u->breaker_cooldown_ms, u->consecutive_failures, o->error);
-        u->breaker = BREAKER_OPEN;
-        u->breaker_until_ms = now + u->breaker_cooldown_ms;
+static void circuit_failure(upstream *u, const mint_outcome *o, bool at_once, uint64_t now) {
+    if (breaker_failure(&u->breaker, now, at_once))
+        log_warning("circuit to Instacart open for %llu ms after %u failures (last: %s)",
+                    (unsigned long long)u->breaker.cooldown_ms, u->breaker.failures, o->error);
+    if (u->breaker.state == BREAKER_OPEN)
         u->breaker_outcome = *o;
-    }
 }
 
-static void breaker_success(upstream *u) {
-    if (u->breaker != BREAKER_CLOSED)
+static void circuit_success(upstream *u) {
+    if (breaker_success(&u->breaker))
         log_notice("circuit to Instacart closed");
-    u->breaker = BREAKER_CLOSED;
-    u->consecutive_failures = 0;
     u->credentials_rejected = false;
 }
 
 static uint64_t backoff(upstream *u, unsigned attempts) {
-    uint64_t cap = u->retry_base_ms << (attempts < 20 ? attempts : 20);
-    if (cap > u->retry_max_ms || cap == 0)
-        cap = u->retry_max_ms;
-    return random_u64() % (cap + 1); /* full jitter */
+    return backoff_full_jitter(u->retry_base_ms, u->retry_max_ms, attempts, random_u64());
 }
 
 const double upstream_latency_bounds[UPSTREAM_LATENCY_BUCKETS] = {
@@ -607,7 +656,7 @@ static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
     uint64_t now = now_ms();
     long status = 0;
     mint_outcome o = { 0 };
-    bool retry = false, timeout = false, breaker = false, credentials = false;
+    bool retry = false, timeout = false, trips = false, credentials = false;
     token *t = NULL;
 
     active_unlink(u, j);
@@ -629,7 +678,7 @@ static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
             outcome_set(&o, timeout ? MINT_TIMEOUT : MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, why);
             retry = true;
         }
-        breaker = true;
+        trips = true;
     } else if (status == 200 && j->revoke) {
         o.kind = MINT_OK, o.http_status = 200;
     } else if (status == 200) {
@@ -637,7 +686,7 @@ static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
             o.kind = MINT_OK, o.http_status = 200;
         else {
             outcome_set(&o, MINT_UNAVAILABLE, 200, DEFAULT_RETRY_AFTER_S, "invalid_answer");
-            breaker = true;
+            trips = true;
         }
     } else if (status == 408 || status == 429 || status >= 500) {
         char code[64];
@@ -646,7 +695,7 @@ static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
                     j->retry_after_s ? j->retry_after_s : DEFAULT_RETRY_AFTER_S,
                     code[0] ? code : (status == 429 ? "rate_limited" : "upstream_unavailable"));
         retry = true;
-        breaker = status != 429;
+        trips = status != 429;
     } else if (status >= 400 && status < 500) {
         char code[64];
         oauth_parse_error(j->resp, j->resp_len, code, sizeof(code));
@@ -655,28 +704,39 @@ static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
                       strcmp(code, "query_params_forbidden") == 0;
     } else {
         outcome_set(&o, MINT_UNAVAILABLE, (int)status, DEFAULT_RETRY_AFTER_S, "unexpected_status");
-        breaker = true;
+        trips = true;
     }
 
     pthread_mutex_lock(&u->lock);
     latency_record(u, j, now - j->attempt_started_ms);
     if (j->probe)
-        u->probe_in_flight = false;
-    if (o.kind == MINT_OK)
-        breaker_success(u);
+        breaker_probe_done(&u->breaker);
+    if (!j->revoke && (j->generation != u->generation || (j->serial != u->serial && o.kind != MINT_OK))) {
+        /* Sent before a reload. A token for the old server or client id is
+         * dropped (cached, it would be served for a day), and a failure
+         * may be the old credentials' fault: neither is reported, nor held
+         * against the new settings; the mint starts again with them while
+         * the deadline allows. */
+        t = token_unref(t);
+        outcome_set(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, "settings_changed");
+        retry = true;
+        j->attempts = 0; /* a fresh mint, not a retry of a failure */
+        j->retry_after_s = 0;
+    } else if (o.kind == MINT_OK)
+        circuit_success(u);
     else if (credentials) {
         /* A configuration fault: every mint would fail the same way, so stop
          * asking for a while and say so loudly, but not on every request. */
         u->credentials_rejected = true;
-        breaker_failure(u, &o, true, now);
+        circuit_failure(u, &o, true, now);
         if (!u->last_credentials_log_ms || now - u->last_credentials_log_ms >= 60000) {
             u->last_credentials_log_ms = now;
             log_error("Instacart rejected the client credentials (HTTP %ld %s): check client_id "
                       "and the client secret, then reload", status, o.error);
         }
-    } else if (breaker)
-        breaker_failure(u, &o, false, now);
-    if (status == 429) {
+    } else if (trips)
+        circuit_failure(u, &o, false, now);
+    if (status == 429 && j->attempts) {
         uint64_t until = now + (uint64_t)(j->retry_after_s ? j->retry_after_s : DEFAULT_RETRY_AFTER_S) * 1000;
         if (until > u->paused_until_ms)
             u->paused_until_ms = until;
@@ -686,7 +746,7 @@ static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
     pthread_mutex_unlock(&u->lock);
 
     if (retry) {
-        uint64_t delay = backoff(u, j->attempts);
+        uint64_t delay = j->attempts ? backoff(u, j->attempts) : 0;
         if (j->retry_after_s && (uint64_t)j->retry_after_s * 1000 > delay)
             delay = (uint64_t)j->retry_after_s * 1000;
         uint64_t least = u->attempt_timeout_ms < RETRY_MIN_BUDGET_MS ? u->attempt_timeout_ms : RETRY_MIN_BUDGET_MS;
@@ -705,6 +765,7 @@ static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
  * succeed in time. *wait is lowered to when it may start. */
 static bool may_start(upstream *u, struct job *j, uint64_t now, uint64_t *wait, bool *failed) {
     mint_outcome o = { 0 };
+    uint64_t wait_ms;
 
     *failed = false;
     if (now >= j->deadline_ms) {
@@ -717,14 +778,17 @@ static bool may_start(upstream *u, struct job *j, uint64_t now, uint64_t *wait, 
     if (j->forward)
         return true; /* the breaker guards the token endpoint, not these */
     pthread_mutex_lock(&u->lock);
-    if (u->breaker == BREAKER_OPEN && now >= u->breaker_until_ms)
-        u->breaker = BREAKER_HALF_OPEN;
-    if (u->breaker == BREAKER_OPEN || (u->breaker == BREAKER_HALF_OPEN && u->probe_in_flight)) {
+    switch (breaker_check(&u->breaker, now, &wait_ms)) {
+    case BREAKER_REFUSE:
         o = u->breaker_outcome;
-        o.retry_after_s = u->breaker == BREAKER_OPEN ? (unsigned)((u->breaker_until_ms - now + 999) / 1000)
-                                                     : DEFAULT_RETRY_AFTER_S;
+        o.retry_after_s = wait_ms ? (unsigned)((wait_ms + 999) / 1000) : DEFAULT_RETRY_AFTER_S;
         pthread_mutex_unlock(&u->lock);
         goto fail;
+    case BREAKER_PROBE:
+        j->probe = true;
+        break;
+    case BREAKER_PASS:
+        break;
     }
     if (now < u->paused_until_ms) {
         uint64_t until = u->paused_until_ms;
@@ -737,16 +801,22 @@ static bool may_start(upstream *u, struct job *j, uint64_t now, uint64_t *wait, 
             *wait = until - now;
         return false;
     }
-    if (u->breaker == BREAKER_HALF_OPEN) {
-        u->probe_in_flight = true;
-        j->probe = true;
-    }
     pthread_mutex_unlock(&u->lock);
     return true;
 fail:
     *failed = true;
     job_complete(u, j, &o, NULL);
     return false;
+}
+
+static void start_or_fail(upstream *u, struct job *j, uint64_t now) {
+    int r = attempt_start(u, j, now);
+    mint_outcome o;
+
+    if (r == 0)
+        return;
+    outcome_set(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, r == -ESTALE ? "settings_changed" : "out_of_memory");
+    job_complete(u, j, &o, NULL);
 }
 
 static void start_jobs(upstream *u, uint64_t now, uint64_t *wait) {
@@ -761,11 +831,7 @@ static void start_jobs(upstream *u, uint64_t now, uint64_t *wait) {
                 *wait = j->not_before_ms - now;
             list_push(&keep, j);
         } else if (u->active < u->max_concurrent && may_start(u, j, now, wait, &failed)) {
-            if (attempt_start(u, j, now) < 0) {
-                mint_outcome o;
-                outcome_set(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, "out_of_memory");
-                job_complete(u, j, &o, NULL);
-            }
+            start_or_fail(u, j, now);
         } else if (!failed) {
             list_push(&keep, j);
         }
@@ -779,11 +845,7 @@ static void start_jobs(upstream *u, uint64_t now, uint64_t *wait) {
             list_push_front(&u->ready, j);
             break; /* paused: the whole queue waits */
         }
-        if (attempt_start(u, j, now) < 0) {
-            mint_outcome o;
-            outcome_set(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, "out_of_memory");
-            job_complete(u, j, &o, NULL);
-        }
+        start_or_fail(u, j, now);
     }
 
     /* Jobs stuck behind a full pipe still have deadlines: fail those whose
@@ -896,6 +958,8 @@ upstream *upstream_free(upstream *u) {
     free(u->forward_base);
     free(u->client_id);
     wipe_free(u->client_secret, u->client_secret_len);
+    free(u->proxy);
+    wipe_free(u->proxy_credentials, u->proxy_credentials_len);
     pthread_mutex_destroy(&u->lock);
     free(u);
     return NULL;
@@ -906,9 +970,17 @@ void upstream_get_stats(upstream *u, struct upstream_stats *ret) {
     *ret = u->stats;
     ret->in_flight = u->total;
     ret->queued = u->incoming.n;
-    ret->circuit = u->breaker == BREAKER_CLOSED ? CIRCUIT_CLOSED
-                   : u->breaker == BREAKER_OPEN && now_ms() < u->breaker_until_ms ? CIRCUIT_OPEN
-                                                                                   : CIRCUIT_HALF_OPEN;
+    switch (breaker_state_at(&u->breaker, now_ms())) {
+    case BREAKER_CLOSED:
+        ret->circuit = CIRCUIT_CLOSED;
+        break;
+    case BREAKER_OPEN:
+        ret->circuit = CIRCUIT_OPEN;
+        break;
+    case BREAKER_HALF_OPEN:
+        ret->circuit = CIRCUIT_HALF_OPEN;
+        break;
+    }
     ret->credentials_rejected = u->credentials_rejected;
     ret->rate_limited = now_ms() < u->paused_until_ms;
     pthread_mutex_unlock(&u->lock);
@@ -930,39 +1002,53 @@ uint64_t upstream_idle_ms(upstream *u) {
 int upstream_set_credentials(upstream *u, const config *cfg) {
     size_t n = strlen(cfg->base_url) + sizeof("/v2/oauth/token");
     char *url = malloc(n), *id = strdup(cfg->client_id), *secret = malloc(cfg->client_secret_len + 1);
-    char *revoke_url = NULL, *forward_base = strdup(cfg->base_url);
-    size_t secret_len = cfg->client_secret_len;
+    char *revoke_url = NULL, *forward_base = strdup(cfg->base_url), *proxy = NULL, *proxy_creds = NULL;
+    size_t secret_len = cfg->client_secret_len, proxy_creds_len = 0;
+    bool moved;
+    int r = -ENOMEM;
 
-    if (!url || !id || !secret || !forward_base || asprintf(&revoke_url, "%s/v2/oauth/token/revoke", cfg->base_url) < 0) {
-        free(url);
-        free(id);
-        free(secret);
-        return -ENOMEM;
+    if (!url || !id || !secret || !forward_base)
+        goto out;
+    if (asprintf(&revoke_url, "%s/v2/oauth/token/revoke", cfg->base_url) < 0) {
+        revoke_url = NULL; /* undefined after a failure */
+        goto out;
     }
+    if (copy_proxy(cfg, &proxy, &proxy_creds, &proxy_creds_len) < 0)
+        goto out;
     snprintf(url, n, "%s/v2/oauth/token", cfg->base_url);
     memcpy(secret, cfg->client_secret, secret_len);
     secret[secret_len] = '\0';
 
     pthread_mutex_lock(&u->lock);
+    moved = strcmp(u->token_url, url) != 0 || strcmp(u->client_id, id) != 0;
     SWAP(u->token_url, url);
     SWAP(u->revoke_url, revoke_url);
     SWAP(u->forward_base, forward_base);
     SWAP(u->client_id, id);
     SWAP(u->client_secret, secret);
     SWAP(u->client_secret_len, secret_len);
-    if (u->credentials_rejected) {
-        /* the breaker opened on the old credentials: let the new ones try */
+    SWAP(u->proxy, proxy);
+    SWAP(u->proxy_credentials, proxy_creds);
+    SWAP(u->proxy_credentials_len, proxy_creds_len);
+    u->serial++;
+    if (moved)
+        u->generation++;
+    if (u->credentials_rejected || moved) {
+        /* the breaker opened on the old credentials or server: let the new
+         * ones try */
         u->credentials_rejected = false;
-        u->breaker = BREAKER_CLOSED;
-        u->consecutive_failures = 0;
-        u->probe_in_flight = false;
+        breaker_reset(&u->breaker);
     }
     pthread_mutex_unlock(&u->lock);
-
+    r = 0;
+out:
+    /* the old values after a swap, the new ones after a failure */
     free(url);
     free(revoke_url);
     free(forward_base);
     free(id);
-    wipe_free(secret, secret_len);
-    return 0;
+    wipe_free(secret, secret ? secret_len : 0);
+    free(proxy);
+    wipe_free(proxy_creds, proxy_creds_len);
+    return r;
 }

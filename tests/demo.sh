@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's first command: install what tokend needs, build it, and run it
-# in the foreground against the local stand-in of Instacart.
+# in the foreground against the local stand-in of Instacart. Arguments go to
+# tokend (e.g. --allow-core-dumps: the demo's secret is a throwaway).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/deps.sh build
@@ -27,4 +28,4 @@ echo
 echo "    curl -s 'http://127.0.0.1:8787/v1/token?user_id=kamalsingh1234'"
 echo
 echo "Ctrl-C stops it."
-build/src/instacart-tokend --config "$dir/tokend.conf"
+build/src/instacart-tokend --config "$dir/tokend.conf" "$@"

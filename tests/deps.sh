@@ -9,9 +9,10 @@ build=(meson ninja-build gcc pkg-config libcurl4-openssl-dev libcjson-dev libmic
 # python3-pytest runs the integration tests; nginx-light is the reverse proxy
 # in front and the benchmark's reference; prometheus brings promtool; clang
 # and its runtime build the fuzzers; valgrind checks leaks; debootstrap and
-# systemd-container boot a real systemd for the systemctl tests.
+# systemd-container boot a real systemd for the systemctl tests; tinyproxy is
+# the real forward proxy of the [upstream] proxy test.
 test=("${build[@]}" python3 python3-pytest nginx-light prometheus clang libclang-rt-14-dev valgrind
-      debootstrap systemd-container wrk hyperfine iproute2 procps)
+      debootstrap systemd-container wrk hyperfine iproute2 procps tinyproxy)
 
 mode=${1:-build}
 if [[ $mode == list ]]; then

@@ -80,6 +80,28 @@ static size_t words(const char *s, const char *end, const char *w[4], size_t wl[
     return n;
 }
 
+/* scopes=S[,S...]: pieces of scope characters or "*", at least one. */
+static bool scopes_model(const char *s, const char *end) {
+    bool some = false;
+
+    if (end - s < 7 || memcmp(s, "scopes=", 7) != 0)
+        return false;
+    for (const char *p = s + 7; p < end;) {
+        const char *q = memchr(p, ',', (size_t)(end - p));
+        size_t len = q ? (size_t)(q - p) : (size_t)(end - p);
+        if (len > 256)
+            return false;
+        for (size_t i = 0; i < len; i++) {
+            unsigned char c = (unsigned char)p[i];
+            if (c <= 0x20 || c >= 0x7f || c == '"' || c == '\\')
+                return false;
+        }
+        some = some || len > 0;
+        p += len + 1;
+    }
+    return some;
+}
+
 static bool line_model(const char *s, const char *end, struct model *m) {
     const char *w[4];
     size_t wl[4], n = words(s, end, w, wl);
@@ -87,7 +109,9 @@ static bool line_model(const char *s, const char *end, struct model *m) {
 
     if (n == 0 || *w[0] == '#')
         return true; /* blank or a comment */
-    if (n != 3 || wl[0] >= 64 || wl[1] != 64)
+    if ((n != 3 && n != 4) || wl[0] >= 64 || wl[1] != 64)
+        return false;
+    if (n == 4 && !scopes_model(w[3], w[3] + wl[3]))
         return false;
     for (size_t i = 0; i < 64; i++) {
         char c = w[1][i];

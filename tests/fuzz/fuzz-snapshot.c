@@ -176,7 +176,9 @@ static void parse_entries(const uint8_t *p, size_t len, uint32_t count, struct i
         if (e->grant == OAUTH_GRANT_USER_ASSERTION ? !request_user_id_valid((const char *)e->user, e->ulen)
                                                    : e->ulen != 0)
             return;
-        if (!scope_valid(e->scope, e->slen) || !token_valid(e->value, e->tlen))
+        /* "" only for a client token asked for without a scope */
+        if (!(e->slen == 0 ? e->grant == OAUTH_GRANT_CLIENT_CREDENTIALS : scope_valid(e->scope, e->slen)) ||
+            !token_valid(e->value, e->tlen))
             return;
         off += ENTRY_FIXED_LEN + e->ulen + e->slen + e->tlen;
         im->n++;
@@ -194,7 +196,7 @@ static void check_exported(void *userdata, enum oauth_grant grant, const char *u
     bool found = false;
 
     fuzz_check(grant == OAUTH_GRANT_USER_ASSERTION ? request_user_id_valid(user_id, ulen) : ulen == 0);
-    fuzz_check(scope_valid((const uint8_t *)scope, slen));
+    fuzz_check(slen == 0 ? grant == OAUTH_GRANT_CLIENT_CREDENTIALS : scope_valid((const uint8_t *)scope, slen));
     fuzz_check(t->len == strlen(t->value) && token_valid((const uint8_t *)t->value, t->len));
     fuzz_check(t->lifetime_s >= 1 && t->lifetime_s <= OAUTH_LIFETIME_MAX);
     fuzz_check(t->expires_ms - t->received_ms == (uint64_t)t->lifetime_s * 1000 || t->received_ms == 0);

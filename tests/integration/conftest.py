@@ -29,6 +29,19 @@ SLOW = 5 if WRAPPER else 1  # valgrind runs the daemon ~20x slower
 STRICT_EXIT = os.environ.get("TOKEND_STRICT_EXIT") == "1"
 
 
+def _sanitizer():
+    """The build's b_sanitize ("none" for a plain build), from meson's own record."""
+    try:
+        with open(os.path.join(BUILD, "meson-info", "intro-buildoptions.json")) as f:
+            return next((o["value"] for o in json.load(f) if o["name"] == "b_sanitize"), "none")
+    except (OSError, ValueError):
+        return "none"
+
+
+# ASan and TSan take over SIGSEGV and core dumps themselves
+SANITIZER = _sanitizer()
+
+
 def wait_for(cond, timeout=10.0, interval=0.01, what="condition"):
     """Polls cond() until it returns something truthy, or fails at the deadline."""
     deadline = time.monotonic() + timeout * SLOW
@@ -108,6 +121,7 @@ class Tokend:
                         f.write(f"{k} = {v}\n")
 
     def start(self, expect_ready=True, extra_args=()):
+        self._log_start = len(self.log())  # a restart: only its own lines count
         self.logf = open(self.log_path, "ab")
         env = {k: v for k, v in os.environ.items() if k not in ("CREDENTIALS_DIRECTORY", "JOURNAL_STREAM",
                                                                 "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID",
@@ -126,7 +140,7 @@ class Tokend:
         return self.proc.poll() is not None
 
     def _find_address(self):
-        m = re.search(r"listening on http://(\S+?) ", self.log())
+        m = re.search(r"listening on http://(\S+?) ", self.log()[getattr(self, "_log_start", 0):])
         if m:
             self.address = m.group(1)
             host, port = self.address.rsplit(":", 1)
@@ -152,6 +166,12 @@ class Tokend:
         from urllib.parse import urlencode
         q = urlencode({"user_id": user_id, **params})
         return self.get("/v1/token?" + q)
+
+    def token_with(self, user_id, key, **params):
+        """GET /v1/token with an API key."""
+        from urllib.parse import urlencode
+        q = urlencode({"user_id": user_id, **params})
+        return self.get("/v1/token?" + q, headers={"Authorization": f"Bearer {key}"})
 
     def signal(self, sig):
         self.proc.send_signal(sig)

@@ -22,19 +22,23 @@ class Keys:
         keys.path              # for [auth] keys_file
     """
 
-    def __init__(self, path, named_rights):
+    def __init__(self, path, named_rights, scopes=None):
         self.path = os.fspath(path)
         self.keys = {}
+        scopes = scopes or {}
         lines = ["# instacart-tokend API keys: NAME SHA256-OF-KEY RIGHTS", ""]
         for name, rights in named_rights.items():
             key = secrets.token_urlsafe(32)
             self.keys[name] = key
-            lines.append(f"{name} {sha256_hex(key)} {','.join(rights)}")
+            extra = f" scopes={scopes[name]}" if name in scopes else ""
+            lines.append(f"{name} {sha256_hex(key)} {','.join(rights)}{extra}")
             lines.append("")  # blank lines are allowed
             lines.append(f"# {name}: {', '.join(rights)}")
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # written aside and renamed: a reload never reads half a file
+        fd = os.open(self.path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write("\n".join(lines) + "\n")
+        os.rename(self.path + ".tmp", self.path)
 
     def __getitem__(self, name):
         return self.keys[name]

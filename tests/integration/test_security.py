@@ -498,8 +498,16 @@ def test_frontend_users_get_their_own_tokens(stub, secure):
     assert sorted(q["user_id"] for q in stub.token_requests()) == ["alice", "bob"]
 
 
-def test_frontend_token_with_scope(stub, secure):
-    r = fe_get(secure, "alice", path="/v1/frontend/token?scope=connect:post_checkout")
+def test_frontend_token_with_scope(stub, make_tokend, tmp_path):
+    # issue 14: the browser's user does not pick the scope; the proxy's key
+    # may name the ones it may ask for (scopes=)
+    keys = Keys(tmp_path / "keys", {"fe": ("frontend", "proxy"), "wide": ("frontend", "proxy")},
+                scopes={"wide": "connect:recommendations,connect:post_checkout"})
+    t = make_tokend(stub, {"server": dict(SERVER), "auth": {"keys_file": keys.path}})
+    t.keys = keys
+    assert_error(fe_get(t, "alice", path="/v1/frontend/token?scope=connect:post_checkout"), 403, "forbidden")
+    assert_nothing_reached_instacart(stub)
+    r = t.get("/v1/frontend/token?scope=connect:post_checkout", headers=bearer(keys["wide"], **{USER_HEADER: "alice"}))
     assert r.status == 200, r
     assert r.json()["scope"] == "connect:post_checkout"
     assert [q["scope"] for q in stub.token_requests()] == ["connect:post_checkout"]

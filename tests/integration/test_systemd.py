@@ -439,6 +439,27 @@ def test_stop_hands_the_cache_over_and_the_next_start_mints_nothing(stub, notify
     sock.close()
 
 
+def test_a_client_token_without_a_scope_survives_the_restart_with_the_rest(stub, notify, make_sd):
+    # issue 14: cached under the empty scope, it made the reader refuse the
+    # whole image, and every cached token was minted again
+    t = make_sd(stub, notify)
+    notify.wait("READY", "1")
+    client = t.get("/v1/client-token")
+    assert client.status == 200, client
+    users = {u: t.token(u).json()["access_token"] for u in ("alice", "bob")}
+    fd = stop_and_take_cache(t, notify)
+    mints = stub.stats()["mints"]
+
+    t2 = make_sd(stub, notify, fds=[fd], names=["cache"])
+    notify.wait("READY", "1", count=2)
+    assert "restored 3 cached tokens" in t2.log(), t2.log()
+    r = t2.get("/v1/client-token")
+    assert r.header("x-cache") == "hit" and r.json()["access_token"] == client.json()["access_token"]
+    for u, tok in users.items():
+        assert t2.token(u).json()["access_token"] == tok
+    assert stub.stats()["mints"] == mints
+
+
 def test_tokens_too_close_to_expiry_are_not_restored(stub, notify, make_sd):
     # 3 s tokens: handed out while more than half their lifetime is left
     stub.config(expires_in=3)

@@ -856,6 +856,142 @@ static void config_file_errors_name_the_file_and_line(void) {
     free(path);
 }
 
+/* Issue 14, defect 5: a FIFO at the secret's path blocked a reload in
+ * open() for ever. Opened without blocking, it is refused at once. The
+ * open runs in a child with a deadline, so the old behaviour fails the
+ * test instead of hanging it. */
+static int load_in_child(const char *conf, int deadline_s) {
+    pid_t pid = fork();
+    int status;
+
+    ASSERT(pid >= 0);
+    if (pid == 0) {
+        char err[CONFIG_ERR_MAX];
+        config *c = NULL;
+        alarm((unsigned)deadline_s);
+        int r = config_load(conf, NULL, &c, err);
+        fprintf(stderr, "config_load: %d %s\n", r, r < 0 ? err : "");
+        _exit(r == -EINVAL && strstr(err, "regular file") && strstr(err, "FIFO") ? 0 : 1);
+    }
+    ASSERT(waitpid(pid, &status, 0) == pid);
+    return status;
+}
+
+static void secret_fifo_refused_without_blocking(void) {
+    char *fifo = NULL, *conf;
+    int status;
+
+    ASSERT(asprintf(&fifo, "%s/secret-fifo", tmp_dir()) > 0);
+    ASSERT(mkfifo(fifo, 0600) == 0);
+    conf = conf_file(fifo);
+    status = load_in_child(conf, 5);
+    if (WIFSIGNALED(status))
+        UNIT_FAIL("config_load blocked on the FIFO until killed (signal %d)", WTERMSIG(status));
+    ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    free(conf);
+    free(fifo);
+}
+
+static void secret_owned_by_another_user_refused(void) {
+    char err[CONFIG_ERR_MAX], *secret = tmp_file("s3cret\n", 7, 0600), *conf;
+    config *c = NULL;
+
+    if (geteuid() != 0) {
+        fprintf(stderr, "not root: cannot give a file away; checked by CI as root\n");
+        free(secret);
+        return;
+    }
+    ASSERT(chown(secret, 65534, (gid_t)-1) == 0);
+    conf = conf_file(secret);
+    ASSERT_INT_EQ(config_load(conf, NULL, &c, err), -EPERM);
+    ASSERT(c == NULL);
+    ASSERT_CONTAINS(err, secret);
+    ASSERT_CONTAINS(err, "owned by uid 65534");
+    free(conf);
+    free(secret);
+}
+
+/* Issue 14, defect 10: a ninth address was silently not bound. */
+static void listen_at_most_eight(void) {
+    char text[1024];
+    const char *err;
+    config *c;
+
+    snprintf(text, sizeof(text), BASE "[server]\nlisten = 127.0.0.1:1 127.0.0.1:2 127.0.0.1:3 127.0.0.1:4 "
+             "127.0.0.1:5 127.0.0.1:6 127.0.0.1:7 127.0.0.1:8\n");
+    c = parse_ok(text);
+    ASSERT_UINT_EQ(c->n_listens, 8);
+    config_free(c);
+    snprintf(text, sizeof(text), BASE "[server]\nlisten = 127.0.0.1:1 127.0.0.1:2 127.0.0.1:3 127.0.0.1:4 "
+             "127.0.0.1:5 127.0.0.1:6 127.0.0.1:7 127.0.0.1:8 127.0.0.1:9\n");
+    err = parse_refused(text);
+    ASSERT_CONTAINS(err, "9 addresses");
+    ASSERT_CONTAINS(err, "at most 8");
+}
+
+/* Issue 14, defect 10: a line longer than inih's limit was split, and the
+ * rest reported as an unknown key on a line that does not exist. */
+static void line_too_long_refused_on_its_own_line(void) {
+    char text[2048], prefix[32], origins[600] = "";
+    const char *err;
+
+    for (size_t n = 0; strlen(origins) + 40 < sizeof(origins);)
+        n += (size_t)snprintf(origins + n, sizeof(origins) - n, "https://shop%zu.example ", n);
+    snprintf(text, sizeof(text), BASE "[server]\nallowed_origins = %s\nthreads = 2\n", origins);
+    err = parse_refused(text);
+    snprintf(prefix, sizeof(prefix), NAME ":%d: ", FIRST_EXTRA_LINE + 1);
+    if (strncmp(err, prefix, strlen(prefix)) != 0 || !strstr(err, "longer than"))
+        UNIT_FAIL("want a refusal of line %d as too long, got: %s", FIRST_EXTRA_LINE + 1, err);
+    ASSERT_NOT_CONTAINS(err, "unknown key");
+}
+
+/* Issue 14, defect 7: a proxy only on purpose, its credentials never in
+ * the URL (the URL shows in /v1/status). */
+static void proxy_urls(void) {
+    config *c = parse_ok(BASE "proxy = http://127.0.0.1:3128\n");
+    ASSERT_STR_EQ(c->proxy, "http://127.0.0.1:3128");
+    config_free(c);
+    c = parse_ok(BASE "proxy = https://proxy.example:8443\n");
+    config_free(c);
+    c = parse_ok(BASE);
+    ASSERT(c->proxy == NULL);
+    config_free(c);
+    refused_whole(BASE "proxy = http://user:pw@127.0.0.1:3128\n", "proxy_credentials_file");
+    refused_whole(BASE "proxy = socks5://127.0.0.1:1080\n", "http:// or https://");
+    refused_whole(BASE "proxy = http://\n", "no host");
+    refused_whole(BASE "proxy_credentials_file = /etc/x\n", "proxy is not");
+}
+
+static void proxy_credentials_loaded_like_a_secret(void) {
+    char err[CONFIG_ERR_MAX], text[1024], *secret = tmp_file("s3cret\n", 7, 0600), *creds, *conf;
+    config *c = NULL;
+
+    creds = tmp_file("tokend:pr0xy-pw\n", 16, 0600);
+    snprintf(text, sizeof(text), BASE "client_secret_file = %s\nproxy = http://127.0.0.1:3128\n"
+             "proxy_credentials_file = %s\n", secret, creds);
+    conf = tmp_file(text, strlen(text), 0644);
+    ASSERT_INT_EQ(config_load(conf, NULL, &c, err), 0);
+    ASSERT_STR_EQ(c->proxy_credentials, "tokend:pr0xy-pw");
+    config_free(c);
+    free(conf);
+    ASSERT(chmod(creds, 0644) == 0);
+    conf = tmp_file(text, strlen(text), 0644);
+    ASSERT_INT_EQ(config_load(conf, NULL, &c, err), -EPERM);
+    ASSERT_CONTAINS(err, creds);
+    ASSERT_CONTAINS(err, "proxy's credentials");
+    free(conf);
+    free(creds);
+    creds = tmp_file("no-colon\n", 9, 0600);
+    snprintf(text, sizeof(text), BASE "client_secret_file = %s\nproxy = http://127.0.0.1:3128\n"
+             "proxy_credentials_file = %s\n", secret, creds);
+    conf = tmp_file(text, strlen(text), 0644);
+    ASSERT_INT_EQ(config_load(conf, NULL, &c, err), -EINVAL);
+    ASSERT_CONTAINS(err, "USER:PASSWORD");
+    free(conf);
+    free(creds);
+    free(secret);
+}
+
 static void config_free_accepts_null(void) {
     ASSERT(config_free(NULL) == NULL);
 }
@@ -898,6 +1034,12 @@ static const unit_test tests[] = {
     TEST(config_file_missing),
     TEST(config_file_errors_name_the_file_and_line),
     TEST(config_free_accepts_null),
+    TEST(secret_fifo_refused_without_blocking),
+    TEST(secret_owned_by_another_user_refused),
+    TEST(listen_at_most_eight),
+    TEST(line_too_long_refused_on_its_own_line),
+    TEST(proxy_urls),
+    TEST(proxy_credentials_loaded_like_a_secret),
 };
 
 UNIT_MAIN(tests)

@@ -286,6 +286,42 @@ static void siphash24_reference_vectors(void) {
     ASSERT(siphash24(msg, 15, key) != 0xa129ca6149be45e5ull);
 }
 
+/* Issue 14, defect 4: an unkeyed 48-bit FNV-1a of a numeric id was
+ * reversed by trying every id. Keyed with the secret, the fingerprint of an
+ * id is not what anyone without the secret can compute, and nearby ids
+ * share nothing. */
+static void fingerprint_is_keyed(void) {
+    char a[FINGERPRINT_LEN], b[FINGERPRINT_LEN], c[FINGERPRINT_LEN], fnv[FINGERPRINT_LEN];
+    uint64_t h = 0xcbf29ce484222325ULL;
+    const char *id = "12345678";
+    int same = 0;
+
+    ASSERT_INT_EQ(fingerprint_set_key("cid", "secret-one", 10), 0);
+    fingerprint(id, 8, a);
+    fingerprint(id, 8, b);
+    ASSERT_STR_EQ(a, b); /* stable within a deployment */
+    for (size_t i = 0; i < 8; i++) {
+        h ^= (unsigned char)id[i];
+        h *= 0x100000001b3ULL;
+    }
+    for (int i = FINGERPRINT_LEN - 2; i >= 0; i--, h >>= 4)
+        fnv[i] = "0123456789abcdef"[h & 0xf];
+    fnv[FINGERPRINT_LEN - 1] = '\0';
+    ASSERT(strcmp(a, fnv) != 0);
+    ASSERT_INT_EQ(fingerprint_set_key("cid", "secret-two", 10), 0);
+    fingerprint(id, 8, c);
+    ASSERT(strcmp(a, c) != 0); /* another secret, another fingerprint */
+    ASSERT_INT_EQ(fingerprint_set_key("cid2", "secret-one", 10), 0);
+    fingerprint(id, 8, c);
+    ASSERT(strcmp(a, c) != 0); /* another client, too */
+    /* neighbours: about 1 in 16 digits alike by chance, not a shared prefix */
+    ASSERT_INT_EQ(fingerprint_set_key("cid", "secret-one", 10), 0);
+    fingerprint("12345679", 8, c);
+    for (int i = 0; i < FINGERPRINT_LEN - 1; i++)
+        same += a[i] == c[i];
+    ASSERT(same < 6);
+}
+
 static void fingerprint_is_stable_and_short(void) {
     char a[FINGERPRINT_LEN], b[FINGERPRINT_LEN], c[FINGERPRINT_LEN];
 
@@ -314,6 +350,7 @@ static const unit_test tests[] = {
     TEST(parse_duration_units),
     TEST(parse_duration_refusals),
     TEST(fingerprint_is_stable_and_short),
+    TEST(fingerprint_is_keyed),
     TEST(siphash24_reference_vectors),
 };
 
