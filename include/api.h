@@ -25,9 +25,10 @@ enum api_route {
 };
 extern const char *const api_route_names[_ROUTE_MAX];
 
-/* The statuses counted one by one; the rest go in the last slot. */
-#define API_CODES 16
-extern const unsigned api_codes[API_CODES - 1];
+/* Requests are counted by route and exact status, 100 to 599: slot
+ * status - API_STATUS_FIRST. Nothing else is ever answered. */
+#define API_STATUS_FIRST 100
+#define API_CODES 500
 
 struct api_stats {
     unsigned long long requests, ok, client_errors, upstream_errors;

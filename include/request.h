@@ -39,10 +39,13 @@ typedef struct dropin {
     char *scope;   /* malloc()ed; NULL when not given */
 } dropin;
 
-/* Parses and checks a drop-in body. Returns 0, or -EINVAL with *error the
- * OAuth error code (invalid_request, invalid_grant, unsupported_grant_type)
- * and *description what was wrong. */
+/* Parses and checks a drop-in JSON body. Returns 0, or -EINVAL with *error
+ * the RFC 6749 §5.2 error code (invalid_request, invalid_grant,
+ * invalid_scope, unsupported_grant_type) and *description what was wrong. */
 int dropin_parse(const char *body, size_t len, dropin *ret, const char **error, const char **description);
+/* The same for an application/x-www-form-urlencoded body, as standard
+ * OAuth 2.0 clients send it (RFC 6749 §4.4.2): each parameter once. */
+int dropin_parse_form(const char *body, size_t len, dropin *ret, const char **error, const char **description);
 void dropin_clear(dropin *d);
 
 /* One of the four frontend Recommendations paths, with a safe {order_id}. */

@@ -62,7 +62,17 @@ struct call {
     struct MHD_Connection *conn;
     enum api_route route;
     int rights;           /* of the caller's key; every right without a keys file */
+    bool keyed;           /* a keys file was in force when the guard ran */
     const char *cors;     /* the Origin to allow in the answer, or NULL */
+};
+
+/* The guard's refusal: what to answer. */
+#define VERDICT_DESC_MAX 192
+struct verdict {
+    unsigned status;
+    const char *error;
+    const char *description; /* a literal, or desc */
+    char desc[VERDICT_DESC_MAX];
 };
 
 enum request_kind { REQUEST_MINT, REQUEST_REVOKE, REQUEST_PROXY };
@@ -75,6 +85,7 @@ struct request {
     enum request_kind kind;
     bool uploading;  /* the body is still arriving */
     bool refused;    /* the guard refused it: answered once the body is read */
+    struct verdict verdict;
     bool suspended, done;
     int how;         /* CACHE_MISS or CACHE_COALESCED */
     mint_outcome outcome;

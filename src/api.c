@@ -44,9 +44,6 @@ const char *const api_route_names[_ROUTE_MAX] = {
     [ROUTE_OTHER] = "other",
 };
 
-const unsigned api_codes[API_CODES - 1] = { 200, 400, 401, 403, 404, 405, 411, 413,
-                                            421, 429, 431, 500, 502, 503, 504 };
-
 #define ALL_BUT_FRONTEND (RIGHT_TOKEN | RIGHT_CLIENT_TOKEN | RIGHT_ADMIN)
 
 static const struct {
@@ -60,10 +57,10 @@ static const struct {
     [ROUTE_FRONTEND_TOKEN] = { "/v1/frontend/token", "GET, OPTIONS", false, true },
     [ROUTE_DROPIN] = { "/v2/oauth/token", "POST", true, false },
     [ROUTE_PROXY] = { NULL, "POST, OPTIONS", true, true },
-    [ROUTE_HEALTHZ] = { "/healthz", "GET", false, false },
-    [ROUTE_READYZ] = { "/readyz", "GET", false, false },
-    [ROUTE_METRICS] = { "/metrics", "GET", false, false },
-    [ROUTE_STATUS] = { "/v1/status", "GET", false, false },
+    [ROUTE_HEALTHZ] = { "/healthz", "GET, HEAD", false, false },
+    [ROUTE_READYZ] = { "/readyz", "GET, HEAD", false, false },
+    [ROUTE_METRICS] = { "/metrics", "GET, HEAD", false, false },
+    [ROUTE_STATUS] = { "/v1/status", "GET, HEAD", false, false },
     [ROUTE_CACHE_FLUSH] = { "/v1/cache/flush", "POST", false, false },
     [ROUTE_OTHER] = { NULL, "", false, false },
 };
@@ -89,10 +86,9 @@ static enum api_route route_of(const char *url) {
 }
 
 static unsigned code_index(unsigned status) {
-    for (unsigned i = 0; i < API_CODES - 1; i++)
-        if (api_codes[i] == status)
-            return i;
-    return API_CODES - 1;
+    /* every status we answer is in range: the proxy clamps Instacart's */
+    return status >= API_STATUS_FIRST && status < API_STATUS_FIRST + API_CODES ? status - API_STATUS_FIRST
+                                                                                 : 500 - API_STATUS_FIRST;
 }
 
 void api_count(api *a, enum api_route route, unsigned status) {
@@ -109,8 +105,12 @@ enum MHD_Result api_queue(const struct call *c, unsigned status, struct MHD_Resp
     if (!MHD_get_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE))
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    /* a browser never reads an answer of ours as anything but its type */
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
     if (c->cors) {
+        /* the exact origin, never "*": a signed-in page sends its cookie */
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, c->cors);
+        MHD_add_response_header(resp, "Access-Control-Allow-Credentials", "true");
         MHD_add_response_header(resp, MHD_HTTP_HEADER_VARY, "Origin");
     }
     r = MHD_queue_response(c->conn, status, resp);
@@ -170,6 +170,10 @@ enum MHD_Result api_failure(const struct call *c, const mint_outcome *o) {
     switch (o->kind) {
     case MINT_REJECTED:
         snprintf(desc, sizeof(desc), "Instacart refused the request: HTTP %d %s", o->http_status, o->error);
+        /* the drop-in speaks OAuth: a 400 of Instacart's (invalid_scope,
+         * invalid_grant) is the caller's to see as it is */
+        if (c->route == ROUTE_DROPIN && o->http_status == 400)
+            return api_error(c, MHD_HTTP_BAD_REQUEST, o->error, desc, o);
         return api_error(c, MHD_HTTP_BAD_GATEWAY, "upstream_rejected", desc, o);
     case MINT_TIMEOUT:
         snprintf(desc, sizeof(desc), "Instacart did not answer in time (%s); try again later", o->error);
@@ -315,6 +319,18 @@ static const char *header(struct MHD_Connection *conn, const char *name) {
     return MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
 }
 
+/* Any header a reverse proxy adds: a request carrying one was relayed. */
+static bool forwarded(struct MHD_Connection *conn) {
+    static const char *const names[] = { "X-Forwarded-For", MHD_HTTP_HEADER_FORWARDED, "X-Real-IP",
+                                         "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port",
+                                         "X-Forwarded-Server", "X-Client-IP", "True-Client-IP" };
+
+    for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+        if (header(conn, names[i]))
+            return true;
+    return false;
+}
+
 static bool host_allowed(api *a, const char *host) {
     char name[256];
     const char *end;
@@ -411,100 +427,175 @@ static const char *requested_scope(const struct call *c, const char *method) {
     return c->route == ROUTE_CLIENT_TOKEN ? "" : c->a->default_scope;
 }
 
-static enum MHD_Result scope_refused(const struct call *c, const char *scope) {
-    char desc[160];
-
-    snprintf(desc, sizeof(desc), "this API key may not ask for scope '%.64s'; list it in the key's "
+static void scope_text(char *buf, size_t size, const char *scope) {
+    snprintf(buf, size, "this API key may not ask for scope '%.64s'; list it in the key's "
              "scopes= in [auth] keys_file", *scope ? scope : "(none)");
+}
+
+static enum MHD_Result scope_refused(const struct call *c, const char *scope) {
+    char desc[VERDICT_DESC_MAX];
+
+    scope_text(desc, sizeof(desc), scope);
     return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden", desc, NULL);
+}
+
+/* The API key the caller presents: "Authorization: Bearer KEY", or on the
+ * drop-in, as standard OAuth clients send their secret, HTTP Basic with the
+ * key as the password (RFC 6749 §2.3.1). Basic is decoded into buf, which
+ * the caller wipes. */
+static const char *presented_key(const struct call *c, char *buf, size_t size, size_t *ret_len) {
+    const char *authz = header(c->conn, MHD_HTTP_HEADER_AUTHORIZATION), *colon;
+    ptrdiff_t n;
+
+    if (!authz)
+        return NULL;
+    if (strncasecmp(authz, "Bearer ", 7) == 0) {
+        *ret_len = strlen(authz + 7);
+        return authz + 7;
+    }
+    if (c->route != ROUTE_DROPIN || strncasecmp(authz, "Basic ", 6) != 0)
+        return NULL;
+    n = base64_decode(authz + 6, strlen(authz + 6), buf, size - 1);
+    if (n <= 0)
+        return NULL;
+    buf[n] = '\0';
+    colon = memchr(buf, ':', (size_t)n);
+    if (!colon || memchr(buf, '\0', (size_t)n))
+        return NULL;
+    *ret_len = (size_t)(buf + n - colon - 1);
+    return colon + 1;
+}
+
+static bool refuse(struct verdict *v, unsigned status, const char *error, const char *description) {
+    v->status = status;
+    v->error = error;
+    v->description = description;
+    return false;
 }
 
 bool api_key_allows_scope(const struct call *c, const char *scope) {
     api *a = c->a;
-    const char *authz;
+    char basic[512];
+    size_t len = 0;
+    const char *key = presented_key(c, basic, sizeof(basic), &len);
     bool ok = false;
 
     pthread_rwlock_rdlock(&a->keys_lock);
     if (!a->auth)
         ok = true;
-    else if ((authz = header(c->conn, MHD_HTTP_HEADER_AUTHORIZATION)) && strncasecmp(authz, "Bearer ", 7) == 0) {
+    else if (key) {
         /* found again: a reload may have swapped the keys since the guard */
-        const auth_key *k = auth_find(a->auth, authz + 7, strlen(authz + 7));
+        const auth_key *k = auth_find(a->auth, key, len);
         ok = k && auth_key_allows_scope(k, scope, a->default_scope, route_table[c->route].frontend);
     }
     pthread_rwlock_unlock(&a->keys_lock);
+    if (key && key > basic && key <= basic + sizeof(basic)) /* only when Basic was decoded there */
+        explicit_bzero(basic, sizeof(basic));
     return ok;
 }
 
 enum MHD_Result api_scope_refused(const struct call *c, const char *scope) {
-    return scope_refused(c, scope);
+    char desc[VERDICT_DESC_MAX];
+
+    if (c->route != ROUTE_DROPIN)
+        return scope_refused(c, scope);
+    scope_text(desc, sizeof(desc), scope);
+    return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_scope", desc, NULL);
 }
 
 /* Everything that keeps out who does not belong, before a route runs.
  * Returns MHD_YES with c->rights set to go on, or the refusal's result
  * with *refused set. */
-static enum MHD_Result guard(struct call *c, const char *method, bool *refused) {
+/* Who may call what: a verdict from the request's facts, answering
+ * nothing, so a request refused before its body arrives is answered (and
+ * counted) once, when the body is in. Returns true to let it in, with
+ * c->rights set. */
+static bool guard_check(struct call *c, const char *method, struct verdict *v) {
     api *a = c->a;
     const union MHD_ConnectionInfo *ci;
     const char *origin = header(c->conn, MHD_HTTP_HEADER_ORIGIN);
     const char *site = header(c->conn, "Sec-Fetch-Site");
-    const char *authz, *scope = NULL;
+    const char *key, *scope = NULL;
+    char basic[512];
+    size_t key_len = 0;
     bool scope_ok = true;
     int needed = route_rights(c->route, method);
     bool preflight = strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0 && route_table[c->route].frontend;
 
-    *refused = true;
     /* DNS rebinding: a page on evil.example resolving to 127.0.0.1 */
     if (!host_allowed(a, header(c->conn, MHD_HTTP_HEADER_HOST)))
-        return api_error(c, MHD_HTTP_MISDIRECTED_REQUEST, "misdirected_request",
-                         "the Host header names no address of tokend; add the name to [server] "
-                         "allowed_hosts if it is yours", NULL);
+        return refuse(v, MHD_HTTP_MISDIRECTED_REQUEST, "misdirected_request",
+                      "the Host header names no address of tokend; add the name to [server] "
+                      "allowed_hosts if it is yours");
     /* a browser sending a request on a page's behalf */
     if (origin && !origin_allowed(a, origin))
-        return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
-                         "cross-origin request from an origin not in [server] allowed_origins", NULL);
-    if (site && strcmp(site, "cross-site") == 0 && !origin_allowed(a, origin))
-        return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden", "cross-site request refused", NULL);
+        return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden",
+                      "cross-origin request from an origin not in [server] allowed_origins");
+    if (site && strcasecmp(site, "cross-site") == 0 && !origin_allowed(a, origin))
+        return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden", "cross-site request refused");
     if (route_table[c->route].frontend)
         c->cors = origin_allowed(a, origin);
-    else if (header(c->conn, "X-Forwarded-For") || header(c->conn, MHD_HTTP_HEADER_FORWARDED))
-        return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
-                         "forwarded requests are served on the frontend routes only", NULL);
+    else if (forwarded(c->conn))
+        return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden",
+                      "forwarded requests are served on the frontend routes only");
     ci = MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     if (ci && ci->socket_context == &peer_denied)
-        return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
-                         "this user is not in [server] allowed_uids or allowed_gids", NULL);
+        return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden",
+                      "this user is not in [server] allowed_uids or allowed_gids");
 
+    key = presented_key(c, basic, sizeof(basic), &key_len);
     pthread_rwlock_rdlock(&a->keys_lock);
-    if (!a->auth)
+    c->keyed = a->auth != NULL;
+    if (!c->keyed)
         c->rights = ALL_BUT_FRONTEND;
-    else if ((authz = header(c->conn, MHD_HTTP_HEADER_AUTHORIZATION)) && strncasecmp(authz, "Bearer ", 7) == 0) {
-        const auth_key *k = auth_find(a->auth, authz + 7, strlen(authz + 7));
+    else if (key) {
+        const auth_key *k = auth_find(a->auth, key, key_len);
         c->rights = k ? auth_key_rights(k) : -1;
         if (k && (scope = requested_scope(c, method)))
             scope_ok = auth_key_allows_scope(k, scope, a->default_scope, route_table[c->route].frontend);
     } else
         c->rights = -1;
     pthread_rwlock_unlock(&a->keys_lock);
+    if (key && key > basic && key <= basic + sizeof(basic)) /* only when Basic was decoded there */
+        explicit_bzero(basic, sizeof(basic));
+    /* the drop-in answers as an OAuth server does (RFC 6749 §5.2) */
     if (needed && !preflight && c->rights < 0)
-        return api_error(c, MHD_HTTP_UNAUTHORIZED, "unauthorized",
-                         "an API key is required: send Authorization: Bearer KEY", NULL);
+        return c->route == ROUTE_DROPIN
+                   ? refuse(v, MHD_HTTP_UNAUTHORIZED, "invalid_client",
+                            "an API key is required: send Authorization: Bearer KEY, or the key as the "
+                            "password of HTTP Basic")
+                   : refuse(v, MHD_HTTP_UNAUTHORIZED, "unauthorized",
+                            "an API key is required: send Authorization: Bearer KEY");
     if (c->rights < 0)
         c->rights = 0;
     if (needed && !preflight && !(c->rights & needed))
-        return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
-                         a->auth ? "this API key lacks the right this route needs"
-                                 : "this route needs an API key with the frontend or proxy right ([auth] keys_file)",
-                         NULL);
-    if (!scope_ok)
-        return scope_refused(c, scope);
+        return c->route == ROUTE_DROPIN
+                   ? refuse(v, MHD_HTTP_BAD_REQUEST, "unauthorized_client",
+                            "this API key has neither the token nor the client-token right")
+                   : refuse(v, MHD_HTTP_FORBIDDEN, "forbidden",
+                            c->keyed ? "this API key lacks the right this route needs"
+                                     : "this route needs an API key with the frontend or proxy right ([auth] keys_file)");
+    if (!scope_ok) {
+        scope_text(v->desc, sizeof(v->desc), scope);
+        return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden", v->desc);
+    }
     /* The user header names whose token to use: only the site's proxy may
      * set it, and the proxy proves that with its key. */
     if (header(c->conn, a->user_header) && !(c->rights & (RIGHT_FRONTEND | RIGHT_PROXY)))
-        return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden",
-                         "the user header is accepted only with a frontend or proxy key", NULL);
-    *refused = false;
-    return MHD_YES;
+        return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden",
+                      "the user header is accepted only with a frontend or proxy key");
+    return true;
+}
+
+static enum MHD_Result answer_verdict(const struct call *c, const struct verdict *v) {
+    return api_error(c, v->status, v->error, v->description, NULL);
+}
+
+static enum MHD_Result guard(struct call *c, const char *method, bool *refused) {
+    struct verdict v;
+
+    *refused = !guard_check(c, method, &v);
+    return *refused ? answer_verdict(c, &v) : MHD_YES;
 }
 
 /* ---- the handler ---- */
@@ -558,16 +649,10 @@ static enum MHD_Result take_body(struct request *r, const char *data, size_t *si
 
 static enum MHD_Result body_complete(struct request *r, const char *url, const char *method) {
     struct call *c = &r->call;
-    bool refused;
-    enum MHD_Result ret;
 
     r->uploading = false;
-    if (r->refused) {
-        /* refused before the body; answered now that it has been read */
-        ret = guard(c, method, &refused);
-        if (refused)
-            return ret;
-    }
+    if (r->refused) /* refused before the body; answered now that it has been read */
+        return answer_verdict(c, &r->verdict);
     if (r->too_big) {
         char desc[96];
         snprintf(desc, sizeof(desc), "the request body is larger than %zu bytes", c->a->max_body);
@@ -586,7 +671,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     struct listener *l = cls;
     struct call c = { .a = l->api, .conn = conn };
     enum MHD_Result ret;
-    bool get, seen_body, refused;
+    bool get, read, seen_body, refused;
 
     if (*req_cls == NULL) {
         *req_cls = &marker_route[route_of(url)];
@@ -609,14 +694,19 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         struct request *r;
         uint64_t declared;
 
-        ret = guard(&c, method, &refused);
+        struct verdict v;
+
+        refused = !guard_check(&c, method, &v);
         if (refused && !*upload_data_size && cl && strcmp(cl, "0") == 0)
-            return ret; /* no body to wait for */
+            return answer_verdict(&c, &v); /* no body to wait for */
         r = api_request_new(&c, c.route == ROUTE_PROXY ? REQUEST_PROXY : REQUEST_MINT, req_cls);
         if (!r)
             return MHD_NO;
         r->uploading = true;
         r->refused = refused;
+        r->verdict = v;
+        if (v.description == v.desc) /* points into the copy from now on */
+            r->verdict.description = r->verdict.desc;
         /* too big by its own account, or refused: nothing of it is kept */
         r->too_big = refused || (cl && parse_uint(cl, UINT64_MAX, &declared) == 0 && declared > c.a->max_body);
         if (*upload_data_size)
@@ -638,6 +728,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         return api_error(&c, MHD_HTTP_BAD_REQUEST, "invalid_request", "this route takes no request body", NULL);
 
     get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
+    /* HEAD wherever GET only reads (RFC 9110); never where GET mints.
+     * libmicrohttpd sends the headers of the GET answer without its body. */
+    read = get || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
     switch (c.route) {
     case ROUTE_TOKEN:
         if (get)
@@ -654,21 +747,21 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             return route_frontend_token(&c, req_cls);
         break;
     case ROUTE_HEALTHZ:
-        if (get) {
+        if (read) {
             api_count(c.a, c.route, MHD_HTTP_OK);
             return MHD_queue_response(conn, MHD_HTTP_OK, c.a->health);
         }
         break;
     case ROUTE_READYZ:
-        if (get)
+        if (read)
             return route_readyz(&c);
         break;
     case ROUTE_METRICS:
-        if (get)
+        if (read)
             return route_metrics(&c);
         break;
     case ROUTE_STATUS:
-        if (get)
+        if (read)
             return route_status(&c);
         break;
     case ROUTE_CACHE_FLUSH:
@@ -898,6 +991,7 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, int listen_fd
         memcpy(a->allowed_gids, cfg->allowed_gids, cfg->n_allowed_gids * sizeof(unsigned));
     MHD_add_response_header(a->health, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
     MHD_add_response_header(a->health, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    MHD_add_response_header(a->health, "X-Content-Type-Options", "nosniff");
 
     if (listen_fd >= 0) {
         a->listeners[a->n_listeners++].fd = listen_fd;
@@ -971,10 +1065,10 @@ void api_get_stats(api *a, struct api_stats *ret) {
     for (int r = 0; r < _ROUTE_MAX; r++)
         for (int c = 0; c < API_CODES; c++) {
             unsigned long long n = __atomic_load_n(&a->counts[r][c], __ATOMIC_RELAXED);
-            unsigned status = c < API_CODES - 1 ? api_codes[c] : 500;
+            unsigned status = API_STATUS_FIRST + (unsigned)c;
             ret->by_route[r][c] = n;
             ret->requests += n;
-            if (status < 300)
+            if (status < 400)
                 ret->ok += n;
             else if (status < 500)
                 ret->client_errors += n;

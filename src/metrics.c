@@ -35,12 +35,8 @@ int metrics_render(const struct api_stats *as, const struct cache_stats *cs,
         for (int c = 0; c < API_CODES; c++) {
             if (!as->by_route[r][c])
                 continue;
-            if (c < API_CODES - 1)
-                fprintf(f, "tokend_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n", api_route_names[r],
-                        api_codes[c], as->by_route[r][c]);
-            else
-                fprintf(f, "tokend_http_requests_total{route=\"%s\",code=\"other\"} %llu\n",
-                        api_route_names[r], as->by_route[r][c]);
+            fprintf(f, "tokend_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n", api_route_names[r],
+                    API_STATUS_FIRST + (unsigned)c, as->by_route[r][c]);
         }
     one(f, "tokend_http_requests_waiting", "gauge", "Requests suspended while their token is minted.",
         as->waiting);

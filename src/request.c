@@ -106,19 +106,14 @@ static int decode_assertion(const char *assertion, char **ret_user) {
     return r;
 }
 
-int dropin_parse(const char *body, size_t len, dropin *ret, const char **error, const char **description) {
+/* The checks of a drop-in request, on its parameters as a JSON object
+ * (parsed from a JSON body, or built from a form). Consumes j. RFC 6749
+ * §5.2 names the errors. */
+static int dropin_check(cJSON *j, dropin *ret, const char **error, const char **description) {
     const cJSON *gt, *as, *sc;
     dropin d = { 0 };
-    cJSON *j;
     int r;
 
-    if (len == 0 || len > OAUTH_BODY_MAX)
-        return dropin_fail(error, description, "invalid_request", "the body must be a JSON object");
-    j = json_parse_whole(body, len);
-    if (!cJSON_IsObject(j)) {
-        json_delete_wiped(j);
-        return dropin_fail(error, description, "invalid_request", "the body must be a JSON object");
-    }
     if (cJSON_GetObjectItemCaseSensitive(j, "client_secret")) {
         r = dropin_fail(error, description, "invalid_request",
                         "do not send client_secret: tokend holds the credentials; drop it from the request");
@@ -127,12 +122,20 @@ int dropin_parse(const char *body, size_t len, dropin *ret, const char **error, 
     gt = cJSON_GetObjectItemCaseSensitive(j, "grant_type");
     as = cJSON_GetObjectItemCaseSensitive(j, "assertion");
     sc = cJSON_GetObjectItemCaseSensitive(j, "scope");
+    if (!gt) {
+        r = dropin_fail(error, description, "invalid_request", "grant_type is missing");
+        goto out;
+    }
     if (sc && (!cJSON_IsString(sc) || !oauth_scope_valid(sc->valuestring, strlen(sc->valuestring)))) {
         r = dropin_fail(error, description, "invalid_scope", "scope must be a string of valid scopes");
         goto out;
     }
     if (cJSON_IsString(gt) && strcmp(gt->valuestring, "fulfillment_user_assertion") == 0) {
         d.grant = OAUTH_GRANT_USER_ASSERTION;
+        if (!as) {
+            r = dropin_fail(error, description, "invalid_request", "assertion is missing");
+            goto out;
+        }
         if (!cJSON_IsString(as) || decode_assertion(as->valuestring, &d.user_id) < 0) {
             r = dropin_fail(error, description, "invalid_grant",
                             "assertion must be standard Base64 of a JSON object {\"user_id\": \"...\"}");
@@ -156,6 +159,93 @@ out:
     dropin_clear(&d);
     json_delete_wiped(j); /* holds the assertion */
     return r;
+}
+
+int dropin_parse(const char *body, size_t len, dropin *ret, const char **error, const char **description) {
+    cJSON *j;
+
+    if (len == 0 || len > OAUTH_BODY_MAX)
+        return dropin_fail(error, description, "invalid_request", "the body must be a JSON object");
+    j = json_parse_whole(body, len);
+    if (!cJSON_IsObject(j)) {
+        json_delete_wiped(j);
+        return dropin_fail(error, description, "invalid_request",
+                           "the body must be a JSON object, each member named once");
+    }
+    return dropin_check(j, ret, error, description);
+}
+
+/* %XX and '+' decoded into out (at least len + 1 bytes). Returns the
+ * decoded length, or -1 for a bad escape or a NUL. */
+static ptrdiff_t form_decode(const char *in, size_t len, char *out) {
+    size_t o = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        if (in[i] == '+')
+            out[o++] = ' ';
+        else if (in[i] == '%') {
+            int hi = i + 1 < len ? hex_value(in[i + 1]) : -1;
+            int lo = i + 2 < len ? hex_value(in[i + 2]) : -1;
+            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+                return -1;
+            out[o++] = (char)(hi << 4 | lo);
+            i += 2;
+        } else if (in[i] == '\0')
+            return -1;
+        else
+            out[o++] = in[i];
+    }
+    out[o] = '\0';
+    return (ptrdiff_t)o;
+}
+
+int dropin_parse_form(const char *body, size_t len, dropin *ret, const char **error, const char **description) {
+    cJSON *j;
+    char *buf;
+    int r = 0;
+
+    if (len == 0 || len > OAUTH_BODY_MAX)
+        return dropin_fail(error, description, "invalid_request", "the body must be a form with grant_type");
+    j = cJSON_CreateObject();
+    /* one pair decoded: key, NUL, value, NUL; a pair without '=' still
+     * gets its empty value's NUL */
+    buf = malloc(len + 2);
+    if (!j || !buf) {
+        json_delete_wiped(j);
+        free(buf);
+        return -ENOMEM;
+    }
+    for (const char *p = body, *end = body + len; p < end && r == 0;) {
+        const char *amp = memchr(p, '&', (size_t)(end - p)), *pe = amp ? amp : end;
+        const char *eq = memchr(p, '=', (size_t)(pe - p));
+        ptrdiff_t kl, vl;
+        char *key, *value;
+
+        if (pe == p) { /* an empty pair: "a=1&&b=2" */
+            p = pe + 1;
+            continue;
+        }
+        key = buf;
+        kl = form_decode(p, (size_t)((eq ? eq : pe) - p), key);
+        value = kl >= 0 ? key + kl + 1 : NULL;
+        vl = kl >= 0 && eq ? form_decode(eq + 1, (size_t)(pe - eq - 1), value) : 0;
+        if (kl >= 0 && !eq)
+            value[0] = '\0';
+        if (kl <= 0 || vl < 0)
+            r = dropin_fail(error, description, "invalid_request", "the form has a malformed parameter");
+        else if (cJSON_GetObjectItemCaseSensitive(j, key))
+            r = dropin_fail(error, description, "invalid_request", "a parameter is given more than once");
+        else if (!cJSON_AddStringToObject(j, key, value))
+            r = -ENOMEM;
+        explicit_bzero(buf, len + 2);
+        p = pe + 1;
+    }
+    wipe_free(buf, len + 2);
+    if (r < 0) {
+        json_delete_wiped(j);
+        return r;
+    }
+    return dropin_check(j, ret, error, description);
 }
 
 void dropin_clear(dropin *d) {

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "api-internal.h"
 #include "build-config.h"
@@ -152,17 +153,36 @@ enum MHD_Result route_frontend_token(const struct call *c, void **req_cls) {
 }
 
 /* POST /v2/oauth/token with Instacart's own body, minus the credentials */
+/* Whether a Content-Type names type (parameters such as charset aside). */
+static bool media_type_is(const char *value, const char *type) {
+    size_t n = strlen(type);
+
+    return strncasecmp(value, type, n) == 0 && (value[n] == '\0' || value[n] == ';' || value[n] == ' ');
+}
+
 enum MHD_Result route_dropin(struct request *r) {
     const struct call *c = &r->call;
-    const char *error, *desc, *scope;
+    const char *error, *desc, *scope, *ctype;
+    int res;
     enum MHD_Result ret;
     dropin d;
 
-    if (dropin_parse(r->body ? r->body : "", r->body_len, &d, &error, &desc) < 0)
+    ctype = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (ctype && media_type_is(ctype, "application/x-www-form-urlencoded"))
+        res = dropin_parse_form(r->body ? r->body : "", r->body_len, &d, &error, &desc);
+    else if (!ctype || media_type_is(ctype, "application/json"))
+        res = dropin_parse(r->body ? r->body : "", r->body_len, &d, &error, &desc);
+    else
+        return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request",
+                         "Content-Type must be application/x-www-form-urlencoded or application/json", NULL);
+    if (res == -ENOMEM)
+        return MHD_NO;
+    if (res < 0)
         return api_error(c, MHD_HTTP_BAD_REQUEST, error, desc, NULL);
     if (!(c->rights & (d.grant == OAUTH_GRANT_USER_ASSERTION ? RIGHT_TOKEN : RIGHT_CLIENT_TOKEN))) {
         dropin_clear(&d);
-        return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden", "this API key lacks the right for this grant", NULL);
+        return api_error(c, MHD_HTTP_BAD_REQUEST, "unauthorized_client",
+                         "this API key lacks the right for this grant", NULL);
     }
     scope = d.scope ? d.scope : d.grant == OAUTH_GRANT_USER_ASSERTION ? c->a->default_scope : "";
     if (!api_key_allows_scope(c, scope))
@@ -228,7 +248,8 @@ static void proxy_on_answer(void *userdata, int status, const char *content_type
     if (status) {
         r->fwd_body = malloc(len + 1);
         if (r->fwd_body) {
-            memcpy(r->fwd_body, body, len);
+            if (len) /* an empty answer may come with no buffer at all */
+                memcpy(r->fwd_body, body, len);
             r->fwd_len = len;
         }
         snprintf(r->fwd_type, sizeof(r->fwd_type), "%s", content_type ? content_type : "application/json");
@@ -255,11 +276,36 @@ enum MHD_Result route_proxy(struct request *r, const char *url) {
     return api_suspend_or_answer(r);
 }
 
+/* application/json or application/...+json, with parameters or not */
+static bool json_type(const char *t) {
+    size_t n = strcspn(t, ";");
+
+    while (n && (t[n - 1] == ' ' || t[n - 1] == '\t'))
+        n--;
+    if (n == 16 && strncasecmp(t, "application/json", 16) == 0)
+        return true;
+    return n > 17 && strncasecmp(t, "application/", 12) == 0 && strncasecmp(t + n - 5, "+json", 5) == 0 &&
+           !memchr(t, ',', n);
+}
+
 static enum MHD_Result answer_forwarded(struct request *r) {
     struct MHD_Response *resp;
+    char desc[192];
 
     if (!r->fwd_status)
         return api_failure(&r->call, &r->outcome);
+    /* what reaches a page on the site's own origin: Instacart's successes,
+     * refusals and failures as they are, and nothing else (no 1xx, no
+     * redirect, nothing past 599), and only JSON */
+    if (r->fwd_status < 200 || (r->fwd_status >= 300 && r->fwd_status < 400) || r->fwd_status > 599) {
+        snprintf(desc, sizeof(desc), "Instacart answered HTTP %d, which is not passed on", r->fwd_status);
+        return api_error(&r->call, MHD_HTTP_BAD_GATEWAY, "upstream_unavailable", desc, NULL);
+    }
+    if (!json_type(r->fwd_type)) {
+        snprintf(desc, sizeof(desc), "Instacart answered with Content-Type '%.64s', not JSON; not passed on",
+                 r->fwd_type);
+        return api_error(&r->call, MHD_HTTP_BAD_GATEWAY, "upstream_unavailable", desc, NULL);
+    }
     resp = MHD_create_response_from_buffer_with_free_callback(r->fwd_len, r->fwd_body ? r->fwd_body : "",
                                                               r->fwd_body ? free : NULL);
     if (!resp)
@@ -284,7 +330,7 @@ enum MHD_Result route_token_delete(const struct call *c, void **req_cls) {
     token *t = NULL;
     int dropped;
 
-    if (!c->a->auth && !api_peer_is_local(c))
+    if (!c->keyed && !api_peer_is_local(c))
         return refuse_remote(c);
     if (!parse_query(c, &qc, user))
         return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", qc.q.error, NULL);
@@ -313,7 +359,7 @@ enum MHD_Result route_flush(const struct call *c) {
     char body[64];
     size_t n;
 
-    if (!c->a->auth && !api_peer_is_local(c))
+    if (!c->keyed && !api_peer_is_local(c))
         return refuse_remote(c);
     n = cache_flush(c->a->cache);
     log_notice("operator flushed the cache: %zu entries dropped", n);

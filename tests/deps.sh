@@ -10,9 +10,10 @@ build=(meson ninja-build gcc pkg-config libcurl4-openssl-dev libcjson-dev libmic
 # in front and the benchmark's reference; prometheus brings promtool; clang
 # and its runtime build the fuzzers; valgrind checks leaks; debootstrap and
 # systemd-container boot a real systemd for the systemctl tests; tinyproxy is
-# the real forward proxy of the [upstream] proxy test.
+# the real forward proxy of the [upstream] proxy test; python3-requests-oauthlib
+# is a standard OAuth 2.0 client driving the drop-in.
 test=("${build[@]}" python3 python3-pytest nginx-light prometheus clang libclang-rt-14-dev valgrind
-      debootstrap systemd-container wrk hyperfine iproute2 procps tinyproxy)
+      debootstrap systemd-container wrk hyperfine iproute2 procps tinyproxy python3-requests-oauthlib)
 
 mode=${1:-build}
 if [[ $mode == list ]]; then

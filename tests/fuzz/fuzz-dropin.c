@@ -1,5 +1,5 @@
 /* Fuzzes the drop-in endpoint's body (POST /v2/oauth/token, the shape
- * Instacart itself takes, minus the credentials). The body sits in a buffer
+ * Instacart itself takes, minus the credentials), as JSON and as a form. The body sits in a buffer
  * of exactly its length, as tokend's upload buffer holds it. A refusal
  * must name an OAuth error code and leave *ret untouched; an
  * acceptance must carry what the body asked for, checked here by decoding
@@ -90,12 +90,39 @@ static void check_accepted(const uint8_t *data, size_t size, const dropin *d) {
     cJSON_Delete(j);
 }
 
+/* The same bytes as a form (application/x-www-form-urlencoded): whatever
+ * they hold, a refusal names an OAuth error and writes nothing; an
+ * acceptance is a known grant with a valid user id and scope. */
+static void check_form(const uint8_t *data, size_t size) {
+    static char sentinel[] = "untouched";
+    const char *error = NULL, *description = NULL;
+    dropin d = { .grant = (enum oauth_grant)7, .user_id = sentinel, .scope = sentinel };
+    int r = dropin_parse_form((const char *)data, size, &d, &error, &description);
+
+    if (r == 0) {
+        fuzz_check(d.grant == OAUTH_GRANT_USER_ASSERTION || d.grant == OAUTH_GRANT_CLIENT_CREDENTIALS);
+        fuzz_check((d.grant == OAUTH_GRANT_USER_ASSERTION) == (d.user_id != NULL));
+        fuzz_check(!d.user_id || request_user_id_valid(d.user_id, strlen(d.user_id)));
+        fuzz_check(!d.scope || oauth_scope_valid(d.scope, strlen(d.scope)));
+        /* a form can only say so in plain text */
+        fuzz_check(memmem(data, size, "grant_type=", 11) || memmem(data, size, "grant%5Ftype=", 13) ||
+                   memmem(data, size, "grant%5ftype=", 13) || memchr(data, '%', size));
+        dropin_clear(&d);
+        return;
+    }
+    if (r == -ENOMEM)
+        return;
+    fuzz_check(r == -EINVAL && known_error(error) && description && description[0]);
+    fuzz_check(d.grant == (enum oauth_grant)7 && d.user_id == sentinel && d.scope == sentinel);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static char sentinel_user[] = "untouched", sentinel_scope[] = "untouched";
     const char *error = NULL, *description = NULL;
     dropin d = { .grant = (enum oauth_grant)7, .user_id = sentinel_user, .scope = sentinel_scope };
     int r;
 
+    check_form(data, size);
     r = dropin_parse((const char *)data, size, &d, &error, &description);
     if (r == 0) {
         fuzz_check(d.user_id != sentinel_user && d.scope != sentinel_scope);

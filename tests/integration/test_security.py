@@ -275,20 +275,21 @@ def call(t, route, key=None, auth=None, **more_headers):
     return t.request(method, path, headers=h)
 
 
-def assert_401(r):
-    assert_error(r, 401, "unauthorized")
+def assert_401(r, route=""):
+    # the drop-in answers as an OAuth 2.0 server does (RFC 6749 §5.2)
+    assert_error(r, 401, "invalid_client" if route.startswith("drop-in") else "unauthorized")
     assert (r.header("www-authenticate") or "").startswith("Bearer"), r.headers
 
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_missing_key_is_401(stub, secure, route):
-    assert_401(call(secure, route))
+    assert_401(call(secure, route), route)
     assert_nothing_reached_instacart(stub)
 
 
 @pytest.mark.parametrize("route", ROUTES)
 def test_unknown_key_is_401(stub, secure, route):
-    assert_401(call(secure, route, key="k-" + os.urandom(16).hex()))
+    assert_401(call(secure, route, key="k-" + os.urandom(16).hex()), route)
     assert_nothing_reached_instacart(stub)
 
 
@@ -320,10 +321,12 @@ def lacking(right):
 @pytest.mark.parametrize("route", ROUTES)
 def test_key_without_the_right_is_403(stub, secure, route):
     need = ROUTES[route][4]
+    # the drop-in says it as OAuth does: 400 unauthorized_client
+    status, error = (400, "unauthorized_client") if route.startswith("drop-in") else (403, "forbidden")
     for name in lacking(need):
         r = call(secure, route, key=secure.keys[name])
-        assert r.status == 403, f"{route} with key {name}: {r}"
-        assert r.json()["error"] == "forbidden", (name, r)
+        assert r.status == status, f"{route} with key {name}: {r}"
+        assert r.json()["error"] == error, (name, r)
     assert_nothing_reached_instacart(stub)
 
 
@@ -337,8 +340,8 @@ def test_key_with_the_right_is_served(stub, secure, route, keyname):
 
 def test_drop_in_needs_the_right_of_its_grant(stub, secure):
     # token (user grant) does not open the client grant, and client-token not the user grant
-    assert_error(call(secure, "drop-in-client", key=secure.keys[only("token")]), 403, "forbidden")
-    assert_error(call(secure, "drop-in-user", key=secure.keys[only("client-token")]), 403, "forbidden")
+    assert_error(call(secure, "drop-in-client", key=secure.keys[only("token")]), 400, "unauthorized_client")
+    assert_error(call(secure, "drop-in-user", key=secure.keys[only("client-token")]), 400, "unauthorized_client")
     assert_nothing_reached_instacart(stub)
 
 
