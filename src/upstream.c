@@ -639,8 +639,9 @@ static void link_failure_log(upstream *u, const char *code, const char *curl_err
     }
     pthread_mutex_unlock(&u->lock);
     if (say)
-        log_error("cannot reach Instacart: %s (%s); not retried: check base_url, [upstream] ca_file "
-                  "and the server's certificate", code, curl_error[0] ? curl_error : "no detail");
+        log_error("cannot reach Instacart: %s (%s); not retried: check base_url%s", code,
+                  curl_error[0] ? curl_error : "no detail",
+                  strncmp(code, "tls_", 4) == 0 ? ", [upstream] ca_file and the server's certificate" : "");
 }
 
 /* Called with u->lock held. */
