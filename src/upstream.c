@@ -539,9 +539,12 @@ static int attempt_start(upstream *u, struct job *j, uint64_t now) {
     /* TLS: at least 1.2, HTTP/2 where offered, sessions resumed. */
     curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     curl_easy_setopt(e, CURLOPT_SHARE, u->share);
-    pthread_mutex_lock(&u->lock); /* a reload may swap it; CURL_BLOB_COPY copies it */
+    pthread_mutex_lock(&u->lock); /* a reload may swap these; curl copies them */
+    /* Only over TLS does curl learn at the handshake (ALPN) whether a new
+     * connection can multiplex; over http:// it learns from the first
+     * answer, so waiting would hold every mint behind a hung first one. */
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, strncmp(u->forward_base, "https://", 8) == 0 ? 1L : 0L);
     if (u->ca_pem) {
         /* curl keeps connections and sessions only for the same blob, so
          * none made under a CA replaced by a reload is reused */

@@ -126,6 +126,25 @@ def test_a_burst_over_http1_opens_at_most_max_concurrent_connections(pki, stub, 
     assert 1 <= len(front.connections()) <= 8, front.connections()
 
 
+@pytest.mark.parametrize("http2", [False, True], ids=["http1.1", "http2"])
+def test_a_hung_mint_does_not_hold_back_the_next(pki, stub, make_front, make_tokend, http2):
+    # a burst waits for the connection being set up (to multiplex over it),
+    # but only until the handshake says whether it can: not for an answer
+    front = make_front(pki, http2=http2)
+    t = https_tokend(make_tokend, stub, front, pki.ca("main"), attempt_timeout="20s", request_timeout="20s")
+    stub.fault(action="hang", count=1)
+    hung = {}
+    th = threading.Thread(target=lambda: hung.setdefault("r", t.get("/v1/token?user_id=stuck", timeout=30)))
+    th.start()
+    try:
+        wait_for(lambda: stub.stats()["token_requests"] >= 1, what="the first mint to hang")
+        r = t.get("/v1/token?user_id=unstuck", timeout=5)
+        assert r.status == 200, r
+    finally:
+        stub.reset()
+        th.join(timeout=30)
+
+
 FAILURES = {
     "wrong_host": (dict(cert_name="other_name"), "main", "tls_wrong_host"),
     "untrusted_ca": (dict(cert_name="other_ca"), "main", "tls_untrusted"),
