@@ -178,6 +178,20 @@ def test_tls_failures_are_refused_at_once_with_their_code(pki, stub, make_front,
     assert_no_secrets(t.log(), SECRET)
 
 
+def test_a_corrupt_ca_file_fails_the_mint_at_once(pki, stub, make_front, make_tokend, tmp_path):
+    # it looks like PEM, so it passes the check at start; curl cannot use it
+    ca = str(tmp_path / "corrupt-ca.pem")
+    with open(ca, "w") as f:
+        f.write("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    front = make_front(pki)
+    t = https_tokend(make_tokend, stub, front, ca)
+    r = t.token("tls-victim")
+    assert r.status == 503 and r.json()["upstream_error"] == "tls_ca_file", r
+    assert metric(t, "tokend_upstream_requests_total") == 1
+    assert "cannot reach Instacart: tls_ca_file (" in t.log()
+    assert stub.token_requests() == []
+
+
 def write_ca(path, src):
     with open(src) as f:
         pem = f.read()
