@@ -22,6 +22,10 @@ typedef struct config {
     char *client_secret;     /* wiped by config_free() */
     size_t client_secret_len;
     char *default_scope;
+    char *ca_file;           /* NULL: the system's trust store */
+    int ca_file_line;        /* where ca_file was set, for messages */
+    char *ca_pem;            /* ca_file's contents, read by config_load() */
+    size_t ca_pem_len;
     uint64_t connect_timeout_ms;
     uint64_t attempt_timeout_ms;
     uint64_t request_timeout_ms; /* per mint, retries included */

@@ -145,9 +145,9 @@ enum MHD_Result api_error(const struct call *c, unsigned status, const char *err
 
     if (j && cJSON_AddStringToObject(j, "error", error) &&
         cJSON_AddStringToObject(j, "error_description", description) &&
-        (!up || !up->http_status ||
-         (cJSON_AddNumberToObject(j, "upstream_status", up->http_status) &&
-          cJSON_AddStringToObject(j, "upstream_error", up->error))))
+        /* upstream_error also without an answer: why there was none (tls_untrusted, ...) */
+        (!up || !up->http_status || cJSON_AddNumberToObject(j, "upstream_status", up->http_status)) &&
+        (!up || !up->error[0] || cJSON_AddStringToObject(j, "upstream_error", up->error)))
         body = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     resp = owned_response(body);

@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <grp.h>
 #include <pwd.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -40,6 +41,7 @@ static const struct key keys[] = {
     K("upstream", "client_id", T_STRING, client_id, 0, 0),
     K("upstream", "client_secret_file", T_STRING, client_secret_file, 0, 0),
     K("upstream", "scope", T_STRING, default_scope, 0, 0),
+    K("upstream", "ca_file", T_STRING, ca_file, 0, 0),
     K("upstream", "connect_timeout", T_DURATION, connect_timeout_ms, 100, 60000),
     K("upstream", "attempt_timeout", T_DURATION, attempt_timeout_ms, 100, 300000),
     K("upstream", "request_timeout", T_DURATION, request_timeout_ms, 100, 300000),
@@ -261,6 +263,8 @@ static int handler(void *user, const char *section, const char *name, const char
             set_err(st, "[%s] %s = '%s' %s%s", section, name, value, why, range);
             return 0;
         }
+        if (k->offset == offsetof(config, ca_file))
+            st->cfg->ca_file_line = st->line; /* the file is read later, by config_load */
         return 1;
     }
     set_err(st, "unknown key '%s' in [%s]; see the sample tokend.conf for the keys", name, section);
@@ -665,6 +669,58 @@ int config_parse_string(const char *text, const char *name, config **ret, char e
     return parse(name, text, ret, err);
 }
 
+/* [upstream] ca_file, read whole at load (and so at each reload): curl gets
+ * these bytes, never the path, so a file rotated mid-run takes effect at
+ * the reload, and a bad one is refused before it replaces a good one. */
+#define CA_FILE_MAX (16 * 1024 * 1024)
+static int ca_load(config *c, char err[CONFIG_ERR_MAX]) {
+    /* opened without blocking: a FIFO at the path must not hang a reload */
+    char open_err[128];
+    int fd = secret_file_open(c->ca_file, "the CA file", SECRET_FILE_PLAIN, open_err, sizeof(open_err));
+    FILE *f = fd >= 0 ? fdopen(fd, "r") : NULL;
+    const char *why = NULL, *begin;
+    struct stat sb;
+    char *buf = NULL;
+    size_t n = 0;
+    int r = -EINVAL;
+
+    if (fd >= 0 && !f)
+        close(fd);
+    if (fd < 0 && fd != -EINVAL) {
+        r = fd;
+        snprintf(open_err, sizeof(open_err), "cannot be opened (%s)", strerror(-fd));
+        why = open_err;
+    } else if (!f || fstat(fileno(f), &sb) < 0 || !S_ISREG(sb.st_mode))
+        why = "is not a regular file";
+    else if (sb.st_size > CA_FILE_MAX)
+        why = "is over 16 MiB";
+    else if (!(buf = malloc((size_t)sb.st_size + 1)))
+        r = -ENOMEM, why = "out of memory";
+    else if ((n = fread(buf, 1, (size_t)sb.st_size, f)) != (size_t)sb.st_size && ferror(f))
+        r = -EIO, why = "cannot be read";
+    else if (n == 0)
+        why = "is empty";
+    else {
+        buf[n] = '\0';
+        begin = memmem(buf, n, "-----BEGIN CERTIFICATE-----", 27);
+        if (!begin || !memmem(begin, n - (size_t)(begin - buf), "-----END CERTIFICATE-----", 25))
+            why = "holds no PEM certificate (-----BEGIN CERTIFICATE-----)";
+    }
+    if (f)
+        fclose(f);
+    if (why) {
+        snprintf(err, CONFIG_ERR_MAX,
+                 "%s:%d: [upstream] ca_file = '%s' %s; give a PEM file of the certificates to trust, "
+                 "or remove the key to use the system's",
+                 c->path, c->ca_file_line, c->ca_file, why);
+        free(buf);
+        return r;
+    }
+    c->ca_pem = buf;
+    c->ca_pem_len = n;
+    return 0;
+}
+
 int config_load(const char *path, const char *credentials_dir, config **ret, char err[CONFIG_ERR_MAX]) {
     char secret_path[4096];
     const char *from;
@@ -705,6 +761,10 @@ int config_load(const char *path, const char *credentials_dir, config **ret, cha
             return r;
         }
     }
+    if (c->ca_file && (r = ca_load(c, err)) < 0) {
+        config_free(c);
+        return r;
+    }
     if (c->keys_file) {
         /* loaded with the rest, so a reload applies a new keys file or
          * refuses a bad one together with everything else */
@@ -727,6 +787,8 @@ config *config_free(config *c) {
     free(c->client_secret_file);
     wipe_free(c->client_secret, c->client_secret_len);
     free(c->default_scope);
+    free(c->ca_file);
+    free(c->ca_pem);
     free(c->listen);
     free_words(c->listens, c->n_listens);
     free(c->socket_group);

@@ -12,6 +12,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <openssl/x509_vfy.h> /* the X509_V_* values of CURLINFO_SSL_VERIFYRESULT */
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -61,6 +62,7 @@ struct job {
     mint_outcome last;  /* the most recent failure, reported if we give up */
     uint64_t generation; /* of the server and client id its body was made for */
     uint64_t serial;     /* of the credentials its body holds */
+    char curl_error[CURL_ERROR_SIZE]; /* curl's words for a failed attempt, for the log */
     char fp[FINGERPRINT_LEN];
 };
 
@@ -91,6 +93,7 @@ struct upstream {
     unsigned max_concurrent, queue_max;
     struct curl_slist *headers;
     CURLM *multi;
+    CURLSH *share; /* TLS sessions, so a reopened connection resumes one */
 
     pthread_t thread;
     bool thread_started;
@@ -103,6 +106,10 @@ struct upstream {
     mint_outcome breaker_outcome; /* what callers get while it is open */
     uint64_t paused_until_ms; /* after a 429 */
     uint64_t last_credentials_log_ms;
+    uint64_t last_link_log_ms;
+    const char *last_link_error;
+    char *ca_pem; /* [upstream] ca_file's certificates; NULL: the system's */
+    size_t ca_pem_len;
     bool credentials_rejected;
     struct upstream_stats stats;
     uint64_t heartbeat_ms;
@@ -167,6 +174,13 @@ static int copy_proxy(const config *cfg, char **ret_proxy, char **ret_creds, siz
     return 0;
 }
 
+static char *memdup(const char *p, size_t n) {
+    char *c = malloc(n ? n : 1);
+    if (c)
+        memcpy(c, p, n);
+    return c;
+}
+
 int upstream_new(const config *cfg, upstream **ret) {
     upstream *u;
     size_t n;
@@ -205,16 +219,29 @@ int upstream_new(const config *cfg, upstream **ret) {
     breaker_init(&u->breaker, cfg->breaker_failures, cfg->breaker_cooldown_ms);
     u->max_concurrent = cfg->max_concurrent;
     u->queue_max = cfg->queue_max;
+    if (cfg->ca_pem && !(u->ca_pem = memdup(cfg->ca_pem, cfg->ca_pem_len))) {
+        upstream_free(u);
+        return -ENOMEM;
+    }
+    u->ca_pem_len = cfg->ca_pem_len;
 
     u->headers = curl_slist_append(NULL, "Content-Type: application/json");
     u->headers = u->headers ? curl_slist_append(u->headers, "Accept: application/json") : NULL;
     /* no "Expect: 100-continue" round trip for a small body */
     u->headers = u->headers ? curl_slist_append(u->headers, "Expect:") : NULL;
     u->multi = curl_multi_init();
-    if (!u->headers || !u->multi) {
+    u->share = curl_share_init();
+    if (!u->headers || !u->multi || !u->share) {
         upstream_free(u);
         return -ENOMEM;
     }
+    /* Every easy handle is used on the worker thread only: no lock needed.
+     * Each job has its own easy handle, so without this share a connection
+     * reopened for the next job could not resume the last TLS session. */
+    curl_share_setopt(u->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    /* Over HTTP/2 all mints share one connection: a burst waits for the
+     * first connection (CURLOPT_PIPEWAIT) rather than opening one each. */
+    curl_multi_setopt(u->multi, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
     /* Keep one connection per concurrent mint open between mints, so a mint
      * pays no TCP or TLS handshake while traffic flows. */
     curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, (long)u->max_concurrent);
@@ -565,6 +592,24 @@ static int attempt_start(upstream *u, struct job *j, uint64_t now) {
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(budget ? budget : 1));
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_PRIVATE, j);
+    j->curl_error[0] = '\0';
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, j->curl_error);
+    /* TLS: at least 1.2, HTTP/2 where offered, sessions resumed. */
+    curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(e, CURLOPT_SHARE, u->share);
+    pthread_mutex_lock(&u->lock); /* a reload may swap these; curl copies them */
+    /* Only over TLS does curl learn at the handshake (ALPN) whether a new
+     * connection can multiplex; over http:// it learns from the first
+     * answer, so waiting would hold every mint behind a hung first one. */
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, strncmp(u->forward_base, "https://", 8) == 0 ? 1L : 0L);
+    if (u->ca_pem) {
+        /* curl keeps connections and sessions only for the same blob, so
+         * none made under a CA replaced by a reload is reused */
+        struct curl_blob ca = { .data = u->ca_pem, .len = u->ca_pem_len, .flags = CURL_BLOB_COPY };
+        curl_easy_setopt(e, CURLOPT_CAINFO_BLOB, &ca);
+    }
+    pthread_mutex_unlock(&u->lock);
     if (curl_multi_add_handle(u->multi, e) != CURLM_OK)
         return -EIO;
     j->aprev = NULL;
@@ -581,21 +626,57 @@ static int attempt_start(upstream *u, struct job *j, uint64_t now) {
     return 0;
 }
 
-/* CURLcode, translated once here: what failed, as a short stable code. */
-static const char *transport_error(CURLcode rc, bool *timeout) {
+/* What the words of a failed TLS handshake mean: the server offers no TLS
+ * version we accept (1.2 and up), or TLS is not spoken there at all.
+ * OpenSSL says so only in text. */
+static bool tls_version_refused(const char *curl_error) {
+    static const char *const phrases[] = { "protocol version", "unsupported protocol",
+                                           "wrong version number", "no protocols available" };
+    for (size_t i = 0; i < ARRAY_SIZE(phrases); i++)
+        if (strstr(curl_error, phrases[i]))
+            return true;
+    return false;
+}
+
+/* CURLcode, translated once here: what failed, as a short stable code.
+ * *final: retrying cannot help (the certificate, the name or the TLS
+ * version will be the same in 100 ms), so the caller hears at once. */
+static const char *transport_error(CURL *e, CURLcode rc, const char *curl_error, bool *timeout, bool *final) {
+    long verify = X509_V_OK;
+
     *timeout = false;
+    *final = false;
     switch (rc) {
     case CURLE_OPERATION_TIMEDOUT:
         *timeout = true;
         return "timeout";
     case CURLE_COULDNT_RESOLVE_HOST:
+        /* a name that does not resolve is a configuration fault far more
+         * often than a resolver's hiccup shorter than a retry */
+        *final = true;
         return "cannot_resolve";
     case CURLE_COULDNT_CONNECT:
         return "connection_refused";
-    case CURLE_SSL_CONNECT_ERROR:
     case CURLE_PEER_FAILED_VERIFICATION:
+        *final = true;
+        curl_easy_getinfo(e, CURLINFO_SSL_VERIFYRESULT, &verify);
+        if (verify == X509_V_ERR_CERT_HAS_EXPIRED || verify == X509_V_ERR_CERT_NOT_YET_VALID)
+            return "tls_expired";
+        /* curl checks the name itself once the chain verified, and then
+         * leaves the verify result at its "not checked" value: its words
+         * say it */
+        if (verify == X509_V_ERR_HOSTNAME_MISMATCH || strstr(curl_error, "host name"))
+            return "tls_wrong_host";
+        return "tls_untrusted";
     case CURLE_SSL_CACERT_BADFILE:
-        return "tls_failed";
+        *final = true;
+        return "tls_ca_file";
+    case CURLE_SSL_CONNECT_ERROR:
+        if (tls_version_refused(curl_error)) {
+            *final = true;
+            return "tls_protocol";
+        }
+        return "tls_failed"; /* say, the connection dropped mid-handshake */
     case CURLE_GOT_NOTHING:
     case CURLE_RECV_ERROR:
     case CURLE_SEND_ERROR:
@@ -604,6 +685,24 @@ static const char *transport_error(CURLcode rc, bool *timeout) {
     default:
         return "transport_error";
     }
+}
+
+/* A link failure retrying cannot heal is the operator's to fix: say what
+ * curl saw (never anything of the request), once a minute per kind. */
+static void link_failure_log(upstream *u, const char *code, const char *curl_error, uint64_t now) {
+    bool say;
+
+    pthread_mutex_lock(&u->lock);
+    say = u->last_link_error != code || !u->last_link_log_ms || now - u->last_link_log_ms >= 60000;
+    if (say) {
+        u->last_link_error = code;
+        u->last_link_log_ms = now;
+    }
+    pthread_mutex_unlock(&u->lock);
+    if (say)
+        log_error("cannot reach Instacart: %s (%s); not retried: check base_url%s", code,
+                  curl_error[0] ? curl_error : "no detail",
+                  strncmp(code, "tls_", 4) == 0 ? ", [upstream] ca_file and the server's certificate" : "");
 }
 
 /* Called with u->lock held. */
@@ -674,9 +773,12 @@ static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
         if (rc == CURLE_WRITE_ERROR && j->resp_too_big)
             outcome_set(&o, MINT_UNAVAILABLE, (int)status, DEFAULT_RETRY_AFTER_S, "answer_too_large");
         else {
-            const char *why = transport_error(rc, &timeout);
+            bool final;
+            const char *why = transport_error(j->easy, rc, j->curl_error, &timeout, &final);
             outcome_set(&o, timeout ? MINT_TIMEOUT : MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, why);
-            retry = true;
+            retry = !final;
+            if (final)
+                link_failure_log(u, why, j->curl_error, now);
         }
         trips = true;
     } else if (status == 200 && j->revoke) {
@@ -952,6 +1054,9 @@ upstream *upstream_free(upstream *u) {
     upstream_stop(u);
     if (u->multi)
         curl_multi_cleanup(u->multi);
+    if (u->share)
+        curl_share_cleanup(u->share);
+    free(u->ca_pem);
     curl_slist_free_all(u->headers);
     free(u->token_url);
     free(u->revoke_url);
@@ -1004,10 +1109,12 @@ int upstream_set_credentials(upstream *u, const config *cfg) {
     char *url = malloc(n), *id = strdup(cfg->client_id), *secret = malloc(cfg->client_secret_len + 1);
     char *revoke_url = NULL, *forward_base = strdup(cfg->base_url), *proxy = NULL, *proxy_creds = NULL;
     size_t secret_len = cfg->client_secret_len, proxy_creds_len = 0;
+    char *ca_pem = cfg->ca_pem ? memdup(cfg->ca_pem, cfg->ca_pem_len) : NULL;
+    size_t ca_pem_len = cfg->ca_pem_len;
     bool moved;
     int r = -ENOMEM;
 
-    if (!url || !id || !secret || !forward_base)
+    if (!url || !id || !secret || !forward_base || (cfg->ca_pem && !ca_pem))
         goto out;
     if (asprintf(&revoke_url, "%s/v2/oauth/token/revoke", cfg->base_url) < 0) {
         revoke_url = NULL; /* undefined after a failure */
@@ -1030,6 +1137,8 @@ int upstream_set_credentials(upstream *u, const config *cfg) {
     SWAP(u->proxy, proxy);
     SWAP(u->proxy_credentials, proxy_creds);
     SWAP(u->proxy_credentials_len, proxy_creds_len);
+    SWAP(u->ca_pem, ca_pem); /* the next attempt trusts the new CA */
+    SWAP(u->ca_pem_len, ca_pem_len);
     u->serial++;
     if (moved)
         u->generation++;
@@ -1050,5 +1159,6 @@ out:
     wipe_free(secret, secret ? secret_len : 0);
     free(proxy);
     wipe_free(proxy_creds, proxy_creds_len);
+    free(ca_pem);
     return r;
 }

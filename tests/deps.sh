@@ -7,12 +7,13 @@ set -euo pipefail
 build=(meson ninja-build gcc pkg-config libcurl4-openssl-dev libcjson-dev libmicrohttpd-dev
        libsystemd-dev libinih-dev libssl-dev curl ca-certificates)
 # python3-pytest runs the integration tests; nginx-light is the reverse proxy
-# in front and the benchmark's reference; prometheus brings promtool; clang
+# in front, the TLS (HTTP/1.1 and HTTP/2) front of the stand-in and the
+# benchmark's reference; openssl makes the tests' throwaway certificates; prometheus brings promtool; clang
 # and its runtime build the fuzzers; valgrind checks leaks; debootstrap and
 # systemd-container boot a real systemd for the systemctl tests; tinyproxy is
 # the real forward proxy of the [upstream] proxy test; python3-requests-oauthlib
 # is a standard OAuth 2.0 client driving the drop-in.
-test=("${build[@]}" python3 python3-pytest nginx-light prometheus clang libclang-rt-14-dev valgrind
+test=("${build[@]}" python3 python3-pytest nginx-light openssl prometheus clang libclang-rt-14-dev valgrind
       debootstrap systemd-container wrk hyperfine iproute2 procps tinyproxy python3-requests-oauthlib)
 
 mode=${1:-build}

@@ -12,7 +12,12 @@ and measures, in one run:
      connections: mints per second and tokend's added latency per mint;
   5. memory: resident memory idle, with 1,000 open connections, and with
      100,000 and 1,000,000 cached users;
-  6. start-up: exec to a connectable socket and to the first served token.
+  6. start-up: exec to a connectable socket and to the first served token;
+  7. instructions per hit request (callgrind);
+  8. the miss path over HTTPS: the stand-in behind nginx over plain HTTP,
+     HTTPS with HTTP/1.1 and HTTPS with HTTP/2 (and, for context, tokend
+     straight to the stand-in): mints per second, added latency per mint,
+     TLS handshakes per 1,000 mints and tokend's CPU per mint.
 
 Prints a table and the targets of issue 7 with pass or miss, and writes the
 raw figures as JSON (--json). Ratios are the measure: absolute figures drift
@@ -48,17 +53,17 @@ PROFILES = {
     "full": dict(hit_seconds=10, rounds=3, hit_conns=(50, 1000), one_conn=True, hit_users=10000,
                  miss_users=20000, miss_conns=(1, 4, 16, 64), coalesce_conns=1000,
                  fills=(100000, 1000000), hold_conns=1000, startup_runs=20, mint_delay_ms=100,
-                 cg_requests=10000, bg_seconds=1.0),
+                 cg_requests=10000, bg_seconds=1.0, tls_users=20000, tls_conns=(1, 64)),
     "quick": dict(hit_seconds=3, rounds=3, hit_conns=(50, 1000), one_conn=True, hit_users=10000,
                   miss_users=5000, miss_conns=(1, 4, 16, 64), coalesce_conns=1000,
                   fills=(100000,), hold_conns=1000, startup_runs=10, mint_delay_ms=100,
-                  cg_requests=5000, bg_seconds=1.0),
+                  cg_requests=5000, bg_seconds=1.0, tls_users=5000, tls_conns=(1, 64)),
     # a one-second miniature of every step, for the test suite: checks that
     # the benchmark still runs and counts right, not how fast anything is
     "selftest": dict(hit_seconds=1, rounds=1, hit_conns=(50,), one_conn=True, hit_users=200,
                      miss_users=300, miss_conns=(8,), coalesce_conns=100,
                      fills=(1000,), hold_conns=50, startup_runs=2, mint_delay_ms=50,
-                     cg_requests=200, bg_seconds=0.2),
+                     cg_requests=200, bg_seconds=0.2, tls_users=200, tls_conns=(8,)),
 }
 
 TARGETS_TEXT = """\
@@ -68,7 +73,9 @@ TARGETS_TEXT = """\
 - coalescing: exactly one mint per user, always
 - miss path: added latency per mint < 0.5 ms at the median; >= 5,000 mints/s
 - memory: < 1 KiB per cached token; 1,000,000 users < 1 GiB RSS; idle < 8 MB; < 8 KB per open connection
-- start-up to listening: < 50 ms"""
+- start-up to listening: < 50 ms
+- miss path over HTTPS (issue 16): HTTP/2 >= 0.8x plain HTTP's mints/s; added latency per mint within
+  0.2 ms of plain HTTP's; TLS handshakes per 1,000 mints <= the connections allowed (max_concurrent)"""
 
 
 class BenchError(Exception):
@@ -529,55 +536,63 @@ http {{
                            f"{mints} mints, {r['ok']} of {conns} answered 200")
         self.results["coalesce"] = rows
 
+    def miss_run(self, t, prefix, count, conns):
+        """bench-client load: first requests for count new users over conns
+        connections to tokend t; mints per second, tokend's added latency
+        per mint (its answer time minus the stand-in's own time for that
+        user) and tokend's CPU per mint."""
+        self.stub_reset()
+        out = os.path.join(self.tmp, f"{prefix}load.txt")
+        cpu0 = proc_cpu_s(t.pid)
+        r = self.client("load", "--port", t.port, "--prefix", prefix, "--first", 0, "--count", count,
+                        "--conns", conns, "--out", out, "--timeout-ms", 300000, check=False)
+        cpu = proc_cpu_s(t.pid) - cpu0
+        stats = self.stub_stats()
+        stub_time = {}
+        for q in self.stub_requests():
+            if q["path"] == "/v2/oauth/token" and q.get("t_done") is not None and q["user_id"]:
+                if q["user_id"] in stub_time:
+                    stub_time[q["user_id"]] = None  # minted twice: not one mint per user
+                else:
+                    stub_time[q["user_id"]] = q["t_done"] - q["t_recv"]
+        total, stub, added = [], [], []
+        with open(out) as f:
+            for line in f:
+                idx, ts, td, st = line.split()
+                if int(st) != 200:
+                    continue
+                s = stub_time.get(f"{prefix}{idx}")
+                if s is None:
+                    continue
+                total.append(float(td) - float(ts))
+                stub.append(s)
+                added.append(float(td) - float(ts) - s)
+        added.sort()
+        total.sort()
+        stub.sort()
+
+        def q(xs, p):
+            return xs[min(len(xs) - 1, int(p / 100 * (len(xs) - 1) + 0.5))] * 1e3 if xs else float("nan")
+
+        return dict(conns=conns, count=count, ok=r["ok"], mints=stats["mints"],
+                    elapsed_s=r["elapsed_s"], mints_per_s=stats["mints"] / r["elapsed_s"],
+                    matched=len(added), cpu_us_per_mint=cpu * 1e6 / stats["mints"] if stats["mints"] else 0,
+                    total_p50_ms=q(total, 50), total_p99_ms=q(total, 99),
+                    stub_p50_ms=q(stub, 50), stub_p99_ms=q(stub, 99),
+                    added_p50_ms=q(added, 50), added_p90_ms=q(added, 90), added_p99_ms=q(added, 99))
+
     def step_miss(self):
         t = self.start_tokend()
         count = self.p["miss_users"]
         rows = []
         self.results["miss_background_cores"] = background_cores(self.p["bg_seconds"])
         for conns in self.p["miss_conns"]:
-            self.stub_reset()
-            prefix = f"miss{conns}-"
-            out = os.path.join(self.tmp, f"miss-{conns}.txt")
             log(f"miss path: {count} new users over {conns} connection(s)")
-            r = self.client("load", "--port", t.port, "--prefix", prefix, "--first", 0, "--count", count,
-                            "--conns", conns, "--out", out, "--timeout-ms", 300000, check=False)
-            stats = self.stub_stats()
-            stub_time = {}
-            for q in self.stub_requests():
-                if q["path"] == "/v2/oauth/token" and q.get("t_done") is not None and q["user_id"]:
-                    if q["user_id"] in stub_time:
-                        stub_time[q["user_id"]] = None  # minted twice: not one mint per user
-                    else:
-                        stub_time[q["user_id"]] = q["t_done"] - q["t_recv"]
-            total, stub, added = [], [], []
-            with open(out) as f:
-                for line in f:
-                    idx, ts, td, st = line.split()
-                    if int(st) != 200:
-                        continue
-                    s = stub_time.get(f"{prefix}{idx}")
-                    if s is None:
-                        continue
-                    total.append(float(td) - float(ts))
-                    stub.append(s)
-                    added.append(float(td) - float(ts) - s)
-            added.sort()
-            total.sort()
-            stub.sort()
-
-            def q(xs, p):
-                return xs[min(len(xs) - 1, int(p / 100 * (len(xs) - 1) + 0.5))] * 1e3 if xs else float("nan")
-
-            row = dict(conns=conns, count=count, ok=r["ok"], mints=stats["mints"],
-                       elapsed_s=r["elapsed_s"], mints_per_s=stats["mints"] / r["elapsed_s"],
-                       matched=len(added),
-                       total_p50_ms=q(total, 50), total_p99_ms=q(total, 99),
-                       stub_p50_ms=q(stub, 50), stub_p99_ms=q(stub, 99),
-                       added_p50_ms=q(added, 50), added_p90_ms=q(added, 90), added_p99_ms=q(added, 99))
+            row = self.miss_run(t, f"miss{conns}-", count, conns)
             rows.append(row)
             self.check(f"miss path at {conns} connection(s): every user answered, one mint each",
-                       r["ok"] == count and stats["mints"] == count and len(added) == count,
-                       f"{r['ok']} answered, {stats['mints']} mints, {len(added)} matched, for {count} users")
+                       row["ok"] == count and row["mints"] == count and row["matched"] == count,
+                       f"{row['ok']} answered, {row['mints']} mints, {row['matched']} matched, for {count} users")
         self.procs.stop(t)
         self.results["miss"] = rows
 
@@ -695,6 +710,142 @@ http {{
             subprocess.run([self.tokend_exe, "--version"], capture_output=True, timeout=30)
             times.append((time.monotonic() - t0) * 1e3)
         self.results["startup_floor"] = {"version_ms_p50": median(times), "version_ms_min": min(times)}
+
+
+    # ------------------------------------------------------------ 8. the miss path over HTTPS
+
+    TLS_VARIANTS = ("direct", "http", "https-h1", "https-h2")
+
+    def make_test_ca(self):
+        """A throwaway CA and a certificate for localhost signed by it, for the
+        TLS front (openssl, as in the tests)."""
+        d = os.path.join(self.tmp, "pki")
+        os.makedirs(d, exist_ok=True)
+
+        def openssl(*args):
+            r = subprocess.run(["openssl", *args], cwd=d, capture_output=True, text=True, timeout=60)
+            if r.returncode != 0:
+                raise BenchError(f"openssl {args[0]}: {r.stderr[-500:]}")
+
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+                "-subj", "/CN=tokend bench CA", "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign")
+        openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+        with open(os.path.join(d, "server.ext"), "w") as f:
+            f.write("basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+                    "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-extfile", "server.ext", "-out", "server.pem")
+        return {k: os.path.join(d, f) for k, f in (("ca", "ca.pem"), ("cert", "server.pem"), ("key", "server.key"))}
+
+    def start_front(self, variant, pki, name):
+        """nginx in front of the stand-in: plain HTTP, or TLS with HTTP/1.1 only or
+        with HTTP/2 by ALPN. Logs each request's connection and whether its TLS
+        session was resumed. Returns the process with .port, .base_url, .access_log."""
+        root = os.path.join(self.tmp, name)
+        os.makedirs(root, exist_ok=True)
+        port = free_port()
+        tls = variant.startswith("https")
+        listen = f"127.0.0.1:{port}" + (" ssl" if tls else "") + (" http2" if variant == "https-h2" else "")
+        tls_lines = (f"ssl_certificate {pki['cert']}; ssl_certificate_key {pki['key']}; "
+                     f"ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:bench:4m;") if tls else ""
+        user_line = ""
+        if os.geteuid() == 0:
+            pw = pwd.getpwuid(os.geteuid())
+            user_line = f"user {pw.pw_name} {grp.getgrgid(pw.pw_gid).gr_name};"
+        conf = os.path.join(root, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""# written by tests/bench/bench.py: the TLS front of the stand-in (step 8)
+daemon off;
+worker_processes 1;
+{user_line}
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 8192; }}
+http {{
+  log_format conn '$connection $ssl_session_reused';
+  access_log {root}/access.log conn;
+  client_body_temp_path {root}/body;
+  proxy_temp_path {root}/proxy;
+  fastcgi_temp_path {root}/fastcgi;
+  uwsgi_temp_path {root}/uwsgi;
+  scgi_temp_path {root}/scgi;
+  upstream stub {{ server 127.0.0.1:{self.stub_port}; keepalive 256; }}
+  server {{
+    listen {listen};
+    {tls_lines}
+    keepalive_requests 1000000000;
+    keepalive_timeout 60s;
+    http2_max_requests 1000000000;
+    location / {{
+      proxy_pass http://stub;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+""")
+        p = self.procs.start([self.nginx, "-p", root + "/", "-c", conf, "-e", root + "/error.log"],
+                             os.path.join(root, "stdout.log"))
+        deadline = time.monotonic() + 10
+        while True:
+            if p.poll() is not None:
+                raise BenchError(f"nginx (TLS front) exited with {p.returncode}: "
+                                 f"{open(os.path.join(root, 'error.log')).read()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise BenchError("the TLS front did not listen in time")
+                time.sleep(0.02)
+        p.port = port
+        p.base_url = f"{'https://localhost' if tls else 'http://127.0.0.1'}:{port}"
+        p.access_log = os.path.join(root, "access.log")
+        return p
+
+    def step_tls(self):
+        if not self.nginx or not shutil.which("openssl"):
+            self.skipped.append("miss path over HTTPS: nginx or openssl is not installed "
+                                "(apt-get install nginx-light openssl)")
+            return
+        pki = self.make_test_ca()
+        count = self.p["tls_users"]
+        rows = []
+        self.results["tls_background_cores"] = background_cores(self.p["bg_seconds"])
+        n = 0
+        # rounds alternate the variants, so a change in the machine's load
+        # falls on all of them
+        for rnd in range(self.p["rounds"]):
+            for conns in self.p["tls_conns"]:
+                for variant in self.TLS_VARIANTS:
+                    n += 1
+                    front = None if variant == "direct" else self.start_front(variant, pki, f"front{n}")
+                    upstream = {} if front is None else {"base_url": front.base_url, "ca_file": pki["ca"]}
+                    t = self.start_tokend(upstream=upstream)
+                    log(f"miss path over {variant}: {count} new users over {conns} connection(s), round {rnd + 1}")
+                    row = self.miss_run(t, f"tls{n}-", count, conns)
+                    self.procs.stop(t)
+                    row.update(variant=variant, round=rnd + 1, connections=0, full_handshakes=0)
+                    if front is not None:
+                        self.procs.stop(front)  # also flushes its log
+                        conn = {}
+                        with open(front.access_log) as f:
+                            for line in f:
+                                c, reused = line.split()
+                                conn[c] = reused
+                        row["connections"] = len(conn)
+                        if variant != "http":
+                            row["full_handshakes"] = sum(1 for r in conn.values() if r != "r")
+                    rows.append(row)
+                    self.check(f"miss path over {variant} at {conns} connection(s): every user answered, "
+                               f"one mint each",
+                               row["ok"] == count and row["mints"] == count and row["matched"] == count,
+                               f"{row['ok']} answered, {row['mints']} mints, {row['matched']} matched, "
+                               f"for {count} users")
+        self.results["tls"] = rows
 
     # ------------------------------------------------------------ verdicts
 
@@ -942,12 +1093,68 @@ http {{
             self.target("(context, no target) user-space instructions per hit request, tokend/nginx", None,
                         f"{t['per_request'] / n['per_request']:.2f}x")
 
+        if "tls" in res:
+            rows = res["tls"]
+            out(f"### 8. Miss path over HTTPS ({self.p['tls_users']:,} new users per run, "
+                f"median of {self.p['rounds']} alternating round(s))")
+            out("")
+            out("| conns | path | mints/s | vs plain HTTP | added p50 | vs plain HTTP | added p99 | "
+                "connections | full TLS handshakes | per 1,000 mints | tokend CPU per mint |")
+            out("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            names = {"direct": "plain HTTP, straight to the stand-in (context)", "http": "plain HTTP via nginx",
+                     "https-h1": "HTTPS, HTTP/1.1, via nginx", "https-h2": "HTTPS, HTTP/2, via nginx"}
+            med = {}
+            for conns in sorted({r["conns"] for r in rows}):
+                for v in self.TLS_VARIANTS:
+                    rs = [r for r in rows if r["conns"] == conns and r["variant"] == v]
+                    if not rs:
+                        continue
+                    m = {k: median([r[k] for r in rs]) for k in
+                         ("mints_per_s", "added_p50_ms", "added_p99_ms", "cpu_us_per_mint")}
+                    m["connections"] = max(r["connections"] for r in rs)
+                    m["full_handshakes"] = max(r["full_handshakes"] for r in rs)
+                    m["per_1000"] = max(r["full_handshakes"] * 1000 / r["mints"] for r in rs if r["mints"])
+                    med[(conns, v)] = m
+                    base = med.get((conns, "http"))
+                    tls = v.startswith("https")
+                    vs_rate = f"{m['mints_per_s'] / base['mints_per_s']:.2f}x" if base else ""
+                    vs_added = f"{m['added_p50_ms'] - base['added_p50_ms']:+.3f} ms" if base and v != "http" else ""
+                    conns_cell = str(m["connections"]) if v != "direct" else ""
+                    hs_cells = f"{m['full_handshakes']} | {m['per_1000']:.2f}" if tls else " | "
+                    out(f"| {conns} | {names[v]} | {m['mints_per_s']:,.0f} | {vs_rate} | "
+                        f"{m['added_p50_ms']:.3f} ms | {vs_added} | {m['added_p99_ms']:.3f} ms | "
+                        f"{conns_cell} | {hs_cells} | {m['cpu_us_per_mint']:.1f} us |")
+            out("")
+            out("Added latency: as in step 4, so for the paths via nginx it includes nginx's own proxying; "
+                "compare those three with each other. Connections and handshakes are counted by nginx "
+                "($connection, $ssl_session_reused). tokend's CPU per mint is its user + system time over "
+                "the run divided by the mints.")
+            out("")
+            bg = res.get("tls_background_cores", 0)
+            note = f" -- inconclusive: {bg:.2f} cores of other load" if bg > QUIET_CORES else ""
+            top, one = max(r["conns"] for r in rows), min(r["conns"] for r in rows)
+            if (top, "https-h2") in med and (top, "http") in med:
+                ratio = med[(top, "https-h2")]["mints_per_s"] / med[(top, "http")]["mints_per_s"]
+                self.target(f"HTTPS with HTTP/2: >= 0.8x plain HTTP's mints/s ({top} conns)",
+                            ratio >= 0.8 or (None if note else False), f"{ratio:.2f}x{'' if ratio >= 0.8 else note}")
+            for v in ("https-h1", "https-h2"):
+                if (one, v) in med and (one, "http") in med:
+                    d = med[(one, v)]["added_p50_ms"] - med[(one, "http")]["added_p50_ms"]
+                    self.target(f"{names[v]}: added latency per mint within 0.2 ms of plain HTTP's "
+                                f"({one} conn, median)", d <= 0.2 or (None if note else False),
+                                f"{d:+.3f} ms{'' if d <= 0.2 else note}")
+                if (top, v) in med:
+                    self.target(f"{names[v]}: TLS handshakes per 1,000 mints <= 64 (the connections allowed)",
+                                med[(top, v)]["per_1000"] <= 64,
+                                f"{med[(top, v)]['per_1000']:.2f} ({med[(top, v)]['full_handshakes']} for "
+                                f"{self.p['tls_users']:,} mints, {med[(top, v)]['connections']} connections)")
+
         if self.args.mode == "selftest":
             out("Self-test: a miniature that checks the benchmark runs and counts right; its figures "
                 "are not measurements, so no target is judged.")
             self.targets = []
         else:
-            out("### Targets (issue 7)")
+            out("### Targets (issues 7 and 16)")
             out("")
             out("| target | figure | verdict |")
             out("|---|---|---|")
@@ -969,7 +1176,7 @@ http {{
     def run(self):
         steps = [("hit", self.step_hit), ("coalesce", self.step_coalesce), ("miss", self.step_miss),
                  ("memory", self.step_memory), ("startup", self.step_startup),
-                 ("instructions", self.step_instructions)]
+                 ("instructions", self.step_instructions), ("tls", self.step_tls)]
         only = set(self.args.only.split(",")) if self.args.only else None
         self.results["machine"] = self.machine()
         self.results["command"] = self.args.command or " ".join(sys.argv)
@@ -1019,7 +1226,7 @@ def main():
     ap.add_argument("--mode", choices=sorted(PROFILES), default="full")
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="do not pin the servers to CPU 0 and wrk to CPU 1")
-    ap.add_argument("--only", help="comma-separated steps: hit,coalesce,miss,memory,startup,instructions")
+    ap.add_argument("--only", help="comma-separated steps: hit,coalesce,miss,memory,startup,instructions,tls")
     ap.add_argument("--json", help="also write the raw figures here")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     ap.add_argument("--wait-quiet", type=float, default=None, metavar="S",

@@ -60,7 +60,7 @@ def free_port():
 
 
 class Nginx:
-    def __init__(self, workdir, site_text, port):
+    def __init__(self, workdir, site_text, port, worker_connections=128):
         self.dir = os.path.abspath(os.fspath(workdir))
         self.port = port
         self.proc = None
@@ -77,7 +77,7 @@ class Nginx:
             f.write(f"""{user}worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/error.log info;
-events {{ worker_connections 128; }}
+events {{ worker_connections {worker_connections}; }}
 http {{
     log_format tokend '$remote_user "$request" $status upstream=$upstream_addr';
     access_log {d}/access.log tokend;
