@@ -13,7 +13,8 @@
 
 #include "util.h"
 
-int secret_load(const char *path, char **ret, size_t *ret_len, char *err, size_t err_size) {
+/* refused: the mode bits that make the file too open to trust */
+static int load(const char *path, mode_t refused, char **ret, size_t *ret_len, char *err, size_t err_size) {
     struct stat st;
     char *buf = NULL;
     size_t len = 0;
@@ -36,7 +37,7 @@ int secret_load(const char *path, char **ret, size_t *ret_len, char *err, size_t
         snprintf(err, err_size, "%s: the client secret must be a regular file", path);
         goto out;
     }
-    if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+    if (st.st_mode & refused) {
         r = -EPERM;
         snprintf(err, err_size,
                  "%s: the client secret is accessible to group or others (mode %04o); "
@@ -98,4 +99,15 @@ out:
     wipe_free(buf, SECRET_MAX + 1);
     close(fd);
     return r;
+}
+
+int secret_load(const char *path, char **ret, size_t *ret_len, char *err, size_t err_size) {
+    return load(path, S_IRWXG | S_IRWXO, ret, ret_len, err, err_size);
+}
+
+/* systemd 257 (Debian 13) hands credentials over as 0440, the group being
+ * the service's own, in a directory only the service can open; 252 used
+ * 0400. Group read is all that is let through. */
+int secret_load_credential(const char *path, char **ret, size_t *ret_len, char *err, size_t err_size) {
+    return load(path, (S_IRWXG & ~S_IRGRP) | S_IRWXO, ret, ret_len, err, err_size);
 }
