@@ -62,6 +62,7 @@ struct call {
     enum api_route route;
     int rights;           /* of the caller's key; every right without a keys file */
     const char *cors;     /* the Origin to allow in the answer, or NULL */
+    bool http11;          /* an HTTP/1.1 request (it must name its Host) */
 };
 
 enum request_kind { REQUEST_MINT, REQUEST_REVOKE, REQUEST_PROXY };

@@ -408,6 +408,12 @@ static enum MHD_Result guard(struct call *c, const char *method, bool *refused) 
     bool preflight = strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0 && route_table[c->route].frontend;
 
     *refused = true;
+    /* HTTP/1.1 requires Host. libmicrohttpd 1.0 refuses a request without
+     * one itself; 0.9.75 passes it on, and host_allowed() lets a missing
+     * Host through for HTTP/1.0. */
+    if (c->http11 && !header(c->conn, MHD_HTTP_HEADER_HOST))
+        return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request",
+                         "an HTTP/1.1 request must carry a Host header", NULL);
     /* DNS rebinding: a page on evil.example resolving to 127.0.0.1 */
     if (!host_allowed(a, header(c->conn, MHD_HTTP_HEADER_HOST)))
         return api_error(c, MHD_HTTP_MISDIRECTED_REQUEST, "misdirected_request",
@@ -527,7 +533,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                                const char *version, const char *upload_data, size_t *upload_data_size,
                                void **req_cls) {
     struct listener *l = cls;
-    struct call c = { .a = l->api, .conn = conn };
+    struct call c = { .a = l->api, .conn = conn, .http11 = strcmp(version, MHD_HTTP_VERSION_1_1) == 0 };
     enum MHD_Result ret;
     bool get, seen_body, refused;
 

@@ -290,6 +290,9 @@ GARBAGE = {
     "bad-chunk-size": (b"POST /v2/oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
                        b"zz\r\n{}\r\n0\r\n\r\n"),
     "http-2-preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00" * 64,
+    # 400: from libmicrohttpd itself on 1.0.1, from tokend on 0.9.75 (which
+    # passes such a request on: it was once served a token)
+    "http-1.1-without-host": b"GET /v1/token?user_id=nohost HTTP/1.1\r\n\r\n",
 }
 
 
