@@ -120,7 +120,7 @@ deb $SECURITY $SUITE-security main
 EOF
     fresh=yes
 fi
-echo "$(grep PRETTY_NAME "$ROOT/etc/os-release")"
+grep PRETTY_NAME "$ROOT/etc/os-release"
 
 step "the source tree into /src"
 mkdir -p "$ROOT/src"
@@ -136,6 +136,7 @@ else
     step "trixie's packages: tests/deps.sh test"
     run_step "tests/deps.sh" in_root tests/deps.sh test
 fi
+# shellcheck disable=SC2016 # expanded in the root, by its sh
 in_root sh -c 'echo "gcc $(gcc -dumpversion), meson $(meson --version), libmicrohttpd $(pkg-config --modversion libmicrohttpd), libcurl $(pkg-config --modversion libcurl), systemd $(pkg-config --modversion libsystemd), nginx $(nginx -v 2>&1 | sed "s/.*nginx\///")"' || true
 
 # cached for the next run once every package is in (tests/deps.sh test
