@@ -17,6 +17,11 @@ enum secret_file_kind {
     SECRET_FILE_GUARD,
     /* the configuration: only a regular file */
     SECRET_FILE_PLAIN,
+    /* a secret in a directory systemd hands over (the service's
+     * credentials, or its runtime directory): like PRIVATE, but readable
+     * by the service's own group too, as systemd 257 (Debian 13) makes
+     * credentials 0440; 252 made them 0400 */
+    SECRET_FILE_CREDENTIAL,
 };
 
 /* Opens path read-only without blocking on it (a FIFO or a device at the
@@ -34,3 +39,6 @@ int secret_load(const char *path, char **ret, size_t *ret_len, char *err, size_t
 /* The same, naming the file `what` in messages. */
 int secret_load_named(const char *path, const char *what, char **ret, size_t *ret_len, char *err,
                       size_t err_size);
+/* The client secret from a directory systemd hands over
+ * (SECRET_FILE_CREDENTIAL). */
+int secret_load_credential(const char *path, char **ret, size_t *ret_len, char *err, size_t err_size);

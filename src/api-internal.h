@@ -64,6 +64,7 @@ struct call {
     int rights;           /* of the caller's key; every right without a keys file */
     bool keyed;           /* a keys file was in force when the guard ran */
     const char *cors;     /* the Origin to allow in the answer, or NULL */
+    bool http11;          /* an HTTP/1.1 request (it must name its Host) */
 };
 
 /* The guard's refusal: what to answer. */

@@ -743,7 +743,9 @@ int config_load(const char *path, const char *credentials_dir, config **ret, cha
         config_free(c);
         return -EINVAL;
     }
-    r = secret_load(from, &c->client_secret, &c->client_secret_len, err, CONFIG_ERR_MAX);
+    r = (from == secret_path ? secret_load_credential : secret_load)(from, &c->client_secret,
+                                                                     &c->client_secret_len, err,
+                                                                     CONFIG_ERR_MAX);
     if (r < 0) {
         config_free(c);
         return r;

@@ -6,6 +6,7 @@
 #include "secret.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +18,8 @@
 
 int secret_file_open(const char *path, const char *what, enum secret_file_kind kind, char *err,
                      size_t err_size) {
-    int flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | (kind == SECRET_FILE_PRIVATE ? O_NOFOLLOW : 0);
+    bool private = kind == SECRET_FILE_PRIVATE || kind == SECRET_FILE_CREDENTIAL;
+    int flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | (private ? O_NOFOLLOW : 0);
     struct stat st;
     int fd, r;
 
@@ -49,7 +51,8 @@ int secret_file_open(const char *path, const char *what, enum secret_file_kind k
                  (unsigned)geteuid(), path);
         goto fail;
     }
-    if (kind == SECRET_FILE_PRIVATE && (st.st_mode & (S_IRWXG | S_IRWXO))) {
+    if (private && (st.st_mode & (kind == SECRET_FILE_CREDENTIAL ? (S_IRWXG & ~S_IRGRP) | S_IRWXO
+                                                                : S_IRWXG | S_IRWXO))) {
         r = -EPERM;
         snprintf(err, err_size, "%s: %s is accessible to group or others (mode %04o); run 'chmod 600 %s'",
                  path, what, (unsigned)(st.st_mode & 07777), path);
@@ -74,18 +77,30 @@ fail:
     return r;
 }
 
+static int load(const char *path, const char *what, enum secret_file_kind kind, char **ret, size_t *ret_len,
+                char *err, size_t err_size);
+
 int secret_load(const char *path, char **ret, size_t *ret_len, char *err, size_t err_size) {
-    return secret_load_named(path, "the client secret", ret, ret_len, err, err_size);
+    return load(path, "the client secret", SECRET_FILE_PRIVATE, ret, ret_len, err, err_size);
+}
+
+int secret_load_credential(const char *path, char **ret, size_t *ret_len, char *err, size_t err_size) {
+    return load(path, "the client secret", SECRET_FILE_CREDENTIAL, ret, ret_len, err, err_size);
 }
 
 int secret_load_named(const char *path, const char *what, char **ret, size_t *ret_len, char *err,
                       size_t err_size) {
+    return load(path, what, SECRET_FILE_PRIVATE, ret, ret_len, err, err_size);
+}
+
+static int load(const char *path, const char *what, enum secret_file_kind kind, char **ret, size_t *ret_len,
+                char *err, size_t err_size) {
     struct stat st;
     char *buf = NULL;
     size_t len = 0;
     int fd, r;
 
-    fd = secret_file_open(path, what, SECRET_FILE_PRIVATE, err, err_size);
+    fd = secret_file_open(path, what, kind, err, err_size);
     if (fd < 0)
         return fd;
     if (fstat(fd, &st) < 0) {

@@ -2,7 +2,28 @@
 # The Debian packages tokend needs, in one place. `tests/deps.sh build` or
 # `tests/deps.sh test` installs what is missing (as root, or through sudo);
 # `tests/deps.sh list test` prints the list.
+#
+# Debian 12 (bookworm) and Debian 13 (trixie) are supported; the release is
+# read from /etc/os-release (DEBIAN_RELEASE=bookworm|trixie overrides it, to
+# print another release's list). Where package names differ it is said below.
 set -euo pipefail
+
+release=${DEBIAN_RELEASE:-}
+if [[ -z $release ]]; then
+    # shellcheck disable=SC1091 # os-release is not ours
+    release=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+fi
+case $release in
+# clang's runtime (libFuzzer, the sanitizers) is versioned with the default
+# clang of the release: 14 on Debian 12, 19 on Debian 13.
+bookworm) clang_rt=libclang-rt-14-dev ;;
+trixie) clang_rt=libclang-rt-19-dev ;;
+*)
+    echo "deps.sh: Debian 12 (bookworm) and 13 (trixie) are supported, not '${release:-unknown}';" \
+        "DEBIAN_RELEASE=trixie $0 $* picks the nearest" >&2
+    exit 2
+    ;;
+esac
 
 build=(meson ninja-build gcc pkg-config libcurl4-openssl-dev libcjson-dev libmicrohttpd-dev
        libsystemd-dev libinih-dev libssl-dev curl ca-certificates)
@@ -13,7 +34,7 @@ build=(meson ninja-build gcc pkg-config libcurl4-openssl-dev libcjson-dev libmic
 # systemd-container boot a real systemd for the systemctl tests; tinyproxy is
 # the real forward proxy of the [upstream] proxy test; python3-requests-oauthlib
 # is a standard OAuth 2.0 client driving the drop-in.
-test=("${build[@]}" python3 python3-pytest nginx-light openssl prometheus clang libclang-rt-14-dev valgrind
+test=("${build[@]}" python3 python3-pytest nginx-light openssl prometheus clang "$clang_rt" valgrind
       debootstrap systemd-container wrk hyperfine iproute2 procps tinyproxy python3-requests-oauthlib)
 
 mode=${1:-build}

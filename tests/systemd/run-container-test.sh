@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tokend under a real systemd (issue 4): a minimal Debian 12 booted with
+# tokend under a real systemd (issue 4): a minimal Debian booted with
 # systemd-nspawn, tokend installed into it with `meson install --destdir`, the
 # Instacart stand-in running beside it as a unit of its own, driven from the
 # host with nsenter (machinectl and systemctl -M do not work on these
@@ -12,20 +12,44 @@
 # the journal gets structured mint events; a reload with a rotated secret
 # takes effect; `systemctl restart` keeps 1,000 cached tokens (the stand-in
 # counts the mints); a SIGSTOPped daemon is killed and restarted by the
-# watchdog; `systemctl stop` is clean; the security exposure score.
+# watchdog; `systemctl stop` is clean; the security exposure score. It also
+# measures whether this systemd re-reads LoadCredential= on `systemctl
+# reload` by itself (none up to 257 does), which is why the unit copies a
+# rotated secret with its own ExecReload= line.
+#
+# The Debian release booted is the host's (Debian 12 bookworm, or 13
+# trixie); TOKEND_CT_SUITE names another. The build must then come from that
+# release too: TOKEND_CT_DESTDIR names a tree that `meson install --destdir`
+# filled there (tests/debian13/run.sh does this), and BUILD_DIR is only where
+# the stand-in's binary is taken from.
 #
 # Exit 77 (skipped) only without root or without systemd-nspawn/debootstrap
 # (Debian: systemd-container, debootstrap). The debootstrapped root is kept
-# in $TOKEND_CT_ROOT_CACHE (default /var/tmp/tokend-ct-root.tar) for the next
+# in $TOKEND_CT_ROOT_CACHE (default /var/tmp/tokend-ct-root.tar for
+# bookworm, /var/tmp/tokend-ct-root-SUITE.tar for the others) for the next
 # run; without it the root is built from the mirror apt is configured with.
 set -euo pipefail
 
 SRC=$(cd "${1:?usage: run-container-test.sh SOURCE_DIR BUILD_DIR}" && pwd)
 BUILD=$(cd "${2:?usage: run-container-test.sh SOURCE_DIR BUILD_DIR}" && pwd)
 HERE=$SRC/tests/systemd
-CACHE_TAR=${TOKEND_CT_ROOT_CACHE:-/var/tmp/tokend-ct-root.tar}
-SUITE=bookworm
-PACKAGES=systemd,systemd-sysv,dbus,procps,libcurl4,libcjson1,libmicrohttpd12,libsystemd0,libinih1
+# shellcheck disable=SC1091 # os-release is not ours
+SUITE=${TOKEND_CT_SUITE:-$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")}
+case $SUITE in
+bookworm)
+    PACKAGES=systemd,systemd-sysv,dbus,procps,libcurl4,libcjson1,libmicrohttpd12,libsystemd0,libinih1
+    CACHE_TAR=${TOKEND_CT_ROOT_CACHE:-/var/tmp/tokend-ct-root.tar}
+    ;;
+trixie) # the 64-bit time_t transition renamed libcurl4 and libmicrohttpd12
+    PACKAGES=systemd,systemd-sysv,dbus,procps,libcurl4t64,libcjson1,libmicrohttpd12t64,libsystemd0,libinih1
+    CACHE_TAR=${TOKEND_CT_ROOT_CACHE:-/var/tmp/tokend-ct-root-$SUITE.tar}
+    ;;
+*)
+    echo "run-container-test.sh: no package list for Debian '$SUITE' (bookworm, trixie)" >&2
+    exit 2
+    ;;
+esac
+DESTDIR=${TOKEND_CT_DESTDIR:-}
 STAMP="suite=$SUITE packages=$PACKAGES"
 USERS=1000
 WATCHDOG_SEC=5 # the shipped unit says 30 s; a drop-in shortens it for the test
@@ -110,33 +134,7 @@ wait_until() {
 }
 
 # The Debian mirror apt on this machine uses, for $SUITE.
-mirror() {
-    python3 - "$SUITE" <<'EOF'
-import glob, re, sys
-suite = sys.argv[1]
-found = []
-for path in ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*")):
-    try:
-        text = open(path).read()
-    except OSError:
-        continue
-    if path.endswith(".sources"):
-        for stanza in re.split(r"\n\s*\n", text):
-            f = {}
-            for line in stanza.splitlines():
-                if ":" in line and not line.startswith(("#", " ")):
-                    k, v = line.split(":", 1)
-                    f[k.strip().lower()] = v.split()
-            if "deb" in f.get("types", []) and suite in f.get("suites", []) and "main" in f.get("components", []):
-                found += f.get("uris", [])
-    elif path.endswith(".list") or path == "/etc/apt/sources.list":
-        for line in text.splitlines():
-            words = re.sub(r"\[[^]]*\]", "", line.split("#")[0]).split()
-            if len(words) >= 4 and words[0] == "deb" and words[2] == suite and "main" in words[3:]:
-                found.append(words[1])
-print(found[0] if found else "http://deb.debian.org/debian")
-EOF
-}
+mirror() { python3 "$HERE/mirror.py" "$SUITE"; }
 
 # ------------------------------------------------------------------ the root
 step "root file system"
@@ -164,11 +162,16 @@ else
 fi
 
 # ------------------------------------------------------------------ install
-step "meson install --destdir into the root"
-meson install -C "$BUILD" --destdir "$ROOT" --no-rebuild --quiet >"$WORK/install.log" 2>&1 || {
-    cat "$WORK/install.log"
-    fail "meson install failed"
-}
+if [[ -n $DESTDIR ]]; then
+    step "copy the tree installed in $SUITE ($DESTDIR) into the root"
+    cp -a "$DESTDIR/." "$ROOT/"
+else
+    step "meson install --destdir into the root"
+    meson install -C "$BUILD" --destdir "$ROOT" --no-rebuild --quiet >"$WORK/install.log" 2>&1 || {
+        cat "$WORK/install.log"
+        fail "meson install failed"
+    }
+fi
 install -m 0755 "$BUILD/tests/stub/instacart-stub" "$ROOT/usr/local/bin/instacart-stub"
 UNIT_FILE=$(find "$ROOT/lib/systemd/system/" "$ROOT/usr/lib/systemd/system/" "$ROOT/usr/local/lib/systemd/system/" \
     -maxdepth 1 -name instacart-tokend.service 2>/dev/null | head -1 || true)
@@ -210,6 +213,16 @@ ExecStart=/usr/local/bin/instacart-stub --listen 127.0.0.1:9797 --client-id ct-c
 EOF
 mkdir -p "$ROOT/etc/systemd/system/instacart-tokend.service.d"
 printf '[Service]\nWatchdogSec=%ss\n' "$WATCHDOG_SEC" >"$ROOT/etc/systemd/system/instacart-tokend.service.d/test-watchdog.conf"
+# A unit of nothing but a credential, to see whether this systemd re-reads
+# LoadCredential= on reload by itself.
+install -m 0600 /dev/null "$ROOT/etc/ct-probe-secret"
+echo probe-1 >"$ROOT/etc/ct-probe-secret"
+cat >"$ROOT/etc/systemd/system/ct-credential-probe.service" <<'EOF'
+[Service]
+ExecStart=/bin/sleep infinity
+ExecReload=/bin/true
+LoadCredential=probe:/etc/ct-probe-secret
+EOF
 # a quiet boot: nothing the test does not need
 : >"$ROOT/etc/machine-id"
 echo tokend-ct >"$ROOT/etc/hostname"
@@ -240,6 +253,25 @@ out=$(ct systemd-analyze verify "$UNIT_DIR/instacart-tokend.service" "$UNIT_DIR/
     fail "systemd-analyze verify failed: $out"
 [[ -z $out ]] || fail "systemd-analyze verify warned: $out"
 echo "no warning"
+
+step "does $(ct systemctl --version | head -1) refresh credentials on reload by itself?"
+ct systemctl start ct-credential-probe.service
+probe() { ct cat /run/credentials/ct-credential-probe.service/probe; }
+[[ $(probe) == probe-1 ]] || fail "the probe unit did not get its credential"
+echo probe-2 >"$ROOT/etc/ct-probe-secret"
+ct systemctl reload ct-credential-probe.service
+native=no
+[[ $(probe) == probe-2 ]] && native=yes
+ct systemctl stop ct-credential-probe.service
+echo "RESULT: systemd re-reads LoadCredential= on reload: $native"
+# The unit's root ExecReload= line copies the rotated secret because systemd
+# does not. Where systemd does it itself, the line must go.
+if grep -q '^ExecReload=+' "$UNIT_FILE"; then
+    [[ $native == no ]] || fail "systemd refreshes credentials itself, yet the unit still copies the secret"
+    echo "so the unit's ExecReload=+ copy of the secret is needed here"
+else
+    [[ $native == yes ]] || fail "the unit has no ExecReload=+ copy and systemd does not refresh credentials"
+fi
 
 step "the socket starts the service on the first connection"
 ct systemctl start instacart-stub.service
