@@ -27,12 +27,14 @@ static void cleanup(void) {
 
 static char *keys_file(const char *text, mode_t mode) {
     static unsigned n;
+    static bool made; /* not "the template still ends in X": mkdtemp may pick an X */
     char *path = NULL;
     int fd;
 
-    if (dir[sizeof(dir) - 2] == 'X') {
+    if (!made) {
         ASSERT(mkdtemp(dir));
         atexit(cleanup);
+        made = true;
     }
     ASSERT(asprintf(&path, "%s/keys-%u", dir, n++) > 0);
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
