@@ -638,6 +638,14 @@ static bool tls_version_refused(const char *curl_error) {
     return false;
 }
 
+/* What curl says of a certificate for another name. Its words changed:
+ * 7.88 (Debian 12) "...does not match target host name...", 8.x (Debian
+ * 13) "no alternative certificate subject name matches target hostname". */
+static bool name_mismatch(const char *curl_error) {
+    return strcasestr(curl_error, "host name") || strcasestr(curl_error, "hostname") ||
+           strcasestr(curl_error, "subject name");
+}
+
 /* CURLcode, translated once here: what failed, as a short stable code.
  * *final: retrying cannot help (the certificate, the name or the TLS
  * version will be the same in 100 ms), so the caller hears at once. */
@@ -665,7 +673,7 @@ static const char *transport_error(CURL *e, CURLcode rc, const char *curl_error,
         /* curl checks the name itself once the chain verified, and then
          * leaves the verify result at its "not checked" value: its words
          * say it */
-        if (verify == X509_V_ERR_HOSTNAME_MISMATCH || strstr(curl_error, "host name"))
+        if (verify == X509_V_ERR_HOSTNAME_MISMATCH || name_mismatch(curl_error))
             return "tls_wrong_host";
         return "tls_untrusted";
     case CURLE_SSL_CACERT_BADFILE:
