@@ -9,8 +9,10 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import http.client
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -52,6 +54,18 @@ def wait_for(cond, timeout=10.0, interval=0.01, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(interval)
+
+
+def concurrently(fn, args, workers):
+    """fn(a) for each a, from `workers` threads released together."""
+    barrier = threading.Barrier(workers)
+
+    def one(a):
+        barrier.wait(timeout=60)
+        return fn(a)
+
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        return list(ex.map(one, args))
 
 
 class Response:

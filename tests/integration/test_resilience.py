@@ -2,28 +2,16 @@
 Instacart can fail, against the real stand-in."""
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import wait_for
+from conftest import concurrently, wait_for
 
 FAST = {"attempt_timeout": "1s", "request_timeout": "3s", "retry_base": "10ms", "retry_max": "50ms"}
 
 
 def upstream(**kw):
     return {"upstream": {**FAST, **kw}}
-
-
-def concurrently(fn, args, workers):
-    barrier = threading.Barrier(workers)
-
-    def one(a):
-        barrier.wait(timeout=60)
-        return fn(a)
-
-    with ThreadPoolExecutor(max_workers=workers) as ex:
-        return list(ex.map(one, args))
 
 
 def test_1000_concurrent_requests_over_10_users_make_10_mints(stub, make_tokend):

@@ -7,13 +7,12 @@ import os
 import re
 import signal
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 import threading
 
 import pytest
 
 import conftest
-from conftest import assert_no_secrets, wait_for
+from conftest import assert_no_secrets, concurrently, wait_for
 from sec_helpers import ShortDir, start_unix_only, unix_request
 from tls_fixture import Pki, TlsFront
 
@@ -54,17 +53,6 @@ def metric(t, name):
     m = re.search(rf"^{re.escape(name)} (\S+)$", r.body.decode(), re.M)
     assert m, f"{name} is not in /metrics"
     return float(m.group(1))
-
-
-def concurrently(fn, args, workers):
-    barrier = threading.Barrier(workers)
-
-    def one(a):
-        barrier.wait(timeout=60)
-        return fn(a)
-
-    with ThreadPoolExecutor(max_workers=workers) as ex:
-        return list(ex.map(one, args))
 
 
 @pytest.mark.parametrize("http2", [False, True], ids=["http1.1", "http2"])
