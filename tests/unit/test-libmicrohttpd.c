@@ -197,9 +197,16 @@ static void half_open_requests_are_closed_with_poll(void) {
 }
 
 static void half_open_requests_are_kept_with_epoll(void) {
+    int kept = 0;
+
     /* when this fails, test_hostile's strict expected failure for clients
-     * that leave mid-request passes on this release */
-    ASSERT(half_open_requests_left_open(MHD_USE_EPOLL, 3000) > 0);
+     * that leave mid-request passes on this release. A round where every
+     * FIN came with its data keeps none (seen once in 20 connections on a
+     * busy machine): up to five rounds, so only a library that closes them
+     * all, every time, fails this. */
+    for (int round = 0; round < 5 && !kept; round++)
+        kept = half_open_requests_left_open(MHD_USE_EPOLL, 3000);
+    ASSERT(kept > 0);
 }
 
 static const unit_test tests[] = {
