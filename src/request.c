@@ -175,6 +175,8 @@ int dropin_parse(const char *body, size_t len, dropin *ret, const char **error, 
     return dropin_check(j, ret, error, description);
 }
 
+#define DROPIN_PARAMS_MAX 32
+
 /* %XX and '+' decoded into out (at least len + 1 bytes). Returns the
  * decoded length, or -1 for a bad escape or a NUL. */
 static ptrdiff_t form_decode(const char *in, size_t len, char *out) {
@@ -217,6 +219,8 @@ int dropin_parse_form(const char *body, size_t len, dropin *ret, const char **er
     }
     for (const char *p = body, *end = body + len; p < end && r == 0;) {
         const char *amp = memchr(p, '&', (size_t)(end - p)), *pe = amp ? amp : end;
+        /* each pair: key, NUL, value, NUL, decoded no longer than it came */
+        size_t used = (size_t)(pe - p) + 2;
         const char *eq = memchr(p, '=', (size_t)(pe - p));
         ptrdiff_t kl, vl;
         char *key, *value;
@@ -233,11 +237,15 @@ int dropin_parse_form(const char *body, size_t len, dropin *ret, const char **er
             value[0] = '\0';
         if (kl <= 0 || vl < 0)
             r = dropin_fail(error, description, "invalid_request", "the form has a malformed parameter");
+        else if (cJSON_GetArraySize(j) >= DROPIN_PARAMS_MAX)
+            /* a token request has a handful; and each is looked up among
+             * those before it, so thousands would cost seconds */
+            r = dropin_fail(error, description, "invalid_request", "the form has too many parameters");
         else if (cJSON_GetObjectItemCaseSensitive(j, key))
             r = dropin_fail(error, description, "invalid_request", "a parameter is given more than once");
         else if (!cJSON_AddStringToObject(j, key, value))
             r = -ENOMEM;
-        explicit_bzero(buf, len + 2);
+        explicit_bzero(buf, used);
         p = pe + 1;
     }
     wipe_free(buf, len + 2);

@@ -185,7 +185,9 @@ def test_a_form_encoded_user_assertion(stub, front):
     ("grant_type=client_credentials&scope=a%00b", "invalid_request"),
     ("grant_type=fulfillment_user_assertion", "invalid_request"),         # no assertion
     ("grant_type=fulfillment_user_assertion&assertion=bm90IGpzb24%3D", "invalid_grant"),
-], ids=["no-grant", "other-grant", "repeated", "secret", "bad-escape", "nul", "no-assertion", "bad-assertion"])
+    ("grant_type=client_credentials&" + "&".join(f"x{i}=1" for i in range(40)), "invalid_request"),
+], ids=["no-grant", "other-grant", "repeated", "secret", "bad-escape", "nul", "no-assertion", "bad-assertion",
+        "too-many"])
 def test_form_refusals_follow_rfc_6749(stub, front, body, error):
     h = {**FORM, "Authorization": f"Bearer {front.keys['backend']}"}
     assert_error(front.request("POST", "/v2/oauth/token", body=body.encode(), headers=h), 400, error)
