@@ -447,13 +447,6 @@ static void scope_text(char *buf, size_t size, const char *scope) {
              "scopes= in [auth] keys_file", *scope ? scope : "(none)");
 }
 
-static enum MHD_Result scope_refused(const struct call *c, const char *scope) {
-    char desc[VERDICT_DESC_MAX];
-
-    scope_text(desc, sizeof(desc), scope);
-    return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden", desc, NULL);
-}
-
 /* The API key the caller presents: "Authorization: Bearer KEY", or on the
  * drop-in, as standard OAuth clients send their secret, HTTP Basic with the
  * key as the password (RFC 6749 §2.3.1). Basic is decoded into buf, which
@@ -488,39 +481,54 @@ static bool refuse(struct verdict *v, unsigned status, const char *error, const 
     return false;
 }
 
-bool api_key_allows_scope(const struct call *c, const char *scope) {
+/* The caller's key, found under the keys' lock (a reload may swap them):
+ * its rights (-1: no key of ours), whether a keys file is in force, and
+ * whether the key may ask for scope. scope NULL: the one a GET token route
+ * will mint (requested_scope), looked up only when a key was found, so a
+ * hit without a keys file pays nothing for it. */
+static int key_rights(const struct call *c, const char *method, const char *scope, bool *ret_keyed,
+                      bool *ret_scope_ok) {
     api *a = c->a;
     char basic[512];
     size_t len = 0;
     const char *key = presented_key(c, basic, sizeof(basic), &len);
-    bool ok = false;
+    int rights = -1;
 
+    *ret_scope_ok = true;
     pthread_rwlock_rdlock(&a->keys_lock);
-    if (!a->auth)
-        ok = true;
+    *ret_keyed = a->auth != NULL;
+    if (!*ret_keyed)
+        rights = ALL_BUT_FRONTEND;
     else if (key) {
-        /* found again: a reload may have swapped the keys since the guard */
         const auth_key *k = auth_find(a->auth, key, len);
-        ok = k && auth_key_allows_scope(k, scope, a->default_scope, route_table[c->route].frontend);
+        if (k) {
+            rights = auth_key_rights(k);
+            if (scope || (scope = requested_scope(c, method)))
+                *ret_scope_ok = auth_key_allows_scope(k, scope, a->default_scope, route_table[c->route].frontend);
+        }
     }
     pthread_rwlock_unlock(&a->keys_lock);
     if (key && key > basic && key <= basic + sizeof(basic)) /* only when Basic was decoded there */
         explicit_bzero(basic, sizeof(basic));
-    return ok;
+    return rights;
 }
 
+bool api_key_allows_scope(const struct call *c, const char *scope) {
+    bool keyed, ok;
+    int rights = key_rights(c, NULL, scope, &keyed, &ok);
+
+    /* found again: a reload may have swapped the keys since the guard */
+    return !keyed || (rights >= 0 && ok);
+}
+
+/* Only the drop-in asks (its scope is in the body): RFC 6749's refusal. */
 enum MHD_Result api_scope_refused(const struct call *c, const char *scope) {
     char desc[VERDICT_DESC_MAX];
 
-    if (c->route != ROUTE_DROPIN)
-        return scope_refused(c, scope);
     scope_text(desc, sizeof(desc), scope);
     return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_scope", desc, NULL);
 }
 
-/* Everything that keeps out who does not belong, before a route runs.
- * Returns MHD_YES with c->rights set to go on, or the refusal's result
- * with *refused set. */
 /* Who may call what: a verdict from the request's facts, answering
  * nothing, so a request refused before its body arrives is answered (and
  * counted) once, when the body is in. Returns true to let it in, with
@@ -530,10 +538,7 @@ static bool guard_check(struct call *c, const char *method, struct verdict *v) {
     const union MHD_ConnectionInfo *ci;
     const char *origin = header(c->conn, MHD_HTTP_HEADER_ORIGIN);
     const char *site = header(c->conn, "Sec-Fetch-Site");
-    const char *key, *scope = NULL;
-    char basic[512];
-    size_t key_len = 0;
-    bool scope_ok = true;
+    bool scope_ok;
     int needed = route_rights(c->route, method);
     bool preflight = strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0 && route_table[c->route].frontend;
 
@@ -563,21 +568,7 @@ static bool guard_check(struct call *c, const char *method, struct verdict *v) {
         return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden",
                       "this user is not in [server] allowed_uids or allowed_gids");
 
-    key = presented_key(c, basic, sizeof(basic), &key_len);
-    pthread_rwlock_rdlock(&a->keys_lock);
-    c->keyed = a->auth != NULL;
-    if (!c->keyed)
-        c->rights = ALL_BUT_FRONTEND;
-    else if (key) {
-        const auth_key *k = auth_find(a->auth, key, key_len);
-        c->rights = k ? auth_key_rights(k) : -1;
-        if (k && (scope = requested_scope(c, method)))
-            scope_ok = auth_key_allows_scope(k, scope, a->default_scope, route_table[c->route].frontend);
-    } else
-        c->rights = -1;
-    pthread_rwlock_unlock(&a->keys_lock);
-    if (key && key > basic && key <= basic + sizeof(basic)) /* only when Basic was decoded there */
-        explicit_bzero(basic, sizeof(basic));
+    c->rights = key_rights(c, method, NULL, &c->keyed, &scope_ok);
     /* the drop-in answers as an OAuth server does (RFC 6749 §5.2) */
     if (needed && !preflight && c->rights < 0)
         return c->route == ROUTE_DROPIN
@@ -596,7 +587,7 @@ static bool guard_check(struct call *c, const char *method, struct verdict *v) {
                             c->keyed ? "this API key lacks the right this route needs"
                                      : "this route needs an API key with the frontend or proxy right ([auth] keys_file)");
     if (!scope_ok) {
-        scope_text(v->desc, sizeof(v->desc), scope);
+        scope_text(v->desc, sizeof(v->desc), requested_scope(c, method));
         return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden", v->desc);
     }
     /* The user header names whose token to use: only the site's proxy may
