@@ -526,9 +526,32 @@ static void active_unlink(upstream *u, struct job *j) {
     u->active--;
 }
 
+/* A job made before a reload carries the old credentials: never send them
+ * to a new server. A mint's body is made again with the current ones; a
+ * revocation (whose token we no longer hold apart) goes only to the same
+ * server, or fails with -ESTALE. Called with u->lock held. */
+static int refresh_body(upstream *u, struct job *j) {
+    char *body = NULL;
+    size_t len = 0;
+
+    if (j->forward || j->serial == u->serial)
+        return 0;
+    if (j->revoke)
+        return j->generation == u->generation ? 0 : -ESTALE;
+    if (oauth_request_body(j->grant, u->client_id, u->client_secret, j->scope, j->user_id, &body, &len) < 0)
+        return -ENOMEM;
+    wipe_free(j->body, j->body_len);
+    j->body = body;
+    j->body_len = len;
+    j->generation = u->generation;
+    j->serial = u->serial;
+    return 0;
+}
+
 static int attempt_start(upstream *u, struct job *j, uint64_t now) {
     uint64_t budget = j->deadline_ms - now;
     CURL *e;
+    int r;
 
     if (budget > u->attempt_timeout_ms)
         budget = u->attempt_timeout_ms;
@@ -546,32 +569,26 @@ static int attempt_start(upstream *u, struct job *j, uint64_t now) {
     j->attempt_started_ms = now;
 
     pthread_mutex_lock(&u->lock); /* a reload may swap these; curl copies them */
-    if (!j->forward && j->serial != u->serial) {
-        /* made before a reload: never send old credentials to a new server */
-        int r = -ESTALE;
-        if (!j->revoke) {
-            char *body = NULL;
-            size_t len = 0;
-            r = oauth_request_body(j->grant, u->client_id, u->client_secret, j->scope, j->user_id, &body, &len);
-            if (r == 0) {
-                wipe_free(j->body, j->body_len);
-                j->body = body;
-                j->body_len = len;
-                j->generation = u->generation;
-                j->serial = u->serial;
-            }
-        } else if (j->generation == u->generation)
-            r = 0; /* the same server: the old secret may still be accepted */
-        if (r < 0) {
-            pthread_mutex_unlock(&u->lock);
-            return r == -ESTALE ? r : -ENOMEM;
-        }
+    r = refresh_body(u, j);
+    if (r < 0) {
+        pthread_mutex_unlock(&u->lock);
+        return r;
     }
     curl_easy_setopt(e, CURLOPT_URL, j->forward ? j->url : j->revoke ? u->revoke_url : u->token_url);
     /* "" turns off the environment's proxies */
     curl_easy_setopt(e, CURLOPT_PROXY, u->proxy ? u->proxy : "");
     if (u->proxy_credentials)
         curl_easy_setopt(e, CURLOPT_PROXYUSERPWD, u->proxy_credentials);
+    /* Only over TLS does curl learn at the handshake (ALPN) whether a new
+     * connection can multiplex; over http:// it learns from the first
+     * answer, so waiting would hold every mint behind a hung first one. */
+    curl_easy_setopt(e, CURLOPT_PIPEWAIT, strncmp(u->forward_base, "https://", 8) == 0 ? 1L : 0L);
+    if (u->ca_pem) {
+        /* curl keeps connections and sessions only for the same blob, so
+         * none made under a CA replaced by a reload is reused */
+        struct curl_blob ca = { .data = u->ca_pem, .len = u->ca_pem_len, .flags = CURL_BLOB_COPY };
+        curl_easy_setopt(e, CURLOPT_CAINFO_BLOB, &ca);
+    }
     pthread_mutex_unlock(&u->lock);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
@@ -598,18 +615,6 @@ static int attempt_start(upstream *u, struct job *j, uint64_t now) {
     curl_easy_setopt(e, CURLOPT_SSLVERSION, (long)CURL_SSLVERSION_TLSv1_2);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt(e, CURLOPT_SHARE, u->share);
-    pthread_mutex_lock(&u->lock); /* a reload may swap these; curl copies them */
-    /* Only over TLS does curl learn at the handshake (ALPN) whether a new
-     * connection can multiplex; over http:// it learns from the first
-     * answer, so waiting would hold every mint behind a hung first one. */
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, strncmp(u->forward_base, "https://", 8) == 0 ? 1L : 0L);
-    if (u->ca_pem) {
-        /* curl keeps connections and sessions only for the same blob, so
-         * none made under a CA replaced by a reload is reused */
-        struct curl_blob ca = { .data = u->ca_pem, .len = u->ca_pem_len, .flags = CURL_BLOB_COPY };
-        curl_easy_setopt(e, CURLOPT_CAINFO_BLOB, &ca);
-    }
-    pthread_mutex_unlock(&u->lock);
     if (curl_multi_add_handle(u->multi, e) != CURLM_OK)
         return -EIO;
     j->aprev = NULL;
