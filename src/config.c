@@ -684,14 +684,18 @@ static int ca_load(config *c, char err[CONFIG_ERR_MAX]) {
     size_t n = 0;
     int r = -EINVAL;
 
-    if (fd >= 0 && !f)
+    if (fd >= 0 && !f) {
         close(fd);
-    if (fd < 0 && fd != -EINVAL) {
+        fd = -ENOMEM;
+    }
+    if (fd == -EINVAL) /* secret_file_open() took only a regular file */
+        why = "is not a regular file";
+    else if (fd < 0) {
         r = fd;
         snprintf(open_err, sizeof(open_err), "cannot be opened (%s)", strerror(-fd));
         why = open_err;
-    } else if (!f || fstat(fileno(f), &sb) < 0 || !S_ISREG(sb.st_mode))
-        why = "is not a regular file";
+    } else if (fstat(fileno(f), &sb) < 0)
+        r = -errno, why = "cannot be read";
     else if (sb.st_size > CA_FILE_MAX)
         why = "is over 16 MiB";
     else if (!(buf = malloc((size_t)sb.st_size + 1)))
