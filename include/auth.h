@@ -24,7 +24,6 @@ int auth_load(const char *path, auth **ret, char *err, size_t err_size);
  * every key's hash in constant time. Valid while a is. */
 const auth_key *auth_find(const auth *a, const char *key, size_t len);
 int auth_key_rights(const auth_key *k);
-const char *auth_key_name(const auth_key *k);
 /* Whether the key may ask for scope ("" for none, client_credentials) on a
  * frontend route (reached by a browser's user through the site's proxy) or
  * another. A line with scopes= allows exactly those ("*": any), on every

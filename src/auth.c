@@ -203,10 +203,6 @@ int auth_key_rights(const auth_key *k) {
     return k->rights;
 }
 
-const char *auth_key_name(const auth_key *k) {
-    return k->name;
-}
-
 bool auth_key_allows_scope(const auth_key *k, const char *scope, const char *default_scope, bool frontend) {
     size_t n = strlen(scope);
     const char *p;
