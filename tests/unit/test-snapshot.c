@@ -17,6 +17,8 @@ static void no_fetch(void *source, enum oauth_grant grant, const char *user_id, 
     UNIT_FAIL("a snapshot must not mint");
 }
 
+static const snapshot_identity ID = { "https://connect.dev.instacart.tools", "cid" };
+
 static cache *new_cache(void) {
     cache_settings s = { .max_entries = 1000, .min_ttl_ms = 300000, .refresh_before_pct = 25,
                          .failure_ttl_ms = 30000, .max_waiters = 16, .retry_base_ms = 100,
@@ -68,7 +70,6 @@ static void check_one(void *userdata, enum oauth_grant grant, const char *user_i
 /* Issue 14, defect 1: a client token asked for without a scope is cached
  * under "", which the reader refused, and so the whole image was dropped. */
 static void round_trip_every_key_shape(void) {
-    static const snapshot_identity id = { "https://connect.dev.instacart.tools", "cid" };
     struct shape shapes[] = {
         { UA, "kamalsingh1234", "connect:recommendations", "tok-user-default" },
         { UA, "kamalsingh1234", "connect:fulfillment", "tok-user-other-scope" },
@@ -89,9 +90,9 @@ static void round_trip_every_key_shape(void) {
     shapes[3].user = longest_user;
     for (size_t i = 0; i < ARRAY_SIZE(shapes); i++)
         put(a, &shapes[i], 86400);
-    ASSERT_INT_EQ(snapshot_encode(a, &id, &img, &len, &count), 0);
+    ASSERT_INT_EQ(snapshot_encode(a, &ID, &img, &len, &count), 0);
     ASSERT_UINT_EQ(count, ARRAY_SIZE(shapes));
-    if (snapshot_decode(img, len, &id, 300000, b, &n, err) != 0)
+    if (snapshot_decode(img, len, &ID, 300000, b, &n, err) != 0)
         UNIT_FAIL("the image was refused: %s", err);
     ASSERT_UINT_EQ(n.restored, ARRAY_SIZE(shapes));
     ASSERT_UINT_EQ(n.expired + n.skipped, 0);
@@ -104,44 +105,49 @@ static void round_trip_every_key_shape(void) {
     cache_free(b);
 }
 
+/* The image of a cache holding one token, under ID. wipe_free() it. */
+static uint8_t *image_of_one(const struct shape *k, size_t *ret_len) {
+    cache *c = new_cache();
+    uint8_t *img = NULL;
+    size_t count = 0;
+
+    put(c, k, 86400);
+    ASSERT_INT_EQ(snapshot_encode(c, &ID, &img, ret_len, &count), 0);
+    ASSERT_UINT_EQ(count, 1);
+    cache_free(c);
+    return img;
+}
+
 /* "" is a client token's key only: a user token never has an empty scope,
  * so an image claiming one is not ours. */
 static void empty_scope_only_for_client_tokens(void) {
-    static const snapshot_identity id = { "https://connect.dev.instacart.tools", "cid" };
     struct shape k = { UA, "kamalsingh1234", "", "tok" };
     struct snapshot_counts n = { 0 };
     char err[SNAPSHOT_ERR_MAX] = "";
-    cache *a = new_cache(), *b = new_cache();
-    uint8_t *img = NULL;
-    size_t len = 0, count = 0;
+    cache *b = new_cache();
+    size_t len = 0;
+    uint8_t *img = image_of_one(&k, &len);
 
-    put(a, &k, 86400);
-    ASSERT_INT_EQ(snapshot_encode(a, &id, &img, &len, &count), 0);
-    ASSERT_INT_EQ(snapshot_decode(img, len, &id, 300000, b, &n, err), -EBADMSG);
+    ASSERT_INT_EQ(snapshot_decode(img, len, &ID, 300000, b, &n, err), -EBADMSG);
     ASSERT_CONTAINS(err, "out of range");
     wipe_free(img, len);
-    cache_free(a);
     cache_free(b);
 }
 
 static void another_client_or_server_is_refused(void) {
-    static const snapshot_identity id = { "https://connect.dev.instacart.tools", "cid" };
     static const snapshot_identity other_client = { "https://connect.dev.instacart.tools", "cid2" };
     static const snapshot_identity other_server = { "https://connect.instacart.com", "cid" };
     struct shape k = { CC, "", "", "tok" };
     struct snapshot_counts n = { 0 };
     char err[SNAPSHOT_ERR_MAX];
-    cache *a = new_cache(), *b = new_cache();
-    uint8_t *img = NULL;
-    size_t len = 0, count = 0;
+    cache *b = new_cache();
+    size_t len = 0;
+    uint8_t *img = image_of_one(&k, &len);
 
-    put(a, &k, 86400);
-    ASSERT_INT_EQ(snapshot_encode(a, &id, &img, &len, &count), 0);
     ASSERT_INT_EQ(snapshot_decode(img, len, &other_client, 300000, b, &n, err), -EREMCHG);
     ASSERT_INT_EQ(snapshot_decode(img, len, &other_server, 300000, b, &n, err), -EREMCHG);
     ASSERT_UINT_EQ(n.restored, 0);
     wipe_free(img, len);
-    cache_free(a);
     cache_free(b);
 }
 
