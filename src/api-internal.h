@@ -24,6 +24,8 @@ struct listener {
     bool unix_socket;
     bool loopback;
     bool bound;        /* ours to unlink (a Unix socket we made) */
+    bool inherited;    /* passed by systemd, whose socket must go on listening */
+    bool quiesced;     /* no longer accepting; the fd is ours to close after the stop */
     char address[136]; /* 127.0.0.1:8787, [::1]:8787 or unix:/path */
 };
 

@@ -1006,6 +1006,7 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, int listen_fd
     MHD_add_response_header(a->health, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
 
     if (listen_fd >= 0) {
+        a->listeners[a->n_listeners].inherited = true;
         a->listeners[a->n_listeners++].fd = listen_fd;
     } else {
         for (size_t i = 0; i < cfg->n_listens && i < CONFIG_LISTEN_MAX; i++) { /* config.c refuses more */
@@ -1045,13 +1046,21 @@ const char *api_listening(api *a) {
     return a->listening;
 }
 
+/* Stops accepting. libmicrohttpd's own thread may still touch the listening
+ * socket until MHD_stop_daemon(), so it stays open until api_free() (closing
+ * it here was a race: ThreadSanitizer caught the thread's epoll_ctl() on the
+ * closed fd, whose number a new socket could already have taken). A socket
+ * we bound is shut down, so new callers are refused at once rather than left
+ * in the backlog; one passed by systemd is left listening, for systemd to
+ * start us again on the next connection. */
 void api_quiesce(api *a) {
     for (size_t i = 0; a && i < a->n_listeners; i++) {
         struct listener *l = &a->listeners[i];
-        if (l->mhd && l->fd >= 0) {
+        if (l->mhd && l->fd >= 0 && !l->quiesced) {
             MHD_quiesce_daemon(l->mhd);
-            close(l->fd);
-            l->fd = -1;
+            l->quiesced = true;
+            if (!l->inherited)
+                shutdown(l->fd, SHUT_RDWR);
         }
     }
 }
@@ -1122,7 +1131,8 @@ api *api_free(api *a) {
         struct listener *l = &a->listeners[i];
         if (l->mhd) {
             MHD_stop_daemon(l->mhd); /* closes the listening socket unless quiesced */
-            l->fd = -1;
+            if (!l->quiesced)
+                l->fd = -1;
         }
         if (l->fd >= 0)
             close(l->fd);

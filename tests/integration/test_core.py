@@ -1,6 +1,8 @@
 """Issue 2: mint, cache and serve user tokens, against the real stand-in."""
 import json
 import os
+import signal
+import socket
 import subprocess
 import threading
 import time
@@ -311,6 +313,29 @@ def test_sigterm_answers_requests_in_flight_then_exits(stub, make_tokend):
     th.join(timeout=10)
     assert result["r"].status in (503, 504)
     assert time.monotonic() - t0 < 10
+
+
+def test_new_connections_are_refused_while_requests_in_flight_drain(stub, make_tokend):
+    t = make_tokend(stub, {"server": {"shutdown_timeout": "5s"}})
+    stub.fault(action="hang")
+    th = threading.Thread(target=lambda: t.token("hanging"))
+    th.start()
+    wait_for(lambda: stub.token_requests(), what="the mint to reach the stand-in")
+    t.signal(signal.SIGTERM)
+    wait_for(lambda: "stopping: no new connections" in t.log(), what="the drain to begin")
+
+    def refused():
+        try:
+            socket.create_connection((t.host, t.port), timeout=1).close()
+            return False
+        except ConnectionRefusedError:
+            return True
+
+    # refused at once, not left in the backlog to time out
+    wait_for(refused, timeout=4, what="a new connection to be refused during the drain")
+    assert t.proc.poll() is None, "tokend should still be draining"
+    assert t.stop() == 0
+    th.join(timeout=10)
 
 
 def run_tokend(*args, env=None):
