@@ -2,6 +2,7 @@
  * of answers. Pure functions, no I/O, so they are unit tested and fuzzed. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,6 +40,10 @@ int oauth_parse_token(const char *body, size_t len, uint64_t received_ms, token 
  * ({"error": "x"}, {"error": {"code": "x"}}, {"errors": [{...}]}). Writes a
  * printable, truncated code to out, or "" when none is found. */
 void oauth_parse_error(const char *body, size_t len, char *out, size_t out_size);
+
+/* True if s is a token value tokend hands out: 1..OAUTH_TOKEN_MAX RFC 6750
+ * b64token characters (letters, digits, "-._~+/", then only trailing '='). */
+bool oauth_token_valid(const char *s, size_t len);
 
 /* True if s is a safe scope: 1..OAUTH_SCOPE_MAX printable ASCII, no quote,
  * backslash or space. */

@@ -127,7 +127,7 @@ int oauth_scope_valid(const char *s, size_t len) {
 
 /* RFC 6750 b64token: the only characters a bearer token can have, and all
  * of them safe in JSON and in an HTTP header without escaping. */
-static bool b64token_valid(const char *s, size_t len) {
+bool oauth_token_valid(const char *s, size_t len) {
     size_t i = 0;
 
     if (len == 0 || len > OAUTH_TOKEN_MAX)
@@ -162,7 +162,7 @@ int oauth_parse_token(const char *body, size_t len, uint64_t received_ms, token 
     tt = cJSON_GetObjectItemCaseSensitive(j, "token_type");
     ei = cJSON_GetObjectItemCaseSensitive(j, "expires_in");
     ca = cJSON_GetObjectItemCaseSensitive(j, "created_at");
-    if (!cJSON_IsString(at) || !b64token_valid(at->valuestring, strlen(at->valuestring)))
+    if (!cJSON_IsString(at) || !oauth_token_valid(at->valuestring, strlen(at->valuestring)))
         goto out;
     if (!cJSON_IsString(tt) || strcasecmp(tt->valuestring, "Bearer") != 0)
         goto out;
