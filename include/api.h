@@ -44,6 +44,10 @@ int api_new(const struct config *cfg, struct auth *keys, cache *c, upstream *up,
 /* Reload: the new API keys (NULL: none) from the next request on; takes
  * ownership, frees the old ones. */
 void api_set_keys(api *a, struct auth *keys);
+/* Fleet mode: drops, flushes and the fleet's state go through it too.
+ * Before the first request. */
+struct shared;
+void api_set_shared(api *a, struct shared *sh);
 /* The first TCP address bound, e.g. "127.0.0.1:8787" ("" if none). */
 const char *api_address(api *a);
 /* Every address served, for the log: "http://127.0.0.1:8787 unix:/run/x.sock". */

@@ -14,10 +14,18 @@ typedef struct cache cache;
 
 /* Delivers a fetch's result: t is a new reference for the callee, or NULL. */
 typedef void (*cache_done_fn)(void *userdata, const mint_outcome *o, token *t);
+/* What a fetch is for: a second tier (fleet mode) adopts another host's
+ * token only if it has min_life_ms left, and may put off a refresh while
+ * the token in hand still has plenty of life. */
+struct cache_want {
+    uint64_t min_life_ms; /* least remaining life of a token worth taking */
+    uint64_t have_ms;     /* a background refresh: the current token's remaining life; 0 on a miss */
+};
 /* Starts fetching a token; must call done exactly once, from any thread
- * (even before returning). */
+ * (even before returning). want is only valid during the call. */
 typedef void (*cache_fetch_fn)(void *source, enum oauth_grant grant, const char *user_id,
-                               const char *scope, cache_done_fn done, void *ctx);
+                               const char *scope, const struct cache_want *want, cache_done_fn done,
+                               void *ctx);
 
 typedef struct cache_settings {
     unsigned max_entries;

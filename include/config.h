@@ -73,9 +73,36 @@ typedef struct config {
     char *user_header;
     uint64_t max_body;
 
+    /* [shared]: fleet mode, on when redis or sentinels is set */
+    char *shared_redis;           /* HOST:PORT or unix:PATH */
+    char *shared_sentinels_text;
+    char **shared_sentinels;      /* HOST:PORT each */
+    size_t n_shared_sentinels;
+    char *shared_master_name;
+    char *shared_username;
+    char *shared_password_file;
+    char *shared_password;        /* wiped by config_free() */
+    size_t shared_password_len;
+    char *shared_key_file;
+    char *shared_previous_key_file;
+    int shared_key_file_line, shared_previous_key_file_line;
+    unsigned char shared_key[32];          /* wiped by config_free() */
+    unsigned char shared_previous_key[32];
+    bool has_shared_previous_key;
+    uint64_t shared_timeout_ms;
+    uint64_t shared_lease_wait_ms;
+    char *shared_prefix;
+    bool shared_tls;
+    char *shared_tls_ca_file;
+
     /* [log] */
     int log_level;
 } config;
+
+/* Whether fleet mode is on. */
+static inline bool config_shared(const config *c) {
+    return c->shared_redis || c->shared_sentinels_text;
+}
 
 /* Reads path, then the client secret ($CREDENTIALS_DIRECTORY/client_secret
  * when credentials_dir is not NULL, else client_secret_file), the proxy's
@@ -94,6 +121,10 @@ struct sockaddr_storage;
  * counted as local). */
 int config_listen_parse(const char *s, struct sockaddr_storage *ret, socklen_t *ret_len,
                         bool *ret_loopback);
+
+/* Parses a Redis address: HOST:PORT (a name, an IPv4 address or [IPv6])
+ * or unix:/PATH (port 0). Returns 0 or -EINVAL. */
+int config_redis_address_parse(const char *s, char *host, size_t host_size, unsigned *port);
 
 /* The effective configuration as JSON, durations in seconds, without the
  * secret (only the path it came from). malloc()ed, or NULL. */

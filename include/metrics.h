@@ -6,8 +6,10 @@
 
 #include "api.h"
 #include "cache.h"
+#include "shared.h"
 #include "upstream.h"
 
-/* Renders every metric; *ret is malloc()ed text. */
+/* Renders every metric (ss: fleet mode's, or NULL); *ret is malloc()ed text. */
 int metrics_render(const struct api_stats *as, const struct cache_stats *cs,
-                   const struct upstream_stats *us, int64_t start_unix, char **ret, size_t *ret_len);
+                   const struct upstream_stats *us, const struct shared_stats *ss, int64_t start_unix,
+                   char **ret, size_t *ret_len);

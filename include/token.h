@@ -35,8 +35,18 @@ enum mint_kind {
     MINT_TIMEOUT,     /* no answer within the deadline */
 };
 
+/* Where a token came from, for X-Cache: a mint of our own, or (fleet mode)
+ * another host's token read from the shared tier, at once or after waiting
+ * on that host's lease. */
+enum mint_via {
+    MINT_VIA_UPSTREAM = 0,
+    MINT_VIA_SHARED,
+    MINT_VIA_SHARED_WAIT,
+};
+
 typedef struct mint_outcome {
     enum mint_kind kind;
+    enum mint_via via;
     int http_status;          /* Instacart's status, 0 when there was none */
     unsigned retry_after_s;   /* a hint for our own callers, 0 if none */
     char error[64];           /* Instacart's error code, or our own short reason */

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "oauth.h"
 #include "token.h"
@@ -43,6 +44,16 @@ struct upstream_stats {
 };
 
 int upstream_new(const struct config *cfg, upstream **ret);
+/* What fleet mode tells the other hosts: called from the worker thread,
+ * with no lock held, when a 429 pauses minting for ms, and when Instacart
+ * rejects the client credentials. They must not block. */
+struct upstream_events {
+    void (*paused)(void *userdata, uint64_t ms);
+    void (*credentials_rejected)(void *userdata);
+    void *userdata;
+};
+/* Before upstream_start(). */
+void upstream_set_events(upstream *u, const struct upstream_events *ev);
 /* Starts the worker thread. */
 int upstream_start(upstream *u);
 /* Queues a mint; done is always called, with a failure when the queue is full

@@ -35,6 +35,7 @@ struct api {
     char listening[512];
     cache *cache;
     upstream *up;
+    struct shared *shared; /* fleet mode, or NULL; set before the first request */
     pthread_rwlock_t keys_lock; /* a reload swaps the keys under it */
     auth *auth; /* NULL: no keys file */
     char default_scope[OAUTH_SCOPE_MAX + 1];

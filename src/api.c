@@ -1099,6 +1099,10 @@ void api_get_stats(api *a, struct api_stats *ret) {
     ret->waiting = api_waiting(a);
 }
 
+void api_set_shared(api *a, struct shared *sh) {
+    a->shared = sh;
+}
+
 void api_set_keys(api *a, auth *keys) {
     auth *old;
 

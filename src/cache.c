@@ -308,6 +308,7 @@ int cache_get(cache *c, enum oauth_grant grant, const char *user_id, const char 
     struct waiter *w;
     cache_entry *e;
     bool start = false, background = false;
+    struct cache_want want = { 0 };
     token *hit = NULL;
     uint64_t now;
     int r;
@@ -331,10 +332,13 @@ int cache_get(cache *c, enum oauth_grant grant, const char *user_id, const char 
                 c->stats.fetching++;
                 background = true;
                 c->stats.refreshes++;
+                /* a token worth adopting instead is one not yet due for refresh */
+                want.min_life_ms = (uint64_t)e->tok->lifetime_s * MS_PER_SEC * c->s.refresh_before_pct / 100;
+                want.have_ms = token_remaining_ms(e->tok, now);
             }
             pthread_mutex_unlock(&c->lock);
             if (background)
-                c->fetch(c->source, grant, user_id, scope, fetch_done, e);
+                c->fetch(c->source, grant, user_id, scope, &want, fetch_done, e);
             *ret_token = hit;
             return CACHE_HIT;
         }
@@ -381,8 +385,10 @@ int cache_get(cache *c, enum oauth_grant grant, const char *user_id, const char 
         c->stats.coalesced++;
     pthread_mutex_unlock(&c->lock);
 
-    if (start)
-        c->fetch(c->source, grant, user_id, scope, fetch_done, e);
+    if (start) {
+        want.min_life_ms = min_ttl_ms;
+        c->fetch(c->source, grant, user_id, scope, &want, fetch_done, e);
+    }
     return r;
 }
 

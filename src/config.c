@@ -22,6 +22,8 @@
 #include "auth.h"
 #include "log.h"
 #include "oauth.h"
+#include "build-config.h"
+#include "seal.h"
 #include "secret.h"
 #include "util.h"
 
@@ -73,6 +75,18 @@ static const struct key keys[] = {
     K("auth", "keys_file", T_STRING, keys_file, 0, 0),
     K("frontend", "user_header", T_STRING, user_header, 0, 0),
     K("frontend", "max_body", T_SIZE, max_body, 1, 16 * 1024 * 1024),
+    K("shared", "redis", T_STRING, shared_redis, 0, 0),
+    K("shared", "sentinels", T_STRING, shared_sentinels_text, 0, 0),
+    K("shared", "master_name", T_STRING, shared_master_name, 0, 0),
+    K("shared", "username", T_STRING, shared_username, 0, 0),
+    K("shared", "password_file", T_STRING, shared_password_file, 0, 0),
+    K("shared", "key_file", T_STRING, shared_key_file, 0, 0),
+    K("shared", "previous_key_file", T_STRING, shared_previous_key_file, 0, 0),
+    K("shared", "timeout", T_DURATION, shared_timeout_ms, 1, 10000),
+    K("shared", "lease_wait", T_DURATION, shared_lease_wait_ms, 0, 60000),
+    K("shared", "prefix", T_STRING, shared_prefix, 0, 0),
+    K("shared", "tls", T_BOOL, shared_tls, 0, 0),
+    K("shared", "tls_ca_file", T_STRING, shared_tls_ca_file, 0, 0),
     K("log", "level", T_LOGLEVEL, log_level, 0, 0),
 };
 #undef K
@@ -123,6 +137,8 @@ static void defaults(config *c) {
     c->log_level = LOG_INFO;
     c->socket_mode = 0660;
     c->max_body = 64 * 1024;
+    c->shared_timeout_ms = 50;
+    c->shared_lease_wait_ms = 2000;
 }
 
 static bool section_known(const char *section) {
@@ -241,7 +257,7 @@ static int handler(void *user, const char *section, const char *name, const char
 
     if (!section_known(section)) {
         set_err(st, "unknown section [%s]; known sections are [upstream], [cache], [server], "
-                    "[auth], [frontend], [log]",
+                    "[auth], [frontend], [shared], [log]",
                 section);
         return 0;
     }
@@ -263,8 +279,13 @@ static int handler(void *user, const char *section, const char *name, const char
             set_err(st, "[%s] %s = '%s' %s%s", section, name, value, why, range);
             return 0;
         }
+        /* files read later, by config_load(), whose messages name the line */
         if (k->offset == offsetof(config, ca_file))
-            st->cfg->ca_file_line = st->line; /* the file is read later, by config_load */
+            st->cfg->ca_file_line = st->line;
+        else if (k->offset == offsetof(config, shared_key_file))
+            st->cfg->shared_key_file_line = st->line;
+        else if (k->offset == offsetof(config, shared_previous_key_file))
+            st->cfg->shared_previous_key_file_line = st->line;
         return 1;
     }
     set_err(st, "unknown key '%s' in [%s]; see the sample tokend.conf for the keys", name, section);
@@ -474,6 +495,106 @@ static int resolve_ids(struct parse_state *st, const char *text, bool groups, un
     return 0;
 }
 
+int config_redis_address_parse(const char *s, char *host, size_t host_size, unsigned *port) {
+    const char *colon;
+    uint64_t p;
+    size_t n;
+
+    if (strncmp(s, "unix:", 5) == 0) {
+        if (s[5] != '/' || strlen(s + 5) >= host_size)
+            return -EINVAL;
+        snprintf(host, host_size, "%s", s + 5);
+        *port = 0;
+        return 0;
+    }
+    colon = strrchr(s, ':');
+    if (!colon || colon == s || parse_uint(colon + 1, 65535, &p) < 0 || p == 0)
+        return -EINVAL;
+    n = (size_t)(colon - s);
+    if (s[0] == '[' && n > 2 && s[n - 1] == ']') /* [::1]:6379 */
+        s++, n -= 2;
+    if (n >= host_size || memchr(s, '/', n) || memchr(s, ' ', n))
+        return -EINVAL;
+    memcpy(host, s, n);
+    host[n] = '\0';
+    *port = (unsigned)p;
+    return 0;
+}
+
+/* [shared]: fleet mode's Redis, its keys and its limits. */
+static int finish_shared(struct parse_state *st) {
+    static const char addr_help[] = "must be HOST:PORT (127.0.0.1:6379, redis.internal:6379) or unix:/absolute/path";
+    config *c = st->cfg;
+    char host[256];
+    unsigned port;
+
+    if (!config_shared(c)) {
+        const char *set = c->shared_key_file ? "key_file" : c->shared_master_name ? "master_name"
+                          : c->shared_username ? "username" : c->shared_password_file ? "password_file"
+                          : c->shared_previous_key_file ? "previous_key_file" : c->shared_prefix ? "prefix"
+                          : c->shared_tls ? "tls" : NULL;
+        if (set) {
+            set_err(st, "[shared] %s is set but neither redis nor sentinels is: set one of them to turn "
+                        "fleet mode on, or remove the [shared] section", set);
+            return -EINVAL;
+        }
+        return 0;
+    }
+    if (c->shared_redis && c->shared_sentinels_text) {
+        set_err(st, "[shared] sets both redis and sentinels; give one address, or the sentinels and master_name");
+        return -EINVAL;
+    }
+    if (c->shared_redis && config_redis_address_parse(c->shared_redis, host, sizeof(host), &port) < 0) {
+        set_err(st, "[shared] redis = '%s' %s", c->shared_redis, addr_help);
+        return -EINVAL;
+    }
+    if (c->shared_sentinels_text) {
+        if (split_words(c->shared_sentinels_text, &c->shared_sentinels, &c->n_shared_sentinels) < 0)
+            return -ENOMEM;
+        if (c->n_shared_sentinels == 0 || c->n_shared_sentinels > 16) {
+            set_err(st, "[shared] sentinels must name 1 to 16 sentinels as HOST:PORT");
+            return -EINVAL;
+        }
+        for (size_t i = 0; i < c->n_shared_sentinels; i++)
+            if (config_redis_address_parse(c->shared_sentinels[i], host, sizeof(host), &port) < 0 || port == 0) {
+                set_err(st, "[shared] sentinels: '%s' must be HOST:PORT", c->shared_sentinels[i]);
+                return -EINVAL;
+            }
+        if (!c->shared_master_name) {
+            set_err(st, "[shared] sentinels is set but master_name is not; set it to the name the "
+                        "sentinels monitor (sentinel monitor NAME ...)");
+            return -EINVAL;
+        }
+    } else if (c->shared_master_name) {
+        set_err(st, "[shared] master_name is set but sentinels is not; it names a master to the sentinels");
+        return -EINVAL;
+    }
+    if (!c->shared_prefix && !(c->shared_prefix = strdup("tokend")))
+        return -ENOMEM;
+    if (strlen(c->shared_prefix) > 64 || strspn(c->shared_prefix, "abcdefghijklmnopqrstuvwxyz"
+                                                                    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") !=
+                                              strlen(c->shared_prefix)) {
+        set_err(st, "[shared] prefix = '%s' must be 1 to 64 letters, digits, '_', '.' or '-'", c->shared_prefix);
+        return -EINVAL;
+    }
+    if (c->shared_username && !c->shared_password_file) {
+        set_err(st, "[shared] username is set but password_file is not; an ACL user needs its password");
+        return -EINVAL;
+    }
+#ifndef HAVE_HIREDIS_SSL
+    if (c->shared_tls) {
+        set_err(st, "[shared] tls = yes, but this build has no TLS for Redis: its hiredis (Debian 12's "
+                    "0.14) has none; reach Redis through a local TLS tunnel (stunnel) as the README says");
+        return -EINVAL;
+    }
+#endif
+    if (c->shared_tls_ca_file && !c->shared_tls) {
+        set_err(st, "[shared] tls_ca_file is set but tls is not; set tls = yes");
+        return -EINVAL;
+    }
+    return 0;
+}
+
 static int finish(struct parse_state *st) {
     config *c = st->cfg;
     struct sockaddr_storage ss;
@@ -564,7 +685,7 @@ static int finish(struct parse_state *st) {
                     c->user_header);
             return -EINVAL;
         }
-    return 0;
+    return finish_shared(st);
 }
 
 /* inih's reader, counting lines: the handler is not told the line number,
@@ -725,6 +846,76 @@ static int ca_load(config *c, char err[CONFIG_ERR_MAX]) {
     return 0;
 }
 
+/* One shared key: 64 hex digits in a private file, or in the systemd
+ * credential `credential` when credentials_dir has it. */
+static int shared_key_read(const config *c, const char *file, int line, const char *what,
+                           const char *credentials_dir, const char *credential, unsigned char out[32],
+                           char err[CONFIG_ERR_MAX]) {
+    char cred_path[4096];
+    const char *from = file;
+    char *text = NULL;
+    size_t len = 0;
+    int r;
+
+    if (credentials_dir && *credentials_dir) {
+        snprintf(cred_path, sizeof(cred_path), "%s/%s", credentials_dir, credential);
+        if (access(cred_path, F_OK) == 0)
+            from = cred_path;
+    }
+    if (!from) {
+        snprintf(err, CONFIG_ERR_MAX,
+                 "%s: [shared] key_file is missing, and no systemd credential '%s' was passed; "
+                 "fleet mode needs the fleet's key: 64 hex digits (openssl rand -hex 32) in a file "
+                 "only this user can read, the same on every host", c->path, credential);
+        return -EINVAL;
+    }
+    r = from == cred_path ? secret_load_credential(from, &text, &len, err, CONFIG_ERR_MAX)
+                          : secret_load_named(from, what, &text, &len, err, CONFIG_ERR_MAX);
+    if (r < 0)
+        return r;
+    r = seal_key_parse(text, len, out);
+    wipe_free(text, len);
+    if (r < 0) {
+        if (from == cred_path)
+            snprintf(err, CONFIG_ERR_MAX, "%.300s: %s must be exactly 64 hex digits (openssl rand -hex 32)",
+                     from, what);
+        else
+            snprintf(err, CONFIG_ERR_MAX,
+                     "%s:%d: [shared] %s = '%.200s': %s must be exactly 64 hex digits "
+                     "(openssl rand -hex 32), the same on every host",
+                     c->path, line, file == c->shared_key_file ? "key_file" : "previous_key_file", from, what);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int shared_keys_load(config *c, const char *credentials_dir, char err[CONFIG_ERR_MAX]) {
+    int r;
+
+    r = shared_key_read(c, c->shared_key_file, c->shared_key_file_line, "the fleet's shared key",
+                        credentials_dir, "shared_key", c->shared_key, err);
+    if (r < 0)
+        return r;
+    if (c->shared_previous_key_file) {
+        r = shared_key_read(c, c->shared_previous_key_file, c->shared_previous_key_file_line,
+                            "the fleet's previous shared key", NULL, NULL, c->shared_previous_key, err);
+        if (r < 0)
+            return r;
+        c->has_shared_previous_key = true;
+    }
+    if (credentials_dir && *credentials_dir) {
+        char cred_path[4096];
+        snprintf(cred_path, sizeof(cred_path), "%s/redis_password", credentials_dir);
+        if (access(cred_path, F_OK) == 0)
+            return secret_load_credential(cred_path, &c->shared_password, &c->shared_password_len, err,
+                                          CONFIG_ERR_MAX);
+    }
+    if (c->shared_password_file)
+        return secret_load_named(c->shared_password_file, "the Redis password", &c->shared_password,
+                                 &c->shared_password_len, err, CONFIG_ERR_MAX);
+    return 0;
+}
+
 int config_load(const char *path, const char *credentials_dir, config **ret, char err[CONFIG_ERR_MAX]) {
     char secret_path[4096];
     const char *from;
@@ -771,6 +962,10 @@ int config_load(const char *path, const char *credentials_dir, config **ret, cha
         config_free(c);
         return r;
     }
+    if (config_shared(c) && (r = shared_keys_load(c, credentials_dir, err)) < 0) {
+        config_free(c);
+        return r;
+    }
     if (c->keys_file) {
         /* loaded with the rest, so a reload applies a new keys file or
          * refuses a bad one together with everything else */
@@ -792,6 +987,19 @@ config *config_free(config *c) {
     free(c->client_id);
     free(c->client_secret_file);
     wipe_free(c->client_secret, c->client_secret_len);
+    free(c->shared_redis);
+    free(c->shared_sentinels_text);
+    free_words(c->shared_sentinels, c->n_shared_sentinels);
+    free(c->shared_master_name);
+    free(c->shared_username);
+    free(c->shared_password_file);
+    wipe_free(c->shared_password, c->shared_password_len);
+    free(c->shared_key_file);
+    free(c->shared_previous_key_file);
+    explicit_bzero(c->shared_key, sizeof(c->shared_key));
+    explicit_bzero(c->shared_previous_key, sizeof(c->shared_previous_key));
+    free(c->shared_prefix);
+    free(c->shared_tls_ca_file);
     free(c->default_scope);
     free(c->ca_file);
     free(c->ca_pem);

@@ -18,8 +18,61 @@ static void one(FILE *f, const char *name, const char *type, const char *help, u
     fprintf(f, "%s %llu\n", name, v);
 }
 
+/* Fleet mode's shared tier (shared.h). */
+static void render_shared(FILE *f, const struct shared_stats *ss) {
+    static const char *const breaker_names[] = { "closed", "open", "half_open" };
+    unsigned long long cumulative = 0;
+
+    one(f, "tokend_shared_up", "gauge", "1 while tokens are shared through Redis; 0 while degraded.", ss->up);
+    header(f, "tokend_shared_breaker_state", "gauge", "The breaker toward Redis: 1 for the current state.");
+    for (int i = 0; i < 3; i++)
+        fprintf(f, "tokend_shared_breaker_state{state=\"%s\"} %d\n", breaker_names[i], (int)ss->breaker == i);
+    header(f, "tokend_shared_operations_total", "counter", "Commands sent to Redis, by operation and result.");
+    for (int i = 0; i < SHARED_OP_COUNT; i++) {
+        fprintf(f, "tokend_shared_operations_total{op=\"%s\",result=\"ok\"} %llu\n", shared_op_names[i], ss->ops[i][0]);
+        fprintf(f, "tokend_shared_operations_total{op=\"%s\",result=\"error\"} %llu\n", shared_op_names[i], ss->ops[i][1]);
+    }
+    header(f, "tokend_shared_lookups_total", "counter",
+           "Misses and refreshes looked up in Redis, by what they found: another host's token, a lease "
+           "taken, a lease held by another host, or the fleet paused by a 429.");
+    for (int i = 0; i < SHARED_LOOKUP_COUNT; i++)
+        fprintf(f, "tokend_shared_lookups_total{result=\"%s\"} %llu\n", shared_lookup_names[i], ss->lookups[i]);
+    header(f, "tokend_shared_lookup_duration_seconds", "histogram", "Round trip of one lookup in Redis.");
+    for (int i = 0; i < SHARED_LATENCY_BUCKETS; i++) {
+        cumulative += ss->latency_buckets[i];
+        fprintf(f, "tokend_shared_lookup_duration_seconds_bucket{le=\"%g\"} %llu\n", shared_latency_bounds[i],
+                cumulative);
+    }
+    fprintf(f, "tokend_shared_lookup_duration_seconds_bucket{le=\"+Inf\"} %llu\n", ss->latency_count);
+    fprintf(f, "tokend_shared_lookup_duration_seconds_sum %.6f\n", ss->latency_sum_s);
+    fprintf(f, "tokend_shared_lookup_duration_seconds_count %llu\n", ss->latency_count);
+    header(f, "tokend_shared_mints_total", "counter",
+           "Mints this host made in fleet mode, by why: holding the lease, after waiting out another "
+           "host's lease, or without Redis (degraded).");
+    for (int i = 0; i < SHARED_MINT_COUNT; i++)
+        fprintf(f, "tokend_shared_mints_total{how=\"%s\"} %llu\n", shared_mint_names[i], ss->mints[i]);
+    one(f, "tokend_shared_lease_waits_total", "counter", "Misses that waited on another host's lease.",
+        ss->lease_waits);
+    one(f, "tokend_shared_lease_timeouts_total", "counter",
+        "Waits on another host's lease that ran out, so this host minted.", ss->lease_timeouts);
+    one(f, "tokend_shared_decrypt_failures_total", "counter",
+        "Values in Redis that did not decrypt (tampered with, moved, or another key): never served.",
+        ss->decrypt_failures);
+    one(f, "tokend_shared_events_applied_total", "counter", "Drops and flushes from the fleet applied here.",
+        ss->events_applied);
+    one(f, "tokend_shared_local_flushes_total", "counter",
+        "Times this host dropped its tokens because it could not catch up on the fleet's events.",
+        ss->local_flushes);
+    one(f, "tokend_shared_fleet_credentials_rejected", "gauge",
+        "1 while a host of the fleet sees Instacart reject the client credentials.",
+        ss->fleet_credentials_rejected);
+    one(f, "tokend_shared_fleet_paused", "gauge", "1 while the fleet waits out Instacart's Retry-After.",
+        ss->fleet_paused);
+}
+
 int metrics_render(const struct api_stats *as, const struct cache_stats *cs,
-                   const struct upstream_stats *us, int64_t start_unix, char **ret, size_t *ret_len) {
+                   const struct upstream_stats *us, const struct shared_stats *ss, int64_t start_unix,
+                   char **ret, size_t *ret_len) {
     static const char *const circuit_names[] = { "closed", "open", "half_open" };
     unsigned long long cumulative = 0;
     char *buf = NULL;
@@ -88,6 +141,9 @@ int metrics_render(const struct api_stats *as, const struct cache_stats *cs,
         us->credentials_rejected);
     one(f, "tokend_upstream_rate_limited", "gauge", "1 while minting is paused by Instacart's 429.",
         us->rate_limited);
+
+    if (ss)
+        render_shared(f, ss);
 
     header(f, "process_start_time_seconds", "gauge", "Start time of the process since the Unix epoch.");
     fprintf(f, "process_start_time_seconds %lld\n", (long long)start_unix);

@@ -241,6 +241,8 @@ static void proxy_on_answer(void *userdata, int status, const char *content_type
          * mint once more, try once more */
         r->retried = true;
         cache_drop_if(a->cache, OAUTH_GRANT_USER_ASSERTION, r->user, a->default_scope, r->used, NULL);
+        if (a->shared) /* or the re-mint would fetch the same dead token back */
+            shared_drop(a->shared, OAUTH_GRANT_USER_ASSERTION, r->user, a->default_scope, r->used);
         proxy_start(r);
         return;
     }
@@ -339,6 +341,8 @@ enum MHD_Result route_token_delete(const struct call *c, void **req_cls) {
                          NULL);
     scope = qc.q.scope ? qc.q.scope : c->a->default_scope;
     dropped = cache_drop(c->a->cache, OAUTH_GRANT_USER_ASSERTION, user, scope, qc.revoke ? &t : NULL);
+    if (c->a->shared) /* and on every host of the fleet */
+        shared_drop(c->a->shared, OAUTH_GRANT_USER_ASSERTION, user, scope, NULL);
     fingerprint(user, strlen(user), fp);
     log_notice("operator dropped the token of user=%s scope=%s%s (%s)", fp, scope,
                qc.revoke ? " with revocation" : "", dropped > 0 ? "was cached" : "none cached");
@@ -362,7 +366,9 @@ enum MHD_Result route_flush(const struct call *c) {
     if (!c->keyed && !api_peer_is_local(c))
         return refuse_remote(c);
     n = cache_flush(c->a->cache);
-    log_notice("operator flushed the cache: %zu entries dropped", n);
+    if (c->a->shared)
+        shared_flush(c->a->shared); /* a new generation: no host reads older tokens */
+    log_notice("operator flushed the cache%s: %zu entries dropped here", c->a->shared ? " of the fleet" : "", n);
     snprintf(body, sizeof(body), "{\"dropped\":%zu}", n);
     return api_json(c, MHD_HTTP_OK, strdup(body));
 }
@@ -381,6 +387,15 @@ enum MHD_Result route_readyz(const struct call *c) {
         reason = "Instacart rejects the client credentials: check client_id and the secret, then reload";
     else if (us.circuit == CIRCUIT_OPEN)
         reason = "Instacart is failing: the circuit breaker is open, new users cannot get tokens";
+    else if (c->a->shared) {
+        /* a rejection another host saw: the fleet shares the credentials.
+         * Redis out of reach is degraded service, not unreadiness. */
+        struct shared_stats ss;
+        shared_get_stats(c->a->shared, &ss);
+        if (ss.fleet_credentials_rejected)
+            reason = "Instacart rejected the client credentials on a host of the fleet: check client_id "
+                     "and the secret on every host, then reload";
+    }
     j = cJSON_CreateObject();
     if (!j)
         return MHD_NO;
@@ -404,7 +419,10 @@ enum MHD_Result route_metrics(const struct call *c) {
     api_get_stats(c->a, &as);
     cache_get_stats(c->a->cache, &cs);
     upstream_get_stats(c->a->up, &us);
-    if (metrics_render(&as, &cs, &us, c->a->start_unix, &text, &len) < 0)
+    struct shared_stats ss;
+    if (c->a->shared)
+        shared_get_stats(c->a->shared, &ss);
+    if (metrics_render(&as, &cs, &us, c->a->shared ? &ss : NULL, c->a->start_unix, &text, &len) < 0)
         return MHD_NO;
     resp = MHD_create_response_from_buffer_with_free_callback(len, text, free);
     if (!resp) {
@@ -469,6 +487,31 @@ enum MHD_Result route_status(const struct call *c) {
         cJSON_AddNumberToObject(o, "revocations_ok", (double)us.revocations_ok);
         cJSON_AddNumberToObject(o, "revocations_failed", (double)us.revocations_failed);
     }
+    if (c->a->shared) {
+        static const char *const breaker_names[] = { "closed", "open", "half_open" };
+        struct shared_stats ss;
+        shared_get_stats(c->a->shared, &ss);
+        o = cJSON_AddObjectToObject(j, "shared");
+        if (o) {
+            cJSON_AddStringToObject(o, "state", ss.up ? "connected" : "degraded");
+            cJSON_AddStringToObject(o, "redis", ss.address);
+            cJSON_AddStringToObject(o, "breaker", breaker_names[ss.breaker]);
+            cJSON_AddBoolToObject(o, "fleet_paused", ss.fleet_paused);
+            cJSON_AddBoolToObject(o, "fleet_credentials_rejected", ss.fleet_credentials_rejected);
+            for (int i = 0; i < SHARED_LOOKUP_COUNT; i++) {
+                char name[40];
+                snprintf(name, sizeof(name), "lookups_%s", shared_lookup_names[i]);
+                cJSON_AddNumberToObject(o, name, (double)ss.lookups[i]);
+            }
+            for (int i = 0; i < SHARED_MINT_COUNT; i++) {
+                char name[40];
+                snprintf(name, sizeof(name), "mints_%s", shared_mint_names[i]);
+                cJSON_AddNumberToObject(o, name, (double)ss.mints[i]);
+            }
+            cJSON_AddNumberToObject(o, "decrypt_failures", (double)ss.decrypt_failures);
+            cJSON_AddNumberToObject(o, "events_applied", (double)ss.events_applied);
+        }
+    }
     o = cJSON_AddObjectToObject(j, "http");
     if (o) {
         cJSON_AddNumberToObject(o, "requests", (double)as.requests);
@@ -479,6 +522,16 @@ enum MHD_Result route_status(const struct call *c) {
     body = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     return api_json(c, MHD_HTTP_OK, body);
+}
+
+/* X-Cache of a token that was not a hit: the caller's own fetch or one it
+ * joined; in fleet mode, another host's token, found at once or waited for. */
+static const char *x_cache(const struct request *r) {
+    if (r->outcome.via == MINT_VIA_SHARED)
+        return "shared";
+    if (r->outcome.via == MINT_VIA_SHARED_WAIT)
+        return "shared-wait";
+    return r->how == CACHE_MISS ? "miss" : "coalesced";
 }
 
 enum MHD_Result route_answer_done(struct request *r) {
@@ -492,7 +545,7 @@ enum MHD_Result route_answer_done(struct request *r) {
     case REQUEST_MINT:
     default:
         if (r->tok)
-            return api_token(&r->call, r->tok, r->scope, r->how == CACHE_MISS ? "miss" : "coalesced");
+            return api_token(&r->call, r->tok, r->scope, x_cache(r));
         return api_failure(&r->call, &r->outcome);
     }
 }

@@ -22,12 +22,14 @@
 #include "sd.h"
 #include "snapshot.h"
 #include "service.h"
+#include "shared.h"
 #include "upstream.h"
 #include "util.h"
 
 /* The cache's source of tokens: Instacart, through the upstream client. */
 static void fetch_from_upstream(void *source, enum oauth_grant grant, const char *user_id,
-                                const char *scope, cache_done_fn done, void *ctx) {
+                                const char *scope, const struct cache_want *want, cache_done_fn done,
+                                void *ctx) {
     upstream_mint(source, grant, user_id, scope, done, ctx);
 }
 
@@ -67,6 +69,7 @@ struct service {
     config *current;  /* after a successful reload; NULL before */
     unsigned wanted_connections;
     upstream *up;
+    shared *sh;       /* fleet mode, or NULL */
     cache *c;
     api *a;
     uint64_t watchdog_ms, next_watchdog_ms, next_status_ms;
@@ -106,10 +109,16 @@ static const char *status_text(struct service *s) {
     s->seen_ok = us.mints_ok;
     s->seen_rejected = us.mints_rejected;
     s->seen_failed = failed;
-    snprintf(s->status, sizeof(s->status),
-             "%llu tokens cached; mints: %llu ok, %llu failed; Instacart: %s, %u in flight; %llu requests served",
-             cs.entries, us.mints_ok, failed, s->upstream_state, us.in_flight,
-             as.requests > s->probes ? as.requests - s->probes : 0);
+    {
+        struct shared_stats ss;
+        if (s->sh)
+            shared_get_stats(s->sh, &ss);
+        snprintf(s->status, sizeof(s->status),
+                 "%llu tokens cached; mints: %llu ok, %llu failed; Instacart: %s, %u in flight; %llu requests served%s",
+                 cs.entries, us.mints_ok, failed, s->upstream_state, us.in_flight,
+                 as.requests > s->probes ? as.requests - s->probes : 0,
+                 !s->sh ? "" : ss.up ? "; fleet: sharing through Redis" : "; fleet: degraded, Redis out of reach");
+    }
     return s->status;
 }
 
@@ -263,6 +272,12 @@ static void reload(struct service *s) {
     if (flush)
         log_notice("client id or Instacart server changed: dropped %zu cached tokens",
                    cache_flush(s->c));
+    if (config_shared(n) != (s->sh != NULL))
+        log_warning("[shared] fleet mode was turned %s: restart to apply", s->sh ? "off" : "on");
+    else if (s->sh && shared_reload(s->sh, n)) /* new keys, and a new namespace with new credentials */
+        log_warning("[shared] Redis's address, sentinels, user or TLS changed: restart to apply");
+    explicit_bzero(n->shared_key, sizeof(n->shared_key));
+    explicit_bzero(n->shared_previous_key, sizeof(n->shared_previous_key));
     log_event(LOG_NOTICE, LOG_ID_RELOADED, NULL,
               "reloaded %s: minting as client id %s at %s, with the secret from %s", n->path,
               n->client_id, n->base_url,
@@ -345,6 +360,7 @@ static int check_passed_socket(const config *cfg, api *a) {
 int service_run(const char *path, config *cfg) {
     struct service s = { .path = path, .boot = cfg, .upstream_state = "no mint yet" };
     upstream *up = NULL;
+    shared *sh = NULL;
     cache *c = NULL;
     api *a = NULL;
     sigset_t mask;
@@ -384,11 +400,26 @@ int service_run(const char *path, config *cfg) {
     if (r < 0)
         goto out;
     forget_secret(cfg);
-    r = cache_new(&cs, fetch_from_upstream, up, &c);
+    if (config_shared(cfg)) {
+        r = shared_new(cfg, up, &sh);
+        explicit_bzero(cfg->shared_key, sizeof(cfg->shared_key));
+        explicit_bzero(cfg->shared_previous_key, sizeof(cfg->shared_previous_key));
+        if (r < 0)
+            goto out;
+        r = cache_new(&cs, shared_fetch, sh, &c);
+    } else
+        r = cache_new(&cs, fetch_from_upstream, up, &c);
     if (r < 0)
         goto out;
     s.up = up;
+    s.sh = sh;
     s.c = c;
+    if (sh) {
+        shared_attach(sh, c);
+        r = shared_start(sh); /* before the upstream's: it listens to its 429s */
+        if (r < 0)
+            goto out;
+    }
     if (cache_fd >= 0) {
         restore_cache(&s, cache_fd); /* closes it */
         cache_fd = -1;
@@ -402,6 +433,7 @@ int service_run(const char *path, config *cfg) {
     if (r < 0)
         goto out;
     s.a = a;
+    api_set_shared(a, sh);
     if (check_passed_socket(cfg, a) < 0) {
         r = -EPERM;
         goto out;
@@ -448,7 +480,9 @@ int service_run(const char *path, config *cfg) {
     }
     /* no fetch may change the cache while it is written out; stopping it also
      * answers the callers still waiting, whose answers then get a moment to
-     * be written before the server goes */
+     * be written before the server goes (the fleet's lookups first: they
+     * hand mints to the upstream) */
+    shared_stop(sh);
     upstream_stop(up);
     {
         uint64_t deadline = now_ms() + 2000;
@@ -460,8 +494,10 @@ int service_run(const char *path, config *cfg) {
 out:
     /* reverse order: the upstream first, so every waiting caller is answered
      * before the server and the cache go away */
+    shared_stop(sh);
     upstream_stop(up);
     api_free(a);
+    shared_free(sh); /* after the upstream: a mint's end may still call it */
     cache_free(c);
     upstream_free(up);
     config_free(s.current);

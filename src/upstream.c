@@ -111,6 +111,7 @@ struct upstream {
     char *ca_pem; /* [upstream] ca_file's certificates; NULL: the system's */
     size_t ca_pem_len;
     bool credentials_rejected;
+    struct upstream_events events; /* set before the worker starts */
     struct upstream_stats stats;
     uint64_t heartbeat_ms;
 
@@ -769,6 +770,7 @@ static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
     long status = 0;
     mint_outcome o = { 0 };
     bool retry = false, timeout = false, trips = false, credentials = false;
+    uint64_t paused_ms = 0;
     token *t = NULL;
 
     active_unlink(u, j);
@@ -855,10 +857,16 @@ static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
         uint64_t until = now + (uint64_t)(j->retry_after_s ? j->retry_after_s : DEFAULT_RETRY_AFTER_S) * 1000;
         if (until > u->paused_until_ms)
             u->paused_until_ms = until;
+        paused_ms = until - now;
         log_warning("Instacart is rate limiting (429): minting paused for %u s",
                     j->retry_after_s ? j->retry_after_s : DEFAULT_RETRY_AFTER_S);
     }
     pthread_mutex_unlock(&u->lock);
+    /* fleet mode: the other hosts hear of it at once, outside our lock */
+    if (paused_ms && u->events.paused)
+        u->events.paused(u->events.userdata, paused_ms);
+    if (credentials && u->events.credentials_rejected)
+        u->events.credentials_rejected(u->events.userdata);
 
     if (retry) {
         uint64_t delay = j->attempts ? backoff(u, j->attempts) : 0;
@@ -1040,6 +1048,10 @@ static void *worker(void *arg) {
     fail_all(u, &u->delayed, "shutting_down");
     fail_all(u, &u->ready, "shutting_down");
     return NULL;
+}
+
+void upstream_set_events(upstream *u, const struct upstream_events *ev) {
+    u->events = *ev;
 }
 
 int upstream_start(upstream *u) {

@@ -54,7 +54,7 @@ struct image {
 };
 
 static void fetch_must_not_run(void *source, enum oauth_grant grant, const char *user_id, const char *scope,
-                               cache_done_fn done, void *ctx) {
+                               const struct cache_want *want, cache_done_fn done, void *ctx) {
     fprintf(stderr, "reading a snapshot started a mint\n");
     abort();
 }

@@ -30,6 +30,7 @@ struct fetch_call {
     enum oauth_grant grant;
     char user_id[OAUTH_USER_ID_MAX + 1];
     char scope[OAUTH_SCOPE_MAX + 1];
+    struct cache_want want;
     cache_done_fn done;
     void *ctx;
     bool completed;
@@ -50,7 +51,7 @@ static void complete_ok(unsigned i, const char *value, uint32_t lifetime_s);
 static void complete_fail(unsigned i, enum mint_kind kind, int http_status, const char *error);
 
 static void fake_fetch(void *source, enum oauth_grant grant, const char *user_id, const char *scope,
-                       cache_done_fn done, void *ctx) {
+                       const struct cache_want *want, cache_done_fn done, void *ctx) {
     struct fetch_call *f;
 
     ASSERT(source == &fake_source);
@@ -60,6 +61,7 @@ static void fake_fetch(void *source, enum oauth_grant grant, const char *user_id
     ASSERT(strlen(user_id) <= OAUTH_USER_ID_MAX && strlen(scope) <= OAUTH_SCOPE_MAX);
     snprintf(f->user_id, sizeof(f->user_id), "%s", user_id);
     snprintf(f->scope, sizeof(f->scope), "%s", scope);
+    f->want = *want;
     f->done = done;
     f->ctx = ctx;
     f->completed = false;
@@ -452,6 +454,12 @@ static void refresh_ahead_serves_at_once_and_refreshes_once(void) {
     ASSERT_STR_EQ(calls[1].user_id, "alice");
     ASSERT_STR_EQ(calls[1].scope, SCOPE);
     ASSERT_UINT_EQ(stats(c).refreshes, 1);
+    /* a fleet's shared tier is told the token in hand has 800 s left, and
+     * that a token worth adopting instead must not be due for refresh too */
+    ASSERT_UINT_EQ(calls[1].want.have_ms, 800 * SEC);
+    ASSERT_UINT_EQ(calls[1].want.min_life_ms, 900 * SEC);
+    ASSERT_UINT_EQ(calls[0].want.have_ms, 0); /* the first was a miss */
+    ASSERT_UINT_EQ(calls[0].want.min_life_ms, s.min_ttl_ms);
 
     /* a refresh in flight is not started again */
     fake_now += 10 * SEC;

@@ -13,7 +13,7 @@
 #define CC OAUTH_GRANT_CLIENT_CREDENTIALS
 
 static void no_fetch(void *source, enum oauth_grant grant, const char *user_id, const char *scope,
-                     cache_done_fn done, void *ctx) {
+                     const struct cache_want *want, cache_done_fn done, void *ctx) {
     UNIT_FAIL("a snapshot must not mint");
 }
 

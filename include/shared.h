@@ -1,0 +1,78 @@
+/* Fleet mode: a shared tier in Redis (or Valkey) behind the memory cache, so
+ * that many hosts mint one token per user between them.
+ *
+ * It is the memory cache's fetch function: on a miss (or a refresh) one
+ * round trip either finds another host's token, sealed (seal.h), or takes a
+ * short lease on the key; the lease holder mints and publishes, the others
+ * poll briefly for what it publishes and mint themselves after lease_wait.
+ * Drops and flushes reach the other hosts through a Redis stream they
+ * replay after a reconnect. Redis is only ever talked to from two threads
+ * of this module's own (commands, events), each command with a deadline:
+ * no caller's thread waits on Redis. When Redis fails, a breaker opens and
+ * tokend mints on its own as it does without a fleet. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "breaker.h"
+#include "cache.h"
+#include "upstream.h"
+
+typedef struct shared shared;
+struct config;
+
+enum shared_op { SHARED_OP_LOOKUP, SHARED_OP_PUBLISH, SHARED_OP_DROP, SHARED_OP_FLUSH, SHARED_OP_PAUSE,
+                 SHARED_OP_COUNT };
+enum shared_lookup { SHARED_FOUND, SHARED_LEASED, SHARED_BUSY, SHARED_PAUSED, SHARED_LOOKUP_COUNT };
+enum shared_mint { SHARED_MINT_LEASED, SHARED_MINT_LEASE_TIMEOUT, SHARED_MINT_DEGRADED, SHARED_MINT_COUNT };
+
+extern const char *const shared_op_names[SHARED_OP_COUNT];
+extern const char *const shared_lookup_names[SHARED_LOOKUP_COUNT];
+extern const char *const shared_mint_names[SHARED_MINT_COUNT];
+
+#define SHARED_LATENCY_BUCKETS 10
+extern const double shared_latency_bounds[SHARED_LATENCY_BUCKETS];
+
+struct shared_stats {
+    bool up;                        /* connected, breaker closed */
+    enum breaker_state breaker;
+    unsigned long long ops[SHARED_OP_COUNT][2]; /* [op][0 ok, 1 error] */
+    unsigned long long lookups[SHARED_LOOKUP_COUNT];
+    unsigned long long mints[SHARED_MINT_COUNT];
+    unsigned long long decrypt_failures;
+    unsigned long long lease_waits, lease_timeouts;
+    unsigned long long events_applied;
+    unsigned long long local_flushes; /* events we could not catch up on */
+    unsigned long long reconnects;
+    unsigned long long latency_buckets[SHARED_LATENCY_BUCKETS]; /* lookups, not cumulative */
+    unsigned long long latency_count;
+    double latency_sum_s;
+    bool fleet_credentials_rejected; /* some host saw Instacart reject them */
+    bool fleet_paused;               /* some host was told 429: nobody mints */
+    char address[280];               /* the Redis answering now, or "" */
+};
+
+/* Reads [shared] from cfg (fleet mode must be on). Connects nothing yet. */
+int shared_new(const struct config *cfg, upstream *up, shared **ret);
+/* Where drops and flushes from the other hosts are applied. Before start. */
+void shared_attach(shared *s, cache *c);
+/* Starts the two threads; Redis being down is not an error (degraded). */
+int shared_start(shared *s);
+/* The cache's fetch function (source: the shared *). */
+void shared_fetch(void *source, enum oauth_grant grant, const char *user_id, const char *scope,
+                  const struct cache_want *want, cache_done_fn done, void *ctx);
+/* Drops the key's token in Redis (only if it is `only`, when given) and
+ * tells every host to drop its copy. Never blocks. */
+void shared_drop(shared *s, enum oauth_grant grant, const char *user_id, const char *scope,
+                 const token *only);
+/* Flushes the fleet: a new generation no host reads older tokens from. */
+void shared_flush(shared *s);
+/* Reload: new keys and, with a new base_url or client_id, a new namespace.
+ * Returns true when settings that need a restart (the Redis address,
+ * sentinels, user, TLS) changed. */
+bool shared_reload(shared *s, const struct config *cfg);
+void shared_get_stats(shared *s, struct shared_stats *ret);
+/* Ends both threads; fetches still waiting complete as failures. */
+void shared_stop(shared *s);
+shared *shared_free(shared *s);

@@ -1,0 +1,1535 @@
+/* Fleet mode's shared tier in Redis: see shared.h for what it does.
+ *
+ * hiredis's synchronous API on two threads of our own, each with its own
+ * connection: one sends the commands callers' misses need (pipelined in
+ * batches), one blocks on the fleet's event stream and checks the fleet's
+ * state between blocks. The synchronous API because both Debian releases
+ * have it with a socket deadline (redisSetTimeout), while 0.14's async API
+ * has no per-command deadline and no event adapter fits our loops; a
+ * command that misses its deadline leaves the connection unusable, so it is
+ * dropped and made again, with a breaker against a Redis that keeps failing.
+ *
+ * Redis holds, under "<prefix>:<namespace>:" (namespace: a hash of base_url
+ * and client_id, so other credentials never meet ours):
+ *   t:<name>   a token: "<generation>:<fingerprint>:" then the sealed token
+ *   l:<name>   a lease: the id of the host minting it
+ *   gen        the generation, bumped by a fleet flush
+ *   pause      set while Instacart's Retry-After says nobody may mint
+ *   creds      set while Instacart rejects the client credentials
+ *   events     a stream of drops (sealed keys) and flushes
+ * and nothing else: no user id, no token, no secret in the clear. */
+#include <errno.h>
+#include <hiredis/hiredis.h>
+
+#include "build-config.h"
+
+#ifdef HAVE_HIREDIS_SSL
+#include <hiredis/hiredis_ssl.h>
+#endif
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "config.h"
+#include "log.h"
+#include "seal.h"
+#include "shared.h"
+#include "util.h"
+
+#define JOBS_MAX 4096           /* queued commands; beyond, a miss mints on its own */
+#define BATCH_MAX 64            /* commands pipelined in one round trip */
+#define STREAM_MAXLEN 10000     /* events kept for hosts catching up */
+#define CREDS_TTL_MS 300000     /* a credential rejection is shown this long unless a mint succeeds */
+#define POLL_FIRST_MS 5         /* waiting on a lease: first poll about a fast mint later */
+#define POLL_MAX_MS 200
+#define EVENT_BLOCK_MS 1000
+#define BREAKER_FAILURES 3
+#define BREAKER_COOLDOWN_MS 1000
+#define NS_MAX 96               /* "<prefix>:<namespace>:": the prefix is at most 64 */
+#define KEY_MAX 160
+
+const char *const shared_op_names[SHARED_OP_COUNT] = { "lookup", "publish", "drop", "flush", "pause" };
+const char *const shared_lookup_names[SHARED_LOOKUP_COUNT] = { "shared", "lease", "busy", "paused" };
+const char *const shared_mint_names[SHARED_MINT_COUNT] = { "leased", "lease_timeout", "degraded" };
+const double shared_latency_bounds[SHARED_LATENCY_BUCKETS] = { 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                                               0.005,  0.01,    0.025,  0.05,  0.1 };
+
+/* ---- the scripts: each does its reads and writes in one round trip ---- */
+
+/* KEYS: token (current key's name), token (previous key's name), lease,
+ * gen, pause. ARGV: least life in ms, lease id, lease ms, skip tokens.
+ * Returns {1, value, pttl, gen, which} for a token with enough life,
+ * {3, '', pttl, gen, 0} while paused, {2, '', 0, gen, 0} for a lease taken,
+ * {4, '', pttl, gen, 0} when another host holds it. */
+static const char lookup_lua[] =
+    "local g = redis.call('GET', KEYS[4]) or '0'\n"
+    "local pre = g .. ':'\n"
+    "if ARGV[4] ~= '1' then\n"
+    "  for i = 1, 2 do\n"
+    "    local v = redis.call('GET', KEYS[i])\n"
+    "    if v and string.sub(v, 1, #pre) == pre then\n"
+    "      local ttl = redis.call('PTTL', KEYS[i])\n"
+    "      if ttl > tonumber(ARGV[1]) then return {1, v, ttl, g, i} end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "local p = redis.call('PTTL', KEYS[5])\n"
+    "if p > 0 then return {3, '', p, g, 0} end\n"
+    "if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then return {2, '', 0, g, 0} end\n"
+    "return {4, '', redis.call('PTTL', KEYS[3]), g, 0}\n";
+
+/* KEYS: token, lease, gen, creds. ARGV: value, ttl ms, lease id or '',
+ * the generation the value was sealed for. Stores the token unless the
+ * fleet was flushed since, or a token of this generation that lives longer
+ * is there and we hold no lease; always gives up our lease. */
+static const char publish_lua[] =
+    "local mine = ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3]\n"
+    "if mine then redis.call('DEL', KEYS[2]) end\n"
+    "redis.call('DEL', KEYS[4])\n"
+    "local g = redis.call('GET', KEYS[3]) or '0'\n"
+    "if g ~= ARGV[4] then return 0 end\n"
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if mine or not v or string.sub(v, 1, #g + 1) ~= g .. ':' or\n"
+    "   redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then\n"
+    "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
+    "  return 1\n"
+    "end\n"
+    "return 0\n";
+
+/* KEYS: lease. ARGV: lease id. Gives the lease up if it is still ours. */
+static const char release_lua[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
+    "return 0\n";
+
+/* KEYS: token (current name), token (previous name), events. ARGV: the
+ * fingerprint to drop ('' for any), the sealed key for the event, the
+ * stream's length. */
+static const char drop_lua[] =
+    "local n = 0\n"
+    "for i = 1, 2 do\n"
+    "  local v = redis.call('GET', KEYS[i])\n"
+    "  if v then\n"
+    "    local a = string.find(v, ':', 1, true)\n"
+    "    if ARGV[1] == '' or (a and string.sub(v, a + 1, a + #ARGV[1]) == ARGV[1]) then\n"
+    "      n = n + redis.call('DEL', KEYS[i])\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[2])\n"
+    "return n\n";
+
+/* KEYS: gen, events. ARGV: the stream's length. */
+static const char flush_lua[] =
+    "local g = redis.call('INCR', KEYS[1])\n"
+    "redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'f', g)\n"
+    "return g\n";
+
+enum script { S_LOOKUP, S_PUBLISH, S_RELEASE, S_DROP, S_FLUSH, S_COUNT };
+static const char *const scripts[S_COUNT] = { lookup_lua, publish_lua, release_lua, drop_lua, flush_lua };
+
+/* ---- state ---- */
+
+enum job_kind { J_LOOKUP, J_PUBLISH, J_RELEASE, J_DROP, J_FLUSH, J_PAUSE, J_CREDS, J_PING };
+
+struct job {
+    struct job *next;
+    shared *s;
+    enum job_kind kind;
+    enum oauth_grant grant;
+    char user[OAUTH_USER_ID_MAX + 1];
+    char scope[OAUTH_SCOPE_MAX + 1];
+    char ns[NS_MAX];            /* "<prefix>:<namespace>:" when the job was made */
+    char tok_key[2][KEY_MAX];   /* current and previous key's names (the same without one) */
+    char lease_key[KEY_MAX];
+    struct cache_want want;
+    cache_done_fn done;
+    void *ctx;
+    bool waited, skip_tokens;
+    uint64_t wait_until_ms, next_at_ms, poll_ms, sent_ms;
+    char lease_id[33];
+    char gen[24];
+    enum shared_mint how;
+    token *tok;                 /* publish */
+    char fp[SEAL_FP_LEN + 1];   /* drop only this token ('' for any) */
+    uint64_t ms;                /* pause */
+};
+
+struct job_list {
+    struct job *head, *tail;
+    unsigned n;
+};
+
+struct shared {
+    upstream *up;
+    cache *cache;
+
+    /* where Redis is: fixed until a restart */
+    char *redis;                /* HOST:PORT or unix:PATH, or NULL with sentinels */
+    char **sentinels;
+    size_t n_sentinels;
+    char *master_name;
+    char *username;
+    char *password;
+    size_t password_len;
+    bool tls;
+    char *tls_ca_file;
+#ifdef HAVE_HIREDIS_SSL
+    redisSSLContext *ssl;
+#endif
+    uint64_t timeout_ms;
+    uint64_t lease_wait_ms;
+    uint64_t lease_ms;          /* longer than the longest mint */
+    uint64_t plenty_ms;         /* a refresh with this much life left waits for Redis */
+    char sha[S_COUNT][41];
+
+    pthread_rwlock_t keys_lock; /* guards keys and ns */
+    seal_keys keys;
+    char ns[NS_MAX];
+    unsigned ns_serial;         /* bumped when ns changes: the event reader starts over */
+
+    pthread_mutex_t lock;       /* guards everything below */
+    pthread_cond_t cond;
+    struct job_list queue, waiting;
+    bool stopping, started;
+    breaker br;
+    int ev_fd;                  /* the event reader's socket, to interrupt it at stop */
+    struct shared_stats stats;
+    char lease_prefix[17];      /* this process's part of its lease ids */
+    unsigned long long lease_seq;
+
+    pthread_t cmd_thread, ev_thread;
+};
+
+static void list_push(struct job_list *l, struct job *j) {
+    j->next = NULL;
+    if (l->tail)
+        l->tail->next = j;
+    else
+        l->head = j;
+    l->tail = j;
+    l->n++;
+}
+
+static struct job *list_pop(struct job_list *l) {
+    struct job *j = l->head;
+    if (j) {
+        l->head = j->next;
+        if (!l->head)
+            l->tail = NULL;
+        l->n--;
+        j->next = NULL;
+    }
+    return j;
+}
+
+static void job_free(struct job *j) {
+    if (!j)
+        return;
+    token_unref(j->tok);
+    /* it holds a user id and, for a publish, a sealed token: no need to leave them */
+    wipe_free(j, sizeof(*j));
+}
+
+static void count_op(shared *s, enum shared_op op, bool ok) {
+    pthread_mutex_lock(&s->lock);
+    s->stats.ops[op][ok ? 0 : 1]++;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- making jobs ---- */
+
+static void sha1_hex(const char *text, char out[41]) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned n = 0;
+
+    EVP_Digest(text, strlen(text), md, &n, EVP_sha1(), NULL);
+    for (unsigned i = 0; i < n && i < 20; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+/* Names the job's keys, under the keys' lock. Returns 0 or -EIO. */
+static int job_names(shared *s, struct job *j) {
+    char name[SEAL_NAME_LEN + 1];
+    int r;
+
+    pthread_rwlock_rdlock(&s->keys_lock);
+    snprintf(j->ns, sizeof(j->ns), "%s", s->ns);
+    r = seal_name(&s->keys, false, j->grant, j->user, j->scope, name);
+    if (r == 0) {
+        snprintf(j->tok_key[0], KEY_MAX, "%st:%s", s->ns, name);
+        snprintf(j->lease_key, KEY_MAX, "%sl:%s", s->ns, name);
+        if (s->keys.has_prev)
+            r = seal_name(&s->keys, true, j->grant, j->user, j->scope, name);
+        snprintf(j->tok_key[1], KEY_MAX, "%st:%s", s->ns, name);
+    }
+    pthread_rwlock_unlock(&s->keys_lock);
+    return r;
+}
+
+static struct job *job_new(shared *s, enum job_kind kind, enum oauth_grant grant, const char *user_id,
+                           const char *scope) {
+    struct job *j = calloc(1, sizeof(*j));
+
+    if (!j)
+        return NULL;
+    j->s = s;
+    j->kind = kind;
+    j->grant = grant;
+    snprintf(j->user, sizeof(j->user), "%s", user_id ? user_id : "");
+    snprintf(j->scope, sizeof(j->scope), "%s", scope ? scope : "");
+    if (kind == J_LOOKUP || kind == J_DROP) {
+        if (job_names(s, j) < 0) {
+            job_free(j);
+            return NULL;
+        }
+    } else {
+        pthread_rwlock_rdlock(&s->keys_lock);
+        snprintf(j->ns, sizeof(j->ns), "%s", s->ns);
+        pthread_rwlock_unlock(&s->keys_lock);
+    }
+    return j;
+}
+
+/* Queues a job for the command thread. Returns false when the queue is
+ * full, the breaker is open (no queueing behind a Redis known to be down)
+ * or it is stopping: the caller decides what that means for the job. */
+static bool submit(shared *s, struct job *j) {
+    uint64_t wait;
+    bool ok;
+
+    pthread_mutex_lock(&s->lock);
+    ok = !s->stopping && s->queue.n + s->waiting.n < JOBS_MAX && !breaker_refuses(&s->br, now_ms(), &wait);
+    if (ok) {
+        list_push(&s->queue, j);
+        pthread_cond_signal(&s->cond);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ok;
+}
+
+/* ---- minting, when the fleet has no token for us ---- */
+
+static void publish(shared *s, struct job *from, token *t);
+
+static void minted(void *userdata, const mint_outcome *o, token *t) {
+    struct job *j = userdata;
+    shared *s = j->s;
+    cache_done_fn done = j->done;
+    void *ctx = j->ctx;
+
+    pthread_mutex_lock(&s->lock);
+    s->stats.mints[j->how]++;
+    pthread_mutex_unlock(&s->lock);
+    if (j->how != SHARED_MINT_DEGRADED) {
+        if (t)
+            publish(s, j, t);
+        else if (j->lease_id[0]) {
+            /* let the next host try at once rather than wait out the lease */
+            struct job *r = job_new(s, J_RELEASE, j->grant, NULL, NULL);
+            if (r) {
+                snprintf(r->lease_key, KEY_MAX, "%s", j->lease_key);
+                snprintf(r->lease_id, sizeof(r->lease_id), "%s", j->lease_id);
+                if (!submit(s, r))
+                    job_free(r);
+            }
+        }
+    }
+    job_free(j);
+    done(ctx, o, t);
+}
+
+static void mint(shared *s, struct job *j, enum shared_mint how) {
+    j->how = how;
+    upstream_mint(s->up, j->grant, j->user, j->scope, minted, j);
+}
+
+/* A lookup that could not reach Redis. A refresh of a token with plenty of
+ * life left waits for Redis to come back (the cache asks again later), so
+ * an outage does not make every host refresh on its own; anything else is
+ * minted here, as without a fleet. */
+static void degrade(shared *s, struct job *j) {
+    if (j->want.have_ms > __atomic_load_n(&s->plenty_ms, __ATOMIC_RELAXED)) {
+        mint_outcome o = { .kind = MINT_UNAVAILABLE, .retry_after_s = 1 };
+        cache_done_fn done = j->done;
+        void *ctx = j->ctx;
+        snprintf(o.error, sizeof(o.error), "shared_unavailable");
+        job_free(j);
+        done(ctx, &o, NULL);
+        return;
+    }
+    mint(s, j, SHARED_MINT_DEGRADED);
+}
+
+/* A job that could not be sent or answered: counted, and a lookup is
+ * minted here (or put off). */
+static enum shared_op op_of(enum job_kind k);
+static void fail_job(shared *s, struct job *j) {
+    if (j->kind != J_PING)
+        count_op(s, op_of(j->kind), false);
+    if (j->kind == J_LOOKUP)
+        degrade(s, j);
+    else
+        job_free(j);
+}
+
+static void publish(shared *s, struct job *from, token *t) {
+    struct job *j = job_new(s, J_PUBLISH, from->grant, NULL, NULL);
+
+    if (!j)
+        return;
+    snprintf(j->ns, sizeof(j->ns), "%s", from->ns);
+    snprintf(j->tok_key[0], KEY_MAX, "%s", from->tok_key[0]);
+    snprintf(j->lease_key, KEY_MAX, "%s", from->lease_key);
+    snprintf(j->lease_id, sizeof(j->lease_id), "%s", from->lease_id);
+    snprintf(j->gen, sizeof(j->gen), "%s", from->gen[0] ? from->gen : "0");
+    j->tok = token_ref(t);
+    if (!submit(s, j)) {
+        count_op(s, SHARED_OP_PUBLISH, false);
+        job_free(j);
+    }
+}
+
+/* ---- the public side: never blocks ---- */
+
+void shared_fetch(void *source, enum oauth_grant grant, const char *user_id, const char *scope,
+                  const struct cache_want *want, cache_done_fn done, void *ctx) {
+    shared *s = source;
+    struct job *j = job_new(s, J_LOOKUP, grant, user_id, scope);
+
+    if (!j) {
+        mint_outcome o = { .kind = MINT_UNAVAILABLE, .retry_after_s = 1 };
+        snprintf(o.error, sizeof(o.error), "out_of_memory");
+        done(ctx, &o, NULL);
+        return;
+    }
+    j->want = *want;
+    j->done = done;
+    j->ctx = ctx;
+    if (!submit(s, j))
+        degrade(s, j);
+}
+
+void shared_drop(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, const token *only) {
+    struct job *j = job_new(s, J_DROP, grant, user_id, scope);
+
+    if (!j)
+        return;
+    if (only) {
+        int r;
+        pthread_rwlock_rdlock(&s->keys_lock);
+        r = seal_fingerprint(&s->keys, only->value, only->len, j->fp);
+        pthread_rwlock_unlock(&s->keys_lock);
+        if (r < 0) {
+            job_free(j);
+            return;
+        }
+    }
+    if (!submit(s, j)) {
+        count_op(s, SHARED_OP_DROP, false);
+        job_free(j);
+    }
+}
+
+void shared_flush(shared *s) {
+    struct job *j = job_new(s, J_FLUSH, OAUTH_GRANT_USER_ASSERTION, NULL, NULL);
+
+    if (j && !submit(s, j)) {
+        count_op(s, SHARED_OP_FLUSH, false);
+        job_free(j);
+    }
+}
+
+static void on_paused(void *userdata, uint64_t ms) {
+    shared *s = userdata;
+    struct job *j = job_new(s, J_PAUSE, OAUTH_GRANT_USER_ASSERTION, NULL, NULL);
+
+    if (!j)
+        return;
+    j->ms = ms;
+    if (!submit(s, j))
+        job_free(j);
+}
+
+static void on_credentials_rejected(void *userdata) {
+    shared *s = userdata;
+    struct job *j = job_new(s, J_CREDS, OAUTH_GRANT_USER_ASSERTION, NULL, NULL);
+
+    if (j && !submit(s, j))
+        job_free(j);
+}
+
+/* ---- talking to Redis ---- */
+
+static redisContext *connect_to(shared *s, const char *address, char *err, size_t err_size) {
+    struct timeval tv = { .tv_sec = (time_t)(s->timeout_ms / 1000), .tv_usec = (suseconds_t)(s->timeout_ms % 1000) * 1000 };
+    char host[256];
+    unsigned port;
+    redisContext *c;
+
+    if (config_redis_address_parse(address, host, sizeof(host), &port) < 0) {
+        snprintf(err, err_size, "%s is not a Redis address", address);
+        return NULL;
+    }
+    c = port ? redisConnectWithTimeout(host, (int)port, tv) : redisConnectUnixWithTimeout(host, tv);
+    if (!c || c->err) {
+        snprintf(err, err_size, "cannot connect to %s: %s", address, c ? c->errstr : "out of memory");
+        if (c)
+            redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv);
+#ifdef HAVE_HIREDIS_SSL
+    if (s->ssl && redisInitiateSSLWithContext(c, s->ssl) != REDIS_OK) {
+        snprintf(err, err_size, "TLS with %s failed: %s", address, c->errstr);
+        redisFree(c);
+        return NULL;
+    }
+#endif
+    return c;
+}
+
+/* A command on a fresh connection; an error reply or none fails it. */
+static redisReply *command(redisContext *c, int argc, const char **argv, const size_t *lens, char *err,
+                           size_t err_size) {
+    redisReply *r = redisCommandArgv(c, argc, argv, lens);
+
+    if (!r) {
+        snprintf(err, err_size, "%s failed: %s", argv[0], c->errstr[0] ? c->errstr : "no answer in time");
+        return NULL;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        snprintf(err, err_size, "%s refused: %.*s", argv[0], (int)(r->len < 200 ? r->len : 200), r->str);
+        freeReplyObject(r);
+        return NULL;
+    }
+    return r;
+}
+
+/* Asks the sentinels where the master is. */
+static int find_master(shared *s, char *address, size_t size, char *err, size_t err_size) {
+    for (size_t i = 0; i < s->n_sentinels; i++) {
+        const char *argv[] = { "SENTINEL", "get-master-addr-by-name", s->master_name };
+        redisContext *c = connect_to(s, s->sentinels[i], err, err_size);
+        redisReply *r;
+
+        if (!c)
+            continue;
+        r = command(c, 3, argv, NULL, err, err_size);
+        if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_STRING &&
+            r->element[1]->type == REDIS_REPLY_STRING) {
+            bool v6 = strchr(r->element[0]->str, ':') != NULL;
+            snprintf(address, size, "%s%s%s:%s", v6 ? "[" : "", r->element[0]->str, v6 ? "]" : "",
+                     r->element[1]->str);
+            freeReplyObject(r);
+            redisFree(c);
+            return 0;
+        }
+        if (r) {
+            snprintf(err, err_size, "sentinel %s does not know a master named '%s'", s->sentinels[i],
+                     s->master_name);
+            freeReplyObject(r);
+        }
+        redisFree(c);
+    }
+    return -EHOSTUNREACH;
+}
+
+/* Connects, authenticates, checks it is the master (with sentinels) and,
+ * for the command thread, loads the scripts. */
+static redisContext *redis_open(shared *s, bool load_scripts, char *address, size_t address_size, char *err,
+                                size_t err_size) {
+    redisContext *c;
+    redisReply *r;
+
+    if (s->n_sentinels) {
+        if (find_master(s, address, address_size, err, err_size) < 0)
+            return NULL;
+    } else
+        snprintf(address, address_size, "%s", s->redis);
+    c = connect_to(s, address, err, err_size);
+    if (!c)
+        return NULL;
+    if (s->password) {
+        const char *argv[] = { "AUTH", s->username ? s->username : s->password, s->password };
+        size_t lens[] = { 4, s->username ? strlen(s->username) : s->password_len, s->password_len };
+        r = command(c, s->username ? 3 : 2, argv, lens, err, err_size);
+        if (!r)
+            goto fail;
+        freeReplyObject(r);
+    }
+    {
+        const char *argv[] = { "ROLE" };
+        r = command(c, 1, argv, NULL, err, err_size);
+        if (!r)
+            goto fail;
+        if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 || r->element[0]->type != REDIS_REPLY_STRING ||
+            strcmp(r->element[0]->str, "master") != 0) {
+            snprintf(err, err_size, "%s is a replica, not the master", address);
+            freeReplyObject(r);
+            goto fail;
+        }
+        freeReplyObject(r);
+    }
+    for (int i = 0; load_scripts && i < S_COUNT; i++) {
+        const char *argv[] = { "SCRIPT", "LOAD", scripts[i] };
+        r = command(c, 3, argv, NULL, err, err_size);
+        if (!r)
+            goto fail;
+        freeReplyObject(r);
+    }
+    return c;
+fail:
+    redisFree(c);
+    return NULL;
+}
+
+/* ---- the command thread ---- */
+
+static void latency(shared *s, uint64_t us) {
+    double sec = (double)us / 1e6;
+    for (int i = 0; i < SHARED_LATENCY_BUCKETS; i++)
+        if (sec <= shared_latency_bounds[i]) {
+            s->stats.latency_buckets[i]++;
+            break;
+        }
+    s->stats.latency_count++;
+    s->stats.latency_sum_s += sec;
+}
+
+static void lease_id(shared *s, char out[33]) {
+    pthread_mutex_lock(&s->lock);
+    snprintf(out, 33, "%s%llx", s->lease_prefix, ++s->lease_seq);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Appends the job's command to the connection's output. */
+static int append(shared *s, redisContext *c, struct job *j) {
+    char lease_ms[24], min_life[24], ttl[24], maxlen[24] = "10000";
+    unsigned char blob[SEAL_TOKEN_MAX + 64];
+    char aad[KEY_MAX + 32];
+    size_t blen = 0;
+
+    snprintf(maxlen, sizeof(maxlen), "%d", STREAM_MAXLEN);
+    switch (j->kind) {
+    case J_LOOKUP: {
+        char gen_key[KEY_MAX], pause_key[KEY_MAX];
+        const char *argv[] = { "EVALSHA", s->sha[S_LOOKUP], "5", j->tok_key[0], j->tok_key[1], j->lease_key,
+                               gen_key, pause_key, min_life, j->lease_id, lease_ms, j->skip_tokens ? "1" : "0" };
+        snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
+        snprintf(pause_key, sizeof(pause_key), "%spause", j->ns);
+        snprintf(min_life, sizeof(min_life), "%llu", (unsigned long long)j->want.min_life_ms);
+        snprintf(lease_ms, sizeof(lease_ms), "%llu", (unsigned long long)__atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED));
+        if (!j->lease_id[0])
+            lease_id(s, j->lease_id);
+        return redisAppendCommandArgv(c, 12, argv, NULL);
+    }
+    case J_PUBLISH: {
+        char gen_key[KEY_MAX], creds_key[KEY_MAX], fp[SEAL_FP_LEN + 1];
+        uint64_t left = token_remaining_ms(j->tok, now_ms());
+        size_t head;
+        int r;
+        snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
+        snprintf(creds_key, sizeof(creds_key), "%screds", j->ns);
+        snprintf(aad, sizeof(aad), "%s|%s", j->tok_key[0], j->gen);
+        pthread_rwlock_rdlock(&s->keys_lock);
+        r = seal_fingerprint(&s->keys, j->tok->value, j->tok->len, fp);
+        head = (size_t)snprintf((char *)blob, sizeof(blob), "%s:%s:", j->gen, r == 0 ? fp : "");
+        if (r == 0)
+            r = seal_token(&s->keys, aad, strlen(aad), j->tok, blob + head, &blen);
+        pthread_rwlock_unlock(&s->keys_lock);
+        if (r < 0 || left < 1000)
+            return REDIS_ERR; /* nothing worth sharing */
+        blen += head;
+        snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)left);
+        {
+            const char *argv[] = { "EVALSHA", s->sha[S_PUBLISH], "4", j->tok_key[0], j->lease_key, gen_key,
+                                   creds_key, (const char *)blob, ttl, j->lease_id, j->gen };
+            size_t lens[11];
+            for (int i = 0; i < 11; i++)
+                lens[i] = i == 7 ? blen : strlen(argv[i]); /* the value is binary */
+            r = redisAppendCommandArgv(c, 11, argv, lens);
+        }
+        explicit_bzero(blob, sizeof(blob));
+        return r;
+    }
+    case J_RELEASE: {
+        const char *argv[] = { "EVALSHA", s->sha[S_RELEASE], "1", j->lease_key, j->lease_id };
+        return redisAppendCommandArgv(c, 5, argv, NULL);
+    }
+    case J_DROP: {
+        char ev_key[KEY_MAX];
+        int r;
+        snprintf(ev_key, sizeof(ev_key), "%sevents", j->ns);
+        pthread_rwlock_rdlock(&s->keys_lock);
+        r = seal_tuple(&s->keys, ev_key, strlen(ev_key), j->grant, j->user, j->scope, blob, &blen);
+        pthread_rwlock_unlock(&s->keys_lock);
+        if (r < 0)
+            return REDIS_ERR;
+        {
+            const char *argv[] = { "EVALSHA", s->sha[S_DROP], "3", j->tok_key[0], j->tok_key[1], ev_key,
+                                   j->fp, (const char *)blob, maxlen };
+            size_t lens[9];
+            for (int i = 0; i < 9; i++)
+                lens[i] = i == 7 ? blen : strlen(argv[i]); /* the sealed key is binary */
+            return redisAppendCommandArgv(c, 9, argv, lens);
+        }
+    }
+    case J_FLUSH: {
+        char gen_key[KEY_MAX], ev_key[KEY_MAX];
+        const char *argv[] = { "EVALSHA", s->sha[S_FLUSH], "2", gen_key, ev_key, maxlen };
+        snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
+        snprintf(ev_key, sizeof(ev_key), "%sevents", j->ns);
+        return redisAppendCommandArgv(c, 6, argv, NULL);
+    }
+    case J_PAUSE: {
+        char key[KEY_MAX];
+        const char *argv[] = { "SET", key, "1", "PX", ttl };
+        snprintf(key, sizeof(key), "%spause", j->ns);
+        snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)(j->ms ? j->ms : 1));
+        return redisAppendCommandArgv(c, 5, argv, NULL);
+    }
+    case J_CREDS: {
+        char key[KEY_MAX];
+        const char *argv[] = { "SET", key, "1", "PX", ttl };
+        snprintf(key, sizeof(key), "%screds", j->ns);
+        snprintf(ttl, sizeof(ttl), "%d", CREDS_TTL_MS);
+        return redisAppendCommandArgv(c, 5, argv, NULL);
+    }
+    case J_PING: {
+        const char *argv[] = { "PING" };
+        return redisAppendCommandArgv(c, 1, argv, NULL);
+    }
+    }
+    return REDIS_ERR;
+}
+
+static enum shared_op op_of(enum job_kind k) {
+    switch (k) {
+    case J_LOOKUP:
+        return SHARED_OP_LOOKUP;
+    case J_PUBLISH:
+    case J_RELEASE:
+        return SHARED_OP_PUBLISH;
+    case J_DROP:
+        return SHARED_OP_DROP;
+    case J_FLUSH:
+        return SHARED_OP_FLUSH;
+    case J_PAUSE:
+    case J_CREDS:
+    case J_PING:
+        break;
+    }
+    return SHARED_OP_PAUSE;
+}
+
+static void deliver(struct job *j, token *t) {
+    mint_outcome o = { .kind = MINT_OK, .http_status = 200, .via = j->waited ? MINT_VIA_SHARED_WAIT : MINT_VIA_SHARED };
+    cache_done_fn done = j->done;
+    void *ctx = j->ctx;
+
+    job_free(j);
+    done(ctx, &o, t);
+    token_unref(t);
+}
+
+/* A token another host published: "<gen>:<fp>:<sealed>". */
+static token *open_value(shared *s, struct job *j, const redisReply *v, int which, const char *gen, uint64_t ttl) {
+    char aad[KEY_MAX + 32];
+    const char *p = v->str, *end = v->str + v->len, *c1, *c2;
+    token *t = NULL;
+
+    c1 = memchr(p, ':', (size_t)(end - p));
+    c2 = c1 ? memchr(c1 + 1, ':', (size_t)(end - c1 - 1)) : NULL;
+    if (!c2)
+        return NULL;
+    snprintf(aad, sizeof(aad), "%s|%s", j->tok_key[which - 1], gen);
+    pthread_rwlock_rdlock(&s->keys_lock);
+    if (seal_open_token(&s->keys, aad, strlen(aad), (const unsigned char *)c2 + 1, (size_t)(end - c2 - 1),
+                        now_ms(), ttl, &t) < 0)
+        t = NULL;
+    pthread_rwlock_unlock(&s->keys_lock);
+    return t;
+}
+
+/* Waits on another host's lease: poll again soon, with backoff; past
+ * lease_wait, mint ourselves. Returns the job to the waiting list, or
+ * hands it on. */
+static void lease_busy(shared *s, struct job *j, uint64_t now) {
+    if (j->want.have_ms) {
+        /* a refresh: another host is refreshing this key; keep serving ours
+         * and adopt theirs when the cache asks again */
+        mint_outcome o = { .kind = MINT_UNAVAILABLE, .retry_after_s = 1 };
+        cache_done_fn done = j->done;
+        void *ctx = j->ctx;
+        snprintf(o.error, sizeof(o.error), "shared_busy");
+        job_free(j);
+        done(ctx, &o, NULL);
+        return;
+    }
+    if (!j->waited) {
+        j->waited = true;
+        j->wait_until_ms = now + __atomic_load_n(&s->lease_wait_ms, __ATOMIC_RELAXED);
+        j->poll_ms = POLL_FIRST_MS;
+        pthread_mutex_lock(&s->lock);
+        s->stats.lease_waits++;
+        pthread_mutex_unlock(&s->lock);
+    }
+    if (now >= j->wait_until_ms) {
+        pthread_mutex_lock(&s->lock);
+        s->stats.lease_timeouts++;
+        pthread_mutex_unlock(&s->lock);
+        j->lease_id[0] = '\0'; /* not ours: publish only if nobody did better */
+        mint(s, j, SHARED_MINT_LEASE_TIMEOUT);
+        return;
+    }
+    j->next_at_ms = now + j->poll_ms;
+    if (j->next_at_ms > j->wait_until_ms)
+        j->next_at_ms = j->wait_until_ms;
+    j->poll_ms = j->poll_ms * 2 > POLL_MAX_MS ? POLL_MAX_MS : j->poll_ms * 2;
+    pthread_mutex_lock(&s->lock);
+    if (s->stopping) {
+        pthread_mutex_unlock(&s->lock);
+        degrade(s, j);
+        return;
+    }
+    list_push(&s->waiting, j);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static bool integer_at(const redisReply *r, size_t i, long long *v) {
+    if (i >= r->elements || r->element[i]->type != REDIS_REPLY_INTEGER)
+        return false;
+    *v = r->element[i]->integer;
+    return true;
+}
+
+static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t now) {
+    long long code, ttl, which;
+    enum shared_lookup what;
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 5 || !integer_at(r, 0, &code) || !integer_at(r, 2, &ttl) ||
+        !integer_at(r, 4, &which) || r->element[1]->type != REDIS_REPLY_STRING ||
+        r->element[3]->type != REDIS_REPLY_STRING || code < 1 || code > 4) {
+        count_op(s, SHARED_OP_LOOKUP, false);
+        degrade(s, j);
+        return;
+    }
+    snprintf(j->gen, sizeof(j->gen), "%.*s", (int)(r->element[3]->len < 20 ? r->element[3]->len : 20),
+             r->element[3]->str);
+    what = code == 1 ? SHARED_FOUND : code == 2 ? SHARED_LEASED : code == 3 ? SHARED_PAUSED : SHARED_BUSY;
+    pthread_mutex_lock(&s->lock);
+    s->stats.ops[SHARED_OP_LOOKUP][0]++;
+    s->stats.lookups[what]++;
+    latency(s, (now - j->sent_ms) * 1000);
+    pthread_mutex_unlock(&s->lock);
+
+    switch (what) {
+    case SHARED_FOUND: {
+        token *t = which >= 1 && which <= 2 && ttl > 0 ? open_value(s, j, r->element[1], (int)which, j->gen, (uint64_t)ttl)
+                                                       : NULL;
+        if (t) {
+            deliver(j, t);
+            return;
+        }
+        /* moved from another key, tampered with, or sealed with a key we do
+         * not have: a miss, counted, never served; ask again for a lease */
+        pthread_mutex_lock(&s->lock);
+        s->stats.decrypt_failures++;
+        pthread_mutex_unlock(&s->lock);
+        j->skip_tokens = true;
+        if (!submit(s, j))
+            degrade(s, j);
+        return;
+    }
+    case SHARED_LEASED:
+        mint(s, j, SHARED_MINT_LEASED);
+        return;
+    case SHARED_PAUSED: {
+        mint_outcome o = { .kind = MINT_UNAVAILABLE, .http_status = 429,
+                           .retry_after_s = (unsigned)((ttl + 999) / 1000) };
+        cache_done_fn done = j->done;
+        void *ctx = j->ctx;
+        snprintf(o.error, sizeof(o.error), "rate_limited");
+        job_free(j);
+        done(ctx, &o, NULL);
+        return;
+    }
+    case SHARED_BUSY:
+    case SHARED_LOOKUP_COUNT:
+        j->lease_id[0] = '\0';
+        lease_busy(s, j, now);
+        return;
+    }
+}
+
+static void answered(shared *s, struct job *j, redisReply *r, uint64_t now) {
+    if (j->kind == J_LOOKUP) {
+        lookup_answered(s, j, r, now);
+        return;
+    }
+    if (j->kind == J_PING) {
+        job_free(j);
+        return;
+    }
+    count_op(s, op_of(j->kind), r->type != REDIS_REPLY_ERROR);
+    if (r->type == REDIS_REPLY_ERROR)
+        log_warning("Redis refused a %s: %.*s", shared_op_names[op_of(j->kind)], (int)(r->len < 200 ? r->len : 200),
+                    r->str);
+    job_free(j);
+}
+
+static void connection_lost(shared *s, redisContext **c, const char *why) {
+    bool opened;
+
+    pthread_mutex_lock(&s->lock);
+    opened = breaker_failure(&s->br, now_ms(), false);
+    s->stats.up = false;
+    s->stats.address[0] = '\0';
+    pthread_mutex_unlock(&s->lock);
+    if (opened)
+        log_warning("fleet: Redis is failing (%s); minting on our own until it answers again", why);
+    if (*c) {
+        redisFree(*c);
+        *c = NULL;
+    }
+}
+
+/* After a failure, what is queued would wait for the next attempt's
+ * deadline too: it goes on without Redis now. */
+static void fail_queued(shared *s) {
+    struct job_list q;
+    struct job *j;
+
+    pthread_mutex_lock(&s->lock);
+    q = s->queue;
+    s->queue = (struct job_list){ 0 };
+    pthread_mutex_unlock(&s->lock);
+    while ((j = list_pop(&q)))
+        fail_job(s, j);
+}
+
+/* Sends a batch in one round trip and handles the answers. */
+static void run_batch(shared *s, redisContext **c, struct job_list *batch) {
+    struct job *sent[BATCH_MAX];
+    size_t n = 0;
+    struct job *j;
+    uint64_t now = now_ms();
+
+    if (!*c) {
+        char err[256], address[280];
+        uint64_t wait;
+        bool refused;
+
+        pthread_mutex_lock(&s->lock);
+        refused = breaker_check(&s->br, now, &wait) == BREAKER_REFUSE;
+        pthread_mutex_unlock(&s->lock);
+        if (!refused)
+            *c = redis_open(s, true, address, sizeof(address), err, sizeof(err));
+        if (!*c) {
+            if (!refused)
+                connection_lost(s, c, err);
+            pthread_mutex_lock(&s->lock);
+            breaker_probe_done(&s->br);
+            pthread_mutex_unlock(&s->lock);
+            while ((j = list_pop(batch)))
+                fail_job(s, j);
+            fail_queued(s);
+            return;
+        }
+        pthread_mutex_lock(&s->lock);
+        if (breaker_success(&s->br) || s->stats.reconnects == 0)
+            log_notice("fleet: sharing tokens through Redis at %s", address);
+        breaker_probe_done(&s->br);
+        s->stats.up = true;
+        s->stats.reconnects++;
+        snprintf(s->stats.address, sizeof(s->stats.address), "%s", address);
+        pthread_mutex_unlock(&s->lock);
+    }
+    while ((j = list_pop(batch))) {
+        if (append(s, *c, j) != REDIS_OK) {
+            if ((*c)->err) {
+                list_push(batch, j); /* failed with the rest below */
+                break;
+            }
+            fail_job(s, j);
+            continue;
+        }
+        j->sent_ms = now;
+        sent[n++] = j;
+    }
+    for (size_t i = 0; i < n; i++) {
+        redisReply *r = NULL;
+        if (!(*c)->err && redisGetReply(*c, (void **)&r) == REDIS_OK && r) {
+            if (r->type == REDIS_REPLY_ERROR &&
+                (strncmp(r->str, "READONLY", 8) == 0 || strncmp(r->str, "NOSCRIPT", 8) == 0)) {
+                /* a failover made our master a replica, or a new Redis lost
+                 * the scripts: find the master again and reload them */
+                freeReplyObject(r);
+                r = NULL;
+                (*c)->err = REDIS_ERR_OTHER;
+                snprintf((*c)->errstr, sizeof((*c)->errstr), "the master changed");
+            } else {
+                answered(s, sent[i], r, now_ms());
+                freeReplyObject(r);
+                continue;
+            }
+        }
+        {
+            char why[160];
+            snprintf(why, sizeof(why), "%s", (*c)->errstr[0] ? (*c)->errstr : "no answer in time");
+            connection_lost(s, c, why);
+        }
+        for (; i < n; i++)
+            fail_job(s, sent[i]);
+        break;
+    }
+    while ((j = list_pop(batch)))
+        fail_job(s, j);
+    if (!*c)
+        fail_queued(s);
+    if (*c && n) {
+        pthread_mutex_lock(&s->lock);
+        breaker_success(&s->br);
+        pthread_mutex_unlock(&s->lock);
+    }
+}
+
+static void *command_thread(void *arg) {
+    shared *s = arg;
+    redisContext *c = NULL;
+    uint64_t last_sent = 0;
+
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        struct job_list batch = { 0 }, keep = { 0 };
+        uint64_t now = now_ms(), next = now + 1000;
+        struct job *j;
+
+        if (s->stopping)
+            break;
+        if (now - last_sent >= 1000 && !s->queue.n) {
+            /* idle: a PING keeps the state we show true, and connects
+             * before the first miss needs it */
+            pthread_mutex_unlock(&s->lock);
+            j = job_new(s, J_PING, OAUTH_GRANT_USER_ASSERTION, NULL, NULL);
+            pthread_mutex_lock(&s->lock);
+            if (j)
+                list_push(&s->queue, j);
+        }
+        /* waiters whose poll is due go first */
+        while ((j = list_pop(&s->waiting))) {
+            if (j->next_at_ms <= now && batch.n < BATCH_MAX)
+                list_push(&batch, j);
+            else {
+                if (j->next_at_ms < next)
+                    next = j->next_at_ms;
+                list_push(&keep, j);
+            }
+        }
+        s->waiting = keep;
+        while (batch.n < BATCH_MAX && (j = list_pop(&s->queue)))
+            list_push(&batch, j);
+        if (!batch.n) {
+            struct timespec ts;
+            if (s->queue.n)
+                continue;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            {
+                uint64_t wait = next > now ? next - now : 0;
+                ts.tv_sec += (time_t)(wait / 1000);
+                ts.tv_nsec += (long)(wait % 1000) * 1000000L;
+                if (ts.tv_nsec >= 1000000000L)
+                    ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+            continue;
+        }
+        pthread_mutex_unlock(&s->lock);
+        last_sent = now;
+        run_batch(s, &c, &batch);
+        pthread_mutex_lock(&s->lock);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (c)
+        redisFree(c);
+    return NULL;
+}
+
+/* ---- the event thread: drops and flushes from the other hosts ---- */
+
+struct stream_id {
+    unsigned long long ms, seq;
+};
+
+static bool parse_id(const char *s, size_t len, struct stream_id *ret) {
+    char buf[48];
+    if (len == 0 || len >= sizeof(buf))
+        return false;
+    memcpy(buf, s, len);
+    buf[len] = '\0';
+    return sscanf(buf, "%llu-%llu", &ret->ms, &ret->seq) == 2;
+}
+
+static int id_cmp(struct stream_id a, struct stream_id b) {
+    if (a.ms != b.ms)
+        return a.ms < b.ms ? -1 : 1;
+    return a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0;
+}
+
+struct reader {
+    shared *s;
+    redisContext *c;
+    unsigned ns_serial;
+    char ns[NS_MAX];
+    char last[48];     /* the last event applied, "" before the first connection */
+    char gen[24];      /* the generation last seen, "" before */
+};
+
+static void local_flush(struct reader *rd, const char *why) {
+    size_t n = rd->s->cache ? cache_flush(rd->s->cache) : 0;
+
+    pthread_mutex_lock(&rd->s->lock);
+    rd->s->stats.local_flushes++;
+    pthread_mutex_unlock(&rd->s->lock);
+    log_notice("fleet: dropped this host's %zu cached tokens: %s", n, why);
+}
+
+/* After a (re)connection: events missed meanwhile are read from where we
+ * left off, unless the stream no longer has them; then our tokens go. */
+static int catch_up(struct reader *rd) {
+    char key[KEY_MAX];
+    const char *argv[] = { "XINFO", "STREAM", key };
+    struct stream_id last = { 0 }, gone = { 0 }, newest = { 0 };
+    bool have_gone = false, have_newest = false;
+    redisReply *r;
+
+    snprintf(key, sizeof(key), "%sevents", rd->ns);
+    r = redisCommandArgv(rd->c, 3, argv, NULL);
+    if (!r)
+        return -EIO;
+    if (r->type == REDIS_REPLY_ERROR) {
+        /* no stream: a new namespace, or a Redis that lost everything */
+        if (rd->last[0] && strcmp(rd->last, "0-0") != 0)
+            local_flush(rd, "Redis lost the fleet's events (restarted without them?)");
+        snprintf(rd->last, sizeof(rd->last), "0-0");
+        freeReplyObject(r);
+        return 0;
+    }
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2) {
+        redisReply *k = r->element[i], *v = r->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING && k->type != REDIS_REPLY_STATUS)
+            continue;
+        if (strcmp(k->str, "last-generated-id") == 0 && v->type == REDIS_REPLY_STRING)
+            have_newest = parse_id(v->str, v->len, &newest);
+        else if (strcmp(k->str, "max-deleted-entry-id") == 0 && v->type == REDIS_REPLY_STRING)
+            have_gone = parse_id(v->str, v->len, &gone);
+    }
+    if (!rd->last[0]) {
+        /* the first connection: what came before is not ours to apply */
+        snprintf(rd->last, sizeof(rd->last), "%llu-%llu", newest.ms, newest.seq);
+    } else if (parse_id(rd->last, strlen(rd->last), &last) && have_gone && id_cmp(gone, last) > 0) {
+        local_flush(rd, "events were missed while Redis was out of reach");
+        if (have_newest)
+            snprintf(rd->last, sizeof(rd->last), "%llu-%llu", newest.ms, newest.seq);
+    }
+    freeReplyObject(r);
+    return 0;
+}
+
+/* The fleet's state: the generation, a pause, rejected credentials. */
+static int heartbeat(struct reader *rd) {
+    shared *s = rd->s;
+    char gen_key[KEY_MAX], pause_key[KEY_MAX], creds_key[KEY_MAX];
+    const char *a1[] = { "GET", gen_key }, *a2[] = { "PTTL", pause_key }, *a3[] = { "EXISTS", creds_key };
+    redisReply *r[3] = { 0 };
+    int ret = 0;
+
+    snprintf(gen_key, sizeof(gen_key), "%sgen", rd->ns);
+    snprintf(pause_key, sizeof(pause_key), "%spause", rd->ns);
+    snprintf(creds_key, sizeof(creds_key), "%screds", rd->ns);
+    redisAppendCommandArgv(rd->c, 2, a1, NULL);
+    redisAppendCommandArgv(rd->c, 2, a2, NULL);
+    redisAppendCommandArgv(rd->c, 2, a3, NULL);
+    for (int i = 0; i < 3; i++)
+        if (redisGetReply(rd->c, (void **)&r[i]) != REDIS_OK || !r[i] || r[i]->type == REDIS_REPLY_ERROR)
+            ret = -EIO;
+    if (ret == 0) {
+        char gen[24];
+        snprintf(gen, sizeof(gen), "%.*s", r[0]->type == REDIS_REPLY_STRING ? (int)(r[0]->len < 20 ? r[0]->len : 20) : 1,
+                 r[0]->type == REDIS_REPLY_STRING ? r[0]->str : "0");
+        if (rd->gen[0] && strcmp(gen, rd->gen) != 0)
+            local_flush(rd, "the fleet was flushed");
+        snprintf(rd->gen, sizeof(rd->gen), "%s", gen);
+        pthread_mutex_lock(&s->lock);
+        s->stats.fleet_paused = r[1]->type == REDIS_REPLY_INTEGER && r[1]->integer > 0;
+        s->stats.fleet_credentials_rejected = r[2]->type == REDIS_REPLY_INTEGER && r[2]->integer > 0;
+        pthread_mutex_unlock(&s->lock);
+    }
+    for (int i = 0; i < 3; i++)
+        if (r[i])
+            freeReplyObject(r[i]);
+    return ret;
+}
+
+static void apply_event(struct reader *rd, redisReply *fields) {
+    shared *s = rd->s;
+
+    for (size_t i = 0; fields->type == REDIS_REPLY_ARRAY && i + 1 < fields->elements; i += 2) {
+        redisReply *k = fields->element[i], *v = fields->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        if (strcmp(k->str, "d") == 0) {
+            char key[KEY_MAX], user[OAUTH_USER_ID_MAX + 1], scope[OAUTH_SCOPE_MAX + 1];
+            enum oauth_grant grant;
+            int r;
+            snprintf(key, sizeof(key), "%sevents", rd->ns);
+            pthread_rwlock_rdlock(&s->keys_lock);
+            r = seal_open_tuple(&s->keys, key, strlen(key), (const unsigned char *)v->str, v->len, &grant, user,
+                                scope);
+            pthread_rwlock_unlock(&s->keys_lock);
+            if (r < 0) {
+                pthread_mutex_lock(&s->lock);
+                s->stats.decrypt_failures++;
+                pthread_mutex_unlock(&s->lock);
+                continue;
+            }
+            if (s->cache)
+                cache_drop(s->cache, grant, user, scope, NULL);
+            explicit_bzero(user, sizeof(user));
+        } else if (strcmp(k->str, "f") == 0) {
+            size_t n = s->cache ? cache_flush(s->cache) : 0;
+            snprintf(rd->gen, sizeof(rd->gen), "%.*s", (int)(v->len < 20 ? v->len : 20), v->str);
+            log_notice("fleet: flushed from another host: %zu cached tokens dropped here", n);
+        } else
+            continue;
+        pthread_mutex_lock(&s->lock);
+        s->stats.events_applied++;
+        pthread_mutex_unlock(&s->lock);
+    }
+}
+
+/* One XREAD: blocks up to EVENT_BLOCK_MS for events after the last one. */
+static int read_events(struct reader *rd) {
+    char key[KEY_MAX], block[16];
+    const char *argv[] = { "XREAD", "COUNT", "128", "BLOCK", block, "STREAMS", key, rd->last };
+    redisReply *r;
+
+    snprintf(key, sizeof(key), "%sevents", rd->ns);
+    snprintf(block, sizeof(block), "%d", EVENT_BLOCK_MS);
+    r = redisCommandArgv(rd->c, 8, argv, NULL);
+    if (!r)
+        return -EIO;
+    if (r->type == REDIS_REPLY_ERROR) {
+        freeReplyObject(r);
+        return -EIO;
+    }
+    /* [[key, [[id, [field, value, ...]], ...]]], or nil after the block */
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->type == REDIS_REPLY_ARRAY &&
+        r->element[0]->elements == 2 && r->element[0]->element[1]->type == REDIS_REPLY_ARRAY) {
+        redisReply *entries = r->element[0]->element[1];
+        for (size_t i = 0; i < entries->elements; i++) {
+            redisReply *e = entries->element[i];
+            if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING)
+                continue;
+            apply_event(rd, e->element[1]);
+            snprintf(rd->last, sizeof(rd->last), "%.*s", (int)(e->element[0]->len < 40 ? e->element[0]->len : 40),
+                     e->element[0]->str);
+        }
+    }
+    freeReplyObject(r);
+    return 0;
+}
+
+static void reader_close(struct reader *rd) {
+    pthread_mutex_lock(&rd->s->lock);
+    rd->s->ev_fd = -1;
+    pthread_mutex_unlock(&rd->s->lock);
+    if (rd->c)
+        redisFree(rd->c);
+    rd->c = NULL;
+}
+
+static void *event_thread(void *arg) {
+    struct reader rd = { .s = arg };
+    shared *s = rd.s;
+    unsigned failures = 0;
+
+    for (;;) {
+        bool stop;
+        unsigned serial;
+
+        pthread_mutex_lock(&s->lock);
+        stop = s->stopping;
+        pthread_mutex_unlock(&s->lock);
+        if (stop)
+            break;
+        pthread_rwlock_rdlock(&s->keys_lock);
+        serial = s->ns_serial;
+        if (serial != rd.ns_serial || !rd.ns[0]) {
+            /* new credentials: another namespace, whose events start now */
+            snprintf(rd.ns, sizeof(rd.ns), "%s", s->ns);
+            rd.ns_serial = serial;
+            rd.last[0] = rd.gen[0] = '\0';
+            pthread_rwlock_unlock(&s->keys_lock);
+            reader_close(&rd);
+        } else
+            pthread_rwlock_unlock(&s->keys_lock);
+        if (!rd.c) {
+            char err[256], address[280];
+            rd.c = redis_open(s, false, address, sizeof(address), err, sizeof(err));
+            if (rd.c) {
+                struct timeval tv = { .tv_sec = (time_t)((EVENT_BLOCK_MS + s->timeout_ms + 250) / 1000),
+                                      .tv_usec = (suseconds_t)((EVENT_BLOCK_MS + s->timeout_ms + 250) % 1000) * 1000 };
+                redisSetTimeout(rd.c, tv);
+                pthread_mutex_lock(&s->lock);
+                s->ev_fd = rd.c->fd;
+                stop = s->stopping;
+                pthread_mutex_unlock(&s->lock);
+                if (stop || catch_up(&rd) < 0)
+                    reader_close(&rd);
+            }
+            if (!rd.c) {
+                /* backoff, interrupted by a stop */
+                struct timespec ts;
+                uint64_t wait = failures < 3 ? 50ULL << failures : 250; /* soon: missed drops wait on it */
+                failures++;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                ts.tv_sec += (time_t)(wait / 1000);
+                ts.tv_nsec += (long)(wait % 1000) * 1000000L;
+                if (ts.tv_nsec >= 1000000000L)
+                    ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+                pthread_mutex_lock(&s->lock);
+                if (!s->stopping)
+                    pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+                pthread_mutex_unlock(&s->lock);
+                continue;
+            }
+            failures = 0;
+        }
+        if (heartbeat(&rd) < 0 || read_events(&rd) < 0)
+            reader_close(&rd);
+    }
+    reader_close(&rd);
+    return NULL;
+}
+
+/* ---- life cycle ---- */
+
+static int set_namespace(shared *s, const config *cfg) {
+    char ns[SEAL_NS_LEN + 1];
+    seal_keys k;
+    int r;
+
+    r = seal_keys_derive(cfg->shared_key, cfg->has_shared_previous_key ? cfg->shared_previous_key : NULL, &k);
+    if (r == 0)
+        r = seal_namespace(cfg->base_url, cfg->client_id, ns);
+    if (r < 0) {
+        seal_keys_wipe(&k);
+        return r;
+    }
+    pthread_rwlock_wrlock(&s->keys_lock);
+    seal_keys_wipe(&s->keys);
+    s->keys = k;
+    if (strncmp(s->ns + strlen(cfg->shared_prefix) + 1, ns, SEAL_NS_LEN) != 0 || !s->ns[0]) {
+        snprintf(s->ns, sizeof(s->ns), "%s:%s:", cfg->shared_prefix, ns);
+        s->ns_serial++;
+    }
+    pthread_rwlock_unlock(&s->keys_lock);
+    seal_keys_wipe(&k);
+    return 0;
+}
+
+static char *dup_or_null(const char *s) {
+    return s ? strdup(s) : NULL;
+}
+
+int shared_new(const config *cfg, upstream *up, shared **ret) {
+    unsigned char rnd[6];
+    shared *s;
+
+    s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    pthread_rwlock_init(&s->keys_lock, NULL);
+    pthread_mutex_init(&s->lock, NULL);
+    {
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&s->cond, &ca);
+        pthread_condattr_destroy(&ca);
+    }
+    s->up = up;
+    s->ev_fd = -1;
+    s->timeout_ms = cfg->shared_timeout_ms;
+    s->lease_wait_ms = cfg->shared_lease_wait_ms;
+    /* longer than the longest mint, retries included: a lease must not lapse
+     * while its holder is still minting (oauth2-proxy's fixed 2 s lock did) */
+    s->lease_ms = cfg->request_timeout_ms + 2000;
+    s->plenty_ms = 2 * cfg->min_ttl_ms;
+    breaker_init(&s->br, BREAKER_FAILURES, BREAKER_COOLDOWN_MS);
+    s->redis = dup_or_null(cfg->shared_redis);
+    s->master_name = dup_or_null(cfg->shared_master_name);
+    s->username = dup_or_null(cfg->shared_username);
+    s->tls = cfg->shared_tls;
+    s->tls_ca_file = dup_or_null(cfg->shared_tls_ca_file);
+    if (cfg->shared_password) {
+        s->password = malloc(cfg->shared_password_len + 1);
+        if (s->password) {
+            memcpy(s->password, cfg->shared_password, cfg->shared_password_len + 1);
+            s->password_len = cfg->shared_password_len;
+        }
+    }
+    if (cfg->n_shared_sentinels) {
+        s->sentinels = calloc(cfg->n_shared_sentinels, sizeof(char *));
+        for (size_t i = 0; s->sentinels && i < cfg->n_shared_sentinels; i++)
+            if ((s->sentinels[i] = strdup(cfg->shared_sentinels[i])))
+                s->n_sentinels++;
+    }
+    for (int i = 0; i < S_COUNT; i++)
+        sha1_hex(scripts[i], s->sha[i]);
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        shared_free(s);
+        return -EIO;
+    }
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        snprintf(s->lease_prefix + 2 * i, 3, "%02x", rnd[i]);
+    if ((cfg->shared_redis && !s->redis) || (cfg->n_shared_sentinels && s->n_sentinels != cfg->n_shared_sentinels) ||
+        (cfg->shared_password && !s->password) || set_namespace(s, cfg) < 0) {
+        shared_free(s);
+        return -ENOMEM;
+    }
+#ifdef HAVE_HIREDIS_SSL
+    if (s->tls) {
+        redisSSLContextError e = REDIS_SSL_CTX_NONE;
+        s->ssl = redisCreateSSLContext(s->tls_ca_file, NULL, NULL, NULL, NULL, &e);
+        if (!s->ssl) {
+            log_error("fleet: cannot set up TLS for Redis: %s", redisSSLContextGetError(e));
+            shared_free(s);
+            return -EINVAL;
+        }
+    }
+#endif
+    *ret = s;
+    return 0;
+}
+
+void shared_attach(shared *s, cache *c) {
+    s->cache = c;
+}
+
+int shared_start(shared *s) {
+    struct upstream_events ev = { .paused = on_paused, .credentials_rejected = on_credentials_rejected, .userdata = s };
+    int r;
+
+    upstream_set_events(s->up, &ev);
+    r = pthread_create(&s->cmd_thread, NULL, command_thread, s);
+    if (r)
+        return -r;
+    r = pthread_create(&s->ev_thread, NULL, event_thread, s);
+    if (r) {
+        pthread_mutex_lock(&s->lock);
+        s->stopping = true;
+        pthread_cond_broadcast(&s->cond);
+        pthread_mutex_unlock(&s->lock);
+        pthread_join(s->cmd_thread, NULL);
+        return -r;
+    }
+    s->started = true;
+    return 0;
+}
+
+static bool differ(const char *a, const char *b) {
+    return (a || b) && (!a || !b || strcmp(a, b) != 0);
+}
+
+bool shared_reload(shared *s, const config *cfg) {
+    bool restart = differ(s->redis, cfg->shared_redis) || differ(s->master_name, cfg->shared_master_name) ||
+                   differ(s->username, cfg->shared_username) || s->tls != cfg->shared_tls ||
+                   s->n_sentinels != cfg->n_shared_sentinels;
+
+    for (size_t i = 0; !restart && i < s->n_sentinels; i++)
+        restart = strcmp(s->sentinels[i], cfg->shared_sentinels[i]) != 0;
+    if (set_namespace(s, cfg) < 0)
+        log_error("fleet: out of memory deriving the new shared keys; keeping the old ones");
+    __atomic_store_n(&s->lease_wait_ms, cfg->shared_lease_wait_ms, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->lease_ms, cfg->request_timeout_ms + 2000, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->plenty_ms, 2 * cfg->min_ttl_ms, __ATOMIC_RELAXED);
+    return restart;
+}
+
+void shared_get_stats(shared *s, struct shared_stats *ret) {
+    pthread_mutex_lock(&s->lock);
+    *ret = s->stats;
+    ret->breaker = breaker_state_at(&s->br, now_ms());
+    ret->up = s->stats.up && ret->breaker == BREAKER_CLOSED;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void shared_stop(shared *s) {
+    struct job_list left = { 0 };
+    struct job *j;
+
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->lock);
+    if (s->stopping && !s->started) {
+        pthread_mutex_unlock(&s->lock);
+        return;
+    }
+    s->stopping = true;
+    if (s->ev_fd >= 0)
+        shutdown(s->ev_fd, SHUT_RDWR); /* ends a blocked XREAD now */
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    if (s->started) {
+        pthread_join(s->cmd_thread, NULL);
+        pthread_join(s->ev_thread, NULL);
+        s->started = false;
+    }
+    pthread_mutex_lock(&s->lock);
+    while ((j = list_pop(&s->queue)))
+        list_push(&left, j);
+    while ((j = list_pop(&s->waiting)))
+        list_push(&left, j);
+    pthread_mutex_unlock(&s->lock);
+    while ((j = list_pop(&left))) {
+        if (j->kind == J_LOOKUP) {
+            mint_outcome o = { .kind = MINT_UNAVAILABLE, .retry_after_s = 1 };
+            cache_done_fn done = j->done;
+            void *ctx = j->ctx;
+            snprintf(o.error, sizeof(o.error), "stopping");
+            job_free(j);
+            done(ctx, &o, NULL);
+        } else
+            job_free(j);
+    }
+}
+
+shared *shared_free(shared *s) {
+    if (!s)
+        return NULL;
+    shared_stop(s);
+    seal_keys_wipe(&s->keys);
+    free(s->redis);
+    for (size_t i = 0; i < s->n_sentinels; i++)
+        free(s->sentinels[i]);
+    free(s->sentinels);
+    free(s->master_name);
+    free(s->username);
+    wipe_free(s->password, s->password_len);
+    free(s->tls_ca_file);
+#ifdef HAVE_HIREDIS_SSL
+    if (s->ssl)
+        redisFreeSSLContext(s->ssl);
+#endif
+    pthread_cond_destroy(&s->cond);
+    pthread_mutex_destroy(&s->lock);
+    pthread_rwlock_destroy(&s->keys_lock);
+    free(s);
+    return NULL;
+}
