@@ -64,14 +64,14 @@ class Redis:
     no persistence, the default user without password (the tests' admin) and
     the ACL user tokend with a random password."""
 
-    def __init__(self, workdir, unix=False, replicaof=None, extra=()):
+    def __init__(self, workdir, unix=False, replicaof=None, extra=(), password=None):
         self.workdir = os.fspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self.port = None
         self.unix = unix
         self.replicaof = replicaof
         self.extra = tuple(extra)
-        self.password = secrets.token_hex(16)
+        self.password = password or secrets.token_hex(16)
         self.password_file = os.path.join(self.workdir, "redis-password")
         fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -222,7 +222,8 @@ class Sentinels:
 
     def __init__(self, workdir):
         self.workdir = os.fspath(workdir)
-        self.master = Redis(os.path.join(self.workdir, "node0"))
+        self.password = secrets.token_hex(16)  # the ACL user's, the same on every node
+        self.master = Redis(os.path.join(self.workdir, "node0"), password=self.password)
         self.nodes = [self.master]
         self.sentinel_ports = []
         self.procs = []
@@ -230,7 +231,8 @@ class Sentinels:
     def start(self, timeout=20.0):
         self.master.start()
         for i in (1, 2):
-            r = Redis(os.path.join(self.workdir, f"node{i}"), replicaof=self.master.port)
+            r = Redis(os.path.join(self.workdir, f"node{i}"), replicaof=self.master.port,
+                      password=self.password)
             self.nodes.append(r.start())
         for i in range(3):
             d = os.path.join(self.workdir, f"sentinel{i}")
