@@ -23,6 +23,9 @@ UPSTREAM = {"upstream": FAST}
 SHARED_TIMEOUT = 0.05 * SLOW  # [shared] timeout as make_fleet sets it
 LEASE_WAIT = 2.0  # [shared] lease_wait as make_fleet sets it
 SERVED = {"hit", "miss", "coalesced", "shared", "shared-wait"}
+# Another host's token, found published or after waiting on its lease: which
+# one depends on whether the first host publishes before or after it answers.
+FROM_ANOTHER_HOST = {"shared", "shared-wait"}
 
 
 def metrics(t):
@@ -74,6 +77,7 @@ def test_a_token_minted_on_one_host_is_served_shared_on_another(stub, redis, mak
     a, b = make_fleet(stub, redis, 2, shared=redis.shared(unix=link == "unix"))
     first = a.token("alice")
     assert first.header("x-cache") == "miss"
+    wait_for(lambda: token_keys(redis, set()), timeout=1, what="the token to be published")
     second = b.token("alice")
     assert second.header("x-cache") == "shared"
     assert access_token(second) == access_token(first)
@@ -136,7 +140,13 @@ def test_refresh_ahead_over_the_fleet_is_one_mint_per_lifetime(stub, redis, make
 def test_a_lease_holder_killed_mid_mint_costs_seconds_and_at_most_two_mints(stub, redis, make_fleet):
     a, b, c = make_fleet(stub, redis, 3, sections=UPSTREAM)
     stub.fault(match_user="victim", action="ok", delay_ms=3000, count=1)  # a's mint is slow
-    held = threading.Thread(target=lambda: a.get("/v1/token?user_id=victim", timeout=10))
+    def doomed():
+        try:
+            a.get("/v1/token?user_id=victim", timeout=10)
+        except OSError:
+            pass  # a dies with the request in flight
+
+    held = threading.Thread(target=doomed)
     held.start()
     wait_for(lambda: any(q["user_id"] == "victim" for q in stub.token_requests()),
              what="the lease holder's mint to reach Instacart")
@@ -320,7 +330,7 @@ def test_redis_stopped_for_10s_then_continued_degrades_then_shares_again(stub, r
     first = a.token("afterwards")
     assert first.header("x-cache") == "miss"
     second = b.token("afterwards")
-    assert second.header("x-cache") == "shared" and access_token(second) == access_token(first)
+    assert second.header("x-cache") in FROM_ANOTHER_HOST and access_token(second) == access_token(first)
 
 
 def test_sentinel_failover_under_traffic(stub, sentinels, make_fleet):
@@ -351,7 +361,7 @@ def test_sentinel_failover_under_traffic(stub, sentinels, make_fleet):
 
         def shared_again():
             u = f"probe{time.monotonic()}"
-            return hosts[0].token(u).status == 200 and hosts[1].token(u).header("x-cache") == "shared"
+            return hosts[0].token(u).status == 200 and hosts[1].token(u).header("x-cache") in FROM_ANOTHER_HOST
         wait_for(shared_again, timeout=5, interval=0.1, what="tokend to follow the new master")
         followed = time.monotonic() - elected
         after = len(asked)
@@ -417,7 +427,9 @@ def test_a_moved_or_altered_value_is_a_counted_miss_never_served(stub, redis, ma
     for u in ("alice", "bob", "carol"):
         before = set(redis.keys())
         toks[u] = access_token(a.token(u))
-        (keys[u],) = token_keys(redis, before)
+        new = wait_for(lambda: token_keys(redis, before), timeout=1, what=f"{u}'s token in Redis")
+        assert len(new) == 1, f"one key per token expected, got {new}"
+        keys[u] = new[0]
     c = redis.client()
     # alice's value on bob's key
     c.set(keys["bob"], c.get(keys["alice"]), keepttl=True)
@@ -452,7 +464,8 @@ def test_tokend_works_as_an_acl_user_that_cannot_flushall_keys_or_config(stub, r
     a, b = make_fleet(stub, redis, 2, acl=True)
     first = access_token(a.token("acl-user"))
     r = b.token("acl-user")
-    assert r.header("x-cache") == "shared" and access_token(r) == first
+    assert r.header("x-cache") in FROM_ANOTHER_HOST and access_token(r) == first
+    assert redis.cli("DBSIZE") > 0, "tokend wrote nothing as its ACL user"
     assert a.request("DELETE", "/v1/token?user_id=acl-user").status == 200
     assert b.request("POST", "/v1/cache/flush").status == 200
     assert redis.cli("ACL", "LOG") == [], "tokend ran a command or touched a key its ACL denies"
@@ -462,7 +475,6 @@ def test_tokend_works_as_an_acl_user_that_cannot_flushall_keys_or_config(stub, r
     for cmd in (("FLUSHALL",), ("KEYS", "*"), ("CONFIG", "GET", "*"), ("GET", "elsewhere:key")):
         with pytest.raises(redis_py.exceptions.NoPermissionError):
             redis.cli(*cmd, user=TOKEND_USER, password=redis.password)
-    assert redis.cli("DBSIZE") > 0, "the ACL'd user did write"
 
 
 @pytest.mark.parametrize("flaw", ["63 digits", "mode 0644", "not hex"])
