@@ -25,17 +25,23 @@ trixie) clang_rt=libclang-rt-19-dev ;;
     ;;
 esac
 
+# libhiredis-dev is fleet mode's Redis client (issue 12): 0.14.1 on Debian 12,
+# 1.2.0 (with hiredis_ssl) on Debian 13, same package name on both.
 build=(meson ninja-build gcc pkg-config libcurl4-openssl-dev libcjson-dev libmicrohttpd-dev
-       libsystemd-dev libinih-dev libssl-dev curl ca-certificates)
+       libsystemd-dev libinih-dev libssl-dev libhiredis-dev curl ca-certificates)
 # python3-pytest runs the integration tests; nginx-light is the reverse proxy
 # in front, the TLS (HTTP/1.1 and HTTP/2) front of the stand-in and the
 # benchmark's reference; openssl makes the tests' throwaway certificates; prometheus brings promtool; clang
 # and its runtime build the fuzzers; valgrind checks leaks; debootstrap and
 # systemd-container boot a real systemd for the systemctl tests; tinyproxy is
 # the real forward proxy of the [upstream] proxy test; python3-requests-oauthlib
-# is a standard OAuth 2.0 client driving the drop-in.
+# is a standard OAuth 2.0 client driving the drop-in; redis-server and
+# redis-sentinel are the real Redis (and Sentinel trio) the fleet tests start,
+# and python3-redis is how those tests read and tamper with it (same names on
+# Debian 12, Redis 7.0, and Debian 13, Redis 8.0).
 test=("${build[@]}" python3 python3-pytest nginx-light openssl prometheus clang "$clang_rt" valgrind
-      debootstrap systemd-container wrk hyperfine iproute2 procps tinyproxy python3-requests-oauthlib)
+      debootstrap systemd-container wrk hyperfine iproute2 procps tinyproxy python3-requests-oauthlib
+      redis-server redis-sentinel python3-redis)
 
 mode=${1:-build}
 if [[ $mode == list ]]; then
