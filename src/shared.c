@@ -61,10 +61,12 @@ const double shared_latency_bounds[SHARED_LATENCY_BUCKETS] = { 0.0001, 0.00025, 
 /* ---- the scripts: each does its reads and writes in one round trip ---- */
 
 /* KEYS: token (current key's name), token (previous key's name), lease,
- * gen, pause. ARGV: least life in ms, lease id, lease ms, skip tokens.
- * Returns {1, value, pttl, gen, which} for a token with enough life,
- * {3, '', pttl, gen, 0} while paused, {2, '', 0, gen, 0} for a lease taken,
- * {4, '', pttl, gen, 0} when another host holds it. */
+ * gen, pause. ARGV: least life in ms, lease id, lease ms, skip tokens, the
+ * holder whose lease we take over ('' for none). Returns {1, value, pttl,
+ * gen, which} for a token with enough life, {3, '', pttl, gen, 0} while
+ * paused, {2, '', 0, gen, 0} for a lease taken, {4, holder, pttl, gen, 0}
+ * when another host holds it. A waiter whose wait ran out takes the lease
+ * over only from the holder it waited on, so of several waiters one mints. */
 static const char lookup_lua[] =
     "local g = redis.call('GET', KEYS[4]) or '0'\n"
     "local pre = g .. ':'\n"
@@ -79,8 +81,12 @@ static const char lookup_lua[] =
     "end\n"
     "local p = redis.call('PTTL', KEYS[5])\n"
     "if p > 0 then return {3, '', p, g, 0} end\n"
-    "if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then return {2, '', 0, g, 0} end\n"
-    "return {4, '', redis.call('PTTL', KEYS[3]), g, 0}\n";
+    "local h = redis.call('GET', KEYS[3])\n"
+    "if not h or h == ARGV[5] then\n"
+    "  redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])\n"
+    "  return {2, '', 0, g, 0}\n"
+    "end\n"
+    "return {4, h, redis.call('PTTL', KEYS[3]), g, 0}\n";
 
 /* KEYS: token, lease, gen, creds. ARGV: value, ttl ms, lease id or '',
  * the generation the value was sealed for. Stores the token unless the
@@ -149,6 +155,9 @@ struct job {
     cache_done_fn done;
     void *ctx;
     bool waited, skip_tokens;
+    char holder[33];            /* whose lease we wait on, or take over */
+    bool taking_over;
+    unsigned takeovers;
     uint64_t wait_until_ms, next_at_ms, poll_ms, sent_ms;
     char lease_id[33];
     char gen[24];
@@ -192,7 +201,8 @@ struct shared {
     unsigned ns_serial;         /* bumped when ns changes: the event reader starts over */
 
     pthread_mutex_t lock;       /* guards everything below */
-    pthread_cond_t cond;
+    pthread_cond_t cond;        /* the command thread's: work queued */
+    pthread_cond_t ev_cond;     /* the event thread's: stop its backoff */
     struct job_list queue, waiting;
     bool stopping, started;
     breaker br;
@@ -618,14 +628,15 @@ static int append(shared *s, redisContext *c, struct job *j) {
     case J_LOOKUP: {
         char gen_key[KEY_MAX], pause_key[KEY_MAX];
         const char *argv[] = { "EVALSHA", s->sha[S_LOOKUP], "5", j->tok_key[0], j->tok_key[1], j->lease_key,
-                               gen_key, pause_key, min_life, j->lease_id, lease_ms, j->skip_tokens ? "1" : "0" };
+                               gen_key, pause_key, min_life, j->lease_id, lease_ms, j->skip_tokens ? "1" : "0",
+                               j->taking_over ? j->holder : "" };
         snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
         snprintf(pause_key, sizeof(pause_key), "%spause", j->ns);
         snprintf(min_life, sizeof(min_life), "%llu", (unsigned long long)j->want.min_life_ms);
         snprintf(lease_ms, sizeof(lease_ms), "%llu", (unsigned long long)__atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED));
         if (!j->lease_id[0])
             lease_id(s, j->lease_id);
-        return redisAppendCommandArgv(c, 12, argv, NULL);
+        return redisAppendCommandArgv(c, 13, argv, NULL);
     }
     case J_PUBLISH: {
         char gen_key[KEY_MAX], creds_key[KEY_MAX], fp[SEAL_FP_LEN + 1];
@@ -732,8 +743,7 @@ static void deliver(struct job *j, token *t) {
     void *ctx = j->ctx;
 
     job_free(j);
-    done(ctx, &o, t);
-    token_unref(t);
+    done(ctx, &o, t); /* takes our reference */
 }
 
 /* A token another host published: "<gen>:<fp>:<sealed>". */
@@ -779,17 +789,29 @@ static void lease_busy(shared *s, struct job *j, uint64_t now) {
         pthread_mutex_unlock(&s->lock);
     }
     if (now >= j->wait_until_ms) {
+        /* the holder is slow or dead: take its lease over (one of us
+         * waiting on it wins; the others wait on the winner), and after
+         * twice that, mint without one */
         pthread_mutex_lock(&s->lock);
         s->stats.lease_timeouts++;
         pthread_mutex_unlock(&s->lock);
-        j->lease_id[0] = '\0'; /* not ours: publish only if nobody did better */
-        mint(s, j, SHARED_MINT_LEASE_TIMEOUT);
-        return;
+        if (j->takeovers < 2 && j->holder[0]) {
+            j->takeovers++;
+            j->taking_over = true;
+            j->wait_until_ms = now + __atomic_load_n(&s->lease_wait_ms, __ATOMIC_RELAXED);
+            j->next_at_ms = now;
+        } else {
+            j->lease_id[0] = '\0'; /* not ours: publish only if nobody did better */
+            mint(s, j, SHARED_MINT_LEASE_TIMEOUT);
+            return;
+        }
+    } else {
+        j->taking_over = false;
+        j->next_at_ms = now + j->poll_ms;
+        if (j->next_at_ms > j->wait_until_ms)
+            j->next_at_ms = j->wait_until_ms;
+        j->poll_ms = j->poll_ms * 2 > POLL_MAX_MS ? POLL_MAX_MS : j->poll_ms * 2;
     }
-    j->next_at_ms = now + j->poll_ms;
-    if (j->next_at_ms > j->wait_until_ms)
-        j->next_at_ms = j->wait_until_ms;
-    j->poll_ms = j->poll_ms * 2 > POLL_MAX_MS ? POLL_MAX_MS : j->poll_ms * 2;
     pthread_mutex_lock(&s->lock);
     if (s->stopping) {
         pthread_mutex_unlock(&s->lock);
@@ -846,7 +868,7 @@ static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t no
         return;
     }
     case SHARED_LEASED:
-        mint(s, j, SHARED_MINT_LEASED);
+        mint(s, j, j->taking_over ? SHARED_MINT_LEASE_TIMEOUT : SHARED_MINT_LEASED);
         return;
     case SHARED_PAUSED: {
         mint_outcome o = { .kind = MINT_UNAVAILABLE, .http_status = 429,
@@ -859,10 +881,18 @@ static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t no
         return;
     }
     case SHARED_BUSY:
-    case SHARED_LOOKUP_COUNT:
-        j->lease_id[0] = '\0';
+    case SHARED_LOOKUP_COUNT: {
+        char holder[sizeof(j->holder)];
+        snprintf(holder, sizeof(holder), "%.*s", (int)(r->element[1]->len < 32 ? r->element[1]->len : 32),
+                 r->element[1]->str);
+        if (j->waited && strcmp(holder, j->holder) != 0) { /* another host took over: its mint is young */
+            j->wait_until_ms = now + __atomic_load_n(&s->lease_wait_ms, __ATOMIC_RELAXED);
+            j->poll_ms = POLL_FIRST_MS;
+        }
+        memcpy(j->holder, holder, sizeof(holder));
         lease_busy(s, j, now);
         return;
+    }
     }
 }
 
@@ -1304,7 +1334,7 @@ static void *event_thread(void *arg) {
                     ts.tv_sec++, ts.tv_nsec -= 1000000000L;
                 pthread_mutex_lock(&s->lock);
                 if (!s->stopping)
-                    pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+                    pthread_cond_timedwait(&s->ev_cond, &s->lock, &ts);
                 pthread_mutex_unlock(&s->lock);
                 continue;
             }
@@ -1361,6 +1391,7 @@ int shared_new(const config *cfg, upstream *up, shared **ret) {
         pthread_condattr_init(&ca);
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
         pthread_cond_init(&s->cond, &ca);
+        pthread_cond_init(&s->ev_cond, &ca);
         pthread_condattr_destroy(&ca);
     }
     s->up = up;
@@ -1485,6 +1516,7 @@ void shared_stop(shared *s) {
     if (s->ev_fd >= 0)
         shutdown(s->ev_fd, SHUT_RDWR); /* ends a blocked XREAD now */
     pthread_cond_broadcast(&s->cond);
+    pthread_cond_broadcast(&s->ev_cond);
     pthread_mutex_unlock(&s->lock);
     if (s->started) {
         pthread_join(s->cmd_thread, NULL);
@@ -1528,6 +1560,7 @@ shared *shared_free(shared *s) {
         redisFreeSSLContext(s->ssl);
 #endif
     pthread_cond_destroy(&s->cond);
+    pthread_cond_destroy(&s->ev_cond);
     pthread_mutex_destroy(&s->lock);
     pthread_rwlock_destroy(&s->keys_lock);
     free(s);
