@@ -541,7 +541,7 @@ def key_file(tmp_path):
     return write_key_file(tmp_path / "shared-key")
 
 
-def shared_section(endpoint, key_file, acl=False, **kw):
+def shared_section(endpoint, key_file, acl=False, **kw):  # kw may name another key_file
     """[shared] for one host. endpoint: a Redis, a Cutter, Sentinels or a
     dict of [shared] keys. acl=True runs tokend as the ACL user."""
     sec = dict(endpoint if isinstance(endpoint, dict) else endpoint.shared())
@@ -566,7 +566,8 @@ def make_fleet(make_tokend, key_file):
         hosts = []
         for ep in endpoints:
             secs = {k: dict(v) for k, v in (sections or {}).items()}
-            secs["shared"] = shared_section(ep, key_file, acl=acl, **(shared or {}))
+            more = dict(shared or {})
+            secs["shared"] = shared_section(ep, more.pop("key_file", key_file), acl=acl, **more)
             hosts.append(make_tokend(stub, secs, **kw))
         return hosts
 

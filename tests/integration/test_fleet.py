@@ -6,6 +6,7 @@ Numbers are sized to keep this file under about 3 minutes on 2 cores: the
 refresh test runs 16 s tokens for 40 s (2.5 lifetimes) rather than 20 s
 tokens for a minute; the rest are the issue's own figures.
 """
+import json
 import random
 import signal
 import threading
@@ -15,6 +16,7 @@ import pytest
 import redis as redis_py
 
 from conftest import SLOW, concurrently, wait_for
+from sec_helpers import RIGHTS, Keys, bearer
 from redis_fixture import (PREFIX, TOKEND_USER, key_file, make_cutter, make_fleet,  # noqa: F401
                            make_redis, redis, sentinels, write_key_file)
 
@@ -491,3 +493,55 @@ def test_a_bad_key_file_is_refused_at_start_naming_the_file(stub, redis, make_to
     assert t.proc.wait(timeout=10 * SLOW) == 1
     assert str(path) in t.log(), t.log()
     assert "listening on" not in t.log()
+
+
+# ---------------------------------------------------------------- revocation at Instacart, key rotation
+
+
+def test_the_proxys_401_remint_drops_the_shared_copy_too(stub, redis, make_fleet, tmp_path):
+    """Instacart revoked a user's token behind tokend's back. The proxy's 401
+    makes the host drop it and mint once more; if the dead token stayed in
+    Redis, that re-mint would find it again and the caller would get 401."""
+    keys = Keys(tmp_path / "keys", {"fe": ("frontend", "proxy"), "all": RIGHTS})
+    a, b = make_fleet(stub, redis, 2, sections={"auth": {"keys_file": keys.path}})
+    dead = access_token(b.get("/v1/token?user_id=alice", headers=bearer(keys["all"])))
+    status, _, _ = stub.request("POST", "/v2/oauth/token/revoke",
+                                {"client_id": "test-client", "client_secret": "test-secret", "token": dead})
+    assert status == 200
+    r = a.request("POST", "/v2/recommendations/replacement_items", body=json.dumps({"items": []}).encode(),
+                  headers=bearer(keys["fe"], **{"X-Tokend-User": "alice", "Content-Type": "application/json"}))
+    assert r.status == 200, r
+    assert len(mints(stub, "alice")) == 2, "one re-mint, of a token not found in Redis again"
+    # b had the dead token in memory: the drop reaches it too
+    wait_for(lambda: access_token(b.get("/v1/token?user_id=alice", headers=bearer(keys["all"]))) != dead,
+             timeout=2, what="the other host to drop the dead token")
+    assert len(mints(stub, "alice")) == 2, "the other host took the new token from Redis"
+
+
+def test_a_key_rotation_keeps_the_fleets_tokens(stub, redis, make_fleet, tmp_path):
+    """A new key_file with the old one as previous_key_file: tokens sealed
+    under the old key are still found and opened; new ones are sealed under
+    the new key, which hosts still on the old key cannot open (a counted
+    miss there, never a wrong token)."""
+    old_key, new_key = tmp_path / "old-key", tmp_path / "new-key"
+    write_key_file(old_key)
+    write_key_file(new_key)
+    (a,) = make_fleet(stub, redis, 1, shared={"key_file": str(old_key)})
+    before = access_token(a.token("kept"))
+    (b,) = make_fleet(stub, redis, 1, shared={"key_file": str(new_key), "previous_key_file": str(old_key)})
+    r = b.token("kept")
+    assert r.header("x-cache") == "shared" and access_token(r) == before, "the old key's token is found"
+    # a rotates by a reload, as an operator would host by host
+    a.sections["shared"].update({"key_file": str(new_key), "previous_key_file": str(old_key)})
+    a.write_config()
+    a.signal(signal.SIGHUP)
+    wait_for(lambda: a.log().count("reloaded") >= 1, what="the reload")
+    b_first = access_token(b.token("rotated"))
+    r = a.token("rotated")
+    assert r.header("x-cache") == "shared" and access_token(r) == b_first, "the new key's token is shared"
+    assert len(mints(stub)) == 2
+    # a host still on the old key alone cannot read what the new key sealed
+    (c,) = make_fleet(stub, redis, 1, shared={"key_file": str(old_key)})
+    r = c.token("rotated")
+    assert r.status == 200 and r.header("x-cache") == "miss"
+    assert metric(c, "tokend_shared_decrypt_failures_total") == 0, "another key's token is simply not found"
