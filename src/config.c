@@ -577,10 +577,6 @@ static int finish_shared(struct parse_state *st) {
         set_err(st, "[shared] prefix = '%s' must be 1 to 64 letters, digits, '_', '.' or '-'", c->shared_prefix);
         return -EINVAL;
     }
-    if (c->shared_username && !c->shared_password_file) {
-        set_err(st, "[shared] username is set but password_file is not; an ACL user needs its password");
-        return -EINVAL;
-    }
 #ifndef HAVE_HIREDIS_SSL
     if (c->shared_tls) {
         set_err(st, "[shared] tls = yes, but this build has no TLS for Redis: its hiredis (Debian 12's "
@@ -857,8 +853,13 @@ static int shared_key_read(const config *c, const char *file, int line, const ch
     size_t len = 0;
     int r;
 
-    if (credentials_dir && *credentials_dir) {
-        snprintf(cred_path, sizeof(cred_path), "%s/%s", credentials_dir, credential);
+    /* credentials_dir, or on a reload (which passes the runtime directory
+     * holding only a rotated client secret) systemd's own */
+    for (int i = 0; credential && i < 2 && from == file; i++) {
+        const char *dir = i == 0 ? credentials_dir : getenv("CREDENTIALS_DIRECTORY");
+        if (!dir || !*dir)
+            continue;
+        snprintf(cred_path, sizeof(cred_path), "%s/%s", dir, credential);
         if (access(cred_path, F_OK) == 0)
             from = cred_path;
     }
@@ -903,9 +904,12 @@ static int shared_keys_load(config *c, const char *credentials_dir, char err[CON
             return r;
         c->has_shared_previous_key = true;
     }
-    if (credentials_dir && *credentials_dir) {
+    for (int i = 0; i < 2; i++) {
+        const char *dir = i == 0 ? credentials_dir : getenv("CREDENTIALS_DIRECTORY");
         char cred_path[4096];
-        snprintf(cred_path, sizeof(cred_path), "%s/redis_password", credentials_dir);
+        if (!dir || !*dir)
+            continue;
+        snprintf(cred_path, sizeof(cred_path), "%s/redis_password", dir);
         if (access(cred_path, F_OK) == 0)
             return secret_load_credential(cred_path, &c->shared_password, &c->shared_password_len, err,
                                           CONFIG_ERR_MAX);
@@ -913,6 +917,12 @@ static int shared_keys_load(config *c, const char *credentials_dir, char err[CON
     if (c->shared_password_file)
         return secret_load_named(c->shared_password_file, "the Redis password", &c->shared_password,
                                  &c->shared_password_len, err, CONFIG_ERR_MAX);
+    if (c->shared_username) {
+        snprintf(err, CONFIG_ERR_MAX,
+                 "%s: [shared] username is set but there is no password: set password_file, or pass "
+                 "the systemd credential redis_password", c->path);
+        return -EINVAL;
+    }
     return 0;
 }
 

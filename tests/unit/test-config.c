@@ -558,6 +558,10 @@ static void sample_file_defaults_are_the_defaults(void) {
     ASSERT_UINT_EQ(a->refresh_before_pct, b->refresh_before_pct);
     ASSERT_UINT_EQ(a->failure_ttl_ms, b->failure_ttl_ms);
     ASSERT_UINT_EQ(a->max_waiters, b->max_waiters);
+    ASSERT_UINT_EQ(a->shared_timeout_ms, b->shared_timeout_ms);
+    ASSERT_UINT_EQ(a->shared_lease_wait_ms, b->shared_lease_wait_ms);
+    ASSERT(!config_shared(a) && config_shared(b)); /* fleet mode is off unless asked for */
+    ASSERT_STR_EQ(b->shared_prefix, "tokend");
     ASSERT_INT_EQ(a->allow_remote, b->allow_remote);
     ASSERT_UINT_EQ(a->threads, b->threads);
     ASSERT_UINT_EQ(a->max_connections, b->max_connections);
@@ -1002,6 +1006,87 @@ static void proxy_credentials_loaded_like_a_secret(void) {
     free(secret);
 }
 
+#define KEY64 "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF"
+
+static void shared_section_checked_as_a_whole(void) {
+    config *c = parse_ok(BASE "[shared]\nredis = unix:/run/redis/redis.sock\ntimeout = 20ms\n");
+    char host[256];
+    unsigned port;
+
+    ASSERT(config_shared(c));
+    ASSERT_STR_EQ(c->shared_prefix, "tokend");
+    ASSERT_UINT_EQ(c->shared_timeout_ms, 20);
+    ASSERT_UINT_EQ(c->shared_lease_wait_ms, 2000);
+    config_free(c);
+    c = parse_ok(BASE "[shared]\nsentinels = 10.0.0.1:26379 [::1]:26380 sentinel.internal:26381\n"
+                      "master_name = tokend\n");
+    ASSERT_UINT_EQ(c->n_shared_sentinels, 3);
+    config_free(c);
+    /* an empty [shared] section turns nothing on */
+    c = parse_ok(BASE "[shared]\n");
+    ASSERT(!config_shared(c));
+    config_free(c);
+    refused_whole(BASE "[shared]\nkey_file = /k\n", "neither redis nor sentinels");
+    refused_whole(BASE "[shared]\nredis = 127.0.0.1:6379\nsentinels = 127.0.0.1:26379\nmaster_name = m\n",
+                  "both redis and sentinels");
+    refused_whole(BASE "[shared]\nredis = 127.0.0.1\n", "HOST:PORT");
+    refused_whole(BASE "[shared]\nredis = 127.0.0.1:0\n", "HOST:PORT");
+    refused_whole(BASE "[shared]\nredis = unix:relative.sock\n", "unix:/absolute/path");
+    refused_whole(BASE "[shared]\nsentinels = 127.0.0.1:26379\n", "master_name");
+    refused_whole(BASE "[shared]\nsentinels = 127.0.0.1\nmaster_name = m\n", "HOST:PORT");
+    refused_whole(BASE "[shared]\nredis = 127.0.0.1:6379\nmaster_name = m\n", "sentinels is not");
+    refused_whole(BASE "[shared]\nredis = 127.0.0.1:6379\nprefix = a b\n", "prefix");
+    refused_whole(BASE "[shared]\nredis = 127.0.0.1:6379\ntls_ca_file = /ca.pem\n", "tls");
+    refused_at("[shared]\ntimeout = 0ms\n", FIRST_EXTRA_LINE + 1, "timeout");
+    ASSERT_INT_EQ(config_redis_address_parse("[::1]:6379", host, sizeof(host), &port), 0);
+    ASSERT_STR_EQ(host, "::1");
+    ASSERT_UINT_EQ(port, 6379);
+}
+
+/* The fleet's key: 64 hex digits in a private file, named with file and
+ * line when it is anything else. */
+static void shared_key_file_checked_like_a_secret(void) {
+    char err[CONFIG_ERR_MAX], text[1024], *secret = tmp_file("s3cret\n", 7, 0600), *key, *conf;
+    config *c = NULL;
+
+    key = tmp_file(KEY64 "\n", 65, 0600);
+    snprintf(text, sizeof(text), BASE "client_secret_file = %s\n[shared]\nredis = 127.0.0.1:6379\n"
+             "key_file = %s\n", secret, key);
+    conf = tmp_file(text, strlen(text), 0644);
+    ASSERT_INT_EQ(config_load(conf, NULL, &c, err), 0);
+    ASSERT(c->shared_key[0] == 0x00 && c->shared_key[1] == 0x11 && c->shared_key[31] == 0xff);
+    ASSERT(!c->has_shared_previous_key);
+    config_free(c);
+    free(conf);
+    free(key);
+    for (int i = 0; i < 3; i++) {
+        static const char *const bad[] = { KEY64 "0\n",
+                                           "zz112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n", "" };
+        key = i < 2 ? tmp_file(bad[i], strlen(bad[i]), 0600) : tmp_file(KEY64 "\n", 65, 0644);
+        snprintf(text, sizeof(text), BASE "client_secret_file = %s\n[shared]\nredis = 127.0.0.1:6379\n"
+                 "key_file = %s\n", secret, key);
+        conf = tmp_file(text, strlen(text), 0644);
+        ASSERT(config_load(conf, NULL, &c, err) < 0);
+        ASSERT_CONTAINS(err, key);
+        if (i < 2) {
+            char where[64];
+            snprintf(where, sizeof(where), ":%d: [shared] key_file", FIRST_EXTRA_LINE + 3);
+            ASSERT_CONTAINS(err, where);
+            ASSERT_CONTAINS(err, "64 hex digits");
+        }
+        free(conf);
+        free(key);
+    }
+    /* fleet mode without a key is refused, saying where one goes */
+    snprintf(text, sizeof(text), BASE "client_secret_file = %s\n[shared]\nredis = 127.0.0.1:6379\n", secret);
+    conf = tmp_file(text, strlen(text), 0644);
+    ASSERT_INT_EQ(config_load(conf, NULL, &c, err), -EINVAL);
+    ASSERT_CONTAINS(err, "key_file");
+    ASSERT_CONTAINS(err, "shared_key");
+    free(conf);
+    free(secret);
+}
+
 static void config_free_accepts_null(void) {
     ASSERT(config_free(NULL) == NULL);
 }
@@ -1050,6 +1135,8 @@ static const unit_test tests[] = {
     TEST(line_too_long_refused_on_its_own_line),
     TEST(proxy_urls),
     TEST(proxy_credentials_loaded_like_a_secret),
+    TEST(shared_section_checked_as_a_whole),
+    TEST(shared_key_file_checked_like_a_secret),
 };
 
 UNIT_MAIN(tests)
