@@ -43,6 +43,9 @@ test=("${build[@]}" python3 python3-pytest nginx-light openssl prometheus clang 
       debootstrap systemd-container wrk hyperfine iproute2 procps tinyproxy python3-requests-oauthlib
       redis-server redis-sentinel python3-redis)
 
+# tests/fleet-demo.sh: the build, and a Redis for the fleet to share
+fleet=("${build[@]}" redis-server)
+
 mode=${1:-build}
 if [[ $mode == list ]]; then
     eval "echo \${${2:-build}[@]}"

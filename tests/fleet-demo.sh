@@ -4,8 +4,7 @@
 # local stand-in of Instacart. Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v redis-server > /dev/null || { echo "fleet-demo: needs redis-server (apt-get install redis-server)" >&2; exit 1; }
-tests/deps.sh build
+tests/deps.sh fleet
 [[ -d build ]] || meson setup build
 ninja -C build
 
