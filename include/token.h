@@ -3,6 +3,7 @@
  * copies. The value is wiped when the last reference goes. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -47,6 +48,10 @@ enum mint_via {
 typedef struct mint_outcome {
     enum mint_kind kind;
     enum mint_via via;
+    /* A background refresh the source put off (fleet mode: another host is
+     * refreshing, or Redis is out of reach while the token has plenty of
+     * life). Nothing failed: callers that joined it need a fetch of their own. */
+    bool deferred;
     int http_status;          /* Instacart's status, 0 when there was none */
     unsigned retry_after_s;   /* a hint for our own callers, 0 if none */
     char error[64];           /* Instacart's error code, or our own short reason */

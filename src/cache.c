@@ -407,6 +407,29 @@ static void fetch_done(void *userdata, const mint_outcome *o, token *t) {
 
     pthread_mutex_lock(&c->lock);
     now = c->s.clock();
+    if (!t && o->deferred && e->waiters) {
+        /* Callers joined a refresh the source put off: they need a token
+         * now, so they get a fetch of their own (a miss, which in fleet mode
+         * waits for the host refreshing it). The refresh backs off as usual. */
+        struct cache_want want = { .min_life_ms = c->s.min_ttl_ms };
+        if (e->tok) { /* not the token in hand again: one fresher than its refresh window */
+            uint64_t window = (uint64_t)e->tok->lifetime_s * MS_PER_SEC * c->s.refresh_before_pct / 100;
+            if (window > want.min_life_ms)
+                want.min_life_ms = window;
+        }
+        char user[OAUTH_USER_ID_MAX + 1], scope[OAUTH_SCOPE_MAX + 1];
+        size_t ulen = strlen(e->key + 1);
+        memcpy(user, e->key + 1, ulen + 1);
+        memcpy(scope, e->key + 2 + ulen, e->keylen - 2 - ulen);
+        scope[e->keylen - 2 - ulen] = '\0';
+        e->retry_at_ms = now + backoff_ms(c, e->refresh_failures);
+        if (e->refresh_failures < 255)
+            e->refresh_failures++;
+        pthread_mutex_unlock(&c->lock);
+        c->fetch(c->source, (enum oauth_grant)e->key[0], user, scope, &want, fetch_done, e);
+        explicit_bzero(user, sizeof(user));
+        return;
+    }
     e->fetching = false;
     c->stats.fetching--;
     waiters = e->waiters;

@@ -363,7 +363,7 @@ static void mint(shared *s, struct job *j, enum shared_mint how) {
  * minted here, as without a fleet. */
 static void degrade(shared *s, struct job *j) {
     if (j->want.have_ms > __atomic_load_n(&s->plenty_ms, __ATOMIC_RELAXED)) {
-        mint_outcome o = { .kind = MINT_UNAVAILABLE, .retry_after_s = 1 };
+        mint_outcome o = { .kind = MINT_UNAVAILABLE, .retry_after_s = 1, .deferred = true };
         cache_done_fn done = j->done;
         void *ctx = j->ctx;
         snprintf(o.error, sizeof(o.error), "shared_unavailable");
@@ -772,7 +772,7 @@ static void lease_busy(shared *s, struct job *j, uint64_t now) {
     if (j->want.have_ms) {
         /* a refresh: another host is refreshing this key; keep serving ours
          * and adopt theirs when the cache asks again */
-        mint_outcome o = { .kind = MINT_UNAVAILABLE, .retry_after_s = 1 };
+        mint_outcome o = { .kind = MINT_UNAVAILABLE, .retry_after_s = 1, .deferred = true };
         cache_done_fn done = j->done;
         void *ctx = j->ctx;
         snprintf(o.error, sizeof(o.error), "shared_busy");

@@ -477,6 +477,47 @@ static void refresh_ahead_serves_at_once_and_refreshes_once(void) {
     free_cache(c);
 }
 
+/* Fleet mode puts a refresh off when another host is refreshing the token.
+ * A caller that needs more life than the token has joins that refresh: it
+ * must get a fetch of its own, not the put-off refresh's failure. */
+static void a_deferred_refresh_hands_its_callers_a_fetch_of_their_own(void) {
+    cache_settings s = settings();
+    cache *c = new_cache(&s);
+    struct waiter w = { 0 };
+    mint_outcome deferred = { .kind = MINT_UNAVAILABLE, .deferred = true };
+    token *t = NULL;
+    uint64_t expires;
+
+    fill(c, "alice", "tok-1", 3600);
+    expires = fake_now + 3600 * SEC;
+    fake_now = expires - 800 * SEC; /* in the refresh window: a hit starts a refresh */
+    expect_hit_refreshing(c, "alice", "tok-1");
+    ASSERT_UINT_EQ(n_calls, 2);
+    /* a caller wanting 900 s more than the token has joins the refresh */
+    ASSERT_INT_EQ(get(c, UA, "alice", SCOPE, 900 * SEC, &w, &t, NULL), CACHE_COALESCED);
+    calls[1].completed = true;
+    calls[1].done(calls[1].ctx, &deferred, NULL);
+    ASSERT_INT_EQ(w.calls, 0); /* not told of a failure that was not one */
+    ASSERT_UINT_EQ(n_calls, 3); /* a fetch of its own, as a miss */
+    ASSERT_UINT_EQ(calls[2].want.have_ms, 0);
+    ASSERT_UINT_EQ(calls[2].want.min_life_ms, 900 * SEC); /* not the token in hand again */
+    complete_ok(2, "tok-2", 3600);
+    ASSERT_INT_EQ(w.calls, 1);
+    ASSERT_STR_EQ(w.tok->value, "tok-2");
+    waiter_clear(&w);
+    expect_hit_value(c, "alice", "tok-2");
+    /* without a caller waiting, a deferred refresh just backs off */
+    fake_now += 3000 * SEC; /* tok-2's window */
+    expect_hit_refreshing(c, "alice", "tok-2");
+    ASSERT_UINT_EQ(n_calls, 4);
+    calls[3].completed = true;
+    calls[3].done(calls[3].ctx, &deferred, NULL);
+    ASSERT_UINT_EQ(n_calls, 4);
+    expect_hit_value(c, "alice", "tok-2");
+    ASSERT_UINT_EQ(n_calls, 4);
+    free_cache(c);
+}
+
 static void refresh_ahead_off_at_zero_percent(void) {
     cache_settings s = settings();
     cache *c;
@@ -1035,6 +1076,7 @@ static const unit_test tests[] = {
     TEST(min_ttl_capped_at_half_lifetime),
     TEST(never_handed_out_past_expiry),
     TEST(refresh_ahead_serves_at_once_and_refreshes_once),
+    TEST(a_deferred_refresh_hands_its_callers_a_fetch_of_their_own),
     TEST(refresh_ahead_off_at_zero_percent),
     TEST(failed_refresh_serves_old_token_and_backs_off),
     TEST(rejected_refresh_still_serves_valid_token),
