@@ -530,7 +530,7 @@ def test_a_key_rotation_keeps_the_fleets_tokens(stub, redis, make_fleet, tmp_pat
     before = access_token(a.token("kept"))
     (b,) = make_fleet(stub, redis, 1, shared={"key_file": str(new_key), "previous_key_file": str(old_key)})
     r = b.token("kept")
-    assert r.header("x-cache") == "shared" and access_token(r) == before, "the old key's token is found"
+    assert r.header("x-cache") in FROM_ANOTHER_HOST and access_token(r) == before, "the old key's token is found"
     # a rotates by a reload, as an operator would host by host
     a.sections["shared"].update({"key_file": str(new_key), "previous_key_file": str(old_key)})
     a.write_config()
@@ -538,7 +538,7 @@ def test_a_key_rotation_keeps_the_fleets_tokens(stub, redis, make_fleet, tmp_pat
     wait_for(lambda: a.log().count("reloaded") >= 1, what="the reload")
     b_first = access_token(b.token("rotated"))
     r = a.token("rotated")
-    assert r.header("x-cache") == "shared" and access_token(r) == b_first, "the new key's token is shared"
+    assert r.header("x-cache") in FROM_ANOTHER_HOST and access_token(r) == b_first, "the new key's token is shared"
     assert len(mints(stub)) == 2
     # a host still on the old key alone cannot read what the new key sealed
     (c,) = make_fleet(stub, redis, 1, shared={"key_file": str(old_key)})
