@@ -64,8 +64,9 @@ const double shared_latency_bounds[SHARED_LATENCY_BUCKETS] = { 0.0001, 0.00025, 
  * gen, pause. ARGV: least life in ms, lease id, lease ms, skip tokens, the
  * holder whose lease we take over ('' for none). Returns {1, value, pttl,
  * gen, which} for a token with enough life, {3, '', pttl, gen, 0} while
- * paused, {2, '', 0, gen, 0} for a lease taken, {4, holder, pttl, gen, 0}
- * when another host holds it. A waiter whose wait ran out takes the lease
+ * paused, {2, '', 0, gen, 0} for a lease taken (or already ours: a lookup
+ * sent again after a lost answer), {4, holder, pttl, gen, 0} when another
+ * host holds it. A waiter whose wait ran out takes the lease
  * over only from the holder it waited on, so of several waiters one mints. */
 static const char lookup_lua[] =
     "local g = redis.call('GET', KEYS[4]) or '0'\n"
@@ -82,7 +83,7 @@ static const char lookup_lua[] =
     "local p = redis.call('PTTL', KEYS[5])\n"
     "if p > 0 then return {3, '', p, g, 0} end\n"
     "local h = redis.call('GET', KEYS[3])\n"
-    "if not h or h == ARGV[5] then\n"
+    "if not h or h == ARGV[5] or h == ARGV[2] then\n"
     "  redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])\n"
     "  return {2, '', 0, g, 0}\n"
     "end\n"
@@ -154,7 +155,7 @@ struct job {
     struct cache_want want;
     cache_done_fn done;
     void *ctx;
-    bool waited, skip_tokens;
+    bool waited, skip_tokens, retried;
     char holder[33];            /* whose lease we wait on, or take over */
     bool taking_over;
     unsigned takeovers;
@@ -943,7 +944,21 @@ static void fail_queued(shared *s) {
 }
 
 /* Sends a batch in one round trip and handles the answers. */
+/* A connection lost mid-batch (one slow answer under load is enough) gets
+ * each job one more try, on a new connection, before it goes on without
+ * Redis: one blip must not send a whole batch of misses to Instacart, nor
+ * lose a publish that other hosts wait for. The scripts make a repeat
+ * harmless (a lease we already hold counts as ours). */
+static void retry_or_fail(shared *s, struct job *j, struct job_list *again) {
+    if (!j->retried && j->kind != J_PING) {
+        j->retried = true;
+        list_push(again, j);
+    } else
+        fail_job(s, j);
+}
+
 static void run_batch(shared *s, redisContext **c, struct job_list *batch) {
+    struct job_list again = { 0 };
     struct job *sent[BATCH_MAX];
     size_t n = 0;
     struct job *j;
@@ -1014,13 +1029,21 @@ static void run_batch(shared *s, redisContext **c, struct job_list *batch) {
             connection_lost(s, c, why);
         }
         for (; i < n; i++)
-            fail_job(s, sent[i]);
+            retry_or_fail(s, sent[i], &again);
         break;
     }
     while ((j = list_pop(batch)))
-        fail_job(s, j);
-    if (!*c)
-        fail_queued(s);
+        retry_or_fail(s, j, &again);
+    if (again.n) { /* first in line for the next connection */
+        pthread_mutex_lock(&s->lock);
+        if (s->queue.head)
+            again.tail->next = s->queue.head;
+        else
+            s->queue.tail = again.tail;
+        s->queue.head = again.head;
+        s->queue.n += again.n;
+        pthread_mutex_unlock(&s->lock);
+    }
     if (*c && n) {
         pthread_mutex_lock(&s->lock);
         breaker_success(&s->br);
