@@ -8,7 +8,8 @@
  *
  *   bench-client burst   --port P --prefix S --users N --conns C
  *       C connections, then request i (user S<i % N>) on connection i, all
- *       at once; counts statuses and X-Cache values (coalescing).
+ *       at once; counts statuses and X-Cache values (coalescing; fleet mode's
+ *       shared and shared-wait too).
  *   bench-client load    --port P --prefix S --first F --count N --conns C [--out FILE] [--modulo M]
  *       users S<F> .. S<F+N-1>, one request each, C connections each keeping
  *       one request outstanding (closed loop); rate and latency. --out writes
@@ -70,7 +71,7 @@ struct conn {
 };
 
 struct counts {
-    unsigned long ok, non200, failed, hit, miss, coalesced, other_cache;
+    unsigned long ok, non200, failed, hit, miss, coalesced, shared, shared_wait, other_cache;
 };
 
 static double now_real(void) {
@@ -229,14 +230,19 @@ static void count_answer(struct counts *k, int status, const char *xcache) {
         k->miss++;
     else if (strcmp(xcache, "coalesced") == 0)
         k->coalesced++;
+    else if (strcmp(xcache, "shared") == 0)
+        k->shared++;
+    else if (strcmp(xcache, "shared-wait") == 0)
+        k->shared_wait++;
     else
         k->other_cache++;
 }
 
 static void print_counts(const struct counts *k) {
     printf("\"ok\":%lu,\"non200\":%lu,\"failed\":%lu,\"hit\":%lu,\"miss\":%lu,\"coalesced\":%lu,"
-           "\"other_cache\":%lu",
-           k->ok, k->non200, k->failed, k->hit, k->miss, k->coalesced, k->other_cache);
+           "\"shared\":%lu,\"shared_wait\":%lu,\"other_cache\":%lu",
+           k->ok, k->non200, k->failed, k->hit, k->miss, k->coalesced, k->shared, k->shared_wait,
+           k->other_cache);
 }
 
 /* Reads what is there; returns 1 when a whole answer is in, 0 for more, -1

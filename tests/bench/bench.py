@@ -17,7 +17,10 @@ and measures, in one run:
   8. the miss path over HTTPS: the stand-in behind nginx over plain HTTP,
      HTTPS with HTTP/1.1 and HTTPS with HTTP/2 (and, for context, tokend
      straight to the stand-in): mints per second, added latency per mint,
-     TLS handshakes per 1,000 mints and tokend's CPU per mint.
+     TLS handshakes per 1,000 mints and tokend's CPU per mint;
+  9. fleet mode (issue 12), with a Redis of its own: the hit path with
+     fleet mode on against off; a miss served from Redis against a hit;
+     mints per user with 4 hosts asked at once; memory per cached token.
 
 Prints a table and the targets of issue 7 with pass or miss, and writes the
 raw figures as JSON (--json). Ratios are the measure: absolute figures drift
@@ -53,17 +56,20 @@ PROFILES = {
     "full": dict(hit_seconds=10, rounds=3, hit_conns=(50, 1000), one_conn=True, hit_users=10000,
                  miss_users=20000, miss_conns=(1, 4, 16, 64), coalesce_conns=1000,
                  fills=(100000, 1000000), hold_conns=1000, startup_runs=20, mint_delay_ms=100,
-                 cg_requests=10000, bg_seconds=1.0, tls_users=20000, tls_conns=(1, 64)),
+                 cg_requests=10000, bg_seconds=1.0, tls_users=20000, tls_conns=(1, 64),
+                 fleet_users=5000, fleet_burst_users=200, fleet_burst_per_user=2, fleet_mem_users=200000),
     "quick": dict(hit_seconds=3, rounds=3, hit_conns=(50, 1000), one_conn=True, hit_users=10000,
                   miss_users=5000, miss_conns=(1, 4, 16, 64), coalesce_conns=1000,
                   fills=(100000,), hold_conns=1000, startup_runs=10, mint_delay_ms=100,
-                  cg_requests=5000, bg_seconds=1.0, tls_users=5000, tls_conns=(1, 64)),
+                  cg_requests=5000, bg_seconds=1.0, tls_users=5000, tls_conns=(1, 64),
+                  fleet_users=2000, fleet_burst_users=200, fleet_burst_per_user=2, fleet_mem_users=50000),
     # a one-second miniature of every step, for the test suite: checks that
     # the benchmark still runs and counts right, not how fast anything is
     "selftest": dict(hit_seconds=1, rounds=1, hit_conns=(50,), one_conn=True, hit_users=200,
                      miss_users=300, miss_conns=(8,), coalesce_conns=100,
                      fills=(1000,), hold_conns=50, startup_runs=2, mint_delay_ms=50,
-                     cg_requests=200, bg_seconds=0.2, tls_users=200, tls_conns=(8,)),
+                     cg_requests=200, bg_seconds=0.2, tls_users=200, tls_conns=(8,),
+                     fleet_users=100, fleet_burst_users=20, fleet_burst_per_user=2, fleet_mem_users=500),
 }
 
 TARGETS_TEXT = """\
@@ -75,7 +81,9 @@ TARGETS_TEXT = """\
 - memory: < 1 KiB per cached token; 1,000,000 users < 1 GiB RSS; idle < 8 MB; < 8 KB per open connection
 - start-up to listening: < 50 ms
 - miss path over HTTPS (issue 16): HTTP/2 >= 0.8x plain HTTP's mints/s; added latency per mint within
-  0.2 ms of plain HTTP's; TLS handshakes per 1,000 mints <= the connections allowed (max_concurrent)"""
+  0.2 ms of plain HTTP's; TLS handshakes per 1,000 mints <= the connections allowed (max_concurrent)
+- fleet mode (issue 12): hit path >= 0.97x of fleet mode off; a miss served from Redis adds < 0.3 ms
+  at p50 and < 1 ms at p99 over a hit; exactly one mint per user across 4 hosts"""
 
 
 class BenchError(Exception):
@@ -189,6 +197,40 @@ def http_post_json(port, path, body, timeout=30.0):
 
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
+
+
+def redis_cmd(port, *args, timeout=5.0):
+    """One command to the benchmark's Redis (RESP by hand: standard library
+    only); the reply as str or int. Enough for PING and INFO."""
+    req = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(req.encode())
+        buf = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            if b"\r\n" not in buf:
+                continue
+            head, rest = buf.split(b"\r\n", 1)
+            kind, val = head[:1], head[1:].decode()
+            if kind == b"+":
+                return val
+            if kind == b"-":
+                raise BenchError(f"redis: {val}")
+            if kind == b":":
+                return int(val)
+            if kind == b"$":
+                n = int(val)
+                if n < 0:
+                    return None
+                if len(rest) >= n + 2:
+                    return rest[:n].decode(errors="replace")
+                continue
+            raise BenchError(f"redis: unexpected reply {head[:50]!r}")
+    raise OSError("redis: no complete reply")
 
 
 class Procs:
@@ -847,6 +889,255 @@ http {{
                                f"for {count} users")
         self.results["tls"] = rows
 
+
+    # ------------------------------------------------------------ 9. fleet mode (issue 12)
+
+    def start_redis(self):
+        """A redis-server of the benchmark's own: 127.0.0.1 on a free port, its
+        directory in the temporary one, no persistence; stopped with the rest."""
+        exe = shutil.which("redis-server") or ("/usr/bin/redis-server"
+                                               if os.access("/usr/bin/redis-server", os.X_OK) else None)
+        if exe is None:
+            return None
+        root = os.path.join(self.tmp, "redis")
+        os.makedirs(root, exist_ok=True)
+        for _ in range(5):  # a free port can be taken between bind and start
+            port = free_port()
+            conf = os.path.join(root, "redis.conf")
+            with open(conf, "w") as f:
+                f.write(f"bind 127.0.0.1\nport {port}\ndir {root}\nlogfile {root}/redis.log\n"
+                        "save \"\"\nappendonly no\ndaemonize no\n")
+            p = self.procs.start([exe, conf], os.path.join(root, "stdout.log"))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and p.poll() is None:
+                try:
+                    if redis_cmd(port, "PING", timeout=0.5) == "PONG":
+                        p.port = port
+                        return p
+                except OSError:
+                    pass
+                time.sleep(0.02)
+            self.procs.stop(p)
+        raise BenchError(f"redis-server did not start: {open(os.path.join(root, 'redis.log')).read()[-1000:]}")
+
+    def shared_section(self):
+        if not getattr(self, "shared_key_path", None):
+            self.shared_key_path = os.path.join(self.tmp, "shared-key")
+            fd = os.open(self.shared_key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(os.urandom(32).hex() + "\n")
+            os.chmod(self.shared_key_path, 0o600)
+        return {"redis": f"127.0.0.1:{self.redis.port}", "key_file": self.shared_key_path}
+
+    def start_fleet_host(self, pinned=False, **sections):
+        """tokend with [shared] pointing at the benchmark's Redis, once it says it shares."""
+        t = self.start_tokend(pinned=pinned, shared=self.shared_section(), **sections)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                status, _, body = http_get(t.port, "/metrics", timeout=2)
+                if status == 200 and re.search(rb"^tokend_shared_up 1$", body, re.M):
+                    return t
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise BenchError(f"tokend on port {t.port} did not report tokend_shared_up 1 within 10 s")
+
+    def shared_metrics(self, hosts):
+        """The fleet counters of /metrics (tokend_shared_*), summed over hosts:
+        how the mints came about, lease waits and timeouts, Redis errors."""
+        tot = {}
+        for h in hosts:
+            status, _, body = http_get(h.port, "/metrics", timeout=10)
+            if status != 200:
+                raise BenchError(f"/metrics -> {status}")
+            for m in re.finditer(r"^(tokend_shared_(?:mints_total|lease_waits_total|lease_timeouts_total|"
+                                 r"operations_total|lookups_total)(?:\{[^}]*\})?) (\S+)$", body.decode(), re.M):
+                tot[m.group(1)] = tot.get(m.group(1), 0) + float(m.group(2))
+        return tot
+
+    def redis_used_kb(self):
+        info = redis_cmd(self.redis.port, "INFO", "memory")
+        m = re.search(r"^used_memory:(\d+)", info, re.M)
+        return int(m.group(1)) / 1024 if m else float("nan")
+
+    def fleet_burst(self, hosts, u, k, delay, prefix):
+        """k concurrent first requests for each of u users on each host, all
+        hosts at once (one bench-client burst per host, in parallel): mints
+        counted by the stand-in, answers by X-Cache, and how the hosts say
+        their mints came about (/metrics)."""
+        self.stub_reset()
+        if delay:
+            http_post_json(self.stub_port, "/__stub/faults", {"action": "ok", "delay_ms": delay, "count": u})
+        n = len(hosts)
+        log(f"fleet: {u} users, {k} first requests per user on each of {n} hosts at once, "
+            f"stand-in delay {delay} ms")
+        m0 = self.shared_metrics(hosts)
+        procs = [subprocess.Popen([self.client_exe, "burst", "--port", str(h.port), "--prefix", prefix,
+                                   "--users", str(u), "--conns", str(u * k), "--timeout-ms", "30000"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for h in hosts]
+        outs = []
+        for p in procs:
+            o, e = p.communicate(timeout=90)
+            lines = o.strip().splitlines()
+            if not lines:
+                raise BenchError(f"bench-client burst printed nothing: {e[-1000:]}")
+            outs.append(json.loads(lines[-1]))
+        mints = self.stub_stats()["mints"]
+        m1 = self.shared_metrics(hosts)
+        dm = {name: int(v - m0.get(name, 0)) for name, v in m1.items()}
+
+        def how(kind):
+            return dm.get(f'tokend_shared_mints_total{{how="{kind}"}}', 0)
+
+        redis_errors = sum(v for name, v in dm.items() if name.startswith("tokend_shared_operations_total")
+                           and 'result="error"' in name)
+        tot = {key: sum(o[key] for o in outs) for key in
+               ("ok", "non200", "failed", "hit", "miss", "coalesced", "shared", "shared_wait", "other_cache")}
+        row = dict(users=u, hosts=n, requests=n * u * k, delay_ms=delay, mints=mints,
+                   mints_per_user=mints / u, elapsed_ms=max(o["elapsed_ms"] for o in outs),
+                   leased=how("leased"), lease_timeout=how("lease_timeout"), degraded=how("degraded"),
+                   lease_waits=dm.get("tokend_shared_lease_waits_total", 0),
+                   lease_timeouts=dm.get("tokend_shared_lease_timeouts_total", 0), redis_errors=redis_errors,
+                   **tot)
+        self.check(f"fleet: {n} hosts, {n * u * k} concurrent first requests for {u} users, delay {delay} ms: "
+                   f"one mint per user, every request answered 200",
+                   mints == u and tot["ok"] == n * u * k, f"{mints} mints, {tot['ok']} of {n * u * k} answered 200")
+        self.check(f"fleet: {n} hosts, delay {delay} ms: X-Cache miss once per mint, the rest "
+                   f"coalesced/shared/shared-wait/hit", tot["miss"] == mints and tot["other_cache"] == 0,
+                   f"miss {tot['miss']}, coalesced {tot['coalesced']}, shared {tot['shared']}, "
+                   f"shared-wait {tot['shared_wait']}, hit {tot['hit']}, other {tot['other_cache']}")
+        return row
+
+    def step_fleet(self):
+        self.redis = self.start_redis()
+        if self.redis is None:
+            self.skipped.append("fleet mode: redis-server is not installed (apt-get install redis-server)")
+            log("fleet mode: skipped, redis-server is not installed")
+            return
+        fl = {"redis": redis_cmd(self.redis.port, "INFO", "server").split("redis_version:", 1)[-1].split()[0]}
+        self.results["fleet"] = fl
+        fl["background_cores"] = background_cores(self.p["bg_seconds"])
+
+        # 1. the hit path, fleet mode off and on, the same users, alternating
+        if not self.wrk_exe:
+            self.skipped.append("fleet mode, hit path on vs off: wrk is not installed (apt-get install wrk)")
+        else:
+            users = self.p["hit_users"]
+            hosts = {}
+            self.stub_reset()
+            for name in ("off", "on"):
+                t = self.start_fleet_host(pinned=True) if name == "on" else self.start_tokend(pinned=True)
+                log(f"fleet: hit path, pre-warming {users} users with fleet mode {name}")
+                self.client("load", "--port", t.port, "--prefix", "hit-", "--first", 0, "--count", users,
+                            "--conns", 32, check=False)
+                status, headers, _ = http_get(t.port, "/v1/token?user_id=hit-0")
+                self.check(f"fleet: hit path, a pre-warmed user is a hit with fleet mode {name}",
+                           status == 200 and headers.get("x-cache") == "hit", f"{status} {headers.get('x-cache')}")
+                hosts[name] = t
+            mints = self.stub_stats()["mints"]
+            # the on host finds nothing in Redis (the off host never wrote there): one mint per user each
+            self.check("fleet: hit path pre-warm, one mint per user per host", mints == 2 * users,
+                       f"{mints} mints for {users} users on 2 hosts")
+            runs = {}
+            for conns in self.p["hit_conns"]:
+                pairs = []
+                for rnd in range(self.p["rounds"]):
+                    order = ["off", "on"] if rnd % 2 == 0 else ["on", "off"]
+                    pair = {"background_cores": background_cores(self.p["bg_seconds"])}
+                    for name in order:
+                        time.sleep(0.5)
+                        log(f"fleet: hit path, fleet mode {name} at {conns} connections, round {rnd + 1}")
+                        pair[name] = self.wrk(hosts[name].port, conns, self.p["hit_seconds"], hosts[name].pid)
+                        r = pair[name]
+                        self.check(f"fleet: hit path, fleet mode {name} at {conns} connections without errors",
+                                   r["errors"] == 0, f"connect {r['connect']} read {r['read']} write {r['write']} "
+                                   f"timeout {r['timeout']} non-2xx {r['status']}")
+                    pairs.append(pair)
+                runs[str(conns)] = pairs
+            after = self.stub_stats()["mints"]
+            self.check("fleet: hit path, no mint during the wrk runs", after == mints, f"{after - mints} mints")
+            for t in hosts.values():
+                self.procs.stop(t)
+            fl["hit"] = runs
+
+        # 2. a miss served from Redis: A mints, B answers from Redis, then from memory
+        n = self.p["fleet_users"]
+        a, b = self.start_fleet_host(), self.start_fleet_host()
+        bg_miss = background_cores(self.p["bg_seconds"])
+        self.stub_reset()
+        log(f"fleet: host A mints {n} users")
+        ra = self.client("load", "--port", a.port, "--prefix", "fsh-", "--first", 0, "--count", n,
+                         "--conns", 8, check=False)
+        log(f"fleet: host B asks for the same {n} users over one connection, twice")
+        rs = self.client("load", "--port", b.port, "--prefix", "fsh-", "--first", 0, "--count", n,
+                         "--conns", 1, check=False)
+        rh = self.client("load", "--port", b.port, "--prefix", "fsh-", "--first", 0, "--count", n,
+                         "--conns", 1, check=False)
+        mints = self.stub_stats()["mints"]
+        self.check("fleet: host A, every user answered 200 and minted (X-Cache: miss)",
+                   ra["ok"] == n and ra["miss"] == n, f"{ra['ok']} answered, {ra['miss']} misses of {n}")
+        self.check("fleet: host B's first requests all answered from Redis (200, X-Cache: shared)",
+                   rs["ok"] == n and rs["shared"] == n,
+                   f"{rs['ok']} answered, {rs['shared']} shared, {rs['miss']} miss, {rs['hit']} hit of {n}")
+        self.check("fleet: host B's second requests all hits", rh["ok"] == n and rh["hit"] == n,
+                   f"{rh['ok']} answered, {rh['hit']} hits of {n}")
+        self.check("fleet: two hosts, one mint per user", mints == n, f"{mints} mints for {n} users")
+        fl["shared_miss"] = dict(users=n, shared_p50_ms=rs["p50_us"] / 1e3, shared_p90_ms=rs["p90_us"] / 1e3,
+                                 shared_p99_ms=rs["p99_us"] / 1e3, hit_p50_ms=rh["p50_us"] / 1e3,
+                                 hit_p90_ms=rh["p90_us"] / 1e3, hit_p99_ms=rh["p99_us"] / 1e3,
+                                 added_p50_ms=(rs["p50_us"] - rh["p50_us"]) / 1e3,
+                                 added_p99_ms=(rs["p99_us"] - rh["p99_us"]) / 1e3,
+                                 shared_rate=rs["rate"], hit_rate=rh["rate"], mints=mints,
+                                 background_cores=bg_miss)
+        self.procs.stop(a)
+        self.procs.stop(b)
+
+        # 3. mints per user across 4 hosts: concurrent first requests spread over them
+        u, k = self.p["fleet_burst_users"], self.p["fleet_burst_per_user"]
+        hosts = [self.start_fleet_host() for _ in range(4)]
+        rows = []
+        for delay in (0, self.p["mint_delay_ms"]):
+            rows.append(self.fleet_burst(hosts, u, k, delay, f"fco{delay}-"))
+        for h in hosts:
+            self.procs.stop(h)
+        fl["contention"] = rows
+
+        # 4. memory per cached token, fleet mode off and on
+        kusers = self.p["fleet_mem_users"]
+        mem = {}
+        for name in ("off", "on"):
+            sections = dict(cache={"max_entries": max(1100000, 2 * kusers)},
+                            upstream={"max_concurrent": 64, "queue_max": 100000})
+            t = self.start_fleet_host(**sections) if name == "on" else self.start_tokend(**sections)
+            http_get(t.port, "/v1/token?user_id=fmem-first")
+            time.sleep(0.5)
+            before, redis0 = rss_kb(t.pid), self.redis_used_kb()
+            self.stub_reset()
+            log(f"fleet: memory, {kusers} users through one host with fleet mode {name}")
+            r = self.client("load", "--port", t.port, "--prefix", f"fmem{name}-", "--first", 0, "--count", kusers,
+                            "--conns", 64, "--timeout-ms", 1800000, check=False)
+            mints = self.stub_stats()["mints"]
+            time.sleep(1.0)
+            after, redis1 = rss_kb(t.pid), self.redis_used_kb()
+            self.check(f"fleet: memory, fleet mode {name}: {kusers} users answered 200, one mint each",
+                       r["ok"] == kusers and r["miss"] == kusers and mints == kusers,
+                       f"{r['ok']} answered, {r['miss']} misses, {mints} mints")
+            sample = min(1000, kusers)
+            self.stub_reset()
+            rc = self.client("load", "--port", t.port, "--prefix", f"fmem{name}-", "--first", 0, "--count", sample,
+                             "--conns", 8, check=False)
+            mints = self.stub_stats()["mints"]
+            self.check(f"fleet: memory, fleet mode {name}: the first {sample} users are still cached here",
+                       rc["hit"] == sample and mints == 0, f"{rc['hit']} hits, {mints} mints")
+            mem[name] = dict(users=kusers, rss_before_kb=before, rss_after_kb=after, fill_rate=r["rate"],
+                             bytes_per_token=(after - before) * 1024 / kusers, detail=mem_kb(t.pid))
+            if name == "on":
+                mem[name]["redis_bytes_per_token"] = (redis1 - redis0) * 1024 / kusers
+            self.procs.stop(t)
+        fl["memory"] = mem
+        self.procs.stop(self.redis)
+
     # ------------------------------------------------------------ verdicts
 
     def check(self, what, ok, detail):
@@ -1149,12 +1440,103 @@ http {{
                                 f"{med[(top, v)]['per_1000']:.2f} ({med[(top, v)]['full_handshakes']} for "
                                 f"{self.p['tls_users']:,} mints, {med[(top, v)]['connections']} connections)")
 
+        if "fleet" in res:
+            fl = res["fleet"]
+            bg = fl.get("background_cores", 0)
+            note = f" -- inconclusive: {bg:.2f} cores of other load" if bg > QUIET_CORES else ""
+            out(f"### 9. Fleet mode (issue 12; Redis {fl['redis']} on 127.0.0.1, no persistence)")
+            out("")
+            if "hit" in fl:
+                out(f"Hit path, {self.p['hit_users']:,} cached users, {self.p['hit_seconds']} s per run, the same "
+                    f"tokend without and with `[shared]`, alternating:")
+                out("")
+                out("| conns | round | off req/s | on req/s | on/off | off p99 | on p99 | CPU us/req (off/on) | "
+                    "CPU on/off | background before, cores |")
+                out("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                for conns, pairs in fl["hit"].items():
+                    ratios, cpur = [], []
+                    for i, pr in enumerate(pairs):
+                        a, b = pr["off"], pr["on"]
+                        ratio = b["rps"] / a["rps"]
+                        cr = b["cpu_us_per_req"] / a["cpu_us_per_req"] if a["cpu_us_per_req"] else float("nan")
+                        ratios.append(ratio)
+                        cpur.append(cr)
+                        out(f"| {conns} | {i + 1} | {a['rps']:,.0f} | {b['rps']:,.0f} | {ratio:.3f} | "
+                            f"{a['p99_us'] / 1e3:.3f} ms | {b['p99_us'] / 1e3:.3f} ms | "
+                            f"{a['cpu_us_per_req']:.2f}/{b['cpu_us_per_req']:.2f} | {cr:.3f} | "
+                            f"{pr['background_cores']:.2f} |")
+                    med = median(ratios)
+                    out(f"| {conns} | **median** | {median([p['off']['rps'] for p in pairs]):,.0f} | "
+                        f"{median([p['on']['rps'] for p in pairs]):,.0f} | **{med:.3f}** | | | "
+                        f"{median([p['off']['cpu_us_per_req'] for p in pairs]):.2f}/"
+                        f"{median([p['on']['cpu_us_per_req'] for p in pairs]):.2f} | **{median(cpur):.3f}** | |")
+                    hbg = median([p["background_cores"] for p in pairs])
+                    hnote = f" -- inconclusive: {hbg:.2f} cores of other load" if hbg > QUIET_CORES else ""
+                    self.target(f"fleet: hit path at {conns} connections, fleet mode on >= 0.97x off (req/s)",
+                                med >= 0.97 or (None if hnote else False),
+                                f"{med:.3f}x (pairs: {', '.join(f'{x:.3f}' for x in ratios)})"
+                                f"{'' if med >= 0.97 else hnote}")
+                    self.target(f"(context, no target) fleet: server CPU per hit request at {conns} connections, "
+                                f"on/off", None, f"{median(cpur):.3f}x")
+                out("")
+            sm = fl["shared_miss"]
+            out(f"A miss served from Redis: host A minted {sm['users']:,} users; host B asked for each over one "
+                f"connection (every answer `X-Cache: shared`), then again (hits):")
+            out("")
+            out("| host B | p50 | p90 | p99 | answers/s |")
+            out("|---|---:|---:|---:|---:|")
+            out(f"| first request, from Redis (shared) | {sm['shared_p50_ms']:.3f} ms | {sm['shared_p90_ms']:.3f} ms | "
+                f"{sm['shared_p99_ms']:.3f} ms | {sm['shared_rate']:,.0f} |")
+            out(f"| second request, from memory (hit) | {sm['hit_p50_ms']:.3f} ms | {sm['hit_p90_ms']:.3f} ms | "
+                f"{sm['hit_p99_ms']:.3f} ms | {sm['hit_rate']:,.0f} |")
+            out(f"| **added by Redis** (shared minus hit) | **{sm['added_p50_ms']:.3f} ms** | | "
+                f"**{sm['added_p99_ms']:.3f} ms** | |")
+            out("")
+            bg = sm.get("background_cores", bg)
+            note = f" -- inconclusive: {bg:.2f} cores of other load" if bg > QUIET_CORES else ""
+            self.target("fleet: a miss served from Redis adds < 0.3 ms over a hit at p50",
+                        sm["added_p50_ms"] < 0.3 or (None if note else False),
+                        f"{sm['added_p50_ms']:.3f} ms{'' if sm['added_p50_ms'] < 0.3 else note}")
+            self.target("fleet: a miss served from Redis adds < 1 ms over a hit at p99",
+                        sm["added_p99_ms"] < 1.0 or (None if note else False),
+                        f"{sm['added_p99_ms']:.3f} ms{'' if sm['added_p99_ms'] < 1.0 else note}")
+            out("Mints per user across 4 hosts sharing one Redis (`bench-client burst` against each host at "
+                "once; mints counted by the stand-in):")
+            out("")
+            out("| users | requests | stand-in delay | mints | per user | miss | coalesced | shared | shared-wait | "
+                "hit | answered 200 | slowest host done in | mints leased / after a lease timeout / degraded | "
+                "Redis errors |")
+            out("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for r in fl["contention"]:
+                out(f"| {r['users']} | {r['requests']:,} | {r['delay_ms']} ms | **{r['mints']}** | "
+                    f"{r['mints_per_user']:.2f} | {r['miss']} | {r['coalesced']} | {r['shared']} | "
+                    f"{r['shared_wait']} | {r['hit']} | {r['ok']:,} | {r['elapsed_ms']:.0f} ms | "
+                    f"{r.get('leased', '?')} / {r.get('lease_timeout', '?')} / {r.get('degraded', '?')} | "
+                    f"{r.get('redis_errors', '?')} |")
+            self.target("fleet: exactly one mint per user across 4 hosts under contention",
+                        all(r["mints"] == r["users"] for r in fl["contention"]),
+                        ", ".join(f"{r['mints']}/{r['users']} (delay {r['delay_ms']} ms)" for r in fl["contention"]))
+            out("")
+            mem = fl["memory"]
+            out(f"Memory per cached token ({mem['off']['users']:,} new users through one host, VmRSS growth):")
+            out("")
+            out("| fleet mode | RSS before | RSS after | per cached token | filled at | Redis used_memory per token |")
+            out("|---|---:|---:|---:|---:|---:|")
+            for name in ("off", "on"):
+                m = mem[name]
+                rb = f"{m['redis_bytes_per_token']:,.0f} B" if "redis_bytes_per_token" in m else ""
+                out(f"| {name} | {m['rss_before_kb'] / 1024:.1f} MiB | {m['rss_after_kb'] / 1024:.1f} MiB | "
+                    f"**{m['bytes_per_token']:,.0f} B** | {m['fill_rate']:,.0f}/s | {rb} |")
+            out("")
+            self.target("(context, no target) fleet: memory per cached token, on (off)", None,
+                        f"{mem['on']['bytes_per_token']:,.0f} B ({mem['off']['bytes_per_token']:,.0f} B)")
+
         if self.args.mode == "selftest":
             out("Self-test: a miniature that checks the benchmark runs and counts right; its figures "
                 "are not measurements, so no target is judged.")
             self.targets = []
         else:
-            out("### Targets (issues 7 and 16)")
+            out("### Targets (issues 7, 12 and 16)")
             out("")
             out("| target | figure | verdict |")
             out("|---|---|---|")
@@ -1176,7 +1558,8 @@ http {{
     def run(self):
         steps = [("hit", self.step_hit), ("coalesce", self.step_coalesce), ("miss", self.step_miss),
                  ("memory", self.step_memory), ("startup", self.step_startup),
-                 ("instructions", self.step_instructions), ("tls", self.step_tls)]
+                 ("instructions", self.step_instructions), ("tls", self.step_tls),
+                 ("fleet", self.step_fleet)]
         only = set(self.args.only.split(",")) if self.args.only else None
         self.results["machine"] = self.machine()
         self.results["command"] = self.args.command or " ".join(sys.argv)
@@ -1226,7 +1609,7 @@ def main():
     ap.add_argument("--mode", choices=sorted(PROFILES), default="full")
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="do not pin the servers to CPU 0 and wrk to CPU 1")
-    ap.add_argument("--only", help="comma-separated steps: hit,coalesce,miss,memory,startup,instructions,tls")
+    ap.add_argument("--only", help="comma-separated steps: hit,coalesce,miss,memory,startup,instructions,tls,fleet")
     ap.add_argument("--json", help="also write the raw figures here")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (configs, logs)")
     ap.add_argument("--wait-quiet", type=float, default=None, metavar="S",

@@ -5,13 +5,13 @@
 #   tests/bench/run.sh --quick    3 s runs, 5,000 miss-path users, memory to 100,000 users
 #   tests/bench/run.sh --selftest a one-second miniature of every step (the test suite runs it)
 #
-# Other options go to bench.py: --no-pin, --only hit,coalesce,miss,memory,startup,instructions,tls,
+# Other options go to bench.py: --no-pin, --only hit,coalesce,miss,memory,startup,instructions,tls,fleet,
 # --json FILE (raw figures), --keep (keep the temporary directory), --wait-quiet S.
 #
 # Builds tokend optimised in its own build directory, build-bench
 # (-Dbuildtype=release), unless TOKEND_BUILD_DIR names a build to use (the
-# test suite does). Needs wrk, nginx, openssl and valgrind (tests/deps.sh test installs them):
-#   apt-get install wrk nginx-light openssl valgrind
+# test suite does). Needs wrk, nginx, openssl, valgrind and redis-server (tests/deps.sh test installs them):
+#   apt-get install wrk nginx-light openssl valgrind redis-server
 # Everything runs on 127.0.0.1; nothing is left running afterwards. See README.md here.
 set -euo pipefail
 
