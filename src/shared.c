@@ -1300,6 +1300,10 @@ static int read_events(struct reader *rd) {
 static void reader_close(struct reader *rd) {
     pthread_mutex_lock(&rd->s->lock);
     rd->s->ev_fd = -1;
+    /* what the fleet said is unknown now: not shown as if still true
+     * (a host must not stay unready on an old rejection while Redis is down) */
+    rd->s->stats.fleet_paused = false;
+    rd->s->stats.fleet_credentials_rejected = false;
     pthread_mutex_unlock(&rd->s->lock);
     if (rd->c)
         redisFree(rd->c);
