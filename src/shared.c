@@ -245,6 +245,19 @@ static void job_free(struct job *j) {
     wipe_free(j, sizeof(*j));
 }
 
+/* Ends a lookup without a token: frees the job, then tells the cache. */
+static void unavailable(struct job *j, const char *error, int http_status, unsigned retry_after_s,
+                        bool deferred) {
+    mint_outcome o = { .kind = MINT_UNAVAILABLE, .http_status = http_status, .retry_after_s = retry_after_s,
+                       .deferred = deferred };
+    cache_done_fn done = j->done;
+    void *ctx = j->ctx;
+
+    snprintf(o.error, sizeof(o.error), "%s", error);
+    job_free(j);
+    done(ctx, &o, NULL);
+}
+
 static void count_op(shared *s, enum shared_op op, bool ok) {
     pthread_mutex_lock(&s->lock);
     s->stats.ops[op][ok ? 0 : 1]++;
@@ -364,12 +377,7 @@ static void mint(shared *s, struct job *j, enum shared_mint how) {
  * minted here, as without a fleet. */
 static void degrade(shared *s, struct job *j) {
     if (j->want.have_ms > __atomic_load_n(&s->plenty_ms, __ATOMIC_RELAXED)) {
-        mint_outcome o = { .kind = MINT_UNAVAILABLE, .retry_after_s = 1, .deferred = true };
-        cache_done_fn done = j->done;
-        void *ctx = j->ctx;
-        snprintf(o.error, sizeof(o.error), "shared_unavailable");
-        job_free(j);
-        done(ctx, &o, NULL);
+        unavailable(j, "shared_unavailable", 0, 1, true);
         return;
     }
     mint(s, j, SHARED_MINT_DEGRADED);
@@ -773,12 +781,7 @@ static void lease_busy(shared *s, struct job *j, uint64_t now) {
     if (j->want.have_ms) {
         /* a refresh: another host is refreshing this key; keep serving ours
          * and adopt theirs when the cache asks again */
-        mint_outcome o = { .kind = MINT_UNAVAILABLE, .retry_after_s = 1, .deferred = true };
-        cache_done_fn done = j->done;
-        void *ctx = j->ctx;
-        snprintf(o.error, sizeof(o.error), "shared_busy");
-        job_free(j);
-        done(ctx, &o, NULL);
+        unavailable(j, "shared_busy", 0, 1, true);
         return;
     }
     if (!j->waited) {
@@ -871,16 +874,9 @@ static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t no
     case SHARED_LEASED:
         mint(s, j, j->taking_over ? SHARED_MINT_LEASE_TIMEOUT : SHARED_MINT_LEASED);
         return;
-    case SHARED_PAUSED: {
-        mint_outcome o = { .kind = MINT_UNAVAILABLE, .http_status = 429,
-                           .retry_after_s = (unsigned)((ttl + 999) / 1000) };
-        cache_done_fn done = j->done;
-        void *ctx = j->ctx;
-        snprintf(o.error, sizeof(o.error), "rate_limited");
-        job_free(j);
-        done(ctx, &o, NULL);
+    case SHARED_PAUSED: /* another host was told 429: nobody mints until it ends */
+        unavailable(j, "rate_limited", 429, (unsigned)((ttl + 999) / 1000), false);
         return;
-    }
     case SHARED_BUSY:
     case SHARED_LOOKUP_COUNT: {
         char holder[sizeof(j->holder)];
@@ -1557,14 +1553,9 @@ void shared_stop(shared *s) {
         list_push(&left, j);
     pthread_mutex_unlock(&s->lock);
     while ((j = list_pop(&left))) {
-        if (j->kind == J_LOOKUP) {
-            mint_outcome o = { .kind = MINT_UNAVAILABLE, .retry_after_s = 1 };
-            cache_done_fn done = j->done;
-            void *ctx = j->ctx;
-            snprintf(o.error, sizeof(o.error), "stopping");
-            job_free(j);
-            done(ctx, &o, NULL);
-        } else
+        if (j->kind == J_LOOKUP)
+            unavailable(j, "stopping", 0, 1, false);
+        else
             job_free(j);
     }
 }
