@@ -24,7 +24,10 @@
 #include "build-config.h"
 
 #ifdef HAVE_HIREDIS_SSL
+#include <arpa/inet.h>
 #include <hiredis/hiredis_ssl.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #endif
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -188,7 +191,7 @@ struct shared {
     bool tls;
     char *tls_ca_file;
 #ifdef HAVE_HIREDIS_SSL
-    redisSSLContext *ssl;
+    SSL_CTX *ssl;               /* with tls: certificates checked, TLS 1.2 at least */
 #endif
     uint64_t timeout_ms;
     uint64_t lease_wait_ms;
@@ -483,6 +486,18 @@ static void on_credentials_rejected(void *userdata) {
 
 /* ---- talking to Redis ---- */
 
+#ifdef HAVE_HIREDIS_SSL
+/* The name the server's certificate must carry: an IP address, or a host
+ * name (also sent as SNI). */
+static bool tls_expect(SSL *ssl, const char *host) {
+    unsigned char ip[16];
+
+    if (inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1)
+        return X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) == 1;
+    return SSL_set_tlsext_host_name(ssl, host) == 1 && SSL_set1_host(ssl, host) == 1;
+}
+#endif
+
 static redisContext *connect_to(shared *s, const char *address, char *err, size_t err_size) {
     struct timeval tv = { .tv_sec = (time_t)(s->timeout_ms / 1000), .tv_usec = (suseconds_t)(s->timeout_ms % 1000) * 1000 };
     char host[256];
@@ -502,10 +517,16 @@ static redisContext *connect_to(shared *s, const char *address, char *err, size_
     }
     redisSetTimeout(c, tv);
 #ifdef HAVE_HIREDIS_SSL
-    if (s->ssl && redisInitiateSSLWithContext(c, s->ssl) != REDIS_OK) {
-        snprintf(err, err_size, "TLS with %s failed: %s", address, c->errstr);
-        redisFree(c);
-        return NULL;
+    if (s->ssl && port) { /* Redis serves no TLS on a Unix socket: nothing to protect there */
+        /* our own SSL object, so the certificate is checked against the
+         * name we asked for (hiredis's own context checks only the chain) */
+        SSL *ssl = SSL_new(s->ssl);
+        if (!ssl || !tls_expect(ssl, host) || redisInitiateSSL(c, ssl) != REDIS_OK) {
+            snprintf(err, err_size, "TLS with %s failed: %s", address, c->errstr[0] ? c->errstr : "out of memory");
+            SSL_free(ssl); /* hiredis owns it only once the handshake succeeded */
+            redisFree(c);
+            return NULL;
+        }
     }
 #endif
     return c;
@@ -1459,13 +1480,17 @@ int shared_new(const config *cfg, upstream *up, shared **ret) {
     }
 #ifdef HAVE_HIREDIS_SSL
     if (s->tls) {
-        redisSSLContextError e = REDIS_SSL_CTX_NONE;
-        s->ssl = redisCreateSSLContext(s->tls_ca_file, NULL, NULL, NULL, NULL, &e);
-        if (!s->ssl) {
-            log_error("fleet: cannot set up TLS for Redis: %s", redisSSLContextGetError(e));
+        redisInitOpenSSL();
+        s->ssl = SSL_CTX_new(TLS_client_method());
+        if (!s->ssl || SSL_CTX_set_min_proto_version(s->ssl, TLS1_2_VERSION) != 1 ||
+            (s->tls_ca_file ? SSL_CTX_load_verify_locations(s->ssl, s->tls_ca_file, NULL)
+                            : SSL_CTX_set_default_verify_paths(s->ssl)) != 1) {
+            log_error("fleet: cannot set up TLS for Redis: %s%s", s->tls_ca_file ? "cannot load tls_ca_file " : "",
+                      s->tls_ca_file ? s->tls_ca_file : "no system trust store");
             shared_free(s);
             return -EINVAL;
         }
+        SSL_CTX_set_verify(s->ssl, SSL_VERIFY_PEER, NULL);
     }
 #endif
     *ret = s;
@@ -1574,8 +1599,7 @@ shared *shared_free(shared *s) {
     wipe_free(s->password, s->password_len);
     free(s->tls_ca_file);
 #ifdef HAVE_HIREDIS_SSL
-    if (s->ssl)
-        redisFreeSSLContext(s->ssl);
+    SSL_CTX_free(s->ssl);
 #endif
     pthread_cond_destroy(&s->cond);
     pthread_cond_destroy(&s->ev_cond);

@@ -7,6 +7,7 @@ refresh test runs 16 s tokens for 40 s (2.5 lifetimes) rather than 20 s
 tokens for a minute; the rest are the issue's own figures.
 """
 import json
+import os
 import random
 import signal
 import threading
@@ -15,10 +16,11 @@ import time
 import pytest
 import redis as redis_py
 
-from conftest import SLOW, concurrently, wait_for
+from conftest import BUILD, SLOW, concurrently, wait_for
 from sec_helpers import RIGHTS, Keys, bearer
+from tls_fixture import Pki
 from redis_fixture import (PREFIX, TOKEND_USER, key_file, make_cutter, make_fleet,  # noqa: F401
-                           make_redis, redis, sentinels, write_key_file)
+                           free_port, make_redis, redis, sentinels, write_key_file)
 
 FAST = {"attempt_timeout": "1s", "request_timeout": "3s", "retry_base": "10ms", "retry_max": "50ms"}
 UPSTREAM = {"upstream": FAST}
@@ -545,3 +547,50 @@ def test_a_key_rotation_keeps_the_fleets_tokens(stub, redis, make_fleet, tmp_pat
     r = c.token("rotated")
     assert r.status == 200 and r.header("x-cache") == "miss"
     assert metric(c, "tokend_shared_decrypt_failures_total") == 0, "another key's token is simply not found"
+
+
+# ---------------------------------------------------------------- TLS to Redis
+
+
+def built_with_redis_tls():
+    """Whether this build's hiredis has TLS (hiredis_ssl: Debian 13's 1.2 has
+    it, Debian 12's 0.14 has not)."""
+    with open(os.path.join(BUILD, "build-config.h")) as f:
+        return "#define HAVE_HIREDIS_SSL" in f.read()
+
+
+def tls_redis(make_redis, pki, cert):
+    port = free_port()
+    chain, key = pki.cert(cert)
+    make_redis(extra=[f"tls-port {port}", f"tls-cert-file {chain}", f"tls-key-file {key}",
+                      f"tls-ca-cert-file {pki.ca('main')}", "tls-auth-clients no"])
+    return port
+
+
+def test_tls_to_redis_checks_the_certificate_or_is_refused_where_the_build_has_none(
+        stub, make_redis, make_fleet, make_tokend, key_file, tmp_path):
+    pki = Pki(tmp_path / "pki")
+    port = tls_redis(make_redis, pki, "good")
+    shared = {"redis": f"127.0.0.1:{port}", "tls": "yes", "tls_ca_file": pki.ca("main")}
+    if not built_with_redis_tls():
+        # Debian 12: refused at start, saying what to do instead
+        t = make_tokend(stub, {"shared": {**shared, "key_file": key_file}}, start=False)
+        t.start(expect_ready=False)
+        assert t.proc.wait(timeout=10 * SLOW) == 1
+        assert "no TLS for Redis" in t.log() and "stunnel" in t.log(), t.log()
+        return
+    a, b = make_fleet(stub, shared, 2)
+    first = a.token("over-tls")
+    second = b.token("over-tls")
+    assert second.header("x-cache") in FROM_ANOTHER_HOST and access_token(second) == access_token(first)
+    assert len(mints(stub)) == 1
+    # a certificate from a CA the host does not trust, or for another name:
+    # never used; the host mints on its own and says why
+    other_name = tls_redis(make_redis, pki, "other_name")
+    for bad in ({**shared, "tls_ca_file": pki.ca("other")}, {**shared, "redis": f"127.0.0.1:{other_name}"}):
+        (h,) = make_fleet(stub, bad, 1)
+        assert h.token(f"untrusted{bad['redis']}{bad['tls_ca_file']}").status == 200
+        wait_for(lambda: "TLS with" in h.log(), timeout=5, what="the TLS failure to be logged")
+        assert "certificate verify failed" in h.log(), h.log()
+        assert metric(h, "tokend_shared_up") == 0
+        assert metric(h, 'tokend_shared_mints_total{how="degraded"}') == 1
