@@ -705,11 +705,16 @@ http {{
         users = min(1000, n_req)
         body = getattr(self, "reference_body", None)
         rows = {}
-        for name in ("tokend", "nginx"):
+        names = ["tokend", "nginx"]
+        # fleet mode's hit path must be the same code: counted, not timed (issue 12)
+        if getattr(self, "redis", None) or (shutil.which("redis-server") and self.start_redis_once()):
+            names.insert(1, "tokend-fleet")
+        for name in names:
             out = os.path.join(self.tmp, f"callgrind.{name}.%p")
             wrapper = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}"]
-            if name == "tokend":
-                p = self.start_tokend(wrapper=wrapper)
+            if name.startswith("tokend"):
+                sections = {"shared": self.shared_section()} if name == "tokend-fleet" else {}
+                p = self.start_tokend(wrapper=wrapper, **sections)
                 for _ in range(2):  # first misses, then every user is a hit
                     self.client("load", "--port", p.port, "--prefix", "cg-", "--first", 0, "--count", users,
                                 "--conns", 16, "--timeout-ms", 300000)
@@ -920,6 +925,11 @@ http {{
             self.procs.stop(p)
         raise BenchError(f"redis-server did not start: {open(os.path.join(root, 'redis.log')).read()[-1000:]}")
 
+    def start_redis_once(self):
+        if not getattr(self, "redis", None):
+            self.redis = self.start_redis()
+        return self.redis
+
     def shared_section(self):
         if not getattr(self, "shared_key_path", None):
             self.shared_key_path = os.path.join(self.tmp, "shared-key")
@@ -1010,7 +1020,7 @@ http {{
         return row
 
     def step_fleet(self):
-        self.redis = self.start_redis()
+        self.start_redis_once()
         if self.redis is None:
             self.skipped.append("fleet mode: redis-server is not installed (apt-get install redis-server)")
             log("fleet mode: skipped, redis-server is not installed")
@@ -1376,6 +1386,9 @@ http {{
             out("| server | instructions per request | vs nginx |")
             out("|---|---:|---:|")
             out(f"| tokend | {t['per_request']:,.0f} | {t['per_request'] / n['per_request']:.2f}x |")
+            if "tokend-fleet" in ins:
+                f = ins["tokend-fleet"]
+                out(f"| tokend, fleet mode on | {f['per_request']:,.0f} | {f['per_request'] / n['per_request']:.2f}x |")
             out(f"| nginx | {n['per_request']:,.0f} | 1.00x |")
             out("")
             out("Counts every instruction of the server process (and each iteration of a `rep stos`); the "
@@ -1383,6 +1396,11 @@ http {{
             out("")
             self.target("(context, no target) user-space instructions per hit request, tokend/nginx", None,
                         f"{t['per_request'] / n['per_request']:.2f}x")
+            if "tokend-fleet" in ins:
+                ratio = ins["tokend-fleet"]["per_request"] / t["per_request"]
+                # the same code serves a hit with fleet mode on: its cost must not grow
+                self.target("fleet: instructions per hit request, fleet mode on <= 1.03x off (callgrind)",
+                            ratio <= 1.03, f"{ratio:.3f}x")
 
         if "tls" in res:
             rows = res["tls"]
