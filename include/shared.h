@@ -57,6 +57,11 @@ struct shared_stats {
 int shared_new(const struct config *cfg, upstream *up, shared **ret);
 /* Where drops and flushes from the other hosts are applied. Before start. */
 void shared_attach(shared *s, cache *c);
+/* The cache was restored from an image written age_ms ago: the first read
+ * of the fleet's events starts from that far back (on Redis's own clock),
+ * so drops made while this host was down reach the tokens it brought back.
+ * Before start. */
+void shared_resume(shared *s, uint64_t age_ms);
 /* Starts the two threads; Redis being down is not an error (degraded). */
 int shared_start(shared *s);
 /* The cache's fetch function (source: the shared *). */

@@ -28,6 +28,7 @@ struct snapshot_counts {
     size_t restored; /* put into the cache */
     size_t expired;  /* too little lifetime left to be worth keeping */
     size_t skipped;  /* the cache already had the key, or was full */
+    uint64_t age_ms; /* how long ago the image was written (suspend included) */
 };
 
 /* Encodes every token of c with time left. *ret holds tokens: wipe_free()

@@ -313,6 +313,8 @@ static void restore_cache(struct service *s, int fd) {
     log_event(LOG_NOTICE, LOG_ID_CACHE_RESTORED, fields,
               "restored %zu cached tokens from before the restart (%zu too close to expiry, %zu did not fit)",
               n.restored, n.expired, n.skipped);
+    if (s->sh && n.restored) /* drops the fleet made meanwhile must reach them */
+        shared_resume(s->sh, n.age_ms);
 }
 
 /* On stop: the cache into a sealed memfd, into systemd's fd store. */
@@ -414,15 +416,15 @@ int service_run(const char *path, config *cfg) {
     s.up = up;
     s.sh = sh;
     s.c = c;
+    if (cache_fd >= 0) {
+        restore_cache(&s, cache_fd); /* closes it */
+        cache_fd = -1;
+    }
     if (sh) {
         shared_attach(sh, c);
         r = shared_start(sh); /* before the upstream's: it listens to its 429s */
         if (r < 0)
             goto out;
-    }
-    if (cache_fd >= 0) {
-        restore_cache(&s, cache_fd); /* closes it */
-        cache_fd = -1;
     }
     r = upstream_start(up);
     if (r < 0)

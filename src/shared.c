@@ -54,6 +54,7 @@
 #define BREAKER_COOLDOWN_MS 1000
 #define NS_MAX 96               /* "<prefix>:<namespace>:": the prefix is at most 64 */
 #define KEY_MAX 160
+#define RESUME_MARGIN_MS 10000  /* replayed events from before an image was written: harmless */
 
 const char *const shared_op_names[SHARED_OP_COUNT] = { "lookup", "publish", "drop", "flush", "pause" };
 const char *const shared_lookup_names[SHARED_LOOKUP_COUNT] = { "shared", "lease", "busy", "paused" };
@@ -214,6 +215,8 @@ struct shared {
     struct shared_stats stats;
     char lease_prefix[17];      /* this process's part of its lease ids */
     unsigned long long lease_seq;
+
+    uint64_t resume_age_ms;     /* see shared_resume(); 0: start from now */
 
     pthread_t cmd_thread, ev_thread;
 };
@@ -1198,7 +1201,25 @@ static int catch_up(struct reader *rd) {
         else if (strcmp(k->str, "max-deleted-entry-id") == 0 && v->type == REDIS_REPLY_STRING)
             have_gone = parse_id(v->str, v->len, &gone);
     }
-    if (!rd->last[0]) {
+    if (!rd->last[0] && rd->s->resume_age_ms) {
+        /* tokens brought back over a restart: replay from shortly before the
+         * image was written, on Redis's clock (ours and its never compared) */
+        const char *targv[] = { "TIME" };
+        redisReply *t = redisCommandArgv(rd->c, 1, targv, NULL);
+        unsigned long long now_ms_redis = 0, back = rd->s->resume_age_ms + RESUME_MARGIN_MS;
+        if (!t || t->type != REDIS_REPLY_ARRAY || t->elements != 2 || t->element[0]->type != REDIS_REPLY_STRING) {
+            if (t)
+                freeReplyObject(t);
+            freeReplyObject(r);
+            return -EIO;
+        }
+        now_ms_redis = strtoull(t->element[0]->str, NULL, 10) * 1000 + strtoull(t->element[1]->str, NULL, 10) / 1000;
+        freeReplyObject(t);
+        rd->s->resume_age_ms = 0; /* once */
+        snprintf(rd->last, sizeof(rd->last), "%llu-0", now_ms_redis > back ? now_ms_redis - back : 0);
+        if (parse_id(rd->last, strlen(rd->last), &last) && have_gone && id_cmp(gone, last) > 0)
+            local_flush(rd, "the fleet's events from before this restart are gone");
+    } else if (!rd->last[0]) {
         /* the first connection: what came before is not ours to apply */
         snprintf(rd->last, sizeof(rd->last), "%llu-%llu", newest.ms, newest.seq);
     } else if (parse_id(rd->last, strlen(rd->last), &last) && have_gone && id_cmp(gone, last) > 0) {
@@ -1495,6 +1516,10 @@ int shared_new(const config *cfg, upstream *up, shared **ret) {
 #endif
     *ret = s;
     return 0;
+}
+
+void shared_resume(shared *s, uint64_t age_ms) {
+    s->resume_age_ms = age_ms ? age_ms : 1;
 }
 
 void shared_attach(shared *s, cache *c) {

@@ -458,6 +458,7 @@ int snapshot_decode(const void *buf, size_t len, const snapshot_identity *id, ui
 #undef FAIL
 
     elapsed_ms = (now_boot - written) / 1000000;
+    n.age_ms = elapsed_ms;
     now = now_ms();
     off = HEADER_LEN;
     for (size_t i = 0; i < n.entries; i++) {

@@ -18,9 +18,10 @@ import redis as redis_py
 
 from conftest import BUILD, SLOW, concurrently, wait_for
 from sec_helpers import RIGHTS, Keys, bearer
+from test_systemd import make_sd, notify, stop_and_take_cache  # noqa: F401 (fixtures)
 from tls_fixture import Pki
 from redis_fixture import (PREFIX, TOKEND_USER, key_file, make_cutter, make_fleet,  # noqa: F401
-                           free_port, make_redis, redis, sentinels, write_key_file)
+                           free_port, make_redis, redis, sentinels, shared_section, write_key_file)
 
 FAST = {"attempt_timeout": "1s", "request_timeout": "3s", "retry_base": "10ms", "retry_max": "50ms"}
 UPSTREAM = {"upstream": FAST}
@@ -594,3 +595,28 @@ def test_tls_to_redis_checks_the_certificate_or_is_refused_where_the_build_has_n
         assert "certificate verify failed" in h.log(), h.log()
         assert metric(h, "tokend_shared_up") == 0
         assert metric(h, 'tokend_shared_mints_total{how="degraded"}') == 1
+
+
+# ---------------------------------------------------------------- a restart with the cache kept
+
+
+def test_a_host_restarted_with_its_cache_hears_of_drops_made_while_it_was_down(
+        stub, redis, make_fleet, notify, make_sd, key_file):
+    """systemd keeps a host's tokens over a restart (the fd store). A drop
+    made by another host while this one was down must still reach the tokens
+    it brings back: it replays the fleet's events from shortly before its
+    image was written."""
+    sections = {"shared": shared_section(redis, key_file)}
+    a = make_sd(stub, notify, sections=sections)
+    notify.wait("READY", "1")
+    (b,) = make_fleet(stub, redis, 1)
+    old = {u: access_token(a.token(u)) for u in ("dropped-meanwhile", "kept")}
+    fd = stop_and_take_cache(a, notify)
+    assert b.request("DELETE", "/v1/token?user_id=dropped-meanwhile").status == 200
+    a2 = make_sd(stub, notify, sections=sections, fds=[fd], names=["cache"])
+    notify.wait("READY", "1", count=2)
+    assert "restored 2 cached tokens" in a2.log()
+    wait_for(lambda: access_token(a2.token("dropped-meanwhile")) != old["dropped-meanwhile"], timeout=3,
+             interval=0.05, what="the drop made while the host was down to reach it")
+    r = a2.token("kept")
+    assert r.header("x-cache") == "hit" and access_token(r) == old["kept"], "the rest of the cache is kept"
