@@ -37,11 +37,11 @@ HERE=$SRC/tests/systemd
 SUITE=${TOKEND_CT_SUITE:-$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")}
 case $SUITE in
 bookworm)
-    PACKAGES=systemd,systemd-sysv,dbus,procps,libcurl4,libcjson1,libmicrohttpd12,libsystemd0,libinih1
+    PACKAGES=systemd,systemd-sysv,dbus,procps,libcurl4,libcjson1,libmicrohttpd12,libsystemd0,libinih1,libhiredis0.14
     CACHE_TAR=${TOKEND_CT_ROOT_CACHE:-/var/tmp/tokend-ct-root.tar}
     ;;
-trixie) # the 64-bit time_t transition renamed libcurl4 and libmicrohttpd12
-    PACKAGES=systemd,systemd-sysv,dbus,procps,libcurl4t64,libcjson1,libmicrohttpd12t64,libsystemd0,libinih1
+trixie) # the 64-bit time_t transition renamed libcurl4 and libmicrohttpd12; hiredis is 1.2 (soname 1.1.0)
+    PACKAGES=systemd,systemd-sysv,dbus,procps,libcurl4t64,libcjson1,libmicrohttpd12t64,libsystemd0,libinih1,libhiredis1.1.0
     CACHE_TAR=${TOKEND_CT_ROOT_CACHE:-/var/tmp/tokend-ct-root-$SUITE.tar}
     ;;
 *)
