@@ -45,6 +45,7 @@ struct shared_stats {
     unsigned long long events_applied;
     unsigned long long local_flushes; /* events we could not catch up on */
     unsigned long long reconnects;
+    unsigned pending;               /* drops and flushes waiting for Redis */
     unsigned long long latency_buckets[SHARED_LATENCY_BUCKETS]; /* lookups, not cumulative */
     unsigned long long latency_count;
     double latency_sum_s;

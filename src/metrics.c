@@ -63,6 +63,8 @@ static void render_shared(FILE *f, const struct shared_stats *ss) {
     one(f, "tokend_shared_local_flushes_total", "counter",
         "Times this host dropped its tokens because it could not catch up on the fleet's events.",
         ss->local_flushes);
+    one(f, "tokend_shared_pending", "gauge",
+        "Drops and flushes waiting for Redis to come back (sent first when it does).", ss->pending);
     one(f, "tokend_shared_fleet_credentials_rejected", "gauge",
         "1 while a host of the fleet sees Instacart reject the client credentials.",
         ss->fleet_credentials_rejected);

@@ -209,6 +209,7 @@ struct shared {
     pthread_cond_t cond;        /* the command thread's: work queued */
     pthread_cond_t ev_cond;     /* the event thread's: stop its backoff */
     struct job_list queue, waiting;
+    struct job_list pending;    /* drops and flushes Redis could not take yet */
     bool stopping, started;
     breaker br;
     int ev_fd;                  /* the event reader's socket, to interrupt it at stop */
@@ -324,6 +325,19 @@ static struct job *job_new(shared *s, enum job_kind kind, enum oauth_grant grant
     return j;
 }
 
+/* A drop or a flush that Redis cannot take now waits for the next
+ * connection: lost, it would leave a revoked token in Redis for the other
+ * hosts (and for this one, once Redis is back). Bounded; called with the
+ * lock held. */
+static bool keep_for_later_locked(shared *s, struct job *j) {
+    if ((j->kind != J_DROP && j->kind != J_FLUSH) || s->pending.n >= JOBS_MAX)
+        return false;
+    j->retried = false;
+    list_push(&s->pending, j);
+    s->stats.pending = s->pending.n;
+    return true;
+}
+
 /* Queues a job for the command thread. Returns false when the queue is
  * full, the breaker is open (no queueing behind a Redis known to be down)
  * or it is stopping: the caller decides what that means for the job. */
@@ -332,7 +346,12 @@ static bool submit(shared *s, struct job *j) {
     bool ok;
 
     pthread_mutex_lock(&s->lock);
-    ok = !s->stopping && s->queue.n + s->waiting.n < JOBS_MAX && !breaker_refuses(&s->br, now_ms(), &wait);
+    ok = !s->stopping && s->queue.n + s->waiting.n < JOBS_MAX;
+    if (ok && breaker_refuses(&s->br, now_ms(), &wait)) {
+        ok = keep_for_later_locked(s, j);
+        pthread_mutex_unlock(&s->lock);
+        return ok;
+    }
     if (ok) {
         list_push(&s->queue, j);
         pthread_cond_signal(&s->cond);
@@ -393,11 +412,18 @@ static void degrade(shared *s, struct job *j) {
  * minted here (or put off). */
 static enum shared_op op_of(enum job_kind k);
 static void fail_job(shared *s, struct job *j) {
+    bool kept;
+
     if (j->kind != J_PING)
         count_op(s, op_of(j->kind), false);
-    if (j->kind == J_LOOKUP)
+    if (j->kind == J_LOOKUP) {
         degrade(s, j);
-    else
+        return;
+    }
+    pthread_mutex_lock(&s->lock);
+    kept = !s->stopping && keep_for_later_locked(s, j);
+    pthread_mutex_unlock(&s->lock);
+    if (!kept)
         job_free(j);
 }
 
@@ -1012,6 +1038,16 @@ static void run_batch(shared *s, redisContext **c, struct job_list *batch) {
         s->stats.up = true;
         s->stats.reconnects++;
         snprintf(s->stats.address, sizeof(s->stats.address), "%s", address);
+        if (s->pending.n) { /* drops and flushes from while Redis was away go first */
+            s->pending.tail->next = s->queue.head;
+            if (!s->queue.tail)
+                s->queue.tail = s->pending.tail;
+            s->queue.head = s->pending.head;
+            s->queue.n += s->pending.n;
+            s->pending = (struct job_list){ 0 };
+            s->stats.pending = 0;
+            pthread_cond_signal(&s->cond);
+        }
         pthread_mutex_unlock(&s->lock);
     }
     while ((j = list_pop(batch))) {
@@ -1020,7 +1056,12 @@ static void run_batch(shared *s, redisContext **c, struct job_list *batch) {
                 list_push(batch, j); /* failed with the rest below */
                 break;
             }
-            fail_job(s, j);
+            if (j->kind == J_LOOKUP)
+                fail_job(s, j);
+            else { /* nothing to send (sealing failed): no use keeping it */
+                count_op(s, op_of(j->kind), false);
+                job_free(j);
+            }
             continue;
         }
         j->sent_ms = now;
@@ -1600,6 +1641,8 @@ void shared_stop(shared *s) {
     while ((j = list_pop(&s->queue)))
         list_push(&left, j);
     while ((j = list_pop(&s->waiting)))
+        list_push(&left, j);
+    while ((j = list_pop(&s->pending)))
         list_push(&left, j);
     pthread_mutex_unlock(&s->lock);
     while ((j = list_pop(&left))) {

@@ -620,3 +620,24 @@ def test_a_host_restarted_with_its_cache_hears_of_drops_made_while_it_was_down(
              interval=0.05, what="the drop made while the host was down to reach it")
     r = a2.token("kept")
     assert r.header("x-cache") == "hit" and access_token(r) == old["kept"], "the rest of the cache is kept"
+
+
+def test_a_drop_made_while_redis_is_out_of_reach_is_sent_when_it_is_back(stub, redis, make_fleet, make_cutter):
+    """An operator revokes a user on a host that cannot reach Redis: the drop
+    waits, and goes first when the host reconnects; lost, the revoked token
+    would stay in Redis for every other host."""
+    cutter = make_cutter(redis)
+    a, b = make_fleet(stub, [cutter, redis], 2)
+    old = cache_everywhere([a, b], ["revoked-offline"])
+    cutter.cut()
+    wait_for(lambda: a.token("probe-offline").status == 200 and metric(a, "tokend_shared_up") == 0, timeout=5,
+             interval=0.1, what="the host to see Redis out of reach")
+    r = a.request("DELETE", "/v1/token?user_id=revoked-offline")
+    assert r.status == 200 and r.json()["dropped"] is True
+    assert metric(a, "tokend_shared_pending") == 1
+    assert access_token(b.token("revoked-offline")) == old["revoked-offline"], "b cannot know yet"
+    cutter.restore()
+    wait_for(lambda: access_token(b.token("revoked-offline")) != old["revoked-offline"], timeout=5, interval=0.05,
+             what="the drop to reach the fleet once Redis is back")
+    assert metric(a, "tokend_shared_pending") == 0
+    assert access_token(a.token("revoked-offline")) == access_token(b.token("revoked-offline"))
