@@ -266,11 +266,11 @@ static void job_free(struct job *j) {
     free(j);
 }
 
+/* Sets every field: an outcome is copied into the cache and read whole
+ * (a field left as it was, deferred say, is garbage to its reader). */
 static void outcome_set(mint_outcome *o, enum mint_kind kind, int status, unsigned retry_after,
                         const char *error) {
-    o->kind = kind;
-    o->http_status = status;
-    o->retry_after_s = retry_after;
+    *o = (mint_outcome){ .kind = kind, .http_status = status, .retry_after_s = retry_after };
     snprintf(o->error, sizeof(o->error), "%s", error);
 }
 
