@@ -67,6 +67,7 @@ struct call {
     bool keyed;           /* a keys file was in force when the guard ran */
     const char *cors;     /* the Origin to allow in the answer, or NULL */
     bool http11;          /* an HTTP/1.1 request (it must name its Host) */
+    bool relayed;         /* carries a header a relaying proxy adds */
 };
 
 /* The guard's refusal: what to answer. */

@@ -67,14 +67,24 @@ static const struct {
 };
 
 /* What *req_cls points to between the handler's calls, until a request
- * needs state of its own: the route, and whether a body was seen. */
-static char marker_route[_ROUTE_MAX], marker_body[_ROUTE_MAX];
+ * needs state of its own: the route, and flags: a body was seen, a header
+ * a relaying proxy adds was seen (by the first call's pass over the
+ * headers, so the guard needs no pass of its own). */
+enum { MARK_BODY = 1, MARK_RELAYED = 2, MARK_FLAGS = 4 };
+static char markers[_ROUTE_MAX][MARK_FLAGS];
 /* Unix-socket peers outside the allow-list, marked when they connect. */
 static char peer_denied;
 
 static bool is_marker(const void *p) {
-    return (p >= (void *)marker_route && p < (void *)(marker_route + _ROUTE_MAX)) ||
-           (p >= (void *)marker_body && p < (void *)(marker_body + _ROUTE_MAX));
+    return p >= (void *)markers && p < (void *)(markers + _ROUTE_MAX);
+}
+
+static unsigned marker_flags(const void *p) {
+    return (unsigned)(((const char *)p - &markers[0][0]) % MARK_FLAGS);
+}
+
+static enum api_route marker_route(const void *p) {
+    return (enum api_route)(((const char *)p - &markers[0][0]) / MARK_FLAGS);
 }
 
 static enum api_route route_of(const char *url) {
@@ -324,26 +334,143 @@ static const char *header(struct MHD_Connection *conn, const char *name) {
     return MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
 }
 
-/* Any header a reverse proxy adds: a request carrying one was relayed.
- * One pass over the headers, not a look-up per name: this runs on every
- * request that is not a frontend one, the hit path included. */
-static enum MHD_Result relay_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
-    static const char *const names[] = { MHD_HTTP_HEADER_FORWARDED, "X-Real-IP", "X-Client-IP", "True-Client-IP" };
-    bool *found = cls;
+/* ---- strict HTTP: the header block, read once on the handler's first call ---- */
 
-    if ((key[0] | 0x20) == 'x' && strncasecmp(key, "X-Forwarded-", 12) == 0)
-        *found = true; /* -For, -Host, -Proto, -Port, -Server, ... */
-    for (size_t i = 0; i < ARRAY_SIZE(names) && !*found; i++)
-        if ((key[0] | 0x20) == (names[i][0] | 0x20) && strcasecmp(key, names[i]) == 0)
-            *found = true;
-    return *found ? MHD_NO : MHD_YES;
+/* The most request line and headers the handler takes: libmicrohttpd keeps
+ * them in the connection's memory (6 KiB, start_listener), and with more
+ * than about 5.6 KiB in there it has no room left to build the answer's
+ * headers: the connection was closed without one (after a mint, on a
+ * miss). Past about 5.9 KiB libmicrohttpd answers 431 itself. Between the
+ * two, tokend answers 431 on the first call. */
+#define HEAD_MAX 5120
+
+/* What the first call reads off the header block, in one pass. */
+struct head_scan {
+    const api *a;
+    size_t bytes;       /* of the headers, as sent */
+    const char *bad;    /* why the request is refused with 400, or NULL */
+    const char *length; /* Content-Length */
+    bool te, expect;    /* Transfer-Encoding (chunked: anything else is bad), Expect: 100-continue */
+    bool relayed;       /* a header a relaying proxy adds */
+};
+
+/* RFC 9110 §5.6.2 */
+static bool tchar(unsigned char ch) {
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           (ch && strchr("!#$%&'*+-.^_`|~", ch));
 }
 
-static bool forwarded(struct MHD_Connection *conn) {
-    bool found = false;
+/* The headers tokend reads. A folded line (obsolete line folding) of one
+ * of them must not make it vanish or change: libmicrohttpd 0.9.75 appends
+ * the continuation to the header's NAME ("Host: evil\r\n x" arrives as a
+ * header "Hostx"), 1.0 to its value, with the CR LF turned into two
+ * spaces. */
+static const char *const read_headers[] = {
+    MHD_HTTP_HEADER_HOST, MHD_HTTP_HEADER_ORIGIN, "Sec-Fetch-Site", MHD_HTTP_HEADER_FORWARDED,
+    "X-Forwarded-For", "X-Real-IP", "X-Client-IP", "True-Client-IP", MHD_HTTP_HEADER_AUTHORIZATION,
+    MHD_HTTP_HEADER_CONTENT_LENGTH, MHD_HTTP_HEADER_CONTENT_TYPE, MHD_HTTP_HEADER_TRANSFER_ENCODING,
+    MHD_HTTP_HEADER_EXPECT,
+};
 
-    MHD_get_connection_values(conn, MHD_HEADER_KIND, relay_header, &found);
-    return found;
+static bool extends(const char *key, size_t key_size, const char *name) {
+    size_t n = strlen(name);
+
+    return key_size > n && (key[0] | 0x20) == (name[0] | 0x20) && strncasecmp(key, name, n) == 0;
+}
+
+static bool is_name(const char *key, size_t key_size, const char *name) {
+    return (key[0] | 0x20) == (name[0] | 0x20) && strlen(name) == key_size && strcasecmp(key, name) == 0;
+}
+
+#if MHD_VERSION >= 0x01000000
+static bool folded_value(const char *v, size_t n) {
+    for (size_t i = 0; i + 2 < n; i++)
+        if (v[i] == ' ' && v[i + 1] == ' ' && (v[i + 2] == ' ' || v[i + 2] == '\t'))
+            return true;
+    return false;
+}
+#endif
+
+static bool refuse_head(struct head_scan *s, const char *why) {
+    s->bad = why;
+    return false;
+}
+
+static bool scan_one(struct head_scan *s, const char *key, size_t key_size, const char *value, size_t value_size) {
+    static const char *const relay[] = { MHD_HTTP_HEADER_FORWARDED, "X-Real-IP", "X-Client-IP", "True-Client-IP" };
+    bool read = false;
+
+    s->bytes += key_size + value_size + 4;
+    if (!key_size)
+        return refuse_head(s, "a header line has no name");
+    for (size_t i = 0; i < key_size; i++)
+        if (!tchar((unsigned char)key[i]))
+            return refuse_head(s, "a header name holds a character HTTP does not allow there "
+                                  "(whitespace before the colon, or a folded line)");
+    for (size_t i = 0; i < ARRAY_SIZE(read_headers) && !read; i++) {
+        if (extends(key, key_size, read_headers[i]))
+            return refuse_head(s, "a folded header line (obsolete line folding) is refused");
+        read = is_name(key, key_size, read_headers[i]);
+    }
+    if (!read && extends(key, key_size, s->a->user_header))
+        return refuse_head(s, "a folded header line (obsolete line folding) is refused");
+    read = read || is_name(key, key_size, s->a->user_header);
+#if MHD_VERSION >= 0x01000000
+    if (read && folded_value(value, value_size))
+        return refuse_head(s, "a folded header line (obsolete line folding) is refused");
+#endif
+    if ((key[0] | 0x20) == 'x' && strncasecmp(key, "X-Forwarded-", 12) == 0)
+        s->relayed = true; /* -For, -Host, -Proto, -Port, -Server, ... */
+    for (size_t i = 0; i < ARRAY_SIZE(relay) && !s->relayed; i++)
+        s->relayed = is_name(key, key_size, relay[i]);
+    if (!read)
+        return true;
+    if (is_name(key, key_size, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
+        /* the first frames the body in libmicrohttpd: another one of a
+         * different length is a request meant to be read two ways */
+        if (s->length && strcmp(s->length, value) != 0)
+            return refuse_head(s, "two different Content-Length headers");
+        s->length = value;
+    } else if (is_name(key, key_size, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+        /* libmicrohttpd decodes chunked, and nothing else: 0.9.75 reads any
+         * other coding's body until the client closes, and never answers */
+        if (s->te || strcasecmp(value, "chunked") != 0)
+            return refuse_head(s, "the only transfer coding tokend reads is 'Transfer-Encoding: chunked'");
+        s->te = true;
+    } else if (is_name(key, key_size, MHD_HTTP_HEADER_EXPECT))
+        s->expect = strcasecmp(value, "100-continue") == 0;
+    return true;
+}
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                                   const char *value, size_t value_size) {
+    return scan_one(cls, key, key_size, value ? value : "", value ? value_size : 0) ? MHD_YES : MHD_NO;
+}
+
+static enum MHD_Result count_arg(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                                 const char *value, size_t value_size) {
+    *(size_t *)cls += key_size + value_size + 2;
+    return MHD_YES;
+}
+
+/* The header block, checked; 0, or the status to refuse it with (s->bad says why). */
+static unsigned scan_head(api *a, struct MHD_Connection *conn, const char *url, struct head_scan *s) {
+    size_t line;
+
+    *s = (struct head_scan){ .a = a };
+    MHD_get_connection_values_n(conn, MHD_HEADER_KIND, scan_header, s);
+    if (s->bad)
+        return MHD_HTTP_BAD_REQUEST;
+    if (s->te && s->length)
+        return refuse_head(s, "Content-Length and Transfer-Encoding together"), MHD_HTTP_BAD_REQUEST;
+    line = strlen(url) + 32;
+    if (s->bytes + line > HEAD_MAX - 1024) /* the query too, only when it could matter */
+        MHD_get_connection_values_n(conn, MHD_GET_ARGUMENT_KIND, count_arg, &line);
+    if (s->bytes + line > HEAD_MAX) {
+        s->bad = "the request line and headers are larger than 5 KiB";
+        return MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE;
+    }
+    return 0;
 }
 
 static bool host_allowed(api *a, const char *host) {
@@ -560,7 +687,7 @@ static bool guard_check(struct call *c, const char *method, struct verdict *v) {
         return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden", "cross-site request refused");
     if (route_table[c->route].frontend)
         c->cors = origin_allowed(a, origin);
-    else if (forwarded(c->conn))
+    else if (c->relayed)
         return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden",
                       "forwarded requests are served on the frontend routes only");
     ci = MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
@@ -672,6 +799,36 @@ static enum MHD_Result body_complete(struct request *r, const char *url, const c
     return c->route == ROUTE_DROPIN ? route_dropin(r) : route_proxy(r, url);
 }
 
+/* The handler's first call: the headers are in, the body (if any) is not.
+ * Answered here, which closes the connection (libmicrohttpd reads no more
+ * of a POST it has an answer for): a request tokend cannot read one way
+ * only, and, when the client waits for "100 Continue" before sending its
+ * body, one that will be refused anyway, so the body is never sent. */
+static enum MHD_Result first_call(struct call *c, const char *url, const char *method, void **req_cls) {
+    struct head_scan s;
+    unsigned status;
+    uint64_t declared;
+
+    c->route = route_of(url);
+    status = scan_head(c->a, c->conn, url, &s);
+    if (status)
+        return api_error(c, status, status == MHD_HTTP_BAD_REQUEST ? "invalid_request" : "request_header_fields_too_large",
+                         s.bad, NULL);
+    c->relayed = s.relayed;
+    if (s.expect && route_table[c->route].body && strcmp(method, MHD_HTTP_METHOD_POST) == 0) {
+        struct verdict v;
+        if (!guard_check(c, method, &v))
+            return answer_verdict(c, &v);
+        if (s.length && parse_uint(s.length, UINT64_MAX, &declared) == 0 && declared > c->a->max_body) {
+            char desc[96];
+            snprintf(desc, sizeof(desc), "the request body is larger than %zu bytes", c->a->max_body);
+            return api_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request_too_large", desc, NULL);
+        }
+    }
+    *req_cls = &markers[c->route][s.relayed ? MARK_RELAYED : 0];
+    return MHD_YES;
+}
+
 /* Nothing is answered while a body is still arriving: answering then closes
  * the socket under unread data, and the caller sees a reset instead of the
  * answer. Bodies nobody wants are read and dropped (bounded by the idle
@@ -684,10 +841,8 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     enum MHD_Result ret;
     bool get, read, seen_body, refused;
 
-    if (*req_cls == NULL) {
-        *req_cls = &marker_route[route_of(url)];
-        return MHD_YES;
-    }
+    if (*req_cls == NULL)
+        return first_call(&c, url, method, req_cls);
     if (!is_marker(*req_cls)) {
         struct request *r = *req_cls;
         if (!r->uploading)
@@ -696,9 +851,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             return take_body(r, upload_data, upload_data_size);
         return body_complete(r, url, method);
     }
-    seen_body = *req_cls >= (void *)marker_body && *req_cls < (void *)(marker_body + _ROUTE_MAX);
-    c.route = seen_body ? (enum api_route)((char *)*req_cls - marker_body)
-                        : (enum api_route)((char *)*req_cls - marker_route);
+    seen_body = marker_flags(*req_cls) & MARK_BODY;
+    c.relayed = marker_flags(*req_cls) & MARK_RELAYED;
+    c.route = marker_route(*req_cls);
 
     if (!seen_body && route_table[c.route].body && strcmp(method, MHD_HTTP_METHOD_POST) == 0) {
         const char *cl = header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -728,7 +883,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     }
     if (*upload_data_size) {
         *upload_data_size = 0;
-        *req_cls = &marker_body[c.route];
+        *req_cls = &markers[c.route][MARK_BODY | (c.relayed ? MARK_RELAYED : 0)];
         return MHD_YES;
     }
 
@@ -930,7 +1085,7 @@ static int start_listener(api *a, const config *cfg, struct listener *l) {
         { MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)(cfg->idle_timeout_ms / 1000), NULL },
         /* 6 KiB: MHD zeroes the whole pool for every request, and keeps it per
          * open connection (8 KiB measured 8.7 KB per connection, 6 KiB 6.7 KB);
-         * it also caps a request's headers at about 5.6 KiB (431 beyond) */
+         * it also caps a request's headers (HEAD_MAX: tokend's 431 from 5 KiB) */
         { MHD_OPTION_CONNECTION_MEMORY_LIMIT, 6144, NULL },
         { MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, a },
         { MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, l },
