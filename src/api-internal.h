@@ -10,6 +10,7 @@
 #include "auth.h"
 #include "cache.h"
 #include "config.h"
+#include "guard.h"
 #include "oauth.h"
 #include "request.h"
 #include "token.h"
@@ -40,11 +41,13 @@ struct api {
     char default_scope[OAUTH_SCOPE_MAX + 1];
     uint64_t min_ttl_ms;
     char user_header[64];
+    size_t user_header_len;
     size_t max_body;
     char **allowed_hosts, **allowed_origins;
     size_t n_allowed_hosts, n_allowed_origins;
     unsigned *allowed_uids, *allowed_gids;
     size_t n_allowed_uids, n_allowed_gids;
+    guard_policy policy; /* points into the above */
     struct MHD_Response *health;
     int64_t start_unix;
     uint64_t start_ms;
@@ -58,6 +61,9 @@ struct api {
     char *config_json;
 };
 
+struct conn_state;
+struct head;
+
 /* One request being answered: what every answer needs. */
 struct call {
     api *a;
@@ -67,16 +73,8 @@ struct call {
     bool keyed;           /* a keys file was in force when the guard ran */
     const char *cors;     /* the Origin to allow in the answer, or NULL */
     bool http11;          /* an HTTP/1.1 request (it must name its Host) */
-    bool relayed;         /* carries a header a relaying proxy adds */
-};
-
-/* The guard's refusal: what to answer. */
-#define VERDICT_DESC_MAX 192
-struct verdict {
-    unsigned status;
-    const char *error;
-    const char *description; /* a literal, or desc */
-    char desc[VERDICT_DESC_MAX];
+    struct conn_state *state; /* the connection's: its peer, the request's head */
+    const struct head *head;  /* &state->head */
 };
 
 enum request_kind { REQUEST_MINT, REQUEST_REVOKE, REQUEST_PROXY };
@@ -89,7 +87,7 @@ struct request {
     enum request_kind kind;
     bool uploading;  /* the body is still arriving */
     bool refused;    /* the guard refused it: answered once the body is read */
-    struct verdict verdict;
+    guard_verdict verdict;
     bool suspended, done;
     int how;         /* CACHE_MISS or CACHE_COALESCED */
     mint_outcome outcome;

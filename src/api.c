@@ -1,6 +1,8 @@
 /* The HTTP front, on libmicrohttpd. Responsible for: the listening sockets
- * (TCP and Unix), who may call what (Host, Origin, forwarding headers, peer
- * credentials, API keys), dispatching to the routes (routes.c), answering,
+ * (TCP and Unix), strict HTTP (a request read one way only), gathering the
+ * facts the guard (guard.c) decides who may call what from (Host, Origin,
+ * forwarding headers, peer credentials, API keys) and applying its
+ * verdict, dispatching to the routes (routes.c), answering,
  * and suspending a connection while it waits on the network so no server
  * thread ever does. Not responsible for how tokens are made or kept.
  *
@@ -45,8 +47,6 @@ const char *const api_route_names[_ROUTE_MAX] = {
     [ROUTE_OTHER] = "other",
 };
 
-#define ALL_BUT_FRONTEND (RIGHT_TOKEN | RIGHT_CLIENT_TOKEN | RIGHT_ADMIN)
-
 static const struct {
     const char *path;   /* NULL: matched otherwise */
     const char *allow;  /* methods, for 405's Allow */
@@ -67,13 +67,9 @@ static const struct {
 };
 
 /* What *req_cls points to between the handler's calls, until a request
- * needs state of its own: the route, and flags: a body was seen, a header
- * a relaying proxy adds was seen (by the first call's pass over the
- * headers, so the guard needs no pass of its own). */
-enum { MARK_BODY = 1, MARK_RELAYED = 2, MARK_FLAGS = 4 };
+ * needs state of its own: the route, and whether a body was seen. */
+enum { MARK_BODY = 1, MARK_FLAGS = 2 };
 static char markers[_ROUTE_MAX][MARK_FLAGS];
-/* Unix-socket peers outside the allow-list, marked when they connect. */
-static char peer_denied;
 
 static bool is_marker(const void *p) {
     return p >= (void *)markers && p < (void *)(markers + _ROUTE_MAX);
@@ -330,10 +326,6 @@ enum MHD_Result api_suspend_or_answer(struct request *r) {
 
 /* ---- who may call what ---- */
 
-static const char *header(struct MHD_Connection *conn, const char *name) {
-    return MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
-}
-
 /* ---- strict HTTP: the header block, read once on the handler's first call ---- */
 
 /* The most request line and headers the handler takes: libmicrohttpd keeps
@@ -344,20 +336,37 @@ static const char *header(struct MHD_Connection *conn, const char *name) {
  * two, tokend answers 431 on the first call. */
 #define HEAD_MAX 5120
 
-/* What the first call reads off the header block, in one pass. */
-struct head_scan {
-    const api *a;
-    size_t bytes;       /* of the headers, as sent */
-    const char *bad;    /* why the request is refused with 400, or NULL */
-    const char *length; /* Content-Length */
-    bool te, expect;    /* Transfer-Encoding (chunked: anything else is bad), Expect: 100-continue */
+/* What the first call reads off the header block, in one pass: the facts
+ * the guard and the routes need (kept with the connection until the
+ * request is answered: the strings are libmicrohttpd's, valid as long as
+ * the request), and whether the block is one tokend reads one way only. */
+struct head {
+    const char *host, *origin, *site, *authorization, *length;
+    bool user;          /* the frontend user header is present */
     bool relayed;       /* a header a relaying proxy adds */
 };
 
-/* RFC 9110 §5.6.2 */
+/* What each connection keeps: its Unix-socket peer, the current request's head. */
+struct conn_state {
+    guard_peer peer;
+    bool has_peer;
+    struct head head;
+};
+
+struct head_scan {
+    const api *a;
+    struct head *h;
+    size_t bytes;       /* of the headers, as sent */
+    const char *bad;    /* why the request is refused with 400, or NULL */
+    bool te, expect;    /* Transfer-Encoding (chunked: anything else is bad), Expect: 100-continue */
+};
+
+/* RFC 9110 §5.6.2: ALPHA, DIGIT and !#$%&'*+-.^_`|~, as a bitmap (one
+ * load per character: this runs on every request, the hit path included) */
 static bool tchar(unsigned char ch) {
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-           (ch && strchr("!#$%&'*+-.^_`|~", ch));
+    static const uint64_t map[4] = { 0x03ff6cfa00000000ULL, 0x57ffffffc7fffffeULL, 0, 0 };
+
+    return (map[ch >> 6] >> (ch & 63)) & 1;
 }
 
 /* The headers tokend reads. A folded line (obsolete line folding) of one
@@ -365,21 +374,30 @@ static bool tchar(unsigned char ch) {
  * the continuation to the header's NAME ("Host: evil\r\n x" arrives as a
  * header "Hostx"), 1.0 to its value, with the CR LF turned into two
  * spaces. */
-static const char *const read_headers[] = {
-    MHD_HTTP_HEADER_HOST, MHD_HTTP_HEADER_ORIGIN, "Sec-Fetch-Site", MHD_HTTP_HEADER_FORWARDED,
-    "X-Forwarded-For", "X-Real-IP", "X-Client-IP", "True-Client-IP", MHD_HTTP_HEADER_AUTHORIZATION,
-    MHD_HTTP_HEADER_CONTENT_LENGTH, MHD_HTTP_HEADER_CONTENT_TYPE, MHD_HTTP_HEADER_TRANSFER_ENCODING,
-    MHD_HTTP_HEADER_EXPECT,
+#define NAME(s) { s, sizeof(s) - 1 }
+#define IS(key, key_size, lit) is_name(key, key_size, lit, sizeof(lit) - 1)
+enum { H_HOST, H_ORIGIN, H_SITE, H_AUTHORIZATION };
+static const struct name {
+    const char *s;
+    size_t len;
+} read_headers[] = {
+    NAME(MHD_HTTP_HEADER_HOST), NAME(MHD_HTTP_HEADER_ORIGIN), NAME("Sec-Fetch-Site"), NAME(MHD_HTTP_HEADER_AUTHORIZATION),
+    NAME(MHD_HTTP_HEADER_FORWARDED), NAME("X-Forwarded-For"), NAME("X-Real-IP"), NAME("X-Client-IP"),
+    NAME("True-Client-IP"), NAME(MHD_HTTP_HEADER_CONTENT_LENGTH),
+    NAME(MHD_HTTP_HEADER_CONTENT_TYPE), NAME(MHD_HTTP_HEADER_TRANSFER_ENCODING), NAME(MHD_HTTP_HEADER_EXPECT),
+}, relay_headers[] = {
+    NAME(MHD_HTTP_HEADER_FORWARDED), NAME("X-Real-IP"), NAME("X-Client-IP"), NAME("True-Client-IP"),
 };
 
-static bool extends(const char *key, size_t key_size, const char *name) {
-    size_t n = strlen(name);
-
-    return key_size > n && (key[0] | 0x20) == (name[0] | 0x20) && strncasecmp(key, name, n) == 0;
+/* key is name, or name and more (key_size > n) */
+static int prefix(const char *key, size_t key_size, const char *name, size_t n) {
+    if (key_size < n || (key[0] | 0x20) != (name[0] | 0x20) || strncasecmp(key, name, n) != 0)
+        return 0;
+    return key_size == n ? 1 : 2;
 }
 
-static bool is_name(const char *key, size_t key_size, const char *name) {
-    return (key[0] | 0x20) == (name[0] | 0x20) && strlen(name) == key_size && strcasecmp(key, name) == 0;
+static bool is_name(const char *key, size_t key_size, const char *name, size_t n) {
+    return prefix(key, key_size, name, n) == 1;
 }
 
 #if MHD_VERSION >= 0x01000000
@@ -396,9 +414,20 @@ static bool refuse_head(struct head_scan *s, const char *why) {
     return false;
 }
 
+/* The four the guard reads, each once: a second one (of the same value or
+ * not) would be read one way here and maybe another by whoever relayed it. */
+static bool keep(struct head_scan *s, const char **slot, const char *value) {
+    if (*slot)
+        return refuse_head(s, "a header tokend reads (Host, Origin, Sec-Fetch-Site, Authorization or the "
+                              "user header) is repeated");
+    *slot = value;
+    return true;
+}
+
 static bool scan_one(struct head_scan *s, const char *key, size_t key_size, const char *value, size_t value_size) {
-    static const char *const relay[] = { MHD_HTTP_HEADER_FORWARDED, "X-Real-IP", "X-Client-IP", "True-Client-IP" };
+    const char **slots[] = { &s->h->host, &s->h->origin, &s->h->site, &s->h->authorization };
     bool read = false;
+    int m;
 
     s->bytes += key_size + value_size + 4;
     if (!key_size)
@@ -408,36 +437,44 @@ static bool scan_one(struct head_scan *s, const char *key, size_t key_size, cons
             return refuse_head(s, "a header name holds a character HTTP does not allow there "
                                   "(whitespace before the colon, or a folded line)");
     for (size_t i = 0; i < ARRAY_SIZE(read_headers) && !read; i++) {
-        if (extends(key, key_size, read_headers[i]))
+        m = prefix(key, key_size, read_headers[i].s, read_headers[i].len);
+        if (m == 2)
             return refuse_head(s, "a folded header line (obsolete line folding) is refused");
-        read = is_name(key, key_size, read_headers[i]);
+        if (m == 1 && i < ARRAY_SIZE(slots) && !keep(s, slots[i], value))
+            return false;
+        read = m == 1;
     }
-    if (!read && extends(key, key_size, s->a->user_header))
-        return refuse_head(s, "a folded header line (obsolete line folding) is refused");
-    read = read || is_name(key, key_size, s->a->user_header);
+    if (!read) {
+        m = prefix(key, key_size, s->a->user_header, s->a->user_header_len);
+        if (m == 2)
+            return refuse_head(s, "a folded header line (obsolete line folding) is refused");
+        if (m == 1 && s->h->user)
+            return keep(s, &value, value); /* refused: repeated */
+        s->h->user = read = m == 1;
+    }
 #if MHD_VERSION >= 0x01000000
     if (read && folded_value(value, value_size))
         return refuse_head(s, "a folded header line (obsolete line folding) is refused");
 #endif
     if ((key[0] | 0x20) == 'x' && strncasecmp(key, "X-Forwarded-", 12) == 0)
-        s->relayed = true; /* -For, -Host, -Proto, -Port, -Server, ... */
-    for (size_t i = 0; i < ARRAY_SIZE(relay) && !s->relayed; i++)
-        s->relayed = is_name(key, key_size, relay[i]);
+        s->h->relayed = true; /* -For, -Host, -Proto, -Port, -Server, ... */
+    for (size_t i = 0; i < ARRAY_SIZE(relay_headers) && !s->h->relayed; i++)
+        s->h->relayed = is_name(key, key_size, relay_headers[i].s, relay_headers[i].len);
     if (!read)
         return true;
-    if (is_name(key, key_size, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
+    if (IS(key, key_size, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
         /* the first frames the body in libmicrohttpd: another one of a
          * different length is a request meant to be read two ways */
-        if (s->length && strcmp(s->length, value) != 0)
+        if (s->h->length && strcmp(s->h->length, value) != 0)
             return refuse_head(s, "two different Content-Length headers");
-        s->length = value;
-    } else if (is_name(key, key_size, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+        s->h->length = value;
+    } else if (IS(key, key_size, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
         /* libmicrohttpd decodes chunked, and nothing else: 0.9.75 reads any
          * other coding's body until the client closes, and never answers */
         if (s->te || strcasecmp(value, "chunked") != 0)
             return refuse_head(s, "the only transfer coding tokend reads is 'Transfer-Encoding: chunked'");
         s->te = true;
-    } else if (is_name(key, key_size, MHD_HTTP_HEADER_EXPECT))
+    } else if (IS(key, key_size, MHD_HTTP_HEADER_EXPECT))
         s->expect = strcasecmp(value, "100-continue") == 0;
     return true;
 }
@@ -454,14 +491,16 @@ static enum MHD_Result count_arg(void *cls, enum MHD_ValueKind kind, const char 
 }
 
 /* The header block, checked; 0, or the status to refuse it with (s->bad says why). */
-static unsigned scan_head(api *a, struct MHD_Connection *conn, const char *url, struct head_scan *s) {
+static unsigned scan_head(api *a, struct MHD_Connection *conn, const char *url, struct head *h,
+                          struct head_scan *s) {
     size_t line;
 
-    *s = (struct head_scan){ .a = a };
+    *h = (struct head){ 0 };
+    *s = (struct head_scan){ .a = a, .h = h };
     MHD_get_connection_values_n(conn, MHD_HEADER_KIND, scan_header, s);
     if (s->bad)
         return MHD_HTTP_BAD_REQUEST;
-    if (s->te && s->length)
+    if (s->te && h->length)
         return refuse_head(s, "Content-Length and Transfer-Encoding together"), MHD_HTTP_BAD_REQUEST;
     line = strlen(url) + 32;
     if (s->bytes + line > HEAD_MAX - 1024) /* the query too, only when it could matter */
@@ -471,50 +510,6 @@ static unsigned scan_head(api *a, struct MHD_Connection *conn, const char *url, 
         return MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE;
     }
     return 0;
-}
-
-static bool host_allowed(api *a, const char *host) {
-    char name[256];
-    const char *end;
-    struct in_addr a4;
-    size_t n;
-
-    if (!host)
-        return true; /* HTTP/1.0 without Host: no browser sends that */
-    if (host[0] == '[') {
-        end = strchr(host, ']');
-        if (!end || (end[1] && end[1] != ':'))
-            return false;
-        n = (size_t)(end - host - 1);
-        if (n >= sizeof(name))
-            return false;
-        memcpy(name, host + 1, n);
-        name[n] = '\0';
-        return strcmp(name, "::1") == 0;
-    }
-    end = strrchr(host, ':');
-    n = end ? (size_t)(end - host) : strlen(host);
-    if (end && (!end[1] || strspn(end + 1, "0123456789") != strlen(end + 1)))
-        return false;
-    if (n == 0 || n >= sizeof(name))
-        return false;
-    memcpy(name, host, n);
-    name[n] = '\0';
-    if (strcasecmp(name, "localhost") == 0)
-        return true;
-    if (inet_pton(AF_INET, name, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127)
-        return true;
-    for (size_t i = 0; i < a->n_allowed_hosts; i++)
-        if (strcasecmp(name, a->allowed_hosts[i]) == 0)
-            return true;
-    return false;
-}
-
-static const char *origin_allowed(api *a, const char *origin) {
-    for (size_t i = 0; origin && i < a->n_allowed_origins; i++)
-        if (strcmp(origin, a->allowed_origins[i]) == 0)
-            return a->allowed_origins[i];
-    return NULL;
 }
 
 bool api_peer_is_local(const struct call *c) {
@@ -569,17 +564,12 @@ static const char *requested_scope(const struct call *c, const char *method) {
     return c->route == ROUTE_CLIENT_TOKEN ? "" : c->a->default_scope;
 }
 
-static void scope_text(char *buf, size_t size, const char *scope) {
-    snprintf(buf, size, "this API key may not ask for scope '%.64s'; list it in the key's "
-             "scopes= in [auth] keys_file", *scope ? scope : "(none)");
-}
-
 /* The API key the caller presents: "Authorization: Bearer KEY", or on the
  * drop-in, as standard OAuth clients send their secret, HTTP Basic with the
  * key as the password (RFC 6749 §2.3.1). Basic is decoded into buf, which
  * the caller wipes. */
 static const char *presented_key(const struct call *c, char *buf, size_t size, size_t *ret_len) {
-    const char *authz = header(c->conn, MHD_HTTP_HEADER_AUTHORIZATION), *colon;
+    const char *authz = c->head->authorization, *colon;
     ptrdiff_t n;
 
     if (!authz)
@@ -601,13 +591,6 @@ static const char *presented_key(const struct call *c, char *buf, size_t size, s
     return colon + 1;
 }
 
-static bool refuse(struct verdict *v, unsigned status, const char *error, const char *description) {
-    v->status = status;
-    v->error = error;
-    v->description = description;
-    return false;
-}
-
 /* The caller's key, found under the keys' lock (a reload may swap them):
  * its rights (-1: no key of ours), whether a keys file is in force, and
  * whether the key may ask for scope. scope NULL: the one a GET token route
@@ -624,9 +607,7 @@ static int key_rights(const struct call *c, const char *method, const char *scop
     *ret_scope_ok = true;
     pthread_rwlock_rdlock(&a->keys_lock);
     *ret_keyed = a->auth != NULL;
-    if (!*ret_keyed)
-        rights = ALL_BUT_FRONTEND;
-    else if (key) {
+    if (*ret_keyed && key) {
         const auth_key *k = auth_find(a->auth, key, len);
         if (k) {
             rights = auth_key_rights(k);
@@ -650,89 +631,53 @@ bool api_key_allows_scope(const struct call *c, const char *scope) {
 
 /* Only the drop-in asks (its scope is in the body): RFC 6749's refusal. */
 enum MHD_Result api_scope_refused(const struct call *c, const char *scope) {
-    char desc[VERDICT_DESC_MAX];
+    char desc[GUARD_DESC_MAX];
 
-    scope_text(desc, sizeof(desc), scope);
+    guard_scope_text(desc, sizeof(desc), scope);
     return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_scope", desc, NULL);
 }
 
-/* Who may call what: a verdict from the request's facts, answering
- * nothing, so a request refused before its body arrives is answered (and
- * counted) once, when the body is in. Returns true to let it in, with
- * c->rights set. */
-static bool guard_check(struct call *c, const char *method, struct verdict *v) {
-    api *a = c->a;
-    const union MHD_ConnectionInfo *ci;
-    const char *origin = header(c->conn, MHD_HTTP_HEADER_ORIGIN);
-    const char *site = header(c->conn, "Sec-Fetch-Site");
-    bool scope_ok;
-    int needed = route_rights(c->route, method);
-    bool preflight = strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0 && route_table[c->route].frontend;
+/* Who may call what (guard.c), from the facts read off the request here.
+ * Answers nothing, so a request refused before its body arrives is
+ * answered (and counted) once, when the body is in. Returns true to let it
+ * in, with c->rights and c->cors set. */
+static bool let_in(struct call *c, const char *method, guard_verdict *v) {
+    const struct conn_state *st = c->state;
+    guard_request q = {
+        .method = method,
+        .http11 = c->http11,
+        .host = st->head.host,
+        .origin = st->head.origin,
+        .sec_fetch_site = st->head.site,
+        .relayed = st->head.relayed,
+        .user_header = st->head.user,
+        .peer = st->has_peer ? &st->peer : NULL,
+        .needed = route_rights(c->route, method),
+        .frontend = route_table[c->route].frontend,
+        .oauth = c->route == ROUTE_DROPIN,
+    };
 
-    /* HTTP/1.1 requires Host. libmicrohttpd 1.0 refuses a request without
-     * one itself; 0.9.75 passes it on, and host_allowed() lets a missing
-     * Host through for HTTP/1.0. */
-    if (c->http11 && !header(c->conn, MHD_HTTP_HEADER_HOST))
-        return refuse(v, MHD_HTTP_BAD_REQUEST, "invalid_request", "an HTTP/1.1 request must carry a Host header");
-    /* DNS rebinding: a page on evil.example resolving to 127.0.0.1 */
-    if (!host_allowed(a, header(c->conn, MHD_HTTP_HEADER_HOST)))
-        return refuse(v, MHD_HTTP_MISDIRECTED_REQUEST, "misdirected_request",
-                      "the Host header names no address of tokend; add the name to [server] "
-                      "allowed_hosts if it is yours");
-    /* a browser sending a request on a page's behalf */
-    if (origin && !origin_allowed(a, origin))
-        return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden",
-                      "cross-origin request from an origin not in [server] allowed_origins");
-    if (site && strcasecmp(site, "cross-site") == 0 && !origin_allowed(a, origin))
-        return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden", "cross-site request refused");
-    if (route_table[c->route].frontend)
-        c->cors = origin_allowed(a, origin);
-    else if (c->relayed)
-        return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden",
-                      "forwarded requests are served on the frontend routes only");
-    ci = MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    if (ci && ci->socket_context == &peer_denied)
-        return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden",
-                      "this user is not in [server] allowed_uids or allowed_gids");
-
-    c->rights = key_rights(c, method, NULL, &c->keyed, &scope_ok);
-    /* the drop-in answers as an OAuth server does (RFC 6749 §5.2) */
-    if (needed && !preflight && c->rights < 0)
-        return c->route == ROUTE_DROPIN
-                   ? refuse(v, MHD_HTTP_UNAUTHORIZED, "invalid_client",
-                            "an API key is required: send Authorization: Bearer KEY, or the key as the "
-                            "password of HTTP Basic")
-                   : refuse(v, MHD_HTTP_UNAUTHORIZED, "unauthorized",
-                            "an API key is required: send Authorization: Bearer KEY");
-    if (c->rights < 0)
-        c->rights = 0;
-    if (needed && !preflight && !(c->rights & needed))
-        return c->route == ROUTE_DROPIN
-                   ? refuse(v, MHD_HTTP_BAD_REQUEST, "unauthorized_client",
-                            "this API key has neither the token nor the client-token right")
-                   : refuse(v, MHD_HTTP_FORBIDDEN, "forbidden",
-                            c->keyed ? "this API key lacks the right this route needs"
-                                     : "this route needs an API key with the frontend or proxy right ([auth] keys_file)");
-    if (!scope_ok) {
-        scope_text(v->desc, sizeof(v->desc), requested_scope(c, method));
-        return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden", v->desc);
+    q.rights = key_rights(c, method, NULL, &q.keyed, &q.scope_ok);
+    if (!q.scope_ok)
+        q.scope = requested_scope(c, method);
+    c->keyed = q.keyed;
+    if (!guard_check(&c->a->policy, &q, v)) {
+        c->cors = v->cors;
+        return false;
     }
-    /* The user header names whose token to use: only the site's proxy may
-     * set it, and the proxy proves that with its key. */
-    if (header(c->conn, a->user_header) && !(c->rights & (RIGHT_FRONTEND | RIGHT_PROXY)))
-        return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden",
-                      "the user header is accepted only with a frontend or proxy key");
+    c->rights = v->rights;
+    c->cors = v->cors;
     return true;
 }
 
-static enum MHD_Result answer_verdict(const struct call *c, const struct verdict *v) {
+static enum MHD_Result answer_verdict(const struct call *c, const guard_verdict *v) {
     return api_error(c, v->status, v->error, v->description, NULL);
 }
 
 static enum MHD_Result guard(struct call *c, const char *method, bool *refused) {
-    struct verdict v;
+    guard_verdict v;
 
-    *refused = !guard_check(c, method, &v);
+    *refused = !let_in(c, method, &v);
     return *refused ? answer_verdict(c, &v) : MHD_YES;
 }
 
@@ -810,22 +755,22 @@ static enum MHD_Result first_call(struct call *c, const char *url, const char *m
     uint64_t declared;
 
     c->route = route_of(url);
-    status = scan_head(c->a, c->conn, url, &s);
+    status = scan_head(c->a, c->conn, url, &c->state->head, &s);
     if (status)
         return api_error(c, status, status == MHD_HTTP_BAD_REQUEST ? "invalid_request" : "request_header_fields_too_large",
                          s.bad, NULL);
-    c->relayed = s.relayed;
     if (s.expect && route_table[c->route].body && strcmp(method, MHD_HTTP_METHOD_POST) == 0) {
-        struct verdict v;
-        if (!guard_check(c, method, &v))
+        guard_verdict v;
+        if (!let_in(c, method, &v))
             return answer_verdict(c, &v);
-        if (s.length && parse_uint(s.length, UINT64_MAX, &declared) == 0 && declared > c->a->max_body) {
+        if (c->head->length && parse_uint(c->head->length, UINT64_MAX, &declared) == 0 &&
+            declared > c->a->max_body) {
             char desc[96];
             snprintf(desc, sizeof(desc), "the request body is larger than %zu bytes", c->a->max_body);
             return api_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request_too_large", desc, NULL);
         }
     }
-    *req_cls = &markers[c->route][s.relayed ? MARK_RELAYED : 0];
+    *req_cls = &markers[c->route][0];
     return MHD_YES;
 }
 
@@ -837,9 +782,15 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                                const char *version, const char *upload_data, size_t *upload_data_size,
                                void **req_cls) {
     struct listener *l = cls;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     struct call c = { .a = l->api, .conn = conn, .http11 = strcmp(version, MHD_HTTP_VERSION_1_1) == 0 };
     enum MHD_Result ret;
     bool get, read, seen_body, refused;
+
+    if (!ci || !ci->socket_context)
+        return MHD_NO; /* no memory for the connection's state when it opened */
+    c.state = ci->socket_context;
+    c.head = &c.state->head;
 
     if (*req_cls == NULL)
         return first_call(&c, url, method, req_cls);
@@ -852,17 +803,16 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         return body_complete(r, url, method);
     }
     seen_body = marker_flags(*req_cls) & MARK_BODY;
-    c.relayed = marker_flags(*req_cls) & MARK_RELAYED;
     c.route = marker_route(*req_cls);
 
     if (!seen_body && route_table[c.route].body && strcmp(method, MHD_HTTP_METHOD_POST) == 0) {
-        const char *cl = header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        const char *cl = c.head->length;
         struct request *r;
         uint64_t declared;
 
-        struct verdict v;
+        guard_verdict v;
 
-        refused = !guard_check(&c, method, &v);
+        refused = !let_in(&c, method, &v);
         if (refused && !*upload_data_size && cl && strcmp(cl, "0") == 0)
             return answer_verdict(&c, &v); /* no body to wait for */
         r = api_request_new(&c, c.route == ROUTE_PROXY ? REQUEST_PROXY : REQUEST_MINT, req_cls);
@@ -883,7 +833,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     }
     if (*upload_data_size) {
         *upload_data_size = 0;
-        *req_cls = &markers[c.route][MARK_BODY | (c.relayed ? MARK_RELAYED : 0)];
+        *req_cls = &markers[c.route][MARK_BODY];
         return MHD_YES;
     }
 
@@ -967,7 +917,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     *req_cls = NULL;
 }
 
-/* Unix-socket peers are checked once, when they connect (SO_PEERCRED). */
+/* Every connection gets its state when it opens (freed when it closes):
+ * the head of the request being read, and a Unix-socket peer's
+ * credentials (SO_PEERCRED), read once, where an allow-list is configured.
+ * A peer whose credentials cannot be read is one the guard refuses. */
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe) {
     struct listener *l = cls;
@@ -975,20 +928,27 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     const union MHD_ConnectionInfo *ci;
     struct ucred cred;
     socklen_t len = sizeof(cred);
-    bool ok;
+    struct conn_state *st;
 
-    if (toe != MHD_CONNECTION_NOTIFY_STARTED || !l->unix_socket || (!a->n_allowed_uids && !a->n_allowed_gids))
+    if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        free(*socket_context);
+        *socket_context = NULL;
         return;
-    ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    ok = false;
-    if (ci && getsockopt(ci->connect_fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
-        for (size_t i = 0; i < a->n_allowed_uids && !ok; i++)
-            ok = cred.uid == a->allowed_uids[i];
-        for (size_t i = 0; i < a->n_allowed_gids && !ok; i++)
-            ok = cred.gid == a->allowed_gids[i];
     }
-    if (!ok)
-        *socket_context = &peer_denied;
+    st = calloc(1, sizeof(*st));
+    if (!st)
+        return; /* the handler drops the connection */
+    *socket_context = st;
+    if (!l->unix_socket || (!a->n_allowed_uids && !a->n_allowed_gids))
+        return;
+    st->has_peer = true;
+    st->peer.unix_socket = true;
+    ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci && getsockopt(ci->connect_fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+        st->peer.cred_known = true;
+        st->peer.uid = cred.uid;
+        st->peer.gid = cred.gid;
+    }
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
@@ -1137,6 +1097,7 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, int listen_fd
     a->start_ms = now_ms();
     snprintf(a->default_scope, sizeof(a->default_scope), "%s", cfg->default_scope);
     snprintf(a->user_header, sizeof(a->user_header), "%s", cfg->user_header ? cfg->user_header : "X-Tokend-User");
+    a->user_header_len = strlen(a->user_header);
     a->config_json = config_describe(cfg);
     a->n_allowed_hosts = cfg->n_allowed_hosts;
     a->n_allowed_origins = cfg->n_allowed_origins;
@@ -1157,6 +1118,16 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, int listen_fd
         memcpy(a->allowed_uids, cfg->allowed_uids, cfg->n_allowed_uids * sizeof(unsigned));
     if (cfg->n_allowed_gids)
         memcpy(a->allowed_gids, cfg->allowed_gids, cfg->n_allowed_gids * sizeof(unsigned));
+    a->policy = (guard_policy){
+        .allowed_hosts = a->allowed_hosts,
+        .n_allowed_hosts = a->n_allowed_hosts,
+        .allowed_origins = a->allowed_origins,
+        .n_allowed_origins = a->n_allowed_origins,
+        .allowed_uids = a->allowed_uids,
+        .n_allowed_uids = a->n_allowed_uids,
+        .allowed_gids = a->allowed_gids,
+        .n_allowed_gids = a->n_allowed_gids,
+    };
     MHD_add_response_header(a->health, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
     MHD_add_response_header(a->health, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
 

@@ -473,3 +473,12 @@ def test_a_client_that_half_closes_after_its_request_gets_its_answer(stub, token
                     got += b
             assert got.startswith(b"HTTP/1.1 200 "), (i, got[:200])
     assert len(stub.token_requests()) == 5
+
+
+@pytest.mark.parametrize("headers", [b"Host: 127.0.0.1\r\nHost: evil.example\r\n",
+                                     b"Host: 127.0.0.1\r\nOrigin: https://shop.example\r\nOrigin: https://evil.example\r\n"],
+                         ids=["host", "origin"])
+def test_a_repeated_header_the_guard_reads_is_refused(stub, tokend, headers):
+    """Read one way here (the first), maybe another by whatever relayed it."""
+    assert raw_answer(tokend, get_with(headers))[0] == 400
+    assert stub.token_requests() == []
