@@ -33,63 +33,51 @@
 #include "log.h"
 #include "util.h"
 
-const char *const api_route_names[_ROUTE_MAX] = {
-    [ROUTE_TOKEN] = "/v1/token",
-    [ROUTE_CLIENT_TOKEN] = "/v1/client-token",
-    [ROUTE_FRONTEND_TOKEN] = "/v1/frontend/token",
-    [ROUTE_DROPIN] = "/v2/oauth/token",
-    [ROUTE_PROXY] = "/v2/recommendations",
-    [ROUTE_HEALTHZ] = "/healthz",
-    [ROUTE_READYZ] = "/readyz",
-    [ROUTE_METRICS] = "/metrics",
-    [ROUTE_STATUS] = "/v1/status",
-    [ROUTE_CACHE_FLUSH] = "/v1/cache/flush",
-    [ROUTE_OTHER] = "other",
-};
-
-static const struct {
-    const char *path;   /* NULL: matched otherwise */
-    const char *allow;  /* methods, for 405's Allow */
-    bool body;          /* takes a request body */
-    bool frontend;      /* reached through the site's proxy: forwarding headers, CORS */
-} route_table[_ROUTE_MAX] = {
-    [ROUTE_TOKEN] = { "/v1/token", "GET, DELETE", false, false },
-    [ROUTE_CLIENT_TOKEN] = { "/v1/client-token", "GET", false, false },
-    [ROUTE_FRONTEND_TOKEN] = { "/v1/frontend/token", "GET, OPTIONS", false, true },
-    [ROUTE_DROPIN] = { "/v2/oauth/token", "POST", true, false },
-    [ROUTE_PROXY] = { NULL, "POST, OPTIONS", true, true },
-    [ROUTE_HEALTHZ] = { "/healthz", "GET, HEAD", false, false },
-    [ROUTE_READYZ] = { "/readyz", "GET, HEAD", false, false },
-    [ROUTE_METRICS] = { "/metrics", "GET, HEAD", false, false },
-    [ROUTE_STATUS] = { "/v1/status", "GET, HEAD", false, false },
-    [ROUTE_CACHE_FLUSH] = { "/v1/cache/flush", "POST", false, false },
-    [ROUTE_OTHER] = { NULL, "", false, false },
-};
-
 /* What *req_cls points to between the handler's calls, until a request
  * needs state of its own: the route, and whether a body was seen. */
 enum { MARK_BODY = 1, MARK_FLAGS = 2 };
-static char markers[_ROUTE_MAX][MARK_FLAGS];
+static char markers[API_ROUTES][MARK_FLAGS];
 
 static bool is_marker(const void *p) {
-    return p >= (void *)markers && p < (void *)(markers + _ROUTE_MAX);
+    return p >= (void *)markers && p < (void *)(markers + API_ROUTES);
 }
 
 static unsigned marker_flags(const void *p) {
     return (unsigned)(((const char *)p - &markers[0][0]) % MARK_FLAGS);
 }
 
-static enum api_route marker_route(const void *p) {
-    return (enum api_route)(((const char *)p - &markers[0][0]) / MARK_FLAGS);
+static unsigned marker_route(const void *p) {
+    return (unsigned)(((const char *)p - &markers[0][0]) / MARK_FLAGS);
 }
 
-static enum api_route route_of(const char *url) {
-    for (int r = 0; r < ROUTE_OTHER; r++)
-        if (route_table[r].path && strcmp(url, route_table[r].path) == 0)
-            return r;
-    if (request_proxy_path_valid(url))
-        return ROUTE_PROXY;
-    return ROUTE_OTHER;
+/* The row of routes[] for a URL: the last row matches everything. */
+static unsigned route_of(const char *url) {
+    unsigned r;
+
+    for (r = 0; r < API_ROUTES - 1; r++)
+        if (routes[r].match ? routes[r].match(url) : strcmp(url, routes[r].name) == 0)
+            break;
+    return r;
+}
+
+/* The row's entry for the method, or NULL. */
+static const struct route_method *route_method(unsigned route, const char *method) {
+    for (const struct route_method *m = routes[route].methods; m < routes[route].methods + ROUTE_METHODS_MAX && m->method;
+         m++)
+        if (strcmp(m->method, method) == 0)
+            return m;
+    return NULL;
+}
+
+/* The row's methods, for Allow and Access-Control-Allow-Methods. */
+static const char *route_allow(unsigned route, char *buf, size_t size) {
+    size_t pos = 0;
+
+    buf[0] = '\0';
+    for (const struct route_method *m = routes[route].methods; m < routes[route].methods + ROUTE_METHODS_MAX && m->method;
+         m++)
+        pos += (size_t)snprintf(buf + pos, pos < size ? size - pos : 0, "%s%s", pos ? ", " : "", m->method);
+    return buf;
 }
 
 static unsigned code_index(unsigned status) {
@@ -98,7 +86,7 @@ static unsigned code_index(unsigned status) {
                                                                                  : 500 - API_STATUS_FIRST;
 }
 
-void api_count(api *a, enum api_route route, unsigned status) {
+void api_count(api *a, unsigned route, unsigned status) {
     __atomic_add_fetch(&a->counts[route][code_index(status)], 1, __ATOMIC_RELAXED);
 }
 
@@ -116,7 +104,7 @@ enum MHD_Result api_queue(const struct call *c, unsigned status, struct MHD_Resp
      * origin) is never taken for anything but its type; the backend
      * routes' answers go to programs, and the hit path pays ~760
      * instructions a header */
-    if (route_table[c->route].frontend)
+    if (routes[c->route].flags & ROUTE_FRONTEND)
         MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
     if (c->cors) {
         /* the exact origin, never "*": a signed-in page sends its cookie */
@@ -152,7 +140,7 @@ enum MHD_Result api_error(const struct call *c, unsigned status, const char *err
     struct MHD_Response *resp;
     cJSON *j = cJSON_CreateObject();
     char *body = NULL;
-    char num[16];
+    char num[16], allow[64];
 
     if (j && cJSON_AddStringToObject(j, "error", error) &&
         cJSON_AddStringToObject(j, "error_description", description) &&
@@ -165,7 +153,7 @@ enum MHD_Result api_error(const struct call *c, unsigned status, const char *err
     if (!resp)
         return MHD_NO;
     if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, route_table[c->route].allow);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, route_allow(c->route, allow, sizeof(allow)));
     if (status == MHD_HTTP_UNAUTHORIZED)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"instacart-tokend\"");
     if (status == MHD_HTTP_SERVICE_UNAVAILABLE) {
@@ -183,7 +171,7 @@ enum MHD_Result api_failure(const struct call *c, const mint_outcome *o) {
         snprintf(desc, sizeof(desc), "Instacart refused the request: HTTP %d %s", o->http_status, o->error);
         /* the drop-in speaks OAuth: a 400 of Instacart's (invalid_scope,
          * invalid_grant) is the caller's to see as it is */
-        if (c->route == ROUTE_DROPIN && o->http_status == 400)
+        if ((routes[c->route].flags & ROUTE_OAUTH) && o->http_status == 400)
             return api_error(c, MHD_HTTP_BAD_REQUEST, o->error, desc, o);
         return api_error(c, MHD_HTTP_BAD_GATEWAY, "upstream_rejected", desc, o);
     case MINT_TIMEOUT:
@@ -529,39 +517,18 @@ bool api_peer_is_local(const struct call *c) {
     return false;
 }
 
-static int route_rights(enum api_route route, const char *method) {
-    switch (route) {
-    case ROUTE_TOKEN:
-        return strcmp(method, MHD_HTTP_METHOD_DELETE) == 0 ? RIGHT_ADMIN : RIGHT_TOKEN;
-    case ROUTE_CLIENT_TOKEN:
-        return RIGHT_CLIENT_TOKEN;
-    case ROUTE_FRONTEND_TOKEN:
-        return RIGHT_FRONTEND;
-    case ROUTE_DROPIN:
-        return RIGHT_TOKEN | RIGHT_CLIENT_TOKEN; /* which one is decided by the grant */
-    case ROUTE_PROXY:
-        return RIGHT_PROXY;
-    case ROUTE_STATUS:
-    case ROUTE_CACHE_FLUSH:
-        return RIGHT_ADMIN;
-    default:
-        return 0;
-    }
-}
-
 /* The scope a GET token route will mint, for the key's scope check; NULL
  * for routes that mint nothing a caller chooses. A repeated or bad scope is
  * refused later by the route's own query check. */
 static const char *requested_scope(const struct call *c, const char *method) {
     const char *s;
 
-    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 ||
-        (c->route != ROUTE_TOKEN && c->route != ROUTE_CLIENT_TOKEN && c->route != ROUTE_FRONTEND_TOKEN))
+    if (!c->m || c->m->mints == MINTS_NOTHING)
         return NULL;
     s = MHD_lookup_connection_value(c->conn, MHD_GET_ARGUMENT_KIND, "scope");
     if (s)
         return s;
-    return c->route == ROUTE_CLIENT_TOKEN ? "" : c->a->default_scope;
+    return c->m->mints == MINTS_NO_SCOPE ? "" : c->a->default_scope;
 }
 
 /* The API key the caller presents: "Authorization: Bearer KEY", or on the
@@ -578,7 +545,7 @@ static const char *presented_key(const struct call *c, char *buf, size_t size, s
         *ret_len = strlen(authz + 7);
         return authz + 7;
     }
-    if (c->route != ROUTE_DROPIN || strncasecmp(authz, "Basic ", 6) != 0)
+    if (!(routes[c->route].flags & ROUTE_OAUTH) || strncasecmp(authz, "Basic ", 6) != 0)
         return NULL;
     n = base64_decode(authz + 6, strlen(authz + 6), buf, size - 1);
     if (n <= 0)
@@ -612,7 +579,8 @@ static int key_rights(const struct call *c, const char *method, const char *scop
         if (k) {
             rights = auth_key_rights(k);
             if (scope || (scope = requested_scope(c, method)))
-                *ret_scope_ok = auth_key_allows_scope(k, scope, a->default_scope, route_table[c->route].frontend);
+                *ret_scope_ok = auth_key_allows_scope(k, scope, a->default_scope,
+                                                      routes[c->route].flags & ROUTE_FRONTEND);
         }
     }
     pthread_rwlock_unlock(&a->keys_lock);
@@ -652,9 +620,9 @@ static bool let_in(struct call *c, const char *method, guard_verdict *v) {
         .relayed = st->head.relayed,
         .user_header = st->head.user,
         .peer = st->has_peer ? &st->peer : NULL,
-        .needed = route_rights(c->route, method),
-        .frontend = route_table[c->route].frontend,
-        .oauth = c->route == ROUTE_DROPIN,
+        .needed = c->m ? c->m->rights : 0,
+        .frontend = routes[c->route].flags & ROUTE_FRONTEND,
+        .oauth = routes[c->route].flags & ROUTE_OAUTH,
     };
 
     q.rights = key_rights(c, method, NULL, &q.keyed, &q.scope_ok);
@@ -683,25 +651,17 @@ static enum MHD_Result guard(struct call *c, const char *method, bool *refused) 
 
 /* ---- the handler ---- */
 
-static enum MHD_Result preflight(const struct call *c) {
+enum MHD_Result api_preflight(const struct call *c, struct request *unused, void **unused_cls) {
     struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    char allow[64];
 
     if (!resp)
         return MHD_NO;
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_METHODS, route_table[c->route].allow);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_METHODS,
+                            route_allow(c->route, allow, sizeof(allow)));
     MHD_add_response_header(resp, "Access-Control-Allow-Headers", "Authorization, Content-Type");
     MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
     return api_queue(c, MHD_HTTP_NO_CONTENT, resp);
-}
-
-static bool method_allowed(enum api_route route, const char *method) {
-    const char *allow = route_table[route].allow;
-    size_t n = strlen(method);
-
-    for (const char *p = strstr(allow, method); p; p = strstr(p + 1, method))
-        if ((p == allow || p[-1] == ' ') && (p[n] == ',' || p[n] == '\0'))
-            return true;
-    return false;
 }
 
 static enum MHD_Result take_body(struct request *r, const char *data, size_t *size) {
@@ -741,7 +701,8 @@ static enum MHD_Result body_complete(struct request *r, const char *url, const c
         snprintf(desc, sizeof(desc), "the request body is larger than %zu bytes", c->a->max_body);
         return api_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request_too_large", desc, NULL);
     }
-    return c->route == ROUTE_DROPIN ? route_dropin(r) : route_proxy(r, url);
+    c->url = url;
+    return c->m->handler(c, r, NULL);
 }
 
 /* The handler's first call: the headers are in, the body (if any) is not.
@@ -755,11 +716,12 @@ static enum MHD_Result first_call(struct call *c, const char *url, const char *m
     uint64_t declared;
 
     c->route = route_of(url);
+    c->m = route_method(c->route, method);
     status = scan_head(c->a, c->conn, url, &c->state->head, &s);
     if (status)
         return api_error(c, status, status == MHD_HTTP_BAD_REQUEST ? "invalid_request" : "request_header_fields_too_large",
                          s.bad, NULL);
-    if (s.expect && route_table[c->route].body && strcmp(method, MHD_HTTP_METHOD_POST) == 0) {
+    if (s.expect && c->m && c->m->body) {
         guard_verdict v;
         if (!let_in(c, method, &v))
             return answer_verdict(c, &v);
@@ -785,7 +747,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     struct call c = { .a = l->api, .conn = conn, .http11 = strcmp(version, MHD_HTTP_VERSION_1_1) == 0 };
     enum MHD_Result ret;
-    bool get, read, seen_body, refused;
+    bool seen_body, refused;
 
     if (!ci || !ci->socket_context)
         return MHD_NO; /* no memory for the connection's state when it opened */
@@ -804,8 +766,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     }
     seen_body = marker_flags(*req_cls) & MARK_BODY;
     c.route = marker_route(*req_cls);
+    c.m = route_method(c.route, method);
 
-    if (!seen_body && route_table[c.route].body && strcmp(method, MHD_HTTP_METHOD_POST) == 0) {
+    if (!seen_body && c.m && c.m->body) {
         const char *cl = c.head->length;
         struct request *r;
         uint64_t declared;
@@ -815,7 +778,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
         refused = !let_in(&c, method, &v);
         if (refused && !*upload_data_size && cl && strcmp(cl, "0") == 0)
             return answer_verdict(&c, &v); /* no body to wait for */
-        r = api_request_new(&c, c.route == ROUTE_PROXY ? REQUEST_PROXY : REQUEST_MINT, req_cls);
+        r = api_request_new(&c, REQUEST_MINT, req_cls); /* the route says what it waits on */
         if (!r)
             return MHD_NO;
         r->uploading = true;
@@ -840,63 +803,19 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     ret = guard(&c, method, &refused);
     if (refused)
         return ret;
-    if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0 && route_table[c.route].frontend)
-        return preflight(&c);
-    if (seen_body && method_allowed(c.route, method))
-        return api_error(&c, MHD_HTTP_BAD_REQUEST, "invalid_request", "this route takes no request body", NULL);
-
-    get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
-    /* HEAD wherever GET only reads (RFC 9110); never where GET mints.
-     * libmicrohttpd sends the headers of the GET answer without its body. */
-    read = get || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
-    switch (c.route) {
-    case ROUTE_TOKEN:
-        if (get)
-            return route_token(&c, req_cls);
-        if (strcmp(method, MHD_HTTP_METHOD_DELETE) == 0)
-            return route_token_delete(&c, req_cls);
-        break;
-    case ROUTE_CLIENT_TOKEN:
-        if (get)
-            return route_client_token(&c, req_cls);
-        break;
-    case ROUTE_FRONTEND_TOKEN:
-        if (get)
-            return route_frontend_token(&c, req_cls);
-        break;
-    case ROUTE_HEALTHZ:
-        if (read) {
-            api_count(c.a, c.route, MHD_HTTP_OK);
-            return MHD_queue_response(conn, MHD_HTTP_OK, c.a->health);
-        }
-        break;
-    case ROUTE_READYZ:
-        if (read)
-            return route_readyz(&c);
-        break;
-    case ROUTE_METRICS:
-        if (read)
-            return route_metrics(&c);
-        break;
-    case ROUTE_STATUS:
-        if (read)
-            return route_status(&c);
-        break;
-    case ROUTE_CACHE_FLUSH:
-        if (strcmp(method, MHD_HTTP_METHOD_POST) == 0)
-            return route_flush(&c);
-        break;
-    case ROUTE_DROPIN:
-    case ROUTE_PROXY:
-        break; /* POST was handled above */
-    default:
+    if (!c.m && !routes[c.route].methods[0].method)
         return api_error(&c, MHD_HTTP_NOT_FOUND, "not_found", "no such route; see the README for the routes", NULL);
-    }
-    {
-        char desc[160];
-        snprintf(desc, sizeof(desc), "this route takes %s", route_table[c.route].allow);
+    if (!c.m) {
+        char desc[160], allow[64];
+        snprintf(desc, sizeof(desc), "this route takes %s", route_allow(c.route, allow, sizeof(allow)));
         return api_error(&c, MHD_HTTP_METHOD_NOT_ALLOWED, "invalid_request", desc, NULL);
     }
+    if (seen_body)
+        return api_error(&c, MHD_HTTP_BAD_REQUEST, "invalid_request", "this route takes no request body", NULL);
+    if (c.m->local_only && !c.keyed && !api_peer_is_local(&c))
+        return api_error(&c, MHD_HTTP_FORBIDDEN, "forbidden", "cache control is served to local callers only", NULL);
+    c.url = url;
+    return c.m->handler(&c, NULL, req_cls);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
@@ -1209,7 +1128,7 @@ unsigned api_active(api *a) {
 
 void api_get_stats(api *a, struct api_stats *ret) {
     memset(ret, 0, sizeof(*ret));
-    for (int r = 0; r < _ROUTE_MAX; r++)
+    for (unsigned r = 0; r < API_ROUTES; r++)
         for (int c = 0; c < API_CODES; c++) {
             unsigned long long n = __atomic_load_n(&a->counts[r][c], __ATOMIC_RELAXED);
             unsigned status = API_STATUS_FIRST + (unsigned)c;

@@ -1,4 +1,6 @@
-/* What each route of the HTTP front does, once api.c has let the caller in:
+/* The routes of the HTTP front, in one table (routes[] at the end: a row
+ * per route, a handler per method), and what each does once api.c has let
+ * the caller in:
  * tokens for users (by query, by the proxy's user header, by Instacart's
  * own request body), tokens for the partner's backend, the Recommendations
  * proxy, and the operator's routes. Not responsible for who may call what
@@ -100,7 +102,7 @@ static bool parse_query(const struct call *c, struct query_ctx *qc, char user[OA
     return true;
 }
 
-enum MHD_Result route_token(const struct call *c, void **req_cls) {
+static enum MHD_Result route_token(const struct call *c, struct request *unused, void **req_cls) {
     struct query_ctx qc = { .allow_user_id = true };
     char user[OAUTH_USER_ID_MAX + 1];
 
@@ -111,7 +113,7 @@ enum MHD_Result route_token(const struct call *c, void **req_cls) {
 }
 
 /* client_credentials: one token per scope ("" for none) */
-enum MHD_Result route_client_token(const struct call *c, void **req_cls) {
+static enum MHD_Result route_client_token(const struct call *c, struct request *unused, void **req_cls) {
     struct query_ctx qc = { 0 };
 
     if (!parse_query(c, &qc, NULL))
@@ -139,7 +141,7 @@ static bool user_from_header(const struct call *c, char user[OAUTH_USER_ID_MAX +
     return true;
 }
 
-enum MHD_Result route_frontend_token(const struct call *c, void **req_cls) {
+static enum MHD_Result route_frontend_token(const struct call *c, struct request *unused, void **req_cls) {
     struct query_ctx qc = { 0 };
     char user[OAUTH_USER_ID_MAX + 1];
     const char *why;
@@ -160,8 +162,7 @@ static bool media_type_is(const char *value, const char *type) {
     return strncasecmp(value, type, n) == 0 && (value[n] == '\0' || value[n] == ';' || value[n] == ' ');
 }
 
-enum MHD_Result route_dropin(struct request *r) {
-    const struct call *c = &r->call;
+static enum MHD_Result route_dropin(const struct call *c, struct request *r, void **unused) {
     const char *error, *desc, *scope, *ctype;
     int res;
     enum MHD_Result ret;
@@ -264,13 +265,12 @@ static void proxy_send(struct request *r, token *t) {
     upstream_forward(r->call.a->up, r->path, t->value, r->body ? r->body : "", r->body_len, proxy_on_answer, r);
 }
 
-enum MHD_Result route_proxy(struct request *r, const char *url) {
-    const struct call *c = &r->call;
+static enum MHD_Result route_proxy(const struct call *c, struct request *r, void **unused) {
     const char *why;
 
     if (!user_from_header(c, r->user, &why))
         return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", why, NULL);
-    snprintf(r->path, sizeof(r->path), "%s", url); /* checked by request_proxy_path_valid */
+    snprintf(r->path, sizeof(r->path), "%s", c->url); /* checked by request_proxy_path_valid */
     r->kind = REQUEST_PROXY;
     proxy_start(r);
     return api_suspend_or_answer(r);
@@ -317,12 +317,8 @@ static enum MHD_Result answer_forwarded(struct request *r) {
 
 /* ---- operators ---- */
 
-static enum MHD_Result refuse_remote(const struct call *c) {
-    return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden", "cache control is served to local callers only", NULL);
-}
-
 /* DELETE /v1/token?user_id=U[&scope=S][&revoke=true] */
-enum MHD_Result route_token_delete(const struct call *c, void **req_cls) {
+static enum MHD_Result route_token_delete(const struct call *c, struct request *unused, void **req_cls) {
     struct query_ctx qc = { .allow_user_id = true, .allow_revoke = true };
     char user[OAUTH_USER_ID_MAX + 1], fp[FINGERPRINT_LEN];
     const char *scope;
@@ -330,8 +326,6 @@ enum MHD_Result route_token_delete(const struct call *c, void **req_cls) {
     token *t = NULL;
     int dropped;
 
-    if (!c->keyed && !api_peer_is_local(c))
-        return refuse_remote(c);
     if (!parse_query(c, &qc, user))
         return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", qc.q.error, NULL);
     if (qc.q.has_min_ttl)
@@ -355,19 +349,22 @@ enum MHD_Result route_token_delete(const struct call *c, void **req_cls) {
     return api_suspend_or_answer(r);
 }
 
-enum MHD_Result route_flush(const struct call *c) {
+static enum MHD_Result route_flush(const struct call *c, struct request *unused, void **unused_cls) {
     char body[64];
     size_t n;
 
-    if (!c->keyed && !api_peer_is_local(c))
-        return refuse_remote(c);
     n = cache_flush(c->a->cache);
     log_notice("operator flushed the cache: %zu entries dropped", n);
     snprintf(body, sizeof(body), "{\"dropped\":%zu}", n);
     return api_json(c, MHD_HTTP_OK, strdup(body));
 }
 
-enum MHD_Result route_readyz(const struct call *c) {
+static enum MHD_Result route_healthz(const struct call *c, struct request *unused, void **unused_cls) {
+    api_count(c->a, c->route, MHD_HTTP_OK);
+    return MHD_queue_response(c->conn, MHD_HTTP_OK, c->a->health);
+}
+
+static enum MHD_Result route_readyz(const struct call *c, struct request *unused, void **unused_cls) {
     struct upstream_stats us;
     const char *reason = NULL;
     cJSON *j;
@@ -392,7 +389,7 @@ enum MHD_Result route_readyz(const struct call *c) {
     return api_json(c, reason ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_OK, body);
 }
 
-enum MHD_Result route_metrics(const struct call *c) {
+static enum MHD_Result route_metrics(const struct call *c, struct request *unused, void **unused_cls) {
     struct api_stats as;
     struct cache_stats cs;
     struct upstream_stats us;
@@ -400,7 +397,7 @@ enum MHD_Result route_metrics(const struct call *c) {
     char *text;
     size_t len;
 
-    api_count(c->a, ROUTE_METRICS, MHD_HTTP_OK); /* this scrape counts itself */
+    api_count(c->a, c->route, MHD_HTTP_OK); /* this scrape counts itself */
     api_get_stats(c->a, &as);
     cache_get_stats(c->a->cache, &cs);
     upstream_get_stats(c->a->up, &us);
@@ -420,7 +417,7 @@ enum MHD_Result route_metrics(const struct call *c) {
     }
 }
 
-enum MHD_Result route_status(const struct call *c) {
+static enum MHD_Result route_status(const struct call *c, struct request *unused, void **unused_cls) {
     static const char *const circuit[] = { "closed", "open", "half_open" };
     struct api_stats as;
     struct cache_stats cs;
@@ -495,4 +492,50 @@ enum MHD_Result route_answer_done(struct request *r) {
             return api_token(&r->call, r->tok, r->scope, r->how == CACHE_MISS ? "miss" : "coalesced");
         return api_failure(&r->call, &r->outcome);
     }
+}
+
+/* ---- the table ---- */
+
+static bool any_url(const char *url) {
+    return true;
+}
+
+/* One row per route; api.c matches rows in order and dispatches on the
+ * method. Rights are what the guard requires of the caller's key; HEAD is
+ * listed wherever GET only reads (RFC 9110), never where GET mints. Row
+ * order is the order of /metrics. */
+#define GET_AND_HEAD(fn, right) \
+    { .method = "GET", .handler = fn, .rights = right }, { .method = "HEAD", .handler = fn, .rights = right }
+
+const struct route routes[] = {
+    { .name = "/v1/token",
+      .methods = { { .method = "GET", .handler = route_token, .rights = RIGHT_TOKEN, .mints = MINTS_DEFAULT_SCOPE },
+                   { .method = "DELETE", .handler = route_token_delete, .rights = RIGHT_ADMIN, .local_only = true } } },
+    { .name = "/v1/client-token",
+      .methods = { { .method = "GET", .handler = route_client_token, .rights = RIGHT_CLIENT_TOKEN,
+                     .mints = MINTS_NO_SCOPE } } },
+    { .name = "/v1/frontend/token", .flags = ROUTE_FRONTEND,
+      .methods = { { .method = "GET", .handler = route_frontend_token, .rights = RIGHT_FRONTEND,
+                     .mints = MINTS_DEFAULT_SCOPE },
+                   { .method = "OPTIONS", .handler = api_preflight } } },
+    /* the grant in the body decides which of the two rights */
+    { .name = "/v2/oauth/token", .flags = ROUTE_OAUTH,
+      .methods = { { .method = "POST", .handler = route_dropin, .rights = RIGHT_TOKEN | RIGHT_CLIENT_TOKEN,
+                     .body = true } } },
+    { .name = "/v2/recommendations", .match = request_proxy_path_valid, .flags = ROUTE_FRONTEND,
+      .methods = { { .method = "POST", .handler = route_proxy, .rights = RIGHT_PROXY, .body = true },
+                   { .method = "OPTIONS", .handler = api_preflight } } },
+    { .name = "/healthz", .methods = { GET_AND_HEAD(route_healthz, 0) } },
+    { .name = "/readyz", .methods = { GET_AND_HEAD(route_readyz, 0) } },
+    { .name = "/metrics", .methods = { GET_AND_HEAD(route_metrics, 0) } },
+    { .name = "/v1/status", .methods = { GET_AND_HEAD(route_status, RIGHT_ADMIN) } },
+    { .name = "/v1/cache/flush",
+      .methods = { { .method = "POST", .handler = route_flush, .rights = RIGHT_ADMIN, .local_only = true } } },
+    /* last: everything else, with no method (404) */
+    { .name = "other", .match = any_url },
+};
+_Static_assert(sizeof(routes) / sizeof(routes[0]) == API_ROUTES, "API_ROUTES counts the rows of routes[]");
+
+const char *api_route_name(unsigned route) {
+    return route < API_ROUTES ? routes[route].name : "other";
 }
