@@ -12,6 +12,7 @@
 #include "config.h"
 #include "guard.h"
 #include "oauth.h"
+#include "proxy.h"
 #include "request.h"
 #include "token.h"
 #include "upstream.h"
@@ -103,12 +104,8 @@ struct request {
     /* the Recommendations proxy */
     char user[OAUTH_USER_ID_MAX + 1];
     char path[256];
-    bool retried;
-    token *used;     /* the token the last forward carried */
-    int fwd_status;
-    char *fwd_body;
-    size_t fwd_len;
-    char fwd_type[128];
+    struct proxy_call *proxy;
+    proxy_answer fwd;
 };
 
 /* answers (api.c) */

@@ -828,9 +828,9 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         a->active--;
         pthread_mutex_unlock(&a->lock);
         token_unref(r->tok);
-        token_unref(r->used);
+        proxy_call_free(r->proxy);
         wipe_free(r->body, r->body_len);
-        wipe_free(r->fwd_body, r->fwd_len);
+        wipe_free(r->fwd.body, r->fwd.len);
         free(r);
     }
     *req_cls = NULL;

@@ -16,6 +16,7 @@
 #include "build-config.h"
 #include "log.h"
 #include "metrics.h"
+#include "proxy.h"
 #include "util.h"
 
 /* ---- tokens ---- */
@@ -196,123 +197,45 @@ static enum MHD_Result route_dropin(const struct call *c, struct request *r, voi
     return ret;
 }
 
-/* ---- the Recommendations proxy: the token never reaches the browser ---- */
+/* ---- the Recommendations proxy (proxy.c): the token never reaches the browser ---- */
 
-static void proxy_send(struct request *r, token *t);
-
-static void proxy_on_token(void *userdata, const mint_outcome *o, token *t) {
+static void proxy_on_done(void *userdata, proxy_answer *answer) {
     struct request *r = userdata;
 
-    if (!t) {
-        r->outcome = *o;
-        api_request_complete(r);
-        return;
-    }
-    proxy_send(r, t);
-    token_unref(t);
-}
-
-/* Gets the user's token (cached, or minted single-flight), then forwards. */
-static void proxy_start(struct request *r) {
-    api *a = r->call.a;
-    mint_outcome o;
-    token *t = NULL;
-    int res;
-
-    res = cache_get(a->cache, OAUTH_GRANT_USER_ASSERTION, r->user, a->default_scope, a->min_ttl_ms,
-                    proxy_on_token, r, &t, &o);
-    if (res == CACHE_HIT) {
-        proxy_send(r, t);
-        token_unref(t);
-    } else if (res == CACHE_FAILED) {
-        r->outcome = o;
-        api_request_complete(r);
-    } else if (res < 0) {
-        r->outcome = local_failure(res == -EBUSY ? "too_many_waiters" : "cache_full");
-        api_request_complete(r);
-    }
-}
-
-static void proxy_on_answer(void *userdata, int status, const char *content_type, const char *body, size_t len) {
-    struct request *r = userdata;
-    api *a = r->call.a;
-
-    if (status == 401 && !r->retried) {
-        /* Instacart no longer takes this token (revoked, say): drop it,
-         * mint once more, try once more */
-        r->retried = true;
-        cache_drop_if(a->cache, OAUTH_GRANT_USER_ASSERTION, r->user, a->default_scope, r->used, NULL);
-        proxy_start(r);
-        return;
-    }
-    r->fwd_status = status;
-    if (status) {
-        r->fwd_body = malloc(len + 1);
-        if (r->fwd_body) {
-            if (len) /* an empty answer may come with no buffer at all */
-                memcpy(r->fwd_body, body, len);
-            r->fwd_len = len;
-        }
-        snprintf(r->fwd_type, sizeof(r->fwd_type), "%s", content_type ? content_type : "application/json");
-    } else
-        r->outcome = local_failure("forward_failed");
+    r->fwd = *answer; /* the body is the request's now */
     api_request_complete(r);
 }
 
-static void proxy_send(struct request *r, token *t) {
-    token_unref(r->used);
-    r->used = token_ref(t);
-    upstream_forward(r->call.a->up, r->path, t->value, r->body ? r->body : "", r->body_len, proxy_on_answer, r);
-}
-
 static enum MHD_Result route_proxy(const struct call *c, struct request *r, void **unused) {
+    proxy_target t = { .cache = c->a->cache, .up = c->a->up, .scope = c->a->default_scope,
+                       .min_ttl_ms = c->a->min_ttl_ms };
     const char *why;
 
     if (!user_from_header(c, r->user, &why))
         return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", why, NULL);
     snprintf(r->path, sizeof(r->path), "%s", c->url); /* checked by request_proxy_path_valid */
     r->kind = REQUEST_PROXY;
-    proxy_start(r);
+    if (proxy_start(&t, r->user, r->path, r->body, r->body_len, proxy_on_done, r, &r->proxy) < 0)
+        return MHD_NO;
     return api_suspend_or_answer(r);
-}
-
-/* application/json or application/...+json, with parameters or not */
-static bool json_type(const char *t) {
-    size_t n = strcspn(t, ";");
-
-    while (n && (t[n - 1] == ' ' || t[n - 1] == '\t'))
-        n--;
-    if (n == 16 && strncasecmp(t, "application/json", 16) == 0)
-        return true;
-    return n > 17 && strncasecmp(t, "application/", 12) == 0 && strncasecmp(t + n - 5, "+json", 5) == 0 &&
-           !memchr(t, ',', n);
 }
 
 static enum MHD_Result answer_forwarded(struct request *r) {
     struct MHD_Response *resp;
     char desc[192];
+    int status;
 
-    if (!r->fwd_status)
-        return api_failure(&r->call, &r->outcome);
-    /* what reaches a page on the site's own origin: Instacart's successes,
-     * refusals and failures as they are, and nothing else (no 1xx, no
-     * redirect, nothing past 599), and only JSON */
-    if (r->fwd_status < 200 || (r->fwd_status >= 300 && r->fwd_status < 400) || r->fwd_status > 599) {
-        snprintf(desc, sizeof(desc), "Instacart answered HTTP %d, which is not passed on", r->fwd_status);
+    if (!r->fwd.status)
+        return api_failure(&r->call, &r->fwd.outcome);
+    status = proxy_passable(r->fwd.status, r->fwd.content_type, desc, sizeof(desc));
+    if (!status)
         return api_error(&r->call, MHD_HTTP_BAD_GATEWAY, "upstream_unavailable", desc, NULL);
-    }
-    if (!json_type(r->fwd_type)) {
-        snprintf(desc, sizeof(desc), "Instacart answered with Content-Type '%.64s', not JSON; not passed on",
-                 r->fwd_type);
-        return api_error(&r->call, MHD_HTTP_BAD_GATEWAY, "upstream_unavailable", desc, NULL);
-    }
-    resp = MHD_create_response_from_buffer_with_free_callback(r->fwd_len, r->fwd_body ? r->fwd_body : "",
-                                                              r->fwd_body ? free : NULL);
+    resp = MHD_create_response_from_buffer_with_free_callback(r->fwd.len, r->fwd.body, free);
     if (!resp)
         return MHD_NO;
-    r->fwd_body = NULL; /* the response owns it now */
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->fwd_type);
-    return api_queue(&r->call, (unsigned)r->fwd_status, resp);
+    r->fwd.body = NULL; /* the response owns it now */
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->fwd.content_type);
+    return api_queue(&r->call, (unsigned)status, resp);
 }
 
 /* ---- operators ---- */
