@@ -33,9 +33,12 @@ build=(meson ninja-build gcc pkg-config libcurl4-openssl-dev libcjson-dev libmic
 # and its runtime build the fuzzers; valgrind checks leaks; debootstrap and
 # systemd-container boot a real systemd for the systemctl tests; tinyproxy is
 # the real forward proxy of the [upstream] proxy test; python3-requests-oauthlib
-# is a standard OAuth 2.0 client driving the drop-in.
+# is a standard OAuth 2.0 client driving the drop-in; chromium (headless, driven
+# over its DevTools protocol with python3-websocket) is the real browser whose
+# CORS, cookies and Sec-Fetch-Site test_front's page-on-another-origin test uses.
 test=("${build[@]}" python3 python3-pytest nginx-light openssl prometheus clang "$clang_rt" valgrind
-      debootstrap systemd-container wrk hyperfine iproute2 procps tinyproxy python3-requests-oauthlib)
+      debootstrap systemd-container wrk hyperfine iproute2 procps tinyproxy python3-requests-oauthlib
+      chromium python3-websocket)
 
 mode=${1:-build}
 if [[ $mode == list ]]; then

@@ -1,8 +1,9 @@
 """Issue 13, the defects of the HTTP front fixed so far: HEAD, the headers a
 relaying proxy adds, Sec-Fetch-Site in any case, what the Recommendations
 proxy passes to a browser, counting every request once under its real
-status, CORS with credentials, and the drop-in speaking OAuth 2.0 as
-standard clients expect (driven by Debian's requests-oauthlib)."""
+status, CORS with credentials (and in Debian's headless Chromium), the
+drop-in speaking OAuth 2.0 as standard clients expect (driven by Debian's
+requests-oauthlib), and strict HTTP."""
 import base64
 import json
 import re
@@ -482,3 +483,135 @@ def test_a_repeated_header_the_guard_reads_is_refused(stub, tokend, headers):
     """Read one way here (the first), maybe another by whatever relayed it."""
     assert raw_answer(tokend, get_with(headers))[0] == 400
     assert stub.token_requests() == []
+
+
+# ---------------------------------------------------------------- defect 9: CORS with credentials, in Chromium
+#
+# The site: one web server (here, in the test) for three origins of one site,
+# example.test. app.example.test signs its user in with a cookie and, as the
+# site's proxy does, forwards /instacart/... to tokend with its frontend key
+# and the user's id. shop.example.test is another origin of the site, listed
+# in allowed_origins; evil.example.test is not. Same site, so the browser
+# sends the cookie from both: only tokend's CORS answer tells them apart.
+
+
+class Site:
+    def __init__(self, t):
+        import http.server
+        import threading
+        site = self
+        self.forwarded = []  # (method, path, Origin, tokend's status)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def answer(self, status, body=b"", headers=()):
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def handle_any(self):
+                host = self.headers.get("Host", "").split(":")[0]
+                if host != "app.example.test":
+                    return self.answer(200, b"<!doctype html><title>a page</title>", [("Content-Type", "text/html")])
+                if self.path == "/login":
+                    return self.answer(200, b"signed in", [("Set-Cookie", "session=alice; Path=/; SameSite=Lax")])
+                if not self.path.startswith("/instacart/"):
+                    return self.answer(404)
+                import http.client
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                out = {k: self.headers[k] for k in ("Origin", "Sec-Fetch-Site", "Content-Type",
+                                                    "Access-Control-Request-Method",
+                                                    "Access-Control-Request-Headers") if self.headers.get(k)}
+                if "session=alice" in (self.headers.get("Cookie") or ""):
+                    out[USER_HEADER] = "alice"
+                    out["Authorization"] = f"Bearer {t.keys['fe']}"
+                c = http.client.HTTPConnection(t.host, t.port, timeout=10)
+                c.request(self.command, self.path[len("/instacart"):], body=body or None, headers=out)
+                r = c.getresponse()
+                data = r.read()
+                c.close()
+                site.forwarded.append((self.command, self.path, self.headers.get("Origin"), r.status))
+                keep = [(k, v) for k, v in r.getheaders()
+                        if k.lower() not in ("connection", "content-length", "date", "transfer-encoding")]
+                self.answer(r.status, data, keep)
+
+            do_GET = do_POST = do_OPTIONS = handle_any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+READ_BOTH = """
+  const base = "http://app.example.test:%d/instacart";
+  const out = {};
+  try {
+    const t = await fetch(base + "/v1/frontend/token", {credentials: "include"});
+    out.token = {status: t.status, body: await t.json()};
+  } catch (e) { out.token = {failed: e.name}; }
+  try {
+    const r = await fetch(base + "/v2/recommendations/replacement_items", {
+      method: "POST", credentials: "include", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify(%s)});
+    out.reco = {status: r.status, body: await r.json()};
+  } catch (e) { out.reco = {failed: e.name}; }
+  return out;
+"""
+
+
+@pytest.fixture
+def browser(tmp_path):
+    import shutil
+    if not shutil.which("chromium"):
+        pytest.skip("Debian's chromium is not installed (tests/deps.sh test)")
+    pytest.importorskip("websocket", reason="Debian's python3-websocket (tests/deps.sh test)")
+    from browser import Browser
+    b = Browser(str(tmp_path))
+    yield b
+    b.close()
+
+
+def test_a_page_on_an_allowed_origin_signed_in_by_cookie_reads_and_another_reads_nothing(
+        stub, make_tokend, tmp_path, browser):
+    keys = Keys(tmp_path / "keys", {"fe": ("frontend", "proxy")})
+    # the allowed origin carries the site's port, known once the site listens
+    t = make_tokend(stub, {"auth": {"keys_file": keys.path}}, start=False)
+    t.keys = keys
+    site = Site(t)
+    try:
+        shop, evil = f"http://shop.example.test:{site.port}", f"http://evil.example.test:{site.port}"
+        t.sections["server"]["allowed_origins"] = shop
+        t.write_config()
+        t.start()
+        browser.open(f"http://app.example.test:{site.port}/login")
+        script = READ_BOTH % (site.port, json.dumps(RECO_BODY))
+
+        # another origin of the same site: the cookie goes along, tokend
+        # refuses the Origin (and the preflight), the page reads nothing
+        browser.open(evil + "/")
+        got = browser.run(script)
+        assert got == {"token": {"failed": "TypeError"}, "reco": {"failed": "TypeError"}}, got
+        assert stub.token_requests() == []
+        assert [(m, s) for m, _, o, s in site.forwarded if o == evil] == [("GET", 403), ("OPTIONS", 403)]
+
+        # the allowed origin reads the user's token and Instacart's answer
+        browser.open(shop + "/")
+        got = browser.run(script)
+        assert got["token"]["status"] == 200, got
+        assert got["token"]["body"]["access_token"]
+        assert got["reco"]["status"] == 200, got
+        assert "error" not in got["reco"]["body"], got
+        assert [r["user_id"] for r in stub.token_requests()] == ["alice"]
+    finally:
+        site.close()
