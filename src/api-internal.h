@@ -11,6 +11,7 @@
 #include "cache.h"
 #include "config.h"
 #include "guard.h"
+#include "head.h"
 #include "oauth.h"
 #include "proxy.h"
 #include "request.h"
@@ -42,7 +43,7 @@ struct api {
     char default_scope[OAUTH_SCOPE_MAX + 1];
     uint64_t min_ttl_ms;
     char user_header[64];
-    size_t user_header_len;
+    head_rules head_rules;
     size_t max_body;
     char **allowed_hosts, **allowed_origins;
     size_t n_allowed_hosts, n_allowed_origins;
@@ -63,7 +64,6 @@ struct api {
 };
 
 struct conn_state;
-struct head;
 
 /* One request being answered: what every answer needs. */
 struct call {
@@ -77,7 +77,7 @@ struct call {
     const char *cors;     /* the Origin to allow in the answer, or NULL */
     bool http11;          /* an HTTP/1.1 request (it must name its Host) */
     struct conn_state *state; /* the connection's: its peer, the request's head */
-    const struct head *head;  /* &state->head */
+    const head *head;         /* &state->head */
 };
 
 enum request_kind { REQUEST_MINT, REQUEST_REVOKE, REQUEST_PROXY };

@@ -324,152 +324,25 @@ enum MHD_Result api_suspend_or_answer(struct request *r) {
  * two, tokend answers 431 on the first call. */
 #define HEAD_MAX 5120
 
-/* What the first call reads off the header block, in one pass: the facts
- * the guard and the routes need (kept with the connection until the
- * request is answered: the strings are libmicrohttpd's, valid as long as
- * the request), and whether the block is one tokend reads one way only. */
-struct head {
-    const char *host, *origin, *site, *authorization, *length;
-    bool user;          /* the frontend user header is present */
-    bool relayed;       /* a header a relaying proxy adds */
-};
-
-/* What each connection keeps: its Unix-socket peer, the current request's head. */
+/* What each connection keeps: its Unix-socket peer, the current request's
+ * head (head.c; its strings are libmicrohttpd's, valid as long as the
+ * request). */
 struct conn_state {
     guard_peer peer;
     bool has_peer;
-    struct head head;
+    head head;
 };
 
 struct head_scan {
-    const api *a;
-    struct head *h;
-    size_t bytes;       /* of the headers, as sent */
-    const char *bad;    /* why the request is refused with 400, or NULL */
-    bool te, expect;    /* Transfer-Encoding (chunked: anything else is bad), Expect: 100-continue */
+    head *h;
+    const head_rules *rules;
 };
-
-/* RFC 9110 §5.6.2: ALPHA, DIGIT and !#$%&'*+-.^_`|~, as a bitmap (one
- * load per character: this runs on every request, the hit path included) */
-static bool tchar(unsigned char ch) {
-    static const uint64_t map[4] = { 0x03ff6cfa00000000ULL, 0x57ffffffc7fffffeULL, 0, 0 };
-
-    return (map[ch >> 6] >> (ch & 63)) & 1;
-}
-
-/* The headers tokend reads. A folded line (obsolete line folding) of one
- * of them must not make it vanish or change: libmicrohttpd 0.9.75 appends
- * the continuation to the header's NAME ("Host: evil\r\n x" arrives as a
- * header "Hostx"), 1.0 to its value, with the CR LF turned into two
- * spaces. */
-#define NAME(s) { s, sizeof(s) - 1 }
-#define IS(key, key_size, lit) is_name(key, key_size, lit, sizeof(lit) - 1)
-enum { H_HOST, H_ORIGIN, H_SITE, H_AUTHORIZATION };
-static const struct name {
-    const char *s;
-    size_t len;
-} read_headers[] = {
-    NAME(MHD_HTTP_HEADER_HOST), NAME(MHD_HTTP_HEADER_ORIGIN), NAME("Sec-Fetch-Site"), NAME(MHD_HTTP_HEADER_AUTHORIZATION),
-    NAME(MHD_HTTP_HEADER_FORWARDED), NAME("X-Forwarded-For"), NAME("X-Real-IP"), NAME("X-Client-IP"),
-    NAME("True-Client-IP"), NAME(MHD_HTTP_HEADER_CONTENT_LENGTH),
-    NAME(MHD_HTTP_HEADER_CONTENT_TYPE), NAME(MHD_HTTP_HEADER_TRANSFER_ENCODING), NAME(MHD_HTTP_HEADER_EXPECT),
-}, relay_headers[] = {
-    NAME(MHD_HTTP_HEADER_FORWARDED), NAME("X-Real-IP"), NAME("X-Client-IP"), NAME("True-Client-IP"),
-};
-
-/* key is name, or name and more (key_size > n) */
-static int prefix(const char *key, size_t key_size, const char *name, size_t n) {
-    if (key_size < n || (key[0] | 0x20) != (name[0] | 0x20) || strncasecmp(key, name, n) != 0)
-        return 0;
-    return key_size == n ? 1 : 2;
-}
-
-static bool is_name(const char *key, size_t key_size, const char *name, size_t n) {
-    return prefix(key, key_size, name, n) == 1;
-}
-
-#if MHD_VERSION >= 0x01000000
-static bool folded_value(const char *v, size_t n) {
-    for (size_t i = 0; i + 2 < n; i++)
-        if (v[i] == ' ' && v[i + 1] == ' ' && (v[i + 2] == ' ' || v[i + 2] == '\t'))
-            return true;
-    return false;
-}
-#endif
-
-static bool refuse_head(struct head_scan *s, const char *why) {
-    s->bad = why;
-    return false;
-}
-
-/* The four the guard reads, each once: a second one (of the same value or
- * not) would be read one way here and maybe another by whoever relayed it. */
-static bool keep(struct head_scan *s, const char **slot, const char *value) {
-    if (*slot)
-        return refuse_head(s, "a header tokend reads (Host, Origin, Sec-Fetch-Site, Authorization or the "
-                              "user header) is repeated");
-    *slot = value;
-    return true;
-}
-
-static bool scan_one(struct head_scan *s, const char *key, size_t key_size, const char *value, size_t value_size) {
-    const char **slots[] = { &s->h->host, &s->h->origin, &s->h->site, &s->h->authorization };
-    bool read = false;
-    int m;
-
-    s->bytes += key_size + value_size + 4;
-    if (!key_size)
-        return refuse_head(s, "a header line has no name");
-    for (size_t i = 0; i < key_size; i++)
-        if (!tchar((unsigned char)key[i]))
-            return refuse_head(s, "a header name holds a character HTTP does not allow there "
-                                  "(whitespace before the colon, or a folded line)");
-    for (size_t i = 0; i < ARRAY_SIZE(read_headers) && !read; i++) {
-        m = prefix(key, key_size, read_headers[i].s, read_headers[i].len);
-        if (m == 2)
-            return refuse_head(s, "a folded header line (obsolete line folding) is refused");
-        if (m == 1 && i < ARRAY_SIZE(slots) && !keep(s, slots[i], value))
-            return false;
-        read = m == 1;
-    }
-    if (!read) {
-        m = prefix(key, key_size, s->a->user_header, s->a->user_header_len);
-        if (m == 2)
-            return refuse_head(s, "a folded header line (obsolete line folding) is refused");
-        if (m == 1 && s->h->user)
-            return keep(s, &value, value); /* refused: repeated */
-        s->h->user = read = m == 1;
-    }
-#if MHD_VERSION >= 0x01000000
-    if (read && folded_value(value, value_size))
-        return refuse_head(s, "a folded header line (obsolete line folding) is refused");
-#endif
-    if ((key[0] | 0x20) == 'x' && strncasecmp(key, "X-Forwarded-", 12) == 0)
-        s->h->relayed = true; /* -For, -Host, -Proto, -Port, -Server, ... */
-    for (size_t i = 0; i < ARRAY_SIZE(relay_headers) && !s->h->relayed; i++)
-        s->h->relayed = is_name(key, key_size, relay_headers[i].s, relay_headers[i].len);
-    if (!read)
-        return true;
-    if (IS(key, key_size, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
-        /* the first frames the body in libmicrohttpd: another one of a
-         * different length is a request meant to be read two ways */
-        if (s->h->length && strcmp(s->h->length, value) != 0)
-            return refuse_head(s, "two different Content-Length headers");
-        s->h->length = value;
-    } else if (IS(key, key_size, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
-        /* libmicrohttpd decodes chunked, and nothing else: 0.9.75 reads any
-         * other coding's body until the client closes, and never answers */
-        if (s->te || strcasecmp(value, "chunked") != 0)
-            return refuse_head(s, "the only transfer coding tokend reads is 'Transfer-Encoding: chunked'");
-        s->te = true;
-    } else if (IS(key, key_size, MHD_HTTP_HEADER_EXPECT))
-        s->expect = strcasecmp(value, "100-continue") == 0;
-    return true;
-}
 
 static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
                                    const char *value, size_t value_size) {
-    return scan_one(cls, key, key_size, value ? value : "", value ? value_size : 0) ? MHD_YES : MHD_NO;
+    struct head_scan *s = cls;
+
+    return head_add(s->h, s->rules, key, key_size, value ? value : "", value ? value_size : 0) ? MHD_YES : MHD_NO;
 }
 
 static enum MHD_Result count_arg(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
@@ -479,22 +352,19 @@ static enum MHD_Result count_arg(void *cls, enum MHD_ValueKind kind, const char 
 }
 
 /* The header block, checked; 0, or the status to refuse it with (s->bad says why). */
-static unsigned scan_head(api *a, struct MHD_Connection *conn, const char *url, struct head *h,
-                          struct head_scan *s) {
+static unsigned scan_head(api *a, struct MHD_Connection *conn, const char *url, head *h) {
+    struct head_scan s = { .h = h, .rules = &a->head_rules };
     size_t line;
 
-    *h = (struct head){ 0 };
-    *s = (struct head_scan){ .a = a, .h = h };
-    MHD_get_connection_values_n(conn, MHD_HEADER_KIND, scan_header, s);
-    if (s->bad)
+    *h = (head){ 0 };
+    MHD_get_connection_values_n(conn, MHD_HEADER_KIND, scan_header, &s);
+    if (h->bad || !head_finish(h))
         return MHD_HTTP_BAD_REQUEST;
-    if (s->te && h->length)
-        return refuse_head(s, "Content-Length and Transfer-Encoding together"), MHD_HTTP_BAD_REQUEST;
     line = strlen(url) + 32;
-    if (s->bytes + line > HEAD_MAX - 1024) /* the query too, only when it could matter */
+    if (h->bytes + line > HEAD_MAX - 1024) /* the query too, only when it could matter */
         MHD_get_connection_values_n(conn, MHD_GET_ARGUMENT_KIND, count_arg, &line);
-    if (s->bytes + line > HEAD_MAX) {
-        s->bad = "the request line and headers are larger than 5 KiB";
+    if (h->bytes + line > HEAD_MAX) {
+        h->bad = "the request line and headers are larger than 5 KiB";
         return MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE;
     }
     return 0;
@@ -711,17 +581,16 @@ static enum MHD_Result body_complete(struct request *r, const char *url, const c
  * only, and, when the client waits for "100 Continue" before sending its
  * body, one that will be refused anyway, so the body is never sent. */
 static enum MHD_Result first_call(struct call *c, const char *url, const char *method, void **req_cls) {
-    struct head_scan s;
     unsigned status;
     uint64_t declared;
 
     c->route = route_of(url);
     c->m = route_method(c->route, method);
-    status = scan_head(c->a, c->conn, url, &c->state->head, &s);
+    status = scan_head(c->a, c->conn, url, &c->state->head);
     if (status)
         return api_error(c, status, status == MHD_HTTP_BAD_REQUEST ? "invalid_request" : "request_header_fields_too_large",
-                         s.bad, NULL);
-    if (s.expect && c->m && c->m->body) {
+                         c->head->bad, NULL);
+    if (c->head->expect && c->m && c->m->body) {
         guard_verdict v;
         if (!let_in(c, method, &v))
             return answer_verdict(c, &v);
@@ -1016,7 +885,14 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, int listen_fd
     a->start_ms = now_ms();
     snprintf(a->default_scope, sizeof(a->default_scope), "%s", cfg->default_scope);
     snprintf(a->user_header, sizeof(a->user_header), "%s", cfg->user_header ? cfg->user_header : "X-Tokend-User");
-    a->user_header_len = strlen(a->user_header);
+    a->head_rules = (head_rules){
+        .user_header = a->user_header,
+        .user_header_len = strlen(a->user_header),
+#if MHD_VERSION >= 0x01000000
+        /* 1.0 glues a folded line onto the value, 0.9.75 onto the name */
+        .folds_in_values = true,
+#endif
+    };
     a->config_json = config_describe(cfg);
     a->n_allowed_hosts = cfg->n_allowed_hosts;
     a->n_allowed_origins = cfg->n_allowed_origins;
