@@ -451,9 +451,10 @@ def test_an_allowed_post_still_gets_100_continue(stub, tokend):
 
 
 # Measured with a bare libmicrohttpd server (suspend on the request, resume
-# 300 ms later, answer): a client that sent its whole request and then
-# shut down its side (shutdown(SHUT_WR), as `nc -q` does) never gets the
-# answer: the connection is closed when it is resumed. 0.9.75 and 1.0.1,
+# 300 ms later, answer; tests/unit/test-libmicrohttpd.c): a client that sent
+# its whole request and then shut down its side (shutdown(SHUT_WR), as
+# `nc -q` does) never gets the answer while another connection is open (alone,
+# it does): the connection is closed when it is resumed. 0.9.75 and 1.0.1,
 # with epoll and with poll alike; tokend must suspend a request that waits
 # on a mint, so there is nothing to do about it from outside the library.
 @pytest.mark.xfail(MHD <= (1, 0, 1), strict=True,
