@@ -105,7 +105,8 @@ bool head_add(head *h, const head_rules *r, const char *key, size_t key_size, co
             return refuse(h, folded);
         if (m == 1 && h->user)
             return keep(h, &value, value); /* refused: repeated */
-        h->user = read = m == 1;
+        if (m == 1)
+            h->user = read = true;
     }
     if (read && r->folds_in_values && folded_value(value, value_size))
         return refuse(h, folded);

@@ -616,3 +616,13 @@ def test_a_page_on_an_allowed_origin_signed_in_by_cookie_reads_and_another_reads
         assert [r["user_id"] for r in stub.token_requests()] == ["alice"]
     finally:
         site.close()
+
+
+def test_the_user_header_needs_a_frontend_key_whatever_header_follows_it(stub, front):
+    """The header scan once forgot the user header when another header
+    followed it (found by fuzz-head), and a backend key passed with it."""
+    req = get_with(b"Host: 127.0.0.1\r\nConnection: close\r\nAuthorization: Bearer %s\r\n"
+                   b"%s: mallory\r\nAccept: */*\r\n" % (front.keys["backend"].encode(), USER_HEADER.encode()))
+    code, _, body, _ = raw_answer(front, req)
+    assert code == 403, body
+    assert stub.token_requests() == []

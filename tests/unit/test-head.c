@@ -34,6 +34,15 @@ static void an_ordinary_block_is_read_and_its_facts_kept(void) {
     ASSERT(h.bytes > 100);
 }
 
+/* found by fuzz-head: a header after the user header made it forgotten, so
+ * the guard would not have seen it */
+static void the_user_header_is_kept_whatever_follows(void) {
+    head h;
+
+    ASSERT(FEED(&rules_0975, &h, "X-Tokend-User", "alice", "Accept", "*/*", "User-Agent", "x"));
+    ASSERT(h.user);
+}
+
 static void names_that_are_not_tokens_are_refused(void) {
     head h;
 
@@ -105,6 +114,7 @@ static void headers_a_relaying_proxy_adds(void) {
 
 static const unit_test tests[] = {
     TEST(an_ordinary_block_is_read_and_its_facts_kept),
+    TEST(the_user_header_is_kept_whatever_follows),
     TEST(names_that_are_not_tokens_are_refused),
     TEST(a_fold_glued_onto_a_name_is_refused),
     TEST(a_fold_glued_onto_a_value_is_refused_where_the_library_does_that),
