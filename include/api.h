@@ -8,22 +8,10 @@ typedef struct api api;
 struct auth;
 struct config;
 
-/* Routes, for counting requests by route. */
-enum api_route {
-    ROUTE_TOKEN,
-    ROUTE_CLIENT_TOKEN,
-    ROUTE_FRONTEND_TOKEN,
-    ROUTE_DROPIN,
-    ROUTE_PROXY,
-    ROUTE_HEALTHZ,
-    ROUTE_READYZ,
-    ROUTE_METRICS,
-    ROUTE_STATUS,
-    ROUTE_CACHE_FLUSH,
-    ROUTE_OTHER,
-    _ROUTE_MAX,
-};
-extern const char *const api_route_names[_ROUTE_MAX];
+/* Requests are counted by route: the rows of the route table, in order. */
+#define API_ROUTES 11
+/* The route's name in /metrics ("/v1/token", ...). */
+const char *api_route_name(unsigned route);
 
 /* Requests are counted by route and exact status, 100 to 599: slot
  * status - API_STATUS_FIRST. Nothing else is ever answered. */
@@ -32,7 +20,7 @@ extern const char *const api_route_names[_ROUTE_MAX];
 
 struct api_stats {
     unsigned long long requests, ok, client_errors, upstream_errors;
-    unsigned long long by_route[_ROUTE_MAX][API_CODES];
+    unsigned long long by_route[API_ROUTES][API_CODES];
     unsigned waiting; /* requests suspended on a mint or a revocation */
 };
 

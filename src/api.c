@@ -1,6 +1,8 @@
 /* The HTTP front, on libmicrohttpd. Responsible for: the listening sockets
- * (TCP and Unix), who may call what (Host, Origin, forwarding headers, peer
- * credentials, API keys), dispatching to the routes (routes.c), answering,
+ * (TCP and Unix), strict HTTP (a request read one way only), gathering the
+ * facts the guard (guard.c) decides who may call what from (Host, Origin,
+ * forwarding headers, peer credentials, API keys) and applying its
+ * verdict, dispatching to the routes (routes.c), answering,
  * and suspending a connection while it waits on the network so no server
  * thread ever does. Not responsible for how tokens are made or kept.
  *
@@ -31,59 +33,51 @@
 #include "log.h"
 #include "util.h"
 
-const char *const api_route_names[_ROUTE_MAX] = {
-    [ROUTE_TOKEN] = "/v1/token",
-    [ROUTE_CLIENT_TOKEN] = "/v1/client-token",
-    [ROUTE_FRONTEND_TOKEN] = "/v1/frontend/token",
-    [ROUTE_DROPIN] = "/v2/oauth/token",
-    [ROUTE_PROXY] = "/v2/recommendations",
-    [ROUTE_HEALTHZ] = "/healthz",
-    [ROUTE_READYZ] = "/readyz",
-    [ROUTE_METRICS] = "/metrics",
-    [ROUTE_STATUS] = "/v1/status",
-    [ROUTE_CACHE_FLUSH] = "/v1/cache/flush",
-    [ROUTE_OTHER] = "other",
-};
-
-#define ALL_BUT_FRONTEND (RIGHT_TOKEN | RIGHT_CLIENT_TOKEN | RIGHT_ADMIN)
-
-static const struct {
-    const char *path;   /* NULL: matched otherwise */
-    const char *allow;  /* methods, for 405's Allow */
-    bool body;          /* takes a request body */
-    bool frontend;      /* reached through the site's proxy: forwarding headers, CORS */
-} route_table[_ROUTE_MAX] = {
-    [ROUTE_TOKEN] = { "/v1/token", "GET, DELETE", false, false },
-    [ROUTE_CLIENT_TOKEN] = { "/v1/client-token", "GET", false, false },
-    [ROUTE_FRONTEND_TOKEN] = { "/v1/frontend/token", "GET, OPTIONS", false, true },
-    [ROUTE_DROPIN] = { "/v2/oauth/token", "POST", true, false },
-    [ROUTE_PROXY] = { NULL, "POST, OPTIONS", true, true },
-    [ROUTE_HEALTHZ] = { "/healthz", "GET, HEAD", false, false },
-    [ROUTE_READYZ] = { "/readyz", "GET, HEAD", false, false },
-    [ROUTE_METRICS] = { "/metrics", "GET, HEAD", false, false },
-    [ROUTE_STATUS] = { "/v1/status", "GET, HEAD", false, false },
-    [ROUTE_CACHE_FLUSH] = { "/v1/cache/flush", "POST", false, false },
-    [ROUTE_OTHER] = { NULL, "", false, false },
-};
-
 /* What *req_cls points to between the handler's calls, until a request
  * needs state of its own: the route, and whether a body was seen. */
-static char marker_route[_ROUTE_MAX], marker_body[_ROUTE_MAX];
-/* Unix-socket peers outside the allow-list, marked when they connect. */
-static char peer_denied;
+enum { MARK_BODY = 1, MARK_FLAGS = 2 };
+static char markers[API_ROUTES][MARK_FLAGS];
 
 static bool is_marker(const void *p) {
-    return (p >= (void *)marker_route && p < (void *)(marker_route + _ROUTE_MAX)) ||
-           (p >= (void *)marker_body && p < (void *)(marker_body + _ROUTE_MAX));
+    return p >= (void *)markers && p < (void *)(markers + API_ROUTES);
 }
 
-static enum api_route route_of(const char *url) {
-    for (int r = 0; r < ROUTE_OTHER; r++)
-        if (route_table[r].path && strcmp(url, route_table[r].path) == 0)
-            return r;
-    if (request_proxy_path_valid(url))
-        return ROUTE_PROXY;
-    return ROUTE_OTHER;
+static unsigned marker_flags(const void *p) {
+    return (unsigned)(((const char *)p - &markers[0][0]) % MARK_FLAGS);
+}
+
+static unsigned marker_route(const void *p) {
+    return (unsigned)(((const char *)p - &markers[0][0]) / MARK_FLAGS);
+}
+
+/* The row of routes[] for a URL: the last row matches everything. */
+static unsigned route_of(const char *url) {
+    unsigned r;
+
+    for (r = 0; r < API_ROUTES - 1; r++)
+        if (routes[r].match ? routes[r].match(url) : strcmp(url, routes[r].name) == 0)
+            break;
+    return r;
+}
+
+/* The row's entry for the method, or NULL. */
+static const struct route_method *route_method(unsigned route, const char *method) {
+    for (const struct route_method *m = routes[route].methods; m < routes[route].methods + ROUTE_METHODS_MAX && m->method;
+         m++)
+        if (strcmp(m->method, method) == 0)
+            return m;
+    return NULL;
+}
+
+/* The row's methods, for Allow and Access-Control-Allow-Methods. */
+static const char *route_allow(unsigned route, char *buf, size_t size) {
+    size_t pos = 0;
+
+    buf[0] = '\0';
+    for (const struct route_method *m = routes[route].methods; m < routes[route].methods + ROUTE_METHODS_MAX && m->method;
+         m++)
+        pos += (size_t)snprintf(buf + pos, pos < size ? size - pos : 0, "%s%s", pos ? ", " : "", m->method);
+    return buf;
 }
 
 static unsigned code_index(unsigned status) {
@@ -92,7 +86,7 @@ static unsigned code_index(unsigned status) {
                                                                                  : 500 - API_STATUS_FIRST;
 }
 
-void api_count(api *a, enum api_route route, unsigned status) {
+void api_count(api *a, unsigned route, unsigned status) {
     __atomic_add_fetch(&a->counts[route][code_index(status)], 1, __ATOMIC_RELAXED);
 }
 
@@ -110,7 +104,7 @@ enum MHD_Result api_queue(const struct call *c, unsigned status, struct MHD_Resp
      * origin) is never taken for anything but its type; the backend
      * routes' answers go to programs, and the hit path pays ~760
      * instructions a header */
-    if (route_table[c->route].frontend)
+    if (routes[c->route].flags & ROUTE_FRONTEND)
         MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
     if (c->cors) {
         /* the exact origin, never "*": a signed-in page sends its cookie */
@@ -146,7 +140,7 @@ enum MHD_Result api_error(const struct call *c, unsigned status, const char *err
     struct MHD_Response *resp;
     cJSON *j = cJSON_CreateObject();
     char *body = NULL;
-    char num[16];
+    char num[16], allow[64];
 
     if (j && cJSON_AddStringToObject(j, "error", error) &&
         cJSON_AddStringToObject(j, "error_description", description) &&
@@ -159,7 +153,7 @@ enum MHD_Result api_error(const struct call *c, unsigned status, const char *err
     if (!resp)
         return MHD_NO;
     if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, route_table[c->route].allow);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, route_allow(c->route, allow, sizeof(allow)));
     if (status == MHD_HTTP_UNAUTHORIZED)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"instacart-tokend\"");
     if (status == MHD_HTTP_SERVICE_UNAVAILABLE) {
@@ -177,7 +171,7 @@ enum MHD_Result api_failure(const struct call *c, const mint_outcome *o) {
         snprintf(desc, sizeof(desc), "Instacart refused the request: HTTP %d %s", o->http_status, o->error);
         /* the drop-in speaks OAuth: a 400 of Instacart's (invalid_scope,
          * invalid_grant) is the caller's to see as it is */
-        if (c->route == ROUTE_DROPIN && o->http_status == 400)
+        if ((routes[c->route].flags & ROUTE_OAUTH) && o->http_status == 400)
             return api_error(c, MHD_HTTP_BAD_REQUEST, o->error, desc, o);
         return api_error(c, MHD_HTTP_BAD_GATEWAY, "upstream_rejected", desc, o);
     case MINT_TIMEOUT:
@@ -320,74 +314,60 @@ enum MHD_Result api_suspend_or_answer(struct request *r) {
 
 /* ---- who may call what ---- */
 
-static const char *header(struct MHD_Connection *conn, const char *name) {
-    return MHD_lookup_connection_value(conn, MHD_HEADER_KIND, name);
+/* ---- strict HTTP: the header block, read once on the handler's first call ---- */
+
+/* The most request line and headers the handler takes: libmicrohttpd keeps
+ * them in the connection's memory (6 KiB, start_listener), and with more
+ * than about 5.6 KiB in there it has no room left to build the answer's
+ * headers: the connection was closed without one (after a mint, on a
+ * miss). Past about 5.9 KiB libmicrohttpd answers 431 itself. Between the
+ * two, tokend answers 431 on the first call. */
+#define HEAD_MAX 5120
+
+/* What each connection keeps: its Unix-socket peer, the current request's
+ * head (head.c; its strings are libmicrohttpd's, valid as long as the
+ * request). */
+struct conn_state {
+    guard_peer peer;
+    bool has_peer;
+    head head;
+};
+
+struct head_scan {
+    head *h;
+    const head_rules *rules;
+};
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                                   const char *value, size_t value_size) {
+    struct head_scan *s = cls;
+
+    return head_add(s->h, s->rules, key, key_size, value ? value : "", value ? value_size : 0) ? MHD_YES : MHD_NO;
 }
 
-/* Any header a reverse proxy adds: a request carrying one was relayed.
- * One pass over the headers, not a look-up per name: this runs on every
- * request that is not a frontend one, the hit path included. */
-static enum MHD_Result relay_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
-    static const char *const names[] = { MHD_HTTP_HEADER_FORWARDED, "X-Real-IP", "X-Client-IP", "True-Client-IP" };
-    bool *found = cls;
-
-    if ((key[0] | 0x20) == 'x' && strncasecmp(key, "X-Forwarded-", 12) == 0)
-        *found = true; /* -For, -Host, -Proto, -Port, -Server, ... */
-    for (size_t i = 0; i < ARRAY_SIZE(names) && !*found; i++)
-        if ((key[0] | 0x20) == (names[i][0] | 0x20) && strcasecmp(key, names[i]) == 0)
-            *found = true;
-    return *found ? MHD_NO : MHD_YES;
+static enum MHD_Result count_arg(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                                 const char *value, size_t value_size) {
+    *(size_t *)cls += key_size + value_size + 2;
+    return MHD_YES;
 }
 
-static bool forwarded(struct MHD_Connection *conn) {
-    bool found = false;
+/* The header block, checked; 0, or the status to refuse it with (s->bad says why). */
+static unsigned scan_head(api *a, struct MHD_Connection *conn, const char *url, head *h) {
+    struct head_scan s = { .h = h, .rules = &a->head_rules };
+    size_t line;
 
-    MHD_get_connection_values(conn, MHD_HEADER_KIND, relay_header, &found);
-    return found;
-}
-
-static bool host_allowed(api *a, const char *host) {
-    char name[256];
-    const char *end;
-    struct in_addr a4;
-    size_t n;
-
-    if (!host)
-        return true; /* HTTP/1.0 without Host: no browser sends that */
-    if (host[0] == '[') {
-        end = strchr(host, ']');
-        if (!end || (end[1] && end[1] != ':'))
-            return false;
-        n = (size_t)(end - host - 1);
-        if (n >= sizeof(name))
-            return false;
-        memcpy(name, host + 1, n);
-        name[n] = '\0';
-        return strcmp(name, "::1") == 0;
+    *h = (head){ 0 };
+    MHD_get_connection_values_n(conn, MHD_HEADER_KIND, scan_header, &s);
+    if (h->bad || !head_finish(h))
+        return MHD_HTTP_BAD_REQUEST;
+    line = strlen(url) + 32;
+    if (h->bytes + line > HEAD_MAX - 1024) /* the query too, only when it could matter */
+        MHD_get_connection_values_n(conn, MHD_GET_ARGUMENT_KIND, count_arg, &line);
+    if (h->bytes + line > HEAD_MAX) {
+        h->bad = "the request line and headers are larger than 5 KiB";
+        return MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE;
     }
-    end = strrchr(host, ':');
-    n = end ? (size_t)(end - host) : strlen(host);
-    if (end && (!end[1] || strspn(end + 1, "0123456789") != strlen(end + 1)))
-        return false;
-    if (n == 0 || n >= sizeof(name))
-        return false;
-    memcpy(name, host, n);
-    name[n] = '\0';
-    if (strcasecmp(name, "localhost") == 0)
-        return true;
-    if (inet_pton(AF_INET, name, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127)
-        return true;
-    for (size_t i = 0; i < a->n_allowed_hosts; i++)
-        if (strcasecmp(name, a->allowed_hosts[i]) == 0)
-            return true;
-    return false;
-}
-
-static const char *origin_allowed(api *a, const char *origin) {
-    for (size_t i = 0; origin && i < a->n_allowed_origins; i++)
-        if (strcmp(origin, a->allowed_origins[i]) == 0)
-            return a->allowed_origins[i];
-    return NULL;
+    return 0;
 }
 
 bool api_peer_is_local(const struct call *c) {
@@ -407,44 +387,18 @@ bool api_peer_is_local(const struct call *c) {
     return false;
 }
 
-static int route_rights(enum api_route route, const char *method) {
-    switch (route) {
-    case ROUTE_TOKEN:
-        return strcmp(method, MHD_HTTP_METHOD_DELETE) == 0 ? RIGHT_ADMIN : RIGHT_TOKEN;
-    case ROUTE_CLIENT_TOKEN:
-        return RIGHT_CLIENT_TOKEN;
-    case ROUTE_FRONTEND_TOKEN:
-        return RIGHT_FRONTEND;
-    case ROUTE_DROPIN:
-        return RIGHT_TOKEN | RIGHT_CLIENT_TOKEN; /* which one is decided by the grant */
-    case ROUTE_PROXY:
-        return RIGHT_PROXY;
-    case ROUTE_STATUS:
-    case ROUTE_CACHE_FLUSH:
-        return RIGHT_ADMIN;
-    default:
-        return 0;
-    }
-}
-
 /* The scope a GET token route will mint, for the key's scope check; NULL
  * for routes that mint nothing a caller chooses. A repeated or bad scope is
  * refused later by the route's own query check. */
 static const char *requested_scope(const struct call *c, const char *method) {
     const char *s;
 
-    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 ||
-        (c->route != ROUTE_TOKEN && c->route != ROUTE_CLIENT_TOKEN && c->route != ROUTE_FRONTEND_TOKEN))
+    if (!c->m || c->m->mints == MINTS_NOTHING)
         return NULL;
     s = MHD_lookup_connection_value(c->conn, MHD_GET_ARGUMENT_KIND, "scope");
     if (s)
         return s;
-    return c->route == ROUTE_CLIENT_TOKEN ? "" : c->a->default_scope;
-}
-
-static void scope_text(char *buf, size_t size, const char *scope) {
-    snprintf(buf, size, "this API key may not ask for scope '%.64s'; list it in the key's "
-             "scopes= in [auth] keys_file", *scope ? scope : "(none)");
+    return c->m->mints == MINTS_NO_SCOPE ? "" : c->a->default_scope;
 }
 
 /* The API key the caller presents: "Authorization: Bearer KEY", or on the
@@ -452,7 +406,7 @@ static void scope_text(char *buf, size_t size, const char *scope) {
  * key as the password (RFC 6749 §2.3.1). Basic is decoded into buf, which
  * the caller wipes. */
 static const char *presented_key(const struct call *c, char *buf, size_t size, size_t *ret_len) {
-    const char *authz = header(c->conn, MHD_HTTP_HEADER_AUTHORIZATION), *colon;
+    const char *authz = c->head->authorization, *colon;
     ptrdiff_t n;
 
     if (!authz)
@@ -461,7 +415,7 @@ static const char *presented_key(const struct call *c, char *buf, size_t size, s
         *ret_len = strlen(authz + 7);
         return authz + 7;
     }
-    if (c->route != ROUTE_DROPIN || strncasecmp(authz, "Basic ", 6) != 0)
+    if (!(routes[c->route].flags & ROUTE_OAUTH) || strncasecmp(authz, "Basic ", 6) != 0)
         return NULL;
     n = base64_decode(authz + 6, strlen(authz + 6), buf, size - 1);
     if (n <= 0)
@@ -472,13 +426,6 @@ static const char *presented_key(const struct call *c, char *buf, size_t size, s
         return NULL;
     *ret_len = (size_t)(buf + n - colon - 1);
     return colon + 1;
-}
-
-static bool refuse(struct verdict *v, unsigned status, const char *error, const char *description) {
-    v->status = status;
-    v->error = error;
-    v->description = description;
-    return false;
 }
 
 /* The caller's key, found under the keys' lock (a reload may swap them):
@@ -497,14 +444,13 @@ static int key_rights(const struct call *c, const char *method, const char *scop
     *ret_scope_ok = true;
     pthread_rwlock_rdlock(&a->keys_lock);
     *ret_keyed = a->auth != NULL;
-    if (!*ret_keyed)
-        rights = ALL_BUT_FRONTEND;
-    else if (key) {
+    if (*ret_keyed && key) {
         const auth_key *k = auth_find(a->auth, key, len);
         if (k) {
             rights = auth_key_rights(k);
             if (scope || (scope = requested_scope(c, method)))
-                *ret_scope_ok = auth_key_allows_scope(k, scope, a->default_scope, route_table[c->route].frontend);
+                *ret_scope_ok = auth_key_allows_scope(k, scope, a->default_scope,
+                                                      routes[c->route].flags & ROUTE_FRONTEND);
         }
     }
     pthread_rwlock_unlock(&a->keys_lock);
@@ -523,113 +469,69 @@ bool api_key_allows_scope(const struct call *c, const char *scope) {
 
 /* Only the drop-in asks (its scope is in the body): RFC 6749's refusal. */
 enum MHD_Result api_scope_refused(const struct call *c, const char *scope) {
-    char desc[VERDICT_DESC_MAX];
+    char desc[GUARD_DESC_MAX];
 
-    scope_text(desc, sizeof(desc), scope);
+    guard_scope_text(desc, sizeof(desc), scope);
     return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_scope", desc, NULL);
 }
 
-/* Who may call what: a verdict from the request's facts, answering
- * nothing, so a request refused before its body arrives is answered (and
- * counted) once, when the body is in. Returns true to let it in, with
- * c->rights set. */
-static bool guard_check(struct call *c, const char *method, struct verdict *v) {
-    api *a = c->a;
-    const union MHD_ConnectionInfo *ci;
-    const char *origin = header(c->conn, MHD_HTTP_HEADER_ORIGIN);
-    const char *site = header(c->conn, "Sec-Fetch-Site");
-    bool scope_ok;
-    int needed = route_rights(c->route, method);
-    bool preflight = strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0 && route_table[c->route].frontend;
+/* Who may call what (guard.c), from the facts read off the request here.
+ * Answers nothing, so a request refused before its body arrives is
+ * answered (and counted) once, when the body is in. Returns true to let it
+ * in, with c->rights and c->cors set. */
+static bool let_in(struct call *c, const char *method, guard_verdict *v) {
+    const struct conn_state *st = c->state;
+    guard_request q = {
+        .method = method,
+        .http11 = c->http11,
+        .host = st->head.host,
+        .origin = st->head.origin,
+        .sec_fetch_site = st->head.site,
+        .relayed = st->head.relayed,
+        .user_header = st->head.user,
+        .peer = st->has_peer ? &st->peer : NULL,
+        .needed = c->m ? c->m->rights : 0,
+        .frontend = routes[c->route].flags & ROUTE_FRONTEND,
+        .oauth = routes[c->route].flags & ROUTE_OAUTH,
+    };
 
-    /* HTTP/1.1 requires Host. libmicrohttpd 1.0 refuses a request without
-     * one itself; 0.9.75 passes it on, and host_allowed() lets a missing
-     * Host through for HTTP/1.0. */
-    if (c->http11 && !header(c->conn, MHD_HTTP_HEADER_HOST))
-        return refuse(v, MHD_HTTP_BAD_REQUEST, "invalid_request", "an HTTP/1.1 request must carry a Host header");
-    /* DNS rebinding: a page on evil.example resolving to 127.0.0.1 */
-    if (!host_allowed(a, header(c->conn, MHD_HTTP_HEADER_HOST)))
-        return refuse(v, MHD_HTTP_MISDIRECTED_REQUEST, "misdirected_request",
-                      "the Host header names no address of tokend; add the name to [server] "
-                      "allowed_hosts if it is yours");
-    /* a browser sending a request on a page's behalf */
-    if (origin && !origin_allowed(a, origin))
-        return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden",
-                      "cross-origin request from an origin not in [server] allowed_origins");
-    if (site && strcasecmp(site, "cross-site") == 0 && !origin_allowed(a, origin))
-        return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden", "cross-site request refused");
-    if (route_table[c->route].frontend)
-        c->cors = origin_allowed(a, origin);
-    else if (forwarded(c->conn))
-        return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden",
-                      "forwarded requests are served on the frontend routes only");
-    ci = MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    if (ci && ci->socket_context == &peer_denied)
-        return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden",
-                      "this user is not in [server] allowed_uids or allowed_gids");
-
-    c->rights = key_rights(c, method, NULL, &c->keyed, &scope_ok);
-    /* the drop-in answers as an OAuth server does (RFC 6749 §5.2) */
-    if (needed && !preflight && c->rights < 0)
-        return c->route == ROUTE_DROPIN
-                   ? refuse(v, MHD_HTTP_UNAUTHORIZED, "invalid_client",
-                            "an API key is required: send Authorization: Bearer KEY, or the key as the "
-                            "password of HTTP Basic")
-                   : refuse(v, MHD_HTTP_UNAUTHORIZED, "unauthorized",
-                            "an API key is required: send Authorization: Bearer KEY");
-    if (c->rights < 0)
-        c->rights = 0;
-    if (needed && !preflight && !(c->rights & needed))
-        return c->route == ROUTE_DROPIN
-                   ? refuse(v, MHD_HTTP_BAD_REQUEST, "unauthorized_client",
-                            "this API key has neither the token nor the client-token right")
-                   : refuse(v, MHD_HTTP_FORBIDDEN, "forbidden",
-                            c->keyed ? "this API key lacks the right this route needs"
-                                     : "this route needs an API key with the frontend or proxy right ([auth] keys_file)");
-    if (!scope_ok) {
-        scope_text(v->desc, sizeof(v->desc), requested_scope(c, method));
-        return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden", v->desc);
+    q.rights = key_rights(c, method, NULL, &q.keyed, &q.scope_ok);
+    if (!q.scope_ok)
+        q.scope = requested_scope(c, method);
+    c->keyed = q.keyed;
+    if (!guard_check(&c->a->policy, &q, v)) {
+        c->cors = v->cors;
+        return false;
     }
-    /* The user header names whose token to use: only the site's proxy may
-     * set it, and the proxy proves that with its key. */
-    if (header(c->conn, a->user_header) && !(c->rights & (RIGHT_FRONTEND | RIGHT_PROXY)))
-        return refuse(v, MHD_HTTP_FORBIDDEN, "forbidden",
-                      "the user header is accepted only with a frontend or proxy key");
+    c->rights = v->rights;
+    c->cors = v->cors;
     return true;
 }
 
-static enum MHD_Result answer_verdict(const struct call *c, const struct verdict *v) {
+static enum MHD_Result answer_verdict(const struct call *c, const guard_verdict *v) {
     return api_error(c, v->status, v->error, v->description, NULL);
 }
 
 static enum MHD_Result guard(struct call *c, const char *method, bool *refused) {
-    struct verdict v;
+    guard_verdict v;
 
-    *refused = !guard_check(c, method, &v);
+    *refused = !let_in(c, method, &v);
     return *refused ? answer_verdict(c, &v) : MHD_YES;
 }
 
 /* ---- the handler ---- */
 
-static enum MHD_Result preflight(const struct call *c) {
+enum MHD_Result api_preflight(const struct call *c, struct request *unused, void **unused_cls) {
     struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    char allow[64];
 
     if (!resp)
         return MHD_NO;
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_METHODS, route_table[c->route].allow);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_METHODS,
+                            route_allow(c->route, allow, sizeof(allow)));
     MHD_add_response_header(resp, "Access-Control-Allow-Headers", "Authorization, Content-Type");
     MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
     return api_queue(c, MHD_HTTP_NO_CONTENT, resp);
-}
-
-static bool method_allowed(enum api_route route, const char *method) {
-    const char *allow = route_table[route].allow;
-    size_t n = strlen(method);
-
-    for (const char *p = strstr(allow, method); p; p = strstr(p + 1, method))
-        if ((p == allow || p[-1] == ' ') && (p[n] == ',' || p[n] == '\0'))
-            return true;
-    return false;
 }
 
 static enum MHD_Result take_body(struct request *r, const char *data, size_t *size) {
@@ -669,7 +571,38 @@ static enum MHD_Result body_complete(struct request *r, const char *url, const c
         snprintf(desc, sizeof(desc), "the request body is larger than %zu bytes", c->a->max_body);
         return api_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request_too_large", desc, NULL);
     }
-    return c->route == ROUTE_DROPIN ? route_dropin(r) : route_proxy(r, url);
+    c->url = url;
+    return c->m->handler(c, r, NULL);
+}
+
+/* The handler's first call: the headers are in, the body (if any) is not.
+ * Answered here, which closes the connection (libmicrohttpd reads no more
+ * of a POST it has an answer for): a request tokend cannot read one way
+ * only, and, when the client waits for "100 Continue" before sending its
+ * body, one that will be refused anyway, so the body is never sent. */
+static enum MHD_Result first_call(struct call *c, const char *url, const char *method, void **req_cls) {
+    unsigned status;
+    uint64_t declared;
+
+    c->route = route_of(url);
+    c->m = route_method(c->route, method);
+    status = scan_head(c->a, c->conn, url, &c->state->head);
+    if (status)
+        return api_error(c, status, status == MHD_HTTP_BAD_REQUEST ? "invalid_request" : "request_header_fields_too_large",
+                         c->head->bad, NULL);
+    if (c->head->expect && c->m && c->m->body) {
+        guard_verdict v;
+        if (!let_in(c, method, &v))
+            return answer_verdict(c, &v);
+        if (c->head->length && parse_uint(c->head->length, UINT64_MAX, &declared) == 0 &&
+            declared > c->a->max_body) {
+            char desc[96];
+            snprintf(desc, sizeof(desc), "the request body is larger than %zu bytes", c->a->max_body);
+            return api_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request_too_large", desc, NULL);
+        }
+    }
+    *req_cls = &markers[c->route][0];
+    return MHD_YES;
 }
 
 /* Nothing is answered while a body is still arriving: answering then closes
@@ -680,14 +613,18 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                                const char *version, const char *upload_data, size_t *upload_data_size,
                                void **req_cls) {
     struct listener *l = cls;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     struct call c = { .a = l->api, .conn = conn, .http11 = strcmp(version, MHD_HTTP_VERSION_1_1) == 0 };
     enum MHD_Result ret;
-    bool get, read, seen_body, refused;
+    bool seen_body, refused;
 
-    if (*req_cls == NULL) {
-        *req_cls = &marker_route[route_of(url)];
-        return MHD_YES;
-    }
+    if (!ci || !ci->socket_context)
+        return MHD_NO; /* no memory for the connection's state when it opened */
+    c.state = ci->socket_context;
+    c.head = &c.state->head;
+
+    if (*req_cls == NULL)
+        return first_call(&c, url, method, req_cls);
     if (!is_marker(*req_cls)) {
         struct request *r = *req_cls;
         if (!r->uploading)
@@ -696,21 +633,21 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
             return take_body(r, upload_data, upload_data_size);
         return body_complete(r, url, method);
     }
-    seen_body = *req_cls >= (void *)marker_body && *req_cls < (void *)(marker_body + _ROUTE_MAX);
-    c.route = seen_body ? (enum api_route)((char *)*req_cls - marker_body)
-                        : (enum api_route)((char *)*req_cls - marker_route);
+    seen_body = marker_flags(*req_cls) & MARK_BODY;
+    c.route = marker_route(*req_cls);
+    c.m = route_method(c.route, method);
 
-    if (!seen_body && route_table[c.route].body && strcmp(method, MHD_HTTP_METHOD_POST) == 0) {
-        const char *cl = header(conn, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (!seen_body && c.m && c.m->body) {
+        const char *cl = c.head->length;
         struct request *r;
         uint64_t declared;
 
-        struct verdict v;
+        guard_verdict v;
 
-        refused = !guard_check(&c, method, &v);
+        refused = !let_in(&c, method, &v);
         if (refused && !*upload_data_size && cl && strcmp(cl, "0") == 0)
             return answer_verdict(&c, &v); /* no body to wait for */
-        r = api_request_new(&c, c.route == ROUTE_PROXY ? REQUEST_PROXY : REQUEST_MINT, req_cls);
+        r = api_request_new(&c, REQUEST_MINT, req_cls); /* the route says what it waits on */
         if (!r)
             return MHD_NO;
         r->uploading = true;
@@ -728,70 +665,26 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     }
     if (*upload_data_size) {
         *upload_data_size = 0;
-        *req_cls = &marker_body[c.route];
+        *req_cls = &markers[c.route][MARK_BODY];
         return MHD_YES;
     }
 
     ret = guard(&c, method, &refused);
     if (refused)
         return ret;
-    if (strcmp(method, MHD_HTTP_METHOD_OPTIONS) == 0 && route_table[c.route].frontend)
-        return preflight(&c);
-    if (seen_body && method_allowed(c.route, method))
-        return api_error(&c, MHD_HTTP_BAD_REQUEST, "invalid_request", "this route takes no request body", NULL);
-
-    get = strcmp(method, MHD_HTTP_METHOD_GET) == 0;
-    /* HEAD wherever GET only reads (RFC 9110); never where GET mints.
-     * libmicrohttpd sends the headers of the GET answer without its body. */
-    read = get || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
-    switch (c.route) {
-    case ROUTE_TOKEN:
-        if (get)
-            return route_token(&c, req_cls);
-        if (strcmp(method, MHD_HTTP_METHOD_DELETE) == 0)
-            return route_token_delete(&c, req_cls);
-        break;
-    case ROUTE_CLIENT_TOKEN:
-        if (get)
-            return route_client_token(&c, req_cls);
-        break;
-    case ROUTE_FRONTEND_TOKEN:
-        if (get)
-            return route_frontend_token(&c, req_cls);
-        break;
-    case ROUTE_HEALTHZ:
-        if (read) {
-            api_count(c.a, c.route, MHD_HTTP_OK);
-            return MHD_queue_response(conn, MHD_HTTP_OK, c.a->health);
-        }
-        break;
-    case ROUTE_READYZ:
-        if (read)
-            return route_readyz(&c);
-        break;
-    case ROUTE_METRICS:
-        if (read)
-            return route_metrics(&c);
-        break;
-    case ROUTE_STATUS:
-        if (read)
-            return route_status(&c);
-        break;
-    case ROUTE_CACHE_FLUSH:
-        if (strcmp(method, MHD_HTTP_METHOD_POST) == 0)
-            return route_flush(&c);
-        break;
-    case ROUTE_DROPIN:
-    case ROUTE_PROXY:
-        break; /* POST was handled above */
-    default:
+    if (!c.m && !routes[c.route].methods[0].method)
         return api_error(&c, MHD_HTTP_NOT_FOUND, "not_found", "no such route; see the README for the routes", NULL);
-    }
-    {
-        char desc[160];
-        snprintf(desc, sizeof(desc), "this route takes %s", route_table[c.route].allow);
+    if (!c.m) {
+        char desc[160], allow[64];
+        snprintf(desc, sizeof(desc), "this route takes %s", route_allow(c.route, allow, sizeof(allow)));
         return api_error(&c, MHD_HTTP_METHOD_NOT_ALLOWED, "invalid_request", desc, NULL);
     }
+    if (seen_body)
+        return api_error(&c, MHD_HTTP_BAD_REQUEST, "invalid_request", "this route takes no request body", NULL);
+    if (c.m->local_only && !c.keyed && !api_peer_is_local(&c))
+        return api_error(&c, MHD_HTTP_FORBIDDEN, "forbidden", "cache control is served to local callers only", NULL);
+    c.url = url;
+    return c.m->handler(&c, NULL, req_cls);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
@@ -804,15 +697,18 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         a->active--;
         pthread_mutex_unlock(&a->lock);
         token_unref(r->tok);
-        token_unref(r->used);
+        proxy_call_free(r->proxy);
         wipe_free(r->body, r->body_len);
-        wipe_free(r->fwd_body, r->fwd_len);
+        wipe_free(r->fwd.body, r->fwd.len);
         free(r);
     }
     *req_cls = NULL;
 }
 
-/* Unix-socket peers are checked once, when they connect (SO_PEERCRED). */
+/* Every connection gets its state when it opens (freed when it closes):
+ * the head of the request being read, and a Unix-socket peer's
+ * credentials (SO_PEERCRED), read once, where an allow-list is configured.
+ * A peer whose credentials cannot be read is one the guard refuses. */
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe) {
     struct listener *l = cls;
@@ -820,20 +716,27 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     const union MHD_ConnectionInfo *ci;
     struct ucred cred;
     socklen_t len = sizeof(cred);
-    bool ok;
+    struct conn_state *st;
 
-    if (toe != MHD_CONNECTION_NOTIFY_STARTED || !l->unix_socket || (!a->n_allowed_uids && !a->n_allowed_gids))
+    if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        free(*socket_context);
+        *socket_context = NULL;
         return;
-    ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    ok = false;
-    if (ci && getsockopt(ci->connect_fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
-        for (size_t i = 0; i < a->n_allowed_uids && !ok; i++)
-            ok = cred.uid == a->allowed_uids[i];
-        for (size_t i = 0; i < a->n_allowed_gids && !ok; i++)
-            ok = cred.gid == a->allowed_gids[i];
     }
-    if (!ok)
-        *socket_context = &peer_denied;
+    st = calloc(1, sizeof(*st));
+    if (!st)
+        return; /* the handler drops the connection */
+    *socket_context = st;
+    if (!l->unix_socket || (!a->n_allowed_uids && !a->n_allowed_gids))
+        return;
+    st->has_peer = true;
+    st->peer.unix_socket = true;
+    ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci && getsockopt(ci->connect_fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+        st->peer.cred_known = true;
+        st->peer.uid = cred.uid;
+        st->peer.gid = cred.gid;
+    }
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
@@ -930,7 +833,7 @@ static int start_listener(api *a, const config *cfg, struct listener *l) {
         { MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)(cfg->idle_timeout_ms / 1000), NULL },
         /* 6 KiB: MHD zeroes the whole pool for every request, and keeps it per
          * open connection (8 KiB measured 8.7 KB per connection, 6 KiB 6.7 KB);
-         * it also caps a request's headers at about 5.6 KiB (431 beyond) */
+         * it also caps a request's headers (HEAD_MAX: tokend's 431 from 5 KiB) */
         { MHD_OPTION_CONNECTION_MEMORY_LIMIT, 6144, NULL },
         { MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, a },
         { MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, l },
@@ -982,6 +885,14 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, int listen_fd
     a->start_ms = now_ms();
     snprintf(a->default_scope, sizeof(a->default_scope), "%s", cfg->default_scope);
     snprintf(a->user_header, sizeof(a->user_header), "%s", cfg->user_header ? cfg->user_header : "X-Tokend-User");
+    a->head_rules = (head_rules){
+        .user_header = a->user_header,
+        .user_header_len = strlen(a->user_header),
+#if MHD_VERSION >= 0x01000000
+        /* 1.0 glues a folded line onto the value, 0.9.75 onto the name */
+        .folds_in_values = true,
+#endif
+    };
     a->config_json = config_describe(cfg);
     a->n_allowed_hosts = cfg->n_allowed_hosts;
     a->n_allowed_origins = cfg->n_allowed_origins;
@@ -1002,6 +913,16 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, int listen_fd
         memcpy(a->allowed_uids, cfg->allowed_uids, cfg->n_allowed_uids * sizeof(unsigned));
     if (cfg->n_allowed_gids)
         memcpy(a->allowed_gids, cfg->allowed_gids, cfg->n_allowed_gids * sizeof(unsigned));
+    a->policy = (guard_policy){
+        .allowed_hosts = a->allowed_hosts,
+        .n_allowed_hosts = a->n_allowed_hosts,
+        .allowed_origins = a->allowed_origins,
+        .n_allowed_origins = a->n_allowed_origins,
+        .allowed_uids = a->allowed_uids,
+        .n_allowed_uids = a->n_allowed_uids,
+        .allowed_gids = a->allowed_gids,
+        .n_allowed_gids = a->n_allowed_gids,
+    };
     MHD_add_response_header(a->health, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
     MHD_add_response_header(a->health, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
 
@@ -1083,7 +1004,7 @@ unsigned api_active(api *a) {
 
 void api_get_stats(api *a, struct api_stats *ret) {
     memset(ret, 0, sizeof(*ret));
-    for (int r = 0; r < _ROUTE_MAX; r++)
+    for (unsigned r = 0; r < API_ROUTES; r++)
         for (int c = 0; c < API_CODES; c++) {
             unsigned long long n = __atomic_load_n(&a->counts[r][c], __ATOMIC_RELAXED);
             unsigned status = API_STATUS_FIRST + (unsigned)c;

@@ -86,11 +86,11 @@ int metrics_render(const struct api_stats *as, const struct cache_stats *cs,
         return -ENOMEM;
 
     header(f, "tokend_http_requests_total", "counter", "HTTP requests answered, by route and status.");
-    for (int r = 0; r < _ROUTE_MAX; r++)
+    for (unsigned r = 0; r < API_ROUTES; r++)
         for (int c = 0; c < API_CODES; c++) {
             if (!as->by_route[r][c])
                 continue;
-            fprintf(f, "tokend_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n", api_route_names[r],
+            fprintf(f, "tokend_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n", api_route_name(r),
                     API_STATUS_FIRST + (unsigned)c, as->by_route[r][c]);
         }
     one(f, "tokend_http_requests_waiting", "gauge", "Requests suspended while their token is minted.",

@@ -1,4 +1,6 @@
-/* What each route of the HTTP front does, once api.c has let the caller in:
+/* The routes of the HTTP front, in one table (routes[] at the end: a row
+ * per route, a handler per method), and what each does once api.c has let
+ * the caller in:
  * tokens for users (by query, by the proxy's user header, by Instacart's
  * own request body), tokens for the partner's backend, the Recommendations
  * proxy, and the operator's routes. Not responsible for who may call what
@@ -14,6 +16,7 @@
 #include "build-config.h"
 #include "log.h"
 #include "metrics.h"
+#include "proxy.h"
 #include "util.h"
 
 /* ---- tokens ---- */
@@ -100,7 +103,7 @@ static bool parse_query(const struct call *c, struct query_ctx *qc, char user[OA
     return true;
 }
 
-enum MHD_Result route_token(const struct call *c, void **req_cls) {
+static enum MHD_Result route_token(const struct call *c, struct request *unused, void **req_cls) {
     struct query_ctx qc = { .allow_user_id = true };
     char user[OAUTH_USER_ID_MAX + 1];
 
@@ -111,7 +114,7 @@ enum MHD_Result route_token(const struct call *c, void **req_cls) {
 }
 
 /* client_credentials: one token per scope ("" for none) */
-enum MHD_Result route_client_token(const struct call *c, void **req_cls) {
+static enum MHD_Result route_client_token(const struct call *c, struct request *unused, void **req_cls) {
     struct query_ctx qc = { 0 };
 
     if (!parse_query(c, &qc, NULL))
@@ -139,7 +142,7 @@ static bool user_from_header(const struct call *c, char user[OAUTH_USER_ID_MAX +
     return true;
 }
 
-enum MHD_Result route_frontend_token(const struct call *c, void **req_cls) {
+static enum MHD_Result route_frontend_token(const struct call *c, struct request *unused, void **req_cls) {
     struct query_ctx qc = { 0 };
     char user[OAUTH_USER_ID_MAX + 1];
     const char *why;
@@ -160,8 +163,7 @@ static bool media_type_is(const char *value, const char *type) {
     return strncasecmp(value, type, n) == 0 && (value[n] == '\0' || value[n] == ';' || value[n] == ' ');
 }
 
-enum MHD_Result route_dropin(struct request *r) {
-    const struct call *c = &r->call;
+static enum MHD_Result route_dropin(const struct call *c, struct request *r, void **unused) {
     const char *error, *desc, *scope, *ctype;
     int res;
     enum MHD_Result ret;
@@ -195,136 +197,51 @@ enum MHD_Result route_dropin(struct request *r) {
     return ret;
 }
 
-/* ---- the Recommendations proxy: the token never reaches the browser ---- */
+/* ---- the Recommendations proxy (proxy.c): the token never reaches the browser ---- */
 
-static void proxy_send(struct request *r, token *t);
-
-static void proxy_on_token(void *userdata, const mint_outcome *o, token *t) {
+static void proxy_on_done(void *userdata, proxy_answer *answer) {
     struct request *r = userdata;
 
-    if (!t) {
-        r->outcome = *o;
-        api_request_complete(r);
-        return;
-    }
-    proxy_send(r, t);
-    token_unref(t);
-}
-
-/* Gets the user's token (cached, or minted single-flight), then forwards. */
-static void proxy_start(struct request *r) {
-    api *a = r->call.a;
-    mint_outcome o;
-    token *t = NULL;
-    int res;
-
-    res = cache_get(a->cache, OAUTH_GRANT_USER_ASSERTION, r->user, a->default_scope, a->min_ttl_ms,
-                    proxy_on_token, r, &t, &o);
-    if (res == CACHE_HIT) {
-        proxy_send(r, t);
-        token_unref(t);
-    } else if (res == CACHE_FAILED) {
-        r->outcome = o;
-        api_request_complete(r);
-    } else if (res < 0) {
-        r->outcome = local_failure(res == -EBUSY ? "too_many_waiters" : "cache_full");
-        api_request_complete(r);
-    }
-}
-
-static void proxy_on_answer(void *userdata, int status, const char *content_type, const char *body, size_t len) {
-    struct request *r = userdata;
-    api *a = r->call.a;
-
-    if (status == 401 && !r->retried) {
-        /* Instacart no longer takes this token (revoked, say): drop it,
-         * mint once more, try once more */
-        r->retried = true;
-        cache_drop_if(a->cache, OAUTH_GRANT_USER_ASSERTION, r->user, a->default_scope, r->used, NULL);
-        if (a->shared) /* or the re-mint would fetch the same dead token back */
-            shared_drop(a->shared, OAUTH_GRANT_USER_ASSERTION, r->user, a->default_scope, r->used);
-        proxy_start(r);
-        return;
-    }
-    r->fwd_status = status;
-    if (status) {
-        r->fwd_body = malloc(len + 1);
-        if (r->fwd_body) {
-            if (len) /* an empty answer may come with no buffer at all */
-                memcpy(r->fwd_body, body, len);
-            r->fwd_len = len;
-        }
-        snprintf(r->fwd_type, sizeof(r->fwd_type), "%s", content_type ? content_type : "application/json");
-    } else
-        r->outcome = local_failure("forward_failed");
+    r->fwd = *answer; /* the body is the request's now */
     api_request_complete(r);
 }
 
-static void proxy_send(struct request *r, token *t) {
-    token_unref(r->used);
-    r->used = token_ref(t);
-    upstream_forward(r->call.a->up, r->path, t->value, r->body ? r->body : "", r->body_len, proxy_on_answer, r);
-}
-
-enum MHD_Result route_proxy(struct request *r, const char *url) {
-    const struct call *c = &r->call;
+static enum MHD_Result route_proxy(const struct call *c, struct request *r, void **unused) {
+    proxy_target t = { .cache = c->a->cache, .up = c->a->up, .shared = c->a->shared,
+                       .scope = c->a->default_scope, .min_ttl_ms = c->a->min_ttl_ms };
     const char *why;
 
     if (!user_from_header(c, r->user, &why))
         return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", why, NULL);
-    snprintf(r->path, sizeof(r->path), "%s", url); /* checked by request_proxy_path_valid */
+    snprintf(r->path, sizeof(r->path), "%s", c->url); /* checked by request_proxy_path_valid */
     r->kind = REQUEST_PROXY;
-    proxy_start(r);
+    if (proxy_start(&t, r->user, r->path, r->body, r->body_len, proxy_on_done, r, &r->proxy) < 0)
+        return MHD_NO;
     return api_suspend_or_answer(r);
-}
-
-/* application/json or application/...+json, with parameters or not */
-static bool json_type(const char *t) {
-    size_t n = strcspn(t, ";");
-
-    while (n && (t[n - 1] == ' ' || t[n - 1] == '\t'))
-        n--;
-    if (n == 16 && strncasecmp(t, "application/json", 16) == 0)
-        return true;
-    return n > 17 && strncasecmp(t, "application/", 12) == 0 && strncasecmp(t + n - 5, "+json", 5) == 0 &&
-           !memchr(t, ',', n);
 }
 
 static enum MHD_Result answer_forwarded(struct request *r) {
     struct MHD_Response *resp;
     char desc[192];
+    int status;
 
-    if (!r->fwd_status)
-        return api_failure(&r->call, &r->outcome);
-    /* what reaches a page on the site's own origin: Instacart's successes,
-     * refusals and failures as they are, and nothing else (no 1xx, no
-     * redirect, nothing past 599), and only JSON */
-    if (r->fwd_status < 200 || (r->fwd_status >= 300 && r->fwd_status < 400) || r->fwd_status > 599) {
-        snprintf(desc, sizeof(desc), "Instacart answered HTTP %d, which is not passed on", r->fwd_status);
+    if (!r->fwd.status)
+        return api_failure(&r->call, &r->fwd.outcome);
+    status = proxy_passable(r->fwd.status, r->fwd.content_type, desc, sizeof(desc));
+    if (!status)
         return api_error(&r->call, MHD_HTTP_BAD_GATEWAY, "upstream_unavailable", desc, NULL);
-    }
-    if (!json_type(r->fwd_type)) {
-        snprintf(desc, sizeof(desc), "Instacart answered with Content-Type '%.64s', not JSON; not passed on",
-                 r->fwd_type);
-        return api_error(&r->call, MHD_HTTP_BAD_GATEWAY, "upstream_unavailable", desc, NULL);
-    }
-    resp = MHD_create_response_from_buffer_with_free_callback(r->fwd_len, r->fwd_body ? r->fwd_body : "",
-                                                              r->fwd_body ? free : NULL);
+    resp = MHD_create_response_from_buffer_with_free_callback(r->fwd.len, r->fwd.body, free);
     if (!resp)
         return MHD_NO;
-    r->fwd_body = NULL; /* the response owns it now */
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->fwd_type);
-    return api_queue(&r->call, (unsigned)r->fwd_status, resp);
+    r->fwd.body = NULL; /* the response owns it now */
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->fwd.content_type);
+    return api_queue(&r->call, (unsigned)status, resp);
 }
 
 /* ---- operators ---- */
 
-static enum MHD_Result refuse_remote(const struct call *c) {
-    return api_error(c, MHD_HTTP_FORBIDDEN, "forbidden", "cache control is served to local callers only", NULL);
-}
-
 /* DELETE /v1/token?user_id=U[&scope=S][&revoke=true] */
-enum MHD_Result route_token_delete(const struct call *c, void **req_cls) {
+static enum MHD_Result route_token_delete(const struct call *c, struct request *unused, void **req_cls) {
     struct query_ctx qc = { .allow_user_id = true, .allow_revoke = true };
     char user[OAUTH_USER_ID_MAX + 1], fp[FINGERPRINT_LEN];
     const char *scope;
@@ -332,8 +249,6 @@ enum MHD_Result route_token_delete(const struct call *c, void **req_cls) {
     token *t = NULL;
     int dropped;
 
-    if (!c->keyed && !api_peer_is_local(c))
-        return refuse_remote(c);
     if (!parse_query(c, &qc, user))
         return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", qc.q.error, NULL);
     if (qc.q.has_min_ttl)
@@ -359,12 +274,10 @@ enum MHD_Result route_token_delete(const struct call *c, void **req_cls) {
     return api_suspend_or_answer(r);
 }
 
-enum MHD_Result route_flush(const struct call *c) {
+static enum MHD_Result route_flush(const struct call *c, struct request *unused, void **unused_cls) {
     char body[64];
     size_t n;
 
-    if (!c->keyed && !api_peer_is_local(c))
-        return refuse_remote(c);
     n = cache_flush(c->a->cache);
     if (c->a->shared)
         shared_flush(c->a->shared); /* a new generation: no host reads older tokens */
@@ -373,7 +286,12 @@ enum MHD_Result route_flush(const struct call *c) {
     return api_json(c, MHD_HTTP_OK, strdup(body));
 }
 
-enum MHD_Result route_readyz(const struct call *c) {
+static enum MHD_Result route_healthz(const struct call *c, struct request *unused, void **unused_cls) {
+    api_count(c->a, c->route, MHD_HTTP_OK);
+    return MHD_queue_response(c->conn, MHD_HTTP_OK, c->a->health);
+}
+
+static enum MHD_Result route_readyz(const struct call *c, struct request *unused, void **unused_cls) {
     struct upstream_stats us;
     const char *reason = NULL;
     cJSON *j;
@@ -407,7 +325,7 @@ enum MHD_Result route_readyz(const struct call *c) {
     return api_json(c, reason ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_OK, body);
 }
 
-enum MHD_Result route_metrics(const struct call *c) {
+static enum MHD_Result route_metrics(const struct call *c, struct request *unused, void **unused_cls) {
     struct api_stats as;
     struct cache_stats cs;
     struct upstream_stats us;
@@ -415,7 +333,7 @@ enum MHD_Result route_metrics(const struct call *c) {
     char *text;
     size_t len;
 
-    api_count(c->a, ROUTE_METRICS, MHD_HTTP_OK); /* this scrape counts itself */
+    api_count(c->a, c->route, MHD_HTTP_OK); /* this scrape counts itself */
     api_get_stats(c->a, &as);
     cache_get_stats(c->a->cache, &cs);
     upstream_get_stats(c->a->up, &us);
@@ -438,7 +356,7 @@ enum MHD_Result route_metrics(const struct call *c) {
     }
 }
 
-enum MHD_Result route_status(const struct call *c) {
+static enum MHD_Result route_status(const struct call *c, struct request *unused, void **unused_cls) {
     static const char *const circuit[] = { "closed", "open", "half_open" };
     struct api_stats as;
     struct cache_stats cs;
@@ -548,4 +466,50 @@ enum MHD_Result route_answer_done(struct request *r) {
             return api_token(&r->call, r->tok, r->scope, x_cache(r));
         return api_failure(&r->call, &r->outcome);
     }
+}
+
+/* ---- the table ---- */
+
+static bool any_url(const char *url) {
+    return true;
+}
+
+/* One row per route; api.c matches rows in order and dispatches on the
+ * method. Rights are what the guard requires of the caller's key; HEAD is
+ * listed wherever GET only reads (RFC 9110), never where GET mints. Row
+ * order is the order of /metrics. */
+#define GET_AND_HEAD(fn, right) \
+    { .method = "GET", .handler = fn, .rights = right }, { .method = "HEAD", .handler = fn, .rights = right }
+
+const struct route routes[] = {
+    { .name = "/v1/token",
+      .methods = { { .method = "GET", .handler = route_token, .rights = RIGHT_TOKEN, .mints = MINTS_DEFAULT_SCOPE },
+                   { .method = "DELETE", .handler = route_token_delete, .rights = RIGHT_ADMIN, .local_only = true } } },
+    { .name = "/v1/client-token",
+      .methods = { { .method = "GET", .handler = route_client_token, .rights = RIGHT_CLIENT_TOKEN,
+                     .mints = MINTS_NO_SCOPE } } },
+    { .name = "/v1/frontend/token", .flags = ROUTE_FRONTEND,
+      .methods = { { .method = "GET", .handler = route_frontend_token, .rights = RIGHT_FRONTEND,
+                     .mints = MINTS_DEFAULT_SCOPE },
+                   { .method = "OPTIONS", .handler = api_preflight } } },
+    /* the grant in the body decides which of the two rights */
+    { .name = "/v2/oauth/token", .flags = ROUTE_OAUTH,
+      .methods = { { .method = "POST", .handler = route_dropin, .rights = RIGHT_TOKEN | RIGHT_CLIENT_TOKEN,
+                     .body = true } } },
+    { .name = "/v2/recommendations", .match = request_proxy_path_valid, .flags = ROUTE_FRONTEND,
+      .methods = { { .method = "POST", .handler = route_proxy, .rights = RIGHT_PROXY, .body = true },
+                   { .method = "OPTIONS", .handler = api_preflight } } },
+    { .name = "/healthz", .methods = { GET_AND_HEAD(route_healthz, 0) } },
+    { .name = "/readyz", .methods = { GET_AND_HEAD(route_readyz, 0) } },
+    { .name = "/metrics", .methods = { GET_AND_HEAD(route_metrics, 0) } },
+    { .name = "/v1/status", .methods = { GET_AND_HEAD(route_status, RIGHT_ADMIN) } },
+    { .name = "/v1/cache/flush",
+      .methods = { { .method = "POST", .handler = route_flush, .rights = RIGHT_ADMIN, .local_only = true } } },
+    /* last: everything else, with no method (404) */
+    { .name = "other", .match = any_url },
+};
+_Static_assert(sizeof(routes) / sizeof(routes[0]) == API_ROUTES, "API_ROUTES counts the rows of routes[]");
+
+const char *api_route_name(unsigned route) {
+    return route < API_ROUTES ? routes[route].name : "other";
 }

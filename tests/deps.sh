@@ -35,13 +35,15 @@ build=(meson ninja-build gcc pkg-config libcurl4-openssl-dev libcjson-dev libmic
 # and its runtime build the fuzzers; valgrind checks leaks; debootstrap and
 # systemd-container boot a real systemd for the systemctl tests; tinyproxy is
 # the real forward proxy of the [upstream] proxy test; python3-requests-oauthlib
-# is a standard OAuth 2.0 client driving the drop-in; redis-server and
-# redis-sentinel are the real Redis (and Sentinel trio) the fleet tests start,
-# and python3-redis is how those tests read and tamper with it (same names on
-# Debian 12, Redis 7.0, and Debian 13, Redis 8.0).
+# is a standard OAuth 2.0 client driving the drop-in; chromium (headless, driven
+# over its DevTools protocol with python3-websocket) is the real browser whose
+# CORS, cookies and Sec-Fetch-Site test_front's page-on-another-origin test uses;
+# redis-server and redis-sentinel are the real Redis (and Sentinel trio) the
+# fleet tests start, and python3-redis is how those tests read and tamper with
+# it (same names on Debian 12, Redis 7.0, and Debian 13, Redis 8.0).
 test=("${build[@]}" python3 python3-pytest nginx-light openssl prometheus clang "$clang_rt" valgrind
       debootstrap systemd-container wrk hyperfine iproute2 procps tinyproxy python3-requests-oauthlib
-      redis-server redis-sentinel python3-redis)
+      chromium python3-websocket redis-server redis-sentinel python3-redis)
 
 # tests/fleet-demo.sh: the build, and a Redis for the fleet to share
 fleet=("${build[@]}" redis-server)

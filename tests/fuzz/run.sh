@@ -4,7 +4,7 @@
 #   tests/fuzz/run.sh [SECONDS] [TARGET...]
 #
 # SECONDS defaults to 60; TARGETs are config, token-answer, query, assertion,
-# dropin, proxy-path, snapshot, keys, seal (all when none is named). Configures
+# dropin, proxy-path, snapshot, keys, seal, guard, head (all when none is named). Configures
 # build-fuzz (clang, ASan, UBSan) when it is not configured yet, builds, and
 # runs each target on a scratch copy of its seed corpus, at most FUZZ_JOBS (default 2) at once. Nothing is written into
 # the source tree: new inputs and crash artifacts go to the scratch directory
@@ -18,7 +18,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-all_targets=(config token-answer query assertion dropin proxy-path snapshot keys seal)
+all_targets=(config token-answer query assertion dropin proxy-path snapshot keys seal guard head)
 
 usage() {
     echo "usage: $0 [SECONDS] [TARGET...]; targets: ${all_targets[*]}" >&2
