@@ -634,7 +634,9 @@ def test_a_drop_made_while_redis_is_out_of_reach_is_sent_when_it_is_back(stub, r
              interval=0.1, what="the host to see Redis out of reach")
     r = a.request("DELETE", "/v1/token?user_id=revoked-offline")
     assert r.status == 200 and r.json()["dropped"] is True
-    assert metric(a, "tokend_shared_pending") == 1
+    # kept once the command thread has found Redis still out of reach
+    wait_for(lambda: metric(a, "tokend_shared_pending") == 1, timeout=2 * SLOW, interval=0.02,
+             what="the drop to wait for Redis")
     assert access_token(b.token("revoked-offline")) == old["revoked-offline"], "b cannot know yet"
     cutter.restore()
     wait_for(lambda: access_token(b.token("revoked-offline")) != old["revoked-offline"], timeout=5, interval=0.05,
