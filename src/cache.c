@@ -220,9 +220,13 @@ static uint64_t needed_ms(const token *t, uint64_t min_ttl_ms) {
     return min_ttl_ms < half ? min_ttl_ms : half;
 }
 
+/* How long before its expiry a token is refreshed (before the jitter). */
+static uint64_t refresh_window_ms(const cache *c, const token *t) {
+    return (uint64_t)t->lifetime_s * MS_PER_SEC * c->s.refresh_before_pct / 100;
+}
+
 static void schedule_refresh(cache *c, cache_entry *e, uint64_t now) {
-    uint64_t life = (uint64_t)e->tok->lifetime_s * MS_PER_SEC;
-    uint64_t before = life * c->s.refresh_before_pct / 100;
+    uint64_t before = refresh_window_ms(c, e->tok);
     /* about +-10% jitter so tokens minted together do not come due together */
     uint64_t span = before / 5;
     int64_t jitter = span ? (int64_t)(rng_next(c) % (span + 1)) - (int64_t)(span / 2) : 0;
@@ -247,6 +251,17 @@ static size_t make_key(const cache *c, char buf[KEY_MAX], enum oauth_grant grant
     memcpy(buf + 2 + ulen, scope, slen);
     *ret_hash = siphash24(buf, len, c->hash_key);
     return len;
+}
+
+/* The other way: an entry's user id (in the key itself) and scope (copied
+ * out, as the key does not end it). */
+static const char *key_split(const cache_entry *e, char scope[OAUTH_SCOPE_MAX + 1]) {
+    const char *user = e->key + 1;
+    size_t ulen = strlen(user), slen = e->keylen - 2 - ulen;
+
+    memcpy(scope, user + ulen + 1, slen);
+    scope[slen] = '\0';
+    return user;
 }
 
 static cache_entry *entry_find(cache *c, const char *key, size_t keylen, uint64_t hash) {
@@ -333,7 +348,7 @@ int cache_get(cache *c, enum oauth_grant grant, const char *user_id, const char 
                 background = true;
                 c->stats.refreshes++;
                 /* a token worth adopting instead is one not yet due for refresh */
-                want.min_life_ms = (uint64_t)e->tok->lifetime_s * MS_PER_SEC * c->s.refresh_before_pct / 100;
+                want.min_life_ms = refresh_window_ms(c, e->tok);
                 want.have_ms = token_remaining_ms(e->tok, now);
             }
             pthread_mutex_unlock(&c->lock);
@@ -412,22 +427,17 @@ static void fetch_done(void *userdata, const mint_outcome *o, token *t) {
          * now, so they get a fetch of their own (a miss, which in fleet mode
          * waits for the host refreshing it). The refresh backs off as usual. */
         struct cache_want want = { .min_life_ms = c->s.min_ttl_ms };
-        if (e->tok) { /* not the token in hand again: one fresher than its refresh window */
-            uint64_t window = (uint64_t)e->tok->lifetime_s * MS_PER_SEC * c->s.refresh_before_pct / 100;
-            if (window > want.min_life_ms)
-                want.min_life_ms = window;
-        }
-        char user[OAUTH_USER_ID_MAX + 1], scope[OAUTH_SCOPE_MAX + 1];
-        size_t ulen = strlen(e->key + 1);
-        memcpy(user, e->key + 1, ulen + 1);
-        memcpy(scope, e->key + 2 + ulen, e->keylen - 2 - ulen);
-        scope[e->keylen - 2 - ulen] = '\0';
+        char scope[OAUTH_SCOPE_MAX + 1];
+        const char *user = key_split(e, scope); /* e stays while it is fetching */
+
+        /* not the token in hand again: one fresher than its refresh window */
+        if (e->tok && refresh_window_ms(c, e->tok) > want.min_life_ms)
+            want.min_life_ms = refresh_window_ms(c, e->tok);
         e->retry_at_ms = now + backoff_ms(c, e->refresh_failures);
         if (e->refresh_failures < 255)
             e->refresh_failures++;
         pthread_mutex_unlock(&c->lock);
         c->fetch(c->source, (enum oauth_grant)e->key[0], user, scope, &want, fetch_done, e);
-        explicit_bzero(user, sizeof(user));
         return;
     }
     e->fetching = false;
@@ -537,13 +547,11 @@ size_t cache_export(cache *c, cache_export_fn fn, void *userdata) {
     /* least recently used first, so a restore that overflows a smaller
      * cache evicts the coldest entries, as the running cache would have */
     for (e = c->lru_tail; e; e = e->lru_prev) {
-        const char *user = e->key + 1;
-        size_t ulen = strlen(user), slen = e->keylen - 2 - ulen;
+        const char *user;
 
         if (!e->tok || token_remaining_ms(e->tok, now) == 0)
             continue;
-        memcpy(scope, user + ulen + 1, slen);
-        scope[slen] = '\0';
+        user = key_split(e, scope);
         fn(userdata, (enum oauth_grant)e->key[0], user, scope, e->tok);
         n++;
     }
