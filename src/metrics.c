@@ -18,10 +18,24 @@ static void one(FILE *f, const char *name, const char *type, const char *help, u
     fprintf(f, "%s %llu\n", name, v);
 }
 
+/* A histogram from per-bucket counts (not cumulative) and their bounds. */
+static void histogram(FILE *f, const char *name, const char *help, const double *bounds, int n,
+                      const unsigned long long *buckets, unsigned long long count, double sum) {
+    unsigned long long cumulative = 0;
+
+    header(f, name, "histogram", help);
+    for (int i = 0; i < n; i++) {
+        cumulative += buckets[i];
+        fprintf(f, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[i], cumulative);
+    }
+    fprintf(f, "%s_bucket{le=\"+Inf\"} %llu\n", name, count);
+    fprintf(f, "%s_sum %.6f\n", name, sum);
+    fprintf(f, "%s_count %llu\n", name, count);
+}
+
 /* Fleet mode's shared tier (shared.h). */
 static void render_shared(FILE *f, const struct shared_stats *ss) {
     static const char *const breaker_names[] = { "closed", "open", "half_open" };
-    unsigned long long cumulative = 0;
 
     one(f, "tokend_shared_up", "gauge", "1 while tokens are shared through Redis; 0 while degraded.", ss->up);
     header(f, "tokend_shared_breaker_state", "gauge", "The breaker toward Redis: 1 for the current state.");
@@ -37,15 +51,9 @@ static void render_shared(FILE *f, const struct shared_stats *ss) {
            "taken, a lease held by another host, or the fleet paused by a 429.");
     for (int i = 0; i < SHARED_LOOKUP_COUNT; i++)
         fprintf(f, "tokend_shared_lookups_total{result=\"%s\"} %llu\n", shared_lookup_names[i], ss->lookups[i]);
-    header(f, "tokend_shared_lookup_duration_seconds", "histogram", "Round trip of one lookup in Redis.");
-    for (int i = 0; i < SHARED_LATENCY_BUCKETS; i++) {
-        cumulative += ss->latency_buckets[i];
-        fprintf(f, "tokend_shared_lookup_duration_seconds_bucket{le=\"%g\"} %llu\n", shared_latency_bounds[i],
-                cumulative);
-    }
-    fprintf(f, "tokend_shared_lookup_duration_seconds_bucket{le=\"+Inf\"} %llu\n", ss->latency_count);
-    fprintf(f, "tokend_shared_lookup_duration_seconds_sum %.6f\n", ss->latency_sum_s);
-    fprintf(f, "tokend_shared_lookup_duration_seconds_count %llu\n", ss->latency_count);
+    histogram(f, "tokend_shared_lookup_duration_seconds", "Round trip of one lookup in Redis.",
+              shared_latency_bounds, SHARED_LATENCY_BUCKETS, ss->latency_buckets, ss->latency_count,
+              ss->latency_sum_s);
     header(f, "tokend_shared_mints_total", "counter",
            "Mints this host made in fleet mode, by why: holding the lease, after waiting out another "
            "host's lease, or without Redis (degraded).");
@@ -76,7 +84,6 @@ int metrics_render(const struct api_stats *as, const struct cache_stats *cs,
                    const struct upstream_stats *us, const struct shared_stats *ss, int64_t start_unix,
                    char **ret, size_t *ret_len) {
     static const char *const circuit_names[] = { "closed", "open", "half_open" };
-    unsigned long long cumulative = 0;
     char *buf = NULL;
     size_t len = 0;
     FILE *f;
@@ -123,16 +130,9 @@ int metrics_render(const struct api_stats *as, const struct cache_stats *cs,
     one(f, "tokend_upstream_connections_total", "counter",
         "Connections opened to Instacart (each a TCP and TLS handshake); reused otherwise.", us->connections);
 
-    header(f, "tokend_upstream_request_duration_seconds", "histogram",
-           "Time Instacart took to answer one HTTP request.");
-    for (int i = 0; i < UPSTREAM_LATENCY_BUCKETS; i++) {
-        cumulative += us->latency_buckets[i];
-        fprintf(f, "tokend_upstream_request_duration_seconds_bucket{le=\"%g\"} %llu\n",
-                upstream_latency_bounds[i], cumulative);
-    }
-    fprintf(f, "tokend_upstream_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n", us->latency_count);
-    fprintf(f, "tokend_upstream_request_duration_seconds_sum %.6f\n", us->latency_sum_s);
-    fprintf(f, "tokend_upstream_request_duration_seconds_count %llu\n", us->latency_count);
+    histogram(f, "tokend_upstream_request_duration_seconds", "Time Instacart took to answer one HTTP request.",
+              upstream_latency_bounds, UPSTREAM_LATENCY_BUCKETS, us->latency_buckets, us->latency_count,
+              us->latency_sum_s);
 
     header(f, "tokend_upstream_circuit_state", "gauge",
            "The circuit breaker toward Instacart: 1 for the current state.");
