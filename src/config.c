@@ -844,25 +844,27 @@ static int ca_load(config *c, char err[CONFIG_ERR_MAX]) {
 
 /* One shared key: 64 hex digits in a private file, or in the systemd
  * credential `credential` when credentials_dir has it. */
+/* A systemd credential of fleet mode's: in credentials_dir, or on a reload
+ * (which passes the runtime directory holding only a rotated client secret)
+ * in systemd's own. Writes its path to ret and returns true if it is there. */
+static bool find_credential(const char *credentials_dir, const char *name, char ret[4096]) {
+    for (int i = 0; i < 2; i++) {
+        const char *dir = i == 0 ? credentials_dir : getenv("CREDENTIALS_DIRECTORY");
+        if (dir && *dir && snprintf(ret, 4096, "%s/%s", dir, name) < 4096 && access(ret, F_OK) == 0)
+            return true;
+    }
+    return false;
+}
+
 static int shared_key_read(const config *c, const char *file, int line, const char *what,
                            const char *credentials_dir, const char *credential, unsigned char out[32],
                            char err[CONFIG_ERR_MAX]) {
     char cred_path[4096];
-    const char *from = file;
+    const char *from = credential && find_credential(credentials_dir, credential, cred_path) ? cred_path : file;
     char *text = NULL;
     size_t len = 0;
     int r;
 
-    /* credentials_dir, or on a reload (which passes the runtime directory
-     * holding only a rotated client secret) systemd's own */
-    for (int i = 0; credential && i < 2 && from == file; i++) {
-        const char *dir = i == 0 ? credentials_dir : getenv("CREDENTIALS_DIRECTORY");
-        if (!dir || !*dir)
-            continue;
-        snprintf(cred_path, sizeof(cred_path), "%s/%s", dir, credential);
-        if (access(cred_path, F_OK) == 0)
-            from = cred_path;
-    }
     if (!from) {
         snprintf(err, CONFIG_ERR_MAX,
                  "%s: [shared] key_file is missing, and no systemd credential '%s' was passed; "
@@ -891,6 +893,7 @@ static int shared_key_read(const config *c, const char *file, int line, const ch
 }
 
 static int shared_keys_load(config *c, const char *credentials_dir, char err[CONFIG_ERR_MAX]) {
+    char cred_path[4096];
     int r;
 
     r = shared_key_read(c, c->shared_key_file, c->shared_key_file_line, "the fleet's shared key",
@@ -904,16 +907,9 @@ static int shared_keys_load(config *c, const char *credentials_dir, char err[CON
             return r;
         c->has_shared_previous_key = true;
     }
-    for (int i = 0; i < 2; i++) {
-        const char *dir = i == 0 ? credentials_dir : getenv("CREDENTIALS_DIRECTORY");
-        char cred_path[4096];
-        if (!dir || !*dir)
-            continue;
-        snprintf(cred_path, sizeof(cred_path), "%s/redis_password", dir);
-        if (access(cred_path, F_OK) == 0)
-            return secret_load_credential(cred_path, &c->shared_password, &c->shared_password_len, err,
-                                          CONFIG_ERR_MAX);
-    }
+    if (find_credential(credentials_dir, "redis_password", cred_path))
+        return secret_load_credential(cred_path, &c->shared_password, &c->shared_password_len, err,
+                                      CONFIG_ERR_MAX);
     if (c->shared_password_file)
         return secret_load_named(c->shared_password_file, "the Redis password", &c->shared_password,
                                  &c->shared_password_len, err, CONFIG_ERR_MAX);

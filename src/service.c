@@ -89,6 +89,13 @@ static void forget_secret(config *cfg) {
     cfg->client_secret_len = 0;
 }
 
+/* The fleet's shared key lives in the shared tier only (derived into its
+ * subkeys): drop our copy. */
+static void forget_shared_keys(config *cfg) {
+    explicit_bzero(cfg->shared_key, sizeof(cfg->shared_key));
+    explicit_bzero(cfg->shared_previous_key, sizeof(cfg->shared_previous_key));
+}
+
 static const char *status_text(struct service *s) {
     struct cache_stats cs;
     struct upstream_stats us;
@@ -276,8 +283,7 @@ static void reload(struct service *s) {
         log_warning("[shared] fleet mode was turned %s: restart to apply", s->sh ? "off" : "on");
     else if (s->sh && shared_reload(s->sh, n)) /* new keys, and a new namespace with new credentials */
         log_warning("[shared] Redis's address, sentinels, user or TLS changed: restart to apply");
-    explicit_bzero(n->shared_key, sizeof(n->shared_key));
-    explicit_bzero(n->shared_previous_key, sizeof(n->shared_previous_key));
+    forget_shared_keys(n);
     log_event(LOG_NOTICE, LOG_ID_RELOADED, NULL,
               "reloaded %s: minting as client id %s at %s, with the secret from %s", n->path,
               n->client_id, n->base_url,
@@ -404,8 +410,7 @@ int service_run(const char *path, config *cfg) {
     forget_secret(cfg);
     if (config_shared(cfg)) {
         r = shared_new(cfg, up, &sh);
-        explicit_bzero(cfg->shared_key, sizeof(cfg->shared_key));
-        explicit_bzero(cfg->shared_previous_key, sizeof(cfg->shared_previous_key));
+        forget_shared_keys(cfg);
         if (r < 0)
             goto out;
         r = cache_new(&cs, shared_fetch, sh, &c);
