@@ -26,6 +26,7 @@ import pytest
 import redis as redis_py
 
 from conftest import SLOW, wait_for
+from nginx_fixture import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_SENTINEL = shutil.which("redis-sentinel") or "/usr/bin/redis-sentinel"
@@ -44,12 +45,6 @@ MASTER_NAME = "tokend"
 def tokend_acl_rule(password):
     return (f"user {TOKEND_USER} on >{password} ~{PREFIX}:* resetchannels -@all "
             + " ".join("+" + c for c in TOKEND_COMMANDS))
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _short_dir(workdir):
