@@ -19,6 +19,9 @@ typedef struct head {
      * They point to the caller's strings. */
     const char *host, *origin, *site, *authorization;
     const char *length; /* Content-Length */
+    const char *content_type; /* the first Content-Type */
+    const char *user_value;   /* the user header's value (user_len bytes, may hold a NUL) */
+    size_t user_len;
     bool user;          /* the user header is present */
     bool relayed;       /* a header a relaying proxy adds (X-Forwarded-*, Forwarded, X-Real-IP, ...) */
     bool chunked;       /* Transfer-Encoding: chunked */

@@ -1,11 +1,16 @@
-/* Shared by the HTTP front's two files: api.c (the server, who may call
- * what, answers) and routes.c (what each route does). Private to them. */
+/* Shared by the HTTP front's two files: api.c (the transport on
+ * libmicrohttpd: sockets, strict HTTP, who may call what, answers) and
+ * routes.c (what each route does). Private to them. The routes see
+ * libmicrohttpd nowhere: a route is a function of a call (the request's
+ * facts, gathered by the transport) that returns an answer as a value
+ * (answer.h), or asks to wait; a request that waited is resumed and
+ * answered through its own finish(). */
 #pragma once
 
-#include <microhttpd.h>
 #include <pthread.h>
 #include <stdbool.h>
 
+#include "answer.h"
 #include "api.h"
 #include "auth.h"
 #include "cache.h"
@@ -17,6 +22,9 @@
 #include "request.h"
 #include "token.h"
 #include "upstream.h"
+
+struct MHD_Daemon;
+struct MHD_Connection;
 
 #define ORIGIN_MAX 256
 
@@ -31,6 +39,13 @@ struct listener {
     bool quiesced;     /* no longer accepting; the fd is ours to close after the stop */
     char address[136]; /* 127.0.0.1:8787, [::1]:8787 or unix:/path */
 };
+
+/* sockets (listen.c) */
+/* Binds and listens on one [server] listen address; a stale Unix socket
+ * left by an earlier run is replaced. Returns 0 or a negative errno. */
+int listen_bind(const config *cfg, const char *spec, int *ret_fd);
+/* Fills l->address, l->loopback and l->unix_socket from l->fd. */
+void listen_describe(struct listener *l);
 
 struct api {
     struct listener listeners[CONFIG_LISTEN_MAX];
@@ -51,7 +66,6 @@ struct api {
     unsigned *allowed_uids, *allowed_gids;
     size_t n_allowed_uids, n_allowed_gids;
     guard_policy policy; /* points into the above */
-    struct MHD_Response *health;
     int64_t start_unix;
     uint64_t start_ms;
 
@@ -66,33 +80,57 @@ struct api {
 
 struct conn_state;
 
-/* One request being answered: what every answer needs. */
+/* The query's parameters, as the HTTP library split and decoded them (a
+ * value may hold a NUL: the routes refuse it). */
+#define CALL_ARGS_MAX 16
+struct call_arg {
+    const char *key, *value; /* value NULL: a key without '=' */
+    size_t key_len, value_len;
+};
+
+struct call_args {
+    size_t n;
+    bool too_many; /* more than CALL_ARGS_MAX: the first are in v */
+    struct call_arg v[CALL_ARGS_MAX];
+};
+
+/* One request being answered: its facts, for the route. */
 struct call {
     api *a;
-    struct MHD_Connection *conn;
     unsigned route;       /* its row in routes[] */
     const struct route_method *m; /* the row's entry for the method, or NULL */
     const char *url;      /* during the handler's call only */
     int rights;           /* of the caller's key; every right without a keys file */
     bool keyed;           /* a keys file was in force when the guard ran */
     const char *cors;     /* the Origin to allow in the answer, or NULL */
-    bool http11;          /* an HTTP/1.1 request (it must name its Host) */
+    const head *head;     /* the header block, read once (head.c) */
+    const struct call_args *args; /* during the handler's call only; NULL: none */
+    /* Whether the caller's key may ask for scope, found again (a reload may
+     * have swapped the keys): for a scope known only once the body is in. */
+    bool (*scope_allowed)(const struct call *c, const char *scope);
+
+    /* the transport's own */
+    struct MHD_Connection *conn;
     struct conn_state *state; /* the connection's: its peer, the request's head */
-    const head *head;         /* &state->head */
+    bool http11;              /* an HTTP/1.1 request (it must name its Host) */
 };
 
-enum request_kind { REQUEST_MINT, REQUEST_REVOKE, REQUEST_PROXY };
-
 /* A request with state of its own: one with a body, or one that waits on
- * the network (suspended until done). Freed when the request completes. */
+ * the network. Made by the transport (for a body, or when a route asks for
+ * it); freed when the request completes. */
 struct request {
     struct call call;
     char cors[ORIGIN_MAX];
-    enum request_kind kind;
     bool uploading;  /* the body is still arriving */
     bool refused;    /* the guard refused it: answered once the body is read */
     guard_verdict verdict;
     bool suspended, done;
+    /* set by the transport: marks the request done and wakes it, from any
+     * thread (r may be answered and freed from then on) */
+    void (*resume)(struct request *r);
+    /* set by the route that waits: the answer once done */
+    int (*finish)(struct request *r, answer *ans);
+
     int how;         /* CACHE_MISS or CACHE_COALESCED */
     mint_outcome outcome;
     token *tok;
@@ -109,34 +147,13 @@ struct request {
     proxy_answer fwd;
 };
 
-/* answers (api.c) */
-enum MHD_Result api_queue(const struct call *c, unsigned status, struct MHD_Response *resp);
-enum MHD_Result api_error(const struct call *c, unsigned status, const char *error, const char *description,
-                          const mint_outcome *up);
-enum MHD_Result api_failure(const struct call *c, const mint_outcome *o);
-enum MHD_Result api_json(const struct call *c, unsigned status, char *body);
-enum MHD_Result api_token(const struct call *c, const token *t, const char *scope, const char *how);
-void api_count(api *a, unsigned route, unsigned status);
-bool api_peer_is_local(const struct call *c);
-/* Whether the caller's key may ask for scope (checked again for a body's
- * scope, known only once the body is in), and the refusal if not. */
-bool api_key_allows_scope(const struct call *c, const char *scope);
-enum MHD_Result api_scope_refused(const struct call *c, const char *scope);
-
-/* state for waiting (api.c) */
-struct request *api_request_new(const struct call *c, enum request_kind kind, void **req_cls);
-/* Marks r done and resumes it if suspended; r may be freed by then. */
-void api_request_complete(struct request *r);
-/* Suspends until api_request_complete, or answers at once if done. */
-enum MHD_Result api_suspend_or_answer(struct request *r);
-/* The cache's callback for a request waiting on a mint or a revocation. */
-void api_on_done(void *userdata, const mint_outcome *o, token *t);
-
-/* The preflight of a frontend route (CORS), answered by the transport. */
-enum MHD_Result api_preflight(const struct call *c, struct request *r, void **req_cls);
-
-/* routes (routes.c): one row per route, one entry per method */
-typedef enum MHD_Result (*route_fn)(const struct call *c, struct request *r, void **req_cls);
+/* routes (routes.c): one row per route, one entry per method. A handler
+ * fills ans and returns ROUTE_ANSWER; or returns ROUTE_STATE when it needs
+ * a request of its own (it is called again with one: the hit path
+ * allocates nothing); or ROUTE_WAIT once r waits, with r->finish set. A
+ * negative errno drops the connection (out of memory). */
+enum route_step { ROUTE_ANSWER = 0, ROUTE_STATE = 1, ROUTE_WAIT = 2 };
+typedef int (*route_fn)(const struct call *c, struct request *r, answer *ans);
 
 enum route_flag {
     ROUTE_FRONTEND = 1 << 0, /* reached through the site's proxy: forwarding headers, CORS, nosniff */
@@ -148,7 +165,7 @@ enum route_mints { MINTS_NOTHING, MINTS_DEFAULT_SCOPE, MINTS_NO_SCOPE };
 
 struct route_method {
     const char *method; /* NULL ends the list */
-    route_fn handler;   /* r: the request with its body (body), else NULL */
+    route_fn handler;   /* r: the request with its body (body), else NULL until ROUTE_STATE */
     int rights;         /* RIGHT_* the caller's key needs; 0 for none */
     bool body;          /* takes a request body, read before the handler runs */
     bool local_only;    /* without an API key, for callers on this host only */
@@ -164,6 +181,3 @@ struct route {
 };
 
 extern const struct route routes[API_ROUTES];
-
-/* Answers a request resumed after waiting. */
-enum MHD_Result route_answer_done(struct request *r);

@@ -2,7 +2,8 @@
  * (TCP and Unix), strict HTTP (a request read one way only), gathering the
  * facts the guard (guard.c) decides who may call what from (Host, Origin,
  * forwarding headers, peer credentials, API keys) and applying its
- * verdict, dispatching to the routes (routes.c), answering,
+ * verdict, dispatching to the routes (routes.c) through their table and
+ * sending the answers they return (answer.h),
  * and suspending a connection while it waits on the network so no server
  * thread ever does. Not responsible for how tokens are made or kept.
  *
@@ -14,19 +15,17 @@
 #include "api.h"
 
 #include <arpa/inet.h>
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
+
+#include <microhttpd.h>
 
 #include "api-internal.h"
 #include "config.h"
@@ -86,20 +85,52 @@ static unsigned code_index(unsigned status) {
                                                                                  : 500 - API_STATUS_FIRST;
 }
 
-void api_count(api *a, unsigned route, unsigned status) {
+static void api_count(api *a, unsigned route, unsigned status) {
     __atomic_add_fetch(&a->counts[route][code_index(status)], 1, __ATOMIC_RELAXED);
 }
 
 /* ---- answers ---- */
 
-enum MHD_Result api_queue(const struct call *c, unsigned status, struct MHD_Response *resp) {
+/* The route's answer (or a refusal), sent: what every answer carries is
+ * added here. The body is the response's from here on, even on failure. */
+static enum MHD_Result respond(const struct call *c, answer *ans) {
+    struct MHD_Response *resp;
     enum MHD_Result r;
+    char num[16], allow[64];
 
-    if (!resp)
+    if (!ans->body)
+        resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    else if (!ans->free_body)
+        resp = MHD_create_response_from_buffer(ans->len, ans->body, MHD_RESPMEM_PERSISTENT);
+    else
+        resp = MHD_create_response_from_buffer_with_free_callback(ans->len, ans->body, ans->free_body);
+    if (!resp) {
+        answer_clear(ans);
         return MHD_NO;
-    if (!MHD_get_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE))
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                            ans->content_type ? ans->content_type : "application/json");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    if (ans->x_cache)
+        MHD_add_response_header(resp, "X-Cache", ans->x_cache);
+    switch (ans->status) {
+    case MHD_HTTP_METHOD_NOT_ALLOWED:
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, route_allow(c->route, allow, sizeof(allow)));
+        break;
+    case MHD_HTTP_UNAUTHORIZED:
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"instacart-tokend\"");
+        break;
+    case MHD_HTTP_SERVICE_UNAVAILABLE:
+        snprintf(num, sizeof(num), "%u", ans->retry_after_s ? ans->retry_after_s : 1);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, num);
+        break;
+    }
+    if (ans->preflight) {
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_METHODS,
+                                route_allow(c->route, allow, sizeof(allow)));
+        MHD_add_response_header(resp, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+        MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
+    }
     /* what a browser reads (the frontend routes, through the site's own
      * origin) is never taken for anything but its type; the backend
      * routes' answers go to programs, and the hit path pays ~760
@@ -112,168 +143,25 @@ enum MHD_Result api_queue(const struct call *c, unsigned status, struct MHD_Resp
         MHD_add_response_header(resp, "Access-Control-Allow-Credentials", "true");
         MHD_add_response_header(resp, MHD_HTTP_HEADER_VARY, "Origin");
     }
-    r = MHD_queue_response(c->conn, status, resp);
+    r = MHD_queue_response(c->conn, ans->status, resp);
     MHD_destroy_response(resp);
-    api_count(c->a, c->route, status);
+    api_count(c->a, c->route, ans->status);
     return r;
 }
 
-/* A response owning a malloc()ed string, or NULL (the string freed). */
-static struct MHD_Response *owned_response(char *body) {
-    struct MHD_Response *resp;
+static enum MHD_Result refuse(const struct call *c, unsigned status, const char *error, const char *description) {
+    answer ans;
 
-    if (!body)
-        return NULL;
-    resp = MHD_create_response_from_buffer_with_free_callback(strlen(body), body, free);
-    if (!resp)
-        free(body);
-    return resp;
-}
-
-enum MHD_Result api_json(const struct call *c, unsigned status, char *body) {
-    return api_queue(c, status, owned_response(body));
-}
-
-/* Errors are rare: built with cJSON so any text is escaped. */
-enum MHD_Result api_error(const struct call *c, unsigned status, const char *error, const char *description,
-                          const mint_outcome *up) {
-    struct MHD_Response *resp;
-    cJSON *j = cJSON_CreateObject();
-    char *body = NULL;
-    char num[16], allow[64];
-
-    if (j && cJSON_AddStringToObject(j, "error", error) &&
-        cJSON_AddStringToObject(j, "error_description", description) &&
-        /* upstream_error also without an answer: why there was none (tls_untrusted, ...) */
-        (!up || !up->http_status || cJSON_AddNumberToObject(j, "upstream_status", up->http_status)) &&
-        (!up || !up->error[0] || cJSON_AddStringToObject(j, "upstream_error", up->error)))
-        body = cJSON_PrintUnformatted(j);
-    cJSON_Delete(j);
-    resp = owned_response(body);
-    if (!resp)
+    if (answer_error(&ans, status, error, description, NULL) < 0)
         return MHD_NO;
-    if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, route_allow(c->route, allow, sizeof(allow)));
-    if (status == MHD_HTTP_UNAUTHORIZED)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"instacart-tokend\"");
-    if (status == MHD_HTTP_SERVICE_UNAVAILABLE) {
-        snprintf(num, sizeof(num), "%u", up && up->retry_after_s ? up->retry_after_s : 1);
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, num);
-    }
-    return api_queue(c, status, resp);
-}
-
-enum MHD_Result api_failure(const struct call *c, const mint_outcome *o) {
-    char desc[256];
-
-    switch (o->kind) {
-    case MINT_REJECTED:
-        snprintf(desc, sizeof(desc), "Instacart refused the request: HTTP %d %s", o->http_status, o->error);
-        /* the drop-in speaks OAuth: a 400 of Instacart's (invalid_scope,
-         * invalid_grant) is the caller's to see as it is */
-        if ((routes[c->route].flags & ROUTE_OAUTH) && o->http_status == 400)
-            return api_error(c, MHD_HTTP_BAD_REQUEST, o->error, desc, o);
-        return api_error(c, MHD_HTTP_BAD_GATEWAY, "upstream_rejected", desc, o);
-    case MINT_TIMEOUT:
-        snprintf(desc, sizeof(desc), "Instacart did not answer in time (%s); try again later", o->error);
-        return api_error(c, MHD_HTTP_GATEWAY_TIMEOUT, "upstream_timeout", desc, o);
-    case MINT_UNAVAILABLE:
-    default:
-        snprintf(desc, sizeof(desc), "Instacart is unavailable (%s); try again after Retry-After", o->error);
-        return api_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "upstream_unavailable", desc, o);
-    }
-}
-
-static void free_wiped(void *p) {
-    wipe_free_str(p);
-}
-
-static char *put(char *p, const char *s, size_t n) {
-    memcpy(p, s, n);
-    return p + n;
-}
-
-static char *put_u64(char *p, uint64_t v) {
-    char digits[20];
-    int i = 0;
-
-    do
-        digits[i++] = (char)('0' + v % 10);
-    while ((v /= 10) != 0);
-    while (i > 0)
-        *p++ = digits[--i];
-    return p;
-}
-
-#define PUT_LITERAL(p, s) put(p, s, sizeof(s) - 1)
-
-/* The hit path: Instacart's own answer shape, so clients parse one format.
- * Written by hand, not with cJSON nor snprintf: every field is a number or
- * was validated to need no escaping (RFC 6750 token characters, checked
- * scope), this runs for every request, and snprintf into a 4.5 KB buffer
- * was a tenth of the hit path's instructions. The buffer is sized to the
- * answer, so it comes from malloc's small-size cache. */
-enum MHD_Result api_token(const struct call *c, const token *t, const char *scope, const char *how) {
-    struct MHD_Response *resp;
-    uint64_t left = token_remaining_ms(t, now_ms()) / 1000;
-    size_t slen = strlen(scope);
-    char *body, *p;
-    size_t n;
-
-    /* 128 covers the literals (80), two numbers (up to 21 each) and the NUL */
-    body = malloc((size_t)t->len + slen + 128);
-    if (!body)
-        return MHD_NO;
-    p = PUT_LITERAL(body, "{\"access_token\":\"");
-    p = put(p, t->value, t->len);
-    p = PUT_LITERAL(p, "\",\"token_type\":\"Bearer\",\"expires_in\":");
-    /* whole seconds left, but never 0 for a token we hand out: a caller
-     * reads 0 as already expired (a token of 1 s is served with 0.9 s) */
-    p = put_u64(p, left ? left : 1);
-    if (slen) {
-        p = PUT_LITERAL(p, ",\"scope\":\"");
-        p = put(p, scope, slen);
-        *p++ = '"';
-    }
-    p = PUT_LITERAL(p, ",\"created_at\":");
-    if (t->created_at < 0) {
-        *p++ = '-';
-        p = put_u64(p, (uint64_t)0 - (uint64_t)t->created_at);
-    } else
-        p = put_u64(p, (uint64_t)t->created_at);
-    *p++ = '}';
-    *p = '\0'; /* free_wiped wipes up to the NUL */
-    n = (size_t)(p - body);
-    resp = MHD_create_response_from_buffer_with_free_callback(n, body, free_wiped);
-    if (!resp) {
-        wipe_free_str(body);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, "X-Cache", how);
-    return api_queue(c, MHD_HTTP_OK, resp);
+    return respond(c, &ans);
 }
 
 /* ---- waiting on the network ---- */
 
-struct request *api_request_new(const struct call *c, enum request_kind kind, void **req_cls) {
-    struct request *r = calloc(1, sizeof(*r));
-
-    if (!r)
-        return NULL;
-    r->call = *c;
-    if (c->cors) {
-        snprintf(r->cors, sizeof(r->cors), "%s", c->cors);
-        r->call.cors = r->cors;
-    }
-    r->kind = kind;
-    *req_cls = r; /* freed when the request completes */
-    pthread_mutex_lock(&c->a->lock);
-    c->a->active++;
-    pthread_mutex_unlock(&c->a->lock);
-    return r;
-}
-
-void api_request_complete(struct request *r) {
+/* The request's resume(): marks it done and, if suspended, resumes it; the
+ * server thread then answers it through its finish(). */
+static void request_resume(struct request *r) {
     api *a = r->call.a;
 
     pthread_mutex_lock(&a->lock);
@@ -287,17 +175,36 @@ void api_request_complete(struct request *r) {
     pthread_mutex_unlock(&a->lock);
 }
 
-void api_on_done(void *userdata, const mint_outcome *o, token *t) {
-    struct request *r = userdata;
+static struct request *request_new(const struct call *c, void **req_cls) {
+    struct request *r = calloc(1, sizeof(*r));
 
-    r->outcome = *o;
-    r->tok = t;
-    api_request_complete(r);
+    if (!r)
+        return NULL;
+    r->call = *c;
+    if (c->cors) {
+        snprintf(r->cors, sizeof(r->cors), "%s", c->cors);
+        r->call.cors = r->cors;
+    }
+    r->resume = request_resume;
+    *req_cls = r; /* freed when the request completes */
+    pthread_mutex_lock(&c->a->lock);
+    c->a->active++;
+    pthread_mutex_unlock(&c->a->lock);
+    return r;
 }
 
-/* Under the lock, so a completion can never resume a connection that is not
- * yet suspended. */
-enum MHD_Result api_suspend_or_answer(struct request *r) {
+static enum MHD_Result answer_finished(struct request *r) {
+    answer ans = { 0 };
+
+    r->call.args = NULL; /* the handler's call they belonged to is over */
+    if (r->finish(r, &ans) < 0)
+        return MHD_NO;
+    return respond(&r->call, &ans);
+}
+
+/* Suspends until the request's resume(), or answers at once if it is done
+ * already. Under the lock, so a resume can never come before the suspend. */
+static enum MHD_Result wait_or_answer(struct request *r) {
     api *a = r->call.a;
     bool finished;
 
@@ -309,7 +216,29 @@ enum MHD_Result api_suspend_or_answer(struct request *r) {
         MHD_suspend_connection(r->call.conn);
     }
     pthread_mutex_unlock(&a->lock);
-    return finished ? route_answer_done(r) : MHD_YES;
+    return finished ? answer_finished(r) : MHD_YES;
+}
+
+/* Calls the route: r is the request's own state, or NULL until the route
+ * asks for some (then it is made, and the route called again). */
+static enum MHD_Result dispatch(const struct call *c, struct request *r, void **req_cls) {
+    answer ans = { 0 };
+    int step = c->m->handler(c, r, &ans);
+
+    if (step == ROUTE_STATE && !r) {
+        r = request_new(c, req_cls);
+        if (!r)
+            return MHD_NO;
+        step = c->m->handler(&r->call, r, &ans);
+    }
+    switch (step) {
+    case ROUTE_ANSWER:
+        return respond(r ? &r->call : c, &ans);
+    case ROUTE_WAIT:
+        return r ? wait_or_answer(r) : MHD_NO;
+    default: /* out of memory, or a route that asked for state twice */
+        return MHD_NO;
+    }
 }
 
 /* ---- who may call what ---- */
@@ -370,7 +299,7 @@ static unsigned scan_head(api *a, struct MHD_Connection *conn, const char *url, 
     return 0;
 }
 
-bool api_peer_is_local(const struct call *c) {
+static bool peer_is_local(const struct call *c) {
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     const struct sockaddr *sa = ci ? ci->client_addr : NULL;
 
@@ -391,13 +320,11 @@ bool api_peer_is_local(const struct call *c) {
  * for routes that mint nothing a caller chooses. A repeated or bad scope is
  * refused later by the route's own query check. */
 static const char *requested_scope(const struct call *c, const char *method) {
-    const char *s;
-
     if (!c->m || c->m->mints == MINTS_NOTHING)
         return NULL;
-    s = MHD_lookup_connection_value(c->conn, MHD_GET_ARGUMENT_KIND, "scope");
-    if (s)
-        return s;
+    for (size_t i = 0; c->args && i < c->args->n; i++)
+        if (c->args->v[i].key_len == 5 && memcmp(c->args->v[i].key, "scope", 5) == 0 && c->args->v[i].value)
+            return c->args->v[i].value;
     return c->m->mints == MINTS_NO_SCOPE ? "" : c->a->default_scope;
 }
 
@@ -459,20 +386,12 @@ static int key_rights(const struct call *c, const char *method, const char *scop
     return rights;
 }
 
-bool api_key_allows_scope(const struct call *c, const char *scope) {
+static bool scope_allowed(const struct call *c, const char *scope) {
     bool keyed, ok;
     int rights = key_rights(c, NULL, scope, &keyed, &ok);
 
     /* found again: a reload may have swapped the keys since the guard */
     return !keyed || (rights >= 0 && ok);
-}
-
-/* Only the drop-in asks (its scope is in the body): RFC 6749's refusal. */
-enum MHD_Result api_scope_refused(const struct call *c, const char *scope) {
-    char desc[GUARD_DESC_MAX];
-
-    guard_scope_text(desc, sizeof(desc), scope);
-    return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_scope", desc, NULL);
 }
 
 /* Who may call what (guard.c), from the facts read off the request here.
@@ -509,7 +428,7 @@ static bool let_in(struct call *c, const char *method, guard_verdict *v) {
 }
 
 static enum MHD_Result answer_verdict(const struct call *c, const guard_verdict *v) {
-    return api_error(c, v->status, v->error, v->description, NULL);
+    return refuse(c, v->status, v->error, v->description);
 }
 
 static enum MHD_Result guard(struct call *c, const char *method, bool *refused) {
@@ -520,19 +439,6 @@ static enum MHD_Result guard(struct call *c, const char *method, bool *refused) 
 }
 
 /* ---- the handler ---- */
-
-enum MHD_Result api_preflight(const struct call *c, struct request *unused, void **unused_cls) {
-    struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
-    char allow[64];
-
-    if (!resp)
-        return MHD_NO;
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_METHODS,
-                            route_allow(c->route, allow, sizeof(allow)));
-    MHD_add_response_header(resp, "Access-Control-Allow-Headers", "Authorization, Content-Type");
-    MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
-    return api_queue(c, MHD_HTTP_NO_CONTENT, resp);
-}
 
 static enum MHD_Result take_body(struct request *r, const char *data, size_t *size) {
     size_t max = r->call.a->max_body;
@@ -560,19 +466,21 @@ static enum MHD_Result take_body(struct request *r, const char *data, size_t *si
     return MHD_YES;
 }
 
-static enum MHD_Result body_complete(struct request *r, const char *url, const char *method) {
-    struct call *c = &r->call;
+static enum MHD_Result too_large(const struct call *c) {
+    char desc[96];
 
+    snprintf(desc, sizeof(desc), "the request body is larger than %zu bytes", c->a->max_body);
+    return refuse(c, MHD_HTTP_CONTENT_TOO_LARGE, "request_too_large", desc);
+}
+
+static enum MHD_Result body_complete(struct request *r, const char *url, void **req_cls) {
     r->uploading = false;
     if (r->refused) /* refused before the body; answered now that it has been read */
-        return answer_verdict(c, &r->verdict);
-    if (r->too_big) {
-        char desc[96];
-        snprintf(desc, sizeof(desc), "the request body is larger than %zu bytes", c->a->max_body);
-        return api_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request_too_large", desc, NULL);
-    }
-    c->url = url;
-    return c->m->handler(c, r, NULL);
+        return answer_verdict(&r->call, &r->verdict);
+    if (r->too_big)
+        return too_large(&r->call);
+    r->call.url = url;
+    return dispatch(&r->call, r, req_cls);
 }
 
 /* The handler's first call: the headers are in, the body (if any) is not.
@@ -588,20 +496,60 @@ static enum MHD_Result first_call(struct call *c, const char *url, const char *m
     c->m = route_method(c->route, method);
     status = scan_head(c->a, c->conn, url, &c->state->head);
     if (status)
-        return api_error(c, status, status == MHD_HTTP_BAD_REQUEST ? "invalid_request" : "request_header_fields_too_large",
-                         c->head->bad, NULL);
+        return refuse(c, status, status == MHD_HTTP_BAD_REQUEST ? "invalid_request" : "request_header_fields_too_large",
+                      c->head->bad);
     if (c->head->expect && c->m && c->m->body) {
         guard_verdict v;
         if (!let_in(c, method, &v))
             return answer_verdict(c, &v);
         if (c->head->length && parse_uint(c->head->length, UINT64_MAX, &declared) == 0 &&
-            declared > c->a->max_body) {
-            char desc[96];
-            snprintf(desc, sizeof(desc), "the request body is larger than %zu bytes", c->a->max_body);
-            return api_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "request_too_large", desc, NULL);
-        }
+            declared > c->a->max_body)
+            return too_large(c);
     }
     *req_cls = &markers[c->route][0];
+    return MHD_YES;
+}
+
+/* A body route's second call: state for the body, which is read whether
+ * or not the guard lets the request in. */
+static enum MHD_Result body_start(struct call *c, const char *method, const char *upload_data,
+                                  size_t *upload_data_size, void **req_cls) {
+    const char *cl = c->head->length;
+    struct request *r;
+    uint64_t declared;
+    guard_verdict v;
+    bool refused;
+
+    refused = !let_in(c, method, &v);
+    if (refused && !*upload_data_size && cl && strcmp(cl, "0") == 0)
+        return answer_verdict(c, &v); /* no body to wait for */
+    r = request_new(c, req_cls);
+    if (!r)
+        return MHD_NO;
+    r->uploading = true;
+    r->refused = refused;
+    if (refused) {
+        r->verdict = v;
+        if (v.description == v.desc) /* points into the copy from now on */
+            r->verdict.description = r->verdict.desc;
+    }
+    /* too big by its own account, or refused: nothing of it is kept */
+    r->too_big = refused || (cl && parse_uint(cl, UINT64_MAX, &declared) == 0 && declared > c->a->max_body);
+    if (*upload_data_size)
+        return take_body(r, upload_data, upload_data_size);
+    return MHD_YES; /* the body, or its end, comes in the next calls */
+}
+
+static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                                   const char *value, size_t value_size) {
+    struct call_args *args = cls;
+
+    if (args->n == CALL_ARGS_MAX) {
+        args->too_many = true;
+        return MHD_NO;
+    }
+    args->v[args->n++] = (struct call_arg){ .key = key, .key_len = key_size, .value = value,
+                                              .value_len = value ? value_size : 0 };
     return MHD_YES;
 }
 
@@ -614,7 +562,9 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                                void **req_cls) {
     struct listener *l = cls;
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    struct call c = { .a = l->api, .conn = conn, .http11 = strcmp(version, MHD_HTTP_VERSION_1_1) == 0 };
+    struct call c = { .a = l->api, .conn = conn, .http11 = strcmp(version, MHD_HTTP_VERSION_1_1) == 0,
+                      .scope_allowed = scope_allowed };
+    struct call_args args; /* filled only for the last call, and only as far as used */
     enum MHD_Result ret;
     bool seen_body, refused;
 
@@ -628,63 +578,43 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     if (!is_marker(*req_cls)) {
         struct request *r = *req_cls;
         if (!r->uploading)
-            return route_answer_done(r); /* resumed after waiting */
+            return answer_finished(r); /* resumed after waiting */
         if (*upload_data_size)
             return take_body(r, upload_data, upload_data_size);
-        return body_complete(r, url, method);
+        return body_complete(r, url, req_cls);
     }
     seen_body = marker_flags(*req_cls) & MARK_BODY;
     c.route = marker_route(*req_cls);
     c.m = route_method(c.route, method);
 
-    if (!seen_body && c.m && c.m->body) {
-        const char *cl = c.head->length;
-        struct request *r;
-        uint64_t declared;
-
-        guard_verdict v;
-
-        refused = !let_in(&c, method, &v);
-        if (refused && !*upload_data_size && cl && strcmp(cl, "0") == 0)
-            return answer_verdict(&c, &v); /* no body to wait for */
-        r = api_request_new(&c, REQUEST_MINT, req_cls); /* the route says what it waits on */
-        if (!r)
-            return MHD_NO;
-        r->uploading = true;
-        r->refused = refused;
-        if (refused) {
-            r->verdict = v;
-            if (v.description == v.desc) /* points into the copy from now on */
-                r->verdict.description = r->verdict.desc;
-        }
-        /* too big by its own account, or refused: nothing of it is kept */
-        r->too_big = refused || (cl && parse_uint(cl, UINT64_MAX, &declared) == 0 && declared > c.a->max_body);
-        if (*upload_data_size)
-            return take_body(r, upload_data, upload_data_size);
-        return MHD_YES; /* the body, or its end, comes in the next calls */
-    }
+    if (!seen_body && c.m && c.m->body)
+        return body_start(&c, method, upload_data, upload_data_size, req_cls);
     if (*upload_data_size) {
         *upload_data_size = 0;
         *req_cls = &markers[c.route][MARK_BODY];
         return MHD_YES;
     }
 
+    args.n = 0;
+    args.too_many = false;
+    MHD_get_connection_values_n(conn, MHD_GET_ARGUMENT_KIND, collect_arg, &args);
+    c.args = &args;
     ret = guard(&c, method, &refused);
     if (refused)
         return ret;
     if (!c.m && !routes[c.route].methods[0].method)
-        return api_error(&c, MHD_HTTP_NOT_FOUND, "not_found", "no such route; see the README for the routes", NULL);
+        return refuse(&c, MHD_HTTP_NOT_FOUND, "not_found", "no such route; see the README for the routes");
     if (!c.m) {
         char desc[160], allow[64];
         snprintf(desc, sizeof(desc), "this route takes %s", route_allow(c.route, allow, sizeof(allow)));
-        return api_error(&c, MHD_HTTP_METHOD_NOT_ALLOWED, "invalid_request", desc, NULL);
+        return refuse(&c, MHD_HTTP_METHOD_NOT_ALLOWED, "invalid_request", desc);
     }
     if (seen_body)
-        return api_error(&c, MHD_HTTP_BAD_REQUEST, "invalid_request", "this route takes no request body", NULL);
-    if (c.m->local_only && !c.keyed && !api_peer_is_local(&c))
-        return api_error(&c, MHD_HTTP_FORBIDDEN, "forbidden", "cache control is served to local callers only", NULL);
+        return refuse(&c, MHD_HTTP_BAD_REQUEST, "invalid_request", "this route takes no request body");
+    if (c.m->local_only && !c.keyed && !peer_is_local(&c))
+        return refuse(&c, MHD_HTTP_FORBIDDEN, "forbidden", "cache control is served to local callers only");
     c.url = url;
-    return c.m->handler(&c, NULL, req_cls);
+    return dispatch(&c, NULL, req_cls);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
@@ -754,70 +684,7 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
             "http: %s", line);
 }
 
-/* ---- sockets ---- */
-
-static int bind_listen(const config *cfg, const char *spec, int *ret_fd) {
-    struct sockaddr_storage ss;
-    socklen_t sl;
-    bool loopback;
-    int fd, one = 1, r;
-
-    if (config_listen_parse(spec, &ss, &sl, &loopback) < 0)
-        return -EINVAL;
-    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        return -errno;
-    if (ss.ss_family == AF_UNIX) {
-        const char *path = ((struct sockaddr_un *)&ss)->sun_path;
-        struct stat st;
-        /* a socket left by an earlier run is replaced; anything else is not */
-        if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-            unlink(path);
-    } else
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (ss.ss_family == AF_INET6)
-        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&ss, sl) < 0)
-        goto fail;
-    if (ss.ss_family == AF_UNIX) {
-        const char *path = ((struct sockaddr_un *)&ss)->sun_path;
-        const struct group *g = cfg->socket_group ? getgrnam(cfg->socket_group) : NULL;
-        if (chmod(path, cfg->socket_mode) < 0 || (g && chown(path, (uid_t)-1, g->gr_gid) < 0))
-            goto fail;
-    }
-    if (listen(fd, 4096) < 0)
-        goto fail;
-    *ret_fd = fd;
-    return 0;
-fail:
-    r = -errno;
-    close(fd);
-    return r;
-}
-
-static void describe(struct listener *l) {
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    char host[INET6_ADDRSTRLEN];
-
-    l->address[0] = '\0';
-    if (getsockname(l->fd, (struct sockaddr *)&ss, &sl) < 0)
-        return;
-    if (ss.ss_family == AF_INET) {
-        struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-        inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
-        snprintf(l->address, sizeof(l->address), "%s:%u", host, ntohs(s4->sin_port));
-        l->loopback = (ntohl(s4->sin_addr.s_addr) >> 24) == 127;
-    } else if (ss.ss_family == AF_INET6) {
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-        inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
-        snprintf(l->address, sizeof(l->address), "[%s]:%u", host, ntohs(s6->sin6_port));
-        l->loopback = IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr);
-    } else if (ss.ss_family == AF_UNIX) {
-        snprintf(l->address, sizeof(l->address), "unix:%s", ((struct sockaddr_un *)&ss)->sun_path);
-        l->unix_socket = l->loopback = true;
-    }
-}
+/* ---- servers ---- */
 
 static int start_listener(api *a, const config *cfg, struct listener *l) {
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
@@ -825,7 +692,7 @@ static int start_listener(api *a, const config *cfg, struct listener *l) {
 
     fcntl(l->fd, F_SETFL, fcntl(l->fd, F_GETFL) | O_NONBLOCK);
     l->api = a;
-    describe(l);
+    listen_describe(l);
     struct MHD_OptionItem opts[] = {
         { MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, a },
         { MHD_OPTION_LISTEN_SOCKET, l->fd, NULL },
@@ -862,7 +729,6 @@ static int copy_words(char **from, size_t n, char ***ret) {
 }
 
 int api_new(const config *cfg, auth *keys, cache *c, upstream *up, int listen_fd, api **ret) {
-    static const char health[] = "{\"status\":\"ok\"}";
     size_t pos = 0;
     api *a;
     int r;
@@ -900,8 +766,7 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, int listen_fd
     a->n_allowed_gids = cfg->n_allowed_gids;
     a->allowed_uids = calloc(cfg->n_allowed_uids + 1, sizeof(unsigned));
     a->allowed_gids = calloc(cfg->n_allowed_gids + 1, sizeof(unsigned));
-    a->health = MHD_create_response_from_buffer(sizeof(health) - 1, (void *)health, MHD_RESPMEM_PERSISTENT);
-    if (!a->health || !a->allowed_uids || !a->allowed_gids ||
+    if (!a->allowed_uids || !a->allowed_gids ||
         copy_words(cfg->allowed_hosts, cfg->n_allowed_hosts, &a->allowed_hosts) < 0 ||
         copy_words(cfg->allowed_origins, cfg->n_allowed_origins, &a->allowed_origins) < 0) {
         if (listen_fd >= 0)
@@ -923,15 +788,13 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, int listen_fd
         .allowed_gids = a->allowed_gids,
         .n_allowed_gids = a->n_allowed_gids,
     };
-    MHD_add_response_header(a->health, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-    MHD_add_response_header(a->health, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
 
     if (listen_fd >= 0) {
         a->listeners[a->n_listeners].inherited = true;
         a->listeners[a->n_listeners++].fd = listen_fd;
     } else {
         for (size_t i = 0; i < cfg->n_listens && i < CONFIG_LISTEN_MAX; i++) { /* config.c refuses more */
-            r = bind_listen(cfg, cfg->listens[i], &a->listeners[a->n_listeners].fd);
+            r = listen_bind(cfg, cfg->listens[i], &a->listeners[a->n_listeners].fd);
             if (r < 0) {
                 log_error("cannot listen on %s: %s", cfg->listens[i], strerror(-r));
                 api_free(a);
@@ -1064,8 +927,6 @@ api *api_free(api *a) {
         if (l->bound && l->unix_socket && strncmp(l->address, "unix:", 5) == 0)
             unlink(l->address + 5);
     }
-    if (a->health)
-        MHD_destroy_response(a->health);
     auth_free(a->auth);
     free_words(a->allowed_hosts);
     free_words(a->allowed_origins);

@@ -105,8 +105,11 @@ bool head_add(head *h, const head_rules *r, const char *key, size_t key_size, co
             return refuse(h, folded);
         if (m == 1 && h->user)
             return keep(h, &value, value); /* refused: repeated */
-        if (m == 1)
+        if (m == 1) {
             h->user = read = true;
+            h->user_value = value;
+            h->user_len = value_size;
+        }
     }
     if (read && r->folds_in_values && folded_value(value, value_size))
         return refuse(h, folded);
@@ -128,6 +131,9 @@ bool head_add(head *h, const head_rules *r, const char *key, size_t key_size, co
         if (h->chunked || strcasecmp(value, "chunked") != 0)
             return refuse(h, "the only transfer coding tokend reads is 'Transfer-Encoding: chunked'");
         h->chunked = true;
+    } else if (IS(key, key_size, "Content-Type")) {
+        if (!h->content_type)
+            h->content_type = value;
     } else if (IS(key, key_size, "Expect"))
         h->expect = strcasecmp(value, "100-continue") == 0;
     return true;

@@ -1,10 +1,12 @@
 /* The routes of the HTTP front, in one table (routes[] at the end: a row
- * per route, a handler per method), and what each does once api.c has let
- * the caller in:
- * tokens for users (by query, by the proxy's user header, by Instacart's
- * own request body), tokens for the partner's backend, the Recommendations
- * proxy, and the operator's routes. Not responsible for who may call what
- * (api.c) nor for how tokens are made (cache.c, upstream.c). */
+ * per route, a handler per method), and what each does once the transport
+ * (api.c) has let the caller in: tokens for users (by query, by the
+ * proxy's user header, by Instacart's own request body), tokens for the
+ * partner's backend, the Recommendations proxy, and the operator's routes.
+ * A handler reads the call's facts and returns an answer as a value; it
+ * knows nothing of the HTTP library. Not responsible for who may call what
+ * (guard.c, applied by api.c) nor for how tokens are made (cache.c,
+ * upstream.c). */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
@@ -17,6 +19,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
+#include "shared.h"
 #include "util.h"
 
 /* ---- tokens ---- */
@@ -27,13 +30,40 @@ static mint_outcome local_failure(const char *why) {
     return o;
 }
 
-/* A token for the key: answered at once on a hit, else the request waits
- * on the mint. r is the request's own state when it has one already (a
- * body), else one is made only on a miss: the hit path allocates nothing
- * but its answer. */
-static enum MHD_Result serve_token(const struct call *c, struct request *r, void **req_cls,
-                                   enum oauth_grant grant, const char *user, const char *scope,
-                                   uint64_t min_ttl_ms) {
+static bool is_oauth(const struct call *c) {
+    return routes[c->route].flags & ROUTE_OAUTH;
+}
+
+/* X-Cache of a token that was not a hit: the caller's own fetch or one it
+ * joined; in fleet mode, another host's token, found at once or waited for. */
+static const char *x_cache(const struct request *r) {
+    if (r->outcome.via == MINT_VIA_SHARED)
+        return "shared";
+    if (r->outcome.via == MINT_VIA_SHARED_WAIT)
+        return "shared-wait";
+    return r->how == CACHE_MISS ? "miss" : "coalesced";
+}
+
+static int finish_token(struct request *r, answer *ans) {
+    if (r->tok)
+        return answer_token(ans, r->tok, r->scope, x_cache(r));
+    return answer_failure(ans, &r->outcome, is_oauth(&r->call));
+}
+
+/* The cache's (and a revocation's) callback, from any thread. */
+static void on_done(void *userdata, const mint_outcome *o, token *t) {
+    struct request *r = userdata;
+
+    r->outcome = *o;
+    r->tok = t;
+    r->resume(r);
+}
+
+/* A token for the key: answered at once on a hit; on a miss, the request
+ * asks for state of its own (r), then waits on the mint. The hit path
+ * allocates nothing but its answer. */
+static int serve_token(const struct call *c, struct request *r, answer *ans, enum oauth_grant grant,
+                       const char *user, const char *scope, uint64_t min_ttl_ms) {
     mint_outcome o;
     token *t = NULL;
     int res;
@@ -42,94 +72,87 @@ static enum MHD_Result serve_token(const struct call *c, struct request *r, void
         min_ttl_ms = c->a->min_ttl_ms;
     if (!r) {
         res = cache_get(c->a->cache, grant, user, scope, min_ttl_ms, NULL, NULL, &t, &o);
-        if (res != -EAGAIN)
-            goto answer;
-        r = api_request_new(c, REQUEST_MINT, req_cls);
-        if (!r)
-            return MHD_NO;
+        if (res == -EAGAIN)
+            return ROUTE_STATE;
+    } else {
+        snprintf(r->scope, sizeof(r->scope), "%s", scope);
+        r->finish = finish_token;
+        res = cache_get(c->a->cache, grant, user, r->scope, min_ttl_ms, on_done, r, &t, &o);
+        if (res == CACHE_MISS || res == CACHE_COALESCED) {
+            r->how = res;
+            return ROUTE_WAIT;
+        }
     }
-    snprintf(r->scope, sizeof(r->scope), "%s", scope);
-    res = cache_get(c->a->cache, grant, user, r->scope, min_ttl_ms, api_on_done, r, &t, &o);
-    if (res == CACHE_MISS || res == CACHE_COALESCED) {
-        r->how = res;
-        return api_suspend_or_answer(r);
-    }
-answer:
     switch (res) {
     case CACHE_HIT: {
-        enum MHD_Result ret = api_token(c, t, scope, "hit");
+        int ret = answer_token(ans, t, scope, "hit");
         token_unref(t);
         return ret;
     }
     case CACHE_FAILED:
-        return api_failure(c, &o);
+        return answer_failure(ans, &o, is_oauth(c));
     default:
         o = local_failure(res == -EBUSY ? "too_many_waiters" : res == -ENOBUFS ? "cache_full" : "internal_error");
-        return api_failure(c, &o);
+        return answer_failure(ans, &o, is_oauth(c));
     }
 }
 
-struct query_ctx {
-    token_query q;
-    bool allow_user_id, allow_revoke, revoke;
-    int r;
-};
+/* The query, checked; user gets the user id when the route takes one
+ * (allow_user_id and user non-NULL). */
+static bool parse_query(const struct call *c, token_query *q, bool allow_user_id, bool allow_revoke,
+                        bool *revoke, char user[OAUTH_USER_ID_MAX + 1]) {
+    size_t n = c->args ? c->args->n : 0;
 
-static enum MHD_Result on_arg(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
-                              const char *value, size_t value_size) {
-    struct query_ctx *qc = cls;
-
-    if (qc->allow_revoke && key_size == 6 && memcmp(key, "revoke", 6) == 0) {
-        if (value && value_size == 4 && memcmp(value, "true", 4) == 0)
-            qc->revoke = true;
-        else if (!(value && value_size == 5 && memcmp(value, "false", 5) == 0)) {
-            qc->q.error = "revoke must be true or false";
-            qc->r = -EINVAL;
-        }
-    } else
-        qc->r = token_query_add(&qc->q, key, key_size, value, value_size, qc->allow_user_id);
-    return qc->r < 0 ? MHD_NO : MHD_YES;
-}
-
-/* The query, checked; user gets the user id when the route takes one. */
-static bool parse_query(const struct call *c, struct query_ctx *qc, char user[OAUTH_USER_ID_MAX + 1]) {
-    MHD_get_connection_values_n(c->conn, MHD_GET_ARGUMENT_KIND, on_arg, qc);
-    if (qc->r < 0 || token_query_finish(&qc->q, qc->allow_user_id) < 0)
+    if (c->args && c->args->too_many) {
+        q->error = "the query has more than 16 parameters";
         return false;
-    if (qc->allow_user_id && user) { /* user is NULL where the route takes no user id */
-        memcpy(user, qc->q.user_id, qc->q.user_id_len);
-        user[qc->q.user_id_len] = '\0';
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct call_arg *a = &c->args->v[i];
+        if (allow_revoke && a->key_len == 6 && memcmp(a->key, "revoke", 6) == 0) {
+            if (a->value && a->value_len == 4 && memcmp(a->value, "true", 4) == 0)
+                *revoke = true;
+            else if (!(a->value && a->value_len == 5 && memcmp(a->value, "false", 5) == 0)) {
+                q->error = "revoke must be true or false";
+                return false;
+            }
+        } else if (token_query_add(q, a->key, a->key_len, a->value, a->value_len, allow_user_id) < 0)
+            return false;
+    }
+    if (token_query_finish(q, allow_user_id) < 0)
+        return false;
+    if (allow_user_id && user) {
+        memcpy(user, q->user_id, q->user_id_len);
+        user[q->user_id_len] = '\0';
     }
     return true;
 }
 
-static enum MHD_Result route_token(const struct call *c, struct request *unused, void **req_cls) {
-    struct query_ctx qc = { .allow_user_id = true };
+static int route_token(const struct call *c, struct request *r, answer *ans) {
+    token_query q = { 0 };
     char user[OAUTH_USER_ID_MAX + 1];
 
-    if (!parse_query(c, &qc, user))
-        return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", qc.q.error, NULL);
-    return serve_token(c, NULL, req_cls, OAUTH_GRANT_USER_ASSERTION, user,
-                       qc.q.scope ? qc.q.scope : c->a->default_scope, qc.q.min_ttl_ms);
+    if (!parse_query(c, &q, true, false, NULL, user))
+        return answer_error(ans, 400, "invalid_request", q.error, NULL);
+    return serve_token(c, r, ans, OAUTH_GRANT_USER_ASSERTION, user, q.scope ? q.scope : c->a->default_scope,
+                       q.min_ttl_ms);
 }
 
 /* client_credentials: one token per scope ("" for none) */
-static enum MHD_Result route_client_token(const struct call *c, struct request *unused, void **req_cls) {
-    struct query_ctx qc = { 0 };
+static int route_client_token(const struct call *c, struct request *r, answer *ans) {
+    token_query q = { 0 };
 
-    if (!parse_query(c, &qc, NULL))
-        return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", qc.q.error, NULL);
-    return serve_token(c, NULL, req_cls, OAUTH_GRANT_CLIENT_CREDENTIALS, "", qc.q.scope ? qc.q.scope : "",
-                       qc.q.min_ttl_ms);
+    if (!parse_query(c, &q, false, false, NULL, NULL))
+        return answer_error(ans, 400, "invalid_request", q.error, NULL);
+    return serve_token(c, r, ans, OAUTH_GRANT_CLIENT_CREDENTIALS, "", q.scope ? q.scope : "", q.min_ttl_ms);
 }
 
-/* The user as the site's proxy names it (api.c checked the proxy's key). */
+/* The user as the site's proxy names it (the guard checked the proxy's key). */
 static bool user_from_header(const struct call *c, char user[OAUTH_USER_ID_MAX + 1], const char **why) {
-    const char *v = NULL;
-    size_t len = 0;
+    const char *v = c->head->user_value;
+    size_t len = c->head->user_len;
 
-    if (MHD_lookup_connection_value_n(c->conn, MHD_HEADER_KIND, c->a->user_header, strlen(c->a->user_header),
-                                      &v, &len) != MHD_YES || !v) {
+    if (!c->head->user || !v) {
         *why = "the user header is missing: the site's proxy must set it";
         return false;
     }
@@ -142,20 +165,19 @@ static bool user_from_header(const struct call *c, char user[OAUTH_USER_ID_MAX +
     return true;
 }
 
-static enum MHD_Result route_frontend_token(const struct call *c, struct request *unused, void **req_cls) {
-    struct query_ctx qc = { 0 };
+static int route_frontend_token(const struct call *c, struct request *r, answer *ans) {
+    token_query q = { 0 };
     char user[OAUTH_USER_ID_MAX + 1];
     const char *why;
 
     if (!user_from_header(c, user, &why))
-        return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", why, NULL);
-    if (!parse_query(c, &qc, NULL))
-        return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", qc.q.error, NULL);
-    return serve_token(c, NULL, req_cls, OAUTH_GRANT_USER_ASSERTION, user,
-                       qc.q.scope ? qc.q.scope : c->a->default_scope, qc.q.min_ttl_ms);
+        return answer_error(ans, 400, "invalid_request", why, NULL);
+    if (!parse_query(c, &q, false, false, NULL, NULL))
+        return answer_error(ans, 400, "invalid_request", q.error, NULL);
+    return serve_token(c, r, ans, OAUTH_GRANT_USER_ASSERTION, user, q.scope ? q.scope : c->a->default_scope,
+                       q.min_ttl_ms);
 }
 
-/* POST /v2/oauth/token with Instacart's own body, minus the credentials */
 /* Whether a Content-Type names type (parameters such as charset aside). */
 static bool media_type_is(const char *value, const char *type) {
     size_t n = strlen(type);
@@ -163,118 +185,123 @@ static bool media_type_is(const char *value, const char *type) {
     return strncasecmp(value, type, n) == 0 && (value[n] == '\0' || value[n] == ';' || value[n] == ' ');
 }
 
-static enum MHD_Result route_dropin(const struct call *c, struct request *r, void **unused) {
-    const char *error, *desc, *scope, *ctype;
+/* POST /v2/oauth/token with Instacart's own body, minus the credentials */
+static int route_dropin(const struct call *c, struct request *r, answer *ans) {
+    const char *error, *desc, *scope, *ctype = c->head->content_type;
+    char text[GUARD_DESC_MAX];
     int res;
-    enum MHD_Result ret;
     dropin d;
 
-    ctype = MHD_lookup_connection_value(c->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
     if (ctype && media_type_is(ctype, "application/x-www-form-urlencoded"))
         res = dropin_parse_form(r->body ? r->body : "", r->body_len, &d, &error, &desc);
     else if (!ctype || media_type_is(ctype, "application/json"))
         res = dropin_parse(r->body ? r->body : "", r->body_len, &d, &error, &desc);
     else
-        return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request",
-                         "Content-Type must be application/x-www-form-urlencoded or application/json", NULL);
+        return answer_error(ans, 400, "invalid_request",
+                            "Content-Type must be application/x-www-form-urlencoded or application/json", NULL);
     if (res == -ENOMEM)
-        return MHD_NO;
+        return res;
     if (res < 0)
-        return api_error(c, MHD_HTTP_BAD_REQUEST, error, desc, NULL);
+        return answer_error(ans, 400, error, desc, NULL);
     if (!(c->rights & (d.grant == OAUTH_GRANT_USER_ASSERTION ? RIGHT_TOKEN : RIGHT_CLIENT_TOKEN))) {
         dropin_clear(&d);
-        return api_error(c, MHD_HTTP_BAD_REQUEST, "unauthorized_client",
-                         "this API key lacks the right for this grant", NULL);
+        return answer_error(ans, 400, "unauthorized_client", "this API key lacks the right for this grant", NULL);
     }
     scope = d.scope ? d.scope : d.grant == OAUTH_GRANT_USER_ASSERTION ? c->a->default_scope : "";
-    if (!api_key_allows_scope(c, scope))
-        ret = api_scope_refused(c, scope);
-    else if (d.grant == OAUTH_GRANT_USER_ASSERTION)
-        ret = serve_token(c, r, NULL, d.grant, d.user_id, scope, 0);
-    else
-        ret = serve_token(c, r, NULL, d.grant, "", scope, 0);
+    if (!c->scope_allowed(c, scope)) {
+        guard_scope_text(text, sizeof(text), scope);
+        res = answer_error(ans, 400, "invalid_scope", text, NULL);
+    } else
+        res = serve_token(c, r, ans, d.grant, d.grant == OAUTH_GRANT_USER_ASSERTION ? d.user_id : "", scope, 0);
     dropin_clear(&d);
-    return ret;
+    return res;
 }
 
 /* ---- the Recommendations proxy (proxy.c): the token never reaches the browser ---- */
 
-static void proxy_on_done(void *userdata, proxy_answer *answer) {
+static void proxy_on_done(void *userdata, proxy_answer *fwd) {
     struct request *r = userdata;
 
-    r->fwd = *answer; /* the body is the request's now */
-    api_request_complete(r);
+    r->fwd = *fwd; /* the body is the request's now */
+    r->resume(r);
 }
 
-static enum MHD_Result route_proxy(const struct call *c, struct request *r, void **unused) {
-    proxy_target t = { .cache = c->a->cache, .up = c->a->up, .shared = c->a->shared,
-                       .scope = c->a->default_scope, .min_ttl_ms = c->a->min_ttl_ms };
-    const char *why;
-
-    if (!user_from_header(c, r->user, &why))
-        return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", why, NULL);
-    snprintf(r->path, sizeof(r->path), "%s", c->url); /* checked by request_proxy_path_valid */
-    r->kind = REQUEST_PROXY;
-    if (proxy_start(&t, r->user, r->path, r->body, r->body_len, proxy_on_done, r, &r->proxy) < 0)
-        return MHD_NO;
-    return api_suspend_or_answer(r);
-}
-
-static enum MHD_Result answer_forwarded(struct request *r) {
-    struct MHD_Response *resp;
+static int finish_proxy(struct request *r, answer *ans) {
     char desc[192];
     int status;
 
     if (!r->fwd.status)
-        return api_failure(&r->call, &r->fwd.outcome);
+        return answer_failure(ans, &r->fwd.outcome, false);
     status = proxy_passable(r->fwd.status, r->fwd.content_type, desc, sizeof(desc));
     if (!status)
-        return api_error(&r->call, MHD_HTTP_BAD_GATEWAY, "upstream_unavailable", desc, NULL);
-    resp = MHD_create_response_from_buffer_with_free_callback(r->fwd.len, r->fwd.body, free);
-    if (!resp)
-        return MHD_NO;
-    r->fwd.body = NULL; /* the response owns it now */
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->fwd.content_type);
-    return api_queue(&r->call, (unsigned)status, resp);
+        return answer_error(ans, 502, "upstream_unavailable", desc, NULL);
+    *ans = (answer){ .status = (unsigned)status, .body = r->fwd.body, .len = r->fwd.len, .free_body = free,
+                     .content_type = r->fwd.content_type };
+    r->fwd.body = NULL; /* the answer owns it now */
+    return 0;
+}
+
+static int route_proxy(const struct call *c, struct request *r, answer *ans) {
+    proxy_target t = { .cache = c->a->cache, .up = c->a->up, .shared = c->a->shared,
+                       .scope = c->a->default_scope, .min_ttl_ms = c->a->min_ttl_ms };
+    const char *why;
+    int res;
+
+    if (!user_from_header(c, r->user, &why))
+        return answer_error(ans, 400, "invalid_request", why, NULL);
+    snprintf(r->path, sizeof(r->path), "%s", c->url); /* checked by request_proxy_path_valid */
+    r->finish = finish_proxy;
+    res = proxy_start(&t, r->user, r->path, r->body, r->body_len, proxy_on_done, r, &r->proxy);
+    return res < 0 ? res : ROUTE_WAIT;
+}
+
+/* A CORS preflight: the transport adds the methods of the route. */
+static int route_preflight(const struct call *c, struct request *r, answer *ans) {
+    *ans = (answer){ .status = 204, .preflight = true };
+    return 0;
 }
 
 /* ---- operators ---- */
 
 /* DELETE /v1/token?user_id=U[&scope=S][&revoke=true] */
-static enum MHD_Result route_token_delete(const struct call *c, struct request *unused, void **req_cls) {
-    struct query_ctx qc = { .allow_user_id = true, .allow_revoke = true };
+static int finish_revoke(struct request *r, answer *ans) {
+    if (r->outcome.kind != MINT_OK)
+        return answer_failure(ans, &r->outcome, false);
+    return answer_static(ans, 200, "{\"dropped\":true,\"revoked\":true}");
+}
+
+/* A revocation waits on Instacart: it asks for state before it drops. */
+static int route_token_delete(const struct call *c, struct request *r, answer *ans) {
+    token_query q = { 0 };
+    bool revoke = false;
     char user[OAUTH_USER_ID_MAX + 1], fp[FINGERPRINT_LEN];
     const char *scope;
-    struct request *r;
     token *t = NULL;
     int dropped;
 
-    if (!parse_query(c, &qc, user))
-        return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", qc.q.error, NULL);
-    if (qc.q.has_min_ttl)
-        return api_error(c, MHD_HTTP_BAD_REQUEST, "invalid_request", "min_ttl has no meaning when dropping a token",
-                         NULL);
-    scope = qc.q.scope ? qc.q.scope : c->a->default_scope;
-    dropped = cache_drop(c->a->cache, OAUTH_GRANT_USER_ASSERTION, user, scope, qc.revoke ? &t : NULL);
+    if (!parse_query(c, &q, true, true, &revoke, user))
+        return answer_error(ans, 400, "invalid_request", q.error, NULL);
+    if (q.has_min_ttl)
+        return answer_error(ans, 400, "invalid_request", "min_ttl has no meaning when dropping a token", NULL);
+    scope = q.scope ? q.scope : c->a->default_scope;
+    if (revoke && !r)
+        return ROUTE_STATE;
+    dropped = cache_drop(c->a->cache, OAUTH_GRANT_USER_ASSERTION, user, scope, revoke ? &t : NULL);
     if (c->a->shared) /* and on every host of the fleet */
         shared_drop(c->a->shared, OAUTH_GRANT_USER_ASSERTION, user, scope, NULL);
     fingerprint(user, strlen(user), fp);
     log_notice("operator dropped the token of user=%s scope=%s%s (%s)", fp, scope,
-               qc.revoke ? " with revocation" : "", dropped > 0 ? "was cached" : "none cached");
+               revoke ? " with revocation" : "", dropped > 0 ? "was cached" : "none cached");
     if (!t)
-        return api_json(c, MHD_HTTP_OK, strdup(dropped > 0 ? "{\"dropped\":true,\"revoked\":false}"
-                                                            : "{\"dropped\":false,\"revoked\":false}"));
-    r = api_request_new(c, REQUEST_REVOKE, req_cls);
-    if (!r) {
-        token_unref(t);
-        return MHD_NO;
-    }
-    upstream_revoke(c->a->up, t->value, api_on_done, r);
+        return answer_static(ans, 200, dropped > 0 ? "{\"dropped\":true,\"revoked\":false}"
+                                                   : "{\"dropped\":false,\"revoked\":false}");
+    r->finish = finish_revoke;
+    upstream_revoke(c->a->up, t->value, on_done, r);
     token_unref(t);
-    return api_suspend_or_answer(r);
+    return ROUTE_WAIT;
 }
 
-static enum MHD_Result route_flush(const struct call *c, struct request *unused, void **unused_cls) {
+static int route_flush(const struct call *c, struct request *r, answer *ans) {
     char body[64];
     size_t n;
 
@@ -283,15 +310,14 @@ static enum MHD_Result route_flush(const struct call *c, struct request *unused,
         shared_flush(c->a->shared); /* a new generation: no host reads older tokens */
     log_notice("operator flushed the cache%s: %zu entries dropped here", c->a->shared ? " of the fleet" : "", n);
     snprintf(body, sizeof(body), "{\"dropped\":%zu}", n);
-    return api_json(c, MHD_HTTP_OK, strdup(body));
+    return answer_json(ans, 200, strdup(body));
 }
 
-static enum MHD_Result route_healthz(const struct call *c, struct request *unused, void **unused_cls) {
-    api_count(c->a, c->route, MHD_HTTP_OK);
-    return MHD_queue_response(c->conn, MHD_HTTP_OK, c->a->health);
+static int route_healthz(const struct call *c, struct request *r, answer *ans) {
+    return answer_static(ans, 200, "{\"status\":\"ok\"}");
 }
 
-static enum MHD_Result route_readyz(const struct call *c, struct request *unused, void **unused_cls) {
+static int route_readyz(const struct call *c, struct request *r, answer *ans) {
     struct upstream_stats us;
     const char *reason = NULL;
     cJSON *j;
@@ -316,47 +342,40 @@ static enum MHD_Result route_readyz(const struct call *c, struct request *unused
     }
     j = cJSON_CreateObject();
     if (!j)
-        return MHD_NO;
+        return -ENOMEM;
     cJSON_AddStringToObject(j, "status", reason ? "not_ready" : "ready");
     if (reason)
         cJSON_AddStringToObject(j, "reason", reason);
     body = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
-    return api_json(c, reason ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_OK, body);
+    return answer_json(ans, reason ? 503 : 200, body);
 }
 
-static enum MHD_Result route_metrics(const struct call *c, struct request *unused, void **unused_cls) {
+static int route_metrics(const struct call *c, struct request *r, answer *ans) {
     struct api_stats as;
     struct cache_stats cs;
     struct upstream_stats us;
-    struct MHD_Response *resp;
+    struct shared_stats ss;
     char *text;
     size_t len;
 
-    api_count(c->a, c->route, MHD_HTTP_OK); /* this scrape counts itself */
     api_get_stats(c->a, &as);
+    /* this scrape counts itself: the transport counts it once answered */
+    as.by_route[c->route][200 - API_STATUS_FIRST]++;
+    as.requests++;
+    as.ok++;
     cache_get_stats(c->a->cache, &cs);
     upstream_get_stats(c->a->up, &us);
-    struct shared_stats ss;
     if (c->a->shared)
         shared_get_stats(c->a->shared, &ss);
     if (metrics_render(&as, &cs, &us, c->a->shared ? &ss : NULL, c->a->start_unix, &text, &len) < 0)
-        return MHD_NO;
-    resp = MHD_create_response_from_buffer_with_free_callback(len, text, free);
-    if (!resp) {
-        free(text);
-        return MHD_NO;
-    }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8");
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-    {
-        enum MHD_Result ret = MHD_queue_response(c->conn, MHD_HTTP_OK, resp);
-        MHD_destroy_response(resp);
-        return ret;
-    }
+        return -ENOMEM;
+    *ans = (answer){ .status = 200, .body = text, .len = len, .free_body = free,
+                     .content_type = "text/plain; version=0.0.4; charset=utf-8" };
+    return 0;
 }
 
-static enum MHD_Result route_status(const struct call *c, struct request *unused, void **unused_cls) {
+static int route_status(const struct call *c, struct request *r, answer *ans) {
     static const char *const circuit[] = { "closed", "open", "half_open" };
     struct api_stats as;
     struct cache_stats cs;
@@ -369,7 +388,7 @@ static enum MHD_Result route_status(const struct call *c, struct request *unused
     upstream_get_stats(c->a->up, &us);
     j = cJSON_CreateObject();
     if (!j)
-        return MHD_NO;
+        return -ENOMEM;
     cJSON_AddStringToObject(j, "version", TOKEND_VERSION);
     cJSON_AddNumberToObject(j, "started_at", (double)c->a->start_unix);
     cJSON_AddNumberToObject(j, "uptime_seconds", (double)((now_ms() - c->a->start_ms) / 1000));
@@ -439,33 +458,7 @@ static enum MHD_Result route_status(const struct call *c, struct request *unused
     }
     body = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
-    return api_json(c, MHD_HTTP_OK, body);
-}
-
-/* X-Cache of a token that was not a hit: the caller's own fetch or one it
- * joined; in fleet mode, another host's token, found at once or waited for. */
-static const char *x_cache(const struct request *r) {
-    if (r->outcome.via == MINT_VIA_SHARED)
-        return "shared";
-    if (r->outcome.via == MINT_VIA_SHARED_WAIT)
-        return "shared-wait";
-    return r->how == CACHE_MISS ? "miss" : "coalesced";
-}
-
-enum MHD_Result route_answer_done(struct request *r) {
-    switch (r->kind) {
-    case REQUEST_PROXY:
-        return answer_forwarded(r);
-    case REQUEST_REVOKE:
-        if (r->outcome.kind != MINT_OK)
-            return api_failure(&r->call, &r->outcome);
-        return api_json(&r->call, MHD_HTTP_OK, strdup("{\"dropped\":true,\"revoked\":true}"));
-    case REQUEST_MINT:
-    default:
-        if (r->tok)
-            return api_token(&r->call, r->tok, r->scope, x_cache(r));
-        return api_failure(&r->call, &r->outcome);
-    }
+    return answer_json(ans, 200, body);
 }
 
 /* ---- the table ---- */
@@ -491,14 +484,14 @@ const struct route routes[] = {
     { .name = "/v1/frontend/token", .flags = ROUTE_FRONTEND,
       .methods = { { .method = "GET", .handler = route_frontend_token, .rights = RIGHT_FRONTEND,
                      .mints = MINTS_DEFAULT_SCOPE },
-                   { .method = "OPTIONS", .handler = api_preflight } } },
+                   { .method = "OPTIONS", .handler = route_preflight } } },
     /* the grant in the body decides which of the two rights */
     { .name = "/v2/oauth/token", .flags = ROUTE_OAUTH,
       .methods = { { .method = "POST", .handler = route_dropin, .rights = RIGHT_TOKEN | RIGHT_CLIENT_TOKEN,
                      .body = true } } },
     { .name = "/v2/recommendations", .match = request_proxy_path_valid, .flags = ROUTE_FRONTEND,
       .methods = { { .method = "POST", .handler = route_proxy, .rights = RIGHT_PROXY, .body = true },
-                   { .method = "OPTIONS", .handler = api_preflight } } },
+                   { .method = "OPTIONS", .handler = route_preflight } } },
     { .name = "/healthz", .methods = { GET_AND_HEAD(route_healthz, 0) } },
     { .name = "/readyz", .methods = { GET_AND_HEAD(route_readyz, 0) } },
     { .name = "/metrics", .methods = { GET_AND_HEAD(route_metrics, 0) } },

@@ -52,6 +52,16 @@ def test_head_is_refused_where_get_mints(stub, tokend):
     assert stub.stats()["mints"] == 0
 
 
+def test_a_query_of_more_than_16_parameters_is_refused_and_mints_nothing(stub, tokend):
+    # the transport hands the routes at most 16 parameters: a longer query
+    # is refused whole rather than read in part
+    r = tokend.get("/v1/token?" + "&".join(["scope=a"] * 16 + ["user_id=alice"]))
+    assert_error(r, 400, "invalid_request")
+    assert "16" in r.json()["error_description"], r.json()
+    assert tokend.get("/v1/token?user_id=alice&min_ttl=0&scope=connect:recommendations").status == 200
+    assert stub.stats()["mints"] == 1
+
+
 # ---------------------------------------------------------------- defect 4: relayed requests
 
 

@@ -24,13 +24,17 @@ static void an_ordinary_block_is_read_and_its_facts_kept(void) {
 
     ASSERT(FEED(&rules_0975, &h, "Host", "127.0.0.1:8787", "User-Agent", "curl/7.88", "Accept", "*/*",
                 "Origin", "https://shop.example", "sec-fetch-site", "same-site", "Authorization", "Bearer k",
-                "x-tokend-user", "alice", "Content-Length", "12", "Expect", "100-continue"));
+                "x-tokend-user", "alice", "Content-Length", "12", "Expect", "100-continue",
+                "Content-Type", "application/json", "content-type", "text/html"));
     ASSERT_STR_EQ(h.host, "127.0.0.1:8787");
     ASSERT_STR_EQ(h.origin, "https://shop.example");
     ASSERT_STR_EQ(h.site, "same-site");
     ASSERT_STR_EQ(h.authorization, "Bearer k");
     ASSERT_STR_EQ(h.length, "12");
     ASSERT(h.user && h.expect && !h.relayed && !h.chunked && !h.bad);
+    /* what the routes read: the user header's value, and the first Content-Type */
+    ASSERT(h.user_len == 5 && memcmp(h.user_value, "alice", 5) == 0);
+    ASSERT_STR_EQ(h.content_type, "application/json");
     ASSERT(h.bytes > 100);
 }
 
