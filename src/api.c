@@ -260,7 +260,38 @@ struct conn_state {
     guard_peer peer;
     bool has_peer;
     head head;
+    /* libmicrohttpd before 1.0: where the request target ends, as a C string */
+    bool target_seen;
+    const char *target_end;
 };
+
+#if MHD_VERSION < 0x01000000
+/* libmicrohttpd 0.9.75 hands the request target over as C strings: a raw
+ * NUL in it cuts the query short (user_id=a<NUL>b was served as user "a"),
+ * and no option of its refuses it. This callback sees the target once the
+ * version has been split off it, before the query is: the version string
+ * the handler is given starts right after the target's end unless the
+ * target holds a NUL (or there is no version). 1.0 drops such requests
+ * itself (tests/unit/test-libmicrohttpd.c). */
+static void *on_target(void *cls, const char *uri, struct MHD_Connection *conn) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct conn_state *st = ci ? ci->socket_context : NULL;
+
+    if (st) {
+        st->target_seen = true;
+        st->target_end = uri ? uri + strlen(uri) : NULL;
+    }
+    return NULL; /* the handler's *req_cls starts NULL, as without this callback */
+}
+#endif
+
+/* Whether the request line was read whole: see on_target. */
+static bool target_whole(struct conn_state *st, const char *version) {
+    bool whole = !st->target_seen || (st->target_end && version == st->target_end + 1);
+
+    st->target_seen = false;
+    return whole;
+}
 
 struct head_scan {
     head *h;
@@ -488,12 +519,16 @@ static enum MHD_Result body_complete(struct request *r, const char *url, void **
  * of a POST it has an answer for): a request tokend cannot read one way
  * only, and, when the client waits for "100 Continue" before sending its
  * body, one that will be refused anyway, so the body is never sent. */
-static enum MHD_Result first_call(struct call *c, const char *url, const char *method, void **req_cls) {
+static enum MHD_Result first_call(struct call *c, const char *url, const char *method, const char *version,
+                                  void **req_cls) {
     unsigned status;
     uint64_t declared;
 
     c->route = route_of(url);
     c->m = route_method(c->route, method);
+    if (!target_whole(c->state, version))
+        return refuse(c, MHD_HTTP_BAD_REQUEST, "invalid_request",
+                      "the request line holds a NUL byte, or names no HTTP version");
     status = scan_head(c->a, c->conn, url, &c->state->head);
     if (status)
         return refuse(c, status, status == MHD_HTTP_BAD_REQUEST ? "invalid_request" : "request_header_fields_too_large",
@@ -574,7 +609,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
     c.head = &c.state->head;
 
     if (*req_cls == NULL)
-        return first_call(&c, url, method, req_cls);
+        return first_call(&c, url, method, version, req_cls);
     if (!is_marker(*req_cls)) {
         struct request *r = *req_cls;
         if (!r->uploading)
@@ -704,6 +739,9 @@ static int start_listener(api *a, const config *cfg, struct listener *l) {
         { MHD_OPTION_CONNECTION_MEMORY_LIMIT, 6144, NULL },
         { MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, a },
         { MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, l },
+#if MHD_VERSION < 0x01000000
+        { MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_target, NULL },
+#endif
         /* one polling thread unless asked: more threads than cores hurt tail latency */
         { cfg->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, cfg->threads, NULL },
         { MHD_OPTION_END, 0, NULL },
