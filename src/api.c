@@ -260,6 +260,9 @@ struct conn_state {
     guard_peer peer;
     bool has_peer;
     head head;
+    /* the guard's verdict on the current request, once judged */
+    bool judged, keyed;
+    guard_verdict verdict;
     /* libmicrohttpd before 1.0: where the request target ends, as a C string */
     bool target_seen;
     const char *target_end;
@@ -425,37 +428,41 @@ static bool scope_allowed(const struct call *c, const char *scope) {
     return !keyed || (rights >= 0 && ok);
 }
 
-/* Who may call what (guard.c), from the facts read off the request here.
- * Answers nothing, so a request refused before its body arrives is
- * answered (and counted) once, when the body is in. Returns true to let it
- * in, with c->rights and c->cors set. */
-static bool let_in(struct call *c, const char *method, guard_verdict *v) {
-    const struct conn_state *st = c->state;
-    guard_request q = {
-        .method = method,
-        .http11 = c->http11,
-        .host = st->head.host,
-        .origin = st->head.origin,
-        .sec_fetch_site = st->head.site,
-        .relayed = st->head.relayed,
-        .user_header = st->head.user,
-        .peer = st->has_peer ? &st->peer : NULL,
-        .needed = c->m ? c->m->rights : 0,
-        .frontend = routes[c->route].flags & ROUTE_FRONTEND,
-        .oauth = routes[c->route].flags & ROUTE_OAUTH,
-    };
+/* Who may call what (guard.c), from the facts read off the request here:
+ * judged once per request, and the verdict kept with the connection for
+ * the handler's later calls. Answers nothing, so a request refused before
+ * its body arrives is answered (and counted) once, when the body is in.
+ * Returns the verdict (status 0: let in), with c->rights, c->keyed and
+ * c->cors set. */
+static const guard_verdict *judge(struct call *c, const char *method) {
+    struct conn_state *st = c->state;
 
-    q.rights = key_rights(c, method, NULL, &q.keyed, &q.scope_ok);
-    if (!q.scope_ok)
-        q.scope = requested_scope(c, method);
-    c->keyed = q.keyed;
-    if (!guard_check(&c->a->policy, &q, v)) {
-        c->cors = v->cors;
-        return false;
+    if (!st->judged) {
+        guard_request q = {
+            .method = method,
+            .http11 = c->http11,
+            .host = st->head.host,
+            .origin = st->head.origin,
+            .sec_fetch_site = st->head.site,
+            .relayed = st->head.relayed,
+            .user_header = st->head.user,
+            .peer = st->has_peer ? &st->peer : NULL,
+            .needed = c->m ? c->m->rights : 0,
+            .frontend = routes[c->route].flags & ROUTE_FRONTEND,
+            .oauth = routes[c->route].flags & ROUTE_OAUTH,
+        };
+        q.rights = key_rights(c, method, NULL, &q.keyed, &q.scope_ok);
+        if (!q.scope_ok)
+            q.scope = requested_scope(c, method);
+        st->keyed = q.keyed;
+        guard_check(&c->a->policy, &q, &st->verdict);
+        st->judged = true;
     }
-    c->rights = v->rights;
-    c->cors = v->cors;
-    return true;
+    c->keyed = st->keyed;
+    c->cors = st->verdict.cors;
+    if (!st->verdict.status)
+        c->rights = st->verdict.rights;
+    return &st->verdict;
 }
 
 static enum MHD_Result answer_verdict(const struct call *c, const guard_verdict *v) {
@@ -463,10 +470,10 @@ static enum MHD_Result answer_verdict(const struct call *c, const guard_verdict 
 }
 
 static enum MHD_Result guard(struct call *c, const char *method, bool *refused) {
-    guard_verdict v;
+    const guard_verdict *v = judge(c, method);
 
-    *refused = !let_in(c, method, &v);
-    return *refused ? answer_verdict(c, &v) : MHD_YES;
+    *refused = v->status != 0;
+    return *refused ? answer_verdict(c, v) : MHD_YES;
 }
 
 /* ---- the handler ---- */
@@ -526,6 +533,7 @@ static enum MHD_Result first_call(struct call *c, const char *url, const char *m
 
     c->route = route_of(url);
     c->m = route_method(c->route, method);
+    c->state->judged = false; /* a new request on the connection */
     if (!target_whole(c->state, version))
         return refuse(c, MHD_HTTP_BAD_REQUEST, "invalid_request",
                       "the request line holds a NUL byte, or names no HTTP version");
@@ -534,9 +542,9 @@ static enum MHD_Result first_call(struct call *c, const char *url, const char *m
         return refuse(c, status, status == MHD_HTTP_BAD_REQUEST ? "invalid_request" : "request_header_fields_too_large",
                       c->head->bad);
     if (c->head->expect && c->m && c->m->body) {
-        guard_verdict v;
-        if (!let_in(c, method, &v))
-            return answer_verdict(c, &v);
+        const guard_verdict *v = judge(c, method);
+        if (v->status)
+            return answer_verdict(c, v);
         if (c->head->length && parse_uint(c->head->length, UINT64_MAX, &declared) == 0 &&
             declared > c->a->max_body)
             return too_large(c);
@@ -552,20 +560,19 @@ static enum MHD_Result body_start(struct call *c, const char *method, const char
     const char *cl = c->head->length;
     struct request *r;
     uint64_t declared;
-    guard_verdict v;
-    bool refused;
+    const guard_verdict *v = judge(c, method);
+    bool refused = v->status != 0;
 
-    refused = !let_in(c, method, &v);
     if (refused && !*upload_data_size && cl && strcmp(cl, "0") == 0)
-        return answer_verdict(c, &v); /* no body to wait for */
+        return answer_verdict(c, v); /* no body to wait for */
     r = request_new(c, req_cls);
     if (!r)
         return MHD_NO;
     r->uploading = true;
     r->refused = refused;
     if (refused) {
-        r->verdict = v;
-        if (v.description == v.desc) /* points into the copy from now on */
+        r->verdict = *v;
+        if (v->description == v->desc) /* points into the copy from now on */
             r->verdict.description = r->verdict.desc;
     }
     /* too big by its own account, or refused: nothing of it is kept */
