@@ -19,6 +19,8 @@ typedef struct answer {
     const char *x_cache;       /* a token's X-Cache, or NULL */
     unsigned retry_after_s;    /* a 503's Retry-After (0: 1 s) */
     bool preflight;            /* a CORS preflight: the route's methods allowed */
+    bool refusal;              /* tokend's own error (answer_error): it names the route's methods
+                                * on a 405, the scheme on a 401, Retry-After on a 503 */
 } answer;
 
 /* Each returns 0, or -ENOMEM with nothing to answer (the connection is

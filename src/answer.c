@@ -37,8 +37,10 @@ int answer_error(answer *a, unsigned status, const char *error, const char *desc
         body = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
     r = answer_json(a, status, body);
-    if (r == 0 && up)
-        a->retry_after_s = up->retry_after_s;
+    if (r == 0) {
+        a->refusal = true;
+        a->retry_after_s = up ? up->retry_after_s : 0;
+    }
     return r;
 }
 

@@ -113,7 +113,7 @@ static enum MHD_Result respond(const struct call *c, answer *ans) {
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
     if (ans->x_cache)
         MHD_add_response_header(resp, "X-Cache", ans->x_cache);
-    switch (ans->status) {
+    switch (ans->refusal ? ans->status : 0) {
     case MHD_HTTP_METHOD_NOT_ALLOWED:
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, route_allow(c->route, allow, sizeof(allow)));
         break;
@@ -263,25 +263,30 @@ struct conn_state {
     /* the guard's verdict on the current request, once judged */
     bool judged, keyed;
     guard_verdict verdict;
-    /* libmicrohttpd before 1.0: where the request target ends, as a C string */
+    /* libmicrohttpd before 1.0: where the request target starts, and where
+     * it ends as a C string */
     bool target_seen;
-    const char *target_end;
+    const char *target_start, *target_end;
 };
 
 #if MHD_VERSION < 0x01000000
-/* libmicrohttpd 0.9.75 hands the request target over as C strings: a raw
- * NUL in it cuts the query short (user_id=a<NUL>b was served as user "a"),
- * and no option of its refuses it. This callback sees the target once the
- * version has been split off it, before the query is: the version string
- * the handler is given starts right after the target's end unless the
- * target holds a NUL (or there is no version). 1.0 drops such requests
- * itself (tests/unit/test-libmicrohttpd.c). */
+/* libmicrohttpd 0.9.75 hands the request line over as C strings: a raw NUL
+ * cuts the query short (user_id=a<NUL>b was served as user "a") or the
+ * method ("GET<NUL>X" was served as GET), and no option of its refuses
+ * it. The line stays in its read buffer, split in place: the method, a NUL
+ * where the first space was, maybe more spaces, the target, a NUL where the
+ * last space was, the version. This callback sees the target once the
+ * version has been split off, before the query is. The line held no NUL of
+ * its own if the version the handler is given starts right after the
+ * target's end, and only spaces lie between the method's end and the
+ * target. 1.0 drops such requests itself (tests/unit/test-libmicrohttpd.c). */
 static void *on_target(void *cls, const char *uri, struct MHD_Connection *conn) {
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     struct conn_state *st = ci ? ci->socket_context : NULL;
 
     if (st) {
         st->target_seen = true;
+        st->target_start = uri;
         st->target_end = uri ? uri + strlen(uri) : NULL;
     }
     return NULL; /* the handler's *req_cls starts NULL, as without this callback */
@@ -289,9 +294,12 @@ static void *on_target(void *cls, const char *uri, struct MHD_Connection *conn) 
 #endif
 
 /* Whether the request line was read whole: see on_target. */
-static bool target_whole(struct conn_state *st, const char *version) {
+static bool line_whole(struct conn_state *st, const char *method, const char *version) {
     bool whole = !st->target_seen || (st->target_end && version == st->target_end + 1);
 
+    /* from the method's end (at most the first space) to the target */
+    for (const char *p = method + strlen(method) + 1; whole && st->target_seen && p < st->target_start; p++)
+        whole = *p == ' ';
     st->target_seen = false;
     return whole;
 }
@@ -534,7 +542,7 @@ static enum MHD_Result first_call(struct call *c, const char *url, const char *m
     c->route = route_of(url);
     c->m = route_method(c->route, method);
     c->state->judged = false; /* a new request on the connection */
-    if (!target_whole(c->state, version))
+    if (!line_whole(c->state, method, version))
         return refuse(c, MHD_HTTP_BAD_REQUEST, "invalid_request",
                       "the request line holds a NUL byte, or names no HTTP version");
     status = scan_head(c->a, c->conn, url, &c->state->head);

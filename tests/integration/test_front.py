@@ -118,6 +118,19 @@ def test_the_proxy_relays_instacarts_json_refusals_as_they_are(stub, front):
     assert r.header("x-content-type-options") == "nosniff"
 
 
+@pytest.mark.parametrize("status", [401, 405, 503])
+def test_instacarts_own_refusals_carry_none_of_tokends_headers(stub, front, status):
+    # tokend's Allow, WWW-Authenticate and Retry-After describe tokend's own
+    # refusals: on Instacart's answer they would be tokend speaking for it
+    stub.fault(match_path="/v2/recommendations/replacement_items", action="status", status=status,
+               body='{"errors":[{"message":"no"}]}', content_type="application/json")
+    r = reco(front)
+    assert r.status == status, r
+    assert r.json() == {"errors": [{"message": "no"}]}
+    for header in ("allow", "www-authenticate", "retry-after"):
+        assert r.header(header) is None, (header, r.header(header))
+
+
 # ---------------------------------------------------------------- defect 1: counting
 
 

@@ -3,6 +3,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "answer.h"
@@ -86,7 +87,18 @@ static void errors_escape_any_text(void) {
     ASSERT_STR_EQ(cJSON_GetObjectItem(j, "error")->valuestring, "invalid_request");
     ASSERT_STR_EQ(cJSON_GetObjectItem(j, "error_description")->valuestring, "a \"quoted\"\nline\\");
     ASSERT(cJSON_GetObjectItem(j, "upstream_status") == NULL);
+    ASSERT(a.refusal); /* tokend's own: Allow, WWW-Authenticate, Retry-After where they apply */
     cJSON_Delete(j);
+    answer_clear(&a);
+}
+
+static void only_refusals_are_refusals(void) {
+    answer a;
+
+    ASSERT_INT_EQ(answer_static(&a, 503, "{}"), 0);
+    ASSERT(!a.refusal); /* /readyz, or Instacart's answer relayed: no headers of tokend's */
+    ASSERT_INT_EQ(answer_json(&a, 405, strdup("{}")), 0);
+    ASSERT(!a.refusal);
     answer_clear(&a);
 }
 
@@ -143,6 +155,7 @@ static const unit_test tests[] = {
     TEST(a_token_without_scope_has_no_scope_and_a_negative_clock_survives),
     TEST(a_token_about_to_expire_never_says_zero),
     TEST(errors_escape_any_text),
+    TEST(only_refusals_are_refusals),
     TEST(failed_mints_map_to_gateway_statuses),
     TEST(the_dropin_relays_instacarts_own_400),
     TEST(a_failed_allocation_is_no_answer),
