@@ -39,6 +39,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "queue.h"
 #include "seal.h"
 #include "shared.h"
 #include "util.h"
@@ -147,7 +148,7 @@ static const char *const scripts[S_COUNT] = { lookup_lua, publish_lua, release_l
 enum job_kind { J_LOOKUP, J_PUBLISH, J_RELEASE, J_DROP, J_FLUSH, J_PAUSE, J_CREDS, J_PING };
 
 struct job {
-    struct job *next;
+    struct qlink link; /* in one queue at a time */
     shared *s;
     enum job_kind kind;
     enum oauth_grant grant;
@@ -172,10 +173,6 @@ struct job {
     uint64_t ms;                /* pause */
 };
 
-struct job_list {
-    struct job *head, *tail;
-    unsigned n;
-};
 
 struct shared {
     upstream *up;
@@ -208,8 +205,8 @@ struct shared {
     pthread_mutex_t lock;       /* guards everything below */
     pthread_cond_t cond;        /* the command thread's: work queued */
     pthread_cond_t ev_cond;     /* the event thread's: stop its backoff */
-    struct job_list queue, waiting;
-    struct job_list pending;    /* drops and flushes Redis could not take yet */
+    struct queue queue, waiting;
+    struct queue pending;    /* drops and flushes Redis could not take yet */
     bool stopping, started;
     breaker br;
     int ev_fd;                  /* the event reader's socket, to interrupt it at stop */
@@ -221,28 +218,6 @@ struct shared {
 
     pthread_t cmd_thread, ev_thread;
 };
-
-static void list_push(struct job_list *l, struct job *j) {
-    j->next = NULL;
-    if (l->tail)
-        l->tail->next = j;
-    else
-        l->head = j;
-    l->tail = j;
-    l->n++;
-}
-
-static struct job *list_pop(struct job_list *l) {
-    struct job *j = l->head;
-    if (j) {
-        l->head = j->next;
-        if (!l->head)
-            l->tail = NULL;
-        l->n--;
-        j->next = NULL;
-    }
-    return j;
-}
 
 static void job_free(struct job *j) {
     if (!j)
@@ -333,7 +308,7 @@ static bool keep_for_later_locked(shared *s, struct job *j) {
     if ((j->kind != J_DROP && j->kind != J_FLUSH) || s->pending.n >= JOBS_MAX)
         return false;
     j->retried = false;
-    list_push(&s->pending, j);
+    queue_push(&s->pending, &j->link);
     s->stats.pending = s->pending.n;
     return true;
 }
@@ -353,7 +328,7 @@ static bool submit(shared *s, struct job *j) {
         return ok;
     }
     if (ok) {
-        list_push(&s->queue, j);
+        queue_push(&s->queue, &j->link);
         pthread_cond_signal(&s->cond);
     }
     pthread_mutex_unlock(&s->lock);
@@ -872,7 +847,7 @@ static void lease_busy(shared *s, struct job *j, uint64_t now) {
         degrade(s, j);
         return;
     }
-    list_push(&s->waiting, j);
+    queue_push(&s->waiting, &j->link);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -978,14 +953,14 @@ static void connection_lost(shared *s, redisContext **c, const char *why) {
 /* After a failure, what is queued would wait for the next attempt's
  * deadline too: it goes on without Redis now. */
 static void fail_queued(shared *s) {
-    struct job_list q;
+    struct queue q;
     struct job *j;
 
     pthread_mutex_lock(&s->lock);
     q = s->queue;
-    s->queue = (struct job_list){ 0 };
+    s->queue = (struct queue){ 0 };
     pthread_mutex_unlock(&s->lock);
-    while ((j = list_pop(&q)))
+    while ((j = QUEUE_POP(&q, struct job, link)))
         fail_job(s, j);
 }
 
@@ -995,16 +970,16 @@ static void fail_queued(shared *s) {
  * Redis: one blip must not send a whole batch of misses to Instacart, nor
  * lose a publish that other hosts wait for. The scripts make a repeat
  * harmless (a lease we already hold counts as ours). */
-static void retry_or_fail(shared *s, struct job *j, struct job_list *again) {
+static void retry_or_fail(shared *s, struct job *j, struct queue *again) {
     if (!j->retried && j->kind != J_PING) {
         j->retried = true;
-        list_push(again, j);
+        queue_push(again, &j->link);
     } else
         fail_job(s, j);
 }
 
-static void run_batch(shared *s, redisContext **c, struct job_list *batch) {
-    struct job_list again = { 0 };
+static void run_batch(shared *s, redisContext **c, struct queue *batch) {
+    struct queue again = { 0 };
     struct job *sent[BATCH_MAX];
     size_t n = 0;
     struct job *j;
@@ -1026,7 +1001,7 @@ static void run_batch(shared *s, redisContext **c, struct job_list *batch) {
             pthread_mutex_lock(&s->lock);
             breaker_probe_done(&s->br);
             pthread_mutex_unlock(&s->lock);
-            while ((j = list_pop(batch)))
+            while ((j = QUEUE_POP(batch, struct job, link)))
                 fail_job(s, j);
             fail_queued(s);
             return;
@@ -1039,21 +1014,16 @@ static void run_batch(shared *s, redisContext **c, struct job_list *batch) {
         s->stats.reconnects++;
         snprintf(s->stats.address, sizeof(s->stats.address), "%s", address);
         if (s->pending.n) { /* drops and flushes from while Redis was away go first */
-            s->pending.tail->next = s->queue.head;
-            if (!s->queue.tail)
-                s->queue.tail = s->pending.tail;
-            s->queue.head = s->pending.head;
-            s->queue.n += s->pending.n;
-            s->pending = (struct job_list){ 0 };
+            queue_prepend(&s->queue, &s->pending);
             s->stats.pending = 0;
             pthread_cond_signal(&s->cond);
         }
         pthread_mutex_unlock(&s->lock);
     }
-    while ((j = list_pop(batch))) {
+    while ((j = QUEUE_POP(batch, struct job, link))) {
         if (append(s, *c, j) != REDIS_OK) {
             if ((*c)->err) {
-                list_push(batch, j); /* failed with the rest below */
+                queue_push(batch, &j->link); /* failed with the rest below */
                 break;
             }
             if (j->kind == J_LOOKUP)
@@ -1093,16 +1063,11 @@ static void run_batch(shared *s, redisContext **c, struct job_list *batch) {
             retry_or_fail(s, sent[i], &again);
         break;
     }
-    while ((j = list_pop(batch)))
+    while ((j = QUEUE_POP(batch, struct job, link)))
         retry_or_fail(s, j, &again);
     if (again.n) { /* first in line for the next connection */
         pthread_mutex_lock(&s->lock);
-        if (s->queue.head)
-            again.tail->next = s->queue.head;
-        else
-            s->queue.tail = again.tail;
-        s->queue.head = again.head;
-        s->queue.n += again.n;
+        queue_prepend(&s->queue, &again);
         pthread_mutex_unlock(&s->lock);
     }
     if (*c && n) {
@@ -1119,7 +1084,7 @@ static void *command_thread(void *arg) {
 
     pthread_mutex_lock(&s->lock);
     for (;;) {
-        struct job_list batch = { 0 }, keep = { 0 };
+        struct queue batch = { 0 }, keep = { 0 };
         uint64_t now = now_ms(), next = now + 1000;
         struct job *j;
 
@@ -1132,21 +1097,21 @@ static void *command_thread(void *arg) {
             j = job_new(s, J_PING, OAUTH_GRANT_USER_ASSERTION, NULL, NULL);
             pthread_mutex_lock(&s->lock);
             if (j)
-                list_push(&s->queue, j);
+                queue_push(&s->queue, &j->link);
         }
         /* waiters whose poll is due go first */
-        while ((j = list_pop(&s->waiting))) {
+        while ((j = QUEUE_POP(&s->waiting, struct job, link))) {
             if (j->next_at_ms <= now && batch.n < BATCH_MAX)
-                list_push(&batch, j);
+                queue_push(&batch, &j->link);
             else {
                 if (j->next_at_ms < next)
                     next = j->next_at_ms;
-                list_push(&keep, j);
+                queue_push(&keep, &j->link);
             }
         }
         s->waiting = keep;
-        while (batch.n < BATCH_MAX && (j = list_pop(&s->queue)))
-            list_push(&batch, j);
+        while (batch.n < BATCH_MAX && (j = QUEUE_POP(&s->queue, struct job, link)))
+            queue_push(&batch, &j->link);
         if (!batch.n) {
             struct timespec ts;
             if (s->queue.n)
@@ -1616,7 +1581,7 @@ void shared_get_stats(shared *s, struct shared_stats *ret) {
 }
 
 void shared_stop(shared *s) {
-    struct job_list left = { 0 };
+    struct queue left = { 0 };
     struct job *j;
 
     if (!s)
@@ -1638,14 +1603,14 @@ void shared_stop(shared *s) {
         s->started = false;
     }
     pthread_mutex_lock(&s->lock);
-    while ((j = list_pop(&s->queue)))
-        list_push(&left, j);
-    while ((j = list_pop(&s->waiting)))
-        list_push(&left, j);
-    while ((j = list_pop(&s->pending)))
-        list_push(&left, j);
+    while ((j = QUEUE_POP(&s->queue, struct job, link)))
+        queue_push(&left, &j->link);
+    while ((j = QUEUE_POP(&s->waiting, struct job, link)))
+        queue_push(&left, &j->link);
+    while ((j = QUEUE_POP(&s->pending, struct job, link)))
+        queue_push(&left, &j->link);
     pthread_mutex_unlock(&s->lock);
-    while ((j = list_pop(&left))) {
+    while ((j = QUEUE_POP(&left, struct job, link))) {
         if (j->kind == J_LOOKUP)
             unavailable(j, "stopping", 0, 1, false);
         else

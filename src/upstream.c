@@ -24,6 +24,7 @@
 #include "build-config.h"
 #include "config.h"
 #include "log.h"
+#include "queue.h"
 #include "util.h"
 
 #define RETRY_AFTER_MAX_S 3600
@@ -35,7 +36,7 @@
 #define RETRY_MIN_BUDGET_MS 100
 
 struct job {
-    struct job *next;
+    struct qlink link; /* in one queue at a time */
     struct job *aprev, *anext; /* on the active list while a request is out */
     upstream *u;
     enum oauth_grant grant;
@@ -66,10 +67,6 @@ struct job {
     char fp[FINGERPRINT_LEN];
 };
 
-struct job_list {
-    struct job *head, *tail;
-    unsigned n;
-};
 
 
 struct upstream {
@@ -99,7 +96,7 @@ struct upstream {
     bool thread_started;
 
     pthread_mutex_t lock; /* guards everything below */
-    struct job_list incoming;
+    struct queue incoming;
     unsigned total;       /* accepted and not yet done */
     bool stopping;
     breaker breaker;
@@ -116,41 +113,11 @@ struct upstream {
     uint64_t heartbeat_ms;
 
     /* worker only */
-    struct job_list ready, delayed;
+    struct queue ready, delayed;
     struct job *active_head;
     unsigned active;
     uint64_t last_expiry_walk_ms;
 };
-
-static void list_push(struct job_list *l, struct job *j) {
-    j->next = NULL;
-    if (l->tail)
-        l->tail->next = j;
-    else
-        l->head = j;
-    l->tail = j;
-    l->n++;
-}
-
-static void list_push_front(struct job_list *l, struct job *j) {
-    j->next = l->head;
-    l->head = j;
-    if (!l->tail)
-        l->tail = j;
-    l->n++;
-}
-
-static struct job *list_pop(struct job_list *l) {
-    struct job *j = l->head;
-    if (j) {
-        l->head = j->next;
-        if (!l->head)
-            l->tail = NULL;
-        l->n--;
-        j->next = NULL;
-    }
-    return j;
-}
 
 /* The proxy as configured: [upstream] proxy, never http_proxy and friends
  * from the environment, which would send the client secret wherever a
@@ -390,7 +357,7 @@ static void submit(upstream *u, enum oauth_grant grant, const char *user_id, con
         outcome_set(&o, MINT_UNAVAILABLE, 429, (unsigned)((u->paused_until_ms - now + 999) / 1000),
                     "rate_limited");
     else {
-        list_push(&u->incoming, j);
+        queue_push(&u->incoming, &j->link);
         pthread_mutex_unlock(&u->lock);
         curl_multi_wakeup(u->multi);
         return;
@@ -450,7 +417,7 @@ void upstream_forward(upstream *u, const char *path, const char *bearer, const c
     u->total++;
     if (j->body && j->fwd_headers && !u->stopping && u->total <= u->max_concurrent + u->queue_max &&
         asprintf(&j->url, "%s%s", u->forward_base, path) >= 0) {
-        list_push(&u->incoming, j);
+        queue_push(&u->incoming, &j->link);
         accepted = true;
     }
     pthread_mutex_unlock(&u->lock);
@@ -877,7 +844,7 @@ static void attempt_done(upstream *u, struct job *j, CURLcode rc) {
         if (now + delay + least <= j->deadline_ms) {
             j->not_before_ms = now + delay;
             j->probe = false;
-            list_push(&u->delayed, j);
+            queue_push(&u->delayed, &j->link);
             return;
         }
     }
@@ -943,29 +910,29 @@ static void start_or_fail(upstream *u, struct job *j, uint64_t now) {
 }
 
 static void start_jobs(upstream *u, uint64_t now, uint64_t *wait) {
-    struct job_list keep = { 0 };
+    struct queue keep = { 0 };
     struct job *j;
     bool failed;
 
     /* retries whose time has come go first: they have waited longest */
-    while ((j = list_pop(&u->delayed))) {
+    while ((j = QUEUE_POP(&u->delayed, struct job, link))) {
         if (j->not_before_ms > now) {
             if (j->not_before_ms - now < *wait)
                 *wait = j->not_before_ms - now;
-            list_push(&keep, j);
+            queue_push(&keep, &j->link);
         } else if (u->active < u->max_concurrent && may_start(u, j, now, wait, &failed)) {
             start_or_fail(u, j, now);
         } else if (!failed) {
-            list_push(&keep, j);
+            queue_push(&keep, &j->link);
         }
     }
     u->delayed = keep;
 
-    while (u->active < u->max_concurrent && (j = list_pop(&u->ready))) {
+    while (u->active < u->max_concurrent && (j = QUEUE_POP(&u->ready, struct job, link))) {
         if (!may_start(u, j, now, wait, &failed)) {
             if (failed)
                 continue;
-            list_push_front(&u->ready, j);
+            queue_push_front(&u->ready, &j->link);
             break; /* paused: the whole queue waits */
         }
         start_or_fail(u, j, now);
@@ -974,30 +941,30 @@ static void start_jobs(upstream *u, uint64_t now, uint64_t *wait) {
     /* Jobs stuck behind a full pipe still have deadlines: fail those whose
      * time is up, once a second. */
     if (now - u->last_expiry_walk_ms >= 1000) {
-        struct job_list rest = { 0 };
+        struct queue rest = { 0 };
         u->last_expiry_walk_ms = now;
-        while ((j = list_pop(&u->ready))) {
+        while ((j = QUEUE_POP(&u->ready, struct job, link))) {
             if (now >= j->deadline_ms)
                 may_start(u, j, now, wait, &failed);
             else
-                list_push(&rest, j);
+                queue_push(&rest, &j->link);
         }
         u->ready = rest;
     }
 }
 
-static void fail_all(upstream *u, struct job_list *l, const char *why) {
+static void fail_all(upstream *u, struct queue *l, const char *why) {
     struct job *j;
     mint_outcome o;
 
     outcome_set(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, why);
-    while ((j = list_pop(l)))
+    while ((j = QUEUE_POP(l, struct job, link)))
         job_complete(u, j, &o, NULL);
 }
 
 static void *worker(void *arg) {
     upstream *u = arg;
-    struct job_list active = { 0 };
+    struct queue active = { 0 };
 
     for (;;) {
         uint64_t now, wait = 1000;
@@ -1012,7 +979,7 @@ static void *worker(void *arg) {
             break;
         }
         while (u->incoming.head)
-            list_push(&u->ready, list_pop(&u->incoming));
+            queue_push(&u->ready, &QUEUE_POP(&u->incoming, struct job, link)->link);
         pthread_mutex_unlock(&u->lock);
 
         curl_multi_perform(u->multi, &running);
@@ -1038,11 +1005,11 @@ static void *worker(void *arg) {
     while (u->active_head) {
         struct job *j = u->active_head;
         active_unlink(u, j);
-        list_push(&active, j);
+        queue_push(&active, &j->link);
     }
     pthread_mutex_lock(&u->lock);
     while (u->incoming.head)
-        list_push(&u->ready, list_pop(&u->incoming));
+        queue_push(&u->ready, &QUEUE_POP(&u->incoming, struct job, link)->link);
     pthread_mutex_unlock(&u->lock);
     fail_all(u, &active, "shutting_down");
     fail_all(u, &u->delayed, "shutting_down");
