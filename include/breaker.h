@@ -8,6 +8,9 @@
 #include <stdint.h>
 
 enum breaker_state { BREAKER_CLOSED, BREAKER_OPEN, BREAKER_HALF_OPEN };
+/* Each state's name in /metrics and /v1/status: "closed", "open", "half_open"
+ * (upstream.h's enum upstream_circuit is in the same order). */
+extern const char *const breaker_state_names[3];
 
 typedef struct breaker {
     enum breaker_state state;

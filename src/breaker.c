@@ -3,6 +3,8 @@
  * for deciding what counts as a failure (upstream.c classifies answers). */
 #include "breaker.h"
 
+const char *const breaker_state_names[3] = { "closed", "open", "half_open" };
+
 void breaker_init(breaker *b, unsigned threshold, uint64_t cooldown_ms) {
     *b = (breaker){ .state = BREAKER_CLOSED, .threshold = threshold ? threshold : 1,
                     .cooldown_ms = cooldown_ms };

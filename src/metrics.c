@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "breaker.h"
+
 static void header(FILE *f, const char *name, const char *type, const char *help) {
     fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
@@ -16,6 +18,13 @@ static void header(FILE *f, const char *name, const char *type, const char *help
 static void one(FILE *f, const char *name, const char *type, const char *help, unsigned long long v) {
     header(f, name, type, help);
     fprintf(f, "%s %llu\n", name, v);
+}
+
+/* A breaker's state as a gauge per state: 1 for the current one. */
+static void state_gauge(FILE *f, const char *name, const char *help, int state) {
+    header(f, name, "gauge", help);
+    for (int i = 0; i < 3; i++)
+        fprintf(f, "%s{state=\"%s\"} %d\n", name, breaker_state_names[i], state == i);
 }
 
 /* A histogram from per-bucket counts (not cumulative) and their bounds. */
@@ -35,12 +44,9 @@ static void histogram(FILE *f, const char *name, const char *help, const double 
 
 /* Fleet mode's shared tier (shared.h). */
 static void render_shared(FILE *f, const struct shared_stats *ss) {
-    static const char *const breaker_names[] = { "closed", "open", "half_open" };
-
     one(f, "tokend_shared_up", "gauge", "1 while tokens are shared through Redis; 0 while degraded.", ss->up);
-    header(f, "tokend_shared_breaker_state", "gauge", "The breaker toward Redis: 1 for the current state.");
-    for (int i = 0; i < 3; i++)
-        fprintf(f, "tokend_shared_breaker_state{state=\"%s\"} %d\n", breaker_names[i], (int)ss->breaker == i);
+    state_gauge(f, "tokend_shared_breaker_state", "The breaker toward Redis: 1 for the current state.",
+                (int)ss->breaker);
     header(f, "tokend_shared_operations_total", "counter", "Commands sent to Redis, by operation and result.");
     for (int i = 0; i < SHARED_OP_COUNT; i++) {
         fprintf(f, "tokend_shared_operations_total{op=\"%s\",result=\"ok\"} %llu\n", shared_op_names[i], ss->ops[i][0]);
@@ -83,7 +89,6 @@ static void render_shared(FILE *f, const struct shared_stats *ss) {
 int metrics_render(const struct api_stats *as, const struct cache_stats *cs,
                    const struct upstream_stats *us, const struct shared_stats *ss, int64_t start_unix,
                    char **ret, size_t *ret_len) {
-    static const char *const circuit_names[] = { "closed", "open", "half_open" };
     char *buf = NULL;
     size_t len = 0;
     FILE *f;
@@ -134,10 +139,8 @@ int metrics_render(const struct api_stats *as, const struct cache_stats *cs,
               upstream_latency_bounds, UPSTREAM_LATENCY_BUCKETS, us->latency_buckets, us->latency_count,
               us->latency_sum_s);
 
-    header(f, "tokend_upstream_circuit_state", "gauge",
-           "The circuit breaker toward Instacart: 1 for the current state.");
-    for (int i = 0; i < 3; i++)
-        fprintf(f, "tokend_upstream_circuit_state{state=\"%s\"} %d\n", circuit_names[i], (int)us->circuit == i);
+    state_gauge(f, "tokend_upstream_circuit_state", "The circuit breaker toward Instacart: 1 for the current state.",
+                (int)us->circuit);
     one(f, "tokend_upstream_credentials_rejected", "gauge",
         "1 while Instacart refuses the client credentials (a configuration fault).",
         us->credentials_rejected);

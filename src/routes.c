@@ -376,7 +376,6 @@ static int route_metrics(const struct call *c, struct request *r, answer *ans) {
 }
 
 static int route_status(const struct call *c, struct request *r, answer *ans) {
-    static const char *const circuit[] = { "closed", "open", "half_open" };
     struct api_stats as;
     struct cache_stats cs;
     struct upstream_stats us;
@@ -411,7 +410,7 @@ static int route_status(const struct call *c, struct request *r, answer *ans) {
     }
     o = cJSON_AddObjectToObject(j, "upstream");
     if (o) {
-        cJSON_AddStringToObject(o, "circuit", circuit[us.circuit]);
+        cJSON_AddStringToObject(o, "circuit", breaker_state_names[us.circuit]);
         cJSON_AddBoolToObject(o, "credentials_rejected", us.credentials_rejected);
         cJSON_AddBoolToObject(o, "rate_limited", us.rate_limited);
         cJSON_AddNumberToObject(o, "requests", (double)us.requests);
@@ -425,14 +424,13 @@ static int route_status(const struct call *c, struct request *r, answer *ans) {
         cJSON_AddNumberToObject(o, "revocations_failed", (double)us.revocations_failed);
     }
     if (c->a->shared) {
-        static const char *const breaker_names[] = { "closed", "open", "half_open" };
         struct shared_stats ss;
         shared_get_stats(c->a->shared, &ss);
         o = cJSON_AddObjectToObject(j, "shared");
         if (o) {
             cJSON_AddStringToObject(o, "state", ss.up ? "connected" : "degraded");
             cJSON_AddStringToObject(o, "redis", ss.address);
-            cJSON_AddStringToObject(o, "breaker", breaker_names[ss.breaker]);
+            cJSON_AddStringToObject(o, "breaker", breaker_state_names[ss.breaker]);
             cJSON_AddBoolToObject(o, "fleet_paused", ss.fleet_paused);
             cJSON_AddBoolToObject(o, "fleet_credentials_rejected", ss.fleet_credentials_rejected);
             for (int i = 0; i < SHARED_LOOKUP_COUNT; i++) {
