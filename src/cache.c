@@ -429,10 +429,11 @@ static void fetch_done(void *userdata, const mint_outcome *o, token *t) {
         struct cache_want want = { .min_life_ms = c->s.min_ttl_ms };
         char scope[OAUTH_SCOPE_MAX + 1];
         const char *user = key_split(e, scope); /* e stays while it is fetching */
+        uint64_t window = e->tok ? refresh_window_ms(c, e->tok) : 0;
 
         /* not the token in hand again: one fresher than its refresh window */
-        if (e->tok && refresh_window_ms(c, e->tok) > want.min_life_ms)
-            want.min_life_ms = refresh_window_ms(c, e->tok);
+        if (window > want.min_life_ms)
+            want.min_life_ms = window;
         e->retry_at_ms = now + backoff_ms(c, e->refresh_failures);
         if (e->refresh_failures < 255)
             e->refresh_failures++;

@@ -842,8 +842,6 @@ static int ca_load(config *c, char err[CONFIG_ERR_MAX]) {
     return 0;
 }
 
-/* One shared key: 64 hex digits in a private file, or in the systemd
- * credential `credential` when credentials_dir has it. */
 /* A systemd credential of fleet mode's: in credentials_dir, or on a reload
  * (which passes the runtime directory holding only a rotated client secret)
  * in systemd's own. Writes its path to ret and returns true if it is there. */
@@ -856,6 +854,8 @@ static bool find_credential(const char *credentials_dir, const char *name, char 
     return false;
 }
 
+/* One shared key: 64 hex digits in a private file, or in the systemd
+ * credential `credential` when there is one. */
 static int shared_key_read(const config *c, const char *file, int line, const char *what,
                            const char *credentials_dir, const char *credential, unsigned char out[32],
                            char err[CONFIG_ERR_MAX]) {
