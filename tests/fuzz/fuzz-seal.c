@@ -27,22 +27,9 @@
 
 static const char AAD[] = "tokend:fuzz:u:name";
 
-static bool b64token_char(unsigned char c) {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
-           c == '_' || c == '~' || c == '+' || c == '/';
-}
-
-/* RFC 6750 b64token, written out again. */
+/* RFC 6750 b64token, within tokend's bound */
 static bool value_valid(const char *s, size_t len) {
-    size_t i = 0;
-
-    while (i < len && b64token_char((unsigned char)s[i]))
-        i++;
-    if (i == 0)
-        return false;
-    while (i < len && s[i] == '=')
-        i++;
-    return i == len && len <= OAUTH_TOKEN_MAX;
+    return fuzz_b64token(s, len) && len <= OAUTH_TOKEN_MAX;
 }
 
 static uint64_t be(const uint8_t *p, int n) {

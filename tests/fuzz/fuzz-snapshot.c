@@ -115,22 +115,9 @@ static bool read_boot_id(uint8_t out[16]) {
     return k == 32;
 }
 
-static bool token_char(uint8_t c) {
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
-           c == '_' || c == '~' || c == '+' || c == '/';
-}
-
-/* RFC 6750 b64token, written out again. */
+/* RFC 6750 b64token, within tokend's bound */
 static bool token_valid(const uint8_t *s, size_t len) {
-    size_t i = 0;
-
-    while (i < len && token_char(s[i]))
-        i++;
-    if (i == 0)
-        return false;
-    while (i < len && s[i] == '=')
-        i++;
-    return i == len && len <= OAUTH_TOKEN_MAX;
+    return fuzz_b64token(s, len) && len <= OAUTH_TOKEN_MAX;
 }
 
 static bool scope_valid(const uint8_t *s, size_t len) {

@@ -3,6 +3,7 @@
  * before aborting, so a crash report names the rule and not just a line. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -17,3 +18,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
             abort();                                                                       \
         }                                                                                  \
     } while (0)
+
+/* RFC 6750's b64token, written out again as the targets' own oracle
+ * (not src/oauth.c's check, which is what they test):
+ * 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=" */
+static inline bool fuzz_b64token(const void *p, size_t len) {
+    const unsigned char *s = p;
+    size_t i = 0;
+
+    while (i < len && ((s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') ||
+                       s[i] == '-' || s[i] == '.' || s[i] == '_' || s[i] == '~' || s[i] == '+' || s[i] == '/'))
+        i++;
+    if (i == 0)
+        return false;
+    while (i < len && s[i] == '=')
+        i++;
+    return i == len;
+}

@@ -8,7 +8,7 @@ import os
 import shutil
 import subprocess
 
-from conftest import wait_for
+from conftest import terminate, wait_for
 
 
 class Browser:
@@ -68,9 +68,4 @@ class Browser:
         try:
             self.ws.close()
         finally:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            terminate(self.proc)

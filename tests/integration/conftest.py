@@ -56,6 +56,17 @@ def wait_for(cond, timeout=10.0, interval=0.01, what="condition"):
         time.sleep(interval)
 
 
+def terminate(proc, timeout=10.0):
+    """SIGTERM, then SIGKILL if proc has not exited within timeout; reaped."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def concurrently(fn, args, workers):
     """fn(a) for each a, from `workers` threads released together."""
     barrier = threading.Barrier(workers)

@@ -20,12 +20,11 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 
 import pytest
 import redis as redis_py
 
-from conftest import SLOW, wait_for
+from conftest import SLOW, terminate, wait_for
 from nginx_fixture import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -159,13 +158,7 @@ class Redis:
             return
         if self.stopped:
             self.cont()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.proc = None
         if self._sockdir_tmp:
             shutil.rmtree(self._sockdir_tmp, ignore_errors=True)
@@ -306,13 +299,9 @@ class Sentinels:
     def stop(self):
         for p in self.procs:
             if p.poll() is None:
-                p.terminate()
+                p.terminate()  # all at once, then each waited for
         for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            terminate(p)
         for n in self.nodes:
             n.stop()
 

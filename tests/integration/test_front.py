@@ -450,13 +450,18 @@ def expect_continue(t, extra, length):
            b"Expect: 100-continue\r\nContent-Length: %d\r\n" % length) + extra + b"\r\n"
     with socket.create_connection((t.host, t.port), timeout=10) as s:
         s.sendall(req)
-        got = b""
-        while b"\r\n\r\n" not in got:
-            b = s.recv(65536)
-            if not b:
-                break
-            got += b
-        return got
+        return recv_until(s, b"\r\n\r\n")
+
+
+def recv_until(s, marker):
+    """What arrives on socket s until marker has, or until it is closed."""
+    got = b""
+    while marker not in got:
+        b = s.recv(65536)
+        if not b:
+            break
+        got += b
+    return got
 
 
 def test_a_body_over_max_body_is_refused_before_100_continue(stub, tokend):
@@ -490,12 +495,7 @@ def test_a_client_that_half_closes_after_its_request_gets_its_answer(stub, token
             with socket.create_connection((tokend.host, tokend.port), timeout=10) as s:
                 s.sendall(b"GET /v1/token?user_id=half%d HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % i)
                 s.shutdown(socket.SHUT_WR)
-                got = b""
-                while b"}" not in got:
-                    b = s.recv(65536)
-                    if not b:
-                        break
-                    got += b
+                got = recv_until(s, b"}")
             assert got.startswith(b"HTTP/1.1 200 "), (i, got[:200])
     assert len(stub.token_requests()) == 5
 
