@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,7 +42,9 @@ typedef struct cache_entry {
     struct cache_entry *lru_prev, *lru_next; /* head is the most recently used */
     uint16_t keylen;
     bool fetching;
+    bool stale;               /* dropped or flushed while fetching: what the fetch brings is not kept */
     uint8_t refresh_failures;
+    uint8_t restarts;         /* fetches started again because the first went stale */
     unsigned n_waiters;
     struct waiter *waiters;
     mint_outcome *failure;    /* the remembered rejection, or NULL */
@@ -56,6 +59,7 @@ struct slot {
 };
 
 #define INDEX_MIN 1024        /* slots; a power of two */
+#define RESTARTS_MAX 3        /* a fetch made stale again and again ends in a failure */
 
 struct cache {
     pthread_mutex_t lock;
@@ -417,11 +421,35 @@ static uint64_t backoff_ms(cache *c, unsigned failures) {
 static void fetch_done(void *userdata, const mint_outcome *o, token *t) {
     cache_entry *e = userdata;
     cache *c = e->cache;
+    mint_outcome stale;
     struct waiter *waiters;
     uint64_t now;
 
     pthread_mutex_lock(&c->lock);
     now = c->s.clock();
+    if (e->stale) {
+        /* A drop or a flush came while this fetch was in flight: what it
+         * brings may have been read before them (another host's copy of the
+         * dropped token), so it is neither kept nor handed out. Callers
+         * waiting get a fetch made after the drop; nobody waits on a
+         * refresh, which just ends. */
+        e->stale = false;
+        token_unref(t);
+        t = NULL;
+        if (e->waiters && e->restarts < RESTARTS_MAX) {
+            struct cache_want want = { .min_life_ms = c->s.min_ttl_ms };
+            char scope[OAUTH_SCOPE_MAX + 1];
+            const char *user = key_split(e, scope); /* e stays while it is fetching */
+
+            e->restarts++;
+            pthread_mutex_unlock(&c->lock);
+            c->fetch(c->source, (enum oauth_grant)e->key[0], user, scope, &want, fetch_done, e);
+            return;
+        }
+        stale = (mint_outcome){ .kind = MINT_UNAVAILABLE, .retry_after_s = 1 };
+        snprintf(stale.error, sizeof(stale.error), "dropped_while_fetching");
+        o = &stale;
+    }
     if (!t && o->deferred && e->waiters) {
         /* Callers joined a refresh the source put off: they need a token
          * now, so they get a fetch of their own (a miss, which in fleet mode
@@ -442,6 +470,7 @@ static void fetch_done(void *userdata, const mint_outcome *o, token *t) {
         return;
     }
     e->fetching = false;
+    e->restarts = 0;
     c->stats.fetching--;
     waiters = e->waiters;
     e->waiters = NULL;
@@ -600,9 +629,10 @@ size_t cache_flush(cache *c) {
     for (e = c->lru_tail; e; e = prev) {
         prev = e->lru_prev;
         if (e->fetching) {
-            /* its waiters are answered by the fetch; only the old token goes */
+            /* its waiters are answered by a fetch made after the flush */
             e->tok = token_unref(e->tok);
             e->failed_until_ms = 0;
+            e->stale = true;
         } else
             entry_remove(c, e);
         n++;
@@ -634,10 +664,13 @@ int cache_drop_if(cache *c, enum oauth_grant grant, const char *user_id, const c
         t = e->tok;
         e->tok = NULL;
         e->failed_until_ms = 0;
-        /* a fetch in flight keeps the entry: its waiters are answered by it */
+        /* a fetch in flight keeps the entry: its waiters are answered by
+         * a fetch made after the drop */
         if (!e->fetching)
             entry_remove(c, e);
     }
+    if (e && e->fetching && !only)
+        e->stale = true;
     pthread_mutex_unlock(&c->lock);
     if (!t)
         return 0;

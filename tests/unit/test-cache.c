@@ -1063,6 +1063,92 @@ static void overlong_key_refused(void) {
     free_cache(c);
 }
 
+/* A drop that lands while a miss is in flight: the fetch may carry a copy
+ * read before the drop (another host's, in fleet mode). It is neither
+ * handed to the callers waiting nor kept; they get a fetch made after it. */
+static void a_drop_during_a_fetch_is_not_undone_by_it(void) {
+    cache_settings s = settings();
+    cache *c = new_cache(&s);
+    struct waiter w = { 0 };
+    unsigned i = expect_miss(c, "alice", &w);
+
+    ASSERT_INT_EQ(cache_drop(c, UA, "alice", SCOPE, NULL), 0); /* nothing cached yet */
+    complete_ok(i, "dropped", 3600);
+    ASSERT_INT_EQ(w.calls, 0);
+    ASSERT_UINT_EQ(n_calls, i + 2); /* a new fetch, after the drop */
+    ASSERT_STR_EQ(calls[i + 1].user_id, "alice");
+    complete_ok(i + 1, "fresh", 3600);
+    ASSERT_INT_EQ(w.calls, 1);
+    ASSERT_STR_EQ(w.tok->value, "fresh");
+    waiter_clear(&w);
+    expect_hit_value(c, "alice", "fresh");
+    free_cache(c);
+}
+
+/* The same for a flush, and for a background refresh nobody waits on: the
+ * refresh's token is not kept, and the next caller misses. */
+static void a_flush_during_a_refresh_keeps_nothing_it_brings(void) {
+    cache_settings s = settings();
+    cache *c = new_cache(&s);
+    struct waiter w = { 0 };
+    unsigned i;
+
+    fill(c, "alice", "tok-1", 3600);
+    fake_now += 3000 * SEC; /* in the refresh window */
+    expect_hit_refreshing(c, "alice", "tok-1");
+    i = n_calls - 1;
+    ASSERT_UINT_EQ(cache_flush(c), 1);
+    complete_ok(i, "pre-flush", 3600);
+    ASSERT_UINT_EQ(n_calls, i + 1); /* nobody waits: no new fetch */
+    ASSERT_UINT_EQ(stats(c).fetching, 0);
+    i = expect_miss(c, "alice", &w);
+    complete_ok(i, "post-flush", 3600);
+    ASSERT_STR_EQ(w.tok->value, "post-flush");
+    waiter_clear(&w);
+    free_cache(c);
+}
+
+/* A conditional drop (the proxy's: "this token was refused") leaves a
+ * fetch in flight alone: it brings a newer token than the refused one. */
+static void a_conditional_drop_leaves_a_fetch_in_flight_alone(void) {
+    cache_settings s = settings();
+    cache *c = new_cache(&s);
+    token *t = NULL;
+    unsigned i;
+
+    fill(c, "alice", "tok-1", 3600);
+    ASSERT_INT_EQ(get(c, UA, "alice", SCOPE, 0, NULL, &t, NULL), CACHE_HIT);
+    fake_now += 3000 * SEC;
+    expect_hit_refreshing(c, "alice", "tok-1");
+    i = n_calls - 1;
+    ASSERT_INT_EQ(cache_drop_if(c, UA, "alice", SCOPE, t, NULL), 1);
+    token_unref(t);
+    complete_ok(i, "tok-2", 3600);
+    expect_hit_value(c, "alice", "tok-2");
+    free_cache(c);
+}
+
+/* Drops that keep coming while callers wait end in a failure they can
+ * retry, not in an endless chain of fetches. */
+static void fetches_made_stale_again_and_again_end_in_a_failure(void) {
+    cache_settings s = settings();
+    cache *c = new_cache(&s);
+    struct waiter w = { 0 };
+    unsigned i = expect_miss(c, "alice", &w);
+
+    for (unsigned k = 0; k < 4; k++) {
+        ASSERT_INT_EQ(cache_drop(c, UA, "alice", SCOPE, NULL), 0);
+        complete_ok(i + k, "stale", 3600);
+    }
+    ASSERT_UINT_EQ(n_calls, i + 4);
+    ASSERT_INT_EQ(w.calls, 1);
+    ASSERT(w.tok == NULL);
+    ASSERT_INT_EQ(w.o.kind, MINT_UNAVAILABLE);
+    ASSERT_UINT_EQ(stats(c).fetching, 0);
+    ASSERT_UINT_EQ(stats(c).entries, 0);
+    free_cache(c);
+}
+
 static void cache_free_accepts_null(void) {
     ASSERT(cache_free(NULL) == NULL);
 }
@@ -1096,6 +1182,10 @@ static const unit_test tests[] = {
     TEST(stats_follow_what_happened),
     TEST(stats_count_fetches_in_flight),
     TEST(overlong_key_refused),
+    TEST(a_drop_during_a_fetch_is_not_undone_by_it),
+    TEST(a_flush_during_a_refresh_keeps_nothing_it_brings),
+    TEST(a_conditional_drop_leaves_a_fetch_in_flight_alone),
+    TEST(fetches_made_stale_again_and_again_end_in_a_failure),
     TEST(cache_free_accepts_null),
 };
 
