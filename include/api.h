@@ -2,6 +2,7 @@
 #pragma once
 
 #include "cache.h"
+#include "revoke.h"
 #include "upstream.h"
 
 typedef struct api api;
@@ -24,18 +25,17 @@ struct api_stats {
     unsigned waiting; /* requests suspended on a mint or a revocation */
 };
 
+struct shared;
 /* listen_fd: a socket passed by systemd, or -1 to bind every address of
  * cfg->listen. keys: the API keys (NULL: none), owned by the api from
- * here, even on failure. up is used for revocations, forwarding and
- * readiness. */
-int api_new(const struct config *cfg, struct auth *keys, cache *c, upstream *up, int listen_fd, api **ret);
+ * here, even on failure. up is used for forwarding and readiness, rv for
+ * revocations; sh (fleet mode, or NULL) for drops, flushes and the fleet's
+ * state. Everything is wired before the first request can arrive. */
+int api_new(const struct config *cfg, struct auth *keys, cache *c, upstream *up, struct shared *sh,
+            revocations *rv, int listen_fd, api **ret);
 /* Reload: the new API keys (NULL: none) from the next request on; takes
  * ownership, frees the old ones. */
 void api_set_keys(api *a, struct auth *keys);
-/* Fleet mode: drops, flushes and the fleet's state go through it too.
- * Before the first request. */
-struct shared;
-void api_set_shared(api *a, struct shared *sh);
 /* The first TCP address bound, e.g. "127.0.0.1:8787" ("" if none). */
 const char *api_address(api *a);
 /* Every address served, for the log: "http://127.0.0.1:8787 unix:/run/x.sock". */

@@ -17,6 +17,7 @@
 
 #include "breaker.h"
 #include "cache.h"
+#include "revoke.h"
 #include "upstream.h"
 
 typedef struct shared shared;
@@ -41,6 +42,7 @@ struct shared_stats {
     unsigned long long lookups[SHARED_LOOKUP_COUNT];
     unsigned long long mints[SHARED_MINT_COUNT];
     unsigned long long decrypt_failures;
+    unsigned long long forged_flags; /* pause or credential flags no host of the fleet made: ignored */
     unsigned long long lease_waits, lease_timeouts;
     unsigned long long events_applied;
     unsigned long long local_flushes; /* events we could not catch up on */
@@ -54,8 +56,9 @@ struct shared_stats {
     char address[280];               /* the Redis answering now, or "" */
 };
 
-/* Reads [shared] from cfg (fleet mode must be on). Connects nothing yet. */
-int shared_new(const struct config *cfg, upstream *up, shared **ret);
+/* Reads [shared] from cfg (fleet mode must be on). Connects nothing yet.
+ * rv revokes what a revocation takes out of Redis. */
+int shared_new(const struct config *cfg, upstream *up, revocations *rv, shared **ret);
 /* Where drops and flushes from the other hosts are applied. Before start. */
 void shared_attach(shared *s, cache *c);
 /* The cache was restored from an image written age_ms ago: the first read
@@ -72,6 +75,16 @@ void shared_fetch(void *source, enum oauth_grant grant, const char *user_id, con
  * tells every host to drop its copy. Never blocks. */
 void shared_drop(shared *s, enum oauth_grant grant, const char *user_id, const char *scope,
                  const token *only);
+/* Revokes every token the fleet holds for the key: takes the shared copies
+ * out of Redis (under the current and the previous key's names), opens
+ * them, and hands them with local (this host's own, or NULL; the caller
+ * keeps its reference) to the revocations; every host is told to drop its
+ * copy. done is called once: with the first try's outcome, or at once
+ * with pending = 1 when Redis cannot take the drop now (the drop is then
+ * kept and sent when Redis is back, and what it takes out is revoked;
+ * local is revoked at once). Never blocks. */
+void shared_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,
+                   revoke_done_fn done, void *userdata);
 /* Flushes the fleet: a new generation no host reads older tokens from. */
 void shared_flush(shared *s);
 /* Reload: new keys and, with a new base_url or client_id, a new namespace.

@@ -13,6 +13,9 @@
 uint64_t now_ms(void);
 /* Seconds on the wall clock, only for what is shown to people and callers. */
 int64_t now_unix(void);
+/* Milliseconds on the wall clock: only where hosts must agree on a moment
+ * (a fleet flag's end), never for a token's own life. */
+uint64_t now_unix_ms(void);
 
 /* Free memory that held a secret, wiping it first. Accepts NULL; returns NULL. */
 void *wipe_free(void *p, size_t len);

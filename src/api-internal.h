@@ -53,7 +53,8 @@ struct api {
     char listening[512];
     cache *cache;
     upstream *up;
-    struct shared *shared; /* fleet mode, or NULL; set before the first request */
+    struct shared *shared; /* fleet mode, or NULL */
+    revocations *rv;       /* revocations that must land */
     pthread_rwlock_t keys_lock; /* a reload swaps the keys under it */
     auth *auth; /* NULL: no keys file */
     char default_scope[OAUTH_SCOPE_MAX + 1];
@@ -133,6 +134,8 @@ struct request {
 
     int how;         /* CACHE_MISS or CACHE_COALESCED */
     mint_outcome outcome;
+    struct revoke_outcome revoked; /* DELETE ...&revoke=true */
+    bool dropped_here;
     token *tok;
     char scope[OAUTH_SCOPE_MAX + 1];
 

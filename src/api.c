@@ -781,7 +781,8 @@ static int copy_words(char **from, size_t n, char ***ret) {
     return 0;
 }
 
-int api_new(const config *cfg, auth *keys, cache *c, upstream *up, int listen_fd, api **ret) {
+int api_new(const config *cfg, auth *keys, cache *c, upstream *up, struct shared *sh, revocations *rv,
+            int listen_fd, api **ret) {
     size_t pos = 0;
     api *a;
     int r;
@@ -798,6 +799,8 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, int listen_fd
     a->auth = keys; /* before any listener starts: never a moment without them */
     a->cache = c;
     a->up = up;
+    a->shared = sh; /* before any listener starts: the first request may be a drop */
+    a->rv = rv;
     a->min_ttl_ms = cfg->min_ttl_ms;
     a->max_body = cfg->max_body;
     a->start_unix = now_unix();
@@ -934,10 +937,6 @@ void api_get_stats(api *a, struct api_stats *ret) {
                 ret->upstream_errors += n;
         }
     ret->waiting = api_waiting(a);
-}
-
-void api_set_shared(api *a, struct shared *sh) {
-    a->shared = sh;
 }
 
 void api_set_keys(api *a, auth *keys) {

@@ -72,6 +72,10 @@ static void render_shared(FILE *f, const struct shared_stats *ss) {
     one(f, "tokend_shared_decrypt_failures_total", "counter",
         "Values in Redis that did not decrypt (tampered with, moved, or another key): never served.",
         ss->decrypt_failures);
+    one(f, "tokend_shared_forged_flags_total", "counter",
+        "Pause or credential flags in Redis that no host of the fleet made (or written back after their "
+        "end): ignored.",
+        ss->forged_flags);
     one(f, "tokend_shared_events_applied_total", "counter", "Drops and flushes from the fleet applied here.",
         ss->events_applied);
     one(f, "tokend_shared_local_flushes_total", "counter",
@@ -87,8 +91,8 @@ static void render_shared(FILE *f, const struct shared_stats *ss) {
 }
 
 int metrics_render(const struct api_stats *as, const struct cache_stats *cs,
-                   const struct upstream_stats *us, const struct shared_stats *ss, int64_t start_unix,
-                   char **ret, size_t *ret_len) {
+                   const struct upstream_stats *us, const struct revoke_stats *rs,
+                   const struct shared_stats *ss, int64_t start_unix, char **ret, size_t *ret_len) {
     char *buf = NULL;
     size_t len = 0;
     FILE *f;
@@ -107,6 +111,16 @@ int metrics_render(const struct api_stats *as, const struct cache_stats *cs,
         }
     one(f, "tokend_http_requests_waiting", "gauge", "Requests suspended while their token is minted.",
         as->waiting);
+
+    one(f, "tokend_revocations_pending", "gauge",
+        "Revocations Instacart has not taken yet: tried again with backoff until taken or expired.",
+        rs->pending);
+    one(f, "tokend_revocation_retries_total", "counter", "Revocations tried again after a failed try.",
+        rs->retried);
+    header(f, "tokend_revocations_given_up_total", "counter",
+           "Revocations never taken by Instacart: the token expired first, or too many were pending.");
+    fprintf(f, "tokend_revocations_given_up_total{why=\"expired\"} %llu\n", rs->expired);
+    fprintf(f, "tokend_revocations_given_up_total{why=\"too_many\"} %llu\n", rs->refused);
 
     one(f, "tokend_cache_hits_total", "counter", "Token requests answered from the cache.", cs->hits);
     one(f, "tokend_cache_misses_total", "counter", "Token requests that started a mint.", cs->misses);

@@ -263,14 +263,39 @@ static int route_preflight(const struct call *c, struct request *r, answer *ans)
 
 /* ---- operators ---- */
 
-/* DELETE /v1/token?user_id=U[&scope=S][&revoke=true] */
+/* DELETE /v1/token?user_id=U[&scope=S][&revoke=true]
+ *
+ * A revocation revokes every token the fleet holds for the key, this
+ * host's and the shared one alike (the load balancer picks the host). One
+ * Instacart or Redis cannot take now is not forgotten: the answer is a 503
+ * that says so, and the revocations module tries again until Instacart
+ * takes it or the token expires. */
 static int finish_revoke(struct request *r, answer *ans) {
-    if (r->outcome.kind != MINT_OK)
-        return answer_failure(ans, &r->outcome, false);
-    return answer_static(ans, 200, "{\"dropped\":true,\"revoked\":true}");
+    const struct revoke_outcome *o = &r->revoked;
+    char desc[320];
+
+    if (o->pending) {
+        snprintf(desc, sizeof(desc),
+                 "%u token%s of this user could not be revoked now (%s): tokend keeps trying until Instacart "
+                 "takes %s or %s; %u revoked now",
+                 o->pending, o->pending == 1 ? "" : "s",
+                 strcmp(o->failure.error, "shared_unavailable") == 0 ? "Redis is out of reach" :
+                 o->failure.error[0] ? o->failure.error : "Instacart did not answer",
+                 o->pending == 1 ? "it" : "them", o->pending == 1 ? "it expires" : "they expire", o->revoked);
+        return answer_error(ans, 503, "revocation_pending", desc, o->failure.http_status ? &o->failure : NULL);
+    }
+    return answer_static(ans, 200, r->dropped_here || o->revoked ? "{\"dropped\":true,\"revoked\":true}"
+                                                                 : "{\"dropped\":false,\"revoked\":false}");
 }
 
-/* A revocation waits on Instacart: it asks for state before it drops. */
+static void on_revoked(void *userdata, const struct revoke_outcome *o) {
+    struct request *r = userdata;
+
+    r->revoked = *o;
+    r->resume(r);
+}
+
+/* A revocation waits on Instacart (and Redis): it asks for state first. */
 static int route_token_delete(const struct call *c, struct request *r, answer *ans) {
     token_query q = { 0 };
     bool revoke = false;
@@ -287,16 +312,21 @@ static int route_token_delete(const struct call *c, struct request *r, answer *a
     if (revoke && !r)
         return ROUTE_STATE;
     dropped = cache_drop(c->a->cache, OAUTH_GRANT_USER_ASSERTION, user, scope, revoke ? &t : NULL);
-    if (c->a->shared) /* and on every host of the fleet */
-        shared_drop(c->a->shared, OAUTH_GRANT_USER_ASSERTION, user, scope, NULL);
     fingerprint(user, strlen(user), fp);
     log_notice("operator dropped the token of user=%s scope=%s%s (%s)", fp, scope,
                revoke ? " with revocation" : "", dropped > 0 ? "was cached" : "none cached");
-    if (!t)
+    if (!revoke) {
+        if (c->a->shared) /* and on every host of the fleet */
+            shared_drop(c->a->shared, OAUTH_GRANT_USER_ASSERTION, user, scope, NULL);
         return answer_static(ans, 200, dropped > 0 ? "{\"dropped\":true,\"revoked\":false}"
                                                    : "{\"dropped\":false,\"revoked\":false}");
+    }
     r->finish = finish_revoke;
-    upstream_revoke(c->a->up, t->value, on_done, r);
+    r->dropped_here = dropped > 0;
+    if (c->a->shared) /* the shared copy too, read from Redis, and every host's */
+        shared_revoke(c->a->shared, OAUTH_GRANT_USER_ASSERTION, user, scope, t, on_revoked, r);
+    else
+        revocations_revoke(c->a->rv, &t, 1, on_revoked, r);
     token_unref(t);
     return ROUTE_WAIT;
 }
@@ -355,6 +385,7 @@ static int route_metrics(const struct call *c, struct request *r, answer *ans) {
     struct api_stats as;
     struct cache_stats cs;
     struct upstream_stats us;
+    struct revoke_stats rs;
     struct shared_stats ss;
     char *text;
     size_t len;
@@ -366,9 +397,10 @@ static int route_metrics(const struct call *c, struct request *r, answer *ans) {
     as.ok++;
     cache_get_stats(c->a->cache, &cs);
     upstream_get_stats(c->a->up, &us);
+    revocations_get_stats(c->a->rv, &rs);
     if (c->a->shared)
         shared_get_stats(c->a->shared, &ss);
-    if (metrics_render(&as, &cs, &us, c->a->shared ? &ss : NULL, c->a->start_unix, &text, &len) < 0)
+    if (metrics_render(&as, &cs, &us, &rs, c->a->shared ? &ss : NULL, c->a->start_unix, &text, &len) < 0)
         return -ENOMEM;
     *ans = (answer){ .status = 200, .body = text, .len = len, .free_body = free,
                      .content_type = "text/plain; version=0.0.4; charset=utf-8" };
@@ -444,6 +476,7 @@ static int route_status(const struct call *c, struct request *r, answer *ans) {
                 cJSON_AddNumberToObject(o, name, (double)ss.mints[i]);
             }
             cJSON_AddNumberToObject(o, "decrypt_failures", (double)ss.decrypt_failures);
+            cJSON_AddNumberToObject(o, "forged_flags", (double)ss.forged_flags);
             cJSON_AddNumberToObject(o, "events_applied", (double)ss.events_applied);
         }
     }

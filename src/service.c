@@ -369,6 +369,7 @@ int service_run(const char *path, config *cfg) {
     struct service s = { .path = path, .boot = cfg, .upstream_state = "no mint yet" };
     upstream *up = NULL;
     shared *sh = NULL;
+    revocations *rv = NULL;
     cache *c = NULL;
     api *a = NULL;
     sigset_t mask;
@@ -407,9 +408,12 @@ int service_run(const char *path, config *cfg) {
     r = upstream_new(cfg, &up);
     if (r < 0)
         goto out;
+    r = revocations_new(up, &rv);
+    if (r < 0)
+        goto out;
     forget_secret(cfg);
     if (config_shared(cfg)) {
-        r = shared_new(cfg, up, &sh);
+        r = shared_new(cfg, up, rv, &sh);
         forget_shared_keys(cfg);
         if (r < 0)
             goto out;
@@ -434,13 +438,12 @@ int service_run(const char *path, config *cfg) {
     r = upstream_start(up);
     if (r < 0)
         goto out;
-    r = api_new(cfg, cfg->keys, c, up, listen_fd, &a);
+    r = api_new(cfg, cfg->keys, c, up, sh, rv, listen_fd, &a);
     listen_fd = -1; /* the server owns it and the keys, even when it failed */
     cfg->keys = NULL;
     if (r < 0)
         goto out;
     s.a = a;
-    api_set_shared(a, sh);
     if (check_passed_socket(cfg, a) < 0) {
         r = -EPERM;
         goto out;
@@ -469,6 +472,7 @@ int service_run(const char *path, config *cfg) {
                 reload(&s);
         }
         cache_sweep(c);
+        revocations_tick(rv);
         now = now_ms();
         watchdog(&s, now);
         update_status(&s, now);
@@ -506,6 +510,7 @@ out:
     api_free(a);
     shared_free(sh); /* after the upstream: a mint's end may still call it */
     cache_free(c);
+    revocations_free(rv); /* after the upstream: nothing of it is in flight */
     upstream_free(up);
     config_free(s.current);
     if (listen_fd >= 0)

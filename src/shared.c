@@ -29,6 +29,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #endif
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <pthread.h>
@@ -56,6 +57,9 @@
 #define NS_MAX 96               /* "<prefix>:<namespace>:": the prefix is at most 64 */
 #define KEY_MAX 160
 #define RESUME_MARGIN_MS 10000  /* replayed events from before an image was written: harmless */
+#define PAUSE_MAX_MS 3600000ULL /* Instacart's own cap on a Retry-After: no pause lasts longer */
+#define FLAG_SLACK_MS 5000      /* how far hosts' wall clocks may differ */
+#define FLAG_MAX 48             /* "<until>:<mac>" */
 
 const char *const shared_op_names[SHARED_OP_COUNT] = { "lookup", "publish", "drop", "flush", "pause" };
 const char *const shared_lookup_names[SHARED_LOOKUP_COUNT] = { "shared", "lease", "busy", "paused" };
@@ -67,12 +71,14 @@ const double shared_latency_bounds[SHARED_LATENCY_BUCKETS] = { 0.0001, 0.00025, 
 
 /* KEYS: token (current key's name), token (previous key's name), lease,
  * gen, pause. ARGV: least life in ms, lease id, lease ms, skip tokens, the
- * holder whose lease we take over ('' for none). Returns {1, value, pttl,
- * gen, which} for a token with enough life, {3, '', pttl, gen, 0} while
- * paused, {2, '', 0, gen, 0} for a lease taken (or already ours: a lookup
- * sent again after a lost answer), {4, holder, pttl, gen, 0} when another
- * host holds it. A waiter whose wait ran out takes the lease
- * over only from the holder it waited on, so of several waiters one mints. */
+ * holder whose lease we take over ('' for none), skip the pause flag (one
+ * this host found forged). Returns {1, value, pttl, gen, which} for a token
+ * with enough life, {3, pause flag, pttl, gen, 0} while paused, {2, '', 0,
+ * gen, 0} for a lease taken (or already ours: a lookup sent again after a
+ * lost answer), {4, holder, pttl, gen, 0} when another host holds it. A
+ * waiter whose wait ran out takes the lease over only from the holder it
+ * waited on, so of several waiters one mints; a holder that is no lease id
+ * (32 hex digits) was not written by a host and is taken at once. */
 static const char lookup_lua[] =
     "local g = redis.call('GET', KEYS[4]) or '0'\n"
     "local pre = g .. ':'\n"
@@ -86,9 +92,9 @@ static const char lookup_lua[] =
     "  end\n"
     "end\n"
     "local p = redis.call('PTTL', KEYS[5])\n"
-    "if p > 0 then return {3, '', p, g, 0} end\n"
+    "if p > 0 and ARGV[6] ~= '1' then return {3, redis.call('GET', KEYS[5]) or '', p, g, 0} end\n"
     "local h = redis.call('GET', KEYS[3])\n"
-    "if not h or h == ARGV[5] or h == ARGV[2] then\n"
+    "if not h or h == ARGV[5] or h == ARGV[2] or not string.match(h, '^' .. string.rep('%x', 32) .. '$') then\n"
     "  redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])\n"
     "  return {2, '', 0, g, 0}\n"
     "end\n"
@@ -119,20 +125,23 @@ static const char release_lua[] =
 
 /* KEYS: token (current name), token (previous name), events. ARGV: the
  * fingerprint to drop ('' for any), the sealed key for the event, the
- * stream's length. */
+ * stream's length. Returns {value, pttl, value, pttl} of what it deleted
+ * ('' and 0 where nothing), so a revocation can revoke it. */
 static const char drop_lua[] =
-    "local n = 0\n"
+    "local out = {'', 0, '', 0}\n"
     "for i = 1, 2 do\n"
     "  local v = redis.call('GET', KEYS[i])\n"
     "  if v then\n"
     "    local a = string.find(v, ':', 1, true)\n"
     "    if ARGV[1] == '' or (a and string.sub(v, a + 1, a + #ARGV[1]) == ARGV[1]) then\n"
-    "      n = n + redis.call('DEL', KEYS[i])\n"
+    "      out[2 * i] = redis.call('PTTL', KEYS[i])\n"
+    "      out[2 * i - 1] = v\n"
+    "      redis.call('DEL', KEYS[i])\n"
     "    end\n"
     "  end\n"
     "end\n"
     "redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[2])\n"
-    "return n\n";
+    "return out\n";
 
 /* KEYS: gen, events. ARGV: the stream's length. */
 static const char flush_lua[] =
@@ -160,22 +169,28 @@ struct job {
     struct cache_want want;
     cache_done_fn done;
     void *ctx;
-    bool waited, skip_tokens, retried;
-    char holder[33];            /* whose lease we wait on, or take over */
+    bool waited, skip_tokens, skip_pause, retried;
+    char holder[33];            /* whose lease we wait on, or take over (a lease id: 32 hex digits) */
     bool taking_over;
     unsigned takeovers;
     uint64_t wait_until_ms, next_at_ms, poll_ms, sent_ms;
+    uint64_t wait_cap_ms;       /* no wait on leases goes past this, whoever holds them */
     char lease_id[33];
     char gen[24];
     enum shared_mint how;
     token *tok;                 /* publish */
     char fp[SEAL_FP_LEN + 1];   /* drop only this token ('' for any) */
+    bool revoke;                /* a drop that revokes what it takes out of Redis */
+    token *local;               /* revoke: this host's own copy, or NULL */
+    revoke_done_fn rdone;       /* revoke: the caller waiting on the first try, or NULL */
+    void *rctx;
     uint64_t ms;                /* pause */
 };
 
 
 struct shared {
     upstream *up;
+    revocations *rv;
     cache *cache;
 
     /* where Redis is: fixed until a restart */
@@ -215,6 +230,7 @@ struct shared {
     unsigned long long lease_seq;
 
     uint64_t resume_age_ms;     /* see shared_resume(); 0: start from now */
+    uint64_t flag_said_ms;      /* when a forged flag was last logged */
 
     pthread_t cmd_thread, ev_thread;
 };
@@ -223,6 +239,7 @@ static void job_free(struct job *j) {
     if (!j)
         return;
     token_unref(j->tok);
+    token_unref(j->local);
     /* it holds a user id and, for a publish, a sealed token: no need to leave them */
     wipe_free(j, sizeof(*j));
 }
@@ -300,14 +317,44 @@ static struct job *job_new(shared *s, enum job_kind kind, enum oauth_grant grant
     return j;
 }
 
+/* A revocation whose drop Redis cannot take now: the caller is told at
+ * once that it is not done, and this host's own copy is revoked without
+ * waiting; the shared copies are revoked when the drop is sent. */
+struct later {
+    token *local;
+    revoke_done_fn done;
+    void *ctx;
+};
+
+static void later_take_locked(struct job *j, struct later *l) {
+    l->local = j->local;
+    l->done = j->rdone;
+    l->ctx = j->rctx;
+    j->local = NULL;
+    j->rdone = NULL;
+}
+
+static void later_tell(shared *s, struct later *l, const char *why) {
+    struct revoke_outcome o = { .pending = 1, .failure = { .kind = MINT_UNAVAILABLE, .retry_after_s = 1 } };
+
+    if (l->local)
+        revocations_revoke(s->rv, &l->local, 1, NULL, NULL);
+    l->local = token_unref(l->local);
+    snprintf(o.failure.error, sizeof(o.failure.error), "%s", why);
+    if (l->done)
+        l->done(l->ctx, &o);
+    l->done = NULL;
+}
+
 /* A drop or a flush that Redis cannot take now waits for the next
  * connection: lost, it would leave a revoked token in Redis for the other
  * hosts (and for this one, once Redis is back). Bounded; called with the
  * lock held. */
-static bool keep_for_later_locked(shared *s, struct job *j) {
+static bool keep_for_later_locked(shared *s, struct job *j, struct later *l) {
     if ((j->kind != J_DROP && j->kind != J_FLUSH) || s->pending.n >= JOBS_MAX)
         return false;
     j->retried = false;
+    later_take_locked(j, l);
     queue_push(&s->pending, &j->link);
     s->stats.pending = s->pending.n;
     return true;
@@ -317,14 +364,17 @@ static bool keep_for_later_locked(shared *s, struct job *j) {
  * full, the breaker is open (no queueing behind a Redis known to be down)
  * or it is stopping: the caller decides what that means for the job. */
 static bool submit(shared *s, struct job *j) {
+    struct later l = { 0 };
     uint64_t wait;
     bool ok;
 
     pthread_mutex_lock(&s->lock);
     ok = !s->stopping && s->queue.n + s->waiting.n < JOBS_MAX;
     if (ok && breaker_refuses(&s->br, now_ms(), &wait)) {
-        ok = keep_for_later_locked(s, j);
+        ok = keep_for_later_locked(s, j, &l);
         pthread_mutex_unlock(&s->lock);
+        if (ok)
+            later_tell(s, &l, "shared_unavailable");
         return ok;
     }
     if (ok) {
@@ -387,6 +437,7 @@ static void degrade(shared *s, struct job *j) {
  * minted here (or put off). */
 static enum shared_op op_of(enum job_kind k);
 static void fail_job(shared *s, struct job *j) {
+    struct later l = { 0 };
     bool kept;
 
     if (j->kind != J_PING)
@@ -396,10 +447,15 @@ static void fail_job(shared *s, struct job *j) {
         return;
     }
     pthread_mutex_lock(&s->lock);
-    kept = !s->stopping && keep_for_later_locked(s, j);
+    kept = !s->stopping && keep_for_later_locked(s, j, &l);
     pthread_mutex_unlock(&s->lock);
-    if (!kept)
-        job_free(j);
+    if (kept) {
+        later_tell(s, &l, "shared_unavailable");
+        return;
+    }
+    later_take_locked(j, &l);
+    later_tell(s, &l, "shared_unavailable");
+    job_free(j);
 }
 
 static void publish(shared *s, struct job *from, token *t) {
@@ -460,6 +516,27 @@ void shared_drop(shared *s, enum oauth_grant grant, const char *user_id, const c
     }
 }
 
+void shared_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,
+                   revoke_done_fn done, void *userdata) {
+    struct job *j = job_new(s, J_DROP, grant, user_id, scope);
+    struct later l = { .local = token_ref(local), .done = done, .ctx = userdata };
+
+    if (!j) {
+        later_tell(s, &l, "out_of_memory");
+        return;
+    }
+    j->revoke = true;
+    j->local = l.local;
+    j->rdone = l.done;
+    j->rctx = l.ctx;
+    if (!submit(s, j)) {
+        count_op(s, SHARED_OP_DROP, false);
+        later_take_locked(j, &l);
+        job_free(j);
+        later_tell(s, &l, "shared_unavailable");
+    }
+}
+
 void shared_flush(shared *s) {
     struct job *j = job_new(s, J_FLUSH, OAUTH_GRANT_USER_ASSERTION, NULL, NULL);
 
@@ -467,6 +544,80 @@ void shared_flush(shared *s) {
         count_op(s, SHARED_OP_FLUSH, false);
         job_free(j);
     }
+}
+
+/* ---- fleet flags: proof of origin and a bounded end ----
+ *
+ * A flag that changes what every host does (a pause, rejected credentials)
+ * holds "<until>:<mac>": its end on the wall clock in ms, and a MAC with the
+ * shared key over the namespace, the flag's name and that end. Someone who
+ * can write to Redis but lacks the key cannot make one, and one saved and
+ * written back later says it is over: no flag outlives its own end, nor
+ * max_ms from now, whatever Redis's TTL says. */
+static int flag_mac(shared *s, const char *ns, const char *name, uint64_t until, char mac[SEAL_FP_LEN + 1]) {
+    char msg[NS_MAX + 64];
+    int n = snprintf(msg, sizeof(msg), "flag%c%s%s%c%llu", 0, ns, name, 0, (unsigned long long)until);
+    int r;
+
+    pthread_rwlock_rdlock(&s->keys_lock);
+    r = seal_fingerprint(&s->keys, msg, (size_t)n, mac);
+    pthread_rwlock_unlock(&s->keys_lock);
+    return r;
+}
+
+static int flag_make(shared *s, const char *ns, const char *name, uint64_t ms, char out[FLAG_MAX]) {
+    char mac[SEAL_FP_LEN + 1];
+    uint64_t until = now_unix_ms() + ms;
+
+    if (flag_mac(s, ns, name, until, mac) < 0)
+        return -EIO;
+    snprintf(out, FLAG_MAX, "%llu:%s", (unsigned long long)until, mac);
+    return 0;
+}
+
+/* How long the flag still holds, at most ttl_ms (Redis's) and max_ms; 0
+ * for one that is over, was not made with our key, or is malformed. */
+static uint64_t flag_left_ms(shared *s, const char *ns, const char *name, const char *v, size_t len,
+                             uint64_t ttl_ms, uint64_t max_ms) {
+    char buf[FLAG_MAX], mac[SEAL_FP_LEN + 1], *end;
+    unsigned long long until;
+    uint64_t now = now_unix_ms(), left;
+
+    if (len == 0 || len >= sizeof(buf))
+        return 0;
+    memcpy(buf, v, len);
+    buf[len] = '\0';
+    errno = 0;
+    until = strtoull(buf, &end, 10);
+    if (errno || end == buf || *end != ':' || strlen(end + 1) != SEAL_FP_LEN ||
+        flag_mac(s, ns, name, until, mac) < 0 || CRYPTO_memcmp(mac, end + 1, SEAL_FP_LEN) != 0)
+        return 0;
+    if (until <= now)
+        return 0;
+    left = until - now;
+    if (left > max_ms + FLAG_SLACK_MS) /* made by a host whose clock is far ahead: not trusted */
+        return 0;
+    if (left > max_ms)
+        left = max_ms;
+    return ttl_ms < left ? ttl_ms : left;
+}
+
+/* A flag in Redis that no host of this fleet made (or an old one written
+ * back): ignored, counted, and said once a minute. */
+static void refused_flag(shared *s, const char *name) {
+    uint64_t now = now_ms();
+    bool say;
+
+    pthread_mutex_lock(&s->lock);
+    s->stats.forged_flags++;
+    say = !s->flag_said_ms || now - s->flag_said_ms >= 60000;
+    if (say)
+        s->flag_said_ms = now;
+    pthread_mutex_unlock(&s->lock);
+    if (say)
+        log_warning("fleet: ignoring a '%s' flag in Redis that no host of this fleet made (or that is over): "
+                    "someone with write access to Redis but without the shared key wrote it; check who holds "
+                    "the Redis password", name);
 }
 
 static void on_paused(void *userdata, uint64_t ms) {
@@ -646,7 +797,8 @@ static void latency(shared *s, uint64_t us) {
 
 static void lease_id(shared *s, char out[33]) {
     pthread_mutex_lock(&s->lock);
-    snprintf(out, 33, "%s%llx", s->lease_prefix, ++s->lease_seq);
+    /* always 32 hex digits: the lookup script takes any other holder as forged */
+    snprintf(out, 33, "%s%016llx", s->lease_prefix, ++s->lease_seq);
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -663,14 +815,14 @@ static int append(shared *s, redisContext *c, struct job *j) {
         char gen_key[KEY_MAX], pause_key[KEY_MAX];
         const char *argv[] = { "EVALSHA", s->sha[S_LOOKUP], "5", j->tok_key[0], j->tok_key[1], j->lease_key,
                                gen_key, pause_key, min_life, j->lease_id, lease_ms, j->skip_tokens ? "1" : "0",
-                               j->taking_over ? j->holder : "" };
+                               j->taking_over ? j->holder : "", j->skip_pause ? "1" : "0" };
         snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
         snprintf(pause_key, sizeof(pause_key), "%spause", j->ns);
         snprintf(min_life, sizeof(min_life), "%llu", (unsigned long long)j->want.min_life_ms);
         snprintf(lease_ms, sizeof(lease_ms), "%llu", (unsigned long long)__atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED));
         if (!j->lease_id[0])
             lease_id(s, j->lease_id);
-        return redisAppendCommandArgv(c, 13, argv, NULL);
+        return redisAppendCommandArgv(c, 14, argv, NULL);
     }
     case J_PUBLISH: {
         char gen_key[KEY_MAX], creds_key[KEY_MAX], fp[SEAL_FP_LEN + 1];
@@ -730,18 +882,18 @@ static int append(shared *s, redisContext *c, struct job *j) {
         snprintf(ev_key, sizeof(ev_key), "%sevents", j->ns);
         return redisAppendCommandArgv(c, 6, argv, NULL);
     }
-    case J_PAUSE: {
-        char key[KEY_MAX];
-        const char *argv[] = { "SET", key, "1", "PX", ttl };
-        snprintf(key, sizeof(key), "%spause", j->ns);
-        snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)(j->ms ? j->ms : 1));
-        return redisAppendCommandArgv(c, 5, argv, NULL);
-    }
+    case J_PAUSE:
     case J_CREDS: {
-        char key[KEY_MAX];
-        const char *argv[] = { "SET", key, "1", "PX", ttl };
-        snprintf(key, sizeof(key), "%screds", j->ns);
-        snprintf(ttl, sizeof(ttl), "%d", CREDS_TTL_MS);
+        bool pause = j->kind == J_PAUSE;
+        uint64_t ms = pause ? (j->ms ? j->ms : 1) : CREDS_TTL_MS;
+        char key[KEY_MAX], value[FLAG_MAX];
+        const char *argv[] = { "SET", key, value, "PX", ttl };
+        if (ms > PAUSE_MAX_MS)
+            ms = PAUSE_MAX_MS;
+        snprintf(key, sizeof(key), "%s%s", j->ns, pause ? "pause" : "creds");
+        snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)ms);
+        if (flag_make(s, j->ns, pause ? "pause" : "creds", ms, value) < 0)
+            return REDIS_ERR;
         return redisAppendCommandArgv(c, 5, argv, NULL);
     }
     case J_PING: {
@@ -811,11 +963,24 @@ static void lease_busy(shared *s, struct job *j, uint64_t now) {
     }
     if (!j->waited) {
         j->waited = true;
+        /* however often the holder changes (a takeover, or someone writing
+         * the lease), no miss waits longer than a real holder's whole lease
+         * and one lease_wait after it */
+        j->wait_cap_ms = now + __atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED) +
+                         __atomic_load_n(&s->lease_wait_ms, __ATOMIC_RELAXED);
         j->wait_until_ms = now + __atomic_load_n(&s->lease_wait_ms, __ATOMIC_RELAXED);
         j->poll_ms = POLL_FIRST_MS;
         pthread_mutex_lock(&s->lock);
         s->stats.lease_waits++;
         pthread_mutex_unlock(&s->lock);
+    }
+    if (now >= j->wait_cap_ms) {
+        pthread_mutex_lock(&s->lock);
+        s->stats.lease_timeouts++;
+        pthread_mutex_unlock(&s->lock);
+        j->lease_id[0] = '\0'; /* not ours: publish only if nobody did better */
+        mint(s, j, SHARED_MINT_LEASE_TIMEOUT);
+        return;
     }
     if (now >= j->wait_until_ms) {
         /* the holder is slow or dead: take its lease over (one of us
@@ -839,6 +1004,8 @@ static void lease_busy(shared *s, struct job *j, uint64_t now) {
         j->next_at_ms = now + j->poll_ms;
         if (j->next_at_ms > j->wait_until_ms)
             j->next_at_ms = j->wait_until_ms;
+        if (j->next_at_ms > j->wait_cap_ms)
+            j->next_at_ms = j->wait_cap_ms;
         j->poll_ms = j->poll_ms * 2 > POLL_MAX_MS ? POLL_MAX_MS : j->poll_ms * 2;
     }
     pthread_mutex_lock(&s->lock);
@@ -899,9 +1066,20 @@ static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t no
     case SHARED_LEASED:
         mint(s, j, j->taking_over ? SHARED_MINT_LEASE_TIMEOUT : SHARED_MINT_LEASED);
         return;
-    case SHARED_PAUSED: /* another host was told 429: nobody mints until it ends */
-        unavailable(j, "rate_limited", 429, (unsigned)((ttl + 999) / 1000), false);
+    case SHARED_PAUSED: { /* another host was told 429: nobody mints until it ends */
+        uint64_t left = flag_left_ms(s, j->ns, "pause", r->element[1]->str, r->element[1]->len, (uint64_t)ttl,
+                                     PAUSE_MAX_MS);
+        if (left) {
+            unavailable(j, "rate_limited", 429, (unsigned)((left + 999) / 1000), false);
+            return;
+        }
+        /* not made by a host of this fleet, or over: no pause */
+        refused_flag(s, "pause");
+        j->skip_pause = true;
+        if (!submit(s, j))
+            degrade(s, j);
         return;
+    }
     case SHARED_BUSY:
     case SHARED_LOOKUP_COUNT: {
         char holder[sizeof(j->holder)];
@@ -918,9 +1096,48 @@ static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t no
     }
 }
 
+/* A revocation's drop was made: what it took out of Redis, opened, is
+ * revoked with this host's own copy. A value that does not open (tampered
+ * with, or sealed under a key we lack) cannot be revoked by us: counted. */
+static void revoke_taken(shared *s, struct job *j, const redisReply *r) {
+    token *toks[3] = { j->local, NULL, NULL };
+    revoke_done_fn done = j->rdone;
+
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && r->elements == 4 && i < 2; i++) {
+        const redisReply *v = r->element[2 * i], *ttl = r->element[2 * i + 1];
+        const char *c1;
+        char gen[24];
+
+        if (v->type != REDIS_REPLY_STRING || v->len == 0 || ttl->type != REDIS_REPLY_INTEGER || ttl->integer <= 0)
+            continue;
+        c1 = memchr(v->str, ':', v->len);
+        if (c1 && (size_t)(c1 - v->str) < sizeof(gen)) {
+            snprintf(gen, sizeof(gen), "%.*s", (int)(c1 - v->str), v->str);
+            toks[i + 1] = open_value(s, j, v, (int)i + 1, gen, (uint64_t)ttl->integer);
+        }
+        if (!toks[i + 1]) {
+            pthread_mutex_lock(&s->lock);
+            s->stats.decrypt_failures++;
+            pthread_mutex_unlock(&s->lock);
+            log_warning("fleet: a revocation took a value out of Redis that does not open with our keys; "
+                        "it cannot be revoked from here");
+        }
+    }
+    j->rdone = NULL;
+    revocations_revoke(s->rv, toks, 3, done, j->rctx);
+    token_unref(toks[1]);
+    token_unref(toks[2]);
+}
+
 static void answered(shared *s, struct job *j, redisReply *r, uint64_t now) {
     if (j->kind == J_LOOKUP) {
         lookup_answered(s, j, r, now);
+        return;
+    }
+    if (j->kind == J_DROP && j->revoke && r->type != REDIS_REPLY_ERROR) {
+        count_op(s, SHARED_OP_DROP, true);
+        revoke_taken(s, j, r);
+        job_free(j);
         return;
     }
     if (j->kind == J_PING) {
@@ -1237,21 +1454,33 @@ static int catch_up(struct reader *rd) {
     return 0;
 }
 
+/* Whether a flag read with GET and PTTL holds now; a forged one is said. */
+static bool flag_holds(shared *s, const char *ns, const char *name, const redisReply *v, const redisReply *ttl,
+                       uint64_t max_ms) {
+    if (v->type != REDIS_REPLY_STRING)
+        return false; /* none */
+    if (ttl->type == REDIS_REPLY_INTEGER && ttl->integer > 0 &&
+        flag_left_ms(s, ns, name, v->str, v->len, (uint64_t)ttl->integer, max_ms))
+        return true;
+    refused_flag(s, name);
+    return false;
+}
+
 /* The fleet's state: the generation, a pause, rejected credentials. */
 static int heartbeat(struct reader *rd) {
     shared *s = rd->s;
     char gen_key[KEY_MAX], pause_key[KEY_MAX], creds_key[KEY_MAX];
-    const char *a1[] = { "GET", gen_key }, *a2[] = { "PTTL", pause_key }, *a3[] = { "EXISTS", creds_key };
-    redisReply *r[3] = { 0 };
+    const char *argv[][2] = { { "GET", gen_key }, { "GET", pause_key }, { "PTTL", pause_key },
+                              { "GET", creds_key }, { "PTTL", creds_key } };
+    redisReply *r[ARRAY_SIZE(argv)] = { 0 };
     int ret = 0;
 
     snprintf(gen_key, sizeof(gen_key), "%sgen", rd->ns);
     snprintf(pause_key, sizeof(pause_key), "%spause", rd->ns);
     snprintf(creds_key, sizeof(creds_key), "%screds", rd->ns);
-    redisAppendCommandArgv(rd->c, 2, a1, NULL);
-    redisAppendCommandArgv(rd->c, 2, a2, NULL);
-    redisAppendCommandArgv(rd->c, 2, a3, NULL);
-    for (int i = 0; i < 3; i++)
+    for (size_t i = 0; i < ARRAY_SIZE(argv); i++)
+        redisAppendCommandArgv(rd->c, 2, argv[i], NULL);
+    for (size_t i = 0; i < ARRAY_SIZE(argv); i++)
         if (redisGetReply(rd->c, (void **)&r[i]) != REDIS_OK || !r[i] || r[i]->type == REDIS_REPLY_ERROR)
             ret = -EIO;
     if (ret == 0) {
@@ -1261,12 +1490,14 @@ static int heartbeat(struct reader *rd) {
         if (rd->gen[0] && strcmp(gen, rd->gen) != 0)
             local_flush(rd, "the fleet was flushed");
         snprintf(rd->gen, sizeof(rd->gen), "%s", gen);
+        bool paused = flag_holds(s, rd->ns, "pause", r[1], r[2], PAUSE_MAX_MS);
+        bool creds = flag_holds(s, rd->ns, "creds", r[3], r[4], CREDS_TTL_MS);
         pthread_mutex_lock(&s->lock);
-        s->stats.fleet_paused = r[1]->type == REDIS_REPLY_INTEGER && r[1]->integer > 0;
-        s->stats.fleet_credentials_rejected = r[2]->type == REDIS_REPLY_INTEGER && r[2]->integer > 0;
+        s->stats.fleet_paused = paused;
+        s->stats.fleet_credentials_rejected = creds;
         pthread_mutex_unlock(&s->lock);
     }
-    for (int i = 0; i < 3; i++)
+    for (size_t i = 0; i < ARRAY_SIZE(r); i++)
         if (r[i])
             freeReplyObject(r[i]);
     return ret;
@@ -1448,8 +1679,8 @@ static char *dup_or_null(const char *s) {
     return s ? strdup(s) : NULL;
 }
 
-int shared_new(const config *cfg, upstream *up, shared **ret) {
-    unsigned char rnd[6];
+int shared_new(const config *cfg, upstream *up, revocations *rv, shared **ret) {
+    unsigned char rnd[8]; /* 16 hex digits of a 32-digit lease id */
     shared *s;
 
     s = calloc(1, sizeof(*s));
@@ -1466,6 +1697,7 @@ int shared_new(const config *cfg, upstream *up, shared **ret) {
         pthread_condattr_destroy(&ca);
     }
     s->up = up;
+    s->rv = rv;
     s->ev_fd = -1;
     s->timeout_ms = cfg->shared_timeout_ms;
     s->lease_wait_ms = cfg->shared_lease_wait_ms;

@@ -21,6 +21,13 @@ int64_t now_unix(void) {
     return (int64_t)time(NULL);
 }
 
+uint64_t now_unix_ms(void) {
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 void *wipe_free(void *p, size_t len) {
     if (p) {
         explicit_bzero(p, len);

@@ -643,3 +643,160 @@ def test_a_drop_made_while_redis_is_out_of_reach_is_sent_when_it_is_back(stub, r
              what="the drop to reach the fleet once Redis is back")
     assert metric(a, "tokend_shared_pending") == 0
     assert access_token(a.token("revoked-offline")) == access_token(b.token("revoked-offline"))
+
+
+# ---------------------------------------------------------------- what a Redis writer cannot do
+#
+# "A Redis writer" is anyone holding the ACL user's password (every host has
+# it) but not the shared key: these tests write with the README's ACL user.
+
+
+def namespace_of(redis, host, user="ns-probe"):
+    """The '<prefix>:<namespace>:' of the fleet `host` belongs to: read from
+    the key of a token it publishes."""
+    before = set(redis.keys())
+    access_token(host.token(user))
+    new = wait_for(lambda: token_keys(redis, before), timeout=2, what="a token in Redis")
+    key = new[0].decode()
+    return key[:key.index(":t:") + 1]
+
+
+def writer(redis):
+    """A client with exactly the tokend ACL user's rights."""
+    return redis.client(user=TOKEND_USER, password=redis.password)
+
+
+def test_a_forged_pause_neither_stalls_nor_unreadies_the_fleet(stub, redis, make_fleet):
+    hosts = make_fleet(stub, redis, 2, acl=True)
+    ns = namespace_of(redis, hosts[0])
+    w = writer(redis)
+    w.set(ns + "pause", "1", px=36000000)  # ten hours, as an attacker would
+    w.set(ns + "creds", "x")  # no expiry at all
+    w.close()
+    for i, h in enumerate(hosts):
+        r = h.token(f"after-forgery{i}")
+        assert r.status == 200, r
+    wait_for(lambda: all(metric(h, "tokend_shared_forged_flags_total") >= 1 for h in hosts), timeout=3,
+             what="each host to notice the forged flags")
+    for h in hosts:
+        assert h.get("/readyz").status == 200
+        assert metric(h, "tokend_shared_fleet_paused") == 0
+        assert metric(h, "tokend_shared_fleet_credentials_rejected") == 0
+    assert "no host of this fleet made" in hosts[0].log()
+
+
+def test_a_real_pause_written_back_after_it_ended_is_ignored(stub, redis, make_fleet):
+    hosts = make_fleet(stub, redis, 2, acl=True, sections={"upstream": {**FAST, "request_timeout": "2s"}})
+    ns = namespace_of(redis, hosts[0])
+    stub.fault(action="status", status=429, retry_after="2", count=1, match_user="limited")
+    assert hosts[0].token("limited").status == 503
+    w = writer(redis)
+    saved = wait_for(lambda: w.get(ns + "pause"), timeout=2, what="the pause flag in Redis")
+    # the real pause holds on the other host
+    r = hosts[1].token("during-the-pause")
+    assert r.status == 503 and 1 <= int(r.header("retry-after")) <= 2, r
+    wait_for(lambda: w.get(ns + "pause") is None, timeout=5, what="the pause to end")
+    w.set(ns + "pause", saved, px=3600000)  # replayed, with an hour to live
+    w.close()
+    for i, h in enumerate(hosts):
+        r = h.token(f"after-the-replay{i}")
+        assert r.status == 200, r
+        assert metric(h, "tokend_shared_forged_flags_total") >= 1
+
+
+def dead_holders_lease(stub, redis, holder, ns, user):
+    """The key of the lease `holder` takes on user's token, once holder is
+    killed with its mint in flight: nobody will release it or publish."""
+    stub.fault(match_user=user, action="hang", count=1)
+    threading.Thread(target=lambda: holder.get(f"/v1/token?user_id={user}", timeout=10), daemon=True).start()
+    lease = wait_for(lambda: [k for k in redis.keys() if k.startswith((ns + "l:").encode())], timeout=3,
+                     what="the holder's lease")[0]
+    holder.signal(signal.SIGKILL)
+    holder.proc.wait(timeout=5)
+    return lease
+
+
+def test_a_lease_holder_that_keeps_changing_delays_a_miss_a_bounded_time(stub, redis, make_fleet):
+    # request_timeout 3 s: a lease lasts 5 s; lease_wait is 2 s
+    a, b = make_fleet(stub, redis, 2, acl=True, sections=UPSTREAM)
+    ns = namespace_of(redis, a)
+    lease = dead_holders_lease(stub, redis, a, ns, "stalled")
+    w = writer(redis)
+    stop = threading.Event()
+
+    def rewrite():  # a new 32-hex-digit holder every half second, as a live host's would look
+        while not stop.is_set():
+            w.set(lease, os.urandom(16).hex(), px=5000)
+            stop.wait(0.5)
+
+    th = threading.Thread(target=rewrite)
+    th.start()
+    try:
+        r, took = timed(b.get, "/v1/token?user_id=stalled", timeout=30)
+    finally:
+        stop.set()
+        th.join()
+        w.close()
+    assert r.status == 200, r
+    assert took <= (5 + LEASE_WAIT) * SLOW + 1.5, f"the miss waited {took:.1f} s"
+    assert took >= LEASE_WAIT, "it did not wait on the lease at all"
+
+
+def test_a_holder_that_is_no_lease_id_is_taken_over_at_once(stub, redis, make_fleet):
+    a, b = make_fleet(stub, redis, 2, acl=True, sections=UPSTREAM)
+    ns = namespace_of(redis, a)
+    lease = dead_holders_lease(stub, redis, a, ns, "squatted")
+    w = writer(redis)
+    w.set(lease, "x" * 40, px=3600000)  # longer than any lease id: never one a host wrote
+    w.close()
+    r, took = timed(b.get, "/v1/token?user_id=squatted", timeout=30)
+    assert r.status == 200 and r.header("x-cache") == "miss", r
+    assert took < LEASE_WAIT, f"waited {took:.1f} s on a holder no host wrote"
+
+
+# ---------------------------------------------------------------- revocations that land
+
+
+def test_a_revocation_sent_to_a_host_that_never_held_the_token_revokes_it(stub, redis, make_fleet):
+    a, b = make_fleet(stub, redis, 2)
+    tok = access_token(a.token("leaked"))
+    wait_for(lambda: token_keys(redis, set()), timeout=2, what="the token in Redis")
+    # the load balancer sends the operator's DELETE to b, which never served this user
+    r = b.request("DELETE", "/v1/token?user_id=leaked&revoke=true")
+    assert r.status == 200 and r.json() == {"dropped": True, "revoked": True}, r
+    assert stub.stats()["revoked_tokens"] == [tok]
+    wait_for(lambda: access_token(a.token("leaked")) != tok, timeout=1, interval=0.02,
+             what="a to stop serving the revoked token")
+    assert access_token(b.token("leaked")) == access_token(a.token("leaked"))
+
+
+def test_a_revocation_while_redis_is_out_of_reach_is_not_acknowledged_and_lands_later(
+        stub, redis, make_fleet, make_cutter):
+    cutter = make_cutter(redis)
+    a, b = make_fleet(stub, [redis, cutter], 2)
+    tok = access_token(a.token("stranded"))
+    wait_for(lambda: token_keys(redis, set()), timeout=2, what="the token in Redis")
+    cutter.cut()
+    r = b.request("DELETE", "/v1/token?user_id=stranded&revoke=true")
+    assert r.status == 503 and r.json()["error"] == "revocation_pending", r
+    assert "Redis is out of reach" in r.json()["error_description"]
+    assert stub.stats()["revoked_tokens"] == []  # b cannot know the shared token yet
+    cutter.restore()
+    wait_for(lambda: stub.stats()["revoked_tokens"] == [tok], timeout=10, interval=0.1,
+             what="the shared token to be revoked once Redis is back")
+    wait_for(lambda: access_token(a.token("stranded")) != tok, timeout=2, interval=0.05,
+             what="a to stop serving the revoked token")
+
+
+def test_a_revocation_with_the_circuit_to_instacart_open_is_kept_until_it_lands(stub, redis, make_fleet):
+    a, b = make_fleet(stub, redis, 2, sections={"upstream": {**FAST, "breaker_failures": "1",
+                                                             "breaker_cooldown": "2s"}})
+    tok = access_token(a.token("victim"))
+    stub.fault(action="status", status=500, count=1, match_user="trips-the-breaker")
+    assert b.token("trips-the-breaker").status in (502, 503)  # b's circuit opens
+    r = b.request("DELETE", "/v1/token?user_id=victim&revoke=true")
+    assert r.status == 503 and r.json()["error"] == "revocation_pending", r
+    wait_for(lambda: stub.stats()["revoked_tokens"] == [tok], timeout=15, interval=0.2,
+             what="the revocation to land once the circuit closes")
+    wait_for(lambda: access_token(a.token("victim")) != tok, timeout=2, interval=0.05,
+             what="a to stop serving the revoked token")

@@ -113,13 +113,29 @@ def test_delete_of_nothing_and_bad_deletes(stub, tokend):
     assert [q for q in stub.requests() if "revoke" in q["path"]] == []
 
 
-def test_revocation_failure_is_reported(stub, tokend):
+def test_revocation_failure_is_reported_and_not_forgotten(stub, tokend):
     tokend.token("r")
     stub.fault(action="status", status=404, body='{"error":"not_found"}', match_path="/v2/oauth/token/revoke")
     r = tokend.request("DELETE", "/v1/token?user_id=r&revoke=true")
-    assert r.status == 502
+    assert r.status == 503 and r.json()["error"] == "revocation_pending", r
     assert r.json()["upstream_status"] == 404
-    assert tokend.token("r").header("x-cache") == "miss", "dropped even though revocation failed"
+    assert "keeps trying" in r.json()["error_description"]
+    assert metrics(tokend)[0]["tokend_revocations_pending"] == 1
+    assert tokend.token("r").header("x-cache") == "miss", "no longer served while its revocation waits"
+
+
+def test_a_revocation_instacart_cannot_take_now_is_tried_again_until_it_lands(stub, make_tokend):
+    t = make_tokend(stub)
+    tok = t.token("unlucky").json()["access_token"]
+    # a 4xx is one attempt per try: the first try and the first retry fail
+    stub.fault(action="status", status=404, count=2, match_path="/v2/oauth/token/revoke")
+    r = t.request("DELETE", "/v1/token?user_id=unlucky&revoke=true")
+    assert r.status == 503 and r.json()["error"] == "revocation_pending", r
+    assert stub.stats()["revoked_tokens"] == []
+    wait_for(lambda: stub.stats()["revoked_tokens"] == [tok], timeout=20, interval=0.2,
+             what="the revocation to be tried again until Instacart takes it")
+    wait_for(lambda: metrics(t)[0]["tokend_revocations_pending"] == 0, timeout=2, what="nothing left pending")
+    assert metrics(t)[0]["tokend_revocation_retries_total"] >= 1
 
 
 def test_readyz_follows_instacart_refusing_the_credentials(stub, make_tokend):
