@@ -40,10 +40,11 @@ build=(meson ninja-build gcc pkg-config libcurl4-openssl-dev libcjson-dev libmic
 # CORS, cookies and Sec-Fetch-Site test_front's page-on-another-origin test uses;
 # redis-server and redis-sentinel are the real Redis (and Sentinel trio) the
 # fleet tests start, and python3-redis is how those tests read and tamper with
-# it (same names on Debian 12, Redis 7.0, and Debian 13, Redis 8.0).
+# it (same names on Debian 12, Redis 7.0, and Debian 13, Redis 8.0); groff-base
+# renders the man pages for the test that they have no warning.
 test=("${build[@]}" python3 python3-pytest nginx-light openssl prometheus clang "$clang_rt" valgrind
       debootstrap systemd-container wrk hyperfine iproute2 procps tinyproxy python3-requests-oauthlib
-      chromium python3-websocket redis-server redis-sentinel python3-redis)
+      chromium python3-websocket redis-server redis-sentinel python3-redis groff-base)
 
 # tests/fleet-demo.sh: the build, and a Redis for the fleet to share
 fleet=("${build[@]}" redis-server)

@@ -269,3 +269,40 @@ def test_describe_config_text_and_json_name_the_same_keys():
         assert re.search(rf"^{k['key']} = {re.escape(k['default'] or '(unset)')}$", text, re.M), k
         assert k["reload"] in ("applies", "restart")
     assert run("--describe-config=yaml").returncode == 2
+
+
+# ------------------------------------------------------------ the manual pages
+
+
+def man_text(page):
+    """A built man page's source with roff's escaped minus signs plain."""
+    with open(os.path.join(BUILD, "config", "man", page)) as f:
+        return f.read().replace("\\-", "-")
+
+
+def test_the_daemons_man_page_names_every_option_message_id_and_route():
+    man = man_text("instacart-tokend.8")
+    for name in getopt_long_options():
+        assert f"--{name}" in man, f"instacart-tokend(8) does not document --{name}"
+    with open(os.path.join(SOURCE, "include", "log.h")) as f:
+        ids = re.findall(r'#define LOG_ID_\w+ "([0-9a-f]{32})"', f.read())
+    assert len(ids) >= 5
+    for i in ids:
+        assert i in man, f"instacart-tokend(8) does not list MESSAGE_ID {i}"
+    with open(os.path.join(SOURCE, "src", "routes.c")) as f:
+        routes = re.findall(r'\{ \.name = "(/[^"]*)"', f.read())
+    assert len(routes) >= 8
+    for r in routes:
+        assert re.search(rf"\b[A-Z]+ {re.escape(r)}\b", man), f"instacart-tokend(8) does not list the route {r}"
+
+
+def test_the_configuration_man_page_has_every_key_with_its_default_and_reload_rule():
+    man = man_text("instacart-tokend.conf.5")
+    for k in table():
+        block = re.search(rf"^\.SS \[{k['section']}\]$(.*?)(?=^\.SS |^\.SH )", man, re.S | re.M)
+        assert block, f"instacart-tokend.conf(5) has no [{k['section']}]"
+        entry = re.search(rf"^\.B {k['key']}\n(.*?)(?=^\.TP|\Z)", block.group(1), re.S | re.M)
+        assert entry, f"instacart-tokend.conf(5) lacks [{k['section']}] {k['key']}"
+        text = entry.group(1)
+        assert (f"default \\fB{k['default']}\\fP" if k["default"] else "no default") in text, text
+        assert ("a reload applies it" if k["reload"] == "applies" else "needs a restart") in text, text
