@@ -40,9 +40,9 @@ void api_set_keys(api *a, struct auth *keys);
 const char *api_address(api *a);
 /* Every address served, for the log: "http://127.0.0.1:8787 unix:/run/x.sock". */
 const char *api_listening(api *a);
-/* After a reload: what /v1/status shows as the effective configuration.
- * (The routes' own settings, default scope and min_ttl, need a restart.) */
-void api_set_config(api *a, const struct config *cfg);
+/* After a reload: what /v1/status shows as the effective configuration,
+ * each key from now if a reload applies it, else from boot. */
+void api_set_config(api *a, const struct config *boot, const struct config *now);
 /* Stops accepting new connections; those open are still served. */
 void api_quiesce(api *a);
 /* Requests waiting on a mint right now. */

@@ -129,3 +129,33 @@ int config_redis_address_parse(const char *s, char *host, size_t host_size, unsi
 /* The effective configuration as JSON, durations in seconds, without the
  * secret (only the path it came from). malloc()ed, or NULL. */
 char *config_describe(const config *c);
+/* The same for a running daemon: each key as the daemon uses it, that is
+ * from `now` if a reload applies it and from `boot` if it needs a restart. */
+char *config_describe_running(const config *boot, const config *now);
+
+/* ---- the table of settings: every key, its default and its reload rule ---- */
+
+/* What a reload (SIGHUP) does with a changed key. */
+enum config_reload {
+    CONFIG_RELOAD_APPLIES, /* the running daemon uses the new value from then on */
+    CONFIG_RELOAD_RESTART, /* copied at start: the old value stays until a restart */
+};
+
+/* One row of the table, as text for people and tests. */
+struct config_key_info {
+    const char *section, *name;
+    const char *type;  /* string, integer, duration, boolean, percentage, ... */
+    const char *def;   /* the default as the file would write it; NULL: none */
+    char min[24], max[24]; /* bounds as the file would write them; "" if none */
+    enum config_reload reload;
+    const char *help;  /* one line */
+};
+
+/* The number of keys, and the i-th (0 <= i < config_key_count()). */
+size_t config_key_count(void);
+void config_key_get(size_t i, struct config_key_info *ret);
+/* Whether the i-th key has a different value in a and in b. */
+bool config_key_differs(size_t i, const config *a, const config *b);
+/* The table as JSON (an array of objects: section, key, type, default,
+ * min, max, reload, help) or as text for people. malloc()ed, or NULL. */
+char *config_describe_keys(bool json);

@@ -806,7 +806,7 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, struct shared
     a->start_unix = now_unix();
     a->start_ms = now_ms();
     snprintf(a->default_scope, sizeof(a->default_scope), "%s", cfg->default_scope);
-    snprintf(a->user_header, sizeof(a->user_header), "%s", cfg->user_header ? cfg->user_header : "X-Tokend-User");
+    snprintf(a->user_header, sizeof(a->user_header), "%s", cfg->user_header);
     a->head_rules = (head_rules){
         .user_header = a->user_header,
         .user_header_len = strlen(a->user_header),
@@ -949,8 +949,9 @@ void api_set_keys(api *a, auth *keys) {
     auth_free(old); /* no reader holds it: each finds its key under the lock */
 }
 
-void api_set_config(api *a, const config *cfg) {
-    char *j = config_describe(cfg);
+void api_set_config(api *a, const config *boot, const config *now) {
+    /* the values in use: a key a reload does not apply keeps boot's */
+    char *j = config_describe_running(boot, now);
 
     pthread_mutex_lock(&a->lock);
     free(a->config_json);

@@ -4,6 +4,10 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <getopt.h>
+/* only for --version: the versions this binary runs on (the modules that
+ * use these libraries keep them to themselves otherwise) */
+#include <hiredis/hiredis.h>
+#include <microhttpd.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,28 +20,73 @@
 #include "log.h"
 #include "service.h"
 
+enum { ARG_VERSION = 0x100, ARG_CHECK, ARG_CORE, ARG_DESCRIBE };
+
+/* Every option: getopt's table, and the line --help prints for it. */
+static const struct option options[] = {
+    { "config", required_argument, NULL, 'c' },
+    { "check-config", no_argument, NULL, ARG_CHECK },
+    { "describe-config", optional_argument, NULL, ARG_DESCRIBE },
+    { "allow-core-dumps", no_argument, NULL, ARG_CORE },
+    { "help", no_argument, NULL, 'h' },
+    { "version", no_argument, NULL, ARG_VERSION },
+    { 0 },
+};
+
 static void help(void) {
     printf("Usage: instacart-tokend [OPTIONS]\n"
            "Mints, caches and serves Instacart Connect access tokens on a local HTTP endpoint.\n\n"
            "  -c, --config FILE    configuration file (default %s)\n"
            "      --check-config   check the configuration and the client secret, then exit\n"
+           "      --describe-config[=text|json]\n"
+           "                       print every configuration key (section, key, type, default,\n"
+           "                       bounds, what a reload does, help), then exit\n"
            "      --allow-core-dumps  let a crash write a core dump (it would hold the secret and\n"
            "                       tokens: only with a throwaway secret, see the README)\n"
            "  -h, --help           show this help\n"
-           "      --version        show the version\n",
+           "      --version        show the version and what this build can do\n"
+           "\n"
+           "SIGHUP reloads the configuration, SIGTERM stops. See instacart-tokend(8) and\n"
+           "instacart-tokend.conf(5).\n",
            TOKEND_DEFAULT_CONFIG);
 }
 
+/* As nginx -V: what this build can do, and the libraries it runs on. */
+static void version(void) {
+    const curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
+
+    printf("instacart-tokend %s\n", TOKEND_VERSION);
+    printf("fleet mode: yes (hiredis %d.%d.%d)\n", HIREDIS_MAJOR, HIREDIS_MINOR, HIREDIS_PATCH);
+#ifdef HAVE_HIREDIS_SSL
+    printf("TLS to Redis: yes (hiredis_ssl)\n");
+#else
+    printf("TLS to Redis: no (this hiredis has no hiredis_ssl; use a TLS tunnel)\n");
+#endif
+    printf("libmicrohttpd: %s\n", MHD_get_version());
+    printf("libcurl: %s%s%s\n", cv->version, cv->ssl_version ? " with " : "",
+           cv->ssl_version ? cv->ssl_version : "");
+}
+
+static int describe(const char *format) {
+    char *text;
+
+    if (format && strcmp(format, "json") != 0 && strcmp(format, "text") != 0) {
+        fprintf(stderr, "instacart-tokend: --describe-config=%s: the format is text or json\n", format);
+        return 2;
+    }
+    text = config_describe_keys(format && strcmp(format, "json") == 0);
+    if (!text) {
+        log_error("out of memory");
+        return 1;
+    }
+    fputs(text, stdout);
+    if (text[0] && text[strlen(text) - 1] != '\n')
+        putchar('\n');
+    free(text);
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    enum { ARG_VERSION = 0x100, ARG_CHECK, ARG_CORE };
-    static const struct option options[] = {
-        { "config", required_argument, NULL, 'c' },
-        { "check-config", no_argument, NULL, ARG_CHECK },
-        { "allow-core-dumps", no_argument, NULL, ARG_CORE },
-        { "help", no_argument, NULL, 'h' },
-        { "version", no_argument, NULL, ARG_VERSION },
-        { 0 },
-    };
     const char *path = TOKEND_DEFAULT_CONFIG;
     bool check = false, cores = false;
     char err[CONFIG_ERR_MAX];
@@ -59,8 +108,10 @@ int main(int argc, char **argv) {
             help();
             return 0;
         case ARG_VERSION:
-            printf("instacart-tokend %s\n", TOKEND_VERSION);
+            version();
             return 0;
+        case ARG_DESCRIBE:
+            return describe(optarg);
         default:
             fprintf(stderr, "Try 'instacart-tokend --help'.\n");
             return 2;

@@ -171,54 +171,43 @@ static void watchdog(struct service *s, uint64_t now) {
     systemd_watchdog_ping();
 }
 
-static bool same_text(const char *a, const char *b) {
-    return a == b || (a && b && strcmp(a, b) == 0);
+/* Appends "[section] key" to a list of names. */
+static void name_key(char *names, size_t size, size_t *n, const struct config_key_info *k) {
+    if (*n < size)
+        *n += (size_t)snprintf(names + *n, size - *n, "%s[%s] %s", *n ? ", " : "", k->section, k->name);
 }
 
-/* Settings each module copied at start: a reload cannot change them. A new
- * key belongs here unless reload() applies it. */
-static void warn_needs_restart(const config *was, const config *now, unsigned was_connections) {
-    char names[768] = "";
-    size_t n = 0;
+/* Names every key the reload changed, from the table of settings in
+ * config.c: as applied (compared with the configuration that ran until
+ * now), or as needing a restart (compared with the one started with, whose
+ * values the modules copied). `boot_connections` is max_connections as
+ * configured at start, before it was fitted to the file descriptor limit. */
+static void warn_needs_restart(const config *boot, const config *old, const config *now,
+                               unsigned boot_connections, bool fleet_toggled) {
+    char applied[1024] = "", restart[1024] = "";
+    size_t n_applied = 0, n_restart = 0;
+    config started = *boot; /* a shallow copy, only compared */
 
-#define CHANGED(cond, name)                                                        \
-    do {                                                                           \
-        if ((cond) && n < sizeof(names))                                           \
-            n += (size_t)snprintf(names + n, sizeof(names) - n, "%s%s", n ? ", " : "", name); \
-    } while (0)
-    CHANGED(strcmp(was->listen, now->listen) != 0, "[server] listen");
-    CHANGED(was->socket_mode != now->socket_mode, "[server] socket_mode");
-    CHANGED(!same_text(was->socket_group, now->socket_group), "[server] socket_group");
-    CHANGED(!same_text(was->allowed_uids_text, now->allowed_uids_text), "[server] allowed_uids");
-    CHANGED(!same_text(was->allowed_gids_text, now->allowed_gids_text), "[server] allowed_gids");
-    CHANGED(!same_text(was->allowed_hosts_text, now->allowed_hosts_text), "[server] allowed_hosts");
-    CHANGED(!same_text(was->allowed_origins_text, now->allowed_origins_text), "[server] allowed_origins");
-    CHANGED(!same_text(was->user_header, now->user_header), "[frontend] user_header");
-    CHANGED(was->max_body != now->max_body, "[frontend] max_body");
-    CHANGED(was->allow_remote != now->allow_remote, "[server] allow_remote");
-    CHANGED(was->threads != now->threads, "[server] threads");
-    CHANGED(was_connections != now->max_connections, "[server] max_connections");
-    CHANGED(was->idle_timeout_ms != now->idle_timeout_ms, "[server] idle_timeout");
-    CHANGED(strcmp(was->default_scope, now->default_scope) != 0, "[upstream] scope");
-    CHANGED(was->connect_timeout_ms != now->connect_timeout_ms, "[upstream] connect_timeout");
-    CHANGED(was->attempt_timeout_ms != now->attempt_timeout_ms, "[upstream] attempt_timeout");
-    CHANGED(was->request_timeout_ms != now->request_timeout_ms, "[upstream] request_timeout");
-    CHANGED(was->max_concurrent != now->max_concurrent, "[upstream] max_concurrent");
-    CHANGED(was->queue_max != now->queue_max, "[upstream] queue_max");
-    CHANGED(was->retry_base_ms != now->retry_base_ms, "[upstream] retry_base");
-    CHANGED(was->retry_max_ms != now->retry_max_ms, "[upstream] retry_max");
-    CHANGED(was->breaker_failures != now->breaker_failures, "[upstream] breaker_failures");
-    CHANGED(was->breaker_cooldown_ms != now->breaker_cooldown_ms, "[upstream] breaker_cooldown");
-    CHANGED(was->max_entries != now->max_entries, "[cache] max_entries");
-    CHANGED(was->min_ttl_ms != now->min_ttl_ms, "[cache] min_ttl");
-    CHANGED(was->refresh_before_pct != now->refresh_before_pct, "[cache] refresh_before");
-    CHANGED(was->failure_ttl_ms != now->failure_ttl_ms, "[cache] failure_ttl");
-    CHANGED(was->max_waiters != now->max_waiters, "[cache] max_waiters");
-#undef CHANGED
-    if (n)
+    started.max_connections = boot_connections;
+    for (size_t i = 0; i < config_key_count(); i++) {
+        struct config_key_info k;
+        bool needs_restart;
+
+        config_key_get(i, &k);
+        /* the fleet's tier is made at start or not at all: turning fleet
+         * mode on or off applies none of [shared] */
+        needs_restart = k.reload == CONFIG_RELOAD_RESTART || (fleet_toggled && strcmp(k.section, "shared") == 0);
+        if (needs_restart && config_key_differs(i, &started, now))
+            name_key(restart, sizeof(restart), &n_restart, &k);
+        else if (!needs_restart && config_key_differs(i, old, now))
+            name_key(applied, sizeof(applied), &n_applied, &k);
+    }
+    if (n_applied)
+        log_notice("%s: changed %s: applied", now->path, applied);
+    if (n_restart)
         log_warning("%s: changed %s: these settings need a restart to take effect (a restart "
                     "under systemd keeps the cached tokens); the running values stay until then",
-                    now->path, names);
+                    now->path, restart);
 }
 
 /* Where a reload finds the secret. systemd copies LoadCredential= only at
@@ -243,7 +232,7 @@ static void reload(struct service *s) {
     const config *old = effective(s);
     config *n = NULL;
     const char *from;
-    bool flush;
+    bool flush, fleet_toggled;
     int r;
 
     systemd_reloading();
@@ -267,7 +256,8 @@ static void reload(struct service *s) {
         return;
     }
     forget_secret(n);
-    warn_needs_restart(s->boot, n, s->wanted_connections);
+    fleet_toggled = config_shared(n) != (s->sh != NULL);
+    warn_needs_restart(s->boot, old, n, s->wanted_connections, fleet_toggled);
     log_set_max_level(n->log_level);
     /* the keys file was read with the rest: a removed key stops working now */
     api_set_keys(s->a, n->keys);
@@ -279,16 +269,16 @@ static void reload(struct service *s) {
     if (flush)
         log_notice("client id or Instacart server changed: dropped %zu cached tokens",
                    cache_flush(s->c));
-    if (config_shared(n) != (s->sh != NULL))
-        log_warning("[shared] fleet mode was turned %s: restart to apply", s->sh ? "off" : "on");
-    else if (s->sh && shared_reload(s->sh, n)) /* new keys, and a new namespace with new credentials */
-        log_warning("[shared] Redis's address, sentinels, user or TLS changed: restart to apply");
+    /* new keys, and a new namespace with new credentials; what it cannot
+     * apply warn_needs_restart() named from the table */
+    if (s->sh && !fleet_toggled)
+        shared_reload(s->sh, n);
     forget_shared_keys(n);
     log_event(LOG_NOTICE, LOG_ID_RELOADED, NULL,
               "reloaded %s: minting as client id %s at %s, with the secret from %s", n->path,
               n->client_id, n->base_url,
               rotated[0] ? "ExecReload= (rotated)" : from ? "the systemd credential" : n->client_secret_file);
-    api_set_config(s->a, n);
+    api_set_config(s->a, s->boot, n);
     config_free(s->current);
     s->current = n;
     systemd_ready(status_text(s));

@@ -41,10 +41,11 @@ build=(meson ninja-build gcc pkg-config libcurl4-openssl-dev libcjson-dev libmic
 # redis-server and redis-sentinel are the real Redis (and Sentinel trio) the
 # fleet tests start, and python3-redis is how those tests read and tamper with
 # it (same names on Debian 12, Redis 7.0, and Debian 13, Redis 8.0);
-# python3-yaml reads the alerting rules for test_observability.
+# python3-yaml reads the alerting rules for test_observability; groff-base
+# renders the man pages for the test that they have no warning.
 test=("${build[@]}" python3 python3-pytest nginx-light openssl prometheus clang "$clang_rt" valgrind
       debootstrap systemd-container wrk hyperfine iproute2 procps tinyproxy python3-requests-oauthlib
-      chromium python3-websocket redis-server redis-sentinel python3-redis python3-yaml)
+      chromium python3-websocket redis-server redis-sentinel python3-redis python3-yaml groff-base)
 
 # tests/fleet-demo.sh: the build, and a Redis for the fleet to share
 fleet=("${build[@]}" redis-server)

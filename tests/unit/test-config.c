@@ -515,63 +515,169 @@ static char *read_text(const char *path) {
     return buf;
 }
 
-static void sample_file_defaults_are_the_defaults(void) {
-    const char *path = getenv("TOKEND_SAMPLE_CONF");
-    char *text, *uncommented;
-    config *a, *b;
-    size_t o = 0, n_uncommented = 0;
-
-    text = read_text(path && *path ? path : TOKEND_SAMPLE_CONF);
-    uncommented = malloc(strlen(text) + 1);
-    ASSERT(uncommented);
-    /* "#key = value" becomes "key = value"; prose comments stay */
-    for (const char *p = text; *p;) {
-        const char *eol = strchr(p, '\n');
-        size_t len = eol ? (size_t)(eol - p) + 1 : strlen(p);
-        size_t name = p[0] == '#' ? strspn(p + 1, "abcdefghijklmnopqrstuvwxyz_") : 0;
-        if (name > 0 && strncmp(p + 1 + name, " = ", 3) == 0) {
-            p++, len--;
-            n_uncommented++;
-        }
-        memcpy(uncommented + o, p, len);
-        o += len;
-        p += len;
+/* The table's index of [section] name, or -1. */
+static long table_index(const char *section, size_t section_len, const char *name, size_t name_len) {
+    for (size_t i = 0; i < config_key_count(); i++) {
+        struct config_key_info k;
+        config_key_get(i, &k);
+        if (strlen(k.section) == section_len && strncmp(k.section, section, section_len) == 0 &&
+            strlen(k.name) == name_len && strncmp(k.name, name, name_len) == 0)
+            return (long)i;
     }
-    uncommented[o] = '\0';
-    ASSERT(n_uncommented >= 15);
+    return -1;
+}
 
-    a = parse_ok(text);
-    b = parse_ok(uncommented);
-    ASSERT_STR_EQ(a->default_scope, b->default_scope);
-    ASSERT_STR_EQ(a->listen, b->listen);
-    ASSERT_UINT_EQ(a->connect_timeout_ms, b->connect_timeout_ms);
-    ASSERT_UINT_EQ(a->attempt_timeout_ms, b->attempt_timeout_ms);
-    ASSERT_UINT_EQ(a->request_timeout_ms, b->request_timeout_ms);
-    ASSERT_UINT_EQ(a->max_concurrent, b->max_concurrent);
-    ASSERT_UINT_EQ(a->queue_max, b->queue_max);
-    ASSERT_UINT_EQ(a->retry_base_ms, b->retry_base_ms);
-    ASSERT_UINT_EQ(a->retry_max_ms, b->retry_max_ms);
-    ASSERT_UINT_EQ(a->breaker_failures, b->breaker_failures);
-    ASSERT_UINT_EQ(a->breaker_cooldown_ms, b->breaker_cooldown_ms);
-    ASSERT_UINT_EQ(a->max_entries, b->max_entries);
-    ASSERT_UINT_EQ(a->min_ttl_ms, b->min_ttl_ms);
-    ASSERT_UINT_EQ(a->refresh_before_pct, b->refresh_before_pct);
-    ASSERT_UINT_EQ(a->failure_ttl_ms, b->failure_ttl_ms);
-    ASSERT_UINT_EQ(a->max_waiters, b->max_waiters);
-    ASSERT_UINT_EQ(a->shared_timeout_ms, b->shared_timeout_ms);
-    ASSERT_UINT_EQ(a->shared_lease_wait_ms, b->shared_lease_wait_ms);
-    ASSERT(!config_shared(a) && config_shared(b)); /* fleet mode is off unless asked for */
-    ASSERT_STR_EQ(b->shared_prefix, "tokend");
-    ASSERT_INT_EQ(a->allow_remote, b->allow_remote);
-    ASSERT_UINT_EQ(a->threads, b->threads);
-    ASSERT_UINT_EQ(a->max_connections, b->max_connections);
-    ASSERT_UINT_EQ(a->idle_timeout_ms, b->idle_timeout_ms);
-    ASSERT_UINT_EQ(a->shutdown_timeout_ms, b->shutdown_timeout_ms);
-    ASSERT_INT_EQ(a->log_level, b->log_level);
-    config_free(a);
-    config_free(b);
-    free(uncommented);
+/* config/tokend.conf and the table of settings agree: every key of the
+ * table is in the sample under its section, as "KEY = VALUE" or commented
+ * out as "#KEY = VALUE" (or "#KEY =" when it has no default), with the
+ * table's default when it has one; the sample has no key the table lacks.
+ * Prose comments start with "# ". */
+static void sample_file_and_table_agree(void) {
+    const char *path = getenv("TOKEND_SAMPLE_CONF");
+    char *text;
+    const char *section = "";
+    size_t section_len = 0, lineno = 0, n = config_key_count();
+    size_t *seen_at = calloc(n, sizeof(*seen_at));
+    config *c;
+
+    ASSERT(seen_at);
+    if (!path || !*path)
+        path = TOKEND_SAMPLE_CONF;
+    text = read_text(path);
+    for (const char *p = text; *p;) {
+        const char *eol = strchrnul(p, '\n'), *name, *value;
+        size_t name_len;
+        long i;
+        struct config_key_info k;
+
+        lineno++;
+        if (*p == '[') {
+            section = p + 1;
+            section_len = strcspn(section, "]\n");
+        } else if (*p != ';' && strncmp(p, "# ", 2) != 0 && p != eol && !(p[0] == '#' && p + 1 == eol)) {
+            name = p + (*p == '#');
+            name_len = strspn(name, "abcdefghijklmnopqrstuvwxyz_");
+            if (name_len == 0 || strncmp(name + name_len, " =", 2) != 0 ||
+                (name[name_len + 2] != ' ' && name + name_len + 2 != eol))
+                UNIT_FAIL("%s:%zu: neither '[section]', 'KEY = VALUE', '#KEY = VALUE' nor a comment "
+                          "starting '# ': %.*s", path, lineno, (int)(eol - p), p);
+            i = table_index(section, section_len, name, name_len);
+            if (i < 0)
+                UNIT_FAIL("%s:%zu: [%.*s] %.*s is not in the table of settings (src/config.c)", path, lineno,
+                          (int)section_len, section, (int)name_len, name);
+            if (seen_at[i])
+                UNIT_FAIL("%s:%zu: [%.*s] %.*s is already on line %zu", path, lineno, (int)section_len, section,
+                          (int)name_len, name, seen_at[i]);
+            seen_at[i] = lineno;
+            config_key_get((size_t)i, &k);
+            value = name + name_len + 2 + (name + name_len + 2 != eol);
+            if (k.def && ((size_t)(eol - value) != strlen(k.def) || strncmp(value, k.def, strlen(k.def)) != 0))
+                UNIT_FAIL("%s:%zu: [%s] %s shows '%.*s' but its default in the table is '%s'", path, lineno,
+                          k.section, k.name, (int)(eol - value), value, k.def);
+        } else if (strncmp(p, "# ", 2) == 0) {
+            /* a key commented out with a space would be missed above */
+            name = p + 2;
+            name_len = strspn(name, "abcdefghijklmnopqrstuvwxyz_");
+            if (name_len && strncmp(name + name_len, " = ", 3) == 0 &&
+                table_index(section, section_len, name, name_len) >= 0)
+                UNIT_FAIL("%s:%zu: write a key commented out as '#%.*s = ...', without the space", path,
+                          lineno, (int)name_len, name);
+        }
+        p = *eol ? eol + 1 : eol;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!seen_at[i]) {
+            struct config_key_info k;
+            config_key_get(i, &k);
+            UNIT_FAIL("%s: [%s] %s is in the table of settings but not in the sample; add '#%s = %s' "
+                      "under [%s]", path, k.section, k.name, k.name, k.def ? k.def : "", k.section);
+        }
+    /* and the sample as shipped is a configuration tokend takes */
+    c = parse_ok(text);
+    config_free(c);
+    free(seen_at);
     free(text);
+}
+
+/* Each number's bounds, as the table writes them (and so the man page and
+ * --describe-config), are values the file accepts. */
+static void every_bound_is_accepted_as_written(void) {
+    for (size_t i = 0; i < config_key_count(); i++) {
+        struct config_key_info k;
+        char text[1024];
+        config *c;
+
+        config_key_get(i, &k);
+        if (!k.min[0])
+            continue;
+        for (int hi = 0; hi < 2; hi++) {
+            const char *bound = hi ? k.max : k.min;
+            /* keys bound to each other: retry_base <= retry_max */
+            const char *other = !strcmp(k.name, "retry_base") ? "retry_max = 10m\n"
+                                : !strcmp(k.name, "retry_max") ? "retry_base = 1ms\n" : "";
+            snprintf(text, sizeof(text), "%s[shared]\nredis = 127.0.0.1:6379\n[%s]\n%s%s = %s\n", BASE,
+                     k.section, strcmp(k.section, "upstream") ? "" : other, k.name, bound);
+            c = parse_ok(text);
+            config_free(c);
+        }
+    }
+}
+
+/* Each key's help fits the one line the man page and --describe-config
+ * give it, and each type is one the man page explains. */
+static void every_key_has_help_and_a_known_type(void) {
+    static const char *const types[] = { "string", "integer", "duration", "boolean",
+                                         "percentage", "level", "mode", "size" };
+    for (size_t i = 0; i < config_key_count(); i++) {
+        struct config_key_info k;
+        bool known = false;
+
+        config_key_get(i, &k);
+        ASSERT(k.help && *k.help && !strchr(k.help, '\n'));
+        for (size_t t = 0; t < sizeof(types) / sizeof(types[0]); t++)
+            known |= strcmp(k.type, types[t]) == 0;
+        if (!known)
+            UNIT_FAIL("[%s] %s has type '%s', which the man page does not explain", k.section, k.name, k.type);
+    }
+}
+
+/* config_key_differs() sees a change of each key: a reload's report of
+ * changed keys rests on it. Changing a key from its default to another
+ * value the file accepts must make it differ, and no other key. */
+static void a_changed_key_differs_and_no_other(void) {
+    static const struct { const char *section, *name, *value; } changes[] = {
+        { "upstream", "scope", "connect:other" },
+        { "upstream", "connect_timeout", "7s" },
+        { "upstream", "max_concurrent", "3" },
+        { "cache", "refresh_before", "10%" },
+        { "server", "allow_remote", "yes" },
+        { "server", "socket_mode", "0600" },
+        { "frontend", "max_body", "1MiB" },
+        { "shared", "prefix", "other" },
+        { "log", "level", "debug" },
+    };
+    config *base = parse_ok(BASE "[shared]\nredis = 127.0.0.1:6379\n");
+
+    for (size_t t = 0; t < sizeof(changes) / sizeof(changes[0]); t++) {
+        char text[512];
+        config *c;
+        long i = table_index(changes[t].section, strlen(changes[t].section), changes[t].name,
+                             strlen(changes[t].name));
+
+        ASSERT(i >= 0);
+        snprintf(text, sizeof(text), BASE "[shared]\nredis = 127.0.0.1:6379\n[%s]\n%s = %s\n",
+                 changes[t].section, changes[t].name, changes[t].value);
+        c = parse_ok(text);
+        for (size_t j = 0; j < config_key_count(); j++)
+            if (config_key_differs(j, base, c) != (j == (size_t)i)) {
+                struct config_key_info k;
+                config_key_get(j, &k);
+                UNIT_FAIL("setting [%s] %s: [%s] %s %s", changes[t].section, changes[t].name, k.section,
+                          k.name, j == (size_t)i ? "does not differ" : "differs too");
+            }
+        config_free(c);
+    }
+    config_free(base);
 }
 
 /* ---- files on disk: config_load and the client secret ---- */
@@ -1115,7 +1221,10 @@ static const unit_test tests[] = {
     TEST(listen_addresses),
     TEST(retry_max_below_base),
     TEST(invalid_default_scope),
-    TEST(sample_file_defaults_are_the_defaults),
+    TEST(sample_file_and_table_agree),
+    TEST(every_bound_is_accepted_as_written),
+    TEST(every_key_has_help_and_a_known_type),
+    TEST(a_changed_key_differs_and_no_other),
     TEST(secret_loaded_and_newline_stripped),
     TEST(secret_missing_file),
     TEST(secret_empty_or_blank),
