@@ -206,6 +206,7 @@ struct shared {
 #ifdef HAVE_HIREDIS_SSL
     SSL_CTX *ssl;               /* with tls: certificates checked, TLS 1.2 at least */
 #endif
+    char *prefix;               /* [shared] prefix, fixed until a restart */
     uint64_t timeout_ms;
     uint64_t lease_wait_ms;
     uint64_t lease_ms;          /* longer than the longest mint */
@@ -1666,8 +1667,10 @@ static int set_namespace(shared *s, const config *cfg) {
     pthread_rwlock_wrlock(&s->keys_lock);
     seal_keys_wipe(&s->keys);
     s->keys = k;
-    if (strncmp(s->ns + strlen(cfg->shared_prefix) + 1, ns, SEAL_NS_LEN) != 0 || !s->ns[0]) {
-        snprintf(s->ns, sizeof(s->ns), "%s:%s:", cfg->shared_prefix, ns);
+    /* the prefix is the one at start (the Redis ACL names it): a reload
+     * changes only the namespace, with base_url or client_id */
+    if (strncmp(s->ns + strlen(s->prefix) + 1, ns, SEAL_NS_LEN) != 0 || !s->ns[0]) {
+        snprintf(s->ns, sizeof(s->ns), "%s:%s:", s->prefix, ns);
         s->ns_serial++;
     }
     pthread_rwlock_unlock(&s->keys_lock);
@@ -1718,11 +1721,20 @@ int shared_new(const config *cfg, upstream *up, revocations *rv, shared **ret) {
             s->password_len = cfg->shared_password_len;
         }
     }
+    s->prefix = strdup(cfg->shared_prefix);
     if (cfg->n_shared_sentinels) {
         s->sentinels = calloc(cfg->n_shared_sentinels, sizeof(char *));
         for (size_t i = 0; s->sentinels && i < cfg->n_shared_sentinels; i++)
             if ((s->sentinels[i] = strdup(cfg->shared_sentinels[i])))
                 s->n_sentinels++;
+    }
+    /* a copy that failed would change what we do (a NULL user name makes
+     * AUTH use the default user): no start on half a configuration */
+    if (!s->prefix || (cfg->shared_redis && !s->redis) || (cfg->shared_master_name && !s->master_name) ||
+        (cfg->shared_username && !s->username) || (cfg->shared_tls_ca_file && !s->tls_ca_file) ||
+        (cfg->shared_password && !s->password) || s->n_sentinels != cfg->n_shared_sentinels) {
+        shared_free(s);
+        return -ENOMEM;
     }
     for (int i = 0; i < S_COUNT; i++)
         sha1_hex(scripts[i], s->sha[i]);
@@ -1798,9 +1810,9 @@ bool shared_reload(shared *s, const config *cfg) {
         restart = strcmp(s->sentinels[i], cfg->shared_sentinels[i]) != 0;
     if (set_namespace(s, cfg) < 0)
         log_error("fleet: out of memory deriving the new shared keys; keeping the old ones");
+    /* request_timeout and min_ttl need a restart (the table says so): the
+     * lease keeps fitting the mint the upstream really makes */
     __atomic_store_n(&s->lease_wait_ms, cfg->shared_lease_wait_ms, __ATOMIC_RELAXED);
-    __atomic_store_n(&s->lease_ms, cfg->request_timeout_ms + 2000, __ATOMIC_RELAXED);
-    __atomic_store_n(&s->plenty_ms, 2 * cfg->min_ttl_ms, __ATOMIC_RELAXED);
     return restart;
 }
 
@@ -1860,6 +1872,7 @@ shared *shared_free(shared *s) {
         free(s->sentinels[i]);
     free(s->sentinels);
     free(s->master_name);
+    free(s->prefix);
     free(s->username);
     wipe_free(s->password, s->password_len);
     free(s->tls_ca_file);
