@@ -314,6 +314,48 @@ read -r status how _ < <(client token first-user)
 journal_has 'reloaded' || fail "no reload in the journal"
 echo "new mints use the rotated secret; same process; cache kept"
 
+step "a refused reload fails systemctl reload with the reason; tokend keeps serving"
+cp -p "$ROOT$CONFIG" "$WORK/config.good"
+printf '[server]\nno_such_key = 1\n' >>"$ROOT$CONFIG"
+pid_before=$(ct systemctl show -p MainPID --value instacart-tokend.service)
+if out=$(ct systemctl reload instacart-tokend.service 2>&1); then
+    fail "systemctl reload succeeded with an unknown key in the configuration"
+fi
+echo "systemctl reload: $out"
+status_out=$(ct systemctl --no-pager -n 20 status instacart-tokend.service 2>&1 || true)
+grep -q "$CONFIG:.*no_such_key" <<<"$status_out" || fail "systemctl status does not show why: $status_out"
+grep "no_such_key" <<<"$status_out" | tail -1
+[[ $(ct systemctl is-active instacart-tokend.service) == active ]] || fail "a refused reload stopped tokend"
+[[ $(ct systemctl show -p MainPID --value instacart-tokend.service) == "$pid_before" ]] ||
+    fail "a refused reload restarted tokend"
+read -r status how _ < <(client token first-user)
+[[ $status == 200 && $how == hit ]] || fail "after a refused reload: $status $how"
+cp -p "$WORK/config.good" "$ROOT$CONFIG"
+
+step "an empty secret fails systemctl reload, naming the operator's file"
+write_secret "$SECRET" ""
+if ct systemctl reload instacart-tokend.service >/dev/null 2>&1; then
+    fail "systemctl reload succeeded with an empty secret"
+fi
+journal_has "$SECRET: the client secret is empty" || fail "the journal does not name $SECRET as empty"
+if journal_has "/run/instacart-tokend/client_secret"; then fail "a message names the runtime copy"; fi
+[[ -z $(ct find /run/instacart-tokend -type f ! -name reload-result) ]] || fail "staged copies were left behind"
+echo "refused, naming $SECRET; no copy left in /run/instacart-tokend"
+write_secret "$SECRET" ct-secret-2
+read -r status _ < <(client token after-refusals)
+[[ $status == 200 ]] || fail "no token after the refused reloads ($status)"
+
+step "a good reload is applied when systemctl reload returns"
+level() { client status | python3 -c 'import json,sys; print(json.load(sys.stdin)["config"]["log"]["level"])'; }
+[[ $(level) == info ]] || fail "the log level is not info before the reload: $(level)"
+sed -i 's/^level = info$/level = debug/' "$ROOT$CONFIG"
+ct systemctl reload instacart-tokend.service || fail "systemctl reload of a good configuration failed"
+now=$(level)
+echo "right after systemctl reload: [log] level = $now"
+[[ $now == debug ]] || fail "systemctl reload returned before tokend applied the new level ($now)"
+cp -p "$WORK/config.good" "$ROOT$CONFIG"
+ct systemctl reload instacart-tokend.service || fail "reloading the original configuration failed"
+
 step "systemctl restart keeps $USERS cached tokens"
 read -r line < <(client fetch "$USERS" user-)
 echo "first fetch: $line"
