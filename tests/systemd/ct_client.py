@@ -6,7 +6,7 @@ stand-in listen on loopback. Standard library only.
     ct_client.py fetch N PREFIX        -> fetches N users, prints "ok=.. hit=.. miss=.."
     ct_client.py wait-token USER SECS  -> retries until 200 (for a reload to land)
     ct_client.py stub-stats            -> the stand-in's counters, JSON
-    ct_client.py stub-credentials ID SECRET
+    ct_client.py stub-credentials ID SECRET [ID SECRET ...]
     ct_client.py status                -> tokend's /v1/status, JSON on one line
 
 tokend is reached at 127.0.0.1:8787, or at $TOKEND_CT_ADDR: HOST:PORT, or
@@ -101,7 +101,8 @@ def main(argv):
         stats = json.loads(body)
         print(json.dumps({k: stats[k] for k in ("token_requests", "mints")}))
     elif cmd == "stub-credentials":
-        body = json.dumps({"credentials": [{"client_id": argv[2], "client_secret": argv[3]}]})
+        pairs = zip(argv[2::2], argv[3::2])
+        body = json.dumps({"credentials": [{"client_id": i, "client_secret": c} for i, c in pairs]})
         status, _, out = request(STUB, "POST", "/__stub/config", body=body)
         if status != 200:
             print(status, out.decode(errors="replace"), file=sys.stderr)

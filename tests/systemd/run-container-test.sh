@@ -10,9 +10,16 @@
 # Checks: the units verify without a warning; the socket starts the service;
 # `systemctl status` shows it active with its status line; a token is served;
 # the journal gets structured mint events; a reload with a rotated secret
-# takes effect; `systemctl restart` keeps 1,000 cached tokens (the stand-in
-# counts the mints); a SIGSTOPped daemon is killed and restarted by the
-# watchdog; `systemctl stop` is clean; the security exposure score. It also
+# takes effect; a refused reload (an unknown key, an empty secret) fails
+# `systemctl reload` with the reason while tokend keeps serving, and a good
+# one is applied when `systemctl reload` returns; `systemctl restart` keeps
+# 1,000 cached tokens (the stand-in counts the mints); a SIGSTOPped daemon
+# is killed and restarted by the watchdog; whether `systemctl stop` then
+# `start` keeps the cache, against what the unit says; a drop-in's
+# ListenStream= moves the port, and a listen that differs is warned about;
+# two template instances side by side (own client id, socket, journal
+# identity, reload, cache); `systemctl stop` is clean; the security
+# exposure score. It also
 # measures whether this systemd re-reads LoadCredential= on `systemctl
 # reload` by itself (none up to 257 does), which is why the unit copies a
 # rotated secret with its own ExecReload= line.
@@ -79,7 +86,7 @@ LEADER=
 ct() { timeout "${CT_TIMEOUT:-60}" nsenter -t "$LEADER" -a env SYSTEMD_PAGER= SYSTEMD_COLORS=0 "$@"; }
 # The host's python3 in the container's network only: HTTP to its loopback.
 client() { timeout "${CT_TIMEOUT:-120}" nsenter -t "$LEADER" -n /usr/bin/python3 "$HERE/ct_client.py" "$@"; }
-journal() { ct journalctl --no-pager -u instacart-tokend.service "$@"; }
+journal() { ct journalctl --no-pager -u "${JOURNAL_UNIT:-instacart-tokend.service}" "$@"; }
 # Whether the unit's journal has a line matching $1. Not `journal | grep -q`:
 # grep's early exit would kill journalctl with SIGPIPE, a failure under pipefail.
 journal_has() {
@@ -249,7 +256,12 @@ fi
 
 # ------------------------------------------------------------------ checks
 step "systemd-analyze verify"
-out=$(ct systemd-analyze verify "$UNIT_DIR/instacart-tokend.service" "$UNIT_DIR/instacart-tokend.socket" 2>&1) ||
+for u in instacart-tokend@.service instacart-tokend@.socket; do
+    [[ -f $ROOT$UNIT_DIR/$u ]] || fail "meson install put no $u beside the plain units"
+done
+# --man=no: the root has no man(1) to look the Documentation= pages up with
+out=$(ct systemd-analyze verify --man=no "$UNIT_DIR/instacart-tokend.service" "$UNIT_DIR/instacart-tokend.socket" \
+    "$UNIT_DIR/instacart-tokend@.service" "$UNIT_DIR/instacart-tokend@.socket" 2>&1) ||
     fail "systemd-analyze verify failed: $out"
 [[ -z $out ]] || fail "systemd-analyze verify warned: $out"
 echo "no warning"
@@ -389,6 +401,118 @@ journal_has 'watchdog timeout' || fail "systemd logged no watchdog timeout"
 echo "killed after the watchdog timeout and restarted: NRestarts $restarts_before -> $(ct systemctl show -p NRestarts --value instacart-tokend.service)"
 read -r status _ < <(client token after-watchdog)
 [[ $status == 200 ]] || fail "no token after the watchdog restart ($status)"
+
+step "systemctl stop then start: does the cache survive?"
+read -r line < <(client fetch 20 stopstart-)
+[[ $line == "ok=20 "* ]] || fail "fetching 20 users: $line"
+CT_TIMEOUT=90 ct systemctl stop instacart-tokend.service
+ct systemctl start instacart-tokend.service
+read -r line < <(client fetch 20 stopstart-)
+kept=no
+[[ $line == "ok=20 hit=20 "* ]] && kept=yes
+echo "RESULT: the cache survives systemctl stop then start: $kept ($line)"
+if grep -q '^FileDescriptorStorePreserve=yes' "$UNIT_FILE"; then
+    [[ $kept == yes ]] || fail "the unit keeps the fd store over a stop, yet the cache was lost"
+else
+    [[ $kept == no ]] || fail "the cache survived a stop although the unit says it does not"
+    grep -q 'loses the cache' "$UNIT_FILE" || fail "the unit does not say that stop then start loses the cache"
+fi
+
+step "a listen other than the socket's: warned about; a drop-in changes the port"
+warnings() { journal -o cat | grep -c 'systemd passed a socket' || true; }
+w0=$(warnings)
+mkdir -p "$ROOT/etc/systemd/system/instacart-tokend.socket.d"
+printf '[Socket]\nListenStream=\nListenStream=127.0.0.1:8788\n' >"$ROOT/etc/systemd/system/instacart-tokend.socket.d/port.conf"
+ct systemctl daemon-reload
+CT_TIMEOUT=90 ct systemctl restart instacart-tokend.socket instacart-tokend.service
+read -r status _ < <(TOKEND_CT_ADDR=127.0.0.1:8788 client token new-port)
+[[ $status == 200 ]] || fail "no token on the drop-in's port 8788 ($status)"
+if TOKEND_CT_ADDR=127.0.0.1:8787 client token old-port >/dev/null 2>&1; then fail "still served on 8787"; fi
+((w0 < $(warnings))) || fail "no warning that listen (8787) is not the socket systemd passed (8788)"
+journal -o cat | grep 'systemd passed a socket' | tail -1
+served=$(TOKEND_CT_ADDR=127.0.0.1:8788 client status | python3 -c 'import json,sys; print(*json.load(sys.stdin)["listening"])')
+echo "/v1/status listening: $served"
+[[ $served == "http://127.0.0.1:8788" ]] || fail "/v1/status reports $served, not the address served"
+sed -i 's/^listen = 127.0.0.1:8787$/listen = 127.0.0.1:8788/' "$ROOT$CONFIG"
+w1=$(warnings)
+CT_TIMEOUT=90 ct systemctl restart instacart-tokend.service
+read -r status _ < <(TOKEND_CT_ADDR=127.0.0.1:8788 client token new-port)
+[[ $status == 200 ]] || fail "no token on 8788 after the restart ($status)"
+((w1 == $(warnings))) || fail "warned although listen now says what the socket does"
+echo "listen = 127.0.0.1:8788 as well: no warning"
+rm -r "$ROOT/etc/systemd/system/instacart-tokend.socket.d"
+cp -p "$WORK/config.good" "$ROOT$CONFIG"
+ct systemctl daemon-reload
+CT_TIMEOUT=90 ct systemctl restart instacart-tokend.socket instacart-tokend.service
+read -r status _ < <(client token back-on-8787)
+[[ $status == 200 ]] || fail "no token on 8787 after the drop-in went ($status)"
+
+step "two template instances side by side"
+client stub-credentials ct-client ct-secret-2 ct-client-a secret-a-1 ct-client-b secret-b-1
+for name in a b; do
+    cat >"$ROOT${CONFIG%/*}/$name.conf" <<EOF
+[upstream]
+base_url = http://127.0.0.1:9797
+client_id = ct-client-$name
+[server]
+listen = unix:/run/instacart-tokend-$name.sock
+[log]
+level = info
+EOF
+    write_secret "${CONFIG%/*}/$name.client-secret" "secret-$name-1"
+done
+ct systemctl start instacart-tokend@a.socket instacart-tokend@b.socket
+at() { TOKEND_CT_ADDR=unix:/proc/$LEADER/root/run/instacart-tokend-$1.sock client "${@:2}"; }
+inst_status() { at "$1" status | python3 -c "import json,sys; s=json.load(sys.stdin); print($2)"; }
+read -r sa ha fa < <(at a token shared-user)
+read -r sb hb fb < <(at b token shared-user)
+[[ $sa == 200 && $sb == 200 ]] || fail "the instances do not both serve: a $sa, b $sb"
+[[ $fa != "$fb" ]] || fail "both instances handed out the same token"
+[[ $(inst_status a 's["config"]["upstream"]["client_id"]') == ct-client-a ]] || fail "instance a is not client a"
+[[ $(inst_status b 's["config"]["upstream"]["client_id"]') == ct-client-b ]] || fail "instance b is not client b"
+for name in a b; do
+    [[ $(ct systemctl is-active "instacart-tokend@$name.service") == active ]] || fail "instance $name is not active"
+    ct journalctl --no-pager -o cat -t "instacart-tokend-$name" | grep -q "listening on unix:/run/instacart-tokend-$name.sock" ||
+        fail "no 'listening' line under the journal identity instacart-tokend-$name"
+    ct test -d "/run/instacart-tokend-$name" || fail "no runtime directory /run/instacart-tokend-$name"
+done
+echo "a and b serve their own client ids on their own sockets, each under its own journal identity"
+at a fetch 30 a-user- >/dev/null
+at b fetch 10 b-user- >/dev/null
+
+step "a reload of one instance leaves the other alone"
+pid_b=$(ct systemctl show -p MainPID --value instacart-tokend@b.service)
+client stub-credentials ct-client ct-secret-2 ct-client-a secret-a-2 ct-client-b secret-b-1
+write_secret "${CONFIG%/*}/a.client-secret" secret-a-2
+sed -i 's/^level = info$/level = debug/' "$ROOT${CONFIG%/*}/a.conf"
+ct systemctl reload instacart-tokend@a.service || fail "reloading instance a failed"
+[[ $(inst_status a 's["config"]["log"]["level"]') == debug ]] || fail "instance a's reload is not applied"
+read -r status _ < <(at a token after-a-rotation)
+[[ $status == 200 ]] || fail "instance a does not mint with its rotated secret ($status)"
+[[ $(inst_status b 's["config"]["log"]["level"]') == info ]] || fail "instance b's configuration changed"
+[[ $(ct systemctl show -p MainPID --value instacart-tokend@b.service) == "$pid_b" ]] || fail "instance b was restarted"
+if ct journalctl --no-pager -o cat -t instacart-tokend-b | grep -q reloaded; then fail "instance b reloaded"; fi
+[[ -z $(ct find /run/instacart-tokend-b -type f) ]] || fail "something was staged in instance b's runtime directory"
+read -r status _ < <(at b token after-a-rotation)
+[[ $status == 200 ]] || fail "instance b stopped minting ($status)"
+echo "a reloaded with its rotated secret; b untouched (same process, level info, nothing staged)"
+
+step "a restart of one instance keeps that instance's cache only"
+entries() { inst_status "$1" 's["cache"]["entries"]'; }
+ea=$(entries a)
+eb=$(entries b)
+pid_a=$(ct systemctl show -p MainPID --value instacart-tokend@a.service)
+CT_TIMEOUT=90 ct systemctl restart instacart-tokend@a.service
+[[ $(ct systemctl show -p MainPID --value instacart-tokend@a.service) != "$pid_a" ]] || fail "a was not restarted"
+[[ $(entries a) == "$ea" ]] || fail "instance a restored $(entries a) tokens, not its own $ea"
+read -r sa2 ha2 fa2 < <(at a token shared-user)
+[[ $sa2 == 200 && $ha2 == hit && $fa2 == "$fa" ]] || fail "instance a's own token was not restored ($sa2 $ha2)"
+[[ $(ct systemctl show -p MainPID --value instacart-tokend@b.service) == "$pid_b" ]] || fail "b was restarted"
+[[ $(entries b) -ge $eb ]] || fail "instance b lost tokens"
+read -r sb2 hb2 fb2 < <(at b token shared-user)
+[[ $sb2 == 200 && $hb2 == hit && $fb2 == "$fb" ]] || fail "instance b's token changed ($sb2 $hb2)"
+echo "a restored its $ea tokens (its own: the same token for shared-user); b untouched with $(entries b)"
+ct systemctl stop instacart-tokend@a.socket instacart-tokend@b.socket instacart-tokend@a.service instacart-tokend@b.service
 
 step "systemctl stop is clean"
 CT_TIMEOUT=90 ct systemctl stop instacart-tokend.socket instacart-tokend.service
