@@ -59,6 +59,14 @@ void systemd_reload_discard(void);
  * directory's owner, readable by it only. Returns how many, or -errno
  * (logged, naming the file). */
 int systemd_stage_credentials(const char *unit);
+/* As root: the same copies into a new private directory under /run, named
+ * in ret_dir, for --check-config --unit: the configuration checked with
+ * exactly the credentials the unit will be given. Remove it with
+ * systemd_unit_credentials_done(). */
+int systemd_unit_credentials(const char *unit, char *ret_dir, size_t size);
+void systemd_unit_credentials_done(const char *dir);
+/* Rewrites a message about a copy in dir to name the unit's file. */
+void systemd_unit_credentials_explain(const char *dir, char *msg, size_t size);
 /* The daemon's verdict on the reload asked for with tag: refused is the
  * reason, or NULL when applied. Written into $RUNTIME_DIRECTORY. */
 void systemd_reload_confirm(int tag, const char *refused);

@@ -29,6 +29,8 @@ static void help(void) {
            "      --check-config   check the configuration and the client secret, then exit\n"
            "      --credentials-dir DIR  take the credentials (client_secret, shared_key,\n"
            "                       redis_password) from DIR, as the unit's LoadCredential= passes them\n"
+           "      --unit UNIT      with --check-config, as root: the credentials UNIT's\n"
+           "                       LoadCredential= names, read from their files\n"
            "      --reload PID     the unit's ExecReload=: check the configuration as the service\n"
            "                       sees it, reload tokend PID and wait until it has applied it\n"
            "      --stage-credentials UNIT  the unit's ExecReload=+ (root): copy the credentials\n"
@@ -41,7 +43,7 @@ static void help(void) {
 }
 
 int main(int argc, char **argv) {
-    enum { ARG_VERSION = 0x100, ARG_CHECK, ARG_CORE, ARG_CREDS, ARG_RELOAD, ARG_STAGE };
+    enum { ARG_VERSION = 0x100, ARG_CHECK, ARG_CORE, ARG_CREDS, ARG_RELOAD, ARG_STAGE, ARG_UNIT };
     static const struct option options[] = {
         { "config", required_argument, NULL, 'c' },
         { "check-config", no_argument, NULL, ARG_CHECK },
@@ -49,11 +51,13 @@ int main(int argc, char **argv) {
         { "credentials-dir", required_argument, NULL, ARG_CREDS },
         { "reload", required_argument, NULL, ARG_RELOAD },
         { "stage-credentials", required_argument, NULL, ARG_STAGE },
+        { "unit", required_argument, NULL, ARG_UNIT },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, ARG_VERSION },
         { 0 },
     };
-    const char *path = TOKEND_DEFAULT_CONFIG, *creds = getenv("CREDENTIALS_DIRECTORY"), *stage = NULL;
+    const char *path = TOKEND_DEFAULT_CONFIG, *creds = getenv("CREDENTIALS_DIRECTORY"), *stage = NULL, *unit = NULL;
+    char unit_creds[64] = "";
     bool check = false, cores = false;
     long reload_pid = 0;
     char err[CONFIG_ERR_MAX];
@@ -87,6 +91,9 @@ int main(int argc, char **argv) {
         }
         case ARG_STAGE:
             stage = optarg;
+            break;
+        case ARG_UNIT:
+            unit = optarg;
             break;
         case 'h':
             help();
@@ -133,7 +140,21 @@ int main(int argc, char **argv) {
         }
         return 0;
     }
+    if (unit) {
+        if (!check) {
+            fprintf(stderr, "instacart-tokend: --unit goes with --check-config\n");
+            return 2;
+        }
+        if (systemd_unit_credentials(unit, unit_creds, sizeof(unit_creds)) < 0)
+            return 1;
+        creds = unit_creds;
+    }
     r = config_load(path, creds, &cfg, err);
+    if (unit_creds[0]) {
+        if (r < 0)
+            systemd_unit_credentials_explain(unit_creds, err, sizeof(err));
+        systemd_unit_credentials_done(unit_creds);
+    }
     if (r < 0) {
         log_error("%s", err);
         return 1;

@@ -336,12 +336,11 @@ int systemd_reload_config_load(const char *path, config **ret, char *err) {
     return r;
 }
 
-void systemd_reload_discard(void) {
-    const char *rt = runtime_dir();
+static void discard_in(const char *dir) {
     DIR *d;
     struct dirent *e;
 
-    if (!rt || !(d = opendir(rt)))
+    if (!dir || !(d = opendir(dir)))
         return;
     /* the directory is ours: every regular file in it but the verdict is a
      * staged copy or its origin (a Unix socket there is not touched) */
@@ -354,6 +353,10 @@ void systemd_reload_discard(void) {
         unlinkat(dirfd(d), e->d_name, 0);
     }
     closedir(d);
+}
+
+void systemd_reload_discard(void) {
+    discard_in(runtime_dir());
 }
 
 /* Writes text to name in the directory dirfd, whole or not at all, owned
@@ -449,8 +452,7 @@ static int stage_one(int dfd, const struct stat *dir, const char *id, const char
     return r;
 }
 
-int systemd_stage_credentials(const char *unit) {
-    const char *rt = runtime_dir();
+static int stage_into(const char *unit, const char *rt) {
     sd_bus_error error = SD_BUS_ERROR_NULL;
     sd_bus_message *reply = NULL;
     sd_bus *bus = NULL;
@@ -504,7 +506,7 @@ int systemd_stage_credentials(const char *unit) {
         staged++;
     }
     if (r < 0) {
-        systemd_reload_discard();
+        discard_in(rt);
         goto out;
     }
     r = staged;
@@ -516,6 +518,38 @@ out:
     if (dfd >= 0)
         close(dfd);
     return r;
+}
+
+int systemd_stage_credentials(const char *unit) {
+    return stage_into(unit, runtime_dir());
+}
+
+int systemd_unit_credentials(const char *unit, char *ret_dir, size_t size) {
+    char dir[] = "/run/instacart-tokend-check.XXXXXX";
+    int r;
+
+    /* memory (/run), root's only, gone when the check ends */
+    if (!mkdtemp(dir)) {
+        r = -errno;
+        log_error("cannot make a private directory for %s's credentials: %s", unit, strerror(errno));
+        return r;
+    }
+    r = stage_into(unit, dir);
+    if (r < 0) {
+        rmdir(dir);
+        return r;
+    }
+    snprintf(ret_dir, size, "%s", dir);
+    return 0;
+}
+
+void systemd_unit_credentials_explain(const char *dir, char *msg, size_t size) {
+    name_origins(dir, msg, size);
+}
+
+void systemd_unit_credentials_done(const char *dir) {
+    discard_in(dir);
+    rmdir(dir);
 }
 
 void systemd_reload_confirm(int tag, const char *refused) {

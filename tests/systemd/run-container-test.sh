@@ -514,6 +514,59 @@ read -r sb2 hb2 fb2 < <(at b token shared-user)
 echo "a restored its $ea tokens (its own: the same token for shared-user); b untouched with $(entries b)"
 ct systemctl stop instacart-tokend@a.socket instacart-tokend@b.socket instacart-tokend@a.service instacart-tokend@b.service
 
+step "fleet mode's key as a credential under the unit"
+# Redis need not answer for this: the key is read at start and at reload
+CONFDIR=${CONFIG%/*}
+cat >"$ROOT$CONFDIR/c.conf" <<EOF
+[upstream]
+base_url = http://127.0.0.1:9797
+client_id = ct-client-c
+[server]
+listen = unix:/run/instacart-tokend-c.sock
+[shared]
+redis = 127.0.0.1:6379
+key_file = $CONFDIR/c.shared-key
+EOF
+write_secret "$CONFDIR/c.client-secret" secret-c-1
+write_secret "$CONFDIR/c.shared-key" "$(printf 'ab%.0s' $(seq 32))"
+# a root-only key_file: the dynamic user cannot read it
+if CT_TIMEOUT=60 ct systemctl start instacart-tokend@c.service 2>/dev/null; then
+    fail "instance c started with a root-only key_file, which its dynamic user cannot read"
+fi
+JOURNAL_UNIT=instacart-tokend@c.service journal_has "c.shared-key.*Permission denied" ||
+    fail "the journal does not say why the root-only key_file failed"
+echo "a root-only key_file: refused at start, as expected (Permission denied)"
+# the supported way: the key as the credential shared_key
+sed -i '/^key_file/d' "$ROOT$CONFDIR/c.conf"
+mkdir -p "$ROOT/etc/systemd/system/instacart-tokend@c.service.d"
+printf '[Service]\nLoadCredential=shared_key:%s\n' "$CONFDIR/c.shared-key" \
+    >"$ROOT/etc/systemd/system/instacart-tokend@c.service.d/fleet.conf"
+ct systemctl daemon-reload
+ct systemctl reset-failed instacart-tokend@c.service
+CT_TIMEOUT=60 ct systemctl start instacart-tokend@c.service || fail "instance c does not start with the key as a credential"
+redis=$(at c status | python3 -c 'import json,sys; print(json.load(sys.stdin)["config"]["shared"]["redis"])')
+[[ $redis == 127.0.0.1:6379 ]] || fail "instance c is not in fleet mode ($redis)"
+ct instacart-tokend --check-config --config "$CONFDIR/c.conf" --unit instacart-tokend@c.service ||
+    fail "--check-config --unit does not accept the credentials the unit names"
+write_secret "$CONFDIR/c.shared-key" short
+if out=$(ct instacart-tokend --check-config --config "$CONFDIR/c.conf" --unit instacart-tokend@c.service 2>&1); then
+    fail "--check-config --unit accepted a broken shared key"
+fi
+grep -q "$CONFDIR/c.shared-key: the fleet's shared key must be" <<<"$out" || fail "--check-config --unit: $out"
+[[ -z $(ct find /run -maxdepth 1 -name 'instacart-tokend-check.*') ]] || fail "--check-config --unit left its copies"
+write_secret "$CONFDIR/c.shared-key" "$(printf 'ab%.0s' $(seq 32))"
+echo "the key as LoadCredential=shared_key: started in fleet mode; --check-config --unit checks the unit's files"
+# a reload copies the credential afresh: a broken key is refused, naming the operator's file
+write_secret "$CONFDIR/c.shared-key" not-a-key
+if ct systemctl reload instacart-tokend@c.service 2>/dev/null; then fail "a reload took a broken shared key"; fi
+JOURNAL_UNIT=instacart-tokend@c.service journal_has "$CONFDIR/c.shared-key: the fleet's shared key must be exactly 64 hex digits" ||
+    fail "the refused reload does not name $CONFDIR/c.shared-key"
+[[ $(ct systemctl is-active instacart-tokend@c.service) == active ]] || fail "a refused reload stopped instance c"
+write_secret "$CONFDIR/c.shared-key" "$(printf 'cd%.0s' $(seq 32))"
+ct systemctl reload instacart-tokend@c.service || fail "a reload with a new good shared key failed"
+echo "a reload re-reads the credential: a broken key refused naming $CONFDIR/c.shared-key, a new one applied"
+ct systemctl stop instacart-tokend@c.socket instacart-tokend@c.service
+
 step "systemctl stop is clean"
 CT_TIMEOUT=90 ct systemctl stop instacart-tokend.socket instacart-tokend.service
 show=$(ct systemctl show -p ActiveState -p Result -p ExecMainStatus instacart-tokend.service)
