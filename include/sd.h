@@ -39,3 +39,42 @@ int systemd_store_remove(const char *name);
  * address ("127.0.0.1:8787", "[::1]:8787"; a wildcard address is probed on
  * loopback) within timeout_ms. Returns 0 on a 200, -errno otherwise. */
 int systemd_probe_http(const char *address, uint64_t timeout_ms);
+
+/* ---- reload under systemd: see sd.c ---- */
+#include <sys/types.h>
+struct config;
+/* Where a reload finds the credentials: the copies ExecReload=+ staged in
+ * $RUNTIME_DIRECTORY when the client secret's is there, else systemd's
+ * $CREDENTIALS_DIRECTORY (may be NULL). */
+const char *systemd_reload_credentials_dir(void);
+/* Whether a reload reads staged copies. */
+bool systemd_reload_staged(void);
+/* config_load() as a reload does it; a message about a staged copy names
+ * the operator's file it came from. */
+int systemd_reload_config_load(const char *path, struct config **ret, char *err);
+/* Deletes the staged copies (read or refused, a copy of a secret goes). */
+void systemd_reload_discard(void);
+/* As root (ExecReload=+): copies each credential the unit's LoadCredential=
+ * names from its source file into $RUNTIME_DIRECTORY, owned by that
+ * directory's owner, readable by it only. Returns how many, or -errno
+ * (logged, naming the file). */
+int systemd_stage_credentials(const char *unit);
+/* As root: the same copies into a new private directory under /run, named
+ * in ret_dir, for --check-config --unit: the configuration checked with
+ * exactly the credentials the unit will be given. Remove it with
+ * systemd_unit_credentials_done(). */
+int systemd_unit_credentials(const char *unit, char *ret_dir, size_t size);
+void systemd_unit_credentials_done(const char *dir);
+/* Rewrites a message about a copy in dir to name the unit's file. */
+void systemd_unit_credentials_explain(const char *dir, char *msg, size_t size);
+/* The daemon's verdict on the reload asked for with tag: refused is the
+ * reason, or NULL when applied. Written into $RUNTIME_DIRECTORY. */
+void systemd_reload_confirm(int tag, const char *refused);
+/* Signals pid (SIGHUP, tagged) and waits up to timeout_ms for its verdict.
+ * Returns 0 when applied; -EINVAL with the reason in err when refused;
+ * -ETIMEDOUT or another -errno with a message in err. */
+int systemd_reload_request(pid_t pid, uint64_t timeout_ms, char *err, size_t size);
+/* Under socket activation: warns when the socket systemd passed is not
+ * what [server] listen says (listening: the addresses served, as
+ * api_listening() gives them), naming both and how to change the port. */
+void systemd_check_listen(const struct config *cfg, const char *listening);

@@ -51,8 +51,16 @@ int log_level_from_string(const char *s) {
 
 /* JOURNAL_STREAM is inherited by children whose stderr went elsewhere; only
  * a match with stderr's own device and inode means the journal reads it. */
+static char identifier[96] = "SYSLOG_IDENTIFIER=instacart-tokend";
+
 static void detect_journal(void) {
     const char *e = getenv("JOURNAL_STREAM");
+    /* the unit's SyslogIdentifier= reaches stderr's lines only: an instance
+     * of the template unit passes its own for ours too */
+    const char *ident = getenv("TOKEND_SYSLOG_IDENTIFIER");
+
+    if (ident && *ident && strlen(ident) < 64 && !strpbrk(ident, "\n="))
+        snprintf(identifier, sizeof(identifier), "SYSLOG_IDENTIFIER=%s", ident);
     unsigned long long dev, ino;
     struct stat st;
     int n = 0;
@@ -82,8 +90,7 @@ static int send_journal(int level, const char *msgid, const char *fields, const 
     snprintf(msg, sizeof(msg), "MESSAGE=%s", line);
     iov[n++] = (struct iovec){ prio, strlen(prio) };
     iov[n++] = (struct iovec){ msg, strlen(msg) };
-    iov[n++] = (struct iovec){ (char *)"SYSLOG_IDENTIFIER=instacart-tokend",
-                               sizeof("SYSLOG_IDENTIFIER=instacart-tokend") - 1 };
+    iov[n++] = (struct iovec){ identifier, strlen(identifier) };
     if (msgid) {
         snprintf(id, sizeof(id), "MESSAGE_ID=%s", msgid);
         iov[n++] = (struct iovec){ id, strlen(id) };

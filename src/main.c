@@ -9,6 +9,7 @@
 #include <hiredis/hiredis.h>
 #include <microhttpd.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,9 +19,10 @@
 #include "build-config.h"
 #include "config.h"
 #include "log.h"
+#include "sd.h"
 #include "service.h"
 
-enum { ARG_VERSION = 0x100, ARG_CHECK, ARG_CORE, ARG_DESCRIBE };
+enum { ARG_VERSION = 0x100, ARG_CHECK, ARG_CORE, ARG_DESCRIBE, ARG_CREDS, ARG_RELOAD, ARG_STAGE, ARG_UNIT };
 
 /* Every option: getopt's table, and the line --help prints for it. */
 static const struct option options[] = {
@@ -28,10 +30,18 @@ static const struct option options[] = {
     { "check-config", no_argument, NULL, ARG_CHECK },
     { "describe-config", optional_argument, NULL, ARG_DESCRIBE },
     { "allow-core-dumps", no_argument, NULL, ARG_CORE },
+    { "credentials-dir", required_argument, NULL, ARG_CREDS },
+    { "reload", required_argument, NULL, ARG_RELOAD },
+    { "stage-credentials", required_argument, NULL, ARG_STAGE },
+    { "unit", required_argument, NULL, ARG_UNIT },
     { "help", no_argument, NULL, 'h' },
     { "version", no_argument, NULL, ARG_VERSION },
     { 0 },
 };
+
+/* How long ExecReload= waits for the daemon's verdict: within the unit's
+ * TimeoutStartSec= (30 s), which bounds ExecReload= too. */
+#define RELOAD_WAIT_MS 20000
 
 static void help(void) {
     printf("Usage: instacart-tokend [OPTIONS]\n"
@@ -41,6 +51,14 @@ static void help(void) {
            "      --describe-config[=text|json]\n"
            "                       print every configuration key (section, key, type, default,\n"
            "                       bounds, what a reload does, help), then exit\n"
+           "      --credentials-dir DIR  take the credentials (client_secret, shared_key,\n"
+           "                       redis_password) from DIR, as the unit's LoadCredential= passes them\n"
+           "      --unit UNIT      with --check-config, as root: the credentials UNIT's\n"
+           "                       LoadCredential= names, read from their files\n"
+           "      --reload PID     the unit's ExecReload=: check the configuration as the service\n"
+           "                       sees it, reload tokend PID and wait until it has applied it\n"
+           "      --stage-credentials UNIT  the unit's ExecReload=+ (root): copy the credentials\n"
+           "                       UNIT loads into its runtime directory for the reload\n"
            "      --allow-core-dumps  let a crash write a core dump (it would hold the secret and\n"
            "                       tokens: only with a throwaway secret, see the README)\n"
            "  -h, --help           show this help\n"
@@ -87,8 +105,10 @@ static int describe(const char *format) {
 }
 
 int main(int argc, char **argv) {
-    const char *path = TOKEND_DEFAULT_CONFIG;
+    const char *path = TOKEND_DEFAULT_CONFIG, *creds = getenv("CREDENTIALS_DIRECTORY"), *stage = NULL, *unit = NULL;
+    char unit_creds[64] = "";
     bool check = false, cores = false;
+    long reload_pid = 0;
     char err[CONFIG_ERR_MAX];
     config *cfg = NULL;
     int c, r;
@@ -103,6 +123,26 @@ int main(int argc, char **argv) {
             break;
         case ARG_CORE:
             cores = true;
+            break;
+        case ARG_CREDS:
+            creds = optarg;
+            break;
+        case ARG_RELOAD: {
+            char *end;
+            errno = 0;
+            reload_pid = strtol(optarg, &end, 10);
+            if (errno || end == optarg || *end || reload_pid <= 1 || reload_pid > INT32_MAX) {
+                fprintf(stderr, "instacart-tokend: --reload takes the daemon's pid ($MAINPID), not '%s'\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        }
+        case ARG_STAGE:
+            stage = optarg;
+            break;
+        case ARG_UNIT:
+            unit = optarg;
             break;
         case 'h':
             help();
@@ -133,7 +173,39 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    r = config_load(path, getenv("CREDENTIALS_DIRECTORY"), &cfg, err);
+    if (stage) /* as root, before the service's own check below */
+        return systemd_stage_credentials(stage) < 0 ? 1 : 0;
+    if (reload_pid) {
+        /* exactly as the daemon will load it, as its user, in its sandbox */
+        r = systemd_reload_config_load(path, &cfg, err);
+        if (r < 0) {
+            systemd_reload_discard();
+            log_error("reload refused, tokend keeps serving with the previous configuration: %s", err);
+            return 1;
+        }
+        config_free(cfg);
+        r = systemd_reload_request((pid_t)reload_pid, RELOAD_WAIT_MS, err, sizeof(err));
+        if (r < 0) {
+            log_error("reload %s: %s", r == -EINVAL ? "refused" : "failed", err);
+            return 1;
+        }
+        return 0;
+    }
+    if (unit) {
+        if (!check) {
+            fprintf(stderr, "instacart-tokend: --unit goes with --check-config\n");
+            return 2;
+        }
+        if (systemd_unit_credentials(unit, unit_creds, sizeof(unit_creds)) < 0)
+            return 1;
+        creds = unit_creds;
+    }
+    r = config_load(path, creds, &cfg, err);
+    if (unit_creds[0]) {
+        if (r < 0)
+            systemd_unit_credentials_explain(unit_creds, err, sizeof(err));
+        systemd_unit_credentials_done(unit_creds);
+    }
     if (r < 0) {
         log_error("%s", err);
         return 1;

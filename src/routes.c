@@ -429,6 +429,16 @@ static int route_status(const struct call *c, struct request *r, answer *ans) {
     pthread_mutex_unlock(&c->a->lock);
     if (cfg)
         cJSON_AddItemToObject(j, "config", cfg);
+    /* what is really served: under socket activation, systemd's sockets */
+    o = cJSON_AddArrayToObject(j, "listening");
+    for (const char *p = api_listening(c->a); o && *p; p += strspn(p, " ")) {
+        size_t len = strcspn(p, " ");
+        char *word = strndup(p, len);
+        if (word)
+            cJSON_AddItemToArray(o, cJSON_CreateString(word));
+        free(word);
+        p += len;
+    }
     o = cJSON_AddObjectToObject(j, "cache");
     if (o) {
         cJSON_AddNumberToObject(o, "entries", (double)cs.entries);

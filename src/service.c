@@ -121,8 +121,9 @@ static const char *status_text(struct service *s) {
         if (s->sh)
             shared_get_stats(s->sh, &ss);
         snprintf(s->status, sizeof(s->status),
-                 "%llu tokens cached; mints: %llu ok, %llu failed; Instacart: %s, %u in flight; %llu requests served%s",
-                 cs.entries, us.mints_ok, failed, s->upstream_state, us.in_flight,
+                 "%llu token%s cached; mints: %llu ok, %llu failed; Instacart: %s, %u in flight; %llu requests "
+                 "served%s",
+                 cs.entries, cs.entries == 1 ? "" : "s", us.mints_ok, failed, s->upstream_state, us.in_flight,
                  as.requests > s->probes ? as.requests - s->probes : 0,
                  !s->sh ? "" : ss.up ? "; fleet: sharing through Redis" : "; fleet: degraded, Redis out of reach");
     }
@@ -210,39 +211,28 @@ static void warn_needs_restart(const config *boot, const config *old, const conf
                     now->path, restart);
 }
 
-/* Where a reload finds the secret. systemd copies LoadCredential= only at
- * start; the unit's ExecReload= puts a rotated secret into our runtime
- * directory first (see instacart-tokend.service). *ret_copy names that copy,
- * or is "" when there is none. */
-static const char *reload_credentials_dir(char *ret_copy, size_t size) {
-    const char *rt = getenv("RUNTIME_DIRECTORY");
-
-    ret_copy[0] = '\0';
-    if (rt && *rt && !strchr(rt, ':') && snprintf(ret_copy, size, "%s/client_secret", rt) < (int)size &&
-        access(ret_copy, F_OK) == 0)
-        return rt;
-    ret_copy[0] = '\0';
-    return getenv("CREDENTIALS_DIRECTORY");
-}
-
 /* SIGHUP: the whole configuration and the secret again, applied only if all
- * of it is valid; otherwise the old one keeps serving. */
-static void reload(struct service *s) {
-    char err[CONFIG_ERR_MAX], rotated[4096];
+ * of it is valid; otherwise the old one keeps serving. Under the unit the
+ * credentials come staged by ExecReload= (systemd copies LoadCredential=
+ * only at start), and the verdict goes back to ExecReload=, which asked
+ * with tag (0: a plain SIGHUP). */
+static void reload(struct service *s, int tag) {
+    char err[CONFIG_ERR_MAX];
     const config *old = effective(s);
     config *n = NULL;
     const char *from;
-    bool flush, fleet_toggled;
+    bool flush, fleet_toggled, staged;
     int r;
 
     systemd_reloading();
-    from = reload_credentials_dir(rotated, sizeof(rotated));
-    r = config_load(s->path, from, &n, err);
-    if (rotated[0])
-        unlink(rotated); /* read or refused: a copy of the secret goes either way */
+    staged = systemd_reload_staged();
+    from = systemd_reload_credentials_dir();
+    r = systemd_reload_config_load(s->path, &n, err);
+    systemd_reload_discard(); /* read or refused: the copies of secrets go either way */
     if (r < 0) {
         log_event(LOG_ERR, LOG_ID_RELOAD_FAILED, NULL,
                   "reload refused, still serving with the previous configuration: %s", err);
+        systemd_reload_confirm(tag, err);
         systemd_ready(status_text(s));
         return;
     }
@@ -251,6 +241,8 @@ static void reload(struct service *s) {
     if (r < 0) {
         log_event(LOG_ERR, LOG_ID_RELOAD_FAILED, NULL,
                   "reload failed (%s), still serving with the previous configuration", strerror(-r));
+        snprintf(err, sizeof(err), "the new credentials could not be applied (%s)", strerror(-r));
+        systemd_reload_confirm(tag, err);
         config_free(n);
         systemd_ready(status_text(s));
         return;
@@ -277,10 +269,12 @@ static void reload(struct service *s) {
     log_event(LOG_NOTICE, LOG_ID_RELOADED, NULL,
               "reloaded %s: minting as client id %s at %s, with the secret from %s", n->path,
               n->client_id, n->base_url,
-              rotated[0] ? "ExecReload= (rotated)" : from ? "the systemd credential" : n->client_secret_file);
+              staged ? "the credential ExecReload= copied afresh" : from ? "the systemd credential"
+                                                                     : n->client_secret_file);
     api_set_config(s->a, s->boot, n);
     config_free(s->current);
     s->current = n;
+    systemd_reload_confirm(tag, NULL); /* applied: every module has the new values */
     systemd_ready(status_text(s));
 }
 
@@ -364,6 +358,7 @@ int service_run(const char *path, config *cfg) {
     api *a = NULL;
     sigset_t mask;
     int sfd = -1, listen_fd = -1, cache_fd = -1, r;
+    bool passed;
     cache_settings cs = {
         .max_entries = cfg->max_entries,
         .min_ttl_ms = cfg->min_ttl_ms,
@@ -428,6 +423,7 @@ int service_run(const char *path, config *cfg) {
     r = upstream_start(up);
     if (r < 0)
         goto out;
+    passed = listen_fd >= 0;
     r = api_new(cfg, cfg->keys, c, up, sh, rv, listen_fd, &a);
     listen_fd = -1; /* the server owns it and the keys, even when it failed */
     cfg->keys = NULL;
@@ -438,6 +434,8 @@ int service_run(const char *path, config *cfg) {
         r = -EPERM;
         goto out;
     }
+    if (passed)
+        systemd_check_listen(cfg, api_listening(a));
     log_event(LOG_NOTICE, LOG_ID_STARTED, NULL, "listening on %s (Instacart at %s, client id %s)",
               api_listening(a), cfg->base_url, cfg->client_id);
     /* ready: listening, credentials loaded, the old cache restored */
@@ -458,8 +456,8 @@ int service_run(const char *path, config *cfg) {
         if (poll(&p, 1, (int)wait) > 0 && read(sfd, &si, sizeof(si)) == sizeof(si)) {
             if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
                 break;
-            if (si.ssi_signo == SIGHUP)
-                reload(&s);
+            if (si.ssi_signo == SIGHUP) /* ExecReload= tags its request (sigqueue) */
+                reload(&s, si.ssi_code == SI_QUEUE ? si.ssi_int : 0);
         }
         cache_sweep(c);
         revocations_tick(rv);

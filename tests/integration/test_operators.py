@@ -184,3 +184,48 @@ def test_connections_to_instacart_are_reused(stub, tokend):
     m = metrics(tokend)[0]
     assert m["tokend_upstream_requests_total"] == 5
     assert m["tokend_upstream_connections_total"] == 1, "a new connection (TLS handshake) per mint"
+
+
+# ---------------------------------------------------------------- checking what the unit will see
+
+def check_config(conf, *args):
+    import os
+    from conftest import TOKEND_EXE
+    env = {k: v for k, v in os.environ.items() if k not in ("CREDENTIALS_DIRECTORY", "RUNTIME_DIRECTORY")}
+    return subprocess.run([TOKEND_EXE, "--check-config", "--config", str(conf), *args], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+
+
+def private(path, text, mode=0o400):
+    import os
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+
+
+def test_check_config_takes_the_credentials_the_unit_passes(tmp_path):
+    # fleet mode as the shipped unit runs it: no secret, key or password
+    # file in the configuration, all three as LoadCredential= credentials
+    conf = tmp_path / "tokend.conf"
+    conf.write_text("[upstream]\nbase_url = http://127.0.0.1:9\nclient_id = c\n"
+                    "[shared]\nredis = 127.0.0.1:1\nusername = tokend\n")
+    creds = tmp_path / "credentials"
+    creds.mkdir(mode=0o700)
+    private(creds / "client_secret", "s3cret")
+    private(creds / "shared_key", "ab" * 32)
+    private(creds / "redis_password", "redis-pass")
+
+    r = check_config(conf)
+    assert r.returncode != 0 and "client_secret" in r.stderr, r.stderr  # nothing passed
+    r = check_config(conf, "--credentials-dir", str(creds))
+    assert r.returncode == 0, r.stderr
+    assert "configuration OK" in r.stdout
+
+    private(creds / "shared_key", "not-hex")
+    r = check_config(conf, "--credentials-dir", str(creds))
+    assert r.returncode != 0
+    assert f"{creds}/shared_key" in r.stderr and "64 hex digits" in r.stderr, r.stderr
+    private(creds / "shared_key", "ab" * 32)
+    (creds / "redis_password").unlink()
+    r = check_config(conf, "--credentials-dir", str(creds))
+    assert r.returncode != 0 and "redis_password" in r.stderr, r.stderr

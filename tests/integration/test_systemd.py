@@ -227,10 +227,10 @@ def test_ready_only_once_serving_then_status_and_watchdog(stub, notify, make_sd)
     ready = notify.wait("READY", "1")
     assert notify.on_ready_error is None and answers == [200], (notify.on_ready_error, answers)
     assert t.port == port, "did not use the passed socket"
-    assert "tokens cached" in ready[0][1]["STATUS"]
+    assert "0 tokens cached" in ready[0][1]["STATUS"]
 
     assert t.token("alice").status == 200
-    wait_for(lambda: any("1 tokens cached" in f["STATUS"] and "1 ok" in f["STATUS"]
+    wait_for(lambda: any("1 token cached" in f["STATUS"] and "1 ok" in f["STATUS"]
                          for _, f, _ in notify.with_key("STATUS")),
              what="a STATUS line counting the token and the mint")
     # pings keep coming (about every third of the interval), never further
@@ -272,6 +272,36 @@ def test_binds_from_the_configuration_without_passed_sockets(stub, notify, make_
     notify.wait("READY", "1")
     assert t.get("/healthz").status == 200
     assert t.token("bob").status == 200
+
+
+def test_a_passed_socket_other_than_listen_is_warned_about_and_reported(stub, notify, make_sd):
+    import json
+    sock = listening_socket()
+    port = sock.getsockname()[1]
+    other = listening_socket()  # a port the configuration names, not passed
+    listen = f"127.0.0.1:{other.getsockname()[1]}"
+    t = make_sd(stub, notify, fds=[sock.fileno()], names=["http"], sections={"server": {"listen": listen}})
+    sock.close()
+    notify.wait("READY", "1")
+    line = next((l for l in t.log().splitlines() if "systemd passed a socket" in l), None)
+    assert line, t.log()
+    assert f"listen = {listen}" in line and f"127.0.0.1:{port}" in line and "ListenStream=" in line, line
+    status = json.loads(t.get("/v1/status").body)
+    assert status["listening"] == [f"http://127.0.0.1:{port}"], status
+    other.close()
+
+
+def test_a_passed_socket_that_is_listen_is_not_warned_about(stub, notify, make_sd):
+    import json
+    sock = listening_socket()
+    port = sock.getsockname()[1]
+    t = make_sd(stub, notify, fds=[sock.fileno()], names=["http"],
+                sections={"server": {"listen": f"localhost:{port}"}})
+    sock.close()
+    notify.wait("READY", "1")
+    assert t.token("alice").status == 200
+    assert "systemd passed a socket" not in t.log()
+    assert json.loads(t.get("/v1/status").body)["listening"] == [f"http://127.0.0.1:{port}"]
 
 
 def test_foreign_descriptors_are_closed_with_a_warning(stub, notify, make_sd):
@@ -337,7 +367,7 @@ def test_reload_takes_the_secret_exec_reload_hands_over(stub, notify, make_sd, t
     write_private(run / "client_secret", "rotated-secret")
     t.signal(signal.SIGHUP)
     notify.wait("READY", "1", count=2)
-    wait_for(lambda: "secret from ExecReload= (rotated)" in t.log(), what="the reload")
+    wait_for(lambda: "secret from the credential ExecReload= copied afresh" in t.log(), what="the reload")
     assert not (run / "client_secret").exists(), "the copy of the secret was left behind"
     assert t.token("bob").status == 200
     assert t.token("alice").header("x-cache") == "hit"
@@ -367,6 +397,99 @@ def test_reload_with_a_missing_secret_keeps_the_old_one(stub, notify, make_sd):
     t.signal(signal.SIGHUP)
     notify.wait("READY", "1", count=2)
     wait_for(lambda: "reload refused" in t.log(), what="the refusal in the log")
+    assert t.token("bob").status == 200
+
+
+# ExecReload= under the unit: `instacart-tokend --reload $MAINPID`, as the
+# service, with its runtime directory and credentials.
+
+def reload_helper(t, run, creds=None):
+    env = {k: v for k, v in os.environ.items() if k not in ("CREDENTIALS_DIRECTORY", "JOURNAL_STREAM")}
+    env["RUNTIME_DIRECTORY"] = str(run)
+    if creds:
+        env["CREDENTIALS_DIRECTORY"] = str(creds)
+    return subprocess.run([TOKEND_EXE, "--config", t.conf_path, "--reload", str(t.proc.pid)], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60 * SLOW)
+
+
+def status_config(t):
+    import json
+    r = t.get("/v1/status")
+    assert r.status == 200, r.body
+    return json.loads(r.body)["config"]
+
+
+def test_exec_reload_returns_once_the_reload_is_applied(stub, notify, make_sd, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    t = make_sd(stub, notify, env={"RUNTIME_DIRECTORY": str(run)})
+    notify.wait("READY", "1")
+    before = status_config(t)
+    t.sections["log"] = {"level": "debug"}
+    t.sections["upstream"]["client_id"] = "another-client"
+    t.write_config()
+    done = reload_helper(t, run)
+    assert done.returncode == 0, done.stderr
+    # applied by the time ExecReload= returns: no waiting here
+    after = status_config(t)
+    assert after != before
+    assert "another-client" in str(after) and "debug" in str(after), after
+
+
+def test_exec_reload_fails_with_the_reason_and_tokend_keeps_serving(stub, notify, make_sd, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    t = make_sd(stub, notify, env={"RUNTIME_DIRECTORY": str(run)})
+    notify.wait("READY", "1")
+    assert t.token("alice").status == 200
+    with open(t.conf_path, "a") as f:
+        f.write("[server]\nno_such_key = 1\n")
+    done = reload_helper(t, run)
+    assert done.returncode != 0
+    assert f"{t.conf_path}:" in done.stderr and "no_such_key" in done.stderr, done.stderr
+    assert t.proc.poll() is None
+    assert t.token("alice").header("x-cache") == "hit"
+    assert t.token("bob").status == 200
+
+
+def test_exec_reload_names_the_operators_file_for_an_empty_secret(stub, notify, make_sd, tmp_path):
+    # the root line staged an empty secret from the operator's file: the
+    # message names that file, and the copies are gone
+    creds, run = tmp_path / "credentials", tmp_path / "run"
+    creds.mkdir(mode=0o700)
+    run.mkdir(mode=0o700)
+    write_private(creds / "client_secret", "test-secret")
+    t = make_sd(stub, notify, env={"CREDENTIALS_DIRECTORY": str(creds), "RUNTIME_DIRECTORY": str(run)})
+    notify.wait("READY", "1")
+    operators = "/etc/instacart-tokend/client-secret"
+    fd = os.open(run / "client_secret", os.O_WRONLY | os.O_CREAT, 0o400)
+    os.close(fd)
+    write_private(run / "client_secret.from", operators)
+    done = reload_helper(t, run, creds)
+    assert done.returncode != 0
+    assert f"{operators}: the client secret is empty" in done.stderr, done.stderr
+    assert str(run) not in done.stderr, done.stderr
+    assert os.listdir(run) == [], "the staged copies were left behind"
+    assert t.token("bob").status == 200
+
+
+def test_exec_reload_hands_the_daemons_own_refusal_back(stub, notify, make_sd, tmp_path):
+    # the check passed, yet the daemon refuses (here: the secret disappears
+    # in between, as the daemon reads it after the check): its reason is
+    # what ExecReload= reports
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    t = make_sd(stub, notify, env={"RUNTIME_DIRECTORY": str(run)})
+    notify.wait("READY", "1")
+    import signal as sig
+    os.unlink(t.secret_path)
+    # the helper's own check refuses first, naming the file
+    done = reload_helper(t, run)
+    assert done.returncode != 0 and t.secret_path in done.stderr, done.stderr
+    # a plain SIGHUP (tag 0) is answered too, and never taken for a request
+    t.signal(sig.SIGHUP)
+    wait_for(lambda: (run / "reload-result").exists(), what="the daemon's verdict")
+    assert (run / "reload-result").read_text().startswith("0 refused\n" + t.secret_path)
     assert t.token("bob").status == 200
 
 

@@ -10,9 +10,16 @@
 # Checks: the units verify without a warning; the socket starts the service;
 # `systemctl status` shows it active with its status line; a token is served;
 # the journal gets structured mint events; a reload with a rotated secret
-# takes effect; `systemctl restart` keeps 1,000 cached tokens (the stand-in
-# counts the mints); a SIGSTOPped daemon is killed and restarted by the
-# watchdog; `systemctl stop` is clean; the security exposure score. It also
+# takes effect; a refused reload (an unknown key, an empty secret) fails
+# `systemctl reload` with the reason while tokend keeps serving, and a good
+# one is applied when `systemctl reload` returns; `systemctl restart` keeps
+# 1,000 cached tokens (the stand-in counts the mints); a SIGSTOPped daemon
+# is killed and restarted by the watchdog; whether `systemctl stop` then
+# `start` keeps the cache, against what the unit says; a drop-in's
+# ListenStream= moves the port, and a listen that differs is warned about;
+# two template instances side by side (own client id, socket, journal
+# identity, reload, cache); `systemctl stop` is clean; the security
+# exposure score. It also
 # measures whether this systemd re-reads LoadCredential= on `systemctl
 # reload` by itself (none up to 257 does), which is why the unit copies a
 # rotated secret with its own ExecReload= line.
@@ -79,7 +86,7 @@ LEADER=
 ct() { timeout "${CT_TIMEOUT:-60}" nsenter -t "$LEADER" -a env SYSTEMD_PAGER= SYSTEMD_COLORS=0 "$@"; }
 # The host's python3 in the container's network only: HTTP to its loopback.
 client() { timeout "${CT_TIMEOUT:-120}" nsenter -t "$LEADER" -n /usr/bin/python3 "$HERE/ct_client.py" "$@"; }
-journal() { ct journalctl --no-pager -u instacart-tokend.service "$@"; }
+journal() { ct journalctl --no-pager -u "${JOURNAL_UNIT:-instacart-tokend.service}" "$@"; }
 # Whether the unit's journal has a line matching $1. Not `journal | grep -q`:
 # grep's early exit would kill journalctl with SIGPIPE, a failure under pipefail.
 journal_has() {
@@ -249,7 +256,12 @@ fi
 
 # ------------------------------------------------------------------ checks
 step "systemd-analyze verify"
-out=$(ct systemd-analyze verify "$UNIT_DIR/instacart-tokend.service" "$UNIT_DIR/instacart-tokend.socket" 2>&1) ||
+for u in instacart-tokend@.service instacart-tokend@.socket; do
+    [[ -f $ROOT$UNIT_DIR/$u ]] || fail "meson install put no $u beside the plain units"
+done
+# --man=no: the root has no man(1) to look the Documentation= pages up with
+out=$(ct systemd-analyze verify --man=no "$UNIT_DIR/instacart-tokend.service" "$UNIT_DIR/instacart-tokend.socket" \
+    "$UNIT_DIR/instacart-tokend@.service" "$UNIT_DIR/instacart-tokend@.socket" 2>&1) ||
     fail "systemd-analyze verify failed: $out"
 [[ -z $out ]] || fail "systemd-analyze verify warned: $out"
 echo "no warning"
@@ -289,7 +301,7 @@ wait_until 10 "the status line to count the mint" sh -c \
 status_out=$(ct systemctl --no-pager status instacart-tokend.service 2>&1 || true)
 echo "$status_out" | sed -n '1,6p'
 grep -q 'Active: active (running)' <<<"$status_out" || fail "status does not say active (running)"
-grep -q 'Status: ".*tokens cached; mints: 1 ok' <<<"$status_out" || fail "status has no status line"
+grep -q 'Status: ".*tokens\? cached; mints: 1 ok' <<<"$status_out" || fail "status has no status line"
 
 step "the journal: structured mint events"
 events=$(journal -o verbose MESSAGE_ID=ad808c4429fd4af99c549760518e4f5c 2>&1)
@@ -313,6 +325,48 @@ read -r status how _ < <(client token first-user)
 [[ $status == 200 && $how == hit ]] || fail "the reload lost the cache ($status $how)"
 journal_has 'reloaded' || fail "no reload in the journal"
 echo "new mints use the rotated secret; same process; cache kept"
+
+step "a refused reload fails systemctl reload with the reason; tokend keeps serving"
+cp -p "$ROOT$CONFIG" "$WORK/config.good"
+printf '[server]\nno_such_key = 1\n' >>"$ROOT$CONFIG"
+pid_before=$(ct systemctl show -p MainPID --value instacart-tokend.service)
+if out=$(ct systemctl reload instacart-tokend.service 2>&1); then
+    fail "systemctl reload succeeded with an unknown key in the configuration"
+fi
+echo "systemctl reload: $out"
+status_out=$(ct systemctl --no-pager -n 20 status instacart-tokend.service 2>&1 || true)
+grep -q "$CONFIG:.*no_such_key" <<<"$status_out" || fail "systemctl status does not show why: $status_out"
+grep "no_such_key" <<<"$status_out" | tail -1
+[[ $(ct systemctl is-active instacart-tokend.service) == active ]] || fail "a refused reload stopped tokend"
+[[ $(ct systemctl show -p MainPID --value instacart-tokend.service) == "$pid_before" ]] ||
+    fail "a refused reload restarted tokend"
+read -r status how _ < <(client token first-user)
+[[ $status == 200 && $how == hit ]] || fail "after a refused reload: $status $how"
+cp -p "$WORK/config.good" "$ROOT$CONFIG"
+
+step "an empty secret fails systemctl reload, naming the operator's file"
+write_secret "$SECRET" ""
+if ct systemctl reload instacart-tokend.service >/dev/null 2>&1; then
+    fail "systemctl reload succeeded with an empty secret"
+fi
+journal_has "$SECRET: the client secret is empty" || fail "the journal does not name $SECRET as empty"
+if journal_has "/run/instacart-tokend/client_secret"; then fail "a message names the runtime copy"; fi
+[[ -z $(ct find /run/instacart-tokend -type f ! -name reload-result) ]] || fail "staged copies were left behind"
+echo "refused, naming $SECRET; no copy left in /run/instacart-tokend"
+write_secret "$SECRET" ct-secret-2
+read -r status _ < <(client token after-refusals)
+[[ $status == 200 ]] || fail "no token after the refused reloads ($status)"
+
+step "a good reload is applied when systemctl reload returns"
+level() { client status | python3 -c 'import json,sys; print(json.load(sys.stdin)["config"]["log"]["level"])'; }
+[[ $(level) == info ]] || fail "the log level is not info before the reload: $(level)"
+sed -i 's/^level = info$/level = debug/' "$ROOT$CONFIG"
+ct systemctl reload instacart-tokend.service || fail "systemctl reload of a good configuration failed"
+now=$(level)
+echo "right after systemctl reload: [log] level = $now"
+[[ $now == debug ]] || fail "systemctl reload returned before tokend applied the new level ($now)"
+cp -p "$WORK/config.good" "$ROOT$CONFIG"
+ct systemctl reload instacart-tokend.service || fail "reloading the original configuration failed"
 
 step "systemctl restart keeps $USERS cached tokens"
 read -r line < <(client fetch "$USERS" user-)
@@ -347,6 +401,171 @@ journal_has 'watchdog timeout' || fail "systemd logged no watchdog timeout"
 echo "killed after the watchdog timeout and restarted: NRestarts $restarts_before -> $(ct systemctl show -p NRestarts --value instacart-tokend.service)"
 read -r status _ < <(client token after-watchdog)
 [[ $status == 200 ]] || fail "no token after the watchdog restart ($status)"
+
+step "systemctl stop then start: does the cache survive?"
+read -r line < <(client fetch 20 stopstart-)
+[[ $line == "ok=20 "* ]] || fail "fetching 20 users: $line"
+CT_TIMEOUT=90 ct systemctl stop instacart-tokend.service
+ct systemctl start instacart-tokend.service
+read -r line < <(client fetch 20 stopstart-)
+kept=no
+[[ $line == "ok=20 hit=20 "* ]] && kept=yes
+echo "RESULT: the cache survives systemctl stop then start: $kept ($line)"
+if grep -q '^FileDescriptorStorePreserve=yes' "$UNIT_FILE"; then
+    [[ $kept == yes ]] || fail "the unit keeps the fd store over a stop, yet the cache was lost"
+else
+    [[ $kept == no ]] || fail "the cache survived a stop although the unit says it does not"
+    grep -q 'loses the cache' "$UNIT_FILE" || fail "the unit does not say that stop then start loses the cache"
+fi
+
+step "a listen other than the socket's: warned about; a drop-in changes the port"
+warnings() { journal -o cat | grep -c 'systemd passed a socket' || true; }
+w0=$(warnings)
+mkdir -p "$ROOT/etc/systemd/system/instacart-tokend.socket.d"
+printf '[Socket]\nListenStream=\nListenStream=127.0.0.1:8788\n' >"$ROOT/etc/systemd/system/instacart-tokend.socket.d/port.conf"
+ct systemctl daemon-reload
+CT_TIMEOUT=90 ct systemctl restart instacart-tokend.socket instacart-tokend.service
+read -r status _ < <(TOKEND_CT_ADDR=127.0.0.1:8788 client token new-port)
+[[ $status == 200 ]] || fail "no token on the drop-in's port 8788 ($status)"
+if TOKEND_CT_ADDR=127.0.0.1:8787 client token old-port >/dev/null 2>&1; then fail "still served on 8787"; fi
+((w0 < $(warnings))) || fail "no warning that listen (8787) is not the socket systemd passed (8788)"
+journal -o cat | grep 'systemd passed a socket' | tail -1
+served=$(TOKEND_CT_ADDR=127.0.0.1:8788 client status | python3 -c 'import json,sys; print(*json.load(sys.stdin)["listening"])')
+echo "/v1/status listening: $served"
+[[ $served == "http://127.0.0.1:8788" ]] || fail "/v1/status reports $served, not the address served"
+sed -i 's/^listen = 127.0.0.1:8787$/listen = 127.0.0.1:8788/' "$ROOT$CONFIG"
+w1=$(warnings)
+CT_TIMEOUT=90 ct systemctl restart instacart-tokend.service
+read -r status _ < <(TOKEND_CT_ADDR=127.0.0.1:8788 client token new-port)
+[[ $status == 200 ]] || fail "no token on 8788 after the restart ($status)"
+((w1 == $(warnings))) || fail "warned although listen now says what the socket does"
+echo "listen = 127.0.0.1:8788 as well: no warning"
+rm -r "$ROOT/etc/systemd/system/instacart-tokend.socket.d"
+cp -p "$WORK/config.good" "$ROOT$CONFIG"
+ct systemctl daemon-reload
+CT_TIMEOUT=90 ct systemctl restart instacart-tokend.socket instacart-tokend.service
+read -r status _ < <(client token back-on-8787)
+[[ $status == 200 ]] || fail "no token on 8787 after the drop-in went ($status)"
+
+step "two template instances side by side"
+client stub-credentials ct-client ct-secret-2 ct-client-a secret-a-1 ct-client-b secret-b-1
+for name in a b; do
+    cat >"$ROOT${CONFIG%/*}/$name.conf" <<EOF
+[upstream]
+base_url = http://127.0.0.1:9797
+client_id = ct-client-$name
+[server]
+listen = unix:/run/instacart-tokend-$name.sock
+[log]
+level = info
+EOF
+    write_secret "${CONFIG%/*}/$name.client-secret" "secret-$name-1"
+done
+ct systemctl start instacart-tokend@a.socket instacart-tokend@b.socket
+at() { TOKEND_CT_ADDR=unix:/proc/$LEADER/root/run/instacart-tokend-$1.sock client "${@:2}"; }
+inst_status() { at "$1" status | python3 -c "import json,sys; s=json.load(sys.stdin); print($2)"; }
+read -r sa ha fa < <(at a token shared-user)
+read -r sb hb fb < <(at b token shared-user)
+[[ $sa == 200 && $sb == 200 ]] || fail "the instances do not both serve: a $sa, b $sb"
+[[ $fa != "$fb" ]] || fail "both instances handed out the same token"
+[[ $(inst_status a 's["config"]["upstream"]["client_id"]') == ct-client-a ]] || fail "instance a is not client a"
+[[ $(inst_status b 's["config"]["upstream"]["client_id"]') == ct-client-b ]] || fail "instance b is not client b"
+for name in a b; do
+    [[ $(ct systemctl is-active "instacart-tokend@$name.service") == active ]] || fail "instance $name is not active"
+    ct journalctl --no-pager -o cat -t "instacart-tokend-$name" | grep -q "listening on unix:/run/instacart-tokend-$name.sock" ||
+        fail "no 'listening' line under the journal identity instacart-tokend-$name"
+    ct test -d "/run/instacart-tokend-$name" || fail "no runtime directory /run/instacart-tokend-$name"
+done
+echo "a and b serve their own client ids on their own sockets, each under its own journal identity"
+at a fetch 30 a-user- >/dev/null
+at b fetch 10 b-user- >/dev/null
+
+step "a reload of one instance leaves the other alone"
+pid_b=$(ct systemctl show -p MainPID --value instacart-tokend@b.service)
+client stub-credentials ct-client ct-secret-2 ct-client-a secret-a-2 ct-client-b secret-b-1
+write_secret "${CONFIG%/*}/a.client-secret" secret-a-2
+sed -i 's/^level = info$/level = debug/' "$ROOT${CONFIG%/*}/a.conf"
+ct systemctl reload instacart-tokend@a.service || fail "reloading instance a failed"
+[[ $(inst_status a 's["config"]["log"]["level"]') == debug ]] || fail "instance a's reload is not applied"
+read -r status _ < <(at a token after-a-rotation)
+[[ $status == 200 ]] || fail "instance a does not mint with its rotated secret ($status)"
+[[ $(inst_status b 's["config"]["log"]["level"]') == info ]] || fail "instance b's configuration changed"
+[[ $(ct systemctl show -p MainPID --value instacart-tokend@b.service) == "$pid_b" ]] || fail "instance b was restarted"
+if ct journalctl --no-pager -o cat -t instacart-tokend-b | grep -q reloaded; then fail "instance b reloaded"; fi
+[[ -z $(ct find /run/instacart-tokend-b -type f) ]] || fail "something was staged in instance b's runtime directory"
+read -r status _ < <(at b token after-a-rotation)
+[[ $status == 200 ]] || fail "instance b stopped minting ($status)"
+echo "a reloaded with its rotated secret; b untouched (same process, level info, nothing staged)"
+
+step "a restart of one instance keeps that instance's cache only"
+entries() { inst_status "$1" 's["cache"]["entries"]'; }
+ea=$(entries a)
+eb=$(entries b)
+pid_a=$(ct systemctl show -p MainPID --value instacart-tokend@a.service)
+CT_TIMEOUT=90 ct systemctl restart instacart-tokend@a.service
+[[ $(ct systemctl show -p MainPID --value instacart-tokend@a.service) != "$pid_a" ]] || fail "a was not restarted"
+[[ $(entries a) == "$ea" ]] || fail "instance a restored $(entries a) tokens, not its own $ea"
+read -r sa2 ha2 fa2 < <(at a token shared-user)
+[[ $sa2 == 200 && $ha2 == hit && $fa2 == "$fa" ]] || fail "instance a's own token was not restored ($sa2 $ha2)"
+[[ $(ct systemctl show -p MainPID --value instacart-tokend@b.service) == "$pid_b" ]] || fail "b was restarted"
+[[ $(entries b) -ge $eb ]] || fail "instance b lost tokens"
+read -r sb2 hb2 fb2 < <(at b token shared-user)
+[[ $sb2 == 200 && $hb2 == hit && $fb2 == "$fb" ]] || fail "instance b's token changed ($sb2 $hb2)"
+echo "a restored its $ea tokens (its own: the same token for shared-user); b untouched with $(entries b)"
+ct systemctl stop instacart-tokend@a.socket instacart-tokend@b.socket instacart-tokend@a.service instacart-tokend@b.service
+
+step "fleet mode's key as a credential under the unit"
+# Redis need not answer for this: the key is read at start and at reload
+CONFDIR=${CONFIG%/*}
+cat >"$ROOT$CONFDIR/c.conf" <<EOF
+[upstream]
+base_url = http://127.0.0.1:9797
+client_id = ct-client-c
+[server]
+listen = unix:/run/instacart-tokend-c.sock
+[shared]
+redis = 127.0.0.1:6379
+key_file = $CONFDIR/c.shared-key
+EOF
+write_secret "$CONFDIR/c.client-secret" secret-c-1
+write_secret "$CONFDIR/c.shared-key" "$(printf 'ab%.0s' $(seq 32))"
+# a root-only key_file: the dynamic user cannot read it
+if CT_TIMEOUT=60 ct systemctl start instacart-tokend@c.service 2>/dev/null; then
+    fail "instance c started with a root-only key_file, which its dynamic user cannot read"
+fi
+JOURNAL_UNIT=instacart-tokend@c.service journal_has "c.shared-key.*Permission denied" ||
+    fail "the journal does not say why the root-only key_file failed"
+echo "a root-only key_file: refused at start, as expected (Permission denied)"
+# the supported way: the key as the credential shared_key
+sed -i '/^key_file/d' "$ROOT$CONFDIR/c.conf"
+mkdir -p "$ROOT/etc/systemd/system/instacart-tokend@c.service.d"
+printf '[Service]\nLoadCredential=shared_key:%s\n' "$CONFDIR/c.shared-key" \
+    >"$ROOT/etc/systemd/system/instacart-tokend@c.service.d/fleet.conf"
+ct systemctl daemon-reload
+ct systemctl reset-failed instacart-tokend@c.service
+CT_TIMEOUT=60 ct systemctl start instacart-tokend@c.service || fail "instance c does not start with the key as a credential"
+redis=$(at c status | python3 -c 'import json,sys; print(json.load(sys.stdin)["config"]["shared"]["redis"])')
+[[ $redis == 127.0.0.1:6379 ]] || fail "instance c is not in fleet mode ($redis)"
+ct instacart-tokend --check-config --config "$CONFDIR/c.conf" --unit instacart-tokend@c.service ||
+    fail "--check-config --unit does not accept the credentials the unit names"
+write_secret "$CONFDIR/c.shared-key" short
+if out=$(ct instacart-tokend --check-config --config "$CONFDIR/c.conf" --unit instacart-tokend@c.service 2>&1); then
+    fail "--check-config --unit accepted a broken shared key"
+fi
+grep -q "$CONFDIR/c.shared-key: the fleet's shared key must be" <<<"$out" || fail "--check-config --unit: $out"
+[[ -z $(ct find /run -maxdepth 1 -name 'instacart-tokend-check.*') ]] || fail "--check-config --unit left its copies"
+write_secret "$CONFDIR/c.shared-key" "$(printf 'ab%.0s' $(seq 32))"
+echo "the key as LoadCredential=shared_key: started in fleet mode; --check-config --unit checks the unit's files"
+# a reload copies the credential afresh: a broken key is refused, naming the operator's file
+write_secret "$CONFDIR/c.shared-key" not-a-key
+if ct systemctl reload instacart-tokend@c.service 2>/dev/null; then fail "a reload took a broken shared key"; fi
+JOURNAL_UNIT=instacart-tokend@c.service journal_has "$CONFDIR/c.shared-key: the fleet's shared key must be exactly 64 hex digits" ||
+    fail "the refused reload does not name $CONFDIR/c.shared-key"
+[[ $(ct systemctl is-active instacart-tokend@c.service) == active ]] || fail "a refused reload stopped instance c"
+write_secret "$CONFDIR/c.shared-key" "$(printf 'cd%.0s' $(seq 32))"
+ct systemctl reload instacart-tokend@c.service || fail "a reload with a new good shared key failed"
+echo "a reload re-reads the credential: a broken key refused naming $CONFDIR/c.shared-key, a new one applied"
+ct systemctl stop instacart-tokend@c.socket instacart-tokend@c.service
 
 step "systemctl stop is clean"
 CT_TIMEOUT=90 ct systemctl stop instacart-tokend.socket instacart-tokend.service
