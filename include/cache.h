@@ -4,6 +4,7 @@
  * store for a fleet) can sit behind it without changing its callers. */
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -78,9 +79,15 @@ size_t cache_export(cache *c, cache_export_fn fn, void *userdata);
  * reference. Returns 0, -EEXIST when the key already has a token or a
  * fetch, -EINVAL, -ENOBUFS when full of busy entries, or -ENOMEM. */
 int cache_put(cache *c, enum oauth_grant grant, const char *user_id, const char *scope, token *t);
-/* Forgets every token and remembered failure (the credentials or the server
- * changed). Fetches in flight complete normally. Returns how many went. */
+/* Forgets every token and remembered failure (an operator's or the fleet's
+ * flush). What fetches in flight bring is not kept: it may have been read
+ * before the flush; their callers get a fetch made after it. Returns how
+ * many entries went. */
 size_t cache_flush(cache *c);
+/* The same; with stale_fetches false, fetches in flight complete normally:
+ * for a change of credentials or server, whose source (the upstream client)
+ * already answers in flight for the new ones. */
+size_t cache_flush_as(cache *c, bool stale_fetches);
 
 /* Drops the key's token (and any remembered failure). Returns 1 with the
  * dropped token in *ret_token (a reference for the caller, say to revoke

@@ -22,8 +22,9 @@
 #define SEAL_FP_LEN 16           /* hex digits of a token fingerprint: 64 bits */
 /* version, key id, nonce, tag: what sealing adds to the plaintext */
 #define SEAL_OVERHEAD (1 + 1 + 12 + 16)
-/* A sealed token's largest size: created_at (8) and lifetime (4) before the value */
-#define SEAL_TOKEN_MAX (SEAL_OVERHEAD + 12 + OAUTH_TOKEN_MAX)
+/* A sealed token's largest size: created_at (8), lifetime (4) and its end
+ * on the wall clock (8) before the value */
+#define SEAL_TOKEN_MAX (SEAL_OVERHEAD + 20 + OAUTH_TOKEN_MAX)
 /* A sealed (grant, user id, scope) for a fleet event */
 #define SEAL_TUPLE_MAX (SEAL_OVERHEAD + 1 + OAUTH_USER_ID_MAX + 1 + OAUTH_SCOPE_MAX)
 
@@ -63,21 +64,28 @@ int seal_name(const seal_keys *k, bool prev, enum oauth_grant grant, const char 
  * the first 8 bytes of HMAC-SHA256 with the current naming subkey of
  * ("fp" 0 value). Returns 0 or -EIO. */
 int seal_fingerprint(const seal_keys *k, const char *value, size_t len, char out[SEAL_FP_LEN + 1]);
+/* The same with the previous key's naming subkey when prev (-ENOENT
+ * without one): a MAC made by a host still on it, during a rotation. */
+int seal_fingerprint_with(const seal_keys *k, bool prev, const char *value, size_t len,
+                          char out[SEAL_FP_LEN + 1]);
 
-/* Seals t (its value, lifetime_s and created_at) with the current key and
- * aad (the full Redis key name and generation, say). out must hold
- * SEAL_TOKEN_MAX bytes. Returns 0 with *ret_len set, -EINVAL for a value
- * longer than OAUTH_TOKEN_MAX, or -EIO. */
-int seal_token(const seal_keys *k, const void *aad, size_t aad_len, const token *t,
+/* Seals t (its value, lifetime_s, created_at and its end on the wall
+ * clock, expires_unix_ms) with the current key and aad (the full Redis key
+ * name and generation, say). out must hold SEAL_TOKEN_MAX bytes. Returns 0
+ * with *ret_len set, -EINVAL for a value longer than OAUTH_TOKEN_MAX, or
+ * -EIO. */
+int seal_token(const seal_keys *k, const void *aad, size_t aad_len, const token *t, uint64_t expires_unix_ms,
                unsigned char *out, size_t *ret_len);
 /* Opens what seal_token made, with the key its id names (current or
  * previous), and returns a new token received at now_ms that expires
- * remaining_ms from now (Redis's PTTL: the hosts' clocks never matter).
+ * remaining_ms from now (Redis's PTTL), or at the end sealed in if that
+ * comes first (now_unix_ms: the wall clock; Redis's TTL may only shorten a
+ * token's life, so a value written back after its end is refused).
  * -EBADMSG for anything that does not authenticate, has an unknown version
- * or key id, or holds a value oauth_parse_token would refuse (length,
- * characters, lifetime out of range); -ENOMEM. */
+ * or key id, is over, or holds a value oauth_parse_token would refuse
+ * (length, characters, lifetime out of range); -ENOMEM. */
 int seal_open_token(const seal_keys *k, const void *aad, size_t aad_len, const unsigned char *in,
-                    size_t len, uint64_t now_ms, uint64_t remaining_ms, token **ret);
+                    size_t len, uint64_t now_ms, uint64_t remaining_ms, uint64_t now_unix_ms, token **ret);
 
 /* Seals a (grant, user id, scope) for an event telling the fleet to drop
  * that key. A user token has a user id of 1..OAUTH_USER_ID_MAX bytes, a

@@ -43,6 +43,12 @@ struct shared_stats {
     unsigned long long mints[SHARED_MINT_COUNT];
     unsigned long long decrypt_failures;
     unsigned long long forged_flags; /* pause or credential flags no host of the fleet made: ignored */
+    unsigned long long stale_refused; /* values of a flushed generation, or of a revoked token: never served */
+    unsigned long long repairs;      /* flushes sent to mend a generation set back or a poisoned stream */
+    unsigned long long stream_resets; /* the events stream rewound, made anew or poisoned: tokens dropped */
+    unsigned long long refusals;     /* commands Redis refused (NOPERM, WRONGTYPE, ...) */
+    char last_refusal[160];          /* the last one: "command: error", or "" */
+    bool events_ok;                  /* the event reader is connected and reading */
     unsigned long long lease_waits, lease_timeouts;
     unsigned long long events_applied;
     unsigned long long local_flushes; /* events we could not catch up on */

@@ -622,6 +622,10 @@ int cache_put(cache *c, enum oauth_grant grant, const char *user_id, const char 
 }
 
 size_t cache_flush(cache *c) {
+    return cache_flush_as(c, true);
+}
+
+size_t cache_flush_as(cache *c, bool stale_fetches) {
     cache_entry *e, *prev;
     size_t n = 0;
 
@@ -632,7 +636,7 @@ size_t cache_flush(cache *c) {
             /* its waiters are answered by a fetch made after the flush */
             e->tok = token_unref(e->tok);
             e->failed_until_ms = 0;
-            e->stale = true;
+            e->stale = stale_fetches;
         } else
             entry_remove(c, e);
         n++;
@@ -660,6 +664,8 @@ int cache_drop_if(cache *c, enum oauth_grant grant, const char *user_id, const c
         return -EINVAL;
     pthread_mutex_lock(&c->lock);
     e = entry_find(c, keybuf, keylen, hash);
+    if (e && e->fetching && !only)
+        e->stale = true; /* what the fetch brings may predate the drop */
     if (e && (!only || e->tok == only)) {
         t = e->tok;
         e->tok = NULL;
@@ -669,8 +675,6 @@ int cache_drop_if(cache *c, enum oauth_grant grant, const char *user_id, const c
         if (!e->fetching)
             entry_remove(c, e);
     }
-    if (e && e->fetching && !only)
-        e->stale = true;
     pthread_mutex_unlock(&c->lock);
     if (!t)
         return 0;

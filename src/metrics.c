@@ -76,6 +76,21 @@ static void render_shared(FILE *f, const struct shared_stats *ss) {
         "Pause or credential flags in Redis that no host of the fleet made (or written back after their "
         "end): ignored.",
         ss->forged_flags);
+    one(f, "tokend_shared_stale_refused_total", "counter",
+        "Values in Redis refused as revoked by the fleet or of a generation flushed since: never served.",
+        ss->stale_refused);
+    one(f, "tokend_shared_repairs_total", "counter",
+        "Flushes this host sent because the generation in Redis went back or the events stream was poisoned.",
+        ss->repairs);
+    one(f, "tokend_shared_stream_resets_total", "counter",
+        "Times the events stream could not be trusted to hold what this host missed (rewound, made anew, "
+        "poisoned): its tokens were dropped.",
+        ss->stream_resets);
+    one(f, "tokend_shared_refusals_total", "counter",
+        "Commands Redis refused (NOPERM, WRONGTYPE, a lost script): the log names the command and the fix.",
+        ss->refusals);
+    one(f, "tokend_shared_events_up", "gauge",
+        "1 while this host reads the fleet's drops and flushes (0: it cannot hear of them).", ss->events_ok);
     one(f, "tokend_shared_events_applied_total", "counter", "Drops and flushes from the fleet applied here.",
         ss->events_applied);
     one(f, "tokend_shared_local_flushes_total", "counter",

@@ -19,11 +19,15 @@
 
 #include "util.h"
 
-#define SEAL_VERSION 1
+/* Tuples (drop events) are still version 1, so hosts of the release
+ * before read this one's drops during a rolling upgrade; tokens are
+ * version 2: they carry their absolute end. */
+#define TUPLE_VERSION 1
+#define TOKEN_VERSION 2
 #define NONCE_LEN 12
 #define TAG_LEN 16
 #define HEADER_LEN 2 /* version, key id */
-#define TOKEN_FIXED_LEN 12 /* created_at, lifetime_s */
+#define TOKEN_FIXED_LEN 20 /* created_at, lifetime_s, expires_unix_ms */
 #define TUPLE_PLAIN_MAX (1 + OAUTH_USER_ID_MAX + 1 + OAUTH_SCOPE_MAX)
 
 static const char hexdigits[] = "0123456789abcdef";
@@ -167,11 +171,18 @@ int seal_name(const seal_keys *k, bool prev, enum oauth_grant grant, const char 
 }
 
 int seal_fingerprint(const seal_keys *k, const char *value, size_t len, char out[SEAL_FP_LEN + 1]) {
+    return seal_fingerprint_with(k, false, value, len, out);
+}
+
+int seal_fingerprint_with(const seal_keys *k, bool prev, const char *value, size_t len,
+                          char out[SEAL_FP_LEN + 1]) {
     const struct part parts[] = { { "fp", 3 }, { value, len } };
     unsigned char mac[32];
     int r;
 
-    r = hmac_sha256(k->cur.name, SEAL_KEY_LEN, parts, ARRAY_SIZE(parts), mac);
+    if (prev && !k->has_prev)
+        return -ENOENT;
+    r = hmac_sha256(prev ? k->prev.name : k->cur.name, SEAL_KEY_LEN, parts, ARRAY_SIZE(parts), mac);
     if (r >= 0)
         to_hex(mac, SEAL_FP_LEN / 2, out);
     return r;
@@ -193,15 +204,15 @@ static int gcm_aad(EVP_CIPHER_CTX *ctx, bool enc, const unsigned char header[HEA
 }
 
 /* Seals plain into out ([version][id][nonce][ciphertext][tag]). */
-static int seal_bytes(const seal_keys *k, const void *aad, size_t aad_len, const unsigned char *plain,
-                      size_t len, unsigned char *out, size_t *ret_len) {
+static int seal_bytes(const seal_keys *k, unsigned char version, const void *aad, size_t aad_len,
+                      const unsigned char *plain, size_t len, unsigned char *out, size_t *ret_len) {
     unsigned char *nonce = out + HEADER_LEN, *ct = nonce + NONCE_LEN;
     EVP_CIPHER_CTX *ctx;
     int n = 0, fin = 0, ok;
 
     if (len == 0 || len > INT32_MAX)
         return -EIO;
-    out[0] = SEAL_VERSION;
+    out[0] = version;
     out[1] = k->cur.id;
     if (RAND_bytes(nonce, NONCE_LEN) != 1)
         return -EIO;
@@ -243,9 +254,9 @@ static bool open_with(const struct seal_subkeys *sk, const void *aad, size_t aad
 /* Opens in (min..max bytes of plaintext) with the key its id names:
  * current first, then previous, so equal ids of the two still work.
  * Returns the plaintext length, or -EBADMSG. */
-static ptrdiff_t open_bytes(const seal_keys *k, const void *aad, size_t aad_len, const unsigned char *in,
-                            size_t len, size_t min, size_t max, unsigned char *plain) {
-    if (len < SEAL_OVERHEAD + min || len > SEAL_OVERHEAD + max || in[0] != SEAL_VERSION)
+static ptrdiff_t open_bytes(const seal_keys *k, unsigned char version, const void *aad, size_t aad_len,
+                            const unsigned char *in, size_t len, size_t min, size_t max, unsigned char *plain) {
+    if (len < SEAL_OVERHEAD + min || len > SEAL_OVERHEAD + max || in[0] != version)
         return -EBADMSG;
     if (in[1] == k->cur.id && open_with(&k->cur, aad, aad_len, in, len, plain))
         return (ptrdiff_t)(len - SEAL_OVERHEAD);
@@ -266,8 +277,8 @@ static uint64_t get_be(const unsigned char *p, int bytes) {
     return v;
 }
 
-int seal_token(const seal_keys *k, const void *aad, size_t aad_len, const token *t, unsigned char *out,
-               size_t *ret_len) {
+int seal_token(const seal_keys *k, const void *aad, size_t aad_len, const token *t, uint64_t expires_unix_ms,
+               unsigned char *out, size_t *ret_len) {
     unsigned char plain[TOKEN_FIXED_LEN + OAUTH_TOKEN_MAX];
     int r;
 
@@ -275,27 +286,35 @@ int seal_token(const seal_keys *k, const void *aad, size_t aad_len, const token 
         return -EINVAL;
     put_be(plain, (uint64_t)t->created_at, 8);
     put_be(plain + 8, t->lifetime_s, 4);
+    put_be(plain + 12, expires_unix_ms, 8);
     memcpy(plain + TOKEN_FIXED_LEN, t->value, t->len);
-    r = seal_bytes(k, aad, aad_len, plain, TOKEN_FIXED_LEN + t->len, out, ret_len);
+    r = seal_bytes(k, TOKEN_VERSION, aad, aad_len, plain, TOKEN_FIXED_LEN + t->len, out, ret_len);
     explicit_bzero(plain, sizeof(plain));
     return r;
 }
 
 int seal_open_token(const seal_keys *k, const void *aad, size_t aad_len, const unsigned char *in, size_t len,
-                    uint64_t now_ms, uint64_t remaining_ms, token **ret) {
+                    uint64_t now_ms, uint64_t remaining_ms, uint64_t now_unix_ms, token **ret) {
     unsigned char plain[TOKEN_FIXED_LEN + OAUTH_TOKEN_MAX];
     const char *value = (const char *)plain + TOKEN_FIXED_LEN;
-    uint64_t lifetime;
+    uint64_t lifetime, expires_unix_ms;
     int64_t created_at;
     ptrdiff_t n;
     token *t;
     int r = -EBADMSG;
 
-    n = open_bytes(k, aad, aad_len, in, len, TOKEN_FIXED_LEN + 1, sizeof(plain), plain);
+    n = open_bytes(k, TOKEN_VERSION, aad, aad_len, in, len, TOKEN_FIXED_LEN + 1, sizeof(plain), plain);
     if (n < 0)
         goto out;
     created_at = (int64_t)get_be(plain, 8);
     lifetime = get_be(plain + 8, 4);
+    expires_unix_ms = get_be(plain + 12, 8);
+    /* Redis's TTL may only shorten the life sealed in: a value written back
+     * with a fresh TTL after its end is over */
+    if (expires_unix_ms <= now_unix_ms)
+        goto out;
+    if (remaining_ms > expires_unix_ms - now_unix_ms)
+        remaining_ms = expires_unix_ms - now_unix_ms;
     if (lifetime < 1 || lifetime > OAUTH_LIFETIME_MAX || remaining_ms == 0 ||
         remaining_ms > lifetime * MS_PER_SEC || !oauth_token_valid(value, (size_t)n - TOKEN_FIXED_LEN))
         goto out;
@@ -339,7 +358,7 @@ int seal_tuple(const seal_keys *k, const void *aad, size_t aad_len, enum oauth_g
     memcpy(plain + 1, user_id, ulen);
     plain[1 + ulen] = '\0';
     memcpy(plain + 2 + ulen, scope, slen);
-    r = seal_bytes(k, aad, aad_len, plain, 2 + ulen + slen, out, ret_len);
+    r = seal_bytes(k, TUPLE_VERSION, aad, aad_len, plain, 2 + ulen + slen, out, ret_len);
     explicit_bzero(plain, sizeof(plain));
     return r;
 }
@@ -352,7 +371,7 @@ int seal_open_tuple(const seal_keys *k, const void *aad, size_t aad_len, const u
     ptrdiff_t n;
     int r = -EBADMSG;
 
-    n = open_bytes(k, aad, aad_len, in, len, 2, sizeof(plain), plain);
+    n = open_bytes(k, TUPLE_VERSION, aad, aad_len, in, len, 2, sizeof(plain), plain);
     if (n < 0)
         goto out;
     /* exactly one NUL: the separator */

@@ -125,7 +125,10 @@ static const char *status_text(struct service *s) {
                  "served%s",
                  cs.entries, cs.entries == 1 ? "" : "s", us.mints_ok, failed, s->upstream_state, us.in_flight,
                  as.requests > s->probes ? as.requests - s->probes : 0,
-                 !s->sh ? "" : ss.up ? "; fleet: sharing through Redis" : "; fleet: degraded, Redis out of reach");
+                 !s->sh      ? ""
+                 : !ss.up    ? "; fleet: degraded, Redis out of reach"
+                 : !ss.events_ok ? "; fleet: degraded, not hearing the fleet's drops (see the log)"
+                             : "; fleet: sharing through Redis");
     }
     return s->status;
 }
@@ -260,7 +263,7 @@ static void reload(struct service *s, int tag) {
         log_warning("[auth] keys_file removed: every local caller now has every right but frontend and proxy");
     if (flush)
         log_notice("client id or Instacart server changed: dropped %zu cached tokens",
-                   cache_flush(s->c));
+                   cache_flush_as(s->c, false));
     /* new keys, and a new namespace with new credentials; what it cannot
      * apply warn_needs_restart() named from the table */
     if (s->sh && !fleet_toggled)

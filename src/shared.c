@@ -60,6 +60,9 @@
 #define PAUSE_MAX_MS 3600000ULL /* Instacart's own cap on a Retry-After: no pause lasts longer */
 #define FLAG_SLACK_MS 5000      /* how far hosts' wall clocks may differ */
 #define FLAG_MAX 48             /* "<until>:<mac>" */
+#define DENY_MAX 4096           /* revoked tokens remembered (the newest), each for a token's longest life */
+#define REPAIR_EVERY_MS 5000    /* a generation set back or a poisoned stream: mended at most this often */
+#define FUTURE_MAX_MS 3600000   /* an event id this far past Redis's clock was not made by XADD '*' */
 
 const char *const shared_op_names[SHARED_OP_COUNT] = { "lookup", "publish", "drop", "flush", "pause" };
 const char *const shared_lookup_names[SHARED_LOOKUP_COUNT] = { "shared", "lease", "busy", "paused" };
@@ -73,7 +76,8 @@ const double shared_latency_bounds[SHARED_LATENCY_BUCKETS] = { 0.0001, 0.00025, 
  * gen, pause. ARGV: least life in ms, lease id, lease ms, skip tokens, the
  * holder whose lease we take over ('' for none), skip the pause flag (one
  * this host found forged). Returns {1, value, pttl, gen, which} for a token
- * with enough life, {3, pause flag, pttl, gen, 0} while paused, {2, '', 0,
+ * with enough life (or, failing one, a token with less: the host judges it
+ * by its lifetime, sealed inside), {3, pause flag, pttl, gen, 0} while paused, {2, '', 0,
  * gen, 0} for a lease taken (or already ours: a lookup sent again after a
  * lost answer), {4, holder, pttl, gen, 0} when another host holds it. A
  * waiter whose wait ran out takes the lease over only from the holder it
@@ -83,13 +87,16 @@ static const char lookup_lua[] =
     "local g = redis.call('GET', KEYS[4]) or '0'\n"
     "local pre = g .. ':'\n"
     "if ARGV[4] ~= '1' then\n"
+    "  local short\n"
     "  for i = 1, 2 do\n"
     "    local v = redis.call('GET', KEYS[i])\n"
     "    if v and string.sub(v, 1, #pre) == pre then\n"
     "      local ttl = redis.call('PTTL', KEYS[i])\n"
     "      if ttl > tonumber(ARGV[1]) then return {1, v, ttl, g, i} end\n"
+    "      if ttl > 1000 and not short then short = {1, v, ttl, g, i} end\n"
     "    end\n"
     "  end\n"
+    "  if short then return short end\n"
     "end\n"
     "local p = redis.call('PTTL', KEYS[5])\n"
     "if p > 0 and ARGV[6] ~= '1' then return {3, redis.call('GET', KEYS[5]) or '', p, g, 0} end\n"
@@ -123,11 +130,25 @@ static const char release_lua[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
     "return 0\n";
 
+/* Appends to the events stream (k) with an id of Redis's own clock.
+ * A stream whose top id someone pushed into the future refuses that: it
+ * is poisoned, deleted and made again (the hosts see a stream made anew
+ * behind them, and drop their tokens: see catch_up()). */
+#define XADD_LUA                                                                         \
+    "local function xadd(k, len, f, v)\n"                                               \
+    "  local ok = redis.pcall('XADD', k, 'MAXLEN', '~', len, '*', f, v)\n"              \
+    "  if type(ok) == 'table' and ok.err then\n"                                        \
+    "    redis.call('DEL', k)\n"                                                        \
+    "    redis.call('XADD', k, 'MAXLEN', '~', len, '*', f, v)\n"                        \
+    "  end\n"                                                                           \
+    "end\n"
+
 /* KEYS: token (current name), token (previous name), events. ARGV: the
  * fingerprint to drop ('' for any), the sealed key for the event, the
  * stream's length. Returns {value, pttl, value, pttl} of what it deleted
  * ('' and 0 where nothing), so a revocation can revoke it. */
 static const char drop_lua[] =
+    XADD_LUA
     "local out = {'', 0, '', 0}\n"
     "for i = 1, 2 do\n"
     "  local v = redis.call('GET', KEYS[i])\n"
@@ -140,21 +161,37 @@ static const char drop_lua[] =
     "    end\n"
     "  end\n"
     "end\n"
-    "redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'd', ARGV[2])\n"
+    "xadd(KEYS[3], ARGV[3], 'd', ARGV[2])\n"
     "return out\n";
 
-/* KEYS: gen, events. ARGV: the stream's length. */
+
+/* KEYS: gen, events. ARGV: the stream's length, the highest generation
+ * this host has seen. A generation set back (or not a number) never goes
+ * below what a host saw: the new one is above both. */
 static const char flush_lua[] =
-    "local g = redis.call('INCR', KEYS[1])\n"
-    "redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'f', g)\n"
+    XADD_LUA
+    "local g = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "local floor = tonumber(ARGV[2]) or 0\n"
+    "if not g or g ~= math.floor(g) or g < floor then g = floor end\n"
+    "g = g + 1\n"
+    "redis.call('SET', KEYS[1], string.format('%d', g))\n"
+    "xadd(KEYS[2], ARGV[1], 'f', string.format('%d', g))\n"
     "return g\n";
 
-enum script { S_LOOKUP, S_PUBLISH, S_RELEASE, S_DROP, S_FLUSH, S_COUNT };
-static const char *const scripts[S_COUNT] = { lookup_lua, publish_lua, release_lua, drop_lua, flush_lua };
+/* KEYS: events. ARGV: the stream's length, the sealed fingerprints of
+ * tokens revoked at Instacart. */
+static const char revoked_lua[] =
+    XADD_LUA
+    "xadd(KEYS[1], ARGV[1], 'r', ARGV[2])\n"
+    "return 1\n";
+
+enum script { S_LOOKUP, S_PUBLISH, S_RELEASE, S_DROP, S_FLUSH, S_REVOKED, S_COUNT };
+static const char *const scripts[S_COUNT] = { lookup_lua, publish_lua, release_lua, drop_lua, flush_lua,
+                                              revoked_lua };
 
 /* ---- state ---- */
 
-enum job_kind { J_LOOKUP, J_PUBLISH, J_RELEASE, J_DROP, J_FLUSH, J_PAUSE, J_CREDS, J_PING };
+enum job_kind { J_LOOKUP, J_PUBLISH, J_RELEASE, J_DROP, J_FLUSH, J_REVOKED, J_PAUSE, J_CREDS, J_PING };
 
 struct job {
     struct qlink link; /* in one queue at a time */
@@ -173,14 +210,17 @@ struct job {
     char holder[33];            /* whose lease we wait on, or take over (a lease id: 32 hex digits) */
     bool taking_over;
     unsigned takeovers;
-    uint64_t wait_until_ms, next_at_ms, poll_ms, sent_ms;
+    uint64_t wait_until_ms, next_at_ms, poll_ms;
+    uint64_t sent_us;           /* for the lookup histogram: loopback round trips are tens of us */
     uint64_t wait_cap_ms;       /* no wait on leases goes past this, whoever holds them */
     char lease_id[33];
     char gen[24];
     enum shared_mint how;
     token *tok;                 /* publish */
     char fp[SEAL_FP_LEN + 1];   /* drop only this token ('' for any) */
+    char fps[3 * 17];           /* J_REVOKED: fingerprints (token_fp) of revoked tokens, comma-separated */
     bool revoke;                /* a drop that revokes what it takes out of Redis */
+    bool published;             /* a mint's token was handed to a publish (which gives the lease up) */
     token *local;               /* revoke: this host's own copy, or NULL */
     revoke_done_fn rdone;       /* revoke: the caller waiting on the first try, or NULL */
     void *rctx;
@@ -232,9 +272,23 @@ struct shared {
 
     uint64_t resume_age_ms;     /* see shared_resume(); 0: start from now */
     uint64_t flag_said_ms;      /* when a forged flag was last logged */
+    uint64_t refusal_said_ms;   /* when a refusal from Redis was last logged */
+    uint64_t events_said_ms;    /* when the event reader's failure was last logged */
+    unsigned long long max_gen; /* the highest generation seen: never lets it go back */
+    uint64_t repair_ms;         /* when a repair flush was last sent */
+    uint64_t denied[DENY_MAX];  /* fingerprints of tokens revoked by the fleet, a ring */
+    uint64_t denied_until[DENY_MAX];
+    size_t deny_next;
+    bool failing;               /* Redis failing was said, its return not yet */
+    uint64_t failing_said_ms;
+    unsigned long long failures_unsaid;
 
     pthread_t cmd_thread, ev_thread;
 };
+
+static uint64_t token_fp(const token *t);
+static void deny(shared *s, uint64_t fp);
+static void tell_revoked(shared *s, token *const *toks, size_t n);
 
 static void job_free(struct job *j) {
     if (!j)
@@ -338,8 +392,10 @@ static void later_take_locked(struct job *j, struct later *l) {
 static void later_tell(shared *s, struct later *l, const char *why) {
     struct revoke_outcome o = { .pending = 1, .failure = { .kind = MINT_UNAVAILABLE, .retry_after_s = 1 } };
 
-    if (l->local)
+    if (l->local) {
+        tell_revoked(s, &l->local, 1);
         revocations_revoke(s->rv, &l->local, 1, NULL, NULL);
+    }
     l->local = token_unref(l->local);
     snprintf(o.failure.error, sizeof(o.failure.error), "%s", why);
     if (l->done)
@@ -352,7 +408,7 @@ static void later_tell(shared *s, struct later *l, const char *why) {
  * hosts (and for this one, once Redis is back). Bounded; called with the
  * lock held. */
 static bool keep_for_later_locked(shared *s, struct job *j, struct later *l) {
-    if ((j->kind != J_DROP && j->kind != J_FLUSH) || s->pending.n >= JOBS_MAX)
+    if ((j->kind != J_DROP && j->kind != J_FLUSH && j->kind != J_REVOKED) || s->pending.n >= JOBS_MAX)
         return false;
     j->retried = false;
     later_take_locked(j, l);
@@ -402,7 +458,7 @@ static void minted(void *userdata, const mint_outcome *o, token *t) {
     if (j->how != SHARED_MINT_DEGRADED) {
         if (t)
             publish(s, j, t);
-        else if (j->lease_id[0]) {
+        if ((!t || !j->published) && j->lease_id[0]) {
             /* let the next host try at once rather than wait out the lease */
             struct job *r = job_new(s, J_RELEASE, j->grant, NULL, NULL);
             if (r) {
@@ -459,9 +515,25 @@ static void fail_job(shared *s, struct job *j) {
     job_free(j);
 }
 
-static void publish(shared *s, struct job *from, token *t) {
-    struct job *j = job_new(s, J_PUBLISH, from->grant, NULL, NULL);
+/* Whether a reload moved us to another namespace since the job was made. */
+static bool ns_moved(shared *s, const struct job *j) {
+    bool moved;
 
+    pthread_rwlock_rdlock(&s->keys_lock);
+    moved = strcmp(j->ns, s->ns) != 0;
+    pthread_rwlock_unlock(&s->keys_lock);
+    return moved;
+}
+
+static void publish(shared *s, struct job *from, token *t) {
+    struct job *j;
+
+    /* a reload to another server or client id while the mint was out: the
+     * token belongs to the new namespace's hosts, not to those still on
+     * the old one, who would serve it as theirs */
+    if (ns_moved(s, from))
+        return;
+    j = job_new(s, J_PUBLISH, from->grant, NULL, NULL);
     if (!j)
         return;
     snprintf(j->ns, sizeof(j->ns), "%s", from->ns);
@@ -473,7 +545,9 @@ static void publish(shared *s, struct job *from, token *t) {
     if (!submit(s, j)) {
         count_op(s, SHARED_OP_PUBLISH, false);
         job_free(j);
+        return;
     }
+    from->published = true;
 }
 
 /* ---- the public side: never blocks ---- */
@@ -547,6 +621,46 @@ void shared_flush(shared *s) {
     }
 }
 
+/* A flush that puts the generation above anything a host saw and makes the
+ * events stream anew if needed: what Redis holds can no longer be told
+ * apart from what someone wrote, so none of it is read. */
+static void repair_flush(shared *s, const char *why) {
+    uint64_t now = now_ms();
+    bool due;
+
+    pthread_mutex_lock(&s->lock);
+    due = !s->repair_ms || now - s->repair_ms >= REPAIR_EVERY_MS;
+    if (due) {
+        s->repair_ms = now;
+        s->stats.repairs++;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (!due)
+        return;
+    log_warning("fleet: %s; flushing the fleet so that no host reads what Redis held before", why);
+    shared_flush(s);
+}
+
+/* Tells every host which tokens were revoked, so that a value written back
+ * into Redis after its revocation is never served. */
+static void tell_revoked(shared *s, token *const *toks, size_t n) {
+    struct job *j = job_new(s, J_REVOKED, OAUTH_GRANT_USER_ASSERTION, NULL, NULL);
+    size_t len = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        uint64_t fp;
+        if (!toks[i])
+            continue;
+        fp = token_fp(toks[i]);
+        deny(s, fp);
+        if (j && len + 17 < sizeof(j->fps))
+            len += (size_t)snprintf(j->fps + len, sizeof(j->fps) - len, "%s%016llx", len ? "," : "",
+                                    (unsigned long long)fp);
+    }
+    if (j && (!len || !submit(s, j)))
+        job_free(j);
+}
+
 /* ---- fleet flags: proof of origin and a bounded end ----
  *
  * A flag that changes what every host does (a pause, rejected credentials)
@@ -555,13 +669,14 @@ void shared_flush(shared *s) {
  * can write to Redis but lacks the key cannot make one, and one saved and
  * written back later says it is over: no flag outlives its own end, nor
  * max_ms from now, whatever Redis's TTL says. */
-static int flag_mac(shared *s, const char *ns, const char *name, uint64_t until, char mac[SEAL_FP_LEN + 1]) {
+static int flag_mac(shared *s, bool prev, const char *ns, const char *name, uint64_t until,
+                    char mac[SEAL_FP_LEN + 1]) {
     char msg[NS_MAX + 64];
     int n = snprintf(msg, sizeof(msg), "flag%c%s%s%c%llu", 0, ns, name, 0, (unsigned long long)until);
     int r;
 
     pthread_rwlock_rdlock(&s->keys_lock);
-    r = seal_fingerprint(&s->keys, msg, (size_t)n, mac);
+    r = seal_fingerprint_with(&s->keys, prev, msg, (size_t)n, mac);
     pthread_rwlock_unlock(&s->keys_lock);
     return r;
 }
@@ -570,7 +685,7 @@ static int flag_make(shared *s, const char *ns, const char *name, uint64_t ms, c
     char mac[SEAL_FP_LEN + 1];
     uint64_t until = now_unix_ms() + ms;
 
-    if (flag_mac(s, ns, name, until, mac) < 0)
+    if (flag_mac(s, false, ns, name, until, mac) < 0)
         return -EIO;
     snprintf(out, FLAG_MAX, "%llu:%s", (unsigned long long)until, mac);
     return 0;
@@ -590,8 +705,11 @@ static uint64_t flag_left_ms(shared *s, const char *ns, const char *name, const 
     buf[len] = '\0';
     errno = 0;
     until = strtoull(buf, &end, 10);
-    if (errno || end == buf || *end != ':' || strlen(end + 1) != SEAL_FP_LEN ||
-        flag_mac(s, ns, name, until, mac) < 0 || CRYPTO_memcmp(mac, end + 1, SEAL_FP_LEN) != 0)
+    if (errno || end == buf || *end != ':' || strlen(end + 1) != SEAL_FP_LEN)
+        return 0;
+    /* made with our key, or (during a rotation) with the other one */
+    if ((flag_mac(s, false, ns, name, until, mac) < 0 || CRYPTO_memcmp(mac, end + 1, SEAL_FP_LEN) != 0) &&
+        (flag_mac(s, true, ns, name, until, mac) < 0 || CRYPTO_memcmp(mac, end + 1, SEAL_FP_LEN) != 0))
         return 0;
     if (until <= now)
         return 0;
@@ -601,6 +719,28 @@ static uint64_t flag_left_ms(shared *s, const char *ns, const char *name, const 
     if (left > max_ms)
         left = max_ms;
     return ttl_ms < left ? ttl_ms : left;
+}
+
+/* A refusal from Redis (NOPERM, WRONGTYPE, a script it lost): counted,
+ * kept for /v1/status, and said once a minute with what to do. */
+static void refused(shared *s, const char *command, const char *error) {
+    uint64_t now = now_ms();
+    const char *fix = strncmp(error, "NOPERM", 6) == 0
+                          ? "give tokend's ACL user the command (the README's ACL line lists every one)"
+                      : strncmp(error, "WRONGTYPE", 9) == 0
+                          ? "a key under tokend's prefix holds another type: someone wrote it; delete it"
+                          : "check Redis's log";
+    bool say;
+
+    pthread_mutex_lock(&s->lock);
+    s->stats.refusals++;
+    snprintf(s->stats.last_refusal, sizeof(s->stats.last_refusal), "%s: %.100s", command, error);
+    say = !s->refusal_said_ms || now - s->refusal_said_ms >= 60000;
+    if (say)
+        s->refusal_said_ms = now;
+    pthread_mutex_unlock(&s->lock);
+    if (say)
+        log_error("fleet: Redis refused %s: %.200s; %s", command, error, fix);
 }
 
 /* A flag in Redis that no host of this fleet made (or an old one written
@@ -619,6 +759,76 @@ static void refused_flag(shared *s, const char *name) {
         log_warning("fleet: ignoring a '%s' flag in Redis that no host of this fleet made (or that is over): "
                     "someone with write access to Redis but without the shared key wrote it; check who holds "
                     "the Redis password", name);
+}
+
+/* ---- what this host learned: revoked tokens, the generation ---- */
+
+/* A token's fingerprint for the list of revoked ones: the first 8 bytes of
+ * SHA-256 of its value. Unkeyed, so hosts on different keys during a
+ * rotation agree on it; it only travels sealed. */
+static uint64_t token_fp(const token *t) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned n = 0;
+    uint64_t v = 0;
+
+    EVP_Digest(t->value, t->len, md, &n, EVP_sha256(), NULL);
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | md[i];
+    return v;
+}
+
+static void deny(shared *s, uint64_t fp) {
+    uint64_t until = now_ms() + (uint64_t)OAUTH_LIFETIME_MAX * MS_PER_SEC;
+
+    pthread_mutex_lock(&s->lock);
+    s->denied[s->deny_next] = fp;
+    s->denied_until[s->deny_next] = until;
+    s->deny_next = (s->deny_next + 1) % DENY_MAX;
+    pthread_mutex_unlock(&s->lock);
+}
+
+static bool denied(shared *s, const token *t) {
+    uint64_t fp = token_fp(t), now = now_ms();
+    bool found = false;
+
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < DENY_MAX && !found; i++)
+        found = s->denied_until[i] > now && s->denied[i] == fp;
+    pthread_mutex_unlock(&s->lock);
+    return found;
+}
+
+static void repair_flush(shared *s, const char *why);
+
+/* A generation read from Redis: the highest is remembered; one set back
+ * or not a number (Redis lost it, or someone wrote it) is refused and
+ * mended by a flush above the highest seen. Returns whether it can be
+ * trusted. */
+static bool gen_ok(shared *s, const char *text, size_t len) {
+    char buf[24], *end;
+    unsigned long long g;
+    bool back;
+
+    if (len == 0 || len >= sizeof(buf)) {
+        repair_flush(s, "the fleet's generation in Redis is not a number");
+        return false;
+    }
+    memcpy(buf, text, len);
+    buf[len] = '\0';
+    errno = 0;
+    g = strtoull(buf, &end, 10);
+    if (errno || *end || buf[0] == '-' || buf[0] == '+' || buf[0] == ' ') {
+        repair_flush(s, "the fleet's generation in Redis is not a number");
+        return false;
+    }
+    pthread_mutex_lock(&s->lock);
+    back = g < s->max_gen;
+    if (!back)
+        s->max_gen = g;
+    pthread_mutex_unlock(&s->lock);
+    if (back)
+        repair_flush(s, "the fleet's generation in Redis went back (Redis lost it, or it was written)");
+    return !back;
 }
 
 static void on_paused(void *userdata, uint64_t ms) {
@@ -688,17 +898,28 @@ static redisContext *connect_to(shared *s, const char *address, char *err, size_
     return c;
 }
 
+/* Why a connection failed, in words: a deadline that passed reads as
+ * EAGAIN from the socket ("Resource temporarily unavailable"). */
+static const char *redis_why(const redisContext *c) {
+    if (!c->errstr[0] || (c->err == REDIS_ERR_IO && strcmp(c->errstr, strerror(EAGAIN)) == 0))
+        return "no answer within [shared] timeout";
+    return c->errstr;
+}
+
 /* A command on a fresh connection; an error reply or none fails it. */
 static redisReply *command(redisContext *c, int argc, const char **argv, const size_t *lens, char *err,
                            size_t err_size) {
     redisReply *r = redisCommandArgv(c, argc, argv, lens);
 
     if (!r) {
-        snprintf(err, err_size, "%s failed: %s", argv[0], c->errstr[0] ? c->errstr : "no answer in time");
+        snprintf(err, err_size, "%s failed: %s", argv[0], redis_why(c));
         return NULL;
     }
     if (r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, err_size, "%s refused: %.*s", argv[0], (int)(r->len < 200 ? r->len : 200), r->str);
+        snprintf(err, err_size, "%s refused: %.*s%s", argv[0], (int)(r->len < 200 ? r->len : 200), r->str,
+                 strncmp(r->str, "NOPERM", 6) == 0 ? " (give tokend's ACL user this command: the README's ACL "
+                                                      "line lists every one)"
+                                                    : "");
         freeReplyObject(r);
         return NULL;
     }
@@ -777,6 +998,20 @@ static redisContext *redis_open(shared *s, bool load_scripts, char *address, siz
             goto fail;
         freeReplyObject(r);
     }
+    {
+        /* what each thread needs, tried harmlessly, so a missing permission
+         * is named now rather than failing every miss later */
+        char key[KEY_MAX];
+        const char *run[] = { "EVALSHA", s->sha[S_RELEASE], "1", key, "-" };
+        const char *time_argv[] = { "TIME" };
+        pthread_rwlock_rdlock(&s->keys_lock);
+        snprintf(key, sizeof(key), "%sl:permissions", s->ns);
+        pthread_rwlock_unlock(&s->keys_lock);
+        r = load_scripts ? command(c, 5, run, NULL, err, err_size) : command(c, 1, time_argv, NULL, err, err_size);
+        if (!r)
+            goto fail;
+        freeReplyObject(r);
+    }
     return c;
 fail:
     redisFree(c);
@@ -784,6 +1019,13 @@ fail:
 }
 
 /* ---- the command thread ---- */
+
+static uint64_t mono_us(void) {
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
 
 static void latency(shared *s, uint64_t us) {
     double sec = (double)us / 1e6;
@@ -837,7 +1079,7 @@ static int append(shared *s, redisContext *c, struct job *j) {
         r = seal_fingerprint(&s->keys, j->tok->value, j->tok->len, fp);
         head = (size_t)snprintf((char *)blob, sizeof(blob), "%s:%s:", j->gen, r == 0 ? fp : "");
         if (r == 0)
-            r = seal_token(&s->keys, aad, strlen(aad), j->tok, blob + head, &blen);
+            r = seal_token(&s->keys, aad, strlen(aad), j->tok, now_unix_ms() + left, blob + head, &blen);
         pthread_rwlock_unlock(&s->keys_lock);
         if (r < 0 || left < 1000)
             return REDIS_ERR; /* nothing worth sharing */
@@ -877,11 +1119,33 @@ static int append(shared *s, redisContext *c, struct job *j) {
         }
     }
     case J_FLUSH: {
-        char gen_key[KEY_MAX], ev_key[KEY_MAX];
-        const char *argv[] = { "EVALSHA", s->sha[S_FLUSH], "2", gen_key, ev_key, maxlen };
+        char gen_key[KEY_MAX], ev_key[KEY_MAX], floor[24];
+        const char *argv[] = { "EVALSHA", s->sha[S_FLUSH], "2", gen_key, ev_key, maxlen, floor };
         snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
         snprintf(ev_key, sizeof(ev_key), "%sevents", j->ns);
-        return redisAppendCommandArgv(c, 6, argv, NULL);
+        pthread_mutex_lock(&s->lock);
+        snprintf(floor, sizeof(floor), "%llu", s->max_gen);
+        pthread_mutex_unlock(&s->lock);
+        return redisAppendCommandArgv(c, 7, argv, NULL);
+    }
+    case J_REVOKED: {
+        char ev_key[KEY_MAX];
+        int r;
+        snprintf(ev_key, sizeof(ev_key), "%sevents", j->ns);
+        /* sealed as a drop's tuple is, the fingerprints in the user id's place */
+        pthread_rwlock_rdlock(&s->keys_lock);
+        r = seal_tuple(&s->keys, ev_key, strlen(ev_key), OAUTH_GRANT_USER_ASSERTION, j->fps, "revoked", blob,
+                       &blen);
+        pthread_rwlock_unlock(&s->keys_lock);
+        if (r < 0)
+            return REDIS_ERR;
+        {
+            const char *argv[] = { "EVALSHA", s->sha[S_REVOKED], "1", ev_key, maxlen, (const char *)blob };
+            size_t lens[6];
+            for (int i = 0; i < 6; i++)
+                lens[i] = i == 5 ? blen : strlen(argv[i]);
+            return redisAppendCommandArgv(c, 6, argv, lens);
+        }
     }
     case J_PAUSE:
     case J_CREDS: {
@@ -913,6 +1177,7 @@ static enum shared_op op_of(enum job_kind k) {
     case J_RELEASE:
         return SHARED_OP_PUBLISH;
     case J_DROP:
+    case J_REVOKED:
         return SHARED_OP_DROP;
     case J_FLUSH:
         return SHARED_OP_FLUSH;
@@ -946,7 +1211,7 @@ static token *open_value(shared *s, struct job *j, const redisReply *v, int whic
     snprintf(aad, sizeof(aad), "%s|%s", j->tok_key[which - 1], gen);
     pthread_rwlock_rdlock(&s->keys_lock);
     if (seal_open_token(&s->keys, aad, strlen(aad), (const unsigned char *)c2 + 1, (size_t)(end - c2 - 1),
-                        now_ms(), ttl, &t) < 0)
+                        now_ms(), ttl, now_unix_ms(), &t) < 0)
         t = NULL;
     pthread_rwlock_unlock(&s->keys_lock);
     return t;
@@ -1026,6 +1291,14 @@ static bool integer_at(const redisReply *r, size_t i, long long *v) {
     return true;
 }
 
+/* The least remaining life worth taking: what was asked for, capped at half
+ * the token's lifetime as the memory cache caps it, so short-lived tokens
+ * are shared too. */
+static uint64_t life_needed(const token *t, uint64_t asked_ms) {
+    uint64_t half = (uint64_t)t->lifetime_s * MS_PER_SEC / 2;
+    return asked_ms < half ? asked_ms : half;
+}
+
 static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t now) {
     long long code, ttl, which;
     enum shared_lookup what;
@@ -1033,6 +1306,8 @@ static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t no
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 5 || !integer_at(r, 0, &code) || !integer_at(r, 2, &ttl) ||
         !integer_at(r, 4, &which) || r->element[1]->type != REDIS_REPLY_STRING ||
         r->element[3]->type != REDIS_REPLY_STRING || code < 1 || code > 4) {
+        if (r->type == REDIS_REPLY_ERROR)
+            refused(s, "the lookup script", r->str);
         count_op(s, SHARED_OP_LOOKUP, false);
         degrade(s, j);
         return;
@@ -1040,25 +1315,59 @@ static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t no
     snprintf(j->gen, sizeof(j->gen), "%.*s", (int)(r->element[3]->len < 20 ? r->element[3]->len : 20),
              r->element[3]->str);
     what = code == 1 ? SHARED_FOUND : code == 2 ? SHARED_LEASED : code == 3 ? SHARED_PAUSED : SHARED_BUSY;
+    if (!gen_ok(s, r->element[3]->str, r->element[3]->len) && what == SHARED_FOUND) {
+        /* a value of a generation this host saw flushed (or of none): never
+         * served; minted here, and Redis mended */
+        pthread_mutex_lock(&s->lock);
+        s->stats.stale_refused++;
+        pthread_mutex_unlock(&s->lock);
+        j->skip_tokens = true;
+        if (!submit(s, j))
+            degrade(s, j);
+        return;
+    }
     pthread_mutex_lock(&s->lock);
     s->stats.ops[SHARED_OP_LOOKUP][0]++;
     s->stats.lookups[what]++;
-    latency(s, (now - j->sent_ms) * 1000);
+    latency(s, mono_us() - j->sent_us);
     pthread_mutex_unlock(&s->lock);
 
     switch (what) {
     case SHARED_FOUND: {
         token *t = which >= 1 && which <= 2 && ttl > 0 ? open_value(s, j, r->element[1], (int)which, j->gen, (uint64_t)ttl)
                                                        : NULL;
-        if (t) {
+        if (t && denied(s, t)) {
+            /* revoked by the fleet, and written back into Redis since */
+            pthread_mutex_lock(&s->lock);
+            s->stats.stale_refused++;
+            pthread_mutex_unlock(&s->lock);
+            t = token_unref(t);
+            j->skip_tokens = true;
+            if (!submit(s, j))
+                degrade(s, j);
+            return;
+        }
+        if (t && ns_moved(s, j)) {
+            /* a reload to another server or client id while Redis answered:
+             * the token is the old namespace's; look again in the new one */
+            t = token_unref(t);
+            if (job_names(s, j) < 0 || !submit(s, j))
+                degrade(s, j);
+            return;
+        }
+        if (t && token_remaining_ms(t, now_ms()) > life_needed(t, j->want.min_life_ms)) {
             deliver(j, t);
             return;
         }
-        /* moved from another key, tampered with, or sealed with a key we do
-         * not have: a miss, counted, never served; ask again for a lease */
-        pthread_mutex_lock(&s->lock);
-        s->stats.decrypt_failures++;
-        pthread_mutex_unlock(&s->lock);
+        if (t) /* too little life left for this caller: ask for a lease */
+            token_unref(t);
+        else {
+            /* moved from another key, tampered with, or sealed with a key we
+             * do not have: a miss, counted, never served; ask again for a lease */
+            pthread_mutex_lock(&s->lock);
+            s->stats.decrypt_failures++;
+            pthread_mutex_unlock(&s->lock);
+        }
         j->skip_tokens = true;
         if (!submit(s, j))
             degrade(s, j);
@@ -1125,6 +1434,7 @@ static void revoke_taken(shared *s, struct job *j, const redisReply *r) {
         }
     }
     j->rdone = NULL;
+    tell_revoked(s, toks, 3);
     revocations_revoke(s->rv, toks, 3, done, j->rctx);
     token_unref(toks[1]);
     token_unref(toks[2]);
@@ -1147,21 +1457,36 @@ static void answered(shared *s, struct job *j, redisReply *r, uint64_t now) {
     }
     count_op(s, op_of(j->kind), r->type != REDIS_REPLY_ERROR);
     if (r->type == REDIS_REPLY_ERROR)
-        log_warning("Redis refused a %s: %.*s", shared_op_names[op_of(j->kind)], (int)(r->len < 200 ? r->len : 200),
-                    r->str);
+        refused(s, shared_op_names[op_of(j->kind)], r->str);
     job_free(j);
 }
 
+/* Redis failing is said when it starts, then at most once a minute while
+ * it lasts (the breaker opens again after every failed probe); its return
+ * is said by the next connection. */
 static void connection_lost(shared *s, redisContext **c, const char *why) {
-    bool opened;
+    uint64_t now = now_ms();
+    bool opened, say, first;
+    unsigned long long n;
 
     pthread_mutex_lock(&s->lock);
-    opened = breaker_failure(&s->br, now_ms(), false);
+    opened = breaker_failure(&s->br, now, false);
     s->stats.up = false;
     s->stats.address[0] = '\0';
+    n = ++s->failures_unsaid;
+    first = !s->failing;
+    say = opened && (first || now - s->failing_said_ms >= 60000);
+    if (say) {
+        s->failing_said_ms = now;
+        s->failures_unsaid = 0;
+        s->failing = true;
+    }
     pthread_mutex_unlock(&s->lock);
-    if (opened)
+    if (say && first)
         log_warning("fleet: Redis is failing (%s); minting on our own until it answers again", why);
+    else if (say)
+        log_warning("fleet: Redis is still failing (%s; %llu failed attempts in the last minute); minting on "
+                    "our own until it answers again", why, n);
     if (*c) {
         redisFree(*c);
         *c = NULL;
@@ -1225,8 +1550,10 @@ static void run_batch(shared *s, redisContext **c, struct queue *batch) {
             return;
         }
         pthread_mutex_lock(&s->lock);
-        if (breaker_success(&s->br) || s->stats.reconnects == 0)
+        if (breaker_success(&s->br) || s->stats.reconnects == 0 || s->failing)
             log_notice("fleet: sharing tokens through Redis at %s", address);
+        s->failing = false;
+        s->failures_unsaid = 0;
         breaker_probe_done(&s->br);
         s->stats.up = true;
         s->stats.reconnects++;
@@ -1252,7 +1579,7 @@ static void run_batch(shared *s, redisContext **c, struct queue *batch) {
             }
             continue;
         }
-        j->sent_ms = now;
+        j->sent_us = mono_us();
         sent[n++] = j;
     }
     for (size_t i = 0; i < n; i++) {
@@ -1274,7 +1601,7 @@ static void run_batch(shared *s, redisContext **c, struct queue *batch) {
         }
         {
             char why[160];
-            snprintf(why, sizeof(why), "%s", (*c)->errstr[0] ? (*c)->errstr : "no answer in time");
+            snprintf(why, sizeof(why), "%s", redis_why(*c));
             connection_lost(s, c, why);
         }
         for (; i < n; i++)
@@ -1377,6 +1704,9 @@ static int id_cmp(struct stream_id a, struct stream_id b) {
     return a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0;
 }
 
+struct reader;
+static void local_flush(struct reader *rd, const char *why);
+
 struct reader {
     shared *s;
     redisContext *c;
@@ -1384,7 +1714,17 @@ struct reader {
     char ns[NS_MAX];
     char last[48];     /* the last event applied, "" before the first connection */
     char gen[24];      /* the generation last seen, "" before */
+    unsigned long long redis_ms; /* Redis's clock at the last heartbeat, 0 before */
 };
+
+/* The events stream cannot be trusted to hold what this host missed: its
+ * tokens go (each costs a mint), and the event is counted. */
+static void stream_reset(struct reader *rd, const char *why) {
+    pthread_mutex_lock(&rd->s->lock);
+    rd->s->stats.stream_resets++;
+    pthread_mutex_unlock(&rd->s->lock);
+    local_flush(rd, why);
+}
 
 static void local_flush(struct reader *rd, const char *why) {
     size_t n = rd->s->cache ? cache_flush(rd->s->cache) : 0;
@@ -1400,8 +1740,8 @@ static void local_flush(struct reader *rd, const char *why) {
 static int catch_up(struct reader *rd) {
     char key[KEY_MAX];
     const char *argv[] = { "XINFO", "STREAM", key };
-    struct stream_id last = { 0 }, gone = { 0 }, newest = { 0 };
-    bool have_gone = false, have_newest = false;
+    struct stream_id last = { 0 }, gone = { 0 }, newest = { 0 }, first = { 0 };
+    bool have_gone = false, have_newest = false, have_first = false, restored = rd->s->resume_age_ms != 0;
     redisReply *r;
 
     snprintf(key, sizeof(key), "%sevents", rd->ns);
@@ -1409,11 +1749,36 @@ static int catch_up(struct reader *rd) {
     if (!r)
         return -EIO;
     if (r->type == REDIS_REPLY_ERROR) {
-        /* no stream: a new namespace, or a Redis that lost everything */
-        if (rd->last[0] && strcmp(rd->last, "0-0") != 0)
-            local_flush(rd, "Redis lost the fleet's events (restarted without them?)");
-        snprintf(rd->last, sizeof(rd->last), "0-0");
+        /* no stream: a new namespace, or a Redis that lost everything; a
+         * host back from a restart cannot tell which drops it missed */
+        if (strncmp(r->str, "NOPERM", 6) == 0) {
+            refused(rd->s, "XINFO STREAM", r->str);
+            freeReplyObject(r);
+            return -EACCES;
+        }
+        if ((rd->last[0] && strcmp(rd->last, "0-0") != 0) || restored)
+            stream_reset(rd, "Redis lost the fleet's events (restarted without them?)");
+        rd->s->resume_age_ms = 0;
         freeReplyObject(r);
+        /* made now, so that a stream lost later (Redis restarted without
+         * it) is told apart from one that never had an event: its first
+         * entry then comes after what a host last read */
+        {
+            char maxlen[24];
+            const char *xadd[] = { "XADD", key, "MAXLEN", "~", maxlen, "*", "h", "1" };
+            snprintf(maxlen, sizeof(maxlen), "%d", STREAM_MAXLEN);
+            r = redisCommandArgv(rd->c, 8, xadd, NULL);
+            if (!r)
+                return -EIO;
+            if (r->type == REDIS_REPLY_STRING)
+                snprintf(rd->last, sizeof(rd->last), "%.*s", (int)(r->len < 40 ? r->len : 40), r->str);
+            else {
+                if (r->type == REDIS_REPLY_ERROR)
+                    refused(rd->s, "XADD", r->str);
+                snprintf(rd->last, sizeof(rd->last), "0-0");
+            }
+            freeReplyObject(r);
+        }
         return 0;
     }
     for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2) {
@@ -1424,6 +1789,8 @@ static int catch_up(struct reader *rd) {
             have_newest = parse_id(v->str, v->len, &newest);
         else if (strcmp(k->str, "max-deleted-entry-id") == 0 && v->type == REDIS_REPLY_STRING)
             have_gone = parse_id(v->str, v->len, &gone);
+        else if (strcmp(k->str, "recorded-first-entry-id") == 0 && v->type == REDIS_REPLY_STRING)
+            have_first = parse_id(v->str, v->len, &first);
     }
     if (!rd->last[0] && rd->s->resume_age_ms) {
         /* tokens brought back over a restart: replay from shortly before the
@@ -1439,17 +1806,31 @@ static int catch_up(struct reader *rd) {
         }
         now_ms_redis = strtoull(t->element[0]->str, NULL, 10) * 1000 + strtoull(t->element[1]->str, NULL, 10) / 1000;
         freeReplyObject(t);
+        struct stream_id image = { .ms = now_ms_redis > rd->s->resume_age_ms ? now_ms_redis - rd->s->resume_age_ms
+                                                                            : 0 };
         rd->s->resume_age_ms = 0; /* once */
         snprintf(rd->last, sizeof(rd->last), "%llu-0", now_ms_redis > back ? now_ms_redis - back : 0);
-        if (parse_id(rd->last, strlen(rd->last), &last) && have_gone && id_cmp(gone, last) > 0)
-            local_flush(rd, "the fleet's events from before this restart are gone");
+        /* trimmed past where the replay starts, or first made after the
+         * image was written (so what came between may be lost) */
+        if (parse_id(rd->last, strlen(rd->last), &last) &&
+            ((have_gone && id_cmp(gone, last) > 0) || (have_first && id_cmp(first, image) > 0)))
+            stream_reset(rd, "the fleet's events from before this restart are gone");
     } else if (!rd->last[0]) {
         /* the first connection: what came before is not ours to apply */
         snprintf(rd->last, sizeof(rd->last), "%llu-%llu", newest.ms, newest.seq);
-    } else if (parse_id(rd->last, strlen(rd->last), &last) && have_gone && id_cmp(gone, last) > 0) {
-        local_flush(rd, "events were missed while Redis was out of reach");
-        if (have_newest)
-            snprintf(rd->last, sizeof(rd->last), "%llu-%llu", newest.ms, newest.seq);
+    } else if (parse_id(rd->last, strlen(rd->last), &last)) {
+        const char *why = NULL;
+        if (have_newest && id_cmp(newest, last) < 0)
+            why = "the fleet's events stream was made anew or rewound behind this host";
+        else if (have_gone && id_cmp(gone, last) > 0)
+            why = "events were missed while Redis was out of reach";
+        else if (have_first && strcmp(rd->last, "0-0") != 0 && id_cmp(first, last) > 0)
+            why = "the fleet's events stream was made anew since this host last read it";
+        if (why) {
+            stream_reset(rd, why);
+            if (have_newest)
+                snprintf(rd->last, sizeof(rd->last), "%llu-%llu", newest.ms, newest.seq);
+        }
     }
     freeReplyObject(r);
     return 0;
@@ -1472,7 +1853,7 @@ static int heartbeat(struct reader *rd) {
     shared *s = rd->s;
     char gen_key[KEY_MAX], pause_key[KEY_MAX], creds_key[KEY_MAX];
     const char *argv[][2] = { { "GET", gen_key }, { "GET", pause_key }, { "PTTL", pause_key },
-                              { "GET", creds_key }, { "PTTL", creds_key } };
+                              { "GET", creds_key }, { "PTTL", creds_key }, { "TIME", NULL } };
     redisReply *r[ARRAY_SIZE(argv)] = { 0 };
     int ret = 0;
 
@@ -1480,7 +1861,7 @@ static int heartbeat(struct reader *rd) {
     snprintf(pause_key, sizeof(pause_key), "%spause", rd->ns);
     snprintf(creds_key, sizeof(creds_key), "%screds", rd->ns);
     for (size_t i = 0; i < ARRAY_SIZE(argv); i++)
-        redisAppendCommandArgv(rd->c, 2, argv[i], NULL);
+        redisAppendCommandArgv(rd->c, argv[i][1] ? 2 : 1, argv[i], NULL);
     for (size_t i = 0; i < ARRAY_SIZE(argv); i++)
         if (redisGetReply(rd->c, (void **)&r[i]) != REDIS_OK || !r[i] || r[i]->type == REDIS_REPLY_ERROR)
             ret = -EIO;
@@ -1488,9 +1869,15 @@ static int heartbeat(struct reader *rd) {
         char gen[24];
         snprintf(gen, sizeof(gen), "%.*s", r[0]->type == REDIS_REPLY_STRING ? (int)(r[0]->len < 20 ? r[0]->len : 20) : 1,
                  r[0]->type == REDIS_REPLY_STRING ? r[0]->str : "0");
+        if (r[0]->type == REDIS_REPLY_STRING)
+            gen_ok(s, r[0]->str, r[0]->len);
         if (rd->gen[0] && strcmp(gen, rd->gen) != 0)
             local_flush(rd, "the fleet was flushed");
         snprintf(rd->gen, sizeof(rd->gen), "%s", gen);
+        if (r[5]->type == REDIS_REPLY_ARRAY && r[5]->elements == 2 && r[5]->element[0]->type == REDIS_REPLY_STRING &&
+            r[5]->element[1]->type == REDIS_REPLY_STRING)
+            rd->redis_ms = strtoull(r[5]->element[0]->str, NULL, 10) * 1000 +
+                           strtoull(r[5]->element[1]->str, NULL, 10) / 1000;
         bool paused = flag_holds(s, rd->ns, "pause", r[1], r[2], PAUSE_MAX_MS);
         bool creds = flag_holds(s, rd->ns, "creds", r[3], r[4], CREDS_TTL_MS);
         pthread_mutex_lock(&s->lock);
@@ -1532,7 +1919,31 @@ static void apply_event(struct reader *rd, redisReply *fields) {
         } else if (strcmp(k->str, "f") == 0) {
             size_t n = s->cache ? cache_flush(s->cache) : 0;
             snprintf(rd->gen, sizeof(rd->gen), "%.*s", (int)(v->len < 20 ? v->len : 20), v->str);
+            gen_ok(s, v->str, v->len); /* the new generation is the highest seen */
             log_notice("fleet: flushed from another host: %zu cached tokens dropped here", n);
+        } else if (strcmp(k->str, "r") == 0) {
+            char key[KEY_MAX], fps[OAUTH_USER_ID_MAX + 1], scope[OAUTH_SCOPE_MAX + 1];
+            enum oauth_grant grant;
+            int r;
+            snprintf(key, sizeof(key), "%sevents", rd->ns);
+            pthread_rwlock_rdlock(&s->keys_lock);
+            r = seal_open_tuple(&s->keys, key, strlen(key), (const unsigned char *)v->str, v->len, &grant, fps,
+                                scope);
+            pthread_rwlock_unlock(&s->keys_lock);
+            if (r < 0 || strcmp(scope, "revoked") != 0) {
+                pthread_mutex_lock(&s->lock);
+                s->stats.decrypt_failures++;
+                pthread_mutex_unlock(&s->lock);
+                continue;
+            }
+            for (char *p = fps; *p;) {
+                char *end;
+                unsigned long long fp = strtoull(p, &end, 16);
+                if (end != p + 16)
+                    break;
+                deny(s, fp);
+                p = *end == ',' ? end + 1 : end;
+            }
         } else
             continue;
         pthread_mutex_lock(&s->lock);
@@ -1562,8 +1973,20 @@ static int read_events(struct reader *rd) {
         redisReply *entries = r->element[0]->element[1];
         for (size_t i = 0; i < entries->elements; i++) {
             redisReply *e = entries->element[i];
+            struct stream_id id;
             if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING)
                 continue;
+            if (rd->redis_ms && parse_id(e->element[0]->str, e->element[0]->len, &id) &&
+                id.ms > rd->redis_ms + FUTURE_MAX_MS) {
+                /* no XADD '*' made it: someone pushed the stream's top into
+                 * the future, so that hosts skip every event after it. The
+                 * stream is made anew (with a flush); we read on from now. */
+                stream_reset(rd, "the fleet's events stream holds an event from the future (written by hand)");
+                repair_flush(rd->s, "the fleet's events stream was poisoned");
+                snprintf(rd->last, sizeof(rd->last), "%llu-0", rd->redis_ms);
+                freeReplyObject(r);
+                return 1;
+            }
             apply_event(rd, e->element[1]);
             snprintf(rd->last, sizeof(rd->last), "%.*s", (int)(e->element[0]->len < 40 ? e->element[0]->len : 40),
                      e->element[0]->str);
@@ -1580,6 +2003,7 @@ static void reader_close(struct reader *rd) {
      * (a host must not stay unready on an old rejection while Redis is down) */
     rd->s->stats.fleet_paused = false;
     rd->s->stats.fleet_credentials_rejected = false;
+    rd->s->stats.events_ok = false;
     pthread_mutex_unlock(&rd->s->lock);
     if (rd->c)
         redisFree(rd->c);
@@ -1612,8 +2036,20 @@ static void *event_thread(void *arg) {
         } else
             pthread_rwlock_unlock(&s->keys_lock);
         if (!rd.c) {
-            char err[256], address[280];
+            char err[256] = "", address[280];
             rd.c = redis_open(s, false, address, sizeof(address), err, sizeof(err));
+            if (!rd.c) {
+                uint64_t now = now_ms();
+                bool say;
+                pthread_mutex_lock(&s->lock);
+                say = !s->events_said_ms || now - s->events_said_ms >= 60000;
+                if (say)
+                    s->events_said_ms = now;
+                pthread_mutex_unlock(&s->lock);
+                if (say)
+                    log_warning("fleet: cannot read the fleet's drops and flushes (%s); this host shows itself "
+                                "degraded until it can", err[0] ? err : "no connection");
+            }
             if (rd.c) {
                 struct timeval tv = { .tv_sec = (time_t)((EVENT_BLOCK_MS + s->timeout_ms + 250) / 1000),
                                       .tv_usec = (suseconds_t)((EVENT_BLOCK_MS + s->timeout_ms + 250) % 1000) * 1000 };
@@ -1624,6 +2060,11 @@ static void *event_thread(void *arg) {
                 pthread_mutex_unlock(&s->lock);
                 if (stop || catch_up(&rd) < 0)
                     reader_close(&rd);
+                else {
+                    pthread_mutex_lock(&s->lock);
+                    s->stats.events_ok = true;
+                    pthread_mutex_unlock(&s->lock);
+                }
             }
             if (!rd.c) {
                 /* backoff, interrupted by a stop */
@@ -1643,8 +2084,24 @@ static void *event_thread(void *arg) {
             }
             failures = 0;
         }
-        if (heartbeat(&rd) < 0 || read_events(&rd) < 0)
-            reader_close(&rd);
+        {
+            int r = heartbeat(&rd);
+            if (r == 0)
+                r = read_events(&rd);
+            if (r < 0)
+                reader_close(&rd);
+            else if (r > 0) { /* a poisoned stream being mended: not in a tight loop */
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                ts.tv_nsec += 200 * 1000000L;
+                if (ts.tv_nsec >= 1000000000L)
+                    ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+                pthread_mutex_lock(&s->lock);
+                if (!s->stopping)
+                    pthread_cond_timedwait(&s->ev_cond, &s->lock, &ts);
+                pthread_mutex_unlock(&s->lock);
+            }
+        }
     }
     reader_close(&rd);
     return NULL;
@@ -1819,8 +2276,10 @@ bool shared_reload(shared *s, const config *cfg) {
 void shared_get_stats(shared *s, struct shared_stats *ret) {
     pthread_mutex_lock(&s->lock);
     *ret = s->stats;
+
     ret->breaker = breaker_state_at(&s->br, now_ms());
-    ret->up = s->stats.up && ret->breaker == BREAKER_CLOSED;
+    /* a host that cannot hear of the fleet's drops is not sharing safely */
+    ret->up = s->stats.up && s->stats.events_ok && ret->breaker == BREAKER_CLOSED;
     pthread_mutex_unlock(&s->lock);
 }
 

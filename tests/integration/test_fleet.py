@@ -19,6 +19,7 @@ import redis as redis_py
 from conftest import BUILD, SLOW, concurrently, wait_for
 from sec_helpers import RIGHTS, Keys, bearer
 from test_systemd import make_sd, notify, stop_and_take_cache  # noqa: F401 (fixtures)
+from test_state import make_stub  # noqa: F401 (a fixture)
 from tls_fixture import Pki
 from redis_fixture import (PREFIX, TOKEND_USER, key_file, make_cutter, make_fleet,  # noqa: F401
                            free_port, make_redis, redis, sentinels, shared_section, write_key_file)
@@ -800,3 +801,244 @@ def test_a_revocation_with_the_circuit_to_instacart_open_is_kept_until_it_lands(
              what="the revocation to land once the circuit closes")
     wait_for(lambda: access_token(a.token("victim")) != tok, timeout=2, interval=0.05,
              what="a to stop serving the revoked token")
+
+
+# ---------------------------------------------------------------- what is shared, and with whom
+
+
+def test_short_lived_tokens_are_shared_too(stub, redis, make_fleet):
+    stub.config(expires_in=120)  # less than min_ttl (5 min): the cache takes half the lifetime instead
+    a, b = make_fleet(stub, redis, 2)
+    tok = access_token(a.token("brief"))
+    r = wait_for(lambda: (lambda r: r if r.header("x-cache") in FROM_ANOTHER_HOST else None)(b.token("brief")),
+                 timeout=2, interval=0.05, what="b to take a's token")
+    assert access_token(r) == tok
+    assert len(mints(stub, "brief")) == 1
+
+
+def issued_by(server, tok):
+    """Whether the stand-in `server` issued tok: it serves a Recommendations
+    call only with a token of its own."""
+    status, _, _ = server.request("POST", "/v2/recommendations/complementary_items", {"items": []},
+                                  headers={"Authorization": f"Bearer {tok}"})
+    return status != 401
+
+
+def test_a_mint_in_flight_when_a_host_moves_to_another_server_is_not_shared_with_the_old_one(
+        stub, make_stub, redis, make_fleet):
+    second = make_stub()
+    a, c = make_fleet(stub, redis, 2)
+    stub.fault(match_user="mover", action="ok", delay_ms=1500, count=1)
+    answer = {}
+    th = threading.Thread(target=lambda: answer.setdefault("r", a.get("/v1/token?user_id=mover", timeout=20)))
+    th.start()
+    wait_for(lambda: "tokend_mints_in_flight 1" in a.get("/metrics").body.decode(), what="a's mint to start")
+    a.sections["upstream"]["base_url"] = second.base_url
+    a.write_config()
+    before = a.log().count("reloaded ")
+    a.signal(signal.SIGHUP)
+    wait_for(lambda: a.log().count("reloaded ") > before, what="a's reload")
+    th.join(30)
+    assert issued_by(second, access_token(answer["r"]))
+    r = c.token("mover")  # c is still on the old server
+    assert issued_by(stub, access_token(r)), "a host on the old server served the new server's token"
+
+
+def test_a_redis_outage_is_said_once_in_words_an_operator_reads(stub, redis, make_fleet):
+    (a,) = make_fleet(stub, redis, 1, sections=UPSTREAM)
+    assert a.token("before").status == 200
+    redis.stop_signal()  # SIGSTOP: connections are accepted, nothing answers
+    try:
+        ends = time.monotonic() + 4
+        i = 0
+        while time.monotonic() < ends:  # traffic through the outage, paced
+            assert a.token(f"during{i}").status == 200
+            i += 1
+            time.sleep(0.1)
+    finally:
+        redis.cont()
+    wait_for(lambda: "sharing tokens through Redis" in a.log().rsplit("Redis is failing", 1)[-1], timeout=10,
+             what="the return of Redis to be said")
+    log = a.log()
+    assert log.count("Redis is failing") == 1, log
+    assert "Resource temporarily unavailable" not in log
+    assert "no answer within [shared] timeout" in log
+
+
+# ---------------------------------------------------------------- replays, set-backs and a poisoned stream
+
+
+def saved_value(redis, before, host, user):
+    """(key, value, pttl) of user's token as host publishes it."""
+    access_token(host.token(user))
+    key = wait_for(lambda: token_keys(redis, before), timeout=2, what=f"{user}'s token in Redis")[0]
+    c = redis.client()
+    try:
+        return key, c.get(key), c.pttl(key)
+    finally:
+        c.close()
+
+
+def test_a_revoked_token_written_back_into_redis_is_never_served(stub, redis, make_fleet):
+    a, b, c = make_fleet(stub, redis, 3, acl=True)
+    key, value, pttl = saved_value(redis, set(redis.keys()), a, "replayed")
+    tok = access_token(a.token("replayed"))
+    r = b.request("DELETE", "/v1/token?user_id=replayed&revoke=true")
+    assert r.status == 200 and r.json()["revoked"] is True, r
+    assert stub.stats()["revoked_tokens"] == [tok]
+    w = writer(redis)
+    w.set(key, value, px=pttl)  # the saved value, written back with its TTL
+    w.close()
+    for h in (a, b, c):
+        r = h.token("replayed")
+        assert r.status == 200 and access_token(r) != tok, f"a host served the revoked token: {r}"
+    assert sum(metric(h, "tokend_shared_stale_refused_total") for h in (a, b, c)) >= 1
+
+
+def test_a_generation_set_back_after_a_flush_never_brings_pre_flush_tokens_back(stub, redis, make_fleet):
+    a, b = make_fleet(stub, redis, 2, acl=True)
+    ns = namespace_of(redis, a)
+    key, value, pttl = saved_value(redis, set(redis.keys()), a, "preflush")
+    old = access_token(a.token("preflush"))
+    w = writer(redis)
+    gen_before = w.get(ns + "gen") or b"0"
+    assert a.request("POST", "/v1/cache/flush").status == 200
+    wait_for(lambda: w.get(ns + "gen") not in (None, gen_before), timeout=2, what="the flush in Redis")
+    wait_for(lambda: metric(b, "tokend_cache_entries") == 0, timeout=2, what="b to hear of the flush")
+    w.set(ns + "gen", gen_before)  # the generation set back...
+    w.set(key, value, px=pttl)     # ...and the pre-flush value written back
+    w.close()
+    for h in (a, b):
+        r = h.token("preflush")
+        assert r.status == 200 and access_token(r) != old, f"a pre-flush token was served: {r}"
+    wait_for(lambda: sum(metric(h, "tokend_shared_repairs_total") for h in (a, b)) >= 1, timeout=2,
+             what="a host to mend the generation")
+
+
+def test_a_non_integer_generation_does_not_break_flushes(stub, redis, make_fleet):
+    a, b = make_fleet(stub, redis, 2, acl=True)
+    ns = namespace_of(redis, a)
+    tok = access_token(b.token("flushed-anyway"))
+    w = writer(redis)
+    w.set(ns + "gen", "not-a-number")
+    w.close()
+    assert a.request("POST", "/v1/cache/flush").status == 200
+    wait_for(lambda: access_token(b.token("flushed-anyway")) != tok, timeout=3, interval=0.05,
+             what="the flush to reach b")
+    assert metric(a, 'tokend_shared_operations_total{op="flush",result="error"}') == 0
+
+
+def test_an_expired_token_written_back_with_a_fresh_ttl_is_never_served(stub, redis, make_fleet):
+    stub.config(expires_in=3)
+    # min_ttl 1 s: a token with 2.5 s left is worth taking
+    a, b = make_fleet(stub, redis, 2, acl=True, sections={"cache": {"min_ttl": "1s"}})
+    before = set(redis.keys())
+    tok = access_token(a.token("lapsed"))
+    c = redis.client()
+    key = wait_for(lambda: [k for k in c.scan_iter(count=1000) if k not in before and b":t:" in k], timeout=2,
+                   what="lapsed's token in Redis")[0]
+    value = c.get(key)
+    c.close()
+    wait_for(lambda: redis.client().pttl(key) < 0, timeout=6, interval=0.2, what="the token to expire in Redis")
+    stub.config(expires_in=86400)
+    w = writer(redis)
+    w.set(key, value, px=2500)  # within its lifetime, but after its end
+    w.close()
+    r = b.token("lapsed")
+    assert r.status == 200 and access_token(r) != tok, f"an expired token was served: {r}"
+
+
+def test_a_poisoned_stream_does_not_silence_the_fleets_drops(stub, redis, make_fleet):
+    a, b = make_fleet(stub, redis, 2, acl=True)
+    ns = namespace_of(redis, a)
+    w = writer(redis)
+    w.execute_command("XADD", ns + "events", "99999999999999-0", "x", "y")
+    w.delete(ns + "events")
+    w.close()
+    tok = access_token(b.token("after-the-poison"))
+    assert access_token(a.token("after-the-poison")) == tok
+    assert a.request("DELETE", "/v1/token?user_id=after-the-poison").status == 200
+    wait_for(lambda: access_token(b.token("after-the-poison")) != tok, timeout=3, interval=0.05,
+             what="the drop to reach b after the stream was poisoned")
+    # and after a reconnect too
+    b.signal(signal.SIGHUP)
+    tok2 = access_token(b.token("later"))
+    assert access_token(a.token("later")) == tok2
+    assert a.request("DELETE", "/v1/token?user_id=later").status == 200
+    wait_for(lambda: access_token(b.token("later")) != tok2, timeout=3, interval=0.05,
+             what="a later drop to reach b")
+
+
+def test_a_host_restored_after_redis_lost_its_data_drops_what_it_brought_back(
+        stub, redis, make_fleet, notify, make_sd, key_file):
+    sections = {"shared": shared_section(redis, key_file)}
+    a = make_sd(stub, notify, sections=sections)
+    notify.wait("READY", "1")
+    (b,) = make_fleet(stub, redis, 1)
+    old = access_token(a.token("revoked-meanwhile"))
+    fd = stop_and_take_cache(a, notify)
+    r = b.request("DELETE", "/v1/token?user_id=revoked-meanwhile&revoke=true")
+    assert r.status == 200 and r.json()["revoked"] is True, r
+    redis.restart()  # no persistence: the events stream is gone
+    a2 = make_sd(stub, notify, sections=sections, fds=[fd], names=["cache"])
+    notify.wait("READY", "1", count=2)
+    wait_for(lambda: metric(a2, "tokend_shared_stream_resets_total") >= 1, timeout=5, what="a2 to notice")
+    r = a2.token("revoked-meanwhile")
+    assert r.status == 200 and access_token(r) != old, "the restored host served a token revoked meanwhile"
+
+
+def test_a_missing_acl_permission_is_named_and_the_host_says_it_is_degraded(stub, redis, make_fleet):
+    redis.cli("ACL", "SETUSER", TOKEND_USER, "-time")
+    (a,) = make_fleet(stub, redis, 1, acl=True)
+    wait_for(lambda: "TIME refused: NOPERM" in a.log(), timeout=5,
+             what="the missing permission to be named: " + a.log())
+    assert "give tokend's ACL user this command" in a.log()
+    assert metric(a, "tokend_shared_events_up") == 0
+    assert metric(a, "tokend_shared_up") == 0
+    assert a.token("still-served").status == 200
+
+
+def rekey(host, key_file, previous=None):
+    host.sections["shared"]["key_file"] = str(key_file)
+    if previous:
+        host.sections["shared"]["previous_key_file"] = str(previous)
+    else:
+        host.sections["shared"].pop("previous_key_file", None)
+    host.write_config()
+    before = host.log().count("reloaded ")
+    host.signal(signal.SIGHUP)
+    wait_for(lambda: host.log().count("reloaded ") > before, what="the reload")
+
+
+def test_a_key_rotation_in_two_steps_loses_no_drop_and_remints_nothing(stub, redis, make_fleet, tmp_path):
+    """The README's rotation: every host first accepts the new key
+    (previous_key_file), then every host seals with it. At every moment of
+    it, each host finds the others' tokens and hears their drops."""
+    k1, k2 = tmp_path / "k1", tmp_path / "k2"
+    write_key_file(k1)
+    write_key_file(k2)
+    a, b = make_fleet(stub, redis, 2, shared={"key_file": str(k1)})
+    toks = cache_everywhere([a, b], ["early"])
+    for h in (a, b):  # step 1: the new key accepted everywhere
+        rekey(h, k1, previous=k2)
+    rekey(a, k2, previous=k1)  # step 2, on a only so far
+    # a seals under k2, b still under k1: each finds what the other minted
+    ta = access_token(a.token("minted-by-a"))
+    assert access_token(b.token("minted-by-a")) == ta
+    tb = access_token(b.token("minted-by-b"))
+    assert access_token(a.token("minted-by-b")) == tb
+    assert len(mints(stub, "minted-by-a")) == 1 and len(mints(stub, "minted-by-b")) == 1
+    # a revocation on the rotated host reaches the one that is not yet
+    r = a.request("DELETE", "/v1/token?user_id=early&revoke=true")
+    assert r.status == 200 and r.json()["revoked"] is True, r
+    wait_for(lambda: access_token(b.token("early")) != toks["early"], timeout=2, interval=0.05,
+             what="b (still sealing under k1) to drop the token revoked on a")
+    # and the other way round
+    tb2 = access_token(a.token("minted-by-b"))
+    assert b.request("DELETE", "/v1/token?user_id=minted-by-b").status == 200
+    wait_for(lambda: access_token(a.token("minted-by-b")) != tb2, timeout=2, interval=0.05,
+             what="a to drop the token dropped on b")
+    rekey(b, k2, previous=k1)  # step 2 everywhere
+    assert access_token(b.token("minted-by-a")) == ta
+    assert metric(a, "tokend_shared_decrypt_failures_total") == 0
+    assert metric(b, "tokend_shared_decrypt_failures_total") == 0

@@ -7,6 +7,9 @@
 #include "seal.h"
 #include "unit.h"
 
+/* an end on the wall clock far beyond any test's now (0): the TTL decides */
+#define FAR_END (UINT64_C(1) << 62)
+
 static const char AAD[] = "tokend:0123456789abcdef:u:00112233445566778899aabbccddeeff";
 static const char OTHER_AAD[] = "tokend:0123456789abcdef:u:ffeeddccbbaa99887766554433221100";
 
@@ -33,7 +36,7 @@ static token *make_token(const char *value, uint32_t lifetime_s, int64_t created
 static void seal_one(const seal_keys *k, const char *aad, unsigned char out[SEAL_TOKEN_MAX], size_t *len) {
     token *t = make_token("abc.DEF-123_~+/==", 3600, 1700000000);
 
-    ASSERT_INT_EQ(seal_token(k, aad, strlen(aad), t, out, len), 0);
+    ASSERT_INT_EQ(seal_token(k, aad, strlen(aad), t, FAR_END, out, len), 0);
     token_unref(t);
 }
 
@@ -45,8 +48,8 @@ static void token_round_trip(void) {
 
     keys(&k, 1, -1);
     seal_one(&k, AAD, buf, &len);
-    ASSERT_UINT_EQ(len, SEAL_OVERHEAD + 12 + strlen("abc.DEF-123_~+/=="));
-    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 1000, 3600000, &t), 0);
+    ASSERT_UINT_EQ(len, SEAL_OVERHEAD + 20 + strlen("abc.DEF-123_~+/=="));
+    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 1000, 3600000, 0, &t), 0);
     ASSERT_STR_EQ(t->value, "abc.DEF-123_~+/==");
     ASSERT_UINT_EQ(t->len, strlen("abc.DEF-123_~+/=="));
     ASSERT_UINT_EQ(t->lifetime_s, 3600);
@@ -66,17 +69,17 @@ static void remaining_ms_sets_expiry(void) {
 
     keys(&k, 1, -1);
     seal_one(&k, AAD, buf, &len);
-    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 50000, 1234, &t), 0);
+    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 50000, 1234, 0, &t), 0);
     ASSERT_UINT_EQ(t->expires_ms, 50000 + 1234);
     ASSERT_UINT_EQ(token_remaining_ms(t, 50000), 1234);
     token_unref(t);
     /* exactly the lifetime is fine, beyond it or nothing left is not */
-    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 7, 3600000, &t), 0);
+    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 7, 3600000, 0, &t), 0);
     ASSERT_UINT_EQ(t->expires_ms, 7 + 3600000);
     token_unref(t);
     t = NULL;
-    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 7, 3600001, &t), -EBADMSG);
-    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 7, 0, &t), -EBADMSG);
+    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 7, 3600001, 0, &t), -EBADMSG);
+    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 7, 0, 0, &t), -EBADMSG);
     ASSERT(!t);
 }
 
@@ -138,9 +141,9 @@ static void wrong_aad_refused(void) {
 
     keys(&k, 1, -1);
     seal_one(&k, AAD, buf, &len);
-    ASSERT_INT_EQ(seal_open_token(&k, OTHER_AAD, strlen(OTHER_AAD), buf, len, 0, 1000, &t), -EBADMSG);
-    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD) - 1, buf, len, 0, 1000, &t), -EBADMSG);
-    ASSERT_INT_EQ(seal_open_token(&k, NULL, 0, buf, len, 0, 1000, &t), -EBADMSG);
+    ASSERT_INT_EQ(seal_open_token(&k, OTHER_AAD, strlen(OTHER_AAD), buf, len, 0, 1000, 0, &t), -EBADMSG);
+    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD) - 1, buf, len, 0, 1000, 0, &t), -EBADMSG);
+    ASSERT_INT_EQ(seal_open_token(&k, NULL, 0, buf, len, 0, 1000, 0, &t), -EBADMSG);
     ASSERT(!t);
     ASSERT_INT_EQ(seal_tuple(&k, AAD, strlen(AAD), OAUTH_GRANT_USER_ASSERTION, "u", "s", tb, &tlen), 0);
     ASSERT_INT_EQ(seal_open_tuple(&k, OTHER_AAD, strlen(OTHER_AAD), tb, tlen, &g, user, scope), -EBADMSG);
@@ -161,13 +164,13 @@ static void each_flipped_byte_refused(void) {
     for (size_t i = 0; i < len; i++) {
         for (unsigned bit = 1; bit < 256; bit <<= 1) {
             buf[i] ^= (unsigned char)bit;
-            if (seal_open_token(&k, AAD, strlen(AAD), buf, len, 0, 1000, &t) != -EBADMSG)
+            if (seal_open_token(&k, AAD, strlen(AAD), buf, len, 0, 1000, 0, &t) != -EBADMSG)
                 UNIT_FAIL("byte %zu bit %#x flipped: not refused", i, bit);
             buf[i] ^= (unsigned char)bit;
         }
     }
     ASSERT(!t);
-    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 0, 1000, &t), 0);
+    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 0, 1000, 0, &t), 0);
     token_unref(t);
 
     ASSERT_INT_EQ(seal_tuple(&k, AAD, strlen(AAD), OAUTH_GRANT_USER_ASSERTION, "u", "s", tb, &tlen), 0);
@@ -191,11 +194,11 @@ static void truncated_refused(void) {
     keys(&k, 1, -1);
     seal_one(&k, AAD, buf, &len);
     for (size_t n = 0; n < len; n++)
-        if (seal_open_token(&k, AAD, strlen(AAD), buf, n, 0, 1000, &t) != -EBADMSG)
+        if (seal_open_token(&k, AAD, strlen(AAD), buf, n, 0, 1000, 0, &t) != -EBADMSG)
             UNIT_FAIL("truncated to %zu bytes: not refused", n);
     /* nor is a byte more */
     buf[len] = 0;
-    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len + 1, 0, 1000, &t), -EBADMSG);
+    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len + 1, 0, 1000, 0, &t), -EBADMSG);
     ASSERT(!t);
     ASSERT_INT_EQ(seal_tuple(&k, AAD, strlen(AAD), OAUTH_GRANT_USER_ASSERTION, "u", "s", tb, &tlen), 0);
     for (size_t n = 0; n < tlen; n++)
@@ -213,20 +216,20 @@ static void invalid_token_refused(void) {
 
     keys(&k, 1, -1);
     t = make_token("has space", 60, 0);
-    ASSERT_INT_EQ(seal_token(&k, AAD, strlen(AAD), t, buf, &len), 0);
+    ASSERT_INT_EQ(seal_token(&k, AAD, strlen(AAD), t, FAR_END, buf, &len), 0);
     token_unref(t);
     t = NULL;
-    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 0, 1000, &t), -EBADMSG);
+    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 0, 1000, 0, &t), -EBADMSG);
     t = make_token("ok", OAUTH_LIFETIME_MAX + 1, 0);
-    ASSERT_INT_EQ(seal_token(&k, AAD, strlen(AAD), t, buf, &len), 0);
+    ASSERT_INT_EQ(seal_token(&k, AAD, strlen(AAD), t, FAR_END, buf, &len), 0);
     token_unref(t);
     t = NULL;
-    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 0, 1000, &t), -EBADMSG);
+    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 0, 1000, 0, &t), -EBADMSG);
     t = make_token("ok", 0, 0);
-    ASSERT_INT_EQ(seal_token(&k, AAD, strlen(AAD), t, buf, &len), 0);
+    ASSERT_INT_EQ(seal_token(&k, AAD, strlen(AAD), t, FAR_END, buf, &len), 0);
     token_unref(t);
     t = NULL;
-    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 0, 1000, &t), -EBADMSG);
+    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 0, 1000, 0, &t), -EBADMSG);
     ASSERT(!t);
 }
 
@@ -240,17 +243,17 @@ static void previous_key_opens(void) {
     keys(&a, 0xa0, -1);
     seal_one(&a, AAD, buf, &len);
     keys(&ba, 0xb0, 0xa0);
-    ASSERT_INT_EQ(seal_open_token(&ba, AAD, strlen(AAD), buf, len, 0, 1000, &t), 0);
+    ASSERT_INT_EQ(seal_open_token(&ba, AAD, strlen(AAD), buf, len, 0, 1000, 0, &t), 0);
     ASSERT_STR_EQ(t->value, "abc.DEF-123_~+/==");
     token_unref(t);
     t = NULL;
     keys(&b, 0xb0, -1);
-    ASSERT_INT_EQ(seal_open_token(&b, AAD, strlen(AAD), buf, len, 0, 1000, &t), -EBADMSG);
+    ASSERT_INT_EQ(seal_open_token(&b, AAD, strlen(AAD), buf, len, 0, 1000, 0, &t), -EBADMSG);
     ASSERT(!t);
     /* new values are sealed with the current key only */
     seal_one(&ba, AAD, buf, &len);
-    ASSERT_INT_EQ(seal_open_token(&a, AAD, strlen(AAD), buf, len, 0, 1000, &t), -EBADMSG);
-    ASSERT_INT_EQ(seal_open_token(&b, AAD, strlen(AAD), buf, len, 0, 1000, &t), 0);
+    ASSERT_INT_EQ(seal_open_token(&a, AAD, strlen(AAD), buf, len, 0, 1000, 0, &t), -EBADMSG);
+    ASSERT_INT_EQ(seal_open_token(&b, AAD, strlen(AAD), buf, len, 0, 1000, 0, &t), 0);
     token_unref(t);
 }
 
@@ -266,7 +269,7 @@ static void same_key_id_tries_both(void) {
     both.prev.id = both.cur.id; /* as if HMAC had given the same first byte */
     a.cur.id = both.cur.id;
     seal_one(&a, AAD, buf, &len);
-    ASSERT_INT_EQ(seal_open_token(&both, AAD, strlen(AAD), buf, len, 0, 1000, &t), 0);
+    ASSERT_INT_EQ(seal_open_token(&both, AAD, strlen(AAD), buf, len, 0, 1000, 0, &t), 0);
     token_unref(t);
 }
 
@@ -419,7 +422,38 @@ static void derive_gives_distinct_subkeys(void) {
         ASSERT_UINT_EQ(((unsigned char *)&k)[i], 0);
 }
 
+/* Redis's TTL may only shorten the life sealed in: a value saved and
+ * written back with a fresh TTL after its end is over, and one written back
+ * before it lives no longer than it did. */
+static void the_end_sealed_in_bounds_the_ttl(void) {
+    unsigned char buf[SEAL_TOKEN_MAX];
+    size_t len;
+    seal_keys k;
+    token *t = NULL;
+
+    keys(&k, 1, -1);
+    ASSERT_INT_EQ(token_new("abc", 3, 3600, 1700000000, 0, &t), 0);
+    ASSERT_INT_EQ(seal_token(&k, AAD, strlen(AAD), t, 5000000, buf, &len), 0);
+    token_unref(t);
+    t = NULL;
+    /* 1 s before the end, with a TTL of an hour: a second left */
+    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 100, 3600000, 4999000, &t), 0);
+    ASSERT_UINT_EQ(token_remaining_ms(t, 100), 1000);
+    token_unref(t);
+    t = NULL;
+    /* at the end, or after it: refused whatever the TTL */
+    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 100, 3600000, 5000000, &t), -EBADMSG);
+    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 100, 3600000, 9000000, &t), -EBADMSG);
+    ASSERT(t == NULL);
+    /* well before it, the shorter TTL decides */
+    ASSERT_INT_EQ(seal_open_token(&k, AAD, strlen(AAD), buf, len, 100, 2000, 1000000, &t), 0);
+    ASSERT_UINT_EQ(token_remaining_ms(t, 100), 2000);
+    token_unref(t);
+    seal_keys_wipe(&k);
+}
+
 static const unit_test tests[] = {
+    TEST(the_end_sealed_in_bounds_the_ttl),
     TEST(token_round_trip),
     TEST(remaining_ms_sets_expiry),
     TEST(tuple_round_trip),
