@@ -211,8 +211,9 @@ static void *store_manager_run(void *arg) {
     receive(sm->sock, buf, sizeof(buf), fds, &n);
     ASSERT_STR_EQ(buf, "BARRIER=1");
     ASSERT_UINT_EQ(n, 1);
+    /* said before the close: the close is what lets systemd_store_fd return */
+    __atomic_store_n(&sm->barrier, true, __ATOMIC_RELEASE);
     close(fds[0]);
-    sm->barrier = true;
     return NULL;
 }
 
@@ -230,7 +231,7 @@ static void store_hands_over_the_descriptor(void) {
     ASSERT(write(image, "cache image", 11) == 11);
     ASSERT_INT_EQ(pthread_create(&th, NULL, store_manager_run, &sm), 0);
     ASSERT_INT_EQ(systemd_store_fd(image, SYSTEMD_FDNAME_CACHE, DEADLINE_MS), 1);
-    ASSERT(sm.barrier); /* returned after the barrier, not before */
+    ASSERT(__atomic_load_n(&sm.barrier, __ATOMIC_ACQUIRE)); /* returned after the barrier, not before */
     ASSERT_INT_EQ(pthread_join(th, NULL), 0);
     ASSERT_STR_EQ(sm.message, "FDSTORE=1\nFDNAME=cache");
     /* the same open file: what tokend wrote, the next start reads */
