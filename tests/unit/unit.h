@@ -6,8 +6,11 @@
  * A case registered with KNOWN_BUG() checks behaviour that src/ gets wrong
  * today: it is expected to fail and is listed as such ("# TODO known bug").
  * If it passes, the run fails, so whoever fixes the bug moves it to TEST().
+ * A case that cannot run here (it needs root, say) calls UNIT_SKIP(), and
+ * shows as skipped with the reason, neither passed nor failed.
  * UNIT_STRICT=1 runs known bugs as ordinary cases; UNIT_NOFORK=1 runs
- * everything in one process (for a debugger); arguments pick cases by name. */
+ * everything in one process (for a debugger; a skip ends that run);
+ * arguments pick cases by name. */
 #pragma once
 
 #include <stdbool.h>
@@ -78,6 +81,20 @@
                       s_ ? s_ : "<NULL>");                                                         \
     } while (0)
 
+/* The exit status of a case that skipped itself, as automake and meson use. */
+#define UNIT_SKIP_STATUS 77
+
+#define UNIT_SKIP(...)                                                                             \
+    do {                                                                                           \
+        fprintf(stderr, "skipped: ");                                                              \
+        fprintf(stderr, __VA_ARGS__);                                                              \
+        fputc('\n', stderr);                                                                       \
+        exit(UNIT_SKIP_STATUS);                                                                    \
+    } while (0)
+
+/* Set by unit_run_one when the case it ran skipped itself. */
+static bool unit_skipped;
+
 typedef struct unit_test {
     const char *name;
     void (*fn)(void);
@@ -123,6 +140,9 @@ static inline bool unit_run_one(const unit_test *t, bool nofork) {
     }
     if (WIFSIGNALED(status))
         fprintf(stderr, "%s: killed by signal %d\n", t->name, WTERMSIG(status));
+    unit_skipped = WIFEXITED(status) && WEXITSTATUS(status) == UNIT_SKIP_STATUS;
+    if (unit_skipped)
+        return true;
     return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
@@ -144,8 +164,11 @@ static inline int unit_main(const unit_test *tests, size_t n, int argc, char **a
             continue;
         number++;
         fprintf(stderr, "--- %s%s\n", t->name, t->bug && !strict ? " (known bug)" : "");
+        unit_skipped = false;
         ok = unit_run_one(t, nofork);
-        if (t->bug && !strict) {
+        if (unit_skipped) {
+            printf("ok %zu - %s # SKIP\n", number, t->name);
+        } else if (t->bug && !strict) {
             printf("%s %zu - %s # TODO known bug: %s\n", ok ? "ok" : "not ok", number, t->name,
                    t->bug);
             if (ok) {
