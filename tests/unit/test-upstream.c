@@ -62,7 +62,9 @@ static void stub_start(void) {
     FILE *f;
     int fd;
 
-    ASSERT(exe && *exe);
+    if (!exe || !*exe)
+        UNIT_FAIL("INSTACART_STUB names no stand-in: run this through `meson test unit-upstream`, or set it "
+                  "to build/tests/stub/instacart-stub");
     snprintf(stub.dir, sizeof(stub.dir), "/tmp/test-upstream-XXXXXX");
     ASSERT(mkdtemp(stub.dir));
     atexit(stub_stop); /* a failed assertion exits: the stub goes too */
