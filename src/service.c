@@ -68,7 +68,10 @@ struct service {
     config *boot;     /* as started: settings that only a restart applies */
     config *current;  /* after a successful reload; NULL before */
     unsigned wanted_connections;
+    int sfd;          /* SIGTERM, SIGINT, SIGHUP */
+    int listen_fd, cache_fd; /* from systemd until handed over, or -1 */
     upstream *up;
+    revocations *rv;
     shared *sh;       /* fleet mode, or NULL */
     cache *c;
     api *a;
@@ -352,16 +355,33 @@ static int check_passed_socket(const config *cfg, api *a) {
     return -EPERM;
 }
 
-int service_run(const char *path, config *cfg) {
-    struct service s = { .path = path, .boot = cfg, .upstream_state = "no mint yet" };
-    upstream *up = NULL;
-    shared *sh = NULL;
-    revocations *rv = NULL;
-    cache *c = NULL;
-    api *a = NULL;
+/* ---- start, serve, drain, stop ---- */
+
+/* SIGTERM, SIGINT and SIGHUP through a signalfd: blocked before any thread
+ * starts, so only the signalfd sees them. */
+static int take_signals(struct service *s) {
     sigset_t mask;
-    int sfd = -1, listen_fd = -1, cache_fd = -1, r;
-    bool passed;
+
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    s->sfd = signalfd(-1, &mask, SFD_CLOEXEC);
+    if (s->sfd < 0) {
+        int r = -errno;
+        log_error("signalfd: %s", strerror(errno));
+        return r;
+    }
+    return 0;
+}
+
+/* The modules, made in dependency order, no thread running yet: the
+ * upstream client, the revocations it sends, the fleet's tier (fleet mode)
+ * and the cache that fetches through either, with the cache image systemd
+ * kept over a restart. */
+static int make_modules(struct service *s, config *cfg) {
     cache_settings cs = {
         .max_entries = cfg->max_entries,
         .min_ttl_ms = cfg->min_ttl_ms,
@@ -371,145 +391,175 @@ int service_run(const char *path, config *cfg) {
         .retry_base_ms = cfg->retry_base_ms,
         .retry_max_ms = cfg->retry_max_ms,
     };
-
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    sigaddset(&mask, SIGHUP);
-    /* blocked before any thread starts, so only the signalfd sees them */
-    pthread_sigmask(SIG_BLOCK, &mask, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    sfd = signalfd(-1, &mask, SFD_CLOEXEC);
-    if (sfd < 0) {
-        r = -errno;
-        log_error("signalfd: %s", strerror(errno));
-        return r;
-    }
-    /* socket activation and the fd store: both optional */
-    systemd_take_fds(&listen_fd, &cache_fd);
-    s.wanted_connections = cfg->max_connections;
-    cfg->max_connections = fit_connections(cfg->max_connections, cfg->max_concurrent);
+    int r;
 
     r = fingerprint_set_key(cfg->client_id, cfg->client_secret, cfg->client_secret_len);
     if (r < 0)
-        goto out;
-    r = upstream_new(cfg, &up);
+        return r;
+    r = upstream_new(cfg, &s->up);
     if (r < 0)
-        goto out;
-    r = revocations_new(up, &rv);
+        return r;
+    r = revocations_new(s->up, &s->rv);
     if (r < 0)
-        goto out;
+        return r;
     forget_secret(cfg);
     if (config_shared(cfg)) {
-        r = shared_new(cfg, up, rv, &sh);
+        r = shared_new(cfg, s->up, s->rv, &s->sh);
         forget_shared_keys(cfg);
         if (r < 0)
-            goto out;
-        r = cache_new(&cs, shared_fetch, sh, &c);
+            return r;
+        r = cache_new(&cs, shared_fetch, s->sh, &s->c);
     } else
-        r = cache_new(&cs, fetch_from_upstream, up, &c);
+        r = cache_new(&cs, fetch_from_upstream, s->up, &s->c);
     if (r < 0)
-        goto out;
-    s.up = up;
-    s.sh = sh;
-    s.c = c;
-    if (cache_fd >= 0) {
-        restore_cache(&s, cache_fd); /* closes it */
-        cache_fd = -1;
+        return r;
+    if (s->cache_fd >= 0) {
+        restore_cache(s, s->cache_fd); /* closes it */
+        s->cache_fd = -1;
     }
-    if (sh) {
-        shared_attach(sh, c);
-        r = shared_start(sh); /* before the upstream's: it listens to its 429s */
+    return 0;
+}
+
+/* The threads, in dependency order: the fleet's, the upstream worker, then
+ * the HTTP server, which is what makes tokend reachable. */
+static int start_threads(struct service *s, config *cfg) {
+    bool passed;
+    int r;
+
+    if (s->sh) {
+        shared_attach(s->sh, s->c);
+        r = shared_start(s->sh); /* before the upstream's: it listens to its 429s */
         if (r < 0)
-            goto out;
+            return r;
     }
-    r = upstream_start(up);
+    r = upstream_start(s->up);
     if (r < 0)
-        goto out;
-    passed = listen_fd >= 0;
-    r = api_new(cfg, cfg->keys, c, up, sh, rv, listen_fd, &a);
-    listen_fd = -1; /* the server owns it and the keys, even when it failed */
+        return r;
+    passed = s->listen_fd >= 0;
+    r = api_new(cfg, cfg->keys, s->c, s->up, s->sh, s->rv, s->listen_fd, &s->a);
+    s->listen_fd = -1; /* the server owns it and the keys, even when it failed */
     cfg->keys = NULL;
     if (r < 0)
-        goto out;
-    s.a = a;
-    if (check_passed_socket(cfg, a) < 0) {
-        r = -EPERM;
-        goto out;
-    }
-    if (passed)
-        systemd_check_listen(cfg, api_listening(a));
+        return r;
+    r = check_passed_socket(cfg, s->a);
+    if (r == 0 && passed) /* a listen = that differs from the socket systemd passed: said */
+        systemd_check_listen(cfg, api_listening(s->a));
+    return r;
+}
+
+/* Everything in order; whatever this returns, stop() undoes what was done. */
+static int start(struct service *s, config *cfg) {
+    int r;
+
+    r = take_signals(s);
+    if (r < 0)
+        return r;
+    /* socket activation and the fd store: both optional */
+    systemd_take_fds(&s->listen_fd, &s->cache_fd);
+    s->wanted_connections = cfg->max_connections;
+    cfg->max_connections = fit_connections(cfg->max_connections, cfg->max_concurrent);
+    r = make_modules(s, cfg);
+    if (r < 0)
+        return r;
+    r = start_threads(s, cfg);
+    if (r < 0)
+        return r;
     log_event(LOG_NOTICE, LOG_ID_STARTED, NULL, "listening on %s (Instacart at %s, client id %s)",
-              api_listening(a), cfg->base_url, cfg->client_id);
+              api_listening(s->a), cfg->base_url, cfg->client_id);
     /* ready: listening, credentials loaded, the old cache restored */
-    systemd_ready(status_text(&s));
-    s.watchdog_ms = systemd_watchdog_usec() / 1000;
-    if (s.watchdog_ms)
+    systemd_ready(status_text(s));
+    s->watchdog_ms = systemd_watchdog_usec() / 1000;
+    if (s->watchdog_ms)
         systemd_watchdog_ping();
-    s.next_watchdog_ms = now_ms() + s.watchdog_ms / 3;
-    s.next_status_ms = now_ms() + STATUS_EVERY_MS;
+    s->next_watchdog_ms = now_ms() + s->watchdog_ms / 3;
+    s->next_status_ms = now_ms() + STATUS_EVERY_MS;
+    return 0;
+}
+
+/* Until SIGTERM or SIGINT: reloads on SIGHUP, and once a second (or at
+ * the watchdog's pace) the cache's sweep, revocations due, the watchdog
+ * and the status line. */
+static void serve(struct service *s) {
+    cache *c = s->c;
+    revocations *rv = s->rv;
 
     for (;;) {
-        struct pollfd p = { .fd = sfd, .events = POLLIN };
+        struct pollfd p = { .fd = s->sfd, .events = POLLIN };
         struct signalfd_siginfo si;
         uint64_t now = now_ms(), wait = 1000;
 
-        if (s.watchdog_ms)
-            wait = s.next_watchdog_ms > now ? (s.next_watchdog_ms - now < wait ? s.next_watchdog_ms - now : wait) : 0;
-        if (poll(&p, 1, (int)wait) > 0 && read(sfd, &si, sizeof(si)) == sizeof(si)) {
+        if (s->watchdog_ms)
+            wait = s->next_watchdog_ms > now ? (s->next_watchdog_ms - now < wait ? s->next_watchdog_ms - now : wait) : 0;
+        if (poll(&p, 1, (int)wait) > 0 && read(s->sfd, &si, sizeof(si)) == sizeof(si)) {
             if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
                 break;
             if (si.ssi_signo == SIGHUP) /* ExecReload= tags its request (sigqueue) */
-                reload(&s, si.ssi_code == SI_QUEUE ? si.ssi_int : 0);
+                reload(s, si.ssi_code == SI_QUEUE ? si.ssi_int : 0);
         }
         cache_sweep(c);
         revocations_tick(rv);
         now = now_ms();
-        watchdog(&s, now);
-        update_status(&s, now);
+        watchdog(s, now);
+        update_status(s, now);
     }
+}
 
-    {
-        uint64_t grace = effective(&s)->shutdown_timeout_ms;
-        systemd_stopping("Stopping: finishing requests in flight");
-        log_event(LOG_NOTICE, LOG_ID_STOPPING, NULL,
-                  "stopping: no new connections; waiting up to %llu ms for requests in flight",
-                  (unsigned long long)grace);
-        api_quiesce(a);
-        uint64_t deadline = now_ms() + grace;
-        while (api_waiting(a) > 0 && now_ms() < deadline)
-            poll(NULL, 0, 20); /* polling a counter, bounded by the deadline */
-    }
+/* A clean stop: no new connections, requests in flight get the grace
+ * period, then the workers stop and the cache goes to systemd. */
+static void drain(struct service *s) {
+    uint64_t grace = effective(s)->shutdown_timeout_ms, deadline;
+
+    systemd_stopping("Stopping: finishing requests in flight");
+    log_event(LOG_NOTICE, LOG_ID_STOPPING, NULL,
+              "stopping: no new connections; waiting up to %llu ms for requests in flight",
+              (unsigned long long)grace);
+    api_quiesce(s->a);
+    deadline = now_ms() + grace;
+    while (api_waiting(s->a) > 0 && now_ms() < deadline)
+        poll(NULL, 0, 20); /* polling a counter, bounded by the deadline */
     /* no fetch may change the cache while it is written out; stopping it also
      * answers the callers still waiting, whose answers then get a moment to
      * be written before the server goes (the fleet's lookups first: they
      * hand mints to the upstream) */
-    shared_stop(sh);
-    upstream_stop(up);
-    {
-        uint64_t deadline = now_ms() + 2000;
-        while (api_active(a) > 0 && now_ms() < deadline)
-            poll(NULL, 0, 10); /* polling a counter, bounded by the deadline */
-    }
-    save_cache(&s);
-    r = 0;
-out:
-    /* reverse order: the upstream first, so every waiting caller is answered
-     * before the server and the cache go away */
-    shared_stop(sh);
-    upstream_stop(up);
-    api_free(a);
-    shared_free(sh); /* after the upstream: a mint's end may still call it */
-    cache_free(c);
-    revocations_free(rv); /* after the upstream: nothing of it is in flight */
-    upstream_free(up);
-    config_free(s.current);
-    if (listen_fd >= 0)
-        close(listen_fd);
-    if (cache_fd >= 0)
-        close(cache_fd);
-    if (sfd >= 0)
-        close(sfd);
-    return r;
+    shared_stop(s->sh);
+    upstream_stop(s->up);
+    deadline = now_ms() + 2000;
+    while (api_active(s->a) > 0 && now_ms() < deadline)
+        poll(NULL, 0, 10); /* polling a counter, bounded by the deadline */
+    save_cache(s);
 }
 
+/* Reverse order of start(), from wherever it got to: the upstream first,
+ * so every waiting caller is answered before the server and the cache go
+ * away. */
+static void stop(struct service *s) {
+    shared_stop(s->sh);
+    upstream_stop(s->up);
+    api_free(s->a);
+    shared_free(s->sh); /* after the upstream: a mint's end may still call it */
+    cache_free(s->c);
+    revocations_free(s->rv); /* after the upstream: nothing of it is in flight */
+    upstream_free(s->up);
+    config_free(s->current);
+    if (s->listen_fd >= 0)
+        close(s->listen_fd);
+    if (s->cache_fd >= 0)
+        close(s->cache_fd);
+    if (s->sfd >= 0)
+        close(s->sfd);
+}
+
+int service_run(const char *path, config *cfg) {
+    struct service s = {
+        .path = path, .boot = cfg, .upstream_state = "no mint yet", .sfd = -1, .listen_fd = -1, .cache_fd = -1,
+    };
+    int r;
+
+    r = start(&s, cfg);
+    if (r == 0) {
+        serve(&s);
+        drain(&s);
+    }
+    stop(&s);
+    return r;
+}
