@@ -33,7 +33,6 @@ struct listener {
     struct MHD_Daemon *mhd;
     int fd;
     bool unix_socket;
-    bool loopback;
     bool bound;        /* ours to unlink (a Unix socket we made) */
     bool inherited;    /* passed by systemd, whose socket must go on listening */
     bool quiesced;     /* no longer accepting; the fd is ours to close after the stop */
@@ -44,7 +43,7 @@ struct listener {
 /* Binds and listens on one [server] listen address; a stale Unix socket
  * left by an earlier run is replaced. Returns 0 or a negative errno. */
 int listen_bind(const config *cfg, const char *spec, int *ret_fd);
-/* Fills l->address, l->loopback and l->unix_socket from l->fd. */
+/* Fills l->address and l->unix_socket from l->fd. */
 void listen_describe(struct listener *l);
 
 struct api {

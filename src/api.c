@@ -27,6 +27,7 @@
 
 #include <microhttpd.h>
 
+#include "address.h"
 #include "api-internal.h"
 #include "config.h"
 #include "log.h"
@@ -343,19 +344,9 @@ static unsigned scan_head(api *a, struct MHD_Connection *conn, const char *url, 
 
 static bool peer_is_local(const struct call *c) {
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
 
-    if (!sa)
-        return false;
-    if (sa->sa_family == AF_UNIX)
-        return true;
-    if (sa->sa_family == AF_INET)
-        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
-    if (sa->sa_family == AF_INET6) {
-        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
-        return IN6_IS_ADDR_LOOPBACK(a6) || (IN6_IS_ADDR_V4MAPPED(a6) && a6->s6_addr[12] == 127);
-    }
-    return false;
+    /* libmicrohttpd keeps the peer's address in a sockaddr_storage */
+    return ci && address_is_loopback(ci->client_addr, sizeof(struct sockaddr_storage));
 }
 
 /* The scope a GET token route will mint, for the key's scope check; NULL

@@ -7,48 +7,40 @@
  * the keys' lock) nor for answering. */
 #include "guard.h"
 
-#include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
+#include "address.h"
 #include "auth.h"
 
 #define ALL_BUT_FRONTEND (RIGHT_TOKEN | RIGHT_CLIENT_TOKEN | RIGHT_ADMIN)
 
 bool guard_host_allowed(const guard_policy *p, const char *host) {
-    char name[256];
-    const char *end;
-    struct in_addr a4;
+    const char *port;
     size_t n;
 
     if (!host)
         return true; /* HTTP/1.0 without Host: no browser sends that */
+    /* HOST[:PORT], HOST an IPv6 address in brackets or anything else */
     if (host[0] == '[') {
-        end = strchr(host, ']');
-        if (!end || (end[1] && end[1] != ':'))
+        const char *end = strchr(host, ']');
+        if (!end)
             return false;
-        n = (size_t)(end - host - 1);
-        if (n >= sizeof(name))
-            return false;
-        memcpy(name, host + 1, n);
-        name[n] = '\0';
-        return strcmp(name, "::1") == 0;
+        port = end[1] ? end + 1 : NULL;
+        n = (size_t)(end + 1 - host);
+    } else {
+        port = strrchr(host, ':');
+        n = port ? (size_t)(port - host) : strlen(host);
     }
-    end = strrchr(host, ':');
-    n = end ? (size_t)(end - host) : strlen(host);
-    if (end && (!end[1] || strspn(end + 1, "0123456789") != strlen(end + 1)))
+    if (port && (port[0] != ':' || !port[1] || strspn(port + 1, "0123456789") != strlen(port + 1)))
         return false;
-    if (n == 0 || n >= sizeof(name))
+    if (n == 0)
         return false;
-    memcpy(name, host, n);
-    name[n] = '\0';
-    if (strcasecmp(name, "localhost") == 0)
+    if (address_host_is_loopback(host, n))
         return true;
-    if (inet_pton(AF_INET, name, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127)
-        return true;
-    for (size_t i = 0; i < p->n_allowed_hosts; i++)
-        if (strcasecmp(name, p->allowed_hosts[i]) == 0)
+    for (size_t i = 0; i < p->n_allowed_hosts && host[0] != '['; i++)
+        if (strlen(p->allowed_hosts[i]) == n && strncasecmp(host, p->allowed_hosts[i], n) == 0)
             return true;
     return false;
 }

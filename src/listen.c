@@ -14,16 +14,16 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "address.h"
 #include "api-internal.h"
 #include "config.h"
 
 int listen_bind(const config *cfg, const char *spec, int *ret_fd) {
     struct sockaddr_storage ss;
     socklen_t sl;
-    bool loopback;
     int fd, one = 1, r;
 
-    if (config_listen_parse(spec, &ss, &sl, &loopback) < 0)
+    if (address_listen_parse(spec, &ss, &sl, NULL) < 0)
         return -EINVAL;
     fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
@@ -68,15 +68,13 @@ void listen_describe(struct listener *l) {
         struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
         inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
         snprintf(l->address, sizeof(l->address), "%s:%u", host, ntohs(s4->sin_port));
-        l->loopback = (ntohl(s4->sin_addr.s_addr) >> 24) == 127;
     } else if (ss.ss_family == AF_INET6) {
         struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
         inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
         snprintf(l->address, sizeof(l->address), "[%s]:%u", host, ntohs(s6->sin6_port));
-        l->loopback = IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr);
     } else if (ss.ss_family == AF_UNIX) {
         snprintf(l->address, sizeof(l->address), "unix:%s", ((struct sockaddr_un *)&ss)->sun_path);
-        l->unix_socket = l->loopback = true;
+        l->unix_socket = true;
     }
 }
 

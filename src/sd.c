@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "address.h"
 #include "config.h"
 #include "log.h"
 #include "util.h"
@@ -168,7 +169,7 @@ int systemd_probe_http(const char *address, uint64_t timeout_ms) {
     int fd, r, err = 0;
     socklen_t errlen = sizeof(err);
 
-    if (config_listen_parse(address, &ss, &sl, &loopback) < 0)
+    if (address_listen_parse(address, &ss, &sl, &loopback) < 0)
         return -EINVAL;
     if (ss.ss_family == AF_INET) {
         struct sockaddr_in *a = (struct sockaddr_in *)&ss;

@@ -109,9 +109,11 @@ def b64(raw):
 # ================================================================ Host (DNS rebinding)
 
 REBINDING_HOSTS = ["evil.example", "evil.example:8787", "127.0.0.1.nip.io", "localhost.evil.example",
-                   "tokend.internal.evil.example", "evil-tokend.internal", "attacker.example:80"]
+                   "tokend.internal.evil.example", "evil-tokend.internal", "attacker.example:80",
+                   "[::ffff:10.0.0.1]:8787", "[::]:8787", "0.0.0.0"]
 GOOD_HOSTS = ["localhost", "localhost:8787", "127.0.0.1", "127.0.0.1:8787", "127.1.2.3:99", "[::1]",
-              "[::1]:8787", "tokend.internal", "tokend.internal:8787"]
+              "[::1]:8787", "tokend.internal", "tokend.internal:8787", "[::ffff:127.0.0.1]:8787",
+              "[0:0:0:0:0:0:0:1]"]
 
 
 @pytest.mark.parametrize("host", REBINDING_HOSTS)
@@ -142,6 +144,19 @@ def test_only_loopback_names_without_allowed_hosts(stub, tokend):
                  "misdirected_request")
     assert_nothing_reached_instacart(stub)
     assert tokend.get("/v1/token?user_id=a", headers={"Host": "localhost:8787"}).status == 200
+
+
+def test_ipv4_loopback_in_ipv6_form_is_loopback_everywhere(stub, make_tokend):
+    """::ffff:127.0.0.1 is IPv4 loopback: the configuration takes it as a
+    listen address without allow_remote, the Host check lets it in, and
+    cache control (local callers only) serves a caller on it."""
+    t = make_tokend(stub, {"server": {"listen": "[::ffff:127.0.0.1]:0"}})
+    assert t.host == "127.0.0.1", t.address
+    host = f"[::ffff:127.0.0.1]:{t.port}"
+    r = t.get("/v1/token?user_id=alice", headers={"Host": host})
+    assert r.status == 200, r
+    r = t.request("POST", "/v1/cache/flush", headers={"Host": host})
+    assert r.status == 200 and r.json() == {"dropped": 1}, r
 
 
 # ================================================================ Origin and Sec-Fetch-Site
