@@ -11,8 +11,6 @@ struct config;
 
 /* Requests are counted by route: the rows of the route table, in order. */
 #define API_ROUTES 11
-/* The route's name in /metrics ("/v1/token", ...). */
-const char *api_route_name(unsigned route);
 
 /* Requests are counted by route and exact status, 100 to 599: slot
  * status - API_STATUS_FIRST. Nothing else is ever answered. */
@@ -20,6 +18,7 @@ const char *api_route_name(unsigned route);
 #define API_CODES 500
 
 struct api_stats {
+    const char *route_names[API_ROUTES]; /* each route's name in /metrics ("/v1/token", ...) */
     unsigned long long requests, ok, client_errors, upstream_errors;
     unsigned long long by_route[API_ROUTES][API_CODES];
     unsigned waiting; /* requests suspended on a mint or a revocation */

@@ -33,6 +33,32 @@
 #include "log.h"
 #include "util.h"
 
+struct api {
+    struct listener listeners[CONFIG_LISTEN_MAX];
+    size_t n_listeners;
+    char listening[512];
+    struct route_context ctx; /* what the routes see of it */
+    pthread_rwlock_t keys_lock; /* a reload swaps the keys under it */
+    auth *auth; /* NULL: no keys file */
+    char default_scope[OAUTH_SCOPE_MAX + 1];
+    char user_header[64];
+    head_rules head_rules;
+    size_t max_body;
+    char **allowed_hosts, **allowed_origins;
+    size_t n_allowed_hosts, n_allowed_origins;
+    unsigned *allowed_uids, *allowed_gids;
+    size_t n_allowed_uids, n_allowed_gids;
+    guard_policy policy; /* points into the above */
+
+    /* counted with atomics: the hit path takes no lock for them */
+    unsigned long long counts[API_ROUTES][API_CODES];
+
+    pthread_mutex_t lock; /* orders suspend against resume; guards below */
+    unsigned waiting;
+    unsigned active;  /* requests with state of their own, not yet completed */
+    char *config_json;
+};
+
 /* What *req_cls points to between the handler's calls, until a request
  * needs state of its own: the route, and whether a body was seen. */
 enum { MARK_BODY = 1, MARK_FLAGS = 2 };
@@ -146,7 +172,7 @@ static enum MHD_Result respond(const struct call *c, answer *ans) {
     }
     r = MHD_queue_response(c->conn, ans->status, resp);
     MHD_destroy_response(resp);
-    api_count(c->a, c->route, ans->status);
+    api_count(c->api, c->route, ans->status);
     return r;
 }
 
@@ -163,7 +189,7 @@ static enum MHD_Result refuse(const struct call *c, unsigned status, const char 
 /* The request's resume(): marks it done and, if suspended, resumes it; the
  * server thread then answers it through its finish(). */
 static void request_resume(struct request *r) {
-    api *a = r->call.a;
+    api *a = r->call.api;
 
     pthread_mutex_lock(&a->lock);
     r->done = true;
@@ -188,9 +214,9 @@ static struct request *request_new(const struct call *c, void **req_cls) {
     }
     r->resume = request_resume;
     *req_cls = r; /* freed when the request completes */
-    pthread_mutex_lock(&c->a->lock);
-    c->a->active++;
-    pthread_mutex_unlock(&c->a->lock);
+    pthread_mutex_lock(&c->api->lock);
+    c->api->active++;
+    pthread_mutex_unlock(&c->api->lock);
     return r;
 }
 
@@ -206,7 +232,7 @@ static enum MHD_Result answer_finished(struct request *r) {
 /* Suspends until the request's resume(), or answers at once if it is done
  * already. Under the lock, so a resume can never come before the suspend. */
 static enum MHD_Result wait_or_answer(struct request *r) {
-    api *a = r->call.a;
+    api *a = r->call.api;
     bool finished;
 
     pthread_mutex_lock(&a->lock);
@@ -358,7 +384,7 @@ static const char *requested_scope(const struct call *c, const char *method) {
     for (size_t i = 0; c->args && i < c->args->n; i++)
         if (c->args->v[i].key_len == 5 && memcmp(c->args->v[i].key, "scope", 5) == 0 && c->args->v[i].value)
             return c->args->v[i].value;
-    return c->m->mints == MINTS_NO_SCOPE ? "" : c->a->default_scope;
+    return c->m->mints == MINTS_NO_SCOPE ? "" : c->api->default_scope;
 }
 
 /* The API key the caller presents: "Authorization: Bearer KEY", or on the
@@ -395,7 +421,7 @@ static const char *presented_key(const struct call *c, char *buf, size_t size, s
  * hit without a keys file pays nothing for it. */
 static int key_rights(const struct call *c, const char *method, const char *scope, bool *ret_keyed,
                       bool *ret_scope_ok) {
-    api *a = c->a;
+    api *a = c->api;
     char basic[512];
     size_t len = 0;
     const char *key = presented_key(c, basic, sizeof(basic), &len);
@@ -454,7 +480,7 @@ static const guard_verdict *judge(struct call *c, const char *method) {
         if (!q.scope_ok)
             q.scope = requested_scope(c, method);
         st->keyed = q.keyed;
-        guard_check(&c->a->policy, &q, &st->verdict);
+        guard_check(&c->api->policy, &q, &st->verdict);
         st->judged = true;
     }
     c->keyed = st->keyed;
@@ -478,7 +504,7 @@ static enum MHD_Result guard(struct call *c, const char *method, bool *refused) 
 /* ---- the handler ---- */
 
 static enum MHD_Result take_body(struct request *r, const char *data, size_t *size) {
-    size_t max = r->call.a->max_body;
+    size_t max = r->call.api->max_body;
 
     if (r->too_big || r->body_len + *size > max) {
         /* keep draining, keep nothing: refused once it is all in */
@@ -506,7 +532,7 @@ static enum MHD_Result take_body(struct request *r, const char *data, size_t *si
 static enum MHD_Result too_large(const struct call *c) {
     char desc[96];
 
-    snprintf(desc, sizeof(desc), "the request body is larger than %zu bytes", c->a->max_body);
+    snprintf(desc, sizeof(desc), "the request body is larger than %zu bytes", c->api->max_body);
     return refuse(c, MHD_HTTP_CONTENT_TOO_LARGE, "request_too_large", desc);
 }
 
@@ -536,7 +562,7 @@ static enum MHD_Result first_call(struct call *c, const char *url, const char *m
     if (!line_whole(c->state, method, version))
         return refuse(c, MHD_HTTP_BAD_REQUEST, "invalid_request",
                       "the request line holds a NUL byte, or names no HTTP version");
-    status = scan_head(c->a, c->conn, url, &c->state->head);
+    status = scan_head(c->api, c->conn, url, &c->state->head);
     if (status)
         return refuse(c, status, status == MHD_HTTP_BAD_REQUEST ? "invalid_request" : "request_header_fields_too_large",
                       c->head->bad);
@@ -545,7 +571,7 @@ static enum MHD_Result first_call(struct call *c, const char *url, const char *m
         if (v->status)
             return answer_verdict(c, v);
         if (c->head->length && parse_uint(c->head->length, UINT64_MAX, &declared) == 0 &&
-            declared > c->a->max_body)
+            declared > c->api->max_body)
             return too_large(c);
     }
     *req_cls = &markers[c->route][0];
@@ -575,7 +601,7 @@ static enum MHD_Result body_start(struct call *c, const char *method, const char
             r->verdict.description = r->verdict.desc;
     }
     /* too big by its own account, or refused: nothing of it is kept */
-    r->too_big = refused || (cl && parse_uint(cl, UINT64_MAX, &declared) == 0 && declared > c->a->max_body);
+    r->too_big = refused || (cl && parse_uint(cl, UINT64_MAX, &declared) == 0 && declared > c->api->max_body);
     if (*upload_data_size)
         return take_body(r, upload_data, upload_data_size);
     return MHD_YES; /* the body, or its end, comes in the next calls */
@@ -603,7 +629,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                                void **req_cls) {
     struct listener *l = cls;
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    struct call c = { .a = l->api, .conn = conn, .http11 = strcmp(version, MHD_HTTP_VERSION_1_1) == 0,
+    struct call c = { .api = l->api, .a = &l->api->ctx, .conn = conn, .http11 = strcmp(version, MHD_HTTP_VERSION_1_1) == 0,
                       .scope_allowed = scope_allowed };
     struct call_args args; /* filled only for the last call, and only as far as used */
     enum MHD_Result ret;
@@ -663,7 +689,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     struct request *r = *req_cls;
 
     if (r && !is_marker(r)) {
-        api *a = r->call.a;
+        api *a = r->call.api;
         pthread_mutex_lock(&a->lock);
         a->active--;
         pthread_mutex_unlock(&a->lock);
@@ -772,6 +798,20 @@ static int copy_words(char **from, size_t n, char ***ret) {
     return 0;
 }
 
+static void route_get_stats(void *owner, struct api_stats *ret) {
+    api_get_stats(owner, ret);
+}
+
+static char *route_config_json(void *owner) {
+    api *a = owner;
+    char *j;
+
+    pthread_mutex_lock(&a->lock);
+    j = a->config_json ? strdup(a->config_json) : NULL;
+    pthread_mutex_unlock(&a->lock);
+    return j;
+}
+
 int api_new(const config *cfg, auth *keys, cache *c, upstream *up, struct shared *sh, revocations *rv,
             int listen_fd, api **ret) {
     size_t pos = 0;
@@ -788,15 +828,21 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, struct shared
     pthread_mutex_init(&a->lock, NULL);
     pthread_rwlock_init(&a->keys_lock, NULL);
     a->auth = keys; /* before any listener starts: never a moment without them */
-    a->cache = c;
-    a->up = up;
-    a->shared = sh; /* before any listener starts: the first request may be a drop */
-    a->rv = rv;
-    a->min_ttl_ms = cfg->min_ttl_ms;
     a->max_body = cfg->max_body;
-    a->start_unix = now_unix();
-    a->start_ms = now_ms();
     snprintf(a->default_scope, sizeof(a->default_scope), "%s", cfg->default_scope);
+    a->ctx = (struct route_context){
+        .cache = c,
+        .up = up,
+        .shared = sh, /* before any listener starts: the first request may be a drop */
+        .rv = rv,
+        .default_scope = a->default_scope,
+        .min_ttl_ms = cfg->min_ttl_ms,
+        .start_unix = now_unix(),
+        .start_ms = now_ms(),
+        .owner = a,
+        .get_stats = route_get_stats,
+        .config_json = route_config_json,
+    };
     snprintf(a->user_header, sizeof(a->user_header), "%s", cfg->user_header);
     a->head_rules = (head_rules){
         .user_header = a->user_header,
@@ -914,6 +960,8 @@ unsigned api_active(api *a) {
 
 void api_get_stats(api *a, struct api_stats *ret) {
     memset(ret, 0, sizeof(*ret));
+    for (unsigned r = 0; r < API_ROUTES; r++)
+        ret->route_names[r] = routes[r].name;
     for (unsigned r = 0; r < API_ROUTES; r++)
         for (int c = 0; c < API_CODES; c++) {
             unsigned long long n = __atomic_load_n(&a->counts[r][c], __ATOMIC_RELAXED);

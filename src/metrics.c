@@ -106,7 +106,7 @@ int metrics_render(const struct api_stats *as, const struct cache_stats *cs,
         for (int c = 0; c < API_CODES; c++) {
             if (!as->by_route[r][c])
                 continue;
-            fprintf(f, "tokend_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n", api_route_name(r),
+            fprintf(f, "tokend_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n", as->route_names[r],
                     API_STATUS_FIRST + (unsigned)c, as->by_route[r][c]);
         }
     one(f, "tokend_http_requests_waiting", "gauge", "Requests suspended while their token is minted.",

@@ -390,7 +390,7 @@ static int route_metrics(const struct call *c, struct request *r, answer *ans) {
     char *text;
     size_t len;
 
-    api_get_stats(c->a, &as);
+    c->a->get_stats(c->a->owner, &as);
     /* this scrape counts itself: the transport counts it once answered */
     as.by_route[c->route][200 - API_STATUS_FIRST]++;
     as.requests++;
@@ -412,9 +412,9 @@ static int route_status(const struct call *c, struct request *r, answer *ans) {
     struct cache_stats cs;
     struct upstream_stats us;
     cJSON *j, *o, *cfg = NULL;
-    char *body;
+    char *body, *text;
 
-    api_get_stats(c->a, &as);
+    c->a->get_stats(c->a->owner, &as);
     cache_get_stats(c->a->cache, &cs);
     upstream_get_stats(c->a->up, &us);
     j = cJSON_CreateObject();
@@ -423,10 +423,10 @@ static int route_status(const struct call *c, struct request *r, answer *ans) {
     cJSON_AddStringToObject(j, "version", TOKEND_VERSION);
     cJSON_AddNumberToObject(j, "started_at", (double)c->a->start_unix);
     cJSON_AddNumberToObject(j, "uptime_seconds", (double)((now_ms() - c->a->start_ms) / 1000));
-    pthread_mutex_lock(&c->a->lock);
-    if (c->a->config_json)
-        cfg = cJSON_Parse(c->a->config_json);
-    pthread_mutex_unlock(&c->a->lock);
+    text = c->a->config_json(c->a->owner);
+    if (text)
+        cfg = cJSON_Parse(text);
+    free(text);
     if (cfg)
         cJSON_AddItemToObject(j, "config", cfg);
     o = cJSON_AddObjectToObject(j, "cache");
@@ -533,7 +533,3 @@ const struct route routes[] = {
     { .name = "other", .match = any_url },
 };
 _Static_assert(sizeof(routes) / sizeof(routes[0]) == API_ROUTES, "API_ROUTES counts the rows of routes[]");
-
-const char *api_route_name(unsigned route) {
-    return route < API_ROUTES ? routes[route].name : "other";
-}
