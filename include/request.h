@@ -48,5 +48,17 @@ int dropin_parse(const char *body, size_t len, dropin *ret, const char **error, 
 int dropin_parse_form(const char *body, size_t len, dropin *ret, const char **error, const char **description);
 void dropin_clear(dropin *d);
 
+/* The API key in an Authorization header's value (NULL: none): "Bearer
+ * KEY", or where basic is true (the drop-in, as standard OAuth clients send
+ * their secret, RFC 6749 §2.3.1) HTTP Basic with the key as the password,
+ * decoded into buf, which the caller wipes. *ret_len: the key's length. */
+const char *request_api_key(const char *authorization, bool basic, char *buf, size_t size, size_t *ret_len);
+
+/* Appends n bytes to a request body (*body: malloc()ed, NUL-terminated
+ * after *len bytes, or NULL). Grown without realloc(): a drop-in body holds
+ * an assertion, and realloc() would leave an unwiped copy behind. Returns
+ * 0, or -ENOMEM with the body as it was. */
+int request_body_append(char **body, size_t *len, const char *data, size_t n);
+
 /* One of the four frontend Recommendations paths, with a safe {order_id}. */
 bool request_proxy_path_valid(const char *path);

@@ -61,11 +61,11 @@ struct route_context {
     uint64_t min_ttl_ms;
     int64_t start_unix;
     uint64_t start_ms;
-    void *owner; /* the transport's, passed to the functions below */
+    api *owner; /* the transport, passed to the functions below */
     /* the HTTP counters, a snapshot (api_get_stats) */
-    void (*get_stats)(void *owner, struct api_stats *ret);
+    void (*get_stats)(api *owner, struct api_stats *ret);
     /* the effective configuration as JSON, malloc()ed; NULL if none */
-    char *(*config_json)(void *owner);
+    char *(*config_json)(api *owner);
 };
 
 struct conn_state;
@@ -175,3 +175,5 @@ struct route {
 };
 
 extern const struct route routes[API_ROUTES];
+/* The row's methods, for Allow and Access-Control-Allow-Methods, into buf. */
+const char *route_allow(unsigned route, char *buf, size_t size);

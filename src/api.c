@@ -31,6 +31,7 @@
 #include "api-internal.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
 
 struct api {
@@ -38,20 +39,14 @@ struct api {
     size_t n_listeners;
     char listening[512];
     struct route_context ctx; /* what the routes see of it */
-    pthread_rwlock_t keys_lock; /* a reload swaps the keys under it */
-    auth *auth; /* NULL: no keys file */
+    auth_store *keys; /* the API keys in force */
     char default_scope[OAUTH_SCOPE_MAX + 1];
     char user_header[64];
     head_rules head_rules;
     size_t max_body;
-    char **allowed_hosts, **allowed_origins;
-    size_t n_allowed_hosts, n_allowed_origins;
-    unsigned *allowed_uids, *allowed_gids;
-    size_t n_allowed_uids, n_allowed_gids;
-    guard_policy policy; /* points into the above */
+    guard_policy *policy; /* who may call what: [server]'s lists, copied */
 
-    /* counted with atomics: the hit path takes no lock for them */
-    unsigned long long counts[API_ROUTES][API_CODES];
+    struct http_counts counts; /* metrics.h: atomics, no lock */
 
     pthread_mutex_t lock; /* orders suspend against resume; guards below */
     unsigned waiting;
@@ -93,27 +88,6 @@ static const struct route_method *route_method(unsigned route, const char *metho
         if (strcmp(m->method, method) == 0)
             return m;
     return NULL;
-}
-
-/* The row's methods, for Allow and Access-Control-Allow-Methods. */
-static const char *route_allow(unsigned route, char *buf, size_t size) {
-    size_t pos = 0;
-
-    buf[0] = '\0';
-    for (const struct route_method *m = routes[route].methods; m < routes[route].methods + ROUTE_METHODS_MAX && m->method;
-         m++)
-        pos += (size_t)snprintf(buf + pos, pos < size ? size - pos : 0, "%s%s", pos ? ", " : "", m->method);
-    return buf;
-}
-
-static unsigned code_index(unsigned status) {
-    /* every status we answer is in range: the proxy clamps Instacart's */
-    return status >= API_STATUS_FIRST && status < API_STATUS_FIRST + API_CODES ? status - API_STATUS_FIRST
-                                                                                 : 500 - API_STATUS_FIRST;
-}
-
-static void api_count(api *a, unsigned route, unsigned status) {
-    __atomic_add_fetch(&a->counts[route][code_index(status)], 1, __ATOMIC_RELAXED);
 }
 
 /* ---- answers ---- */
@@ -172,7 +146,7 @@ static enum MHD_Result respond(const struct call *c, answer *ans) {
     }
     r = MHD_queue_response(c->conn, ans->status, resp);
     MHD_destroy_response(resp);
-    api_count(c->api, c->route, ans->status);
+    metrics_count(&c->api->counts, c->route, ans->status);
     return r;
 }
 
@@ -267,8 +241,6 @@ static enum MHD_Result dispatch(const struct call *c, struct request *r, void **
         return MHD_NO;
     }
 }
-
-/* ---- who may call what ---- */
 
 /* ---- strict HTTP: the header block, read once on the handler's first call ---- */
 
@@ -387,59 +359,24 @@ static const char *requested_scope(const struct call *c, const char *method) {
     return c->m->mints == MINTS_NO_SCOPE ? "" : c->api->default_scope;
 }
 
-/* The API key the caller presents: "Authorization: Bearer KEY", or on the
- * drop-in, as standard OAuth clients send their secret, HTTP Basic with the
- * key as the password (RFC 6749 §2.3.1). Basic is decoded into buf, which
- * the caller wipes. */
-static const char *presented_key(const struct call *c, char *buf, size_t size, size_t *ret_len) {
-    const char *authz = c->head->authorization, *colon;
-    ptrdiff_t n;
-
-    if (!authz)
-        return NULL;
-    if (strncasecmp(authz, "Bearer ", 7) == 0) {
-        *ret_len = strlen(authz + 7);
-        return authz + 7;
-    }
-    if (!(routes[c->route].flags & ROUTE_OAUTH) || strncasecmp(authz, "Basic ", 6) != 0)
-        return NULL;
-    n = base64_decode(authz + 6, strlen(authz + 6), buf, size - 1);
-    if (n <= 0)
-        return NULL;
-    buf[n] = '\0';
-    colon = memchr(buf, ':', (size_t)n);
-    if (!colon || memchr(buf, '\0', (size_t)n))
-        return NULL;
-    *ret_len = (size_t)(buf + n - colon - 1);
-    return colon + 1;
-}
-
-/* The caller's key, found under the keys' lock (a reload may swap them):
- * its rights (-1: no key of ours), whether a keys file is in force, and
- * whether the key may ask for scope. scope NULL: the one a GET token route
- * will mint (requested_scope), looked up only when a key was found, so a
- * hit without a keys file pays nothing for it. */
+/* The caller's key, looked up in the keys in force (auth.c; a reload may
+ * swap them): its rights (-1: no key of ours), whether a keys file is in
+ * force, and whether the key may ask for scope. scope NULL: the one a GET
+ * token route will mint (requested_scope), found only when a key is
+ * presented, so a request without one pays nothing for it. */
 static int key_rights(const struct call *c, const char *method, const char *scope, bool *ret_keyed,
                       bool *ret_scope_ok) {
     api *a = c->api;
     char basic[512];
     size_t len = 0;
-    const char *key = presented_key(c, basic, sizeof(basic), &len);
-    int rights = -1;
+    const char *key = request_api_key(c->head->authorization, routes[c->route].flags & ROUTE_OAUTH, basic,
+                                      sizeof(basic), &len);
+    int rights;
 
-    *ret_scope_ok = true;
-    pthread_rwlock_rdlock(&a->keys_lock);
-    *ret_keyed = a->auth != NULL;
-    if (*ret_keyed && key) {
-        const auth_key *k = auth_find(a->auth, key, len);
-        if (k) {
-            rights = auth_key_rights(k);
-            if (scope || (scope = requested_scope(c, method)))
-                *ret_scope_ok = auth_key_allows_scope(k, scope, a->default_scope,
-                                                      routes[c->route].flags & ROUTE_FRONTEND);
-        }
-    }
-    pthread_rwlock_unlock(&a->keys_lock);
+    if (key && !scope)
+        scope = requested_scope(c, method);
+    rights = auth_store_check(a->keys, key, len, scope, a->default_scope, routes[c->route].flags & ROUTE_FRONTEND,
+                              ret_keyed, ret_scope_ok);
     if (key && key > basic && key <= basic + sizeof(basic)) /* only when Basic was decoded there */
         explicit_bzero(basic, sizeof(basic));
     return rights;
@@ -480,7 +417,7 @@ static const guard_verdict *judge(struct call *c, const char *method) {
         if (!q.scope_ok)
             q.scope = requested_scope(c, method);
         st->keyed = q.keyed;
-        guard_check(&c->api->policy, &q, &st->verdict);
+        guard_check(c->api->policy, &q, &st->verdict);
         st->judged = true;
     }
     c->keyed = st->keyed;
@@ -511,20 +448,8 @@ static enum MHD_Result take_body(struct request *r, const char *data, size_t *si
         r->too_big = true;
         r->body = wipe_free(r->body, r->body_len);
         r->body_len = 0;
-    } else {
-        /* grown without realloc: a drop-in body holds an assertion, and
-         * realloc would leave an unwiped copy behind */
-        char *p = malloc(r->body_len + *size + 1);
-        if (!p)
-            return MHD_NO;
-        if (r->body)
-            memcpy(p, r->body, r->body_len);
-        memcpy(p + r->body_len, data, *size);
-        wipe_free(r->body, r->body_len);
-        r->body = p;
-        r->body_len += *size;
-        r->body[r->body_len] = '\0';
-    }
+    } else if (request_body_append(&r->body, &r->body_len, data, *size) < 0)
+        return MHD_NO;
     *size = 0;
     return MHD_YES;
 }
@@ -724,7 +649,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     if (!st)
         return; /* the handler drops the connection */
     *socket_context = st;
-    if (!l->unix_socket || (!a->n_allowed_uids && !a->n_allowed_gids))
+    if (!l->unix_socket || (!a->policy->n_allowed_uids && !a->policy->n_allowed_gids))
         return;
     st->has_peer = true;
     st->peer.unix_socket = true;
@@ -786,24 +711,7 @@ static int start_listener(api *a, const config *cfg, struct listener *l) {
     return 0;
 }
 
-static int copy_words(char **from, size_t n, char ***ret) {
-    char **v = calloc(n + 1, sizeof(*v));
-
-    if (!v)
-        return -ENOMEM;
-    for (size_t i = 0; i < n; i++)
-        if (!(v[i] = strdup(from[i])))
-            return *ret = v, -ENOMEM;
-    *ret = v;
-    return 0;
-}
-
-static void route_get_stats(void *owner, struct api_stats *ret) {
-    api_get_stats(owner, ret);
-}
-
-static char *route_config_json(void *owner) {
-    api *a = owner;
+static char *route_config_json(api *a) {
     char *j;
 
     pthread_mutex_lock(&a->lock);
@@ -826,8 +734,18 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, struct shared
         return -ENOMEM;
     }
     pthread_mutex_init(&a->lock, NULL);
-    pthread_rwlock_init(&a->keys_lock, NULL);
-    a->auth = keys; /* before any listener starts: never a moment without them */
+    if (listen_fd >= 0) { /* api_free() closes it from here on */
+        a->listeners[0].inherited = true;
+        a->listeners[a->n_listeners++].fd = listen_fd;
+    }
+    /* before any listener starts: never a moment without the keys */
+    r = auth_store_new(keys, &a->keys);
+    if (r == 0)
+        r = guard_policy_new(cfg, &a->policy);
+    if (r < 0) {
+        api_free(a);
+        return r;
+    }
     a->max_body = cfg->max_body;
     snprintf(a->default_scope, sizeof(a->default_scope), "%s", cfg->default_scope);
     a->ctx = (struct route_context){
@@ -840,7 +758,7 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, struct shared
         .start_unix = now_unix(),
         .start_ms = now_ms(),
         .owner = a,
-        .get_stats = route_get_stats,
+        .get_stats = api_get_stats,
         .config_json = route_config_json,
     };
     snprintf(a->user_header, sizeof(a->user_header), "%s", cfg->user_header);
@@ -853,39 +771,7 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, struct shared
 #endif
     };
     a->config_json = config_describe(cfg);
-    a->n_allowed_hosts = cfg->n_allowed_hosts;
-    a->n_allowed_origins = cfg->n_allowed_origins;
-    a->n_allowed_uids = cfg->n_allowed_uids;
-    a->n_allowed_gids = cfg->n_allowed_gids;
-    a->allowed_uids = calloc(cfg->n_allowed_uids + 1, sizeof(unsigned));
-    a->allowed_gids = calloc(cfg->n_allowed_gids + 1, sizeof(unsigned));
-    if (!a->allowed_uids || !a->allowed_gids ||
-        copy_words(cfg->allowed_hosts, cfg->n_allowed_hosts, &a->allowed_hosts) < 0 ||
-        copy_words(cfg->allowed_origins, cfg->n_allowed_origins, &a->allowed_origins) < 0) {
-        if (listen_fd >= 0)
-            close(listen_fd);
-        api_free(a);
-        return -ENOMEM;
-    }
-    if (cfg->n_allowed_uids)
-        memcpy(a->allowed_uids, cfg->allowed_uids, cfg->n_allowed_uids * sizeof(unsigned));
-    if (cfg->n_allowed_gids)
-        memcpy(a->allowed_gids, cfg->allowed_gids, cfg->n_allowed_gids * sizeof(unsigned));
-    a->policy = (guard_policy){
-        .allowed_hosts = a->allowed_hosts,
-        .n_allowed_hosts = a->n_allowed_hosts,
-        .allowed_origins = a->allowed_origins,
-        .n_allowed_origins = a->n_allowed_origins,
-        .allowed_uids = a->allowed_uids,
-        .n_allowed_uids = a->n_allowed_uids,
-        .allowed_gids = a->allowed_gids,
-        .n_allowed_gids = a->n_allowed_gids,
-    };
-
-    if (listen_fd >= 0) {
-        a->listeners[a->n_listeners].inherited = true;
-        a->listeners[a->n_listeners++].fd = listen_fd;
-    } else {
+    if (listen_fd < 0) {
         for (size_t i = 0; i < cfg->n_listens && i < CONFIG_LISTEN_MAX; i++) { /* config.c refuses more */
             r = listen_bind(cfg, cfg->listens[i], &a->listeners[a->n_listeners].fd);
             if (r < 0) {
@@ -959,33 +845,14 @@ unsigned api_active(api *a) {
 }
 
 void api_get_stats(api *a, struct api_stats *ret) {
-    memset(ret, 0, sizeof(*ret));
     for (unsigned r = 0; r < API_ROUTES; r++)
         ret->route_names[r] = routes[r].name;
-    for (unsigned r = 0; r < API_ROUTES; r++)
-        for (int c = 0; c < API_CODES; c++) {
-            unsigned long long n = __atomic_load_n(&a->counts[r][c], __ATOMIC_RELAXED);
-            unsigned status = API_STATUS_FIRST + (unsigned)c;
-            ret->by_route[r][c] = n;
-            ret->requests += n;
-            if (status < 400)
-                ret->ok += n;
-            else if (status < 500)
-                ret->client_errors += n;
-            else
-                ret->upstream_errors += n;
-        }
+    metrics_snapshot(&a->counts, ret);
     ret->waiting = api_waiting(a);
 }
 
 void api_set_keys(api *a, auth *keys) {
-    auth *old;
-
-    pthread_rwlock_wrlock(&a->keys_lock);
-    old = a->auth;
-    a->auth = keys;
-    pthread_rwlock_unlock(&a->keys_lock);
-    auth_free(old); /* no reader holds it: each finds its key under the lock */
+    auth_store_set(a->keys, keys);
 }
 
 void api_set_config(api *a, const config *boot, const config *now) {
@@ -996,12 +863,6 @@ void api_set_config(api *a, const config *boot, const config *now) {
     free(a->config_json);
     a->config_json = j;
     pthread_mutex_unlock(&a->lock);
-}
-
-static void free_words(char **v) {
-    for (size_t i = 0; v && v[i]; i++)
-        free(v[i]);
-    free(v);
 }
 
 api *api_free(api *a) {
@@ -1019,14 +880,10 @@ api *api_free(api *a) {
         if (l->bound && l->unix_socket && strncmp(l->address, "unix:", 5) == 0)
             unlink(l->address + 5);
     }
-    auth_free(a->auth);
-    free_words(a->allowed_hosts);
-    free_words(a->allowed_origins);
-    free(a->allowed_uids);
-    free(a->allowed_gids);
+    auth_store_free(a->keys);
+    guard_policy_free(a->policy);
     free(a->config_json);
     pthread_mutex_destroy(&a->lock);
-    pthread_rwlock_destroy(&a->keys_lock);
     free(a);
     return NULL;
 }

@@ -7,14 +7,66 @@
  * the keys' lock) nor for answering. */
 #include "guard.h"
 
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "address.h"
 #include "auth.h"
+#include "config.h"
 
 #define ALL_BUT_FRONTEND (RIGHT_TOKEN | RIGHT_CLIENT_TOKEN | RIGHT_ADMIN)
+
+/* The policy and its copies of the lists, in one block: the policy first,
+ * then the uid and gid arrays, the two arrays of string pointers, and the
+ * strings themselves. */
+int guard_policy_new(const config *cfg, guard_policy **ret) {
+    size_t n_words = cfg->n_allowed_hosts + cfg->n_allowed_origins, size = sizeof(guard_policy), text = 0;
+    char **words, *at;
+    unsigned *ids;
+    guard_policy *p;
+
+    for (size_t i = 0; i < cfg->n_allowed_hosts; i++)
+        text += strlen(cfg->allowed_hosts[i]) + 1;
+    for (size_t i = 0; i < cfg->n_allowed_origins; i++)
+        text += strlen(cfg->allowed_origins[i]) + 1;
+    size += n_words * sizeof(char *) + (cfg->n_allowed_uids + cfg->n_allowed_gids) * sizeof(unsigned) + text;
+    p = calloc(1, size);
+    if (!p)
+        return -ENOMEM;
+    words = (char **)(p + 1);
+    ids = (unsigned *)(words + n_words);
+    at = (char *)(ids + cfg->n_allowed_uids + cfg->n_allowed_gids);
+    for (size_t i = 0; i < n_words; i++) {
+        const char *w = i < cfg->n_allowed_hosts ? cfg->allowed_hosts[i] : cfg->allowed_origins[i - cfg->n_allowed_hosts];
+        size_t n = strlen(w) + 1;
+        words[i] = memcpy(at, w, n);
+        at += n;
+    }
+    if (cfg->n_allowed_uids)
+        memcpy(ids, cfg->allowed_uids, cfg->n_allowed_uids * sizeof(unsigned));
+    if (cfg->n_allowed_gids)
+        memcpy(ids + cfg->n_allowed_uids, cfg->allowed_gids, cfg->n_allowed_gids * sizeof(unsigned));
+    *p = (guard_policy){
+        .allowed_hosts = words,
+        .n_allowed_hosts = cfg->n_allowed_hosts,
+        .allowed_origins = words + cfg->n_allowed_hosts,
+        .n_allowed_origins = cfg->n_allowed_origins,
+        .allowed_uids = ids,
+        .n_allowed_uids = cfg->n_allowed_uids,
+        .allowed_gids = ids + cfg->n_allowed_uids,
+        .n_allowed_gids = cfg->n_allowed_gids,
+    };
+    *ret = p;
+    return 0;
+}
+
+guard_policy *guard_policy_free(guard_policy *p) {
+    free(p);
+    return NULL;
+}
 
 bool guard_host_allowed(const guard_policy *p, const char *host) {
     const char *port;

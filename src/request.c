@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "json.h"
 #include "oauth.h"
@@ -260,6 +261,44 @@ void dropin_clear(dropin *d) {
     wipe_free_str(d->user_id);
     free(d->scope);
     d->user_id = d->scope = NULL;
+}
+
+const char *request_api_key(const char *authorization, bool basic, char *buf, size_t size, size_t *ret_len) {
+    const char *colon;
+    ptrdiff_t n;
+
+    if (!authorization)
+        return NULL;
+    if (strncasecmp(authorization, "Bearer ", 7) == 0) {
+        *ret_len = strlen(authorization + 7);
+        return authorization + 7;
+    }
+    if (!basic || strncasecmp(authorization, "Basic ", 6) != 0)
+        return NULL;
+    n = base64_decode(authorization + 6, strlen(authorization + 6), buf, size - 1);
+    if (n <= 0)
+        return NULL;
+    buf[n] = '\0';
+    colon = memchr(buf, ':', (size_t)n);
+    if (!colon || memchr(buf, '\0', (size_t)n))
+        return NULL;
+    *ret_len = (size_t)(buf + n - colon - 1);
+    return colon + 1;
+}
+
+int request_body_append(char **body, size_t *len, const char *data, size_t n) {
+    char *p = malloc(*len + n + 1);
+
+    if (!p)
+        return -ENOMEM;
+    if (*body)
+        memcpy(p, *body, *len);
+    memcpy(p + *len, data, n);
+    wipe_free(*body, *len);
+    *body = p;
+    *len += n;
+    p[*len] = '\0';
+    return 0;
 }
 
 bool request_proxy_path_valid(const char *path) {

@@ -494,6 +494,16 @@ static int route_status(const struct call *c, struct request *r, answer *ans) {
 
 /* ---- the table ---- */
 
+const char *route_allow(unsigned route, char *buf, size_t size) {
+    size_t pos = 0;
+
+    buf[0] = '\0';
+    for (const struct route_method *m = routes[route].methods; m < routes[route].methods + ROUTE_METHODS_MAX && m->method;
+         m++)
+        pos += (size_t)snprintf(buf + pos, pos < size ? size - pos : 0, "%s%s", pos ? ", " : "", m->method);
+    return buf;
+}
+
 static bool any_url(const char *url) {
     return true;
 }
