@@ -38,7 +38,7 @@ typedef struct guard_request {
     bool http11;
     /* the headers the guard reads; NULL when absent */
     const char *host, *origin, *sec_fetch_site;
-    bool relayed;      /* a header a relaying proxy adds (X-Forwarded-*, Forwarded, X-Real-IP, ...) */
+    bool relayed;      /* a header a relaying proxy adds (X-Forwarded-*, Forwarded, Via, X-Real-IP, ...) */
     bool user_header;  /* the frontend user header ([frontend] user_header) */
     const guard_peer *peer;
     /* the route */

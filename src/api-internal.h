@@ -42,10 +42,17 @@ struct listener {
 
 /* sockets (listen.c) */
 /* Binds and listens on one [server] listen address; a stale Unix socket
- * left by an earlier run is replaced. Returns 0 or a negative errno. */
-int listen_bind(const config *cfg, const char *spec, int *ret_fd);
+ * left by an earlier run is replaced, a live one (another process accepts
+ * on it) is not: -EADDRINUSE, with err saying who. Returns 0 or a negative
+ * errno; err (may be "") says more than the errno. */
+int listen_bind(const config *cfg, const char *spec, int *ret_fd, char *err, size_t err_size);
 /* Fills l->address and l->unix_socket from l->fd. */
 void listen_describe(struct listener *l);
+/* Stops accepting new connections; those open are still served. */
+void listen_quiesce(struct listener *l);
+/* Stops the listener's server and closes its socket; a Unix socket we
+ * bound is removed. */
+void listen_close(struct listener *l);
 
 /* What the routes need of the daemon, and nothing of the transport: the
  * modules they call, the settings they read, and what only the transport
@@ -130,7 +137,7 @@ struct request {
     token *tok;
     char scope[OAUTH_SCOPE_MAX + 1];
 
-    char *body;      /* the caller's body, at most [server] max_body */
+    char *body;      /* the caller's body, at most [frontend] max_body */
     size_t body_len;
     bool too_big;
 

@@ -1,11 +1,12 @@
-/* The HTTP front, on libmicrohttpd. Responsible for: the listening sockets
- * (TCP and Unix), strict HTTP (a request read one way only), gathering the
- * facts the guard (guard.c) decides who may call what from (Host, Origin,
- * forwarding headers, peer credentials, API keys) and applying its
- * verdict, dispatching to the routes (routes.c) through their table and
- * sending the answers they return (answer.h),
- * and suspending a connection while it waits on the network so no server
- * thread ever does. Not responsible for how tokens are made or kept.
+/* The HTTP front, on libmicrohttpd. Responsible for: serving the listening
+ * sockets (TCP and Unix; listen.c binds them), strict HTTP (a request read
+ * one way only), gathering the facts the guard (guard.c) decides who may
+ * call what from (Host, Origin, forwarding headers, peer credentials, API
+ * keys, found in auth.c's store) and applying its verdict, dispatching to
+ * the routes (routes.c) through their table and sending the answers they
+ * return (answer.h), counting them (metrics.h), and suspending a
+ * connection while it waits on the network so no server thread ever does.
+ * Not responsible for how tokens are made or kept.
  *
  * libmicrohttpd calls the handler at least twice per request. We answer on
  * the second call, never the first: a response queued on the first call is
@@ -266,12 +267,17 @@ struct conn_state {
      * it ends as a C string */
     bool target_seen;
     const char *target_start, *target_end;
+    bool path_nul; /* the request's path holds a %00 */
 };
 
-#if MHD_VERSION < 0x01000000
-/* libmicrohttpd 0.9.75 hands the request line over as C strings: a raw NUL
- * cuts the query short (user_id=a<NUL>b was served as user "a") or the
- * method ("GET<NUL>X" was served as GET), and no option of its refuses
+/* Called with each request's target as it was sent, before libmicrohttpd
+ * decodes it. A %00 in the path decodes to a NUL that the handler's C
+ * string stops at: /v1/cache/flush%00/anything would be /v1/cache/flush.
+ * Such a path is no route's, exactly, and is refused.
+ *
+ * libmicrohttpd 0.9.75 also hands the request line over as C strings: a
+ * raw NUL cuts the query short (user_id=a<NUL>b was served as user "a") or
+ * the method ("GET<NUL>X" was served as GET), and no option of its refuses
  * it. The line stays in its read buffer, split in place: the method, a NUL
  * where the first space was, maybe more spaces, the target, a NUL where the
  * last space was, the version. This callback sees the target once the
@@ -284,13 +290,15 @@ static void *on_target(void *cls, const char *uri, struct MHD_Connection *conn) 
     struct conn_state *st = ci ? ci->socket_context : NULL;
 
     if (st) {
+        st->path_nul = uri && memmem(uri, strcspn(uri, "?"), "%00", 3);
+#if MHD_VERSION < 0x01000000
         st->target_seen = true;
         st->target_start = uri;
         st->target_end = uri ? uri + strlen(uri) : NULL;
+#endif
     }
     return NULL; /* the handler's *req_cls starts NULL, as without this callback */
 }
-#endif
 
 /* Whether the request line was read whole: see on_target. */
 static bool line_whole(struct conn_state *st, const char *method, const char *version) {
@@ -367,17 +375,21 @@ static const char *requested_scope(const struct call *c, const char *method) {
 static int key_rights(const struct call *c, const char *method, const char *scope, bool *ret_keyed,
                       bool *ret_scope_ok) {
     api *a = c->api;
-    char basic[512];
-    size_t len = 0;
-    const char *key = request_api_key(c->head->authorization, routes[c->route].flags & ROUTE_OAUTH, basic,
-                                      sizeof(basic), &len);
+    bool frontend = routes[c->route].flags & ROUTE_FRONTEND;
+    char basic[1024];
+    size_t len = 0, raw_len = 0;
+    const char *raw, *key = request_api_key(c->head->authorization, routes[c->route].flags & ROUTE_OAUTH, basic,
+                                            sizeof(basic), &len, &raw, &raw_len);
     int rights;
 
+    if (!key && raw)
+        key = raw, len = raw_len, raw = NULL;
     if (key && !scope)
         scope = requested_scope(c, method);
-    rights = auth_store_check(a->keys, key, len, scope, a->default_scope, routes[c->route].flags & ROUTE_FRONTEND,
-                              ret_keyed, ret_scope_ok);
-    if (key && key > basic && key <= basic + sizeof(basic)) /* only when Basic was decoded there */
+    rights = auth_store_check(a->keys, key, len, scope, a->default_scope, frontend, ret_keyed, ret_scope_ok);
+    if (rights < 0 && raw && (raw_len != len || memcmp(raw, key, len) != 0)) /* Basic, sent unencoded */
+        rights = auth_store_check(a->keys, raw, raw_len, scope, a->default_scope, frontend, ret_keyed, ret_scope_ok);
+    if (c->head->authorization && key != c->head->authorization + 7) /* not Bearer: maybe decoded into basic[] */
         explicit_bzero(basic, sizeof(basic));
     return rights;
 }
@@ -487,6 +499,12 @@ static enum MHD_Result first_call(struct call *c, const char *url, const char *m
     if (!line_whole(c->state, method, version))
         return refuse(c, MHD_HTTP_BAD_REQUEST, "invalid_request",
                       "the request line holds a NUL byte, or names no HTTP version");
+    if (c->state->path_nul) {
+        c->route = API_ROUTES - 1; /* no route's: counted as "other" */
+        c->m = NULL;
+        return refuse(c, MHD_HTTP_NOT_FOUND, "not_found",
+                      "no such route: the path holds an encoded NUL byte (%00), which no route's path has");
+    }
     status = scan_head(c->api, c->conn, url, &c->state->head);
     if (status)
         return refuse(c, status, status == MHD_HTTP_BAD_REQUEST ? "invalid_request" : "request_header_fields_too_large",
@@ -678,7 +696,17 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
 
 /* ---- servers ---- */
 
-static int start_listener(api *a, const config *cfg, struct listener *l) {
+/* max_connections and threads are the daemon's: shared out among its
+ * listeners (the file descriptor budget counts max_connections once), at
+ * least a connection and a thread each (libmicrohttpd polls each listener
+ * on a thread of its own). */
+static unsigned share(unsigned total, size_t i, size_t n) {
+    unsigned part = (unsigned)(total / n + (i < total % n));
+
+    return part ? part : 1;
+}
+
+static int start_listener(api *a, const config *cfg, struct listener *l, unsigned connections, unsigned threads) {
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
 
@@ -688,7 +716,7 @@ static int start_listener(api *a, const config *cfg, struct listener *l) {
     struct MHD_OptionItem opts[] = {
         { MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, a },
         { MHD_OPTION_LISTEN_SOCKET, l->fd, NULL },
-        { MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, NULL },
+        { MHD_OPTION_CONNECTION_LIMIT, connections, NULL },
         { MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)(cfg->idle_timeout_ms / 1000), NULL },
         /* 6 KiB: MHD zeroes the whole pool for every request, and keeps it per
          * open connection (8 KiB measured 8.7 KB per connection, 6 KiB 6.7 KB);
@@ -696,11 +724,9 @@ static int start_listener(api *a, const config *cfg, struct listener *l) {
         { MHD_OPTION_CONNECTION_MEMORY_LIMIT, 6144, NULL },
         { MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, a },
         { MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, l },
-#if MHD_VERSION < 0x01000000
         { MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_target, NULL },
-#endif
         /* one polling thread unless asked: more threads than cores hurt tail latency */
-        { cfg->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, cfg->threads, NULL },
+        { threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, threads, NULL },
         { MHD_OPTION_END, 0, NULL },
     };
     l->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handler, l, MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
@@ -773,9 +799,10 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, struct shared
     a->config_json = config_describe(cfg);
     if (listen_fd < 0) {
         for (size_t i = 0; i < cfg->n_listens && i < CONFIG_LISTEN_MAX; i++) { /* config.c refuses more */
-            r = listen_bind(cfg, cfg->listens[i], &a->listeners[a->n_listeners].fd);
+            char err[320];
+            r = listen_bind(cfg, cfg->listens[i], &a->listeners[a->n_listeners].fd, err, sizeof(err));
             if (r < 0) {
-                log_error("cannot listen on %s: %s", cfg->listens[i], strerror(-r));
+                log_error("cannot listen on %s: %s", cfg->listens[i], err[0] ? err : strerror(-r));
                 api_free(a);
                 return r;
             }
@@ -784,7 +811,8 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, struct shared
     }
     for (size_t i = 0; i < a->n_listeners; i++) {
         struct listener *l = &a->listeners[i];
-        r = start_listener(a, cfg, l);
+        r = start_listener(a, cfg, l, share(cfg->max_connections, i, a->n_listeners),
+                           share(cfg->threads, i, a->n_listeners));
         if (r < 0) {
             api_free(a);
             return r;
@@ -809,23 +837,9 @@ const char *api_listening(api *a) {
     return a->listening;
 }
 
-/* Stops accepting. libmicrohttpd's own thread may still touch the listening
- * socket until MHD_stop_daemon(), so it stays open until api_free() (closing
- * it here was a race: ThreadSanitizer caught the thread's epoll_ctl() on the
- * closed fd, whose number a new socket could already have taken). A socket
- * we bound is shut down, so new callers are refused at once rather than left
- * in the backlog; one passed by systemd is left listening, for systemd to
- * start us again on the next connection. */
 void api_quiesce(api *a) {
-    for (size_t i = 0; a && i < a->n_listeners; i++) {
-        struct listener *l = &a->listeners[i];
-        if (l->mhd && l->fd >= 0 && !l->quiesced) {
-            MHD_quiesce_daemon(l->mhd);
-            l->quiesced = true;
-            if (!l->inherited)
-                shutdown(l->fd, SHUT_RDWR);
-        }
-    }
+    for (size_t i = 0; a && i < a->n_listeners; i++)
+        listen_quiesce(&a->listeners[i]);
 }
 
 unsigned api_waiting(api *a) {
@@ -868,18 +882,8 @@ void api_set_config(api *a, const config *boot, const config *now) {
 api *api_free(api *a) {
     if (!a)
         return NULL;
-    for (size_t i = 0; i < a->n_listeners; i++) {
-        struct listener *l = &a->listeners[i];
-        if (l->mhd) {
-            MHD_stop_daemon(l->mhd); /* closes the listening socket unless quiesced */
-            if (!l->quiesced)
-                l->fd = -1;
-        }
-        if (l->fd >= 0)
-            close(l->fd);
-        if (l->bound && l->unix_socket && strncmp(l->address, "unix:", 5) == 0)
-            unlink(l->address + 5);
-    }
+    for (size_t i = 0; i < a->n_listeners; i++)
+        listen_close(&a->listeners[i]);
     auth_store_free(a->keys);
     guard_policy_free(a->policy);
     free(a->config_json);

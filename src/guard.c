@@ -2,9 +2,10 @@
  * request's facts: the Host (DNS rebinding), Origin and Sec-Fetch-Site (a
  * page in a browser), headers a relaying proxy adds, the Unix-socket
  * peer, the API key's rights and scopes, the frontend user header.
- * Responsible for the verdict and its wording; not for finding the facts
- * (the HTTP front reads them off the request, and looks the key up under
- * the keys' lock) nor for answering. */
+ * Responsible for the verdict and its wording, and for the policy it
+ * applies (copied from [server]); not for finding the facts (the HTTP
+ * front reads them off the request, the key store in auth.c finds the
+ * key) nor for answering. Which addresses are loopback is address.c's. */
 #include "guard.h"
 
 #include <errno.h>

@@ -128,7 +128,7 @@ int metrics_render(const struct api_stats *as, const struct cache_stats *cs,
             fprintf(f, "tokend_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n", as->route_names[r],
                     API_STATUS_FIRST + (unsigned)c, as->by_route[r][c]);
         }
-    one(f, "tokend_http_requests_waiting", "gauge", "Requests suspended while their token is minted.",
+    one(f, "tokend_http_requests_waiting", "gauge", "Requests suspended while they wait on the network: a mint, a revocation or a forwarded call.",
         as->waiting);
 
     one(f, "tokend_revocations_pending", "gauge",
@@ -159,6 +159,8 @@ int metrics_render(const struct api_stats *as, const struct cache_stats *cs,
     fprintf(f, "tokend_mints_total{outcome=\"failed\"} %llu\n", us->mints_failed);
     fprintf(f, "tokend_mints_total{outcome=\"timed_out\"} %llu\n", us->mints_timeout);
     one(f, "tokend_mints_in_flight", "gauge", "Mints and revocations queued or in flight.", us->in_flight);
+    one(f, "tokend_mints_queued", "gauge",
+        "Mints and revocations handed to the upstream client and not yet taken up by its worker.", us->queued);
     header(f, "tokend_revocations_total", "counter", "Revocations at Instacart, by outcome.");
     fprintf(f, "tokend_revocations_total{outcome=\"ok\"} %llu\n", us->revocations_ok);
     fprintf(f, "tokend_revocations_total{outcome=\"failed\"} %llu\n", us->revocations_failed);

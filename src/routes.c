@@ -50,7 +50,7 @@ static int finish_token(struct request *r, answer *ans) {
     return answer_failure(ans, &r->outcome, is_oauth(&r->call));
 }
 
-/* The cache's (and a revocation's) callback, from any thread. */
+/* The cache's callback, from any thread. */
 static void on_done(void *userdata, const mint_outcome *o, token *t) {
     struct request *r = userdata;
 
@@ -452,6 +452,7 @@ static int route_status(const struct call *c, struct request *r, answer *ans) {
         cJSON_AddNumberToObject(o, "mints_failed", (double)us.mints_failed);
         cJSON_AddNumberToObject(o, "mints_timed_out", (double)us.mints_timeout);
         cJSON_AddNumberToObject(o, "in_flight", us.in_flight);
+        cJSON_AddNumberToObject(o, "queued", us.queued);
         cJSON_AddNumberToObject(o, "revocations_ok", (double)us.revocations_ok);
         cJSON_AddNumberToObject(o, "revocations_failed", (double)us.revocations_failed);
     }
