@@ -11,8 +11,6 @@ struct config;
 
 /* Requests are counted by route: the rows of the route table, in order. */
 #define API_ROUTES 11
-/* The route's name in /metrics ("/v1/token", ...). */
-const char *api_route_name(unsigned route);
 
 /* Requests are counted by route and exact status, 100 to 599: slot
  * status - API_STATUS_FIRST. Nothing else is ever answered. */
@@ -20,9 +18,10 @@ const char *api_route_name(unsigned route);
 #define API_CODES 500
 
 struct api_stats {
+    const char *route_names[API_ROUTES]; /* each route's name in /metrics ("/v1/token", ...) */
     unsigned long long requests, ok, client_errors, upstream_errors;
     unsigned long long by_route[API_ROUTES][API_CODES];
-    unsigned waiting; /* requests suspended on a mint or a revocation */
+    unsigned waiting; /* requests suspended on the network: a mint, a revocation, a forwarded call */
 };
 
 struct shared;
@@ -45,7 +44,8 @@ const char *api_listening(api *a);
 void api_set_config(api *a, const struct config *boot, const struct config *now);
 /* Stops accepting new connections; those open are still served. */
 void api_quiesce(api *a);
-/* Requests waiting on a mint right now. */
+/* Requests suspended on the network right now (a mint, a revocation, a
+ * forwarded call). */
 unsigned api_waiting(api *a);
 /* Requests that waited (or are waiting) and are not yet answered and done:
  * at shutdown, those whose answers are still being written. */

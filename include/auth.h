@@ -34,3 +34,20 @@ bool auth_key_allows_scope(const auth_key *k, const char *scope, const char *def
  * NULL) names it. */
 int auth_check(const auth *a, const char *key, size_t len, const char **ret_name);
 auth *auth_free(auth *a);
+
+/* The keys in force, read by every request while a reload may swap them:
+ * one rwlock, so a request's lookup never sees keys being freed. */
+typedef struct auth_store auth_store;
+
+/* keys: NULL for no keys file; owned by the store from here, even on
+ * failure. Returns 0 or -ENOMEM. */
+int auth_store_new(auth *keys, auth_store **ret);
+/* Reload: keys (NULL: none) from the next lookup on; frees the old ones. */
+void auth_store_set(auth_store *s, auth *keys);
+/* The presented key's rights (-1: no key, or none of ours); *ret_keyed:
+ * whether a keys file is in force; *ret_scope_ok: whether the key may ask
+ * for scope (NULL: nothing to check) on a frontend route or another, as
+ * auth_key_allows_scope() says. One lookup under the lock. */
+int auth_store_check(auth_store *s, const char *key, size_t len, const char *scope, const char *default_scope,
+                     bool frontend, bool *ret_keyed, bool *ret_scope_ok);
+auth_store *auth_store_free(auth_store *s);

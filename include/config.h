@@ -115,13 +115,6 @@ int config_parse_string(const char *text, const char *name, config **ret,
                         char err[CONFIG_ERR_MAX]);
 config *config_free(config *c);
 
-struct sockaddr_storage;
-#include <sys/socket.h>
-/* Parses ADDRESS:PORT (IPv4, [IPv6] or localhost) or unix:PATH (always
- * counted as local). */
-int config_listen_parse(const char *s, struct sockaddr_storage *ret, socklen_t *ret_len,
-                        bool *ret_loopback);
-
 /* Parses a Redis address: HOST:PORT (a name, an IPv4 address or [IPv6])
  * or unix:/PATH (port 0). Returns 0 or -EINVAL. */
 int config_redis_address_parse(const char *s, char *host, size_t host_size, unsigned *port);

@@ -20,6 +20,12 @@ typedef struct guard_policy {
     size_t n_allowed_gids;
 } guard_policy;
 
+struct config;
+/* A policy of its own, from the configuration's lists (copied: a reload
+ * frees the configuration). Returns 0 or -ENOMEM. */
+int guard_policy_new(const struct config *cfg, guard_policy **ret);
+guard_policy *guard_policy_free(guard_policy *p);
+
 /* Who is at the other end of the connection. */
 typedef struct guard_peer {
     bool unix_socket;  /* the listener is a Unix socket */
@@ -32,7 +38,7 @@ typedef struct guard_request {
     bool http11;
     /* the headers the guard reads; NULL when absent */
     const char *host, *origin, *sec_fetch_site;
-    bool relayed;      /* a header a relaying proxy adds (X-Forwarded-*, Forwarded, X-Real-IP, ...) */
+    bool relayed;      /* a header a relaying proxy adds (X-Forwarded-*, Forwarded, Via, X-Real-IP, ...) */
     bool user_header;  /* the frontend user header ([frontend] user_header) */
     const guard_peer *peer;
     /* the route */

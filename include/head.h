@@ -23,7 +23,7 @@ typedef struct head {
     const char *user_value;   /* the user header's value (user_len bytes, may hold a NUL) */
     size_t user_len;
     bool user;          /* the user header is present */
-    bool relayed;       /* a header a relaying proxy adds (X-Forwarded-*, Forwarded, X-Real-IP, ...) */
+    bool relayed;       /* a header a relaying proxy adds (X-Forwarded-*, Forwarded, Via, X-Real-IP, ...) */
     bool chunked;       /* Transfer-Encoding: chunked */
     bool expect;        /* Expect: 100-continue */
     size_t bytes;       /* of the headers, as sent */

@@ -1,6 +1,8 @@
-/* Checking what callers send, independent of the HTTP library: the query of
- * a token request and the user ids in it. Pure functions (unit tested and
- * fuzzed); the HTTP front feeds them what libmicrohttpd decoded. */
+/* Checking what callers send, independent of the HTTP library: the query
+ * of a token request and the user ids in it, the drop-in's body, the API
+ * key in an Authorization header, the Recommendations paths. Pure
+ * functions (unit tested and fuzzed); the HTTP front feeds them what
+ * libmicrohttpd decoded. */
 #pragma once
 
 #include <stdbool.h>
@@ -47,6 +49,24 @@ int dropin_parse(const char *body, size_t len, dropin *ret, const char **error, 
  * OAuth 2.0 clients send it (RFC 6749 §4.4.2): each parameter once. */
 int dropin_parse_form(const char *body, size_t len, dropin *ret, const char **error, const char **description);
 void dropin_clear(dropin *d);
+
+/* The API key in an Authorization header's value (NULL: none): "Bearer
+ * KEY", or where basic is true (the drop-in, as standard OAuth clients send
+ * their secret) HTTP Basic with the key as the password. RFC 6749 §2.3.1
+ * has the client id and secret form-encoded (application/x-www-form-
+ * urlencoded) before they go into Basic: the key returned is the secret so
+ * decoded, and *ret_raw (NULL unless Basic) the secret as sent, for
+ * clients that send it unencoded (python-requests' HTTPBasicAuth) to be
+ * tried when the decoded one is no key. Both are decoded into buf, which
+ * the caller wipes. *ret_len, *ret_raw_len: their lengths. */
+const char *request_api_key(const char *authorization, bool basic, char *buf, size_t size, size_t *ret_len,
+                            const char **ret_raw, size_t *ret_raw_len);
+
+/* Appends n bytes to a request body (*body: malloc()ed, NUL-terminated
+ * after *len bytes, or NULL). Grown without realloc(): a drop-in body holds
+ * an assertion, and realloc() would leave an unwiped copy behind. Returns
+ * 0, or -ENOMEM with the body as it was. */
+int request_body_append(char **body, size_t *len, const char *data, size_t n);
 
 /* One of the four frontend Recommendations paths, with a safe {order_id}. */
 bool request_proxy_path_valid(const char *path);

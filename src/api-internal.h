@@ -1,6 +1,7 @@
-/* Shared by the HTTP front's two files: api.c (the transport on
- * libmicrohttpd: sockets, strict HTTP, who may call what, answers) and
- * routes.c (what each route does). Private to them. The routes see
+/* Shared by the HTTP front's files: api.c (the transport on
+ * libmicrohttpd: sockets, strict HTTP, who may call what, answers),
+ * listen.c (its sockets) and routes.c (what each route does). Private to
+ * them. The routes see
  * libmicrohttpd nowhere: a route is a function of a call (the request's
  * facts, gathered by the transport) that returns an answer as a value
  * (answer.h), or asks to wait; a request that waited is resumed and
@@ -33,7 +34,6 @@ struct listener {
     struct MHD_Daemon *mhd;
     int fd;
     bool unix_socket;
-    bool loopback;
     bool bound;        /* ours to unlink (a Unix socket we made) */
     bool inherited;    /* passed by systemd, whose socket must go on listening */
     bool quiesced;     /* no longer accepting; the fd is ours to close after the stop */
@@ -42,41 +42,38 @@ struct listener {
 
 /* sockets (listen.c) */
 /* Binds and listens on one [server] listen address; a stale Unix socket
- * left by an earlier run is replaced. Returns 0 or a negative errno. */
-int listen_bind(const config *cfg, const char *spec, int *ret_fd);
-/* Fills l->address, l->loopback and l->unix_socket from l->fd. */
+ * left by an earlier run is replaced, a live one (another process accepts
+ * on it) is not: -EADDRINUSE, with err saying who. Returns 0 or a negative
+ * errno; err (may be "") says more than the errno. */
+int listen_bind(const config *cfg, const char *spec, int *ret_fd, char *err, size_t err_size);
+/* Fills l->address and l->unix_socket from l->fd. */
 void listen_describe(struct listener *l);
+/* Stops accepting new connections; those open are still served. */
+void listen_quiesce(struct listener *l);
+/* Stops the listener's server and closes its socket; a Unix socket we
+ * bound is removed. */
+void listen_close(struct listener *l);
 
-struct api {
-    struct listener listeners[CONFIG_LISTEN_MAX];
-    size_t n_listeners;
-    char listening[512];
+/* What the routes need of the daemon, and nothing of the transport: the
+ * modules they call, the settings they read, and what only the transport
+ * knows (its counters, the configuration it runs with) through functions,
+ * so routes.c never reaches into struct api (api.c's own). Filled by
+ * api_new() before the first request, constant from then on. */
+struct route_context {
     cache *cache;
     upstream *up;
     struct shared *shared; /* fleet mode, or NULL */
     revocations *rv;       /* revocations that must land */
-    pthread_rwlock_t keys_lock; /* a reload swaps the keys under it */
-    auth *auth; /* NULL: no keys file */
-    char default_scope[OAUTH_SCOPE_MAX + 1];
+    const char *default_scope;
     uint64_t min_ttl_ms;
-    char user_header[64];
-    head_rules head_rules;
-    size_t max_body;
-    char **allowed_hosts, **allowed_origins;
-    size_t n_allowed_hosts, n_allowed_origins;
-    unsigned *allowed_uids, *allowed_gids;
-    size_t n_allowed_uids, n_allowed_gids;
-    guard_policy policy; /* points into the above */
     int64_t start_unix;
     uint64_t start_ms;
-
-    /* counted with atomics: the hit path takes no lock for them */
-    unsigned long long counts[API_ROUTES][API_CODES];
-
-    pthread_mutex_t lock; /* orders suspend against resume; guards below */
-    unsigned waiting;
-    unsigned active;  /* requests with state of their own, not yet completed */
-    char *config_json;
+    api *owner; /* the transport, passed to the functions below */
+    const char *listening; /* every address served, as api_listening() says */
+    /* the HTTP counters, a snapshot (api_get_stats) */
+    void (*get_stats)(api *owner, struct api_stats *ret);
+    /* the effective configuration as JSON, malloc()ed; NULL if none */
+    char *(*config_json)(api *owner);
 };
 
 struct conn_state;
@@ -97,7 +94,8 @@ struct call_args {
 
 /* One request being answered: its facts, for the route. */
 struct call {
-    api *a;
+    /* the daemon as the routes see it */
+    const struct route_context *a;
     unsigned route;       /* its row in routes[] */
     const struct route_method *m; /* the row's entry for the method, or NULL */
     const char *url;      /* during the handler's call only */
@@ -111,6 +109,7 @@ struct call {
     bool (*scope_allowed)(const struct call *c, const char *scope);
 
     /* the transport's own */
+    api *api;
     struct MHD_Connection *conn;
     struct conn_state *state; /* the connection's: its peer, the request's head */
     bool http11;              /* an HTTP/1.1 request (it must name its Host) */
@@ -139,7 +138,7 @@ struct request {
     token *tok;
     char scope[OAUTH_SCOPE_MAX + 1];
 
-    char *body;      /* the caller's body, at most api->max_body */
+    char *body;      /* the caller's body, at most [frontend] max_body */
     size_t body_len;
     bool too_big;
 
@@ -184,3 +183,5 @@ struct route {
 };
 
 extern const struct route routes[API_ROUTES];
+/* The row's methods, for Allow and Access-Control-Allow-Methods, into buf. */
+const char *route_allow(unsigned route, char *buf, size_t size);

@@ -1,11 +1,12 @@
-/* The HTTP front, on libmicrohttpd. Responsible for: the listening sockets
- * (TCP and Unix), strict HTTP (a request read one way only), gathering the
- * facts the guard (guard.c) decides who may call what from (Host, Origin,
- * forwarding headers, peer credentials, API keys) and applying its
- * verdict, dispatching to the routes (routes.c) through their table and
- * sending the answers they return (answer.h),
- * and suspending a connection while it waits on the network so no server
- * thread ever does. Not responsible for how tokens are made or kept.
+/* The HTTP front, on libmicrohttpd. Responsible for: serving the listening
+ * sockets (TCP and Unix; listen.c binds them), strict HTTP (a request read
+ * one way only), gathering the facts the guard (guard.c) decides who may
+ * call what from (Host, Origin, forwarding headers, peer credentials, API
+ * keys, found in auth.c's store) and applying its verdict, dispatching to
+ * the routes (routes.c) through their table and sending the answers they
+ * return (answer.h), counting them (metrics.h), and suspending a
+ * connection while it waits on the network so no server thread ever does.
+ * Not responsible for how tokens are made or kept.
  *
  * libmicrohttpd calls the handler at least twice per request. We answer on
  * the second call, never the first: a response queued on the first call is
@@ -27,10 +28,32 @@
 
 #include <microhttpd.h>
 
+#include "address.h"
 #include "api-internal.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "util.h"
+
+struct api {
+    struct listener listeners[CONFIG_LISTEN_MAX];
+    size_t n_listeners;
+    char listening[512];
+    struct route_context ctx; /* what the routes see of it */
+    auth_store *keys; /* the API keys in force */
+    char default_scope[OAUTH_SCOPE_MAX + 1];
+    char user_header[64];
+    head_rules head_rules;
+    size_t max_body;
+    guard_policy *policy; /* who may call what: [server]'s lists, copied */
+
+    struct http_counts counts; /* metrics.h: atomics, no lock */
+
+    pthread_mutex_t lock; /* orders suspend against resume; guards below */
+    unsigned waiting;
+    unsigned active;  /* requests with state of their own, not yet completed */
+    char *config_json;
+};
 
 /* What *req_cls points to between the handler's calls, until a request
  * needs state of its own: the route, and whether a body was seen. */
@@ -66,27 +89,6 @@ static const struct route_method *route_method(unsigned route, const char *metho
         if (strcmp(m->method, method) == 0)
             return m;
     return NULL;
-}
-
-/* The row's methods, for Allow and Access-Control-Allow-Methods. */
-static const char *route_allow(unsigned route, char *buf, size_t size) {
-    size_t pos = 0;
-
-    buf[0] = '\0';
-    for (const struct route_method *m = routes[route].methods; m < routes[route].methods + ROUTE_METHODS_MAX && m->method;
-         m++)
-        pos += (size_t)snprintf(buf + pos, pos < size ? size - pos : 0, "%s%s", pos ? ", " : "", m->method);
-    return buf;
-}
-
-static unsigned code_index(unsigned status) {
-    /* every status we answer is in range: the proxy clamps Instacart's */
-    return status >= API_STATUS_FIRST && status < API_STATUS_FIRST + API_CODES ? status - API_STATUS_FIRST
-                                                                                 : 500 - API_STATUS_FIRST;
-}
-
-static void api_count(api *a, unsigned route, unsigned status) {
-    __atomic_add_fetch(&a->counts[route][code_index(status)], 1, __ATOMIC_RELAXED);
 }
 
 /* ---- answers ---- */
@@ -145,7 +147,7 @@ static enum MHD_Result respond(const struct call *c, answer *ans) {
     }
     r = MHD_queue_response(c->conn, ans->status, resp);
     MHD_destroy_response(resp);
-    api_count(c->a, c->route, ans->status);
+    metrics_count(&c->api->counts, c->route, ans->status);
     return r;
 }
 
@@ -162,7 +164,7 @@ static enum MHD_Result refuse(const struct call *c, unsigned status, const char 
 /* The request's resume(): marks it done and, if suspended, resumes it; the
  * server thread then answers it through its finish(). */
 static void request_resume(struct request *r) {
-    api *a = r->call.a;
+    api *a = r->call.api;
 
     pthread_mutex_lock(&a->lock);
     r->done = true;
@@ -187,9 +189,9 @@ static struct request *request_new(const struct call *c, void **req_cls) {
     }
     r->resume = request_resume;
     *req_cls = r; /* freed when the request completes */
-    pthread_mutex_lock(&c->a->lock);
-    c->a->active++;
-    pthread_mutex_unlock(&c->a->lock);
+    pthread_mutex_lock(&c->api->lock);
+    c->api->active++;
+    pthread_mutex_unlock(&c->api->lock);
     return r;
 }
 
@@ -205,7 +207,7 @@ static enum MHD_Result answer_finished(struct request *r) {
 /* Suspends until the request's resume(), or answers at once if it is done
  * already. Under the lock, so a resume can never come before the suspend. */
 static enum MHD_Result wait_or_answer(struct request *r) {
-    api *a = r->call.a;
+    api *a = r->call.api;
     bool finished;
 
     pthread_mutex_lock(&a->lock);
@@ -241,8 +243,6 @@ static enum MHD_Result dispatch(const struct call *c, struct request *r, void **
     }
 }
 
-/* ---- who may call what ---- */
-
 /* ---- strict HTTP: the header block, read once on the handler's first call ---- */
 
 /* The most request line and headers the handler takes: libmicrohttpd keeps
@@ -267,12 +267,17 @@ struct conn_state {
      * it ends as a C string */
     bool target_seen;
     const char *target_start, *target_end;
+    bool path_nul; /* the request's path holds a %00 */
 };
 
-#if MHD_VERSION < 0x01000000
-/* libmicrohttpd 0.9.75 hands the request line over as C strings: a raw NUL
- * cuts the query short (user_id=a<NUL>b was served as user "a") or the
- * method ("GET<NUL>X" was served as GET), and no option of its refuses
+/* Called with each request's target as it was sent, before libmicrohttpd
+ * decodes it. A %00 in the path decodes to a NUL that the handler's C
+ * string stops at: /v1/cache/flush%00/anything would be /v1/cache/flush.
+ * Such a path is no route's, exactly, and is refused.
+ *
+ * libmicrohttpd 0.9.75 also hands the request line over as C strings: a
+ * raw NUL cuts the query short (user_id=a<NUL>b was served as user "a") or
+ * the method ("GET<NUL>X" was served as GET), and no option of its refuses
  * it. The line stays in its read buffer, split in place: the method, a NUL
  * where the first space was, maybe more spaces, the target, a NUL where the
  * last space was, the version. This callback sees the target once the
@@ -285,13 +290,15 @@ static void *on_target(void *cls, const char *uri, struct MHD_Connection *conn) 
     struct conn_state *st = ci ? ci->socket_context : NULL;
 
     if (st) {
+        st->path_nul = uri && memmem(uri, strcspn(uri, "?"), "%00", 3);
+#if MHD_VERSION < 0x01000000
         st->target_seen = true;
         st->target_start = uri;
         st->target_end = uri ? uri + strlen(uri) : NULL;
+#endif
     }
     return NULL; /* the handler's *req_cls starts NULL, as without this callback */
 }
-#endif
 
 /* Whether the request line was read whole: see on_target. */
 static bool line_whole(struct conn_state *st, const char *method, const char *version) {
@@ -343,19 +350,9 @@ static unsigned scan_head(api *a, struct MHD_Connection *conn, const char *url, 
 
 static bool peer_is_local(const struct call *c) {
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
 
-    if (!sa)
-        return false;
-    if (sa->sa_family == AF_UNIX)
-        return true;
-    if (sa->sa_family == AF_INET)
-        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
-    if (sa->sa_family == AF_INET6) {
-        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
-        return IN6_IS_ADDR_LOOPBACK(a6) || (IN6_IS_ADDR_V4MAPPED(a6) && a6->s6_addr[12] == 127);
-    }
-    return false;
+    /* libmicrohttpd keeps the peer's address in a sockaddr_storage */
+    return ci && address_is_loopback(ci->client_addr, sizeof(struct sockaddr_storage));
 }
 
 /* The scope a GET token route will mint, for the key's scope check; NULL
@@ -367,63 +364,32 @@ static const char *requested_scope(const struct call *c, const char *method) {
     for (size_t i = 0; c->args && i < c->args->n; i++)
         if (c->args->v[i].key_len == 5 && memcmp(c->args->v[i].key, "scope", 5) == 0 && c->args->v[i].value)
             return c->args->v[i].value;
-    return c->m->mints == MINTS_NO_SCOPE ? "" : c->a->default_scope;
+    return c->m->mints == MINTS_NO_SCOPE ? "" : c->api->default_scope;
 }
 
-/* The API key the caller presents: "Authorization: Bearer KEY", or on the
- * drop-in, as standard OAuth clients send their secret, HTTP Basic with the
- * key as the password (RFC 6749 §2.3.1). Basic is decoded into buf, which
- * the caller wipes. */
-static const char *presented_key(const struct call *c, char *buf, size_t size, size_t *ret_len) {
-    const char *authz = c->head->authorization, *colon;
-    ptrdiff_t n;
-
-    if (!authz)
-        return NULL;
-    if (strncasecmp(authz, "Bearer ", 7) == 0) {
-        *ret_len = strlen(authz + 7);
-        return authz + 7;
-    }
-    if (!(routes[c->route].flags & ROUTE_OAUTH) || strncasecmp(authz, "Basic ", 6) != 0)
-        return NULL;
-    n = base64_decode(authz + 6, strlen(authz + 6), buf, size - 1);
-    if (n <= 0)
-        return NULL;
-    buf[n] = '\0';
-    colon = memchr(buf, ':', (size_t)n);
-    if (!colon || memchr(buf, '\0', (size_t)n))
-        return NULL;
-    *ret_len = (size_t)(buf + n - colon - 1);
-    return colon + 1;
-}
-
-/* The caller's key, found under the keys' lock (a reload may swap them):
- * its rights (-1: no key of ours), whether a keys file is in force, and
- * whether the key may ask for scope. scope NULL: the one a GET token route
- * will mint (requested_scope), looked up only when a key was found, so a
- * hit without a keys file pays nothing for it. */
+/* The caller's key, looked up in the keys in force (auth.c; a reload may
+ * swap them): its rights (-1: no key of ours), whether a keys file is in
+ * force, and whether the key may ask for scope. scope NULL: the one a GET
+ * token route will mint (requested_scope), found only when a key is
+ * presented, so a request without one pays nothing for it. */
 static int key_rights(const struct call *c, const char *method, const char *scope, bool *ret_keyed,
                       bool *ret_scope_ok) {
-    api *a = c->a;
-    char basic[512];
-    size_t len = 0;
-    const char *key = presented_key(c, basic, sizeof(basic), &len);
-    int rights = -1;
+    api *a = c->api;
+    bool frontend = routes[c->route].flags & ROUTE_FRONTEND;
+    char basic[1024];
+    size_t len = 0, raw_len = 0;
+    const char *raw, *key = request_api_key(c->head->authorization, routes[c->route].flags & ROUTE_OAUTH, basic,
+                                            sizeof(basic), &len, &raw, &raw_len);
+    int rights;
 
-    *ret_scope_ok = true;
-    pthread_rwlock_rdlock(&a->keys_lock);
-    *ret_keyed = a->auth != NULL;
-    if (*ret_keyed && key) {
-        const auth_key *k = auth_find(a->auth, key, len);
-        if (k) {
-            rights = auth_key_rights(k);
-            if (scope || (scope = requested_scope(c, method)))
-                *ret_scope_ok = auth_key_allows_scope(k, scope, a->default_scope,
-                                                      routes[c->route].flags & ROUTE_FRONTEND);
-        }
-    }
-    pthread_rwlock_unlock(&a->keys_lock);
-    if (key && key > basic && key <= basic + sizeof(basic)) /* only when Basic was decoded there */
+    if (!key && raw)
+        key = raw, len = raw_len, raw = NULL;
+    if (key && !scope)
+        scope = requested_scope(c, method);
+    rights = auth_store_check(a->keys, key, len, scope, a->default_scope, frontend, ret_keyed, ret_scope_ok);
+    if (rights < 0 && raw && (raw_len != len || memcmp(raw, key, len) != 0)) /* Basic, sent unencoded */
+        rights = auth_store_check(a->keys, raw, raw_len, scope, a->default_scope, frontend, ret_keyed, ret_scope_ok);
+    if (c->head->authorization && key != c->head->authorization + 7) /* not Bearer: maybe decoded into basic[] */
         explicit_bzero(basic, sizeof(basic));
     return rights;
 }
@@ -463,7 +429,7 @@ static const guard_verdict *judge(struct call *c, const char *method) {
         if (!q.scope_ok)
             q.scope = requested_scope(c, method);
         st->keyed = q.keyed;
-        guard_check(&c->a->policy, &q, &st->verdict);
+        guard_check(c->api->policy, &q, &st->verdict);
         st->judged = true;
     }
     c->keyed = st->keyed;
@@ -487,27 +453,15 @@ static enum MHD_Result guard(struct call *c, const char *method, bool *refused) 
 /* ---- the handler ---- */
 
 static enum MHD_Result take_body(struct request *r, const char *data, size_t *size) {
-    size_t max = r->call.a->max_body;
+    size_t max = r->call.api->max_body;
 
     if (r->too_big || r->body_len + *size > max) {
         /* keep draining, keep nothing: refused once it is all in */
         r->too_big = true;
         r->body = wipe_free(r->body, r->body_len);
         r->body_len = 0;
-    } else {
-        /* grown without realloc: a drop-in body holds an assertion, and
-         * realloc would leave an unwiped copy behind */
-        char *p = malloc(r->body_len + *size + 1);
-        if (!p)
-            return MHD_NO;
-        if (r->body)
-            memcpy(p, r->body, r->body_len);
-        memcpy(p + r->body_len, data, *size);
-        wipe_free(r->body, r->body_len);
-        r->body = p;
-        r->body_len += *size;
-        r->body[r->body_len] = '\0';
-    }
+    } else if (request_body_append(&r->body, &r->body_len, data, *size) < 0)
+        return MHD_NO;
     *size = 0;
     return MHD_YES;
 }
@@ -515,7 +469,7 @@ static enum MHD_Result take_body(struct request *r, const char *data, size_t *si
 static enum MHD_Result too_large(const struct call *c) {
     char desc[96];
 
-    snprintf(desc, sizeof(desc), "the request body is larger than %zu bytes", c->a->max_body);
+    snprintf(desc, sizeof(desc), "the request body is larger than %zu bytes", c->api->max_body);
     return refuse(c, MHD_HTTP_CONTENT_TOO_LARGE, "request_too_large", desc);
 }
 
@@ -545,7 +499,13 @@ static enum MHD_Result first_call(struct call *c, const char *url, const char *m
     if (!line_whole(c->state, method, version))
         return refuse(c, MHD_HTTP_BAD_REQUEST, "invalid_request",
                       "the request line holds a NUL byte, or names no HTTP version");
-    status = scan_head(c->a, c->conn, url, &c->state->head);
+    if (c->state->path_nul) {
+        c->route = API_ROUTES - 1; /* no route's: counted as "other" */
+        c->m = NULL;
+        return refuse(c, MHD_HTTP_NOT_FOUND, "not_found",
+                      "no such route: the path holds an encoded NUL byte (%00), which no route's path has");
+    }
+    status = scan_head(c->api, c->conn, url, &c->state->head);
     if (status)
         return refuse(c, status, status == MHD_HTTP_BAD_REQUEST ? "invalid_request" : "request_header_fields_too_large",
                       c->head->bad);
@@ -554,7 +514,7 @@ static enum MHD_Result first_call(struct call *c, const char *url, const char *m
         if (v->status)
             return answer_verdict(c, v);
         if (c->head->length && parse_uint(c->head->length, UINT64_MAX, &declared) == 0 &&
-            declared > c->a->max_body)
+            declared > c->api->max_body)
             return too_large(c);
     }
     *req_cls = &markers[c->route][0];
@@ -584,7 +544,7 @@ static enum MHD_Result body_start(struct call *c, const char *method, const char
             r->verdict.description = r->verdict.desc;
     }
     /* too big by its own account, or refused: nothing of it is kept */
-    r->too_big = refused || (cl && parse_uint(cl, UINT64_MAX, &declared) == 0 && declared > c->a->max_body);
+    r->too_big = refused || (cl && parse_uint(cl, UINT64_MAX, &declared) == 0 && declared > c->api->max_body);
     if (*upload_data_size)
         return take_body(r, upload_data, upload_data_size);
     return MHD_YES; /* the body, or its end, comes in the next calls */
@@ -612,7 +572,7 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
                                void **req_cls) {
     struct listener *l = cls;
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    struct call c = { .a = l->api, .conn = conn, .http11 = strcmp(version, MHD_HTTP_VERSION_1_1) == 0,
+    struct call c = { .api = l->api, .a = &l->api->ctx, .conn = conn, .http11 = strcmp(version, MHD_HTTP_VERSION_1_1) == 0,
                       .scope_allowed = scope_allowed };
     struct call_args args; /* filled only for the last call, and only as far as used */
     enum MHD_Result ret;
@@ -672,7 +632,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     struct request *r = *req_cls;
 
     if (r && !is_marker(r)) {
-        api *a = r->call.a;
+        api *a = r->call.api;
         pthread_mutex_lock(&a->lock);
         a->active--;
         pthread_mutex_unlock(&a->lock);
@@ -707,7 +667,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     if (!st)
         return; /* the handler drops the connection */
     *socket_context = st;
-    if (!l->unix_socket || (!a->n_allowed_uids && !a->n_allowed_gids))
+    if (!l->unix_socket || (!a->policy->n_allowed_uids && !a->policy->n_allowed_gids))
         return;
     st->has_peer = true;
     st->peer.unix_socket = true;
@@ -736,7 +696,17 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
 
 /* ---- servers ---- */
 
-static int start_listener(api *a, const config *cfg, struct listener *l) {
+/* max_connections and threads are the daemon's: shared out among its
+ * listeners (the file descriptor budget counts max_connections once), at
+ * least a connection and a thread each (libmicrohttpd polls each listener
+ * on a thread of its own). */
+static unsigned share(unsigned total, size_t i, size_t n) {
+    unsigned part = (unsigned)(total / n + (i < total % n));
+
+    return part ? part : 1;
+}
+
+static int start_listener(api *a, const config *cfg, struct listener *l, unsigned connections, unsigned threads) {
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
 
@@ -746,7 +716,7 @@ static int start_listener(api *a, const config *cfg, struct listener *l) {
     struct MHD_OptionItem opts[] = {
         { MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, a },
         { MHD_OPTION_LISTEN_SOCKET, l->fd, NULL },
-        { MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, NULL },
+        { MHD_OPTION_CONNECTION_LIMIT, connections, NULL },
         { MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)(cfg->idle_timeout_ms / 1000), NULL },
         /* 6 KiB: MHD zeroes the whole pool for every request, and keeps it per
          * open connection (8 KiB measured 8.7 KB per connection, 6 KiB 6.7 KB);
@@ -754,11 +724,9 @@ static int start_listener(api *a, const config *cfg, struct listener *l) {
         { MHD_OPTION_CONNECTION_MEMORY_LIMIT, 6144, NULL },
         { MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, a },
         { MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, l },
-#if MHD_VERSION < 0x01000000
         { MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_target, NULL },
-#endif
         /* one polling thread unless asked: more threads than cores hurt tail latency */
-        { cfg->threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, cfg->threads, NULL },
+        { threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, threads, NULL },
         { MHD_OPTION_END, 0, NULL },
     };
     l->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handler, l, MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
@@ -769,16 +737,13 @@ static int start_listener(api *a, const config *cfg, struct listener *l) {
     return 0;
 }
 
-static int copy_words(char **from, size_t n, char ***ret) {
-    char **v = calloc(n + 1, sizeof(*v));
+static char *route_config_json(api *a) {
+    char *j;
 
-    if (!v)
-        return -ENOMEM;
-    for (size_t i = 0; i < n; i++)
-        if (!(v[i] = strdup(from[i])))
-            return *ret = v, -ENOMEM;
-    *ret = v;
-    return 0;
+    pthread_mutex_lock(&a->lock);
+    j = a->config_json ? strdup(a->config_json) : NULL;
+    pthread_mutex_unlock(&a->lock);
+    return j;
 }
 
 int api_new(const config *cfg, auth *keys, cache *c, upstream *up, struct shared *sh, revocations *rv,
@@ -795,17 +760,34 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, struct shared
         return -ENOMEM;
     }
     pthread_mutex_init(&a->lock, NULL);
-    pthread_rwlock_init(&a->keys_lock, NULL);
-    a->auth = keys; /* before any listener starts: never a moment without them */
-    a->cache = c;
-    a->up = up;
-    a->shared = sh; /* before any listener starts: the first request may be a drop */
-    a->rv = rv;
-    a->min_ttl_ms = cfg->min_ttl_ms;
+    if (listen_fd >= 0) { /* api_free() closes it from here on */
+        a->listeners[0].inherited = true;
+        a->listeners[a->n_listeners++].fd = listen_fd;
+    }
+    /* before any listener starts: never a moment without the keys */
+    r = auth_store_new(keys, &a->keys);
+    if (r == 0)
+        r = guard_policy_new(cfg, &a->policy);
+    if (r < 0) {
+        api_free(a);
+        return r;
+    }
     a->max_body = cfg->max_body;
-    a->start_unix = now_unix();
-    a->start_ms = now_ms();
     snprintf(a->default_scope, sizeof(a->default_scope), "%s", cfg->default_scope);
+    a->ctx = (struct route_context){
+        .cache = c,
+        .up = up,
+        .shared = sh, /* before any listener starts: the first request may be a drop */
+        .rv = rv,
+        .default_scope = a->default_scope,
+        .min_ttl_ms = cfg->min_ttl_ms,
+        .start_unix = now_unix(),
+        .start_ms = now_ms(),
+        .owner = a,
+        .listening = a->listening, /* filled as the listeners start, before any request */
+        .get_stats = api_get_stats,
+        .config_json = route_config_json,
+    };
     snprintf(a->user_header, sizeof(a->user_header), "%s", cfg->user_header);
     a->head_rules = (head_rules){
         .user_header = a->user_header,
@@ -816,43 +798,12 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, struct shared
 #endif
     };
     a->config_json = config_describe(cfg);
-    a->n_allowed_hosts = cfg->n_allowed_hosts;
-    a->n_allowed_origins = cfg->n_allowed_origins;
-    a->n_allowed_uids = cfg->n_allowed_uids;
-    a->n_allowed_gids = cfg->n_allowed_gids;
-    a->allowed_uids = calloc(cfg->n_allowed_uids + 1, sizeof(unsigned));
-    a->allowed_gids = calloc(cfg->n_allowed_gids + 1, sizeof(unsigned));
-    if (!a->allowed_uids || !a->allowed_gids ||
-        copy_words(cfg->allowed_hosts, cfg->n_allowed_hosts, &a->allowed_hosts) < 0 ||
-        copy_words(cfg->allowed_origins, cfg->n_allowed_origins, &a->allowed_origins) < 0) {
-        if (listen_fd >= 0)
-            close(listen_fd);
-        api_free(a);
-        return -ENOMEM;
-    }
-    if (cfg->n_allowed_uids)
-        memcpy(a->allowed_uids, cfg->allowed_uids, cfg->n_allowed_uids * sizeof(unsigned));
-    if (cfg->n_allowed_gids)
-        memcpy(a->allowed_gids, cfg->allowed_gids, cfg->n_allowed_gids * sizeof(unsigned));
-    a->policy = (guard_policy){
-        .allowed_hosts = a->allowed_hosts,
-        .n_allowed_hosts = a->n_allowed_hosts,
-        .allowed_origins = a->allowed_origins,
-        .n_allowed_origins = a->n_allowed_origins,
-        .allowed_uids = a->allowed_uids,
-        .n_allowed_uids = a->n_allowed_uids,
-        .allowed_gids = a->allowed_gids,
-        .n_allowed_gids = a->n_allowed_gids,
-    };
-
-    if (listen_fd >= 0) {
-        a->listeners[a->n_listeners].inherited = true;
-        a->listeners[a->n_listeners++].fd = listen_fd;
-    } else {
+    if (listen_fd < 0) {
         for (size_t i = 0; i < cfg->n_listens && i < CONFIG_LISTEN_MAX; i++) { /* config.c refuses more */
-            r = listen_bind(cfg, cfg->listens[i], &a->listeners[a->n_listeners].fd);
+            char err[320];
+            r = listen_bind(cfg, cfg->listens[i], &a->listeners[a->n_listeners].fd, err, sizeof(err));
             if (r < 0) {
-                log_error("cannot listen on %s: %s", cfg->listens[i], strerror(-r));
+                log_error("cannot listen on %s: %s", cfg->listens[i], err[0] ? err : strerror(-r));
                 api_free(a);
                 return r;
             }
@@ -861,7 +812,8 @@ int api_new(const config *cfg, auth *keys, cache *c, upstream *up, struct shared
     }
     for (size_t i = 0; i < a->n_listeners; i++) {
         struct listener *l = &a->listeners[i];
-        r = start_listener(a, cfg, l);
+        r = start_listener(a, cfg, l, share(cfg->max_connections, i, a->n_listeners),
+                           share(cfg->threads, i, a->n_listeners));
         if (r < 0) {
             api_free(a);
             return r;
@@ -886,23 +838,9 @@ const char *api_listening(api *a) {
     return a->listening;
 }
 
-/* Stops accepting. libmicrohttpd's own thread may still touch the listening
- * socket until MHD_stop_daemon(), so it stays open until api_free() (closing
- * it here was a race: ThreadSanitizer caught the thread's epoll_ctl() on the
- * closed fd, whose number a new socket could already have taken). A socket
- * we bound is shut down, so new callers are refused at once rather than left
- * in the backlog; one passed by systemd is left listening, for systemd to
- * start us again on the next connection. */
 void api_quiesce(api *a) {
-    for (size_t i = 0; a && i < a->n_listeners; i++) {
-        struct listener *l = &a->listeners[i];
-        if (l->mhd && l->fd >= 0 && !l->quiesced) {
-            MHD_quiesce_daemon(l->mhd);
-            l->quiesced = true;
-            if (!l->inherited)
-                shutdown(l->fd, SHUT_RDWR);
-        }
-    }
+    for (size_t i = 0; a && i < a->n_listeners; i++)
+        listen_quiesce(&a->listeners[i]);
 }
 
 unsigned api_waiting(api *a) {
@@ -922,31 +860,14 @@ unsigned api_active(api *a) {
 }
 
 void api_get_stats(api *a, struct api_stats *ret) {
-    memset(ret, 0, sizeof(*ret));
     for (unsigned r = 0; r < API_ROUTES; r++)
-        for (int c = 0; c < API_CODES; c++) {
-            unsigned long long n = __atomic_load_n(&a->counts[r][c], __ATOMIC_RELAXED);
-            unsigned status = API_STATUS_FIRST + (unsigned)c;
-            ret->by_route[r][c] = n;
-            ret->requests += n;
-            if (status < 400)
-                ret->ok += n;
-            else if (status < 500)
-                ret->client_errors += n;
-            else
-                ret->upstream_errors += n;
-        }
+        ret->route_names[r] = routes[r].name;
+    metrics_snapshot(&a->counts, ret);
     ret->waiting = api_waiting(a);
 }
 
 void api_set_keys(api *a, auth *keys) {
-    auth *old;
-
-    pthread_rwlock_wrlock(&a->keys_lock);
-    old = a->auth;
-    a->auth = keys;
-    pthread_rwlock_unlock(&a->keys_lock);
-    auth_free(old); /* no reader holds it: each finds its key under the lock */
+    auth_store_set(a->keys, keys);
 }
 
 void api_set_config(api *a, const config *boot, const config *now) {
@@ -959,35 +880,15 @@ void api_set_config(api *a, const config *boot, const config *now) {
     pthread_mutex_unlock(&a->lock);
 }
 
-static void free_words(char **v) {
-    for (size_t i = 0; v && v[i]; i++)
-        free(v[i]);
-    free(v);
-}
-
 api *api_free(api *a) {
     if (!a)
         return NULL;
-    for (size_t i = 0; i < a->n_listeners; i++) {
-        struct listener *l = &a->listeners[i];
-        if (l->mhd) {
-            MHD_stop_daemon(l->mhd); /* closes the listening socket unless quiesced */
-            if (!l->quiesced)
-                l->fd = -1;
-        }
-        if (l->fd >= 0)
-            close(l->fd);
-        if (l->bound && l->unix_socket && strncmp(l->address, "unix:", 5) == 0)
-            unlink(l->address + 5);
-    }
-    auth_free(a->auth);
-    free_words(a->allowed_hosts);
-    free_words(a->allowed_origins);
-    free(a->allowed_uids);
-    free(a->allowed_gids);
+    for (size_t i = 0; i < a->n_listeners; i++)
+        listen_close(&a->listeners[i]);
+    auth_store_free(a->keys);
+    guard_policy_free(a->policy);
     free(a->config_json);
     pthread_mutex_destroy(&a->lock);
-    pthread_rwlock_destroy(&a->keys_lock);
     free(a);
     return NULL;
 }

@@ -1,12 +1,17 @@
-/* API keys. Responsible for reading the keys file and telling which rights
- * and scopes a presented key carries. Keys are stored as SHA-256 hashes, so the file
+/* API keys. Responsible for reading the keys file, keeping the keys in
+ * force across reloads (the store: swapped under a rwlock while requests
+ * look keys up), and telling which rights and scopes a presented key
+ * carries. Keys are stored as SHA-256 hashes, so the file
  * holds nothing a thief could present; a presented key is hashed and
  * compared with every entry in constant time. SHA-256 comes from libcrypto:
  * already in the process through libcurl, and well kept. Not responsible
- * for deciding which route needs which right (api.c does). */
+ * for deciding which route needs which right (the route table in routes.c
+ * says, the guard in guard.c decides) nor for reading the key off a
+ * request (the HTTP front). */
 #include "auth.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <stdbool.h>
@@ -235,6 +240,62 @@ auth *auth_free(auth *a) {
             free(a->keys[i].scopes);
         free(a->keys);
         free(a);
+    }
+    return NULL;
+}
+
+struct auth_store {
+    pthread_rwlock_t lock;
+    auth *keys; /* NULL: no keys file */
+};
+
+int auth_store_new(auth *keys, auth_store **ret) {
+    auth_store *s = calloc(1, sizeof(*s));
+
+    if (!s) {
+        auth_free(keys);
+        return -ENOMEM;
+    }
+    pthread_rwlock_init(&s->lock, NULL);
+    s->keys = keys;
+    *ret = s;
+    return 0;
+}
+
+void auth_store_set(auth_store *s, auth *keys) {
+    auth *old;
+
+    pthread_rwlock_wrlock(&s->lock);
+    old = s->keys;
+    s->keys = keys;
+    pthread_rwlock_unlock(&s->lock);
+    auth_free(old); /* no reader holds it: each looks its key up under the lock */
+}
+
+int auth_store_check(auth_store *s, const char *key, size_t len, const char *scope, const char *default_scope,
+                     bool frontend, bool *ret_keyed, bool *ret_scope_ok) {
+    int rights = -1;
+
+    *ret_scope_ok = true;
+    pthread_rwlock_rdlock(&s->lock);
+    *ret_keyed = s->keys != NULL;
+    if (s->keys && key) {
+        const auth_key *k = auth_find(s->keys, key, len);
+        if (k) {
+            rights = k->rights;
+            if (scope)
+                *ret_scope_ok = auth_key_allows_scope(k, scope, default_scope, frontend);
+        }
+    }
+    pthread_rwlock_unlock(&s->lock);
+    return rights;
+}
+
+auth_store *auth_store_free(auth_store *s) {
+    if (s) {
+        auth_free(s->keys);
+        pthread_rwlock_destroy(&s->lock);
+        free(s);
     }
     return NULL;
 }

@@ -19,6 +19,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "address.h"
 #include "auth.h"
 #include "log.h"
 #include "oauth.h"
@@ -382,26 +383,6 @@ static int handler(void *user, const char *section, const char *name, const char
     return 0;
 }
 
-static bool host_is_loopback(const char *host, size_t len) {
-    char buf[64];
-    struct in_addr a4;
-    struct in6_addr a6;
-
-    if (len == 9 && strncasecmp(host, "localhost", 9) == 0)
-        return true;
-    if (len >= sizeof(buf))
-        return false;
-    memcpy(buf, host, len);
-    buf[len] = '\0';
-    if (inet_pton(AF_INET, buf, &a4) == 1)
-        return (ntohl(a4.s_addr) >> 24) == 127;
-    if (len > 2 && buf[0] == '[' && buf[len - 1] == ']') {
-        buf[len - 1] = '\0';
-        return inet_pton(AF_INET6, buf + 1, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
-    }
-    return false;
-}
-
 /* https://host[:port][/prefix], or http:// to a loopback host only: tokens
  * and the secret cross this link, so it is encrypted unless it never leaves
  * the machine. */
@@ -429,7 +410,7 @@ static const char *check_base_url(char *url) {
         const char *bracket = memrchr(rest, ']', (size_t)(host_end - rest));
         size_t hlen = (colon && (!bracket || colon > bracket)) ? (size_t)(colon - rest)
                                                                 : (size_t)(host_end - rest);
-        if (!host_is_loopback(rest, hlen))
+        if (!address_host_is_loopback(rest, hlen))
             return "uses http:// to a host that is not loopback; use https://";
     }
     n = strlen(url);
@@ -454,60 +435,6 @@ static const char *check_proxy_url(const char *url) {
     if (!*rest || *rest == '/' || *rest == ':')
         return "has no host";
     return NULL;
-}
-
-int config_listen_parse(const char *s, struct sockaddr_storage *ret, socklen_t *ret_len,
-                        bool *ret_loopback) {
-    const char *colon = strrchr(s, ':');
-    char host[64];
-    uint64_t port;
-    size_t hlen;
-
-    if (strncmp(s, "unix:", 5) == 0) {
-        struct sockaddr_un *u = (struct sockaddr_un *)ret;
-        size_t n = strlen(s + 5);
-        if (s[5] != '/' || n >= sizeof(u->sun_path))
-            return -EINVAL;
-        memset(ret, 0, sizeof(*ret));
-        u->sun_family = AF_UNIX;
-        memcpy(u->sun_path, s + 5, n + 1);
-        *ret_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
-        *ret_loopback = true;
-        return 0;
-    }
-    if (!colon || parse_uint(colon + 1, 65535, &port) < 0)
-        return -EINVAL;
-    hlen = (size_t)(colon - s);
-    if (hlen == 0 || hlen >= sizeof(host))
-        return -EINVAL;
-    memcpy(host, s, hlen);
-    host[hlen] = '\0';
-    memset(ret, 0, sizeof(*ret));
-    if (strcasecmp(host, "localhost") == 0) {
-        struct sockaddr_in *a = (struct sockaddr_in *)ret;
-        a->sin_family = AF_INET;
-        a->sin_port = htons((uint16_t)port);
-        a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        *ret_len = sizeof(*a);
-    } else if (host[0] == '[' && host[hlen - 1] == ']') {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ret;
-        host[hlen - 1] = '\0';
-        if (inet_pton(AF_INET6, host + 1, &a->sin6_addr) != 1)
-            return -EINVAL;
-        a->sin6_family = AF_INET6;
-        a->sin6_port = htons((uint16_t)port);
-        *ret_len = sizeof(*a);
-        host[hlen - 1] = ']';
-    } else {
-        struct sockaddr_in *a = (struct sockaddr_in *)ret;
-        if (inet_pton(AF_INET, host, &a->sin_addr) != 1)
-            return -EINVAL;
-        a->sin_family = AF_INET;
-        a->sin_port = htons((uint16_t)port);
-        *ret_len = sizeof(*a);
-    }
-    *ret_loopback = host_is_loopback(host, hlen);
-    return 0;
 }
 
 /* Splits a space- or comma-separated list into a NULL-terminated array. */
@@ -728,7 +655,7 @@ static int finish(struct parse_state *st) {
         return -EINVAL;
     }
     for (size_t i = 0; i < c->n_listens; i++) {
-        if (config_listen_parse(c->listens[i], &ss, &sl, &loopback) < 0) {
+        if (address_listen_parse(c->listens[i], &ss, &sl, &loopback) < 0) {
             set_err(st, "[server] listen = '%s' must be ADDRESS:PORT (127.0.0.1:8787, [::1]:8787) "
                         "or unix:/absolute/path", c->listens[i]);
             return -EINVAL;

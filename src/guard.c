@@ -2,53 +2,98 @@
  * request's facts: the Host (DNS rebinding), Origin and Sec-Fetch-Site (a
  * page in a browser), headers a relaying proxy adds, the Unix-socket
  * peer, the API key's rights and scopes, the frontend user header.
- * Responsible for the verdict and its wording; not for finding the facts
- * (the HTTP front reads them off the request, and looks the key up under
- * the keys' lock) nor for answering. */
+ * Responsible for the verdict and its wording, and for the policy it
+ * applies (copied from [server]); not for finding the facts (the HTTP
+ * front reads them off the request, the key store in auth.c finds the
+ * key) nor for answering. Which addresses are loopback is address.c's. */
 #include "guard.h"
 
-#include <arpa/inet.h>
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "address.h"
 #include "auth.h"
+#include "config.h"
 
 #define ALL_BUT_FRONTEND (RIGHT_TOKEN | RIGHT_CLIENT_TOKEN | RIGHT_ADMIN)
 
+/* The policy and its copies of the lists, in one block: the policy first,
+ * then the uid and gid arrays, the two arrays of string pointers, and the
+ * strings themselves. */
+int guard_policy_new(const config *cfg, guard_policy **ret) {
+    size_t n_words = cfg->n_allowed_hosts + cfg->n_allowed_origins, size = sizeof(guard_policy), text = 0;
+    char **words, *at;
+    unsigned *ids;
+    guard_policy *p;
+
+    for (size_t i = 0; i < cfg->n_allowed_hosts; i++)
+        text += strlen(cfg->allowed_hosts[i]) + 1;
+    for (size_t i = 0; i < cfg->n_allowed_origins; i++)
+        text += strlen(cfg->allowed_origins[i]) + 1;
+    size += n_words * sizeof(char *) + (cfg->n_allowed_uids + cfg->n_allowed_gids) * sizeof(unsigned) + text;
+    p = calloc(1, size);
+    if (!p)
+        return -ENOMEM;
+    words = (char **)(p + 1);
+    ids = (unsigned *)(words + n_words);
+    at = (char *)(ids + cfg->n_allowed_uids + cfg->n_allowed_gids);
+    for (size_t i = 0; i < n_words; i++) {
+        const char *w = i < cfg->n_allowed_hosts ? cfg->allowed_hosts[i] : cfg->allowed_origins[i - cfg->n_allowed_hosts];
+        size_t n = strlen(w) + 1;
+        words[i] = memcpy(at, w, n);
+        at += n;
+    }
+    if (cfg->n_allowed_uids)
+        memcpy(ids, cfg->allowed_uids, cfg->n_allowed_uids * sizeof(unsigned));
+    if (cfg->n_allowed_gids)
+        memcpy(ids + cfg->n_allowed_uids, cfg->allowed_gids, cfg->n_allowed_gids * sizeof(unsigned));
+    *p = (guard_policy){
+        .allowed_hosts = words,
+        .n_allowed_hosts = cfg->n_allowed_hosts,
+        .allowed_origins = words + cfg->n_allowed_hosts,
+        .n_allowed_origins = cfg->n_allowed_origins,
+        .allowed_uids = ids,
+        .n_allowed_uids = cfg->n_allowed_uids,
+        .allowed_gids = ids + cfg->n_allowed_uids,
+        .n_allowed_gids = cfg->n_allowed_gids,
+    };
+    *ret = p;
+    return 0;
+}
+
+guard_policy *guard_policy_free(guard_policy *p) {
+    free(p);
+    return NULL;
+}
+
 bool guard_host_allowed(const guard_policy *p, const char *host) {
-    char name[256];
-    const char *end;
-    struct in_addr a4;
+    const char *port;
     size_t n;
 
     if (!host)
         return true; /* HTTP/1.0 without Host: no browser sends that */
+    /* HOST[:PORT], HOST an IPv6 address in brackets or anything else */
     if (host[0] == '[') {
-        end = strchr(host, ']');
-        if (!end || (end[1] && end[1] != ':'))
+        const char *end = strchr(host, ']');
+        if (!end)
             return false;
-        n = (size_t)(end - host - 1);
-        if (n >= sizeof(name))
-            return false;
-        memcpy(name, host + 1, n);
-        name[n] = '\0';
-        return strcmp(name, "::1") == 0;
+        port = end[1] ? end + 1 : NULL;
+        n = (size_t)(end + 1 - host);
+    } else {
+        port = strrchr(host, ':');
+        n = port ? (size_t)(port - host) : strlen(host);
     }
-    end = strrchr(host, ':');
-    n = end ? (size_t)(end - host) : strlen(host);
-    if (end && (!end[1] || strspn(end + 1, "0123456789") != strlen(end + 1)))
+    if (port && (port[0] != ':' || !port[1] || strspn(port + 1, "0123456789") != strlen(port + 1)))
         return false;
-    if (n == 0 || n >= sizeof(name))
+    if (n == 0)
         return false;
-    memcpy(name, host, n);
-    name[n] = '\0';
-    if (strcasecmp(name, "localhost") == 0)
+    if (address_host_is_loopback(host, n))
         return true;
-    if (inet_pton(AF_INET, name, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127)
-        return true;
-    for (size_t i = 0; i < p->n_allowed_hosts; i++)
-        if (strcasecmp(name, p->allowed_hosts[i]) == 0)
+    for (size_t i = 0; i < p->n_allowed_hosts && host[0] != '['; i++)
+        if (strlen(p->allowed_hosts[i]) == n && strncasecmp(host, p->allowed_hosts[i], n) == 0)
             return true;
     return false;
 }

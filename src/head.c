@@ -37,9 +37,10 @@ static const struct name {
     NAME("Host"), NAME("Origin"), NAME("Sec-Fetch-Site"), NAME("Authorization"),
     NAME("Forwarded"), NAME("X-Forwarded-For"), NAME("X-Real-IP"), NAME("X-Client-IP"),
     NAME("True-Client-IP"), NAME("Content-Length"), NAME("Content-Type"), NAME("Transfer-Encoding"),
-    NAME("Expect"),
+    NAME("Expect"), NAME("Via"), NAME("CF-Connecting-IP"), NAME("X-Original-Forwarded-For"),
 }, relay_headers[] = {
     NAME("Forwarded"), NAME("X-Real-IP"), NAME("X-Client-IP"), NAME("True-Client-IP"),
+    NAME("Via"), NAME("CF-Connecting-IP"), NAME("X-Original-Forwarded-For"),
 };
 
 /* 1: key is name; 2: name and more; 0: neither */

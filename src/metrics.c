@@ -1,8 +1,10 @@
-/* The Prometheus text exposition (version 0.0.4) of the counters that the
- * HTTP front, the cache and the upstream client keep. Responsible for the
- * names, help texts and types, following Prometheus' conventions (a
- * tokend_ prefix, _total for counters, seconds as the base unit). Not
- * responsible for keeping the counters. */
+/* The HTTP front's request counters (by route and status), and the
+ * Prometheus text exposition (version 0.0.4) of those and of the counters
+ * the cache, the upstream client, the revocations and fleet mode keep.
+ * Responsible for the names, help texts and types, following Prometheus'
+ * conventions (a tokend_ prefix, _total for counters, seconds as the base
+ * unit). Not responsible for keeping the other modules' counters, nor for
+ * the route table (the snapshot names the routes). */
 #include "metrics.h"
 
 #include <errno.h>
@@ -10,6 +12,23 @@
 #include <stdlib.h>
 
 #include "breaker.h"
+
+void metrics_snapshot(const struct http_counts *h, struct api_stats *ret) {
+    ret->requests = ret->ok = ret->client_errors = ret->upstream_errors = 0;
+    for (unsigned r = 0; r < API_ROUTES; r++)
+        for (unsigned c = 0; c < API_CODES; c++) {
+            unsigned long long n = __atomic_load_n(&h->n[r][c], __ATOMIC_RELAXED);
+            unsigned status = API_STATUS_FIRST + c;
+            ret->by_route[r][c] = n;
+            ret->requests += n;
+            if (status < 400)
+                ret->ok += n;
+            else if (status < 500)
+                ret->client_errors += n;
+            else
+                ret->upstream_errors += n;
+        }
+}
 
 static void header(FILE *f, const char *name, const char *type, const char *help) {
     fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
@@ -121,10 +140,10 @@ int metrics_render(const struct api_stats *as, const struct cache_stats *cs,
         for (int c = 0; c < API_CODES; c++) {
             if (!as->by_route[r][c])
                 continue;
-            fprintf(f, "tokend_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n", api_route_name(r),
+            fprintf(f, "tokend_http_requests_total{route=\"%s\",code=\"%u\"} %llu\n", as->route_names[r],
                     API_STATUS_FIRST + (unsigned)c, as->by_route[r][c]);
         }
-    one(f, "tokend_http_requests_waiting", "gauge", "Requests suspended while their token is minted.",
+    one(f, "tokend_http_requests_waiting", "gauge", "Requests suspended while they wait on the network: a mint, a revocation or a forwarded call.",
         as->waiting);
 
     one(f, "tokend_revocations_pending", "gauge",
@@ -155,6 +174,8 @@ int metrics_render(const struct api_stats *as, const struct cache_stats *cs,
     fprintf(f, "tokend_mints_total{outcome=\"failed\"} %llu\n", us->mints_failed);
     fprintf(f, "tokend_mints_total{outcome=\"timed_out\"} %llu\n", us->mints_timeout);
     one(f, "tokend_mints_in_flight", "gauge", "Mints and revocations queued or in flight.", us->in_flight);
+    one(f, "tokend_mints_queued", "gauge",
+        "Mints and revocations handed to the upstream client and not yet taken up by its worker.", us->queued);
     header(f, "tokend_revocations_total", "counter", "Revocations at Instacart, by outcome.");
     fprintf(f, "tokend_revocations_total{outcome=\"ok\"} %llu\n", us->revocations_ok);
     fprintf(f, "tokend_revocations_total{outcome=\"failed\"} %llu\n", us->revocations_failed);

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "json.h"
 #include "oauth.h"
@@ -260,6 +261,51 @@ void dropin_clear(dropin *d) {
     wipe_free_str(d->user_id);
     free(d->scope);
     d->user_id = d->scope = NULL;
+}
+
+const char *request_api_key(const char *authorization, bool basic, char *buf, size_t size, size_t *ret_len,
+                            const char **ret_raw, size_t *ret_raw_len) {
+    const char *colon;
+    ptrdiff_t n, id, pw;
+
+    *ret_raw = NULL;
+    if (!authorization)
+        return NULL;
+    if (strncasecmp(authorization, "Bearer ", 7) == 0) {
+        *ret_len = strlen(authorization + 7);
+        return authorization + 7;
+    }
+    if (!basic || strncasecmp(authorization, "Basic ", 6) != 0 || size < 4)
+        return NULL;
+    /* buf: "id:secret" as sent, a NUL, then the id and the secret decoded,
+     * each followed by a NUL: decoded is never longer */
+    n = base64_decode(authorization + 6, strlen(authorization + 6), buf, (size - 2) / 2);
+    if (n <= 0 || memchr(buf, '\0', (size_t)n) || !(colon = memchr(buf, ':', (size_t)n)))
+        return NULL;
+    buf[n] = '\0';
+    *ret_raw = colon + 1;
+    *ret_raw_len = (size_t)(buf + n - colon - 1);
+    id = form_decode(buf, (size_t)(colon - buf), buf + n + 1);
+    pw = id < 0 ? -1 : form_decode(colon + 1, *ret_raw_len, buf + n + 1 + id + 1);
+    if (pw < 0)
+        return NULL; /* not form-encoded: the secret as sent is all there is */
+    *ret_len = (size_t)pw;
+    return buf + n + 1 + id + 1;
+}
+
+int request_body_append(char **body, size_t *len, const char *data, size_t n) {
+    char *p = malloc(*len + n + 1);
+
+    if (!p)
+        return -ENOMEM;
+    if (*body)
+        memcpy(p, *body, *len);
+    memcpy(p + *len, data, n);
+    wipe_free(*body, *len);
+    *body = p;
+    *len += n;
+    p[*len] = '\0';
+    return 0;
 }
 
 bool request_proxy_path_valid(const char *path) {

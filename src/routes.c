@@ -50,7 +50,7 @@ static int finish_token(struct request *r, answer *ans) {
     return answer_failure(ans, &r->outcome, is_oauth(&r->call));
 }
 
-/* The cache's (and a revocation's) callback, from any thread. */
+/* The cache's callback, from any thread. */
 static void on_done(void *userdata, const mint_outcome *o, token *t) {
     struct request *r = userdata;
 
@@ -390,7 +390,7 @@ static int route_metrics(const struct call *c, struct request *r, answer *ans) {
     char *text;
     size_t len;
 
-    api_get_stats(c->a, &as);
+    c->a->get_stats(c->a->owner, &as);
     /* this scrape counts itself: the transport counts it once answered */
     as.by_route[c->route][200 - API_STATUS_FIRST]++;
     as.requests++;
@@ -412,9 +412,9 @@ static int route_status(const struct call *c, struct request *r, answer *ans) {
     struct cache_stats cs;
     struct upstream_stats us;
     cJSON *j, *o, *cfg = NULL;
-    char *body;
+    char *body, *text;
 
-    api_get_stats(c->a, &as);
+    c->a->get_stats(c->a->owner, &as);
     cache_get_stats(c->a->cache, &cs);
     upstream_get_stats(c->a->up, &us);
     j = cJSON_CreateObject();
@@ -423,15 +423,15 @@ static int route_status(const struct call *c, struct request *r, answer *ans) {
     cJSON_AddStringToObject(j, "version", TOKEND_VERSION);
     cJSON_AddNumberToObject(j, "started_at", (double)c->a->start_unix);
     cJSON_AddNumberToObject(j, "uptime_seconds", (double)((now_ms() - c->a->start_ms) / 1000));
-    pthread_mutex_lock(&c->a->lock);
-    if (c->a->config_json)
-        cfg = cJSON_Parse(c->a->config_json);
-    pthread_mutex_unlock(&c->a->lock);
+    text = c->a->config_json(c->a->owner);
+    if (text)
+        cfg = cJSON_Parse(text);
+    free(text);
     if (cfg)
         cJSON_AddItemToObject(j, "config", cfg);
     /* what is really served: under socket activation, systemd's sockets */
     o = cJSON_AddArrayToObject(j, "listening");
-    for (const char *p = api_listening(c->a); o && *p; p += strspn(p, " ")) {
+    for (const char *p = c->a->listening; o && *p; p += strspn(p, " ")) {
         size_t len = strcspn(p, " ");
         char *word = strndup(p, len);
         if (word)
@@ -462,6 +462,7 @@ static int route_status(const struct call *c, struct request *r, answer *ans) {
         cJSON_AddNumberToObject(o, "mints_failed", (double)us.mints_failed);
         cJSON_AddNumberToObject(o, "mints_timed_out", (double)us.mints_timeout);
         cJSON_AddNumberToObject(o, "in_flight", us.in_flight);
+        cJSON_AddNumberToObject(o, "queued", us.queued);
         cJSON_AddNumberToObject(o, "revocations_ok", (double)us.revocations_ok);
         cJSON_AddNumberToObject(o, "revocations_failed", (double)us.revocations_failed);
     }
@@ -509,6 +510,16 @@ static int route_status(const struct call *c, struct request *r, answer *ans) {
 
 /* ---- the table ---- */
 
+const char *route_allow(unsigned route, char *buf, size_t size) {
+    size_t pos = 0;
+
+    buf[0] = '\0';
+    for (const struct route_method *m = routes[route].methods; m < routes[route].methods + ROUTE_METHODS_MAX && m->method;
+         m++)
+        pos += (size_t)snprintf(buf + pos, pos < size ? size - pos : 0, "%s%s", pos ? ", " : "", m->method);
+    return buf;
+}
+
 static bool any_url(const char *url) {
     return true;
 }
@@ -548,7 +559,3 @@ const struct route routes[] = {
     { .name = "other", .match = any_url },
 };
 _Static_assert(sizeof(routes) / sizeof(routes[0]) == API_ROUTES, "API_ROUTES counts the rows of routes[]");
-
-const char *api_route_name(unsigned route) {
-    return route < API_ROUTES ? routes[route].name : "other";
-}

@@ -31,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "address.h"
 #include "config.h"
 #include "log.h"
 #include "util.h"
@@ -178,7 +179,7 @@ int systemd_probe_http(const char *address, uint64_t timeout_ms) {
     int fd, r, err = 0;
     socklen_t errlen = sizeof(err);
 
-    if (config_listen_parse(address, &ss, &sl, &loopback) < 0)
+    if (address_listen_parse(address, &ss, &sl, &loopback) < 0)
         return -EINVAL;
     if (ss.ss_family == AF_INET) {
         struct sockaddr_in *a = (struct sockaddr_in *)&ss;
@@ -627,7 +628,7 @@ static bool same_address(const char *a, const char *b) {
     socklen_t la, lb;
     bool loop;
 
-    if (config_listen_parse(a, &sa, &la, &loop) < 0 || config_listen_parse(b, &sb, &lb, &loop) < 0)
+    if (address_listen_parse(a, &sa, &la, &loop) < 0 || address_listen_parse(b, &sb, &lb, &loop) < 0)
         return strcmp(a, b) == 0;
     return la == lb && memcmp(&sa, &sb, la) == 0;
 }

@@ -17,6 +17,7 @@
 
 #include "api.h"
 #include "cache.h"
+#include "address.h"
 #include "config.h"
 #include "log.h"
 #include "sd.h"
@@ -347,7 +348,7 @@ static int check_passed_socket(const config *cfg, api *a) {
     socklen_t sl;
     bool loopback = false;
 
-    if (config_listen_parse(api_address(a), &ss, &sl, &loopback) < 0 || loopback || cfg->allow_remote)
+    if (address_listen_parse(api_address(a), &ss, &sl, &loopback) < 0 || loopback || cfg->allow_remote)
         return 0;
     log_error("the socket passed by systemd listens on %s, which is not a loopback address; tokend "
               "hands out tokens to whoever connects, so set allow_remote = yes in [server] only "

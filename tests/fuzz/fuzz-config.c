@@ -7,6 +7,7 @@
 #include <string.h>
 #include <syslog.h>
 
+#include "address.h"
 #include "config.h"
 #include "fuzz.h"
 #include "oauth.h"
@@ -41,7 +42,7 @@ static void check_config(const config *c) {
     fuzz_check(c->n_listens >= 1);
     for (size_t i = 0; i < c->n_listens; i++) {
         fuzz_check(printable(c->listens[i]) && !strpbrk(c->listens[i], " \t,"));
-        fuzz_check(config_listen_parse(c->listens[i], &ss, &sl, &loopback) == 0);
+        fuzz_check(address_listen_parse(c->listens[i], &ss, &sl, &loopback) == 0);
         fuzz_check(loopback || c->allow_remote);
     }
     fuzz_check(c->retry_base_ms >= 1 && c->retry_base_ms <= c->retry_max_ms);

@@ -26,8 +26,17 @@ static bool loopback_or_allowed(const char *host) {
     struct in_addr a4;
     size_t n;
 
-    if (strncmp(host, "[::1]", 5) == 0)
-        return host[5] == '\0' || host[5] == ':';
+    if (host[0] == '[') { /* ::1, or IPv4 loopback in IPv6 form */
+        struct in6_addr a6;
+        colon = strchr(host, ']');
+        n = colon ? (size_t)(colon - host - 1) : 0;
+        if (!colon || n >= sizeof(name) || (colon[1] && colon[1] != ':'))
+            return false;
+        memcpy(name, host + 1, n);
+        name[n] = '\0';
+        return inet_pton(AF_INET6, name, &a6) == 1 &&
+               (IN6_IS_ADDR_LOOPBACK(&a6) || (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127));
+    }
     colon = strrchr(host, ':');
     n = colon ? (size_t)(colon - host) : strlen(host);
     if (n == 0 || n >= sizeof(name))

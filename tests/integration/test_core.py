@@ -384,3 +384,13 @@ def test_secret_from_systemd_credentials_directory(stub, make_tokend, tmp_path):
     t = make_tokend(stub, start=False, secret="wrong-secret", env={"CREDENTIALS_DIRECTORY": str(creds)})
     t.start()
     assert t.token("u").status == 200
+
+
+def test_queued_mints_are_exported(stub, tokend):
+    """Mints handed to the upstream worker and not yet taken up: a gauge in
+    /metrics beside tokend_mints_in_flight, and in /v1/status; none at rest."""
+    assert tokend.token("alice").status == 200
+    text = tokend.get("/metrics").body.decode()
+    assert "# TYPE tokend_mints_queued gauge\n" in text
+    assert "\ntokend_mints_queued 0\n" in text
+    assert tokend.get("/v1/status").json()["upstream"]["queued"] == 0

@@ -5,7 +5,9 @@ status, CORS with credentials (and in Debian's headless Chromium), the
 drop-in speaking OAuth 2.0 as standard clients expect (driven by Debian's
 requests-oauthlib), and strict HTTP."""
 import base64
+import hashlib
 import json
+import os
 import re
 
 import pytest
@@ -253,6 +255,31 @@ def test_the_key_as_the_password_of_http_basic(stub, front):
     assert r.status == 200, r
     wrong = base64.b64encode(b"my-app:wrong").decode()
     assert_error(form(front, {"grant_type": "client_credentials"}, auth=f"Basic {wrong}"), 401, "invalid_client")
+
+
+def test_http_basic_credentials_are_form_decoded(stub, make_tokend, tmp_path):
+    """RFC 6749 §2.3.1: the client id and secret are form-encoded before
+    they go into HTTP Basic. A key made the way tokend.conf shows (Base64:
+    '+', '/' and '=') is found when encoded so, and still when a client
+    sends it as it is (python-requests' HTTPBasicAuth does)."""
+    from urllib.parse import quote_plus
+    key = "q+8/Zr0=dW k%41x=="  # Base64's characters, a space and a '%' too
+    path = tmp_path / "keys"
+    path.write_text(f"app {hashlib.sha256(key.encode()).hexdigest()} client-token\n")
+    os.chmod(path, 0o600)
+    t = make_tokend(stub, {"server": dict(SERVER), "auth": {"keys_file": str(path)}})
+
+    def basic(user, password):
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    t.keys = {"app": key}
+    r = form(t, {"grant_type": "client_credentials"}, auth=basic(quote_plus("my app:1"), quote_plus(key)))
+    assert r.status == 200, r
+    r = form(t, {"grant_type": "client_credentials"}, auth=basic("my-app", key))
+    assert r.status == 200, r
+    for wrong in (quote_plus(key + "x"), quote_plus(key).replace("%2B", "%2b%"), key[:-1]):
+        assert_error(form(t, {"grant_type": "client_credentials"}, auth=basic("my-app", wrong)), 401,
+                     "invalid_client")
 
 
 def test_requests_oauthlib_fetches_a_token(stub, front, monkeypatch):

@@ -19,6 +19,7 @@ import resource
 import select
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -389,3 +390,91 @@ def test_clients_that_leave_mid_request_do_not_hold_connection_slots(stub, make_
             s.sendall(b"GET /v1/token?user_id=gone HTTP/1.1\r\nHost: 127.0.0.1\r\n")
     wait_for(lambda: healthy(t), timeout=10, what="tokend to serve once the clients have left")
     assert stub.token_requests() == []
+
+
+# ---------------------------------------------------------------- connections across listeners
+
+
+def held_answers(socks, settle=1.0):
+    """Sends one keep-alive request on each socket and reads, all held open:
+    how many got an answer. Past its connection limit tokend closes a
+    connection unanswered or leaves it in the listen backlog, so once no
+    socket has moved for `settle` seconds the count is final."""
+    got = {s.fileno(): b"" for s in socks}
+    closed = set()
+    poller = select.poll()
+    for s in socks:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        poller.register(s.fileno(), select.POLLIN)
+
+    def answered():
+        return sum(1 for v in got.values() if v.startswith(b"HTTP/1.1 200 ") and b"\r\n\r\n" in v)
+
+    deadline = time.monotonic() + 15 * SLOW
+    last_move = time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - last_move < settle * SLOW:
+        for fd, _ in poller.poll(100):
+            s = next(x for x in socks if x.fileno() == fd)
+            try:
+                b = s.recv(4096)
+            except ConnectionResetError:
+                b = b""
+            if not b:
+                closed.add(fd)
+                poller.unregister(fd)
+            got[fd] += b
+            last_move = time.monotonic()
+        if len(closed) + answered() == len(socks):
+            break
+    return answered()
+
+
+def test_max_connections_is_for_the_daemon_not_each_listener(stub, make_tokend, tmp_path):
+    """With a TCP and a Unix listener, tokend holds at most max_connections
+    connections in all: the file descriptor budget counts them once."""
+    from sec_helpers import ShortDir, wait_unix_listening
+    d = ShortDir()
+    sock = os.path.join(d.path, "tokend.sock")
+    socks = []
+    try:
+        t = make_tokend(stub, {"server": {"listen": f"127.0.0.1:0 unix:{sock}", "max_connections": "4",
+                                          "idle_timeout": "1h"}})
+        wait_unix_listening(t, sock)
+        for _ in range(4):
+            socks.append(socket.create_connection((t.host, t.port), timeout=10 * SLOW))
+        on_tcp = held_answers(socks)
+        for _ in range(4):
+            u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            socks.append(u)
+            u.connect(sock)
+        on_unix = held_answers(socks[4:])
+        assert on_tcp and on_unix, "each listener serves"
+        assert on_tcp + on_unix == 4, f"{on_tcp} on TCP and {on_unix} on the Unix socket held at once"
+    finally:
+        for s in socks:
+            s.close()
+        d.close()
+    wait_for(lambda: healthy(t), what="tokend to serve once the connections are closed")
+
+
+# ---------------------------------------------------------------- a NUL in the path
+
+
+@pytest.mark.parametrize("target", ["/v1/cache/flush%00/anything", "/v1/cache/flush%00", "/metrics%00.png",
+                                    "/healthz%00", "/v1/token%00x?user_id=alice"])
+def test_a_nul_in_the_path_is_no_route(stub, tokend, target):
+    """The decoded path must be the route's exactly: %00 does not cut it
+    short (a flush through /v1/cache/flush%00/anything, /metrics served as
+    /metrics%00.png)."""
+    assert serves(tokend, "cached")
+    method = "POST" if "flush" in target else "GET"
+    got, _ = exchange(tokend, f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                              f"Content-Length: 0\r\n\r\n".encode())
+    (status, headers, body), = parse_responses(got)
+    assert status == 404, got[:300]
+    assert headers["content-type"] == "application/json" and json.loads(body)["error"] == "not_found"
+    assert b"tokend_" not in body
+    # nothing was flushed: the cached token is still a hit
+    r = tokend.token("cached")
+    assert r.status == 200 and r.header("x-cache") == "hit", r
+    assert len(stub.token_requests()) == 1

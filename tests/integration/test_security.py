@@ -8,6 +8,7 @@ import grp
 import json
 import os
 import pwd
+import socket
 import stat
 import subprocess
 import threading
@@ -15,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import TOKEND_EXE, assert_no_secrets
+from conftest import SLOW, TOKEND_EXE, assert_no_secrets
 from sec_helpers import (RIGHTS, Keys, ShortDir, bearer, http_addresses, sha256_hex, start_unix_only,
                          unix_request, wait_unix_listening)
 from stub import assertion
@@ -109,9 +110,11 @@ def b64(raw):
 # ================================================================ Host (DNS rebinding)
 
 REBINDING_HOSTS = ["evil.example", "evil.example:8787", "127.0.0.1.nip.io", "localhost.evil.example",
-                   "tokend.internal.evil.example", "evil-tokend.internal", "attacker.example:80"]
+                   "tokend.internal.evil.example", "evil-tokend.internal", "attacker.example:80",
+                   "[::ffff:10.0.0.1]:8787", "[::]:8787", "0.0.0.0"]
 GOOD_HOSTS = ["localhost", "localhost:8787", "127.0.0.1", "127.0.0.1:8787", "127.1.2.3:99", "[::1]",
-              "[::1]:8787", "tokend.internal", "tokend.internal:8787"]
+              "[::1]:8787", "tokend.internal", "tokend.internal:8787", "[::ffff:127.0.0.1]:8787",
+              "[0:0:0:0:0:0:0:1]"]
 
 
 @pytest.mark.parametrize("host", REBINDING_HOSTS)
@@ -142,6 +145,19 @@ def test_only_loopback_names_without_allowed_hosts(stub, tokend):
                  "misdirected_request")
     assert_nothing_reached_instacart(stub)
     assert tokend.get("/v1/token?user_id=a", headers={"Host": "localhost:8787"}).status == 200
+
+
+def test_ipv4_loopback_in_ipv6_form_is_loopback_everywhere(stub, make_tokend):
+    """::ffff:127.0.0.1 is IPv4 loopback: the configuration takes it as a
+    listen address without allow_remote, the Host check lets it in, and
+    cache control (local callers only) serves a caller on it."""
+    t = make_tokend(stub, {"server": {"listen": "[::ffff:127.0.0.1]:0"}})
+    assert t.host == "127.0.0.1", t.address
+    host = f"[::ffff:127.0.0.1]:{t.port}"
+    r = t.get("/v1/token?user_id=alice", headers={"Host": host})
+    assert r.status == 200, r
+    r = t.request("POST", "/v1/cache/flush", headers={"Host": host})
+    assert r.status == 200 and r.json() == {"dropped": 1}, r
 
 
 # ================================================================ Origin and Sec-Fetch-Site
@@ -203,6 +219,10 @@ def test_cross_site_origin_is_403_even_with_a_good_key(stub, secure):
 
 FORWARDED = [{"X-Forwarded-For": "203.0.113.7"}, {"X-Forwarded-For": "127.0.0.1"},
              {"Forwarded": "for=203.0.113.7;proto=https"}, {"Forwarded": "for=127.0.0.1"}]
+# what other reverse proxies and CDNs add when they relay a request
+RELAY_HEADERS = {"Via": "1.1 proxy.example", "CF-Connecting-IP": "203.0.113.7",
+                 "X-Original-Forwarded-For": "203.0.113.7", "X-Real-IP": "203.0.113.7",
+                 "True-Client-IP": "203.0.113.7", "X-Client-IP": "203.0.113.7"}
 NON_FRONTEND = [("GET", "/v1/token?user_id=alice", None),
                 ("GET", "/v1/client-token", None),
                 ("POST", "/v2/oauth/token", {"grant_type": "client_credentials"}),
@@ -230,6 +250,18 @@ def test_forwarded_request_on_non_frontend_routes_is_403(stub, secure, method, p
         r = secure.request(method, path, headers=h)
     assert_error(r, 403, "forbidden")
     assert_nothing_reached_instacart(stub)
+
+
+@pytest.mark.parametrize("header", list(RELAY_HEADERS))
+def test_every_relay_header_is_refused_outside_the_frontend_routes(stub, secure, header):
+    h = bearer(secure.keys["all"], **{header: RELAY_HEADERS[header]})
+    assert_error(secure.get("/v1/token?user_id=alice", headers=h), 403, "forbidden")
+    assert_error(secure.request("POST", "/v1/cache/flush", headers=h), 403, "forbidden")
+    assert_nothing_reached_instacart(stub)
+    # and served on them, as X-Forwarded-For is
+    h = bearer(secure.keys["fe"], **{USER_HEADER: "alice", header: RELAY_HEADERS[header]})
+    r = secure.get("/v1/frontend/token", headers=h)
+    assert r.status == 200, r
 
 
 @pytest.mark.parametrize("fwd", FORWARDED[:3], ids=lambda h: "-".join(h))
@@ -1099,6 +1131,43 @@ def test_unix_socket_mode_and_group(stub, make_tokend, short_dir):
     unix_tokend(stub, make_tokend, sock3, socket_group=other.gr_name)
     assert os.stat(sock3).st_gid == other.gr_gid
     assert unix_request(sock3, "GET", "/v1/token?user_id=alice").status == 200
+
+
+def test_a_second_tokend_on_a_live_socket_refuses_to_start(stub, make_tokend, short_dir):
+    """A second tokend configured on the socket of one that runs does not
+    take the path over (the first would run on, unreachable): it exits,
+    naming the path and the process that listens there."""
+    sock = os.path.join(short_dir, "tokend.sock")
+    first = unix_tokend(stub, make_tokend, sock)
+    second = make_tokend(stub, {"server": {"listen": f"unix:{sock}"}}, start=False)
+    second.start(expect_ready=False)
+    code = second.proc.wait(timeout=15 * SLOW)
+    log = second.log()
+    assert code != 0, log
+    assert sock in log and str(first.proc.pid) in log, log
+    assert "another" in log, log
+    # the first is still reachable on its path
+    r = unix_request(sock, "GET", "/v1/token?user_id=alice")
+    assert r.status == 200, r
+    assert os.path.exists(sock)
+
+
+def test_a_stale_socket_is_replaced(stub, make_tokend, short_dir):
+    """A socket file left by a tokend that died (nobody accepts on it) is
+    replaced at start."""
+    sock = os.path.join(short_dir, "tokend.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(sock)
+    s.close()  # bound, never listened on: connect() is refused
+    unix_tokend(stub, make_tokend, sock)
+    assert unix_request(sock, "GET", "/v1/token?user_id=alice").status == 200
+    # a path that is not a socket is never removed
+    plain = os.path.join(short_dir, "plain")
+    open(plain, "w").close()
+    t = make_tokend(stub, {"server": {"listen": f"unix:{plain}"}}, start=False)
+    t.start(expect_ready=False)
+    assert t.proc.wait(timeout=15 * SLOW) != 0
+    assert os.path.isfile(plain)
 
 
 def test_tcp_and_unix_at_once(stub, make_tokend, short_dir):

@@ -1,6 +1,7 @@
 /* Unit tests of src/auth.c: the keys file parser (rights, scopes, the
  * refusals with file and line), which scopes a key may ask for, and the
- * file's own checks (a FIFO or a group-writable file is refused). */
+ * file's own checks (a FIFO or a group-writable file is refused), and
+ * the store of the keys in force that a reload swaps. */
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -131,6 +132,34 @@ static void listed_scopes_exactly(void) {
     auth_free(a);
 }
 
+/* The keys in force: none (every caller unkeyed), then a reload's, then
+ * none again; a key's rights and scopes as the loaded file says. */
+static void the_store_swaps_the_keys_in_force(void) {
+    auth_store *s = NULL;
+    bool keyed = true, ok = false;
+
+    ASSERT_INT_EQ(auth_store_new(NULL, &s), 0);
+    ASSERT_INT_EQ(auth_store_check(s, "k-alpha", 7, REC, REC, false, &keyed, &ok), -1);
+    ASSERT(!keyed && ok);
+
+    auth_store_set(s, load_ok("web " H_ALPHA " frontend,token\nops " H_BETA " admin scopes=" FUL "\n"));
+    ASSERT_INT_EQ(auth_store_check(s, "k-alpha", 7, NULL, REC, true, &keyed, &ok), RIGHT_FRONTEND | RIGHT_TOKEN);
+    ASSERT(keyed && ok);
+    ASSERT_INT_EQ(auth_store_check(s, "k-alpha", 7, FUL, REC, true, &keyed, &ok), RIGHT_FRONTEND | RIGHT_TOKEN);
+    ASSERT(!ok); /* the frontend route: the default scope only */
+    ASSERT_INT_EQ(auth_store_check(s, "k-beta", 6, REC, REC, false, &keyed, &ok), RIGHT_ADMIN);
+    ASSERT(!ok);
+    ASSERT_INT_EQ(auth_store_check(s, NULL, 0, NULL, REC, false, &keyed, &ok), -1);
+    ASSERT(keyed && ok);
+    ASSERT_INT_EQ(auth_store_check(s, "k-gamma", 7, REC, REC, false, &keyed, &ok), -1);
+
+    auth_store_set(s, NULL); /* a reload that removed the keys file */
+    ASSERT_INT_EQ(auth_store_check(s, "k-alpha", 7, REC, REC, false, &keyed, &ok), -1);
+    ASSERT(!keyed);
+    ASSERT(auth_store_free(s) == NULL);
+    ASSERT(auth_store_free(NULL) == NULL);
+}
+
 static void the_file_must_be_a_guarded_regular_file(void) {
     char err[256], *path = keys_file("x " H_ALPHA " token\n", 0664), *fifo = NULL;
     auth *a = NULL;
@@ -164,6 +193,7 @@ static const unit_test tests[] = {
     TEST(refusals_name_the_line),
     TEST(frontend_route_defaults_to_the_default_scope),
     TEST(listed_scopes_exactly),
+    TEST(the_store_swaps_the_keys_in_force),
     TEST(the_file_must_be_a_guarded_regular_file),
 };
 

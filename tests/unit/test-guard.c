@@ -61,9 +61,12 @@ static void a_backend_with_its_key_is_let_in(void) {
 /* row: a web page in a user's browser (DNS rebinding, cross-site requests) */
 static void dns_rebinding_is_misdirected(void) {
     static const char *const bad[] = { "evil.example", "evil.example:8787", "127.0.0.1.evil.example",
-                                       "[::2]", "[::1", "127.0.0.1:", "127.0.0.1:80x", "", "10.0.0.1" };
+                                       "[::2]", "[::1", "127.0.0.1:", "127.0.0.1:80x", "", "10.0.0.1",
+                                       "[::ffff:10.0.0.1]", "[::]:8787", "0.0.0.0", "128.0.0.1" };
     static const char *const good[] = { "127.0.0.1", "127.3.4.5:8787", "localhost", "LOCALHOST:1",
-                                        "[::1]", "[::1]:8787", "tokend.internal", "TOKEND.internal:80" };
+                                        "[::1]", "[::1]:8787", "tokend.internal", "TOKEND.internal:80",
+                                        /* the one loopback rule of address.c */
+                                        "[0:0:0:0:0:0:0:1]:8787", "[::ffff:127.0.0.1]:8787", "[::FFFF:127.9.9.9]" };
     guard_request q = backend();
 
     for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {

@@ -59,7 +59,8 @@ static void names_that_are_not_tokens_are_refused(void) {
 
 static void a_fold_glued_onto_a_name_is_refused(void) {
     static const char *const names[] = { "Hostx", "Originfoo", "Sec-Fetch-Sitex", "X-Forwarded-Forx",
-                                         "X-Real-IPx", "Authorizationx", "Content-Length2", "X-Tokend-Userbob" };
+                                         "X-Real-IPx", "Authorizationx", "Content-Length2", "X-Tokend-Userbob",
+                                         "Viax", "CF-Connecting-IPx" };
     head h;
 
     for (size_t i = 0; i < sizeof(names) / sizeof(*names); i++) {
@@ -105,7 +106,8 @@ static void content_length_and_transfer_encoding(void) {
 
 static void headers_a_relaying_proxy_adds(void) {
     static const char *const relayed[] = { "X-Forwarded-For", "x-forwarded-host", "X-Forwarded-Proto",
-                                           "Forwarded", "X-Real-IP", "X-Client-IP", "True-Client-IP" };
+                                           "Forwarded", "X-Real-IP", "X-Client-IP", "True-Client-IP", "Via",
+                                           "cf-connecting-ip", "X-Original-Forwarded-For" };
     head h;
 
     for (size_t i = 0; i < sizeof(relayed) / sizeof(*relayed); i++) {

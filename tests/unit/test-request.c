@@ -6,6 +6,7 @@
 #include "oauth.h"
 #include "request.h"
 #include "unit.h"
+#include "util.h"
 
 /* Feeds key=value (both NUL-terminated) to a query. */
 static int add(token_query *q, const char *key, const char *value) {
@@ -228,6 +229,41 @@ static void request_user_id_valid_bounds(void) {
     ASSERT(!request_user_id_valid("\xc3", 1));
 }
 
+/* "Basic " + Base64 of text */
+static const char *basic(const char *text, char *out, size_t size) {
+    memcpy(out, "Basic ", 6);
+    ASSERT(base64_encode(text, strlen(text), out + 6, size - 6) > 0);
+    return out;
+}
+
+static void api_key_from_bearer_or_form_encoded_basic(void) {
+    char buf[512], authz[256];
+    const char *key, *raw;
+    size_t len = 0, raw_len = 0;
+
+    key = request_api_key("Bearer k+e%41y", false, buf, sizeof(buf), &len, &raw, &raw_len);
+    ASSERT(key && len == 7 && memcmp(key, "k+e%41y", 7) == 0 && !raw);
+    /* Basic only where the route takes it */
+    ASSERT(!request_api_key(basic("id:key", authz, sizeof(authz)), false, buf, sizeof(buf), &len, &raw, &raw_len));
+    /* RFC 6749 §2.3.1: decoded; the secret as sent kept beside it */
+    key = request_api_key(basic("my+app:q%2B8%2FZr0%3D+x%25", authz, sizeof(authz)), true, buf, sizeof(buf), &len,
+                          &raw, &raw_len);
+    ASSERT(key && len == 11 && memcmp(key, "q+8/Zr0= x%", 11) == 0);
+    ASSERT(raw && raw_len == 19 && memcmp(raw, "q%2B8%2FZr0%3D+x%25", 19) == 0);
+    /* not form-encoded ('%' without two hex digits): only the secret as sent */
+    key = request_api_key(basic("id:50%off", authz, sizeof(authz)), true, buf, sizeof(buf), &len, &raw, &raw_len);
+    ASSERT(!key && raw && raw_len == 6 && memcmp(raw, "50%off", 6) == 0);
+    /* a secret may hold ':' (only the first one splits) */
+    key = request_api_key(basic("id:a:b", authz, sizeof(authz)), true, buf, sizeof(buf), &len, &raw, &raw_len);
+    ASSERT(key && len == 3 && memcmp(key, "a:b", 3) == 0);
+    /* no colon, bad Base64, an encoded NUL: no key */
+    ASSERT(!request_api_key(basic("nocolon", authz, sizeof(authz)), true, buf, sizeof(buf), &len, &raw, &raw_len));
+    ASSERT(!raw);
+    ASSERT(!request_api_key("Basic !!!", true, buf, sizeof(buf), &len, &raw, &raw_len) && !raw);
+    key = request_api_key(basic("id:a%00b", authz, sizeof(authz)), true, buf, sizeof(buf), &len, &raw, &raw_len);
+    ASSERT(!key && raw);
+}
+
 static const unit_test tests[] = {
     TEST(user_id_accepted),
     TEST(user_id_non_ascii_accepted),
@@ -244,6 +280,7 @@ static const unit_test tests[] = {
     TEST(min_ttl_range),
     TEST(full_query),
     TEST(request_user_id_valid_bounds),
+    TEST(api_key_from_bearer_or_form_encoded_basic),
 };
 
 UNIT_MAIN(tests)
