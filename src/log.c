@@ -72,13 +72,25 @@ static void detect_journal(void) {
     to_journal = (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
 }
 
-static void write_line(int level, const char *line) {
+static void write_line(int level, char *line) {
+    /* one event, one line: a newline or a terminal's escape in a value
+     * (Instacart's answer, a caller's input) cannot forge another line
+     * (the journal's own fields carry them safely) */
+    for (char *p = line; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
     /* one write per line so lines from several threads never interleave;
      * the journal reads a "<N>" prefix as the priority */
     if (to_journal)
         fprintf(stderr, "<%d>%s\n", level, line);
     else
         fprintf(stderr, "instacart-tokend: %s: %s\n", level_names[level], line);
+}
+
+/* sd_journal_sendv() says 0 when the journal's socket is missing, and the
+ * event is gone: then the line goes to stderr (which the journal reads). */
+static bool journal_reachable(void) {
+    return access("/run/systemd/journal/socket", F_OK) == 0;
 }
 
 static int send_journal(int level, const char *msgid, const char *fields, const char *line) {
@@ -120,7 +132,7 @@ static void vlog(int level, const char *msgid, const char *fields, const char *f
     pthread_once(&journal_once, detect_journal);
     if (vsnprintf(line, sizeof(line), fmt, ap) < 0)
         return;
-    if (to_journal && send_journal(level, msgid, fields, line) >= 0)
+    if (to_journal && journal_reachable() && send_journal(level, msgid, fields, line) >= 0)
         return;
     write_line(level, line);
 }

@@ -296,6 +296,20 @@ static enum http_start job_start(void *userdata, http_exchange *ex, uint64_t now
     int r;
 
     pthread_mutex_lock(&u->lock);
+    /* the pause first: a job that waits it out must not hold the breaker's
+     * one probe meanwhile (nobody else could probe, and the circuit would
+     * stay half open, refusing every mint) */
+    if (now < u->paused_until_ms) {
+        uint64_t until = u->paused_until_ms;
+        pthread_mutex_unlock(&u->lock);
+        if (until >= j->deadline_ms) {
+            job_fail(u, j, MINT_UNAVAILABLE, 429, (unsigned)((until - now + 999) / 1000), "rate_limited");
+            return HTTP_START_ENDED;
+        }
+        if (until - now < *wait)
+            *wait = until - now;
+        return HTTP_START_WAIT;
+    }
     switch (breaker_check(&u->breaker, now, &wait_ms)) {
     case BREAKER_REFUSE:
         o = breaker_refusal(u, wait_ms);
@@ -307,17 +321,6 @@ static enum http_start job_start(void *userdata, http_exchange *ex, uint64_t now
         break;
     case BREAKER_PASS:
         break;
-    }
-    if (now < u->paused_until_ms) {
-        uint64_t until = u->paused_until_ms;
-        pthread_mutex_unlock(&u->lock);
-        if (until >= j->deadline_ms) {
-            job_fail(u, j, MINT_UNAVAILABLE, 429, (unsigned)((until - now + 999) / 1000), "rate_limited");
-            return HTTP_START_ENDED;
-        }
-        if (until - now < *wait)
-            *wait = until - now;
-        return HTTP_START_WAIT;
     }
     j->attempts++;
     /* under the lock, so the body, the URL and the link are of one reload */

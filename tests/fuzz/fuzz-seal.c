@@ -97,7 +97,7 @@ static void round_trip_token(const seal_keys *sealer, const seal_keys *opener, c
         token_unref(t);
         return;
     }
-    fuzz_check(r == 0 && out_len == (size_t)SEAL_OVERHEAD + 12 + t->len && out_len <= SEAL_TOKEN_MAX);
+    fuzz_check(r == 0 && out_len == (size_t)SEAL_OVERHEAD + 20 + t->len && out_len <= SEAL_TOKEN_MAX);
     valid = value_valid(t->value, t->len) && lifetime >= 1 &&
             lifetime <= OAUTH_LIFETIME_MAX && remaining >= 1 && remaining <= lifetime * 1000;
     r = seal_open_token(opener, AAD, strlen(AAD), out, out_len, NOW_MS, remaining, 0, &o);

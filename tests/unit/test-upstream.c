@@ -348,11 +348,52 @@ static void the_breaker_opens_after_breaker_failures(void) {
     stub_stop();
 }
 
+/* A mint that meets the circuit half open during a 429's pause, and whose
+ * deadline lets it wait the pause out, must not hold the breaker's one
+ * probe while it waits: it would refuse itself after the pause, and every
+ * mint after it, the circuit staying half open for good. */
+static void a_mint_waiting_out_a_pause_does_not_keep_the_breakers_probe(void) {
+    upstream *u = client("breaker_failures = 1\nbreaker_cooldown = 100ms\nrequest_timeout = 3s\n"
+                         "retry_base = 1ms\nretry_max = 5ms\n",
+                         NULL);
+    struct upstream_stats st;
+    uint64_t started = now_ms();
+
+    stub_fault("{\"action\": \"status\", \"status\": 429, \"retry_after\": \"4\", \"count\": 1, "
+               "\"match_user\": \"limited\"}");
+    stub_fault("{\"action\": \"status\", \"status\": 500, \"count\": 1, \"delay_ms\": 300, "
+               "\"match_user\": \"failing\"}");
+    mint(u, "limited");                        /* pauses minting 4 s: more than it may wait */
+    mint(u, "failing");                        /* in flight 300 ms, then opens the circuit */
+    wait_for(&seen.dones, 2, "answers to both");
+    /* the cooldown over, the pause on, and late enough that a new mint's
+     * deadline (3 s) outlasts the pause: it waits it out */
+    for (;;) {
+        upstream_get_stats(u, &st);
+        if (!st.rate_limited)
+            UNIT_FAIL("the pause ended before the case could start");
+        if (st.circuit != CIRCUIT_OPEN && now_ms() - started >= 1300)
+            break;
+        pause_ms(20);
+    }
+    mint(u, "waiting");
+    wait_for(&seen.dones, 3, "answer to the mint that waited out the pause");
+    ASSERT_INT_EQ(seen.o.kind, MINT_OK);
+    mint(u, "after");
+    wait_for(&seen.dones, 4, "answer after the pause");
+    ASSERT_INT_EQ(seen.o.kind, MINT_OK);
+    upstream_get_stats(u, &st);
+    ASSERT_INT_EQ(st.circuit, CIRCUIT_CLOSED);
+    upstream_free(u);
+    stub_stop();
+}
+
 static const unit_test tests[] = {
     TEST(one_mint_is_one_request),
     TEST(a_revocation_reaches_instacart),
     TEST(a_429_pauses_minting_and_tells_the_fleet),
     TEST(the_breaker_opens_after_breaker_failures),
+    TEST(a_mint_waiting_out_a_pause_does_not_keep_the_breakers_probe),
 };
 
 UNIT_MAIN(tests)
