@@ -151,7 +151,7 @@ static const struct key keys[] = {
     K("shared", "timeout", T_DURATION, shared_timeout_ms, 1, 10000, "50ms", RESTART,
       "deadline of each command to Redis"),
     K("shared", "lease_wait", T_DURATION, shared_lease_wait_ms, 0, 60000, "2s", APPLIES,
-      "how long to wait on another host minting the same token before minting here"),
+      "how long a lease lives unless its holder renews it: a host that died minting costs this much"),
     K("shared", "prefix", T_STRING, shared_prefix, 0, 0, "tokend", RESTART,
       "prefix of every Redis key tokend writes"),
     K("shared", "tls", T_BOOL, shared_tls, 0, 0, "no", RESTART,

@@ -125,6 +125,15 @@ static const char publish_lua[] =
     "end\n"
     "return 0\n";
 
+/* KEYS: lease. ARGV: lease id, lease ms. Keeps the lease alive while our
+ * mint runs, if it is still ours. */
+static const char renew_lua[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+    "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
+    "  return 1\n"
+    "end\n"
+    "return 0\n";
+
 /* KEYS: lease. ARGV: lease id. Gives the lease up if it is still ours. */
 static const char release_lua[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
@@ -185,13 +194,21 @@ static const char revoked_lua[] =
     "xadd(KEYS[1], ARGV[1], 'r', ARGV[2])\n"
     "return 1\n";
 
-enum script { S_LOOKUP, S_PUBLISH, S_RELEASE, S_DROP, S_FLUSH, S_REVOKED, S_COUNT };
+enum script { S_LOOKUP, S_PUBLISH, S_RELEASE, S_DROP, S_FLUSH, S_REVOKED, S_RENEW, S_COUNT };
 static const char *const scripts[S_COUNT] = { lookup_lua, publish_lua, release_lua, drop_lua, flush_lua,
-                                              revoked_lua };
+                                              revoked_lua, renew_lua };
 
 /* ---- state ---- */
 
-enum job_kind { J_LOOKUP, J_PUBLISH, J_RELEASE, J_DROP, J_FLUSH, J_REVOKED, J_PAUSE, J_CREDS, J_PING };
+enum job_kind { J_LOOKUP, J_PUBLISH, J_RELEASE, J_RENEW, J_DROP, J_FLUSH, J_REVOKED, J_PAUSE, J_CREDS, J_PING };
+
+/* A lease this host holds while its mint runs: renewed until the mint ends. */
+struct held {
+    struct held *next;
+    char key[KEY_MAX];
+    char id[33];
+    uint64_t next_ms;
+};
 
 struct job {
     struct qlink link; /* in one queue at a time */
@@ -208,8 +225,7 @@ struct job {
     void *ctx;
     bool waited, skip_tokens, skip_pause, retried;
     char holder[33];            /* whose lease we wait on, or take over (a lease id: 32 hex digits) */
-    bool taking_over;
-    unsigned takeovers;
+    struct held *held;          /* the lease this lookup took, while it mints */
     uint64_t wait_until_ms, next_at_ms, poll_ms;
     uint64_t sent_us;           /* for the lookup histogram: loopback round trips are tens of us */
     uint64_t wait_cap_ms;       /* no wait on leases goes past this, whoever holds them */
@@ -249,7 +265,9 @@ struct shared {
     char *prefix;               /* [shared] prefix, fixed until a restart */
     uint64_t timeout_ms;
     uint64_t lease_wait_ms;
-    uint64_t lease_ms;          /* longer than the longest mint */
+    uint64_t lease_ms;          /* a lease not renewed for this long lapses (lease_wait) */
+    uint64_t request_timeout_ms; /* the longest mint: no wait on a live holder lasts longer */
+    struct held *held;          /* leases held while their mints run (under lock) */
     uint64_t plenty_ms;         /* a refresh with this much life left waits for Redis */
     char sha[S_COUNT][41];
 
@@ -446,12 +464,46 @@ static bool submit(shared *s, struct job *j) {
 
 static void publish(shared *s, struct job *from, token *t);
 
+/* The lease a lookup took is renewed by the command thread while the mint
+ * runs (see due_renewals()), so a slow Instacart costs no second mint. */
+static void hold(shared *s, struct job *j) {
+    struct held *h = calloc(1, sizeof(*h));
+    uint64_t every = __atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED) / 3;
+
+    if (!h)
+        return; /* not renewed: at worst, a second host mints */
+    snprintf(h->key, sizeof(h->key), "%s", j->lease_key);
+    snprintf(h->id, sizeof(h->id), "%s", j->lease_id);
+    h->next_ms = now_ms() + every;
+    pthread_mutex_lock(&s->lock);
+    h->next = s->held;
+    s->held = h;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    j->held = h;
+}
+
+static void unhold(shared *s, struct job *j) {
+    if (!j->held)
+        return;
+    pthread_mutex_lock(&s->lock);
+    for (struct held **p = &s->held; *p; p = &(*p)->next)
+        if (*p == j->held) {
+            *p = j->held->next;
+            break;
+        }
+    pthread_mutex_unlock(&s->lock);
+    free(j->held);
+    j->held = NULL;
+}
+
 static void minted(void *userdata, const mint_outcome *o, token *t) {
     struct job *j = userdata;
     shared *s = j->s;
     cache_done_fn done = j->done;
     void *ctx = j->ctx;
 
+    unhold(s, j);
     pthread_mutex_lock(&s->lock);
     s->stats.mints[j->how]++;
     pthread_mutex_unlock(&s->lock);
@@ -1058,7 +1110,7 @@ static int append(shared *s, redisContext *c, struct job *j) {
         char gen_key[KEY_MAX], pause_key[KEY_MAX];
         const char *argv[] = { "EVALSHA", s->sha[S_LOOKUP], "5", j->tok_key[0], j->tok_key[1], j->lease_key,
                                gen_key, pause_key, min_life, j->lease_id, lease_ms, j->skip_tokens ? "1" : "0",
-                               j->taking_over ? j->holder : "", j->skip_pause ? "1" : "0" };
+                               "", j->skip_pause ? "1" : "0" };
         snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
         snprintf(pause_key, sizeof(pause_key), "%spause", j->ns);
         snprintf(min_life, sizeof(min_life), "%llu", (unsigned long long)j->want.min_life_ms);
@@ -1099,6 +1151,11 @@ static int append(shared *s, redisContext *c, struct job *j) {
     case J_RELEASE: {
         const char *argv[] = { "EVALSHA", s->sha[S_RELEASE], "1", j->lease_key, j->lease_id };
         return redisAppendCommandArgv(c, 5, argv, NULL);
+    }
+    case J_RENEW: {
+        const char *argv[] = { "EVALSHA", s->sha[S_RENEW], "1", j->lease_key, j->lease_id, lease_ms };
+        snprintf(lease_ms, sizeof(lease_ms), "%llu", (unsigned long long)__atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED));
+        return redisAppendCommandArgv(c, 6, argv, NULL);
     }
     case J_DROP: {
         char ev_key[KEY_MAX];
@@ -1175,6 +1232,7 @@ static enum shared_op op_of(enum job_kind k) {
         return SHARED_OP_LOOKUP;
     case J_PUBLISH:
     case J_RELEASE:
+    case J_RENEW:
         return SHARED_OP_PUBLISH;
     case J_DROP:
     case J_REVOKED:
@@ -1229,12 +1287,13 @@ static void lease_busy(shared *s, struct job *j, uint64_t now) {
     }
     if (!j->waited) {
         j->waited = true;
-        /* however often the holder changes (a takeover, or someone writing
-         * the lease), no miss waits longer than a real holder's whole lease
-         * and one lease_wait after it */
-        j->wait_cap_ms = now + __atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED) +
-                         __atomic_load_n(&s->lease_wait_ms, __ATOMIC_RELAXED);
-        j->wait_until_ms = now + __atomic_load_n(&s->lease_wait_ms, __ATOMIC_RELAXED);
+        /* A live holder renews its lease while it mints, and its mint ends
+         * by request_timeout: a waiter never takes a live lease over, and a
+         * dead holder's lapses within one lease. Whoever holds it, however
+         * often it changes (someone writing the lease), no miss waits past
+         * the longest mint and two leases. */
+        j->wait_cap_ms = now + __atomic_load_n(&s->request_timeout_ms, __ATOMIC_RELAXED) +
+                         2 * __atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED);
         j->poll_ms = POLL_FIRST_MS;
         pthread_mutex_lock(&s->lock);
         s->stats.lease_waits++;
@@ -1248,32 +1307,10 @@ static void lease_busy(shared *s, struct job *j, uint64_t now) {
         mint(s, j, SHARED_MINT_LEASE_TIMEOUT);
         return;
     }
-    if (now >= j->wait_until_ms) {
-        /* the holder is slow or dead: take its lease over (one of us
-         * waiting on it wins; the others wait on the winner), and after
-         * twice that, mint without one */
-        pthread_mutex_lock(&s->lock);
-        s->stats.lease_timeouts++;
-        pthread_mutex_unlock(&s->lock);
-        if (j->takeovers < 2 && j->holder[0]) {
-            j->takeovers++;
-            j->taking_over = true;
-            j->wait_until_ms = now + __atomic_load_n(&s->lease_wait_ms, __ATOMIC_RELAXED);
-            j->next_at_ms = now;
-        } else {
-            j->lease_id[0] = '\0'; /* not ours: publish only if nobody did better */
-            mint(s, j, SHARED_MINT_LEASE_TIMEOUT);
-            return;
-        }
-    } else {
-        j->taking_over = false;
-        j->next_at_ms = now + j->poll_ms;
-        if (j->next_at_ms > j->wait_until_ms)
-            j->next_at_ms = j->wait_until_ms;
-        if (j->next_at_ms > j->wait_cap_ms)
-            j->next_at_ms = j->wait_cap_ms;
-        j->poll_ms = j->poll_ms * 2 > POLL_MAX_MS ? POLL_MAX_MS : j->poll_ms * 2;
-    }
+    j->next_at_ms = now + j->poll_ms;
+    if (j->next_at_ms > j->wait_cap_ms)
+        j->next_at_ms = j->wait_cap_ms;
+    j->poll_ms = j->poll_ms * 2 > POLL_MAX_MS ? POLL_MAX_MS : j->poll_ms * 2;
     pthread_mutex_lock(&s->lock);
     if (s->stopping) {
         pthread_mutex_unlock(&s->lock);
@@ -1374,7 +1411,9 @@ static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t no
         return;
     }
     case SHARED_LEASED:
-        mint(s, j, j->taking_over ? SHARED_MINT_LEASE_TIMEOUT : SHARED_MINT_LEASED);
+        /* after a wait: the holder's lease lapsed (it died, or stopped) */
+        hold(s, j);
+        mint(s, j, j->waited ? SHARED_MINT_LEASE_TIMEOUT : SHARED_MINT_LEASED);
         return;
     case SHARED_PAUSED: { /* another host was told 429: nobody mints until it ends */
         uint64_t left = flag_left_ms(s, j->ns, "pause", r->element[1]->str, r->element[1]->len, (uint64_t)ttl,
@@ -1391,18 +1430,9 @@ static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t no
         return;
     }
     case SHARED_BUSY:
-    case SHARED_LOOKUP_COUNT: {
-        char holder[sizeof(j->holder)];
-        snprintf(holder, sizeof(holder), "%.*s", (int)(r->element[1]->len < 32 ? r->element[1]->len : 32),
-                 r->element[1]->str);
-        if (j->waited && strcmp(holder, j->holder) != 0) { /* another host took over: its mint is young */
-            j->wait_until_ms = now + __atomic_load_n(&s->lease_wait_ms, __ATOMIC_RELAXED);
-            j->poll_ms = POLL_FIRST_MS;
-        }
-        memcpy(j->holder, holder, sizeof(holder));
+    case SHARED_LOOKUP_COUNT:
         lease_busy(s, j, now);
         return;
-    }
     }
 }
 
@@ -1622,6 +1652,45 @@ static void run_batch(shared *s, redisContext **c, struct queue *batch) {
     }
 }
 
+/* Queues a renewal of each held lease that is due; returns when the next
+ * one falls due (or next, if sooner). Called and returns with the lock
+ * held; drops it to make the jobs. */
+static uint64_t due_renewals(shared *s, uint64_t now, uint64_t next) {
+    uint64_t every = __atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED) / 3;
+    struct {
+        char key[KEY_MAX];
+        char id[33];
+    } due[16];
+    size_t n = 0;
+
+    for (struct held *h = s->held; h; h = h->next) {
+        if (h->next_ms <= now && n < ARRAY_SIZE(due)) {
+            memcpy(due[n].key, h->key, sizeof(h->key));
+            memcpy(due[n].id, h->id, sizeof(h->id));
+            n++;
+            h->next_ms = now + every;
+        }
+        if (h->next_ms < next)
+            next = h->next_ms;
+    }
+    if (!n)
+        return next;
+    pthread_mutex_unlock(&s->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct job *j = job_new(s, J_RENEW, OAUTH_GRANT_USER_ASSERTION, NULL, NULL);
+        if (!j)
+            continue;
+        memcpy(j->lease_key, due[i].key, sizeof(j->lease_key));
+        memcpy(j->lease_id, due[i].id, sizeof(j->lease_id));
+        pthread_mutex_lock(&s->lock);
+        queue_push(&s->queue, &j->link);
+        pthread_mutex_unlock(&s->lock);
+    }
+    explicit_bzero(due, sizeof(due));
+    pthread_mutex_lock(&s->lock);
+    return next;
+}
+
 static void *command_thread(void *arg) {
     shared *s = arg;
     redisContext *c = NULL;
@@ -1644,6 +1713,7 @@ static void *command_thread(void *arg) {
             if (j)
                 queue_push(&s->queue, &j->link);
         }
+        next = due_renewals(s, now, next);
         /* waiters whose poll is due go first */
         while ((j = QUEUE_POP(&s->waiting, struct job, link))) {
             if (j->next_at_ms <= now && batch.n < BATCH_MAX)
@@ -2135,6 +2205,12 @@ static int set_namespace(shared *s, const config *cfg) {
     return 0;
 }
 
+/* A lease's life: lease_wait, at least half a second (renewed three times
+ * within it). */
+static uint64_t lease_ms_of(const config *cfg) {
+    return cfg->shared_lease_wait_ms < 500 ? 500 : cfg->shared_lease_wait_ms;
+}
+
 static char *dup_or_null(const char *s) {
     return s ? strdup(s) : NULL;
 }
@@ -2161,9 +2237,12 @@ int shared_new(const config *cfg, upstream *up, revocations *rv, shared **ret) {
     s->ev_fd = -1;
     s->timeout_ms = cfg->shared_timeout_ms;
     s->lease_wait_ms = cfg->shared_lease_wait_ms;
-    /* longer than the longest mint, retries included: a lease must not lapse
-     * while its holder is still minting (oauth2-proxy's fixed 2 s lock did) */
-    s->lease_ms = cfg->request_timeout_ms + 2000;
+    /* A lease lapses when its holder stops renewing it (it died): after
+     * lease_wait. It is renewed while the mint runs, however long Instacart
+     * takes (oauth2-proxy's fixed, unrenewed 2 s lock let a second replica
+     * in on a slow refresh). */
+    s->lease_ms = lease_ms_of(cfg);
+    s->request_timeout_ms = cfg->request_timeout_ms;
     s->plenty_ms = 2 * cfg->min_ttl_ms;
     breaker_init(&s->br, BREAKER_FAILURES, BREAKER_COOLDOWN_MS);
     s->redis = dup_or_null(cfg->shared_redis);
@@ -2270,6 +2349,7 @@ bool shared_reload(shared *s, const config *cfg) {
     /* request_timeout and min_ttl need a restart (the table says so): the
      * lease keeps fitting the mint the upstream really makes */
     __atomic_store_n(&s->lease_wait_ms, cfg->shared_lease_wait_ms, __ATOMIC_RELAXED);
+    __atomic_store_n(&s->lease_ms, lease_ms_of(cfg), __ATOMIC_RELAXED);
     return restart;
 }
 

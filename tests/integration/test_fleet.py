@@ -1042,3 +1042,16 @@ def test_a_key_rotation_in_two_steps_loses_no_drop_and_remints_nothing(stub, red
     assert access_token(b.token("minted-by-a")) == ta
     assert metric(a, "tokend_shared_decrypt_failures_total") == 0
     assert metric(b, "tokend_shared_decrypt_failures_total") == 0
+
+
+@pytest.mark.parametrize("mint_ms", [100, 4500])
+def test_a_live_slow_holder_is_never_taken_over(stub, redis, make_fleet, mint_ms):
+    """The holder renews its lease while Instacart takes its time: four
+    hosts asking for one user at once make one mint, however slow it is."""
+    hosts = make_fleet(stub, redis, 4)  # request_timeout 10 s, lease_wait 2 s
+    stub.fault(match_user="slowpoke", action="ok", delay_ms=mint_ms, count=1)
+    answers = concurrently(lambda h: h.get("/v1/token?user_id=slowpoke", timeout=20), hosts, len(hosts))
+    assert all(r.status == 200 for r in answers), answers
+    assert len({access_token(r) for r in answers}) == 1, "hosts served different tokens"
+    assert len(mints(stub, "slowpoke")) == 1
+    assert sum(metric(h, 'tokend_shared_mints_total{how="lease_timeout"}') for h in hosts) == 0
