@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fills the KEYS section of instacart-tokend.conf(5): runs the built
 instacart-tokend --describe-config=json (the table of settings in
-src/config.c) and writes one roff paragraph per key in place of the
+src/settings.c) and writes one roff paragraph per key in place of the
 template's line MARKER.
 
     man-keys.py INSTACART-TOKEND TEMPLATE OUTPUT

@@ -2,7 +2,7 @@
  * model ("The security model") that the guard decides. The rows it does
  * not decide are tested where they are: a remote host (listeners bound to
  * loopback: test_security), logs/argv/disk and core dumps (test_security,
- * the container test), environment proxies and planted FIFOs (test-config,
+ * the container test), environment proxies and planted FIFOs (test-credentials,
  * test_security). */
 #include <string.h>
 
