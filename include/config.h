@@ -9,6 +9,8 @@
 #define CONFIG_ERR_MAX 512
 /* [server] listen takes at most this many addresses */
 #define CONFIG_LISTEN_MAX 8
+/* [shared] prefix: Redis key names are sized for at most this many characters */
+#define CONFIG_SHARED_PREFIX_MAX 64
 
 struct auth;
 
@@ -21,6 +23,7 @@ typedef struct config {
     char *client_secret_file;
     char *client_secret;     /* wiped by config_free() */
     size_t client_secret_len;
+    bool client_secret_from_credential; /* the systemd credential, not client_secret_file, gave it */
     char *default_scope;
     char *ca_file;           /* NULL: the system's trust store */
     int ca_file_line;        /* where ca_file was set, for messages */

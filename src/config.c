@@ -297,7 +297,7 @@ static int finish_shared(struct parse_state *st) {
         set_err(st, "[shared] master_name is set but sentinels is not; it names a master to the sentinels");
         return -EINVAL;
     }
-    if (strlen(c->shared_prefix) > 64 || strspn(c->shared_prefix, "abcdefghijklmnopqrstuvwxyz"
+    if (strlen(c->shared_prefix) > CONFIG_SHARED_PREFIX_MAX || strspn(c->shared_prefix, "abcdefghijklmnopqrstuvwxyz"
                                                                     "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") !=
                                               strlen(c->shared_prefix)) {
         set_err(st, "[shared] prefix = '%s' must be 1 to 64 letters, digits, '_', '.' or '-'", c->shared_prefix);

@@ -37,6 +37,7 @@ int credentials_load_upstream(config *c, const char *credentials_dir, char err[C
     r = (from == secret_path ? secret_load_credential : secret_load)(from, &c->client_secret,
                                                                      &c->client_secret_len, err,
                                                                      CONFIG_ERR_MAX);
+    c->client_secret_from_credential = from == secret_path;
     if (r < 0 || !c->proxy_credentials_file)
         return r;
     r = secret_load_named(c->proxy_credentials_file, "the proxy's credentials", &c->proxy_credentials,

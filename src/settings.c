@@ -352,7 +352,10 @@ char *config_describe_running(const config *boot, const config *now) {
         }
         switch (k->type) {
         case T_STRING:
-            if (*(char *const *)field)
+            if (field == &c->client_secret_file && c->client_secret_from_credential)
+                /* where the secret in use came from, not a file it ignored */
+                cJSON_AddStringToObject(sec, k->name, "(the systemd credential client_secret)");
+            else if (*(char *const *)field)
                 cJSON_AddStringToObject(sec, k->name, *(char *const *)field);
             else
                 cJSON_AddNullToObject(sec, k->name);

@@ -18,7 +18,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-all_targets=(config token-answer query assertion dropin proxy-path snapshot keys seal guard head)
+all_targets=(config token-answer query assertion dropin proxy-path snapshot keys seal guard head fleet-reply)
 
 usage() {
     echo "usage: $0 [SECONDS] [TARGET...]; targets: ${all_targets[*]}" >&2

@@ -1,0 +1,234 @@
+/* Fleet mode's internals, shared by its modules and no one else (see
+ * shared.h for what fleet mode does, and src/README.md for its threads):
+ *   shared.c        the public side and the life cycle
+ *   fleet_jobs.c    jobs: queued, put off, minted here, published
+ *   fleet_wire.c    the scripts Redis runs (the protocol's one place)
+ *   fleet_link.c    reaching Redis: address, Sentinel, AUTH, TLS, permissions
+ *   fleet_batch.c   the command thread: batches, answers, leases kept alive
+ *   fleet_events.c  the event thread: the stream of drops and flushes
+ *   fleet_trust.c   what a host trusts and learned: flags, generation, revoked tokens */
+#pragma once
+
+#include <hiredis/hiredis.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "build-config.h"
+#ifdef HAVE_HIREDIS_SSL
+#include <openssl/ssl.h>
+#endif
+
+#include "breaker.h"
+#include "cache.h"
+#include "config.h"
+#include "queue.h"
+#include "revoke.h"
+#include "seal.h"
+#include "shared.h"
+#include "upstream.h"
+
+#define JOBS_MAX 4096           /* queued commands; beyond, a miss mints on its own */
+#define BATCH_MAX 64            /* commands pipelined in one round trip */
+#define STREAM_MAXLEN 10000     /* events kept for hosts catching up */
+#define CREDS_TTL_MS 300000     /* a credential rejection is shown this long unless a mint succeeds */
+#define POLL_FIRST_MS 5         /* waiting on a lease: first poll about a fast mint later */
+#define POLL_MAX_MS 200
+#define EVENT_BLOCK_MS 1000
+#define BREAKER_FAILURES 3
+#define BREAKER_COOLDOWN_MS 1000
+#define NS_MAX 96               /* "<prefix>:<namespace>:": the prefix is at most 64 */
+#define KEY_MAX 160
+/* "<prefix>:<namespace>:" and a key's name always fit: a longer prefix
+ * (config.c refuses one) would cut key names short */
+_Static_assert(NS_MAX >= CONFIG_SHARED_PREFIX_MAX + 1 + SEAL_NS_LEN + 1 + 1, "NS_MAX holds no namespace");
+_Static_assert(KEY_MAX >= NS_MAX + 2 + SEAL_NAME_LEN + 1, "KEY_MAX holds no key name");
+#define RESUME_MARGIN_MS 10000  /* replayed events from before an image was written: harmless */
+#define PAUSE_MAX_MS 3600000ULL /* Instacart's own cap on a Retry-After: no pause lasts longer */
+#define FLAG_SLACK_MS 5000      /* how far hosts' wall clocks may differ */
+#define FLAG_MAX 48             /* "<until>:<mac>" */
+#define DENY_MAX 4096           /* revoked tokens remembered (the newest), each for a token's longest life */
+#define REPAIR_EVERY_MS 5000    /* a generation set back or a poisoned stream: mended at most this often */
+#define FUTURE_MAX_MS 3600000   /* an event id this far past Redis's clock was not made by XADD '*' */
+
+enum script { S_LOOKUP, S_PUBLISH, S_RELEASE, S_DROP, S_FLUSH, S_REVOKED, S_RENEW, S_COUNT };
+extern const char *const fleet_scripts[S_COUNT];
+
+/* ---- state ---- */
+
+enum job_kind { J_LOOKUP, J_PUBLISH, J_RELEASE, J_RENEW, J_DROP, J_FLUSH, J_REVOKED, J_PAUSE, J_CREDS, J_PING };
+
+/* A lease this host holds while its mint runs: renewed until the mint ends. */
+struct held {
+    struct held *next;
+    char key[KEY_MAX];
+    char id[33];
+    uint64_t next_ms;
+};
+
+struct job {
+    struct qlink link; /* in one queue at a time */
+    shared *s;
+    enum job_kind kind;
+    enum oauth_grant grant;
+    char user[OAUTH_USER_ID_MAX + 1];
+    char scope[OAUTH_SCOPE_MAX + 1];
+    char ns[NS_MAX];            /* "<prefix>:<namespace>:" when the job was made */
+    char tok_key[2][KEY_MAX];   /* current and previous key's names (the same without one) */
+    char lease_key[KEY_MAX];
+    struct cache_want want;
+    cache_done_fn done;
+    void *ctx;
+    bool waited, skip_tokens, skip_pause, retried;
+    char holder[33];            /* whose lease we wait on, or take over (a lease id: 32 hex digits) */
+    struct held *held;          /* the lease this lookup took, while it mints */
+    uint64_t wait_until_ms, next_at_ms, poll_ms;
+    uint64_t sent_us;           /* for the lookup histogram: loopback round trips are tens of us */
+    uint64_t wait_cap_ms;       /* no wait on leases goes past this, whoever holds them */
+    char lease_id[33];
+    char gen[24];
+    enum shared_mint how;
+    token *tok;                 /* publish */
+    char fp[SEAL_FP_LEN + 1];   /* drop only this token ('' for any) */
+    char fps[3 * 17];           /* J_REVOKED: fingerprints (token_fp) of revoked tokens, comma-separated */
+    bool revoke;                /* a drop that revokes what it takes out of Redis */
+    bool published;             /* a mint's token was handed to a publish (which gives the lease up) */
+    token *local;               /* revoke: this host's own copy, or NULL */
+    revoke_done_fn rdone;       /* revoke: the caller waiting on the first try, or NULL */
+    void *rctx;
+    uint64_t ms;                /* pause */
+};
+
+
+struct shared {
+    upstream *up;
+    revocations *rv;
+    cache *cache;
+
+    /* where Redis is: fixed until a restart */
+    char *redis;                /* HOST:PORT or unix:PATH, or NULL with sentinels */
+    char **sentinels;
+    size_t n_sentinels;
+    char *master_name;
+    char *username;
+    char *password;
+    size_t password_len;
+    bool tls;
+    char *tls_ca_file;
+#ifdef HAVE_HIREDIS_SSL
+    SSL_CTX *ssl;               /* with tls: certificates checked, TLS 1.2 at least */
+#endif
+    char *prefix;               /* [shared] prefix, fixed until a restart */
+    uint64_t timeout_ms;
+    uint64_t lease_wait_ms;
+    uint64_t lease_ms;          /* a lease not renewed for this long lapses (lease_wait) */
+    uint64_t request_timeout_ms; /* the longest mint: no wait on a live holder lasts longer */
+    struct held *held;          /* leases held while their mints run (under lock) */
+    uint64_t plenty_ms;         /* a refresh with this much life left waits for Redis */
+    char sha[S_COUNT][41];
+
+    pthread_rwlock_t keys_lock; /* guards keys and ns */
+    seal_keys keys;
+    char ns[NS_MAX];
+    unsigned ns_serial;         /* bumped when ns changes: the event reader starts over */
+
+    pthread_mutex_t lock;       /* guards everything below */
+    pthread_cond_t cond;        /* the command thread's: work queued */
+    pthread_cond_t ev_cond;     /* the event thread's: stop its backoff */
+    struct queue queue, waiting;
+    struct queue pending;    /* drops and flushes Redis could not take yet */
+    bool stopping, started;
+    breaker br;
+    int ev_fd;                  /* the event reader's socket, to interrupt it at stop */
+    struct shared_stats stats;
+    char lease_prefix[17];      /* this process's part of its lease ids */
+    unsigned long long lease_seq;
+
+    uint64_t resume_age_ms;     /* see shared_resume(); 0: start from now */
+    uint64_t flag_said_ms;      /* when a forged flag was last logged */
+    bool demoted;               /* the event thread saw our master become a replica (atomic) */
+    uint64_t refusal_said_ms;   /* when a refusal from Redis was last logged */
+    uint64_t events_said_ms;    /* when the event reader's failure was last logged */
+    unsigned long long max_gen; /* the highest generation seen: never lets it go back */
+    uint64_t repair_ms;         /* when a repair flush was last sent */
+    uint64_t denied[DENY_MAX];  /* fingerprints of tokens revoked by the fleet, a ring */
+    uint64_t denied_until[DENY_MAX];
+    size_t deny_next;
+    bool failing;               /* Redis failing was said, its return not yet */
+    uint64_t failing_said_ms;
+    unsigned long long failures_unsaid;
+
+    pthread_t cmd_thread, ev_thread;
+};
+
+/* fleet_jobs.c */
+void fleet_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,
+                  revoke_done_fn done, void *userdata);
+void fleet_flush(shared *s);
+bool fleet_gen_check(shared *s, const char *text, size_t len);
+void fleet_count_op(shared *s, enum shared_op op, bool ok);
+void fleet_degrade(shared *s, struct job *j);
+void fleet_fail_job(shared *s, struct job *j);
+void fleet_hold(shared *s, struct job *j);
+void fleet_job_free(struct job *j);
+int fleet_job_names(shared *s, struct job *j);
+struct job *fleet_job_new(shared *s, enum job_kind kind, enum oauth_grant grant, const char *user_id, const char *scope);
+void fleet_mint(shared *s, struct job *j, enum shared_mint how);
+bool fleet_ns_moved(shared *s, const struct job *j);
+bool fleet_submit(shared *s, struct job *j);
+void fleet_unavailable(struct job *j, const char *error, int http_status, unsigned retry_after_s, bool deferred);
+
+/* fleet_trust.c */
+bool fleet_denied(shared *s, const token *t);
+void fleet_deny(shared *s, uint64_t fp);
+bool fleet_flag_holds(shared *s, const char *ns, const char *name, const redisReply *v, const redisReply *ttl, uint64_t max_ms);
+uint64_t fleet_flag_left_ms(shared *s, const char *ns, const char *name, const char *v, size_t len, uint64_t ttl_ms, uint64_t max_ms);
+int fleet_flag_make(shared *s, const char *ns, const char *name, uint64_t ms, char out[FLAG_MAX]);
+const char *fleet_gen_seen(shared *s, const char *text, size_t len);
+uint64_t fleet_token_fp(const token *t);
+void fleet_on_credentials_rejected(void *userdata);
+void fleet_on_paused(void *userdata, uint64_t ms);
+void fleet_refused(shared *s, const char *command, const char *error);
+void fleet_refused_flag(shared *s, const char *name);
+void fleet_repair_flush(shared *s, const char *why);
+void fleet_tell_revoked(shared *s, token *const *toks, size_t n);
+
+/* fleet_link.c */
+redisReply *fleet_command(redisContext *c, int argc, const char **argv, const size_t *lens, char *err, size_t err_size);
+redisContext *fleet_redis_open(shared *s, bool load_scripts, char *address, size_t address_size, char *err, size_t err_size);
+const char *fleet_redis_why(const redisContext *c);
+
+/* fleet_batch.c */
+void *fleet_command_thread(void *arg);
+uint64_t fleet_due_renewals(shared *s, uint64_t now, uint64_t next);
+void fleet_lease_id(shared *s, char out[33]);
+enum shared_op fleet_op_of(enum job_kind k);
+
+/* fleet_events.c */
+void *fleet_event_thread(void *arg);
+
+/* fleet_wire.c: Redis's answers read, every shape checked (pure: unit tested
+ * and fuzzed) */
+struct fleet_stream_id {
+    unsigned long long ms, seq;
+};
+/* "<ms>-<seq>", digits only. */
+bool fleet_stream_id_parse(const char *s, size_t len, struct fleet_stream_id *ret);
+int fleet_stream_id_cmp(struct fleet_stream_id a, struct fleet_stream_id b);
+/* What XINFO STREAM says of the stream's ends. */
+struct fleet_stream_info {
+    bool have_newest, have_gone, have_first;
+    struct fleet_stream_id newest, gone, first; /* last-generated, max-deleted, recorded-first */
+};
+void fleet_stream_info_decode(const redisReply *r, struct fleet_stream_info *ret);
+/* The lookup script's answer (see fleet_wire.c): false for any other shape. */
+struct fleet_lookup {
+    int code;                    /* 1 found, 2 leased, 3 paused, 4 busy */
+    const redisReply *value;     /* the value, the pause flag or the holder (a string) */
+    long long ttl;
+    const redisReply *gen;       /* a string */
+    int which;                   /* found: 1 the current key's name, 2 the previous key's */
+};
+bool fleet_lookup_decode(const redisReply *r, struct fleet_lookup *ret);
+/* TIME's answer, in ms. */
+bool fleet_time_decode(const redisReply *r, unsigned long long *ret_ms);

@@ -1,0 +1,679 @@
+/* The command thread: callers' lookups, publishes, drops and flushes
+ * pipelined in batches on one connection, their answers handled, waits on
+ * another host's lease polled, our own leases kept alive while their
+ * mints run, and a breaker against a Redis that keeps failing. */
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fleet.h"
+#include "log.h"
+#include "util.h"
+
+/* ---- the command thread ---- */
+
+static uint64_t mono_us(void) {
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static void latency(shared *s, uint64_t us) {
+    double sec = (double)us / 1e6;
+    for (int i = 0; i < SHARED_LATENCY_BUCKETS; i++)
+        if (sec <= shared_latency_bounds[i]) {
+            s->stats.latency_buckets[i]++;
+            break;
+        }
+    s->stats.latency_count++;
+    s->stats.latency_sum_s += sec;
+}
+
+void fleet_lease_id(shared *s, char out[33]) {
+    pthread_mutex_lock(&s->lock);
+    /* always 32 hex digits: the lookup script takes any other holder as forged */
+    snprintf(out, 33, "%s%016llx", s->lease_prefix, ++s->lease_seq);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Appends the job's command to the connection's output. */
+static int append(shared *s, redisContext *c, struct job *j) {
+    char lease_ms[24], min_life[24], ttl[24], maxlen[24] = "10000";
+    unsigned char blob[SEAL_TOKEN_MAX + 64];
+    char aad[KEY_MAX + 32];
+    size_t blen = 0;
+
+    snprintf(maxlen, sizeof(maxlen), "%d", STREAM_MAXLEN);
+    switch (j->kind) {
+    case J_LOOKUP: {
+        char gen_key[KEY_MAX], pause_key[KEY_MAX];
+        const char *argv[] = { "EVALSHA", s->sha[S_LOOKUP], "5", j->tok_key[0], j->tok_key[1], j->lease_key,
+                               gen_key, pause_key, min_life, j->lease_id, lease_ms, j->skip_tokens ? "1" : "0",
+                               "", j->skip_pause ? "1" : "0" };
+        snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
+        snprintf(pause_key, sizeof(pause_key), "%spause", j->ns);
+        snprintf(min_life, sizeof(min_life), "%llu", (unsigned long long)j->want.min_life_ms);
+        snprintf(lease_ms, sizeof(lease_ms), "%llu", (unsigned long long)__atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED));
+        if (!j->lease_id[0])
+            fleet_lease_id(s, j->lease_id);
+        return redisAppendCommandArgv(c, 14, argv, NULL);
+    }
+    case J_PUBLISH: {
+        char gen_key[KEY_MAX], creds_key[KEY_MAX], fp[SEAL_FP_LEN + 1];
+        uint64_t left = token_remaining_ms(j->tok, now_ms());
+        size_t head;
+        int r;
+        snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
+        snprintf(creds_key, sizeof(creds_key), "%screds", j->ns);
+        snprintf(aad, sizeof(aad), "%s|%s", j->tok_key[0], j->gen);
+        pthread_rwlock_rdlock(&s->keys_lock);
+        r = seal_fingerprint(&s->keys, j->tok->value, j->tok->len, fp);
+        head = (size_t)snprintf((char *)blob, sizeof(blob), "%s:%s:", j->gen, r == 0 ? fp : "");
+        if (r == 0)
+            r = seal_token(&s->keys, aad, strlen(aad), j->tok, now_unix_ms() + left, blob + head, &blen);
+        pthread_rwlock_unlock(&s->keys_lock);
+        if (r < 0 || left < 1000)
+            return REDIS_ERR; /* nothing worth sharing */
+        blen += head;
+        snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)left);
+        {
+            const char *argv[] = { "EVALSHA", s->sha[S_PUBLISH], "4", j->tok_key[0], j->lease_key, gen_key,
+                                   creds_key, (const char *)blob, ttl, j->lease_id, j->gen };
+            size_t lens[11];
+            for (int i = 0; i < 11; i++)
+                lens[i] = i == 7 ? blen : strlen(argv[i]); /* the value is binary */
+            r = redisAppendCommandArgv(c, 11, argv, lens);
+        }
+        explicit_bzero(blob, sizeof(blob));
+        return r;
+    }
+    case J_RELEASE: {
+        const char *argv[] = { "EVALSHA", s->sha[S_RELEASE], "1", j->lease_key, j->lease_id };
+        return redisAppendCommandArgv(c, 5, argv, NULL);
+    }
+    case J_RENEW: {
+        const char *argv[] = { "EVALSHA", s->sha[S_RENEW], "1", j->lease_key, j->lease_id, lease_ms };
+        snprintf(lease_ms, sizeof(lease_ms), "%llu", (unsigned long long)__atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED));
+        return redisAppendCommandArgv(c, 6, argv, NULL);
+    }
+    case J_DROP: {
+        char ev_key[KEY_MAX];
+        int r;
+        snprintf(ev_key, sizeof(ev_key), "%sevents", j->ns);
+        pthread_rwlock_rdlock(&s->keys_lock);
+        r = seal_tuple(&s->keys, ev_key, strlen(ev_key), j->grant, j->user, j->scope, blob, &blen);
+        pthread_rwlock_unlock(&s->keys_lock);
+        if (r < 0)
+            return REDIS_ERR;
+        {
+            const char *argv[] = { "EVALSHA", s->sha[S_DROP], "3", j->tok_key[0], j->tok_key[1], ev_key,
+                                   j->fp, (const char *)blob, maxlen };
+            size_t lens[9];
+            for (int i = 0; i < 9; i++)
+                lens[i] = i == 7 ? blen : strlen(argv[i]); /* the sealed key is binary */
+            return redisAppendCommandArgv(c, 9, argv, lens);
+        }
+    }
+    case J_FLUSH: {
+        char gen_key[KEY_MAX], ev_key[KEY_MAX], floor[24];
+        const char *argv[] = { "EVALSHA", s->sha[S_FLUSH], "2", gen_key, ev_key, maxlen, floor };
+        snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
+        snprintf(ev_key, sizeof(ev_key), "%sevents", j->ns);
+        pthread_mutex_lock(&s->lock);
+        snprintf(floor, sizeof(floor), "%llu", s->max_gen);
+        pthread_mutex_unlock(&s->lock);
+        return redisAppendCommandArgv(c, 7, argv, NULL);
+    }
+    case J_REVOKED: {
+        char ev_key[KEY_MAX];
+        int r;
+        snprintf(ev_key, sizeof(ev_key), "%sevents", j->ns);
+        /* sealed as a drop's tuple is, the fingerprints in the user id's place */
+        pthread_rwlock_rdlock(&s->keys_lock);
+        r = seal_tuple(&s->keys, ev_key, strlen(ev_key), OAUTH_GRANT_USER_ASSERTION, j->fps, "revoked", blob,
+                       &blen);
+        pthread_rwlock_unlock(&s->keys_lock);
+        if (r < 0)
+            return REDIS_ERR;
+        {
+            const char *argv[] = { "EVALSHA", s->sha[S_REVOKED], "1", ev_key, maxlen, (const char *)blob };
+            size_t lens[6];
+            for (int i = 0; i < 6; i++)
+                lens[i] = i == 5 ? blen : strlen(argv[i]);
+            return redisAppendCommandArgv(c, 6, argv, lens);
+        }
+    }
+    case J_PAUSE:
+    case J_CREDS: {
+        bool pause = j->kind == J_PAUSE;
+        uint64_t ms = pause ? (j->ms ? j->ms : 1) : CREDS_TTL_MS;
+        char key[KEY_MAX], value[FLAG_MAX];
+        const char *argv[] = { "SET", key, value, "PX", ttl };
+        if (ms > PAUSE_MAX_MS)
+            ms = PAUSE_MAX_MS;
+        snprintf(key, sizeof(key), "%s%s", j->ns, pause ? "pause" : "creds");
+        snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)ms);
+        if (fleet_flag_make(s, j->ns, pause ? "pause" : "creds", ms, value) < 0)
+            return REDIS_ERR;
+        return redisAppendCommandArgv(c, 5, argv, NULL);
+    }
+    case J_PING: {
+        const char *argv[] = { "PING" };
+        return redisAppendCommandArgv(c, 1, argv, NULL);
+    }
+    }
+    return REDIS_ERR;
+}
+
+
+static void deliver(struct job *j, token *t) {
+    mint_outcome o = { .kind = MINT_OK, .http_status = 200, .via = j->waited ? MINT_VIA_SHARED_WAIT : MINT_VIA_SHARED };
+    cache_done_fn done = j->done;
+    void *ctx = j->ctx;
+
+    fleet_job_free(j);
+    done(ctx, &o, t); /* takes our reference */
+}
+
+/* A token another host published: "<gen>:<fp>:<sealed>". */
+static token *open_value(shared *s, struct job *j, const redisReply *v, int which, const char *gen, uint64_t ttl) {
+    char aad[KEY_MAX + 32];
+    const char *p = v->str, *end = v->str + v->len, *c1, *c2;
+    token *t = NULL;
+
+    c1 = memchr(p, ':', (size_t)(end - p));
+    c2 = c1 ? memchr(c1 + 1, ':', (size_t)(end - c1 - 1)) : NULL;
+    if (!c2)
+        return NULL;
+    snprintf(aad, sizeof(aad), "%s|%s", j->tok_key[which - 1], gen);
+    pthread_rwlock_rdlock(&s->keys_lock);
+    if (seal_open_token(&s->keys, aad, strlen(aad), (const unsigned char *)c2 + 1, (size_t)(end - c2 - 1),
+                        now_ms(), ttl, now_unix_ms(), &t) < 0)
+        t = NULL;
+    pthread_rwlock_unlock(&s->keys_lock);
+    return t;
+}
+
+/* Waits on another host's lease: poll again soon, with backoff; past
+ * lease_wait, mint ourselves. Returns the job to the waiting list, or
+ * hands it on. */
+static void lease_busy(shared *s, struct job *j, uint64_t now) {
+    if (j->want.have_ms) {
+        /* a refresh: another host is refreshing this key; keep serving ours
+         * and adopt theirs when the cache asks again */
+        fleet_unavailable(j, "shared_busy", 0, 1, true);
+        return;
+    }
+    if (!j->waited) {
+        j->waited = true;
+        /* A live holder renews its lease while it mints, and its mint ends
+         * by request_timeout: a waiter never takes a live lease over, and a
+         * dead holder's lapses within one lease. Whoever holds it, however
+         * often it changes (someone writing the lease), no miss waits past
+         * the longest mint and two leases. */
+        j->wait_cap_ms = now + __atomic_load_n(&s->request_timeout_ms, __ATOMIC_RELAXED) +
+                         2 * __atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED);
+        j->poll_ms = POLL_FIRST_MS;
+        pthread_mutex_lock(&s->lock);
+        s->stats.lease_waits++;
+        pthread_mutex_unlock(&s->lock);
+    }
+    if (now >= j->wait_cap_ms) {
+        pthread_mutex_lock(&s->lock);
+        s->stats.lease_timeouts++;
+        pthread_mutex_unlock(&s->lock);
+        j->lease_id[0] = '\0'; /* not ours: publish only if nobody did better */
+        fleet_mint(s, j, SHARED_MINT_LEASE_TIMEOUT);
+        return;
+    }
+    j->next_at_ms = now + j->poll_ms;
+    if (j->next_at_ms > j->wait_cap_ms)
+        j->next_at_ms = j->wait_cap_ms;
+    j->poll_ms = j->poll_ms * 2 > POLL_MAX_MS ? POLL_MAX_MS : j->poll_ms * 2;
+    pthread_mutex_lock(&s->lock);
+    if (s->stopping) {
+        pthread_mutex_unlock(&s->lock);
+        fleet_degrade(s, j);
+        return;
+    }
+    queue_push(&s->waiting, &j->link);
+    pthread_mutex_unlock(&s->lock);
+}
+
+
+/* The least remaining life worth taking: what was asked for, capped at half
+ * the token's lifetime as the memory cache caps it, so short-lived tokens
+ * are shared too. */
+static uint64_t life_needed(const token *t, uint64_t asked_ms) {
+    uint64_t half = (uint64_t)t->lifetime_s * MS_PER_SEC / 2;
+    return asked_ms < half ? asked_ms : half;
+}
+
+static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t now) {
+    struct fleet_lookup lk;
+    long long code, ttl, which;
+    enum shared_lookup what;
+
+    if (!fleet_lookup_decode(r, &lk)) {
+        if (r->type == REDIS_REPLY_ERROR)
+            fleet_refused(s, "the lookup script", r->str);
+        fleet_count_op(s, SHARED_OP_LOOKUP, false);
+        fleet_degrade(s, j);
+        return;
+    }
+    code = lk.code, ttl = lk.ttl, which = lk.which;
+    snprintf(j->gen, sizeof(j->gen), "%.*s", (int)(r->element[3]->len < 20 ? r->element[3]->len : 20),
+             r->element[3]->str);
+    what = code == 1 ? SHARED_FOUND : code == 2 ? SHARED_LEASED : code == 3 ? SHARED_PAUSED : SHARED_BUSY;
+    if (!fleet_gen_check(s, r->element[3]->str, r->element[3]->len) && what == SHARED_FOUND) {
+        /* a value of a generation this host saw flushed (or of none): never
+         * served; minted here, and Redis mended */
+        pthread_mutex_lock(&s->lock);
+        s->stats.stale_refused++;
+        pthread_mutex_unlock(&s->lock);
+        j->skip_tokens = true;
+        if (!fleet_submit(s, j))
+            fleet_degrade(s, j);
+        return;
+    }
+    pthread_mutex_lock(&s->lock);
+    s->stats.ops[SHARED_OP_LOOKUP][0]++;
+    s->stats.lookups[what]++;
+    latency(s, mono_us() - j->sent_us);
+    pthread_mutex_unlock(&s->lock);
+
+    switch (what) {
+    case SHARED_FOUND: {
+        token *t = which >= 1 && which <= 2 && ttl > 0 ? open_value(s, j, r->element[1], (int)which, j->gen, (uint64_t)ttl)
+                                                       : NULL;
+        if (t && fleet_denied(s, t)) {
+            /* revoked by the fleet, and written back into Redis since */
+            pthread_mutex_lock(&s->lock);
+            s->stats.stale_refused++;
+            pthread_mutex_unlock(&s->lock);
+            t = token_unref(t);
+            j->skip_tokens = true;
+            if (!fleet_submit(s, j))
+                fleet_degrade(s, j);
+            return;
+        }
+        if (t && fleet_ns_moved(s, j)) {
+            /* a reload to another server or client id while Redis answered:
+             * the token is the old namespace's; look again in the new one */
+            t = token_unref(t);
+            if (fleet_job_names(s, j) < 0 || !fleet_submit(s, j))
+                fleet_degrade(s, j);
+            return;
+        }
+        if (t && token_remaining_ms(t, now_ms()) > life_needed(t, j->want.min_life_ms)) {
+            deliver(j, t);
+            return;
+        }
+        if (t) /* too little life left for this caller: ask for a lease */
+            token_unref(t);
+        else {
+            /* moved from another key, tampered with, or sealed with a key we
+             * do not have: a miss, counted, never served; ask again for a lease */
+            pthread_mutex_lock(&s->lock);
+            s->stats.decrypt_failures++;
+            pthread_mutex_unlock(&s->lock);
+        }
+        j->skip_tokens = true;
+        if (!fleet_submit(s, j))
+            fleet_degrade(s, j);
+        return;
+    }
+    case SHARED_LEASED:
+        /* after a wait: the holder's lease lapsed (it died, or stopped) */
+        fleet_hold(s, j);
+        fleet_mint(s, j, j->waited ? SHARED_MINT_LEASE_TIMEOUT : SHARED_MINT_LEASED);
+        return;
+    case SHARED_PAUSED: { /* another host was told 429: nobody mints until it ends */
+        uint64_t left = fleet_flag_left_ms(s, j->ns, "pause", r->element[1]->str, r->element[1]->len, (uint64_t)ttl,
+                                     PAUSE_MAX_MS);
+        if (left) {
+            fleet_unavailable(j, "rate_limited", 429, (unsigned)((left + 999) / 1000), false);
+            return;
+        }
+        /* not made by a host of this fleet, or over: no pause */
+        fleet_refused_flag(s, "pause");
+        j->skip_pause = true;
+        if (!fleet_submit(s, j))
+            fleet_degrade(s, j);
+        return;
+    }
+    case SHARED_BUSY:
+    case SHARED_LOOKUP_COUNT:
+        lease_busy(s, j, now);
+        return;
+    }
+}
+
+/* A revocation's drop was made: what it took out of Redis, opened, is
+ * revoked with this host's own copy. A value that does not open (tampered
+ * with, or sealed under a key we lack) cannot be revoked by us: counted. */
+static void revoke_taken(shared *s, struct job *j, const redisReply *r) {
+    token *toks[3] = { j->local, NULL, NULL };
+    revoke_done_fn done = j->rdone;
+
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && r->elements == 4 && i < 2; i++) {
+        const redisReply *v = r->element[2 * i], *ttl = r->element[2 * i + 1];
+        const char *c1;
+        char gen[24];
+
+        if (v->type != REDIS_REPLY_STRING || v->len == 0 || ttl->type != REDIS_REPLY_INTEGER || ttl->integer <= 0)
+            continue;
+        c1 = memchr(v->str, ':', v->len);
+        if (c1 && (size_t)(c1 - v->str) < sizeof(gen)) {
+            snprintf(gen, sizeof(gen), "%.*s", (int)(c1 - v->str), v->str);
+            toks[i + 1] = open_value(s, j, v, (int)i + 1, gen, (uint64_t)ttl->integer);
+        }
+        if (!toks[i + 1]) {
+            pthread_mutex_lock(&s->lock);
+            s->stats.decrypt_failures++;
+            pthread_mutex_unlock(&s->lock);
+            log_warning("fleet: a revocation took a value out of Redis that does not open with our keys; "
+                        "it cannot be revoked from here");
+        }
+    }
+    j->rdone = NULL;
+    fleet_tell_revoked(s, toks, 3);
+    revocations_revoke(s->rv, toks, 3, done, j->rctx);
+    token_unref(toks[1]);
+    token_unref(toks[2]);
+}
+
+static void answered(shared *s, struct job *j, redisReply *r, uint64_t now) {
+    if (j->kind == J_LOOKUP) {
+        lookup_answered(s, j, r, now);
+        return;
+    }
+    if (j->kind == J_DROP && j->revoke && r->type != REDIS_REPLY_ERROR) {
+        fleet_count_op(s, SHARED_OP_DROP, true);
+        revoke_taken(s, j, r);
+        fleet_job_free(j);
+        return;
+    }
+    if (j->kind == J_PING) {
+        fleet_job_free(j);
+        return;
+    }
+    fleet_count_op(s, fleet_op_of(j->kind), r->type != REDIS_REPLY_ERROR);
+    if (r->type == REDIS_REPLY_ERROR)
+        fleet_refused(s, shared_op_names[fleet_op_of(j->kind)], r->str);
+    fleet_job_free(j);
+}
+
+/* Redis failing is said when it starts, then at most once a minute while
+ * it lasts (the breaker opens again after every failed probe); its return
+ * is said by the next connection. */
+static void connection_lost(shared *s, redisContext **c, const char *why) {
+    uint64_t now = now_ms();
+    bool opened, say, first;
+    unsigned long long n;
+
+    pthread_mutex_lock(&s->lock);
+    opened = breaker_failure(&s->br, now, false);
+    s->stats.up = false;
+    s->stats.address[0] = '\0';
+    n = ++s->failures_unsaid;
+    first = !s->failing;
+    say = opened && (first || now - s->failing_said_ms >= 60000);
+    if (say) {
+        s->failing_said_ms = now;
+        s->failures_unsaid = 0;
+        s->failing = true;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (say && first)
+        log_warning("fleet: Redis is failing (%s); minting on our own until it answers again", why);
+    else if (say)
+        log_warning("fleet: Redis is still failing (%s; %llu failed attempts in the last minute); minting on "
+                    "our own until it answers again", why, n);
+    if (*c) {
+        redisFree(*c);
+        *c = NULL;
+    }
+}
+
+/* After a failure, what is queued would wait for the next attempt's
+ * deadline too: it goes on without Redis now. */
+static void fail_queued(shared *s) {
+    struct queue q;
+    struct job *j;
+
+    pthread_mutex_lock(&s->lock);
+    q = s->queue;
+    s->queue = (struct queue){ 0 };
+    pthread_mutex_unlock(&s->lock);
+    while ((j = QUEUE_POP(&q, struct job, link)))
+        fleet_fail_job(s, j);
+}
+
+/* Sends a batch in one round trip and handles the answers. */
+/* A connection lost mid-batch (one slow answer under load is enough) gets
+ * each job one more try, on a new connection, before it goes on without
+ * Redis: one blip must not send a whole batch of misses to Instacart, nor
+ * lose a publish that other hosts wait for. The scripts make a repeat
+ * harmless (a lease we already hold counts as ours). */
+static void retry_or_fail(shared *s, struct job *j, struct queue *again) {
+    if (!j->retried && j->kind != J_PING) {
+        j->retried = true;
+        queue_push(again, &j->link);
+    } else
+        fleet_fail_job(s, j);
+}
+
+static void run_batch(shared *s, redisContext **c, struct queue *batch) {
+    struct queue again = { 0 };
+    struct job *sent[BATCH_MAX];
+    size_t n = 0;
+    struct job *j;
+    uint64_t now = now_ms();
+
+    if (*c && __atomic_exchange_n(&s->demoted, false, __ATOMIC_RELAXED)) {
+        /* the master was demoted: this connection would write to a replica */
+        redisFree(*c);
+        *c = NULL;
+    }
+    if (!*c) {
+        char err[256], address[280];
+        uint64_t wait;
+        bool refused;
+
+        pthread_mutex_lock(&s->lock);
+        refused = breaker_check(&s->br, now, &wait) == BREAKER_REFUSE;
+        pthread_mutex_unlock(&s->lock);
+        if (!refused)
+            *c = fleet_redis_open(s, true, address, sizeof(address), err, sizeof(err));
+        if (!*c) {
+            if (!refused)
+                connection_lost(s, c, err);
+            pthread_mutex_lock(&s->lock);
+            breaker_probe_done(&s->br);
+            pthread_mutex_unlock(&s->lock);
+            while ((j = QUEUE_POP(batch, struct job, link)))
+                fleet_fail_job(s, j);
+            fail_queued(s);
+            return;
+        }
+        pthread_mutex_lock(&s->lock);
+        if (breaker_success(&s->br) || s->stats.reconnects == 0 || s->failing)
+            log_notice("fleet: sharing tokens through Redis at %s", address);
+        s->failing = false;
+        s->failures_unsaid = 0;
+        breaker_probe_done(&s->br);
+        s->stats.up = true;
+        s->stats.reconnects++;
+        snprintf(s->stats.address, sizeof(s->stats.address), "%s", address);
+        if (s->pending.n) { /* drops and flushes from while Redis was away go first */
+            queue_prepend(&s->queue, &s->pending);
+            s->stats.pending = 0;
+            pthread_cond_signal(&s->cond);
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
+    while ((j = QUEUE_POP(batch, struct job, link))) {
+        if (append(s, *c, j) != REDIS_OK) {
+            if ((*c)->err) {
+                queue_push(batch, &j->link); /* failed with the rest below */
+                break;
+            }
+            if (j->kind == J_LOOKUP)
+                fleet_fail_job(s, j);
+            else { /* nothing to send (sealing failed): no use keeping it */
+                fleet_count_op(s, fleet_op_of(j->kind), false);
+                fleet_job_free(j);
+            }
+            continue;
+        }
+        j->sent_us = mono_us();
+        sent[n++] = j;
+    }
+    for (size_t i = 0; i < n; i++) {
+        redisReply *r = NULL;
+        if (!(*c)->err && redisGetReply(*c, (void **)&r) == REDIS_OK && r) {
+            if (r->type == REDIS_REPLY_ERROR &&
+                (strncmp(r->str, "READONLY", 8) == 0 || strncmp(r->str, "NOSCRIPT", 8) == 0)) {
+                /* a failover made our master a replica, or a new Redis lost
+                 * the scripts: find the master again and reload them */
+                freeReplyObject(r);
+                r = NULL;
+                (*c)->err = REDIS_ERR_OTHER;
+                snprintf((*c)->errstr, sizeof((*c)->errstr), "the master changed");
+            } else {
+                answered(s, sent[i], r, now_ms());
+                freeReplyObject(r);
+                continue;
+            }
+        }
+        {
+            char why[160];
+            snprintf(why, sizeof(why), "%s", fleet_redis_why(*c));
+            connection_lost(s, c, why);
+        }
+        for (; i < n; i++)
+            retry_or_fail(s, sent[i], &again);
+        break;
+    }
+    while ((j = QUEUE_POP(batch, struct job, link)))
+        retry_or_fail(s, j, &again);
+    if (again.n) { /* first in line for the next connection */
+        pthread_mutex_lock(&s->lock);
+        queue_prepend(&s->queue, &again);
+        pthread_mutex_unlock(&s->lock);
+    }
+    if (*c && n) {
+        pthread_mutex_lock(&s->lock);
+        breaker_success(&s->br);
+        pthread_mutex_unlock(&s->lock);
+    }
+}
+
+/* Queues a renewal of each held lease that is due; returns when the next
+ * one falls due (or next, if sooner). Called and returns with the lock
+ * held; drops it to make the jobs. */
+uint64_t fleet_due_renewals(shared *s, uint64_t now, uint64_t next) {
+    uint64_t every = __atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED) / 3;
+    struct {
+        char key[KEY_MAX];
+        char id[33];
+    } due[16];
+    size_t n = 0;
+
+    for (struct held *h = s->held; h; h = h->next) {
+        if (h->next_ms <= now && n < ARRAY_SIZE(due)) {
+            memcpy(due[n].key, h->key, sizeof(h->key));
+            memcpy(due[n].id, h->id, sizeof(h->id));
+            n++;
+            h->next_ms = now + every;
+        }
+        if (h->next_ms < next)
+            next = h->next_ms;
+    }
+    if (!n)
+        return next;
+    pthread_mutex_unlock(&s->lock);
+    for (size_t i = 0; i < n; i++) {
+        struct job *j = fleet_job_new(s, J_RENEW, OAUTH_GRANT_USER_ASSERTION, NULL, NULL);
+        if (!j)
+            continue;
+        memcpy(j->lease_key, due[i].key, sizeof(j->lease_key));
+        memcpy(j->lease_id, due[i].id, sizeof(j->lease_id));
+        pthread_mutex_lock(&s->lock);
+        queue_push(&s->queue, &j->link);
+        pthread_mutex_unlock(&s->lock);
+    }
+    explicit_bzero(due, sizeof(due));
+    pthread_mutex_lock(&s->lock);
+    return next;
+}
+
+void *fleet_command_thread(void *arg) {
+    shared *s = arg;
+    redisContext *c = NULL;
+    uint64_t last_sent = 0;
+
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        struct queue batch = { 0 }, keep = { 0 };
+        uint64_t now = now_ms(), next = now + 1000;
+        struct job *j;
+
+        if (s->stopping)
+            break;
+        if (now - last_sent >= 1000 && !s->queue.n) {
+            /* idle: a PING keeps the state we show true, and connects
+             * before the first miss needs it */
+            pthread_mutex_unlock(&s->lock);
+            j = fleet_job_new(s, J_PING, OAUTH_GRANT_USER_ASSERTION, NULL, NULL);
+            pthread_mutex_lock(&s->lock);
+            if (j)
+                queue_push(&s->queue, &j->link);
+        }
+        next = fleet_due_renewals(s, now, next);
+        /* waiters whose poll is due go first */
+        while ((j = QUEUE_POP(&s->waiting, struct job, link))) {
+            if (j->next_at_ms <= now && batch.n < BATCH_MAX)
+                queue_push(&batch, &j->link);
+            else {
+                if (j->next_at_ms < next)
+                    next = j->next_at_ms;
+                queue_push(&keep, &j->link);
+            }
+        }
+        s->waiting = keep;
+        while (batch.n < BATCH_MAX && (j = QUEUE_POP(&s->queue, struct job, link)))
+            queue_push(&batch, &j->link);
+        if (!batch.n) {
+            struct timespec ts;
+            if (s->queue.n)
+                continue;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            {
+                uint64_t wait = next > now ? next - now : 0;
+                ts.tv_sec += (time_t)(wait / 1000);
+                ts.tv_nsec += (long)(wait % 1000) * 1000000L;
+                if (ts.tv_nsec >= 1000000000L)
+                    ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+            continue;
+        }
+        pthread_mutex_unlock(&s->lock);
+        last_sent = now;
+        run_batch(s, &c, &batch);
+        pthread_mutex_lock(&s->lock);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (c)
+        redisFree(c);
+    return NULL;
+}

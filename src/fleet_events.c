@@ -1,0 +1,411 @@
+/* The event thread: it reads the fleet's stream of drops, revocations and
+ * flushes (XREAD BLOCK) and applies them, checks the stream holds all this
+ * host missed (or drops its tokens), and reads the fleet's state (the
+ * generation, the flags) between blocks. */
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fleet.h"
+#include "log.h"
+#include "util.h"
+
+/* ---- the event thread: drops and flushes from the other hosts ---- */
+
+struct reader;
+static void local_flush(struct reader *rd, const char *why);
+
+struct reader {
+    shared *s;
+    redisContext *c;
+    unsigned ns_serial;
+    char ns[NS_MAX];
+    char last[48];     /* the last event applied, "" before the first connection */
+    char gen[24];      /* the generation last seen, "" before */
+    unsigned long long redis_ms; /* Redis's clock at the last heartbeat, 0 before */
+};
+
+/* The events stream cannot be trusted to hold what this host missed: its
+ * tokens go (each costs a fleet_mint), and the event is counted. */
+static void stream_reset(struct reader *rd, const char *why) {
+    pthread_mutex_lock(&rd->s->lock);
+    rd->s->stats.stream_resets++;
+    pthread_mutex_unlock(&rd->s->lock);
+    local_flush(rd, why);
+}
+
+static void local_flush(struct reader *rd, const char *why) {
+    size_t n = rd->s->cache ? cache_flush(rd->s->cache) : 0;
+
+    pthread_mutex_lock(&rd->s->lock);
+    rd->s->stats.local_flushes++;
+    pthread_mutex_unlock(&rd->s->lock);
+    log_notice("fleet: dropped this host's %zu cached tokens: %s", n, why);
+}
+
+/* After a (re)connection: events missed meanwhile are read from where we
+ * left off, unless the stream no longer has them; then our tokens go. */
+static int catch_up(struct reader *rd) {
+    char key[KEY_MAX];
+    const char *argv[] = { "XINFO", "STREAM", key };
+    struct fleet_stream_id last = { 0 }, gone = { 0 }, newest = { 0 }, first = { 0 };
+    struct fleet_stream_info info;
+    bool have_gone = false, have_newest = false, have_first = false, restored = rd->s->resume_age_ms != 0;
+    redisReply *r;
+
+    snprintf(key, sizeof(key), "%sevents", rd->ns);
+    r = redisCommandArgv(rd->c, 3, argv, NULL);
+    if (!r)
+        return -EIO;
+    if (r->type == REDIS_REPLY_ERROR) {
+        /* no stream: a new namespace, or a Redis that lost everything; a
+         * host back from a restart cannot tell which drops it missed */
+        if (strncmp(r->str, "NOPERM", 6) == 0) {
+            fleet_refused(rd->s, "XINFO STREAM", r->str);
+            freeReplyObject(r);
+            return -EACCES;
+        }
+        if ((rd->last[0] && strcmp(rd->last, "0-0") != 0) || restored)
+            stream_reset(rd, "Redis lost the fleet's events (restarted without them?)");
+        rd->s->resume_age_ms = 0;
+        freeReplyObject(r);
+        /* made now, so that a stream lost later (Redis restarted without
+         * it) is told apart from one that never had an event: its first
+         * entry then comes after what a host last read */
+        {
+            char maxlen[24];
+            const char *xadd[] = { "XADD", key, "MAXLEN", "~", maxlen, "*", "h", "1" };
+            snprintf(maxlen, sizeof(maxlen), "%d", STREAM_MAXLEN);
+            r = redisCommandArgv(rd->c, 8, xadd, NULL);
+            if (!r)
+                return -EIO;
+            if (r->type == REDIS_REPLY_STRING)
+                snprintf(rd->last, sizeof(rd->last), "%.*s", (int)(r->len < 40 ? r->len : 40), r->str);
+            else {
+                if (r->type == REDIS_REPLY_ERROR)
+                    fleet_refused(rd->s, "XADD", r->str);
+                snprintf(rd->last, sizeof(rd->last), "0-0");
+            }
+            freeReplyObject(r);
+        }
+        return 0;
+    }
+    fleet_stream_info_decode(r, &info);
+    have_newest = info.have_newest, newest = info.newest;
+    have_gone = info.have_gone, gone = info.gone;
+    have_first = info.have_first, first = info.first;
+    if (!rd->last[0] && rd->s->resume_age_ms) {
+        /* tokens brought back over a restart: replay from shortly before the
+         * image was written, on Redis's clock (ours and its never compared) */
+        const char *targv[] = { "TIME" };
+        redisReply *t = redisCommandArgv(rd->c, 1, targv, NULL);
+        unsigned long long now_ms_redis = 0, back = rd->s->resume_age_ms + RESUME_MARGIN_MS;
+        if (!t || !fleet_time_decode(t, &now_ms_redis)) {
+            if (t)
+                freeReplyObject(t);
+            freeReplyObject(r);
+            return -EIO;
+        }
+        freeReplyObject(t);
+        struct fleet_stream_id image = { .ms = now_ms_redis > rd->s->resume_age_ms ? now_ms_redis - rd->s->resume_age_ms
+                                                                            : 0 };
+        rd->s->resume_age_ms = 0; /* once */
+        snprintf(rd->last, sizeof(rd->last), "%llu-0", now_ms_redis > back ? now_ms_redis - back : 0);
+        /* trimmed past where the replay starts, or first made after the
+         * image was written (so what came between may be lost) */
+        if (fleet_stream_id_parse(rd->last, strlen(rd->last), &last) &&
+            ((have_gone && fleet_stream_id_cmp(gone, last) > 0) || (have_first && fleet_stream_id_cmp(first, image) > 0)))
+            stream_reset(rd, "the fleet's events from before this restart are gone");
+    } else if (!rd->last[0]) {
+        /* the first connection: what came before is not ours to apply */
+        snprintf(rd->last, sizeof(rd->last), "%llu-%llu", newest.ms, newest.seq);
+    } else if (fleet_stream_id_parse(rd->last, strlen(rd->last), &last)) {
+        const char *why = NULL;
+        if (have_newest && fleet_stream_id_cmp(newest, last) < 0)
+            why = "the fleet's events stream was made anew or rewound behind this host";
+        else if (have_gone && fleet_stream_id_cmp(gone, last) > 0)
+            why = "events were missed while Redis was out of reach";
+        else if (have_first && strcmp(rd->last, "0-0") != 0 && fleet_stream_id_cmp(first, last) > 0)
+            why = "the fleet's events stream was made anew since this host last read it";
+        if (why) {
+            stream_reset(rd, why);
+            if (have_newest)
+                snprintf(rd->last, sizeof(rd->last), "%llu-%llu", newest.ms, newest.seq);
+        }
+    }
+    freeReplyObject(r);
+    return 0;
+}
+
+/* The fleet's state: the generation, a pause, rejected credentials; and
+ * whether our Redis is still the master (a failover demoted it: both
+ * threads find the master again now, not at their next error). */
+static int heartbeat(struct reader *rd) {
+    shared *s = rd->s;
+    char gen_key[KEY_MAX], pause_key[KEY_MAX], creds_key[KEY_MAX];
+    const char *argv[][2] = { { "GET", gen_key }, { "GET", pause_key }, { "PTTL", pause_key },
+                              { "GET", creds_key }, { "PTTL", creds_key }, { "TIME", NULL }, { "ROLE", NULL } };
+    redisReply *r[ARRAY_SIZE(argv)] = { 0 };
+    int ret = 0;
+
+    snprintf(gen_key, sizeof(gen_key), "%sgen", rd->ns);
+    snprintf(pause_key, sizeof(pause_key), "%spause", rd->ns);
+    snprintf(creds_key, sizeof(creds_key), "%screds", rd->ns);
+    for (size_t i = 0; i < ARRAY_SIZE(argv); i++)
+        redisAppendCommandArgv(rd->c, argv[i][1] ? 2 : 1, argv[i], NULL);
+    for (size_t i = 0; i < ARRAY_SIZE(argv); i++)
+        if (redisGetReply(rd->c, (void **)&r[i]) != REDIS_OK || !r[i] || r[i]->type == REDIS_REPLY_ERROR)
+            ret = -EIO;
+    if (ret == 0) {
+        char gen[24];
+        snprintf(gen, sizeof(gen), "%.*s", r[0]->type == REDIS_REPLY_STRING ? (int)(r[0]->len < 20 ? r[0]->len : 20) : 1,
+                 r[0]->type == REDIS_REPLY_STRING ? r[0]->str : "0");
+        if (r[0]->type == REDIS_REPLY_STRING)
+            fleet_gen_check(s, r[0]->str, r[0]->len);
+        if (rd->gen[0] && strcmp(gen, rd->gen) != 0)
+            local_flush(rd, "the fleet was flushed");
+        snprintf(rd->gen, sizeof(rd->gen), "%s", gen);
+        if (!fleet_time_decode(r[5], &rd->redis_ms))
+            rd->redis_ms = 0; /* unknown: no event id is judged by it */
+        if (r[6]->type != REDIS_REPLY_ARRAY || r[6]->elements < 1 || r[6]->element[0]->type != REDIS_REPLY_STRING ||
+            strcmp(r[6]->element[0]->str, "master") != 0) {
+            if (!__atomic_exchange_n(&s->demoted, true, __ATOMIC_RELAXED))
+                log_warning("fleet: our Redis is no longer the master (a failover); finding the master again");
+            ret = -EIO;
+        }
+        bool paused = fleet_flag_holds(s, rd->ns, "pause", r[1], r[2], PAUSE_MAX_MS);
+        bool creds = fleet_flag_holds(s, rd->ns, "creds", r[3], r[4], CREDS_TTL_MS);
+        pthread_mutex_lock(&s->lock);
+        s->stats.fleet_paused = paused;
+        s->stats.fleet_credentials_rejected = creds;
+        pthread_mutex_unlock(&s->lock);
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(r); i++)
+        if (r[i])
+            freeReplyObject(r[i]);
+    return ret;
+}
+
+/* Opens an event's sealed (grant, user id, scope); one that does not open
+ * (another key, or written by hand) is counted and skipped. */
+static bool open_event(struct reader *rd, const redisReply *v, enum oauth_grant *grant,
+                       char user[OAUTH_USER_ID_MAX + 1], char scope[OAUTH_SCOPE_MAX + 1]) {
+    shared *s = rd->s;
+    char key[KEY_MAX];
+    int r;
+
+    snprintf(key, sizeof(key), "%sevents", rd->ns);
+    pthread_rwlock_rdlock(&s->keys_lock);
+    r = seal_open_tuple(&s->keys, key, strlen(key), (const unsigned char *)v->str, v->len, grant, user, scope);
+    pthread_rwlock_unlock(&s->keys_lock);
+    if (r == 0)
+        return true;
+    pthread_mutex_lock(&s->lock);
+    s->stats.decrypt_failures++;
+    pthread_mutex_unlock(&s->lock);
+    return false;
+}
+
+static void apply_event(struct reader *rd, redisReply *fields) {
+    shared *s = rd->s;
+
+    for (size_t i = 0; fields->type == REDIS_REPLY_ARRAY && i + 1 < fields->elements; i += 2) {
+        redisReply *k = fields->element[i], *v = fields->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        if (strcmp(k->str, "d") == 0) {
+            char user[OAUTH_USER_ID_MAX + 1], scope[OAUTH_SCOPE_MAX + 1];
+            enum oauth_grant grant;
+            if (!open_event(rd, v, &grant, user, scope))
+                continue;
+            if (s->cache)
+                cache_drop(s->cache, grant, user, scope, NULL);
+            explicit_bzero(user, sizeof(user));
+        } else if (strcmp(k->str, "f") == 0) {
+            size_t n = s->cache ? cache_flush(s->cache) : 0;
+            snprintf(rd->gen, sizeof(rd->gen), "%.*s", (int)(v->len < 20 ? v->len : 20), v->str);
+            fleet_gen_check(s, v->str, v->len); /* the new generation is the highest seen */
+            log_notice("fleet: flushed from another host: %zu cached tokens dropped here", n);
+        } else if (strcmp(k->str, "r") == 0) {
+            char fps[OAUTH_USER_ID_MAX + 1], scope[OAUTH_SCOPE_MAX + 1];
+            enum oauth_grant grant;
+            if (!open_event(rd, v, &grant, fps, scope))
+                continue;
+            if (strcmp(scope, "revoked") != 0)
+                continue; /* not a revocation's fingerprints */
+            for (char *p = fps; *p;) {
+                char *end;
+                unsigned long long fp = strtoull(p, &end, 16);
+                if (end != p + 16)
+                    break;
+                fleet_deny(s, fp);
+                p = *end == ',' ? end + 1 : end;
+            }
+        } else
+            continue;
+        pthread_mutex_lock(&s->lock);
+        s->stats.events_applied++;
+        pthread_mutex_unlock(&s->lock);
+    }
+}
+
+/* One XREAD: blocks up to EVENT_BLOCK_MS for events after the last one. */
+static int read_events(struct reader *rd) {
+    char key[KEY_MAX], block[16];
+    const char *argv[] = { "XREAD", "COUNT", "128", "BLOCK", block, "STREAMS", key, rd->last };
+    redisReply *r;
+
+    snprintf(key, sizeof(key), "%sevents", rd->ns);
+    snprintf(block, sizeof(block), "%d", EVENT_BLOCK_MS);
+    r = redisCommandArgv(rd->c, 8, argv, NULL);
+    if (!r)
+        return -EIO;
+    if (r->type == REDIS_REPLY_ERROR) {
+        freeReplyObject(r);
+        return -EIO;
+    }
+    /* [[key, [[id, [field, value, ...]], ...]]], or nil after the block */
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->type == REDIS_REPLY_ARRAY &&
+        r->element[0]->elements == 2 && r->element[0]->element[1]->type == REDIS_REPLY_ARRAY) {
+        redisReply *entries = r->element[0]->element[1];
+        for (size_t i = 0; i < entries->elements; i++) {
+            redisReply *e = entries->element[i];
+            struct fleet_stream_id id;
+            if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING)
+                continue;
+            if (rd->redis_ms && fleet_stream_id_parse(e->element[0]->str, e->element[0]->len, &id) &&
+                id.ms > rd->redis_ms + FUTURE_MAX_MS) {
+                /* no XADD '*' made it: someone pushed the stream's top into
+                 * the future, so that hosts skip every event after it. The
+                 * stream is made anew (with a flush); we read on from now. */
+                stream_reset(rd, "the fleet's events stream holds an event from the future (written by hand)");
+                fleet_repair_flush(rd->s, "the fleet's events stream was poisoned");
+                snprintf(rd->last, sizeof(rd->last), "%llu-0", rd->redis_ms);
+                freeReplyObject(r);
+                return 1;
+            }
+            apply_event(rd, e->element[1]);
+            snprintf(rd->last, sizeof(rd->last), "%.*s", (int)(e->element[0]->len < 40 ? e->element[0]->len : 40),
+                     e->element[0]->str);
+        }
+    }
+    freeReplyObject(r);
+    return 0;
+}
+
+static void reader_close(struct reader *rd) {
+    pthread_mutex_lock(&rd->s->lock);
+    rd->s->ev_fd = -1;
+    /* what the fleet said is unknown now: not shown as if still true
+     * (a host must not stay unready on an old rejection while Redis is down) */
+    rd->s->stats.fleet_paused = false;
+    rd->s->stats.fleet_credentials_rejected = false;
+    rd->s->stats.events_ok = false;
+    pthread_mutex_unlock(&rd->s->lock);
+    if (rd->c)
+        redisFree(rd->c);
+    rd->c = NULL;
+}
+
+void *fleet_event_thread(void *arg) {
+    struct reader rd = { .s = arg };
+    shared *s = rd.s;
+    unsigned failures = 0;
+
+    for (;;) {
+        bool stop;
+        unsigned serial;
+
+        pthread_mutex_lock(&s->lock);
+        stop = s->stopping;
+        pthread_mutex_unlock(&s->lock);
+        if (stop)
+            break;
+        pthread_rwlock_rdlock(&s->keys_lock);
+        serial = s->ns_serial;
+        if (serial != rd.ns_serial || !rd.ns[0]) {
+            /* new credentials: another namespace, whose events start now */
+            snprintf(rd.ns, sizeof(rd.ns), "%s", s->ns);
+            rd.ns_serial = serial;
+            rd.last[0] = rd.gen[0] = '\0';
+            pthread_rwlock_unlock(&s->keys_lock);
+            reader_close(&rd);
+        } else
+            pthread_rwlock_unlock(&s->keys_lock);
+        if (!rd.c) {
+            char err[256] = "", address[280];
+            rd.c = fleet_redis_open(s, false, address, sizeof(address), err, sizeof(err));
+            if (!rd.c) {
+                uint64_t now = now_ms();
+                bool say;
+                pthread_mutex_lock(&s->lock);
+                say = !s->events_said_ms || now - s->events_said_ms >= 60000;
+                if (say)
+                    s->events_said_ms = now;
+                pthread_mutex_unlock(&s->lock);
+                if (say)
+                    log_warning("fleet: cannot read the fleet's drops and flushes (%s); this host shows itself "
+                                "degraded until it can", err[0] ? err : "no connection");
+            }
+            if (rd.c) {
+                struct timeval tv = { .tv_sec = (time_t)((EVENT_BLOCK_MS + s->timeout_ms + 250) / 1000),
+                                      .tv_usec = (suseconds_t)((EVENT_BLOCK_MS + s->timeout_ms + 250) % 1000) * 1000 };
+                redisSetTimeout(rd.c, tv);
+                pthread_mutex_lock(&s->lock);
+                s->ev_fd = rd.c->fd;
+                stop = s->stopping;
+                pthread_mutex_unlock(&s->lock);
+                if (stop || catch_up(&rd) < 0)
+                    reader_close(&rd);
+                else {
+                    pthread_mutex_lock(&s->lock);
+                    s->stats.events_ok = true;
+                    pthread_mutex_unlock(&s->lock);
+                }
+            }
+            if (!rd.c) {
+                /* backoff, interrupted by a stop */
+                struct timespec ts;
+                uint64_t wait = failures < 3 ? 50ULL << failures : 250; /* soon: missed drops wait on it */
+                failures++;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                ts.tv_sec += (time_t)(wait / 1000);
+                ts.tv_nsec += (long)(wait % 1000) * 1000000L;
+                if (ts.tv_nsec >= 1000000000L)
+                    ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+                pthread_mutex_lock(&s->lock);
+                if (!s->stopping)
+                    pthread_cond_timedwait(&s->ev_cond, &s->lock, &ts);
+                pthread_mutex_unlock(&s->lock);
+                continue;
+            }
+            failures = 0;
+        }
+        {
+            int r = heartbeat(&rd);
+            if (r == 0)
+                r = read_events(&rd);
+            if (r < 0)
+                reader_close(&rd);
+            else if (r > 0) { /* a poisoned stream being mended: not in a tight loop */
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                ts.tv_nsec += 200 * 1000000L;
+                if (ts.tv_nsec >= 1000000000L)
+                    ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+                pthread_mutex_lock(&s->lock);
+                if (!s->stopping)
+                    pthread_cond_timedwait(&s->ev_cond, &s->lock, &ts);
+                pthread_mutex_unlock(&s->lock);
+            }
+        }
+    }
+    reader_close(&rd);
+    return NULL;
+}

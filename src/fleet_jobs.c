@@ -1,0 +1,422 @@
+/* Fleet mode's jobs: what a caller's lookup, drop, revocation or flush
+ * becomes on its way to Redis, queued for the command thread (submit), put
+ * off while Redis is away, minted here when the fleet has no token, and
+ * published for the other hosts. Not responsible for sending them
+ * (fleet_batch.c) nor for what hosts trust (fleet_trust.c). */
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fleet.h"
+#include "log.h"
+#include "util.h"
+
+void fleet_job_free(struct job *j) {
+    if (!j)
+        return;
+    token_unref(j->tok);
+    token_unref(j->local);
+    /* it holds a user id and, for a publish, a sealed token: no need to leave them */
+    wipe_free(j, sizeof(*j));
+}
+
+/* Ends a lookup without a token: frees the job, then tells the cache. */
+void fleet_unavailable(struct job *j, const char *error, int http_status, unsigned retry_after_s,
+                        bool deferred) {
+    mint_outcome o = { .kind = MINT_UNAVAILABLE, .http_status = http_status, .retry_after_s = retry_after_s,
+                       .deferred = deferred };
+    cache_done_fn done = j->done;
+    void *ctx = j->ctx;
+
+    snprintf(o.error, sizeof(o.error), "%s", error);
+    fleet_job_free(j);
+    done(ctx, &o, NULL);
+}
+
+void fleet_count_op(shared *s, enum shared_op op, bool ok) {
+    pthread_mutex_lock(&s->lock);
+    s->stats.ops[op][ok ? 0 : 1]++;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* ---- making jobs ---- */
+
+
+/* Names the job's keys, under the keys' lock. Returns 0 or -EIO. */
+int fleet_job_names(shared *s, struct job *j) {
+    char name[SEAL_NAME_LEN + 1];
+    int r;
+
+    pthread_rwlock_rdlock(&s->keys_lock);
+    snprintf(j->ns, sizeof(j->ns), "%s", s->ns);
+    r = seal_name(&s->keys, false, j->grant, j->user, j->scope, name);
+    if (r == 0) {
+        snprintf(j->tok_key[0], KEY_MAX, "%st:%s", s->ns, name);
+        snprintf(j->lease_key, KEY_MAX, "%sl:%s", s->ns, name);
+        if (s->keys.has_prev)
+            r = seal_name(&s->keys, true, j->grant, j->user, j->scope, name);
+        snprintf(j->tok_key[1], KEY_MAX, "%st:%s", s->ns, name);
+    }
+    pthread_rwlock_unlock(&s->keys_lock);
+    return r;
+}
+
+struct job *fleet_job_new(shared *s, enum job_kind kind, enum oauth_grant grant, const char *user_id,
+                           const char *scope) {
+    struct job *j = calloc(1, sizeof(*j));
+
+    if (!j)
+        return NULL;
+    j->s = s;
+    j->kind = kind;
+    j->grant = grant;
+    snprintf(j->user, sizeof(j->user), "%s", user_id ? user_id : "");
+    snprintf(j->scope, sizeof(j->scope), "%s", scope ? scope : "");
+    if (kind == J_LOOKUP || kind == J_DROP) {
+        if (fleet_job_names(s, j) < 0) {
+            fleet_job_free(j);
+            return NULL;
+        }
+    } else {
+        pthread_rwlock_rdlock(&s->keys_lock);
+        snprintf(j->ns, sizeof(j->ns), "%s", s->ns);
+        pthread_rwlock_unlock(&s->keys_lock);
+    }
+    return j;
+}
+
+/* A revocation whose drop Redis cannot take now: the caller is told at
+ * once that it is not done, and this host's own copy is revoked without
+ * waiting; the shared copies are revoked when the drop is sent. */
+struct later {
+    token *local;
+    revoke_done_fn done;
+    void *ctx;
+};
+
+static void later_take_locked(struct job *j, struct later *l) {
+    l->local = j->local;
+    l->done = j->rdone;
+    l->ctx = j->rctx;
+    j->local = NULL;
+    j->rdone = NULL;
+}
+
+static void later_tell(shared *s, struct later *l, const char *why) {
+    struct revoke_outcome o = { .pending = 1, .failure = { .kind = MINT_UNAVAILABLE, .retry_after_s = 1 } };
+
+    if (l->local) {
+        fleet_tell_revoked(s, &l->local, 1);
+        revocations_revoke(s->rv, &l->local, 1, NULL, NULL);
+    }
+    l->local = token_unref(l->local);
+    snprintf(o.failure.error, sizeof(o.failure.error), "%s", why);
+    if (l->done)
+        l->done(l->ctx, &o);
+    l->done = NULL;
+}
+
+/* A drop or a flush that Redis cannot take now waits for the next
+ * connection: lost, it would leave a revoked token in Redis for the other
+ * hosts (and for this one, once Redis is back). Bounded; called with the
+ * lock held. */
+static bool keep_for_later_locked(shared *s, struct job *j, struct later *l) {
+    if ((j->kind != J_DROP && j->kind != J_FLUSH && j->kind != J_REVOKED) || s->pending.n >= JOBS_MAX)
+        return false;
+    j->retried = false;
+    later_take_locked(j, l);
+    queue_push(&s->pending, &j->link);
+    s->stats.pending = s->pending.n;
+    return true;
+}
+
+/* Queues a job for the command thread. Returns false when the queue is
+ * full, the breaker is open (no queueing behind a Redis known to be down)
+ * or it is stopping: the caller decides what that means for the job. */
+bool fleet_submit(shared *s, struct job *j) {
+    struct later l = { 0 };
+    uint64_t wait;
+    bool ok;
+
+    pthread_mutex_lock(&s->lock);
+    ok = !s->stopping && s->queue.n + s->waiting.n < JOBS_MAX;
+    if (ok && breaker_refuses(&s->br, now_ms(), &wait)) {
+        ok = keep_for_later_locked(s, j, &l);
+        pthread_mutex_unlock(&s->lock);
+        if (ok)
+            later_tell(s, &l, "shared_unavailable");
+        return ok;
+    }
+    if (ok) {
+        queue_push(&s->queue, &j->link);
+        pthread_cond_signal(&s->cond);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ok;
+}
+
+/* ---- minting, when the fleet has no token for us ---- */
+
+static void publish(shared *s, struct job *from, token *t);
+
+/* The lease a lookup took is renewed by the command thread while the mint
+ * runs (see fleet_due_renewals()), so a slow Instacart costs no second mint. */
+void fleet_hold(shared *s, struct job *j) {
+    struct held *h = calloc(1, sizeof(*h));
+    uint64_t every = __atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED) / 3;
+
+    if (!h)
+        return; /* not renewed: at worst, a second host mints */
+    snprintf(h->key, sizeof(h->key), "%s", j->lease_key);
+    snprintf(h->id, sizeof(h->id), "%s", j->lease_id);
+    h->next_ms = now_ms() + every;
+    pthread_mutex_lock(&s->lock);
+    h->next = s->held;
+    s->held = h;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    j->held = h;
+}
+
+static void unhold(shared *s, struct job *j) {
+    if (!j->held)
+        return;
+    pthread_mutex_lock(&s->lock);
+    for (struct held **p = &s->held; *p; p = &(*p)->next)
+        if (*p == j->held) {
+            *p = j->held->next;
+            break;
+        }
+    pthread_mutex_unlock(&s->lock);
+    free(j->held);
+    j->held = NULL;
+}
+
+static void minted(void *userdata, const mint_outcome *o, token *t) {
+    struct job *j = userdata;
+    shared *s = j->s;
+    cache_done_fn done = j->done;
+    void *ctx = j->ctx;
+
+    unhold(s, j);
+    pthread_mutex_lock(&s->lock);
+    s->stats.mints[j->how]++;
+    pthread_mutex_unlock(&s->lock);
+    if (j->how != SHARED_MINT_DEGRADED) {
+        if (t)
+            publish(s, j, t);
+        if ((!t || !j->published) && j->lease_id[0]) {
+            /* let the next host try at once rather than wait out the lease */
+            struct job *r = fleet_job_new(s, J_RELEASE, j->grant, NULL, NULL);
+            if (r) {
+                snprintf(r->lease_key, KEY_MAX, "%s", j->lease_key);
+                snprintf(r->lease_id, sizeof(r->lease_id), "%s", j->lease_id);
+                if (!fleet_submit(s, r))
+                    fleet_job_free(r);
+            }
+        }
+    }
+    fleet_job_free(j);
+    done(ctx, o, t);
+}
+
+void fleet_mint(shared *s, struct job *j, enum shared_mint how) {
+    j->how = how;
+    upstream_mint(s->up, j->grant, j->user, j->scope, minted, j);
+}
+
+/* A lookup that could not reach Redis. A refresh of a token with plenty of
+ * life left waits for Redis to come back (the cache asks again later), so
+ * an outage does not make every host refresh on its own; anything else is
+ * minted here, as without a fleet. */
+void fleet_degrade(shared *s, struct job *j) {
+    if (j->want.have_ms > __atomic_load_n(&s->plenty_ms, __ATOMIC_RELAXED)) {
+        fleet_unavailable(j, "shared_unavailable", 0, 1, true);
+        return;
+    }
+    fleet_mint(s, j, SHARED_MINT_DEGRADED);
+}
+
+/* A job that could not be sent or answered: counted, and a lookup is
+ * minted here (or put off). */
+void fleet_fail_job(shared *s, struct job *j) {
+    struct later l = { 0 };
+    bool kept;
+
+    if (j->kind != J_PING)
+        fleet_count_op(s, fleet_op_of(j->kind), false);
+    if (j->kind == J_LOOKUP) {
+        fleet_degrade(s, j);
+        return;
+    }
+    pthread_mutex_lock(&s->lock);
+    kept = !s->stopping && keep_for_later_locked(s, j, &l);
+    pthread_mutex_unlock(&s->lock);
+    if (kept) {
+        later_tell(s, &l, "shared_unavailable");
+        return;
+    }
+    later_take_locked(j, &l);
+    later_tell(s, &l, "shared_unavailable");
+    fleet_job_free(j);
+}
+
+/* Whether a reload moved us to another namespace since the job was made. */
+bool fleet_ns_moved(shared *s, const struct job *j) {
+    bool moved;
+
+    pthread_rwlock_rdlock(&s->keys_lock);
+    moved = strcmp(j->ns, s->ns) != 0;
+    pthread_rwlock_unlock(&s->keys_lock);
+    return moved;
+}
+
+static void publish(shared *s, struct job *from, token *t) {
+    struct job *j;
+
+    /* a reload to another server or client id while the mint was out: the
+     * token belongs to the new namespace's hosts, not to those still on
+     * the old one, who would serve it as theirs */
+    if (fleet_ns_moved(s, from))
+        return;
+    j = fleet_job_new(s, J_PUBLISH, from->grant, NULL, NULL);
+    if (!j)
+        return;
+    snprintf(j->ns, sizeof(j->ns), "%s", from->ns);
+    snprintf(j->tok_key[0], KEY_MAX, "%s", from->tok_key[0]);
+    snprintf(j->lease_key, KEY_MAX, "%s", from->lease_key);
+    snprintf(j->lease_id, sizeof(j->lease_id), "%s", from->lease_id);
+    snprintf(j->gen, sizeof(j->gen), "%s", from->gen[0] ? from->gen : "0");
+    j->tok = token_ref(t);
+    if (!fleet_submit(s, j)) {
+        fleet_count_op(s, SHARED_OP_PUBLISH, false);
+        fleet_job_free(j);
+        return;
+    }
+    from->published = true;
+}
+
+
+void fleet_flush(shared *s) {
+    struct job *j = fleet_job_new(s, J_FLUSH, OAUTH_GRANT_USER_ASSERTION, NULL, NULL);
+
+    if (j && !fleet_submit(s, j)) {
+        fleet_count_op(s, SHARED_OP_FLUSH, false);
+        fleet_job_free(j);
+    }
+}
+
+/* A flush that puts the generation above anything a host saw and makes the
+ * events stream anew if needed: what Redis holds can no longer be told
+ * apart from what someone wrote, so none of it is read. */
+void fleet_repair_flush(shared *s, const char *why) {
+    uint64_t now = now_ms();
+    bool due;
+
+    pthread_mutex_lock(&s->lock);
+    due = !s->repair_ms || now - s->repair_ms >= REPAIR_EVERY_MS;
+    if (due) {
+        s->repair_ms = now;
+        s->stats.repairs++;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (!due)
+        return;
+    log_warning("fleet: %s; flushing the fleet so that no host reads what Redis held before", why);
+    fleet_flush(s);
+}
+
+/* Tells every host which tokens were revoked, so that a value written back
+ * into Redis after its revocation is never served. */
+void fleet_tell_revoked(shared *s, token *const *toks, size_t n) {
+    struct job *j = fleet_job_new(s, J_REVOKED, OAUTH_GRANT_USER_ASSERTION, NULL, NULL);
+    size_t len = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        uint64_t fp;
+        if (!toks[i])
+            continue;
+        fp = fleet_token_fp(toks[i]);
+        fleet_deny(s, fp);
+        if (j && len + 17 < sizeof(j->fps))
+            len += (size_t)snprintf(j->fps + len, sizeof(j->fps) - len, "%s%016llx", len ? "," : "",
+                                    (unsigned long long)fp);
+    }
+    if (j && (!len || !fleet_submit(s, j)))
+        fleet_job_free(j);
+}
+
+void fleet_on_paused(void *userdata, uint64_t ms) {
+    shared *s = userdata;
+    struct job *j = fleet_job_new(s, J_PAUSE, OAUTH_GRANT_USER_ASSERTION, NULL, NULL);
+
+    if (!j)
+        return;
+    j->ms = ms;
+    if (!fleet_submit(s, j))
+        fleet_job_free(j);
+}
+
+void fleet_on_credentials_rejected(void *userdata) {
+    shared *s = userdata;
+    struct job *j = fleet_job_new(s, J_CREDS, OAUTH_GRANT_USER_ASSERTION, NULL, NULL);
+
+    if (j && !fleet_submit(s, j))
+        fleet_job_free(j);
+}
+
+enum shared_op fleet_op_of(enum job_kind k) {
+    switch (k) {
+    case J_LOOKUP:
+        return SHARED_OP_LOOKUP;
+    case J_PUBLISH:
+    case J_RELEASE:
+    case J_RENEW:
+        return SHARED_OP_PUBLISH;
+    case J_DROP:
+    case J_REVOKED:
+        return SHARED_OP_DROP;
+    case J_FLUSH:
+        return SHARED_OP_FLUSH;
+    case J_PAUSE:
+    case J_CREDS:
+    case J_PING:
+        break;
+    }
+    return SHARED_OP_PAUSE;
+}
+
+/* A generation read from Redis, trusted or mended: one set back or not a
+ * number is refused, and a flush puts it above the highest seen. */
+bool fleet_gen_check(shared *s, const char *text, size_t len) {
+    const char *why = fleet_gen_seen(s, text, len);
+
+    if (why)
+        fleet_repair_flush(s, why);
+    return !why;
+}
+
+void fleet_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,
+                  revoke_done_fn done, void *userdata) {
+    struct job *j = fleet_job_new(s, J_DROP, grant, user_id, scope);
+    struct later l = { .local = token_ref(local), .done = done, .ctx = userdata };
+
+    if (!j) {
+        later_tell(s, &l, "out_of_memory");
+        return;
+    }
+    j->revoke = true;
+    j->local = l.local;
+    j->rdone = l.done;
+    j->rctx = l.ctx;
+    if (!fleet_submit(s, j)) {
+        fleet_count_op(s, SHARED_OP_DROP, false);
+        later_take_locked(j, &l);
+        fleet_job_free(j);
+        later_tell(s, &l, "shared_unavailable");
+    }
+}

@@ -1,0 +1,221 @@
+/* Fleet mode's protocol: the scripts Redis runs, each doing its reads and
+ * writes in one round trip, with what their keys and arguments are. Only
+ * text: nothing here talks to Redis. */
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "fleet.h"
+
+/* The names /metrics and /v1/status show. */
+const char *const shared_op_names[SHARED_OP_COUNT] = { "lookup", "publish", "drop", "flush", "pause" };
+const char *const shared_lookup_names[SHARED_LOOKUP_COUNT] = { "shared", "lease", "busy", "paused" };
+const char *const shared_mint_names[SHARED_MINT_COUNT] = { "leased", "lease_timeout", "degraded" };
+const double shared_latency_bounds[SHARED_LATENCY_BUCKETS] = { 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                                               0.005,  0.01,    0.025,  0.05,  0.1 };
+
+/* ---- the scripts: each does its reads and writes in one round trip ---- */
+
+/* KEYS: token (current key's name), token (previous key's name), lease,
+ * gen, pause. ARGV: least life in ms, lease id, lease ms, skip tokens, the
+ * holder whose lease we take over ('' for none), skip the pause flag (one
+ * this host found forged). Returns {1, value, pttl, gen, which} for a token
+ * with enough life (or, failing one, a token with less: the host judges it
+ * by its lifetime, sealed inside), {3, pause flag, pttl, gen, 0} while paused, {2, '', 0,
+ * gen, 0} for a lease taken (or already ours: a lookup sent again after a
+ * lost answer), {4, holder, pttl, gen, 0} when another host holds it. A
+ * waiter whose wait ran out takes the lease over only from the holder it
+ * waited on, so of several waiters one mints; a holder that is no lease id
+ * (32 hex digits) was not written by a host and is taken at once. */
+static const char lookup_lua[] =
+    "local g = redis.call('GET', KEYS[4]) or '0'\n"
+    "local pre = g .. ':'\n"
+    "if ARGV[4] ~= '1' then\n"
+    "  local short\n"
+    "  for i = 1, 2 do\n"
+    "    local v = redis.call('GET', KEYS[i])\n"
+    "    if v and string.sub(v, 1, #pre) == pre then\n"
+    "      local ttl = redis.call('PTTL', KEYS[i])\n"
+    "      if ttl > tonumber(ARGV[1]) then return {1, v, ttl, g, i} end\n"
+    "      if ttl > 1000 and not short then short = {1, v, ttl, g, i} end\n"
+    "    end\n"
+    "  end\n"
+    "  if short then return short end\n"
+    "end\n"
+    "local p = redis.call('PTTL', KEYS[5])\n"
+    "if p > 0 and ARGV[6] ~= '1' then return {3, redis.call('GET', KEYS[5]) or '', p, g, 0} end\n"
+    "local h = redis.call('GET', KEYS[3])\n"
+    "if not h or h == ARGV[5] or h == ARGV[2] or not string.match(h, '^' .. string.rep('%x', 32) .. '$') then\n"
+    "  redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])\n"
+    "  return {2, '', 0, g, 0}\n"
+    "end\n"
+    "return {4, h, redis.call('PTTL', KEYS[3]), g, 0}\n";
+
+/* KEYS: token, lease, gen, creds. ARGV: value, ttl ms, lease id or '',
+ * the generation the value was sealed for. Stores the token unless the
+ * fleet was flushed since, or a token of this generation that lives longer
+ * is there and we hold no lease; always gives up our lease. */
+static const char publish_lua[] =
+    "local mine = ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3]\n"
+    "if mine then redis.call('DEL', KEYS[2]) end\n"
+    "redis.call('DEL', KEYS[4])\n"
+    "local g = redis.call('GET', KEYS[3]) or '0'\n"
+    "if g ~= ARGV[4] then return 0 end\n"
+    "local v = redis.call('GET', KEYS[1])\n"
+    "if mine or not v or string.sub(v, 1, #g + 1) ~= g .. ':' or\n"
+    "   redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then\n"
+    "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
+    "  return 1\n"
+    "end\n"
+    "return 0\n";
+
+/* KEYS: lease. ARGV: lease id, lease ms. Keeps the lease alive while our
+ * mint runs, if it is still ours. */
+static const char renew_lua[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+    "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
+    "  return 1\n"
+    "end\n"
+    "return 0\n";
+
+/* KEYS: lease. ARGV: lease id. Gives the lease up if it is still ours. */
+static const char release_lua[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
+    "return 0\n";
+
+/* Appends to the events stream (k) with an id of Redis's own clock.
+ * A stream whose top id someone pushed into the future refuses that: it
+ * is poisoned, deleted and made again (the hosts see a stream made anew
+ * behind them, and drop their tokens: see fleet_events.c). */
+#define XADD_LUA                                                                         \
+    "local function xadd(k, len, f, v)\n"                                               \
+    "  local ok = redis.pcall('XADD', k, 'MAXLEN', '~', len, '*', f, v)\n"              \
+    "  if type(ok) == 'table' and ok.err then\n"                                        \
+    "    redis.call('DEL', k)\n"                                                        \
+    "    redis.call('XADD', k, 'MAXLEN', '~', len, '*', f, v)\n"                        \
+    "  end\n"                                                                           \
+    "end\n"
+
+/* KEYS: token (current name), token (previous name), events. ARGV: the
+ * fingerprint to drop ('' for any), the sealed key for the event, the
+ * stream's length. Returns {value, pttl, value, pttl} of what it deleted
+ * ('' and 0 where nothing), so a revocation can revoke it. */
+static const char drop_lua[] =
+    XADD_LUA
+    "local out = {'', 0, '', 0}\n"
+    "for i = 1, 2 do\n"
+    "  local v = redis.call('GET', KEYS[i])\n"
+    "  if v then\n"
+    "    local a = string.find(v, ':', 1, true)\n"
+    "    if ARGV[1] == '' or (a and string.sub(v, a + 1, a + #ARGV[1]) == ARGV[1]) then\n"
+    "      out[2 * i] = redis.call('PTTL', KEYS[i])\n"
+    "      out[2 * i - 1] = v\n"
+    "      redis.call('DEL', KEYS[i])\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "xadd(KEYS[3], ARGV[3], 'd', ARGV[2])\n"
+    "return out\n";
+
+
+/* KEYS: gen, events. ARGV: the stream's length, the highest generation
+ * this host has seen. A generation set back (or not a number) never goes
+ * below what a host saw: the new one is above both. */
+static const char flush_lua[] =
+    XADD_LUA
+    "local g = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "local floor = tonumber(ARGV[2]) or 0\n"
+    "if not g or g ~= math.floor(g) or g < floor then g = floor end\n"
+    "g = g + 1\n"
+    "redis.call('SET', KEYS[1], string.format('%d', g))\n"
+    "xadd(KEYS[2], ARGV[1], 'f', string.format('%d', g))\n"
+    "return g\n";
+
+/* KEYS: events. ARGV: the stream's length, the sealed fingerprints of
+ * tokens revoked at Instacart. */
+static const char revoked_lua[] =
+    XADD_LUA
+    "xadd(KEYS[1], ARGV[1], 'r', ARGV[2])\n"
+    "return 1\n";
+
+const char *const fleet_scripts[S_COUNT] = { lookup_lua, publish_lua, release_lua, drop_lua, flush_lua,
+                                              revoked_lua, renew_lua };
+
+/* ---- reading Redis's answers: every shape checked, nothing trusted ---- */
+
+bool fleet_stream_id_parse(const char *s, size_t len, struct fleet_stream_id *ret) {
+    unsigned long long part[2] = { 0, 0 };
+    size_t i = 0;
+
+    for (int p = 0; p < 2; p++) {
+        size_t digits = 0;
+        for (; i < len && s[i] >= '0' && s[i] <= '9'; i++, digits++) {
+            unsigned d = (unsigned)(s[i] - '0');
+            if (part[p] > (ULLONG_MAX - d) / 10)
+                return false;
+            part[p] = part[p] * 10 + d;
+        }
+        if (digits == 0 || (p == 0 && (i >= len || s[i++] != '-')))
+            return false;
+    }
+    if (i != len)
+        return false;
+    ret->ms = part[0];
+    ret->seq = part[1];
+    return true;
+}
+
+int fleet_stream_id_cmp(struct fleet_stream_id a, struct fleet_stream_id b) {
+    if (a.ms != b.ms)
+        return a.ms < b.ms ? -1 : 1;
+    return a.seq < b.seq ? -1 : a.seq > b.seq ? 1 : 0;
+}
+
+void fleet_stream_info_decode(const redisReply *r, struct fleet_stream_info *ret) {
+    *ret = (struct fleet_stream_info){ 0 };
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2) {
+        const redisReply *k = r->element[i], *v = r->element[i + 1];
+        if ((k->type != REDIS_REPLY_STRING && k->type != REDIS_REPLY_STATUS) || v->type != REDIS_REPLY_STRING)
+            continue;
+        if (strcmp(k->str, "last-generated-id") == 0)
+            ret->have_newest = fleet_stream_id_parse(v->str, v->len, &ret->newest);
+        else if (strcmp(k->str, "max-deleted-entry-id") == 0)
+            ret->have_gone = fleet_stream_id_parse(v->str, v->len, &ret->gone);
+        else if (strcmp(k->str, "recorded-first-entry-id") == 0)
+            ret->have_first = fleet_stream_id_parse(v->str, v->len, &ret->first);
+    }
+}
+
+static bool integer_at(const redisReply *r, size_t i, long long *v) {
+    if (i >= r->elements || r->element[i]->type != REDIS_REPLY_INTEGER)
+        return false;
+    *v = r->element[i]->integer;
+    return true;
+}
+
+bool fleet_lookup_decode(const redisReply *r, struct fleet_lookup *ret) {
+    long long code, ttl, which;
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 5 || !integer_at(r, 0, &code) || !integer_at(r, 2, &ttl) ||
+        !integer_at(r, 4, &which) || r->element[1]->type != REDIS_REPLY_STRING ||
+        r->element[3]->type != REDIS_REPLY_STRING || code < 1 || code > 4 || which < 0 || which > 2 ||
+        (code == 1 && (which == 0 || ttl <= 0)))
+        return false;
+    *ret = (struct fleet_lookup){ .code = (int)code, .value = r->element[1], .ttl = ttl, .gen = r->element[3],
+                                  .which = (int)which };
+    return true;
+}
+
+bool fleet_time_decode(const redisReply *r, unsigned long long *ret_ms) {
+    struct fleet_stream_id t; /* seconds and microseconds: two runs of digits */
+    char buf[48];
+
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[0]->type != REDIS_REPLY_STRING ||
+        r->element[1]->type != REDIS_REPLY_STRING || r->element[0]->len + r->element[1]->len + 1 >= sizeof(buf))
+        return false;
+    snprintf(buf, sizeof(buf), "%s-%s", r->element[0]->str, r->element[1]->str);
+    if (!fleet_stream_id_parse(buf, strlen(buf), &t) || t.seq >= 1000000 || t.ms > ULLONG_MAX / 2000)
+        return false;
+    *ret_ms = t.ms * 1000 + t.seq / 1000;
+    return true;
+}
