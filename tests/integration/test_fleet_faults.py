@@ -40,7 +40,7 @@ overlap, for as long as asked, at up to 100 requests/s:
 
     TOKEND_FAULT_SECONDS=300 [TOKEND_FAULT_SEED=N] [TOKEND_FAULT_REPORT=FILE] \\
         TOKEND_BUILD_DIR=build /usr/bin/python3 -m pytest -q -s -p no:cacheprovider \\
-        tests/integration/test_fleet_faults.py -k under_faults
+        tests/integration/test_fleet_faults.py -k 'under_faults or deposed'
 
 Both print their figures: requests, answers by status, mints per user, the
 longest stall, the faults injected, and every invariant broken.
@@ -48,8 +48,11 @@ longest stall, the faults injected, and every invariant broken.
 The race tests below force the overlaps the soak can only hope for: a drop
 or a flush on one host against lookups in flight on the others (Redis held
 with SIGSTOP a tenth of a second, so the lookups reach it before the drop),
-and against a mint in flight that the other hosts wait on (the stand-in
-slowed for that user).
+and against a refresh in flight that the other hosts wait on (the stand-in
+slowed for that user). With the full form also runs the last test: a drop
+acknowledged by a host on a master the sentinels have just replaced, which
+is lost today (marked xfail, strict: it fails once that is fixed, to have
+the mark taken off).
 """
 import collections
 import http.client
@@ -425,7 +428,7 @@ def check(rec, stub, lifetime_s, min_ttl_s, mint_budget=True):
                 figures["most mints of one user within a refresh period, outside faults"], most)
         if extra:
             broken[f"more than 2 mints of a user within {REFRESH_S:.0f} s outside fault windows"] = extra
-    if episodes:
+    if episodes and getattr(rec, "timeline", None):
         broken["a token served after its drop, revocation or flush was acknowledged"].insert(
             0, "by the last Redis fault before the acknowledgement: "
             + ", ".join(f"{k}: {v}" for k, v in sorted(episodes.items())))
@@ -990,3 +993,69 @@ def test_a_drop_or_flush_against_a_refresh_in_flight_that_other_hosts_wait_on(st
                                "users with a refresh in flight")
     assert not broken, text
     assert overlaps >= instances // 2, f"the overlap was not forced often enough: {text}"
+
+
+# ---------------------------------------------------------------- a deposed master
+
+
+def shared_address(port):
+    try:
+        status, _, body = call(port, "GET", "/v1/status", 2.0)
+        return json.loads(body)["shared"]["redis"] or None if status == 200 else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@pytest.mark.skipif(not FULL, reason="about a minute of failovers: runs with the full form (TOKEND_FAULT_SECONDS)")
+@pytest.mark.xfail(strict=True, reason="tokend keeps using a master the sentinels have replaced until that "
+                                       "node is turned into a replica (about 10 s): what it writes there "
+                                       "meanwhile, drops included, is lost")
+def test_a_drop_acknowledged_while_on_a_deposed_master_is_not_lost(stub, sentinels, make_fleet):
+    """The master is stopped long enough for the sentinels to promote a
+    replica, and continued just then: for a moment the sentinels still name
+    it, so a host reconnecting gets it, and it still says it is master
+    (until the sentinels turn it into a replica, seconds later). A drop
+    that host acknowledges meanwhile must still hold once the fleet is on
+    the new master: the old token must not be served again."""
+    a, b = hosts = [PlainHost(i, t) for i, t in enumerate(make_fleet(stub, sentinels, 2, sections={
+        "upstream": dict(UPSTREAM)}))]
+    rec = Record(hosts)
+    for attempt in range(3):
+        u = f"deposed{attempt}"
+        n = token_count(sentinels.master)
+        old = rec.request(a, "get", u, "GET", "/v1/token?user_id=" + u).token
+        wait_for(lambda: token_count(sentinels.master) > n, timeout=5, what="the token in Redis")
+        deposed = sentinels.master
+        deposed.stop_signal()
+        try:
+            wait_for(lambda: any(n is not deposed and n.proc is not None and n.cli("ROLE")[0] == b"master"
+                                 for n in sentinels.nodes), timeout=20, interval=0.02, what="a replica promoted")
+        finally:
+            deposed.cont()
+        # sharing again (connected, its breaker closed): a drop now is sent at once, to where it is connected
+        wait_for(lambda: metric(a.port, "tokend_shared_up") == 1, timeout=5, interval=0.02,
+                 what="the host to share again")
+        promoted = next(n for n in sentinels.nodes if n is not deposed and n.proc is not None
+                        and n.cli("ROLE")[0] == b"master")
+        on_deposed = False
+        if shared_address(a.port) == deposed.address and deposed.cli("ROLE")[0] == b"master":
+            before = set(deposed.keys())
+            d = rec.request(a, "drop", u, "DELETE", "/v1/token?user_id=" + u)
+            assert d.status == 200, d.body
+            gone = wait_for(lambda: before - set(deposed.keys()), timeout=2, interval=0.02,
+                            what="the drop to reach the deposed master")
+            # the overlap: the drop landed on the deposed master only
+            on_deposed = bool(gone & set(promoted.keys()))
+        wait_for(sentinels.settled, timeout=30, interval=0.2, what="the deposed master to become a replica")
+        wait_for(lambda: all(metric(h.port, "tokend_shared_up") == 1 and
+                             shared_address(h.port) == sentinels.master.address for h in hosts),
+                 timeout=20, interval=0.1, what="both hosts on the new master")
+        if on_deposed:
+            break
+    else:
+        pytest.skip("no host reconnected to the deposed master in 3 tries: the overlap was not forced")
+    rec.request(a, "get", u, "GET", "/v1/token?user_id=" + u)
+    rec.request(b, "get", u, "GET", "/v1/token?user_id=" + u)
+    broken, figures = check(rec, stub, 86400, 0, mint_budget=False)
+    assert not broken, "\n".join(format_broken(broken))
+    assert old not in {x.token for x in rec.answers[-2:]}
