@@ -292,6 +292,41 @@ class Sentinels:
         self.master = wait_for(promoted, timeout=timeout, interval=0.05, what="a new master")
         return self.master
 
+    def named_master(self):
+        """The node the sentinels name as master now, or None."""
+        a = self.master_addr()
+        return next((n for n in self.nodes if a and n.port == a[1]), None)
+
+    def settled(self):
+        """The master, once the sentinels name one that says so itself and
+        every other running node replicates it (a node continued after a
+        failover is turned into a replica by the sentinels, seconds later);
+        else None."""
+        m = self.named_master()
+        if m is None or m.proc is None or m.stopped:
+            return None
+        try:
+            if m.cli("ROLE")[0] != b"master":
+                return None
+            for n in self.nodes:
+                if n is not m and n.proc is not None:
+                    role = n.cli("ROLE")
+                    if role[0] != b"slave" or int(role[2]) != m.port or role[3] != b"connected":
+                        return None
+        except (redis_py.RedisError, IndexError, ValueError):
+            return None
+        self.master = m
+        return m
+
+    def restart_as_replica(self, node, timeout=10.0):
+        """Starts a killed node again on its own port, as a replica of the
+        current master: what an operator does after a failover."""
+        node.replicaof = self.master.port
+        node.write_config()
+        node._spawn()
+        wait_for(node._pings, timeout=timeout, what="the restarted node to answer PING")
+        return node
+
     def shared(self):
         return {"sentinels": " ".join(f"127.0.0.1:{p}" for p in self.sentinel_ports),
                 "master_name": MASTER_NAME}

@@ -10,7 +10,8 @@
  *
  * Upstream side: POST /v2/oauth/token, /v2/oauth/token/revoke and the four
  * /v2/recommendations/... calls (Bearer token).  Control side (JSON, never
- * logged): GET /__stub/requests, GET /__stub/stats, POST /__stub/faults (a
+ * logged): GET /__stub/requests (each with the token a mint answered or a
+ * revocation named), GET /__stub/stats, POST /__stub/faults (a
  * fault object or an array: match_user, match_path, count, delay_ms, action =
  * ok|status|hang|drop|truncate|malformed, status, body, content_type,
  * retry_after, expires_in | expires_in_raw, token_type, access_token),
@@ -87,9 +88,10 @@ struct fault {
 };
 
 /* One entry of /__stub/requests; string fields in JSON order. */
-enum { F_METHOD, F_PATH, F_QUERY, F_GRANT, F_SCOPE, F_USER, F_CLIENT, F_AUTH_USER, F_CTYPE, NFIELDS };
+/* access_token: the token a mint answered with, or the one a revocation named. */
+enum { F_METHOD, F_PATH, F_QUERY, F_GRANT, F_SCOPE, F_USER, F_CLIENT, F_AUTH_USER, F_CTYPE, F_TOKEN, NFIELDS };
 static const char *const field_names[NFIELDS] = { "method", "path", "query", "grant_type", "scope",
-	"user_id", "client_id", "authorization_user", "content_type" };
+	"user_id", "client_id", "authorization_user", "content_type", "access_token" };
 struct rec {
 	unsigned long long seq, body_bytes;
 	char *f[NFIELDS];
@@ -628,8 +630,9 @@ static enum MHD_Result token_endpoint(struct MHD_Connection *c, struct req *r, c
 	long long exp = g.expires_in;
 	/* An overridden access_token is what the client will present later. */
 	const struct override *ov = f ? &f->access_token : NULL;
-	token_put(ov && ov->mode == OV_RAW && ov->str && *ov->str ? ov->str : tok, r->user_id, scope, client,
-		  mono_ns() + exp * NS_PER_S);
+	const char *stored = ov && ov->mode == OV_RAW && ov->str && *ov->str ? ov->str : tok;
+	token_put(stored, r->user_id, scope, client, mono_ns() + exp * NS_PER_S);
+	if (r->rec && r->gen == g.gen) r->rec->f[F_TOKEN] = xstrndup(stored, FIELD_MAX);
 	if (r->gen == g.gen) g.mints++;
 	pthread_mutex_unlock(&g.lock);
 	return reply_ok(c, r, token_answer(tok, exp, scope, f));
@@ -642,6 +645,7 @@ static enum MHD_Result revoke_endpoint(struct MHD_Connection *c, struct req *r) 
 	if (!tok || !*tok) return reply_error(c, r, 400, "invalid_request", "token is required");
 	pthread_mutex_lock(&g.lock);
 	struct token *t = *token_slot(tok);
+	if (r->rec && r->gen == g.gen) r->rec->f[F_TOKEN] = xstrndup(tok, FIELD_MAX);
 	/* RFC 7009: only the issuing client may revoke; an unknown token is a quiet success. */
 	bool foreign = t && t->client && strcmp(t->client, client);
 	if (!foreign) {
