@@ -47,6 +47,8 @@ struct shared_stats {
     unsigned long long repairs;      /* flushes sent to mend a generation set back or a poisoned stream */
     unsigned long long stream_resets; /* the events stream rewound, made anew or poisoned: tokens dropped */
     unsigned long long refusals;     /* commands Redis refused (NOPERM, WRONGTYPE, ...) */
+    unsigned long long unreplicated; /* drops and flushes no replica took (with Sentinel): sent again */
+    unsigned long long replayed;     /* drops and flushes sent again to a new master after a failover */
     char last_refusal[160];          /* the last one: "command: error", or "" */
     bool events_ok;                  /* the event reader is connected and reading */
     unsigned long long lease_waits, lease_timeouts;

@@ -50,6 +50,8 @@ _Static_assert(KEY_MAX >= NS_MAX + 2 + SEAL_NAME_LEN + 1, "KEY_MAX holds no key 
 #define DENY_MAX 4096           /* revoked tokens remembered (the newest), each for a token's longest life */
 #define REPAIR_EVERY_MS 5000    /* a generation set back or a poisoned stream: mended at most this often */
 #define FUTURE_MAX_MS 3600000   /* an event id this far past Redis's clock was not made by XADD '*' */
+#define RECENT_MAX 256          /* drops, revocations and flushes kept to send again after a failover */
+#define RECENT_MS 30000         /* ... for this long: a deposed master keeps saying "master" ~10 s */
 
 enum script { S_LOOKUP, S_PUBLISH, S_RELEASE, S_DROP, S_FLUSH, S_REVOKED, S_RENEW, S_COUNT };
 extern const char *const fleet_scripts[S_COUNT];
@@ -93,6 +95,7 @@ struct job {
     char fps[3 * 17];           /* J_REVOKED: fingerprints (token_fp) of revoked tokens, comma-separated */
     bool revoke;                /* a drop that revokes what it takes out of Redis */
     bool published;             /* a mint's token was handed to a publish (which gives the lease up) */
+    bool wait_replica;          /* a drop, revocation or flush followed by WAIT: durable only once a replica has it */
     token *local;               /* revoke: this host's own copy, or NULL */
     revoke_done_fn rdone;       /* revoke: the caller waiting on the first try, or NULL */
     void *rctx;
@@ -147,6 +150,20 @@ struct shared {
     uint64_t resume_age_ms;     /* see shared_resume(); 0: start from now */
     uint64_t flag_said_ms;      /* when a forged flag was last logged */
     bool demoted;               /* the event thread saw our master become a replica (atomic) */
+    bool resend;                /* a drop or flush was refused: kept, sent again on a new connection (atomic) */
+    /* Drops, revocations and flushes Redis took lately (command thread
+     * only): sent again when the master changes, as a deposed master's
+     * last writes are lost when it rejoins as a replica. */
+    struct recent {
+        uint64_t at_ms;
+        enum job_kind kind;
+        enum oauth_grant grant;
+        char user[OAUTH_USER_ID_MAX + 1];
+        char scope[OAUTH_SCOPE_MAX + 1];
+        char fps[3 * 17];
+    } recent[RECENT_MAX];
+    size_t recent_next;
+    char master[280];           /* the Redis the command thread last connected to (command thread only) */
     uint64_t refusal_said_ms;   /* when a refusal from Redis was last logged */
     uint64_t events_said_ms;    /* when the event reader's failure was last logged */
     unsigned long long max_gen; /* the highest generation seen: never lets it go back */
@@ -162,6 +179,15 @@ struct shared {
 };
 
 /* fleet_jobs.c */
+/* A revocation whose drop Redis cannot take now: the caller is told at
+ * once that it is not done, and this host's own copy is revoked without
+ * waiting; the shared copies are revoked when the drop is sent. */
+struct later {
+    token *local;
+    revoke_done_fn done;
+    void *ctx;
+};
+bool fleet_keep_for_later_locked(shared *s, struct job *j, struct later *l);
 void fleet_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,
                   revoke_done_fn done, void *userdata);
 void fleet_flush(shared *s);

@@ -114,11 +114,11 @@ static int append(shared *s, redisContext *c, struct job *j) {
             return REDIS_ERR;
         {
             const char *argv[] = { "EVALSHA", s->sha[S_DROP], "3", j->tok_key[0], j->tok_key[1], ev_key,
-                                   j->fp, (const char *)blob, maxlen };
-            size_t lens[9];
-            for (int i = 0; i < 9; i++)
+                                   j->fp, (const char *)blob, maxlen, j->revoke ? "v" : "d" };
+            size_t lens[10];
+            for (int i = 0; i < 10; i++)
                 lens[i] = i == 7 ? blen : strlen(argv[i]); /* the sealed key is binary */
-            return redisAppendCommandArgv(c, 9, argv, lens);
+            return redisAppendCommandArgv(c, 10, argv, lens);
         }
     }
     case J_FLUSH: {
@@ -390,7 +390,49 @@ static void revoke_taken(shared *s, struct job *j, const redisReply *r) {
     token_unref(toks[2]);
 }
 
+/* A drop, revocation or flush Redis took: remembered a while (see
+ * replay_recent()). */
+static void remember(shared *s, const struct job *j, uint64_t now) {
+    struct recent *m = &s->recent[s->recent_next];
+
+    *m = (struct recent){ .at_ms = now, .kind = j->kind, .grant = j->grant };
+    memcpy(m->user, j->user, sizeof(m->user));
+    memcpy(m->scope, j->scope, sizeof(m->scope));
+    memcpy(m->fps, j->fps, sizeof(m->fps));
+    s->recent_next = (s->recent_next + 1) % RECENT_MAX;
+}
+
+/* Connected to another master than before (a failover): what the last one
+ * took lately is sent again, first, since a master the sentinels deposed
+ * loses its last writes when it rejoins as a replica, and a host can keep
+ * writing to it for seconds (it still says "master"). Drops and flushes
+ * are harmless to repeat; a revocation's drop is repeated as a drop (the
+ * revocation itself was made). Called with the lock held. */
+static void replay_recent_locked(shared *s, const char *address, uint64_t now) {
+    struct queue again = { 0 };
+
+    if (s->master[0] && strcmp(s->master, address) != 0)
+        for (size_t i = 0; i < RECENT_MAX; i++) {
+            struct recent *m = &s->recent[i];
+            struct job *j;
+            if (!m->at_ms || now - m->at_ms > RECENT_MS)
+                continue;
+            pthread_mutex_unlock(&s->lock);
+            j = fleet_job_new(s, m->kind, m->grant, m->user, m->scope);
+            if (j)
+                memcpy(j->fps, m->fps, sizeof(j->fps));
+            pthread_mutex_lock(&s->lock);
+            if (j)
+                queue_push(&again, &j->link);
+            s->stats.replayed++;
+        }
+    snprintf(s->master, sizeof(s->master), "%s", address);
+    queue_prepend(&s->queue, &again);
+}
+
 static void answered(shared *s, struct job *j, redisReply *r, uint64_t now) {
+    if ((j->kind == J_DROP || j->kind == J_FLUSH || j->kind == J_REVOKED) && r->type != REDIS_REPLY_ERROR)
+        remember(s, j, now);
     if (j->kind == J_LOOKUP) {
         lookup_answered(s, j, r, now);
         return;
@@ -405,9 +447,18 @@ static void answered(shared *s, struct job *j, redisReply *r, uint64_t now) {
         fleet_job_free(j);
         return;
     }
-    fleet_count_op(s, fleet_op_of(j->kind), r->type != REDIS_REPLY_ERROR);
-    if (r->type == REDIS_REPLY_ERROR)
+    if (r->type == REDIS_REPLY_ERROR) {
         fleet_refused(s, shared_op_names[fleet_op_of(j->kind)], r->str);
+        if (j->kind == J_DROP || j->kind == J_FLUSH || j->kind == J_REVOKED) {
+            /* never lost: kept, and sent again with the next connection
+             * (a revocation's caller is told it is not done, and this
+             * host's copy is revoked now) */
+            fleet_fail_job(s, j);
+            __atomic_store_n(&s->resend, true, __ATOMIC_RELAXED);
+            return;
+        }
+    }
+    fleet_count_op(s, fleet_op_of(j->kind), r->type != REDIS_REPLY_ERROR);
     fleet_job_free(j);
 }
 
@@ -471,14 +522,51 @@ static void retry_or_fail(shared *s, struct job *j, struct queue *again) {
         fleet_fail_job(s, j);
 }
 
+/* Reads WAIT's answer after a drop, revocation or flush. When no replica
+ * has it, a copy of the job is kept for the next connection (sending it
+ * again is harmless: it deletes again, or flushes once more). Returns
+ * whether a replica had it (true too when the answer did not come: the
+ * connection is lost then, and the caller's error path runs). */
+static bool replicated(shared *s, redisContext **c, const struct job *j) {
+    redisReply *w = NULL;
+    struct job *again;
+    struct later l = { 0 };
+    bool ok;
+
+    if (redisGetReply(*c, (void **)&w) != REDIS_OK || !w)
+        return true;
+    ok = w->type == REDIS_REPLY_INTEGER && w->integer >= 1;
+    freeReplyObject(w);
+    if (ok)
+        return true;
+    again = fleet_job_new(s, j->kind, j->grant, j->user, j->scope);
+    if (!again)
+        return false;
+    memcpy(again->fp, j->fp, sizeof(again->fp));
+    memcpy(again->fps, j->fps, sizeof(again->fps));
+    pthread_mutex_lock(&s->lock);
+    s->stats.unreplicated++;
+    if (!fleet_keep_for_later_locked(s, again, &l)) {
+        pthread_mutex_unlock(&s->lock);
+        fleet_job_free(again);
+        return false;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return false;
+}
+
 static void run_batch(shared *s, redisContext **c, struct queue *batch) {
     struct queue again = { 0 };
     struct job *sent[BATCH_MAX];
+    bool undurable = false;
     size_t n = 0;
     struct job *j;
     uint64_t now = now_ms();
 
-    if (*c && __atomic_exchange_n(&s->demoted, false, __ATOMIC_RELAXED)) {
+    bool demoted = __atomic_exchange_n(&s->demoted, false, __ATOMIC_RELAXED);
+    bool resend = __atomic_exchange_n(&s->resend, false, __ATOMIC_RELAXED);
+
+    if (*c && (demoted || resend)) {
         /* the master was demoted: this connection would write to a replica */
         redisFree(*c);
         *c = NULL;
@@ -513,6 +601,7 @@ static void run_batch(shared *s, redisContext **c, struct queue *batch) {
         s->stats.up = true;
         s->stats.reconnects++;
         snprintf(s->stats.address, sizeof(s->stats.address), "%s", address);
+        replay_recent_locked(s, address, now);
         if (s->pending.n) { /* drops and flushes from while Redis was away go first */
             queue_prepend(&s->queue, &s->pending);
             s->stats.pending = 0;
@@ -535,6 +624,16 @@ static void run_batch(shared *s, redisContext **c, struct queue *batch) {
             continue;
         }
         j->sent_us = mono_us();
+        j->wait_replica = false;
+        if (s->n_sentinels && (j->kind == J_DROP || j->kind == J_FLUSH || j->kind == J_REVOKED)) {
+            /* with replicas (Sentinel), a write only the master holds is
+             * lost in a failover: acknowledged once a replica has it */
+            char ms[24];
+            const char *argv[] = { "WAIT", "1", ms };
+            snprintf(ms, sizeof(ms), "%llu", (unsigned long long)(s->timeout_ms / 2 ? s->timeout_ms / 2 : 1));
+            if (redisAppendCommandArgv(*c, 3, argv, NULL) == REDIS_OK)
+                j->wait_replica = true;
+        }
         sent[n++] = j;
     }
     for (size_t i = 0; i < n; i++) {
@@ -549,11 +648,18 @@ static void run_batch(shared *s, redisContext **c, struct queue *batch) {
                 (*c)->err = REDIS_ERR_OTHER;
                 snprintf((*c)->errstr, sizeof((*c)->errstr), "the master changed");
             } else {
+                if (sent[i]->wait_replica && !replicated(s, c, sent[i]))
+                    undurable = true;
                 answered(s, sent[i], r, now_ms());
                 freeReplyObject(r);
+                if ((*c)->err) { /* WAIT's answer did not come */
+                    i++;
+                    goto lost;
+                }
                 continue;
             }
         }
+    lost:
         {
             char why[160];
             snprintf(why, sizeof(why), "%s", fleet_redis_why(*c));
@@ -562,6 +668,17 @@ static void run_batch(shared *s, redisContext **c, struct queue *batch) {
         for (; i < n; i++)
             retry_or_fail(s, sent[i], &again);
         break;
+    }
+    if (undurable && *c) {
+        /* no replica took a drop or flush: this master may be one a
+         * failover deposed (its writes are lost when it rejoins); the copy
+         * kept for later goes first on a connection to the master the
+         * sentinels name now */
+        redisFree(*c);
+        *c = NULL;
+        pthread_mutex_lock(&s->lock);
+        s->stats.up = false;
+        pthread_mutex_unlock(&s->lock);
     }
     while ((j = QUEUE_POP(batch, struct job, link)))
         retry_or_fail(s, j, &again);

@@ -51,6 +51,59 @@ static void local_flush(struct reader *rd, const char *why) {
 
 /* After a (re)connection: events missed meanwhile are read from where we
  * left off, unless the stream no longer has them; then our tokens go. */
+static bool learn_revoked(struct reader *rd, const redisReply *v);
+
+/* A host's first connection: the revocations and flushes the stream still
+ * holds are learned (not applied: its cache has nothing older), so that a
+ * revoked token, or a generation from before a flush, written back into
+ * Redis is refused by a host that was not there when it happened. Bounded
+ * by the stream's own length. */
+static void learn_history(struct reader *rd, struct fleet_stream_id upto) {
+    char key[KEY_MAX], from[48] = "0-0";
+    const char *argv[] = { "XREAD", "COUNT", "1000", "STREAMS", key, from };
+
+    snprintf(key, sizeof(key), "%sevents", rd->ns);
+    for (int round = 0; round < STREAM_MAXLEN / 1000 + 2; round++) {
+        redisReply *r = redisCommandArgv(rd->c, 6, argv, NULL);
+        redisReply *entries;
+        bool more = false;
+
+        if (!r)
+            return;
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 1 || r->element[0]->type != REDIS_REPLY_ARRAY ||
+            r->element[0]->elements != 2 || r->element[0]->element[1]->type != REDIS_REPLY_ARRAY) {
+            freeReplyObject(r);
+            return;
+        }
+        entries = r->element[0]->element[1];
+        for (size_t i = 0; i < entries->elements; i++) {
+            redisReply *e = entries->element[i], *f;
+            struct fleet_stream_id id;
+            if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 || e->element[0]->type != REDIS_REPLY_STRING ||
+                !fleet_stream_id_parse(e->element[0]->str, e->element[0]->len, &id) ||
+                fleet_stream_id_cmp(id, upto) > 0)
+                continue;
+            f = e->element[1];
+            for (size_t k = 0; f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2) {
+                redisReply *name = f->element[k], *v = f->element[k + 1];
+                if (name->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+                    continue;
+                if (strcmp(name->str, "r") == 0)
+                    learn_revoked(rd, v);
+                else if (strcmp(name->str, "f") == 0)
+                    fleet_gen_seen(rd->s, v->str, v->len); /* the highest: nothing to flush here yet */
+            }
+            snprintf(from, sizeof(from), "%.*s", (int)(e->element[0]->len < 40 ? e->element[0]->len : 40),
+                     e->element[0]->str);
+            more = fleet_stream_id_cmp(id, upto) < 0;
+        }
+        more = more && entries->elements == 1000;
+        freeReplyObject(r);
+        if (!more)
+            return;
+    }
+}
+
 static int catch_up(struct reader *rd) {
     char key[KEY_MAX];
     const char *argv[] = { "XINFO", "STREAM", key };
@@ -100,6 +153,8 @@ static int catch_up(struct reader *rd) {
     have_newest = info.have_newest, newest = info.newest;
     have_gone = info.have_gone, gone = info.gone;
     have_first = info.have_first, first = info.first;
+    if (!rd->last[0] && have_newest)
+        learn_history(rd, newest); /* a host new or restarted: what the fleet revoked and flushed */
     if (!rd->last[0] && rd->s->resume_age_ms) {
         /* tokens brought back over a restart: replay from shortly before the
          * image was written, on Redis's clock (ours and its never compared) */
@@ -212,6 +267,24 @@ static bool open_event(struct reader *rd, const redisReply *v, enum oauth_grant 
     return false;
 }
 
+/* An 'r' event: the fingerprints of tokens the fleet revoked, sealed. */
+static bool learn_revoked(struct reader *rd, const redisReply *v) {
+    char fps[OAUTH_USER_ID_MAX + 1], scope[OAUTH_SCOPE_MAX + 1];
+    enum oauth_grant grant;
+
+    if (!open_event(rd, v, &grant, fps, scope) || strcmp(scope, "revoked") != 0)
+        return false;
+    for (char *p = fps; *p;) {
+        char *end;
+        unsigned long long fp = strtoull(p, &end, 16);
+        if (end != p + 16)
+            break;
+        fleet_deny(rd->s, fp);
+        p = *end == ',' ? end + 1 : end;
+    }
+    return true;
+}
+
 static void apply_event(struct reader *rd, redisReply *fields) {
     shared *s = rd->s;
 
@@ -219,13 +292,22 @@ static void apply_event(struct reader *rd, redisReply *fields) {
         redisReply *k = fields->element[i], *v = fields->element[i + 1];
         if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
             continue;
-        if (strcmp(k->str, "d") == 0) {
+        if (strcmp(k->str, "d") == 0 || strcmp(k->str, "v") == 0) {
             char user[OAUTH_USER_ID_MAX + 1], scope[OAUTH_SCOPE_MAX + 1];
             enum oauth_grant grant;
+            token *mine = NULL;
             if (!open_event(rd, v, &grant, user, scope))
                 continue;
+            /* 'v', a revocation: our own copy is revoked too, whoever holds
+             * the shared one (a host minted its own during an outage, or
+             * the shared copy was deleted before the revocation read it) */
             if (s->cache)
-                cache_drop(s->cache, grant, user, scope, NULL);
+                cache_drop(s->cache, grant, user, scope, k->str[0] == 'v' ? &mine : NULL);
+            if (mine) {
+                fleet_tell_revoked(s, &mine, 1);
+                revocations_revoke(s->rv, &mine, 1, NULL, NULL);
+                token_unref(mine);
+            }
             explicit_bzero(user, sizeof(user));
         } else if (strcmp(k->str, "f") == 0) {
             size_t n = s->cache ? cache_flush(s->cache) : 0;
@@ -233,20 +315,8 @@ static void apply_event(struct reader *rd, redisReply *fields) {
             fleet_gen_check(s, v->str, v->len); /* the new generation is the highest seen */
             log_notice("fleet: flushed from another host: %zu cached tokens dropped here", n);
         } else if (strcmp(k->str, "r") == 0) {
-            char fps[OAUTH_USER_ID_MAX + 1], scope[OAUTH_SCOPE_MAX + 1];
-            enum oauth_grant grant;
-            if (!open_event(rd, v, &grant, fps, scope))
+            if (!learn_revoked(rd, v))
                 continue;
-            if (strcmp(scope, "revoked") != 0)
-                continue; /* not a revocation's fingerprints */
-            for (char *p = fps; *p;) {
-                char *end;
-                unsigned long long fp = strtoull(p, &end, 16);
-                if (end != p + 16)
-                    break;
-                fleet_deny(s, fp);
-                p = *end == ',' ? end + 1 : end;
-            }
         } else
             continue;
         pthread_mutex_lock(&s->lock);

@@ -89,14 +89,6 @@ struct job *fleet_job_new(shared *s, enum job_kind kind, enum oauth_grant grant,
     return j;
 }
 
-/* A revocation whose drop Redis cannot take now: the caller is told at
- * once that it is not done, and this host's own copy is revoked without
- * waiting; the shared copies are revoked when the drop is sent. */
-struct later {
-    token *local;
-    revoke_done_fn done;
-    void *ctx;
-};
 
 static void later_take_locked(struct job *j, struct later *l) {
     l->local = j->local;
@@ -124,7 +116,7 @@ static void later_tell(shared *s, struct later *l, const char *why) {
  * connection: lost, it would leave a revoked token in Redis for the other
  * hosts (and for this one, once Redis is back). Bounded; called with the
  * lock held. */
-static bool keep_for_later_locked(shared *s, struct job *j, struct later *l) {
+bool fleet_keep_for_later_locked(shared *s, struct job *j, struct later *l) {
     if ((j->kind != J_DROP && j->kind != J_FLUSH && j->kind != J_REVOKED) || s->pending.n >= JOBS_MAX)
         return false;
     j->retried = false;
@@ -145,7 +137,7 @@ bool fleet_submit(shared *s, struct job *j) {
     pthread_mutex_lock(&s->lock);
     ok = !s->stopping && s->queue.n + s->waiting.n < JOBS_MAX;
     if (ok && breaker_refuses(&s->br, now_ms(), &wait)) {
-        ok = keep_for_later_locked(s, j, &l);
+        ok = fleet_keep_for_later_locked(s, j, &l);
         pthread_mutex_unlock(&s->lock);
         if (ok)
             later_tell(s, &l, "shared_unavailable");
@@ -254,7 +246,7 @@ void fleet_fail_job(shared *s, struct job *j) {
         return;
     }
     pthread_mutex_lock(&s->lock);
-    kept = !s->stopping && keep_for_later_locked(s, j, &l);
+    kept = !s->stopping && fleet_keep_for_later_locked(s, j, &l);
     pthread_mutex_unlock(&s->lock);
     if (kept) {
         later_tell(s, &l, "shared_unavailable");

@@ -135,9 +135,17 @@ uint64_t fleet_token_fp(const token *t) {
 }
 
 void fleet_deny(shared *s, uint64_t fp) {
-    uint64_t until = now_ms() + (uint64_t)OAUTH_LIFETIME_MAX * MS_PER_SEC;
+    uint64_t now = now_ms(), until = now + (uint64_t)OAUTH_LIFETIME_MAX * MS_PER_SEC;
 
     pthread_mutex_lock(&s->lock);
+    /* one slot a token: the same revocation told again (written back into
+     * the stream by hand, thousands of times) pushes nothing else out */
+    for (size_t i = 0; i < DENY_MAX; i++)
+        if (s->denied[i] == fp && s->denied_until[i] > now) {
+            s->denied_until[i] = until;
+            pthread_mutex_unlock(&s->lock);
+            return;
+        }
     s->denied[s->deny_next] = fp;
     s->denied_until[s->deny_next] = until;
     s->deny_next = (s->deny_next + 1) % DENY_MAX;
@@ -170,7 +178,8 @@ const char *fleet_gen_seen(shared *s, const char *text, size_t len) {
     buf[len] = '\0';
     errno = 0;
     g = strtoull(buf, &end, 10);
-    if (errno || *end || buf[0] == '-' || buf[0] == '+' || buf[0] == ' ')
+    /* 2^53 and up: the scripts' Lua numbers cannot hold it exactly */
+    if (errno || *end || buf[0] == '-' || buf[0] == '+' || buf[0] == ' ' || g >= (1ULL << 53) - 1)
         return "the fleet's generation in Redis is not a number";
     pthread_mutex_lock(&s->lock);
     back = g < s->max_gen;

@@ -88,23 +88,29 @@ static const char release_lua[] =
  * is poisoned, deleted and made again (the hosts see a stream made anew
  * behind them, and drop their tokens: see fleet_events.c). */
 #define XADD_LUA                                                                         \
-    "local function xadd(k, len, f, v)\n"                                               \
-    "  local ok = redis.pcall('XADD', k, 'MAXLEN', '~', len, '*', f, v)\n"              \
+    "local function xadd(k, len, ...)\n"                                                \
+    "  local ok = redis.pcall('XADD', k, 'MAXLEN', '~', len, '*', ...)\n"               \
     "  if type(ok) == 'table' and ok.err then\n"                                        \
     "    redis.call('DEL', k)\n"                                                        \
-    "    redis.call('XADD', k, 'MAXLEN', '~', len, '*', f, v)\n"                        \
+    "    redis.call('XADD', k, 'MAXLEN', '~', len, '*', ...)\n"                         \
     "  end\n"                                                                           \
     "end\n"
 
 /* KEYS: token (current name), token (previous name), events. ARGV: the
  * fingerprint to drop ('' for any), the sealed key for the event, the
- * stream's length. Returns {value, pttl, value, pttl} of what it deleted
+ * stream's length, the event's field ('d' a drop, 'v' a revocation: every
+ * host revokes its own copy too). A key of another type under our prefix
+ * (written by hand) is deleted, not an error that would lose the drop. Returns {value, pttl, value, pttl} of what it deleted
  * ('' and 0 where nothing), so a revocation can revoke it. */
 static const char drop_lua[] =
     XADD_LUA
     "local out = {'', 0, '', 0}\n"
     "for i = 1, 2 do\n"
-    "  local v = redis.call('GET', KEYS[i])\n"
+    "  local v = redis.pcall('GET', KEYS[i])\n"
+    "  if type(v) == 'table' and v.err then\n"
+    "    redis.call('DEL', KEYS[i])\n" /* another type under our prefix: written by hand */
+    "    v = false\n"
+    "  end\n"
     "  if v then\n"
     "    local a = string.find(v, ':', 1, true)\n"
     "    if ARGV[1] == '' or (a and string.sub(v, a + 1, a + #ARGV[1]) == ARGV[1]) then\n"
@@ -114,7 +120,10 @@ static const char drop_lua[] =
     "    end\n"
     "  end\n"
     "end\n"
-    "xadd(KEYS[3], ARGV[3], 'd', ARGV[2])\n"
+    /* a revocation: 'v' for hosts that revoke their own copy too, then 'd'
+     * for hosts of the release before, which know only drops */
+    "if ARGV[4] == 'v' then xadd(KEYS[3], ARGV[3], 'v', ARGV[2], 'd', ARGV[2])\n"
+    "else xadd(KEYS[3], ARGV[3], 'd', ARGV[2]) end\n"
     "return out\n";
 
 
@@ -123,9 +132,12 @@ static const char drop_lua[] =
  * below what a host saw: the new one is above both. */
 static const char flush_lua[] =
     XADD_LUA
-    "local g = tonumber(redis.call('GET', KEYS[1]) or '0')\n"
+    "local v = redis.pcall('GET', KEYS[1])\n"
+    "if type(v) == 'table' and v.err then redis.call('DEL', KEYS[1]) v = false end\n"
+    "local g = tonumber(v or '0')\n"
     "local floor = tonumber(ARGV[2]) or 0\n"
-    "if not g or g ~= math.floor(g) or g < floor then g = floor end\n"
+    /* a number Lua cannot hold exactly (2^53 and up) is no generation */
+    "if not g or g ~= math.floor(g) or g < floor or g >= 9007199254740991 then g = floor end\n"
     "g = g + 1\n"
     "redis.call('SET', KEYS[1], string.format('%d', g))\n"
     "xadd(KEYS[2], ARGV[1], 'f', string.format('%d', g))\n"

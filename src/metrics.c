@@ -108,6 +108,14 @@ static void render_shared(FILE *f, const struct shared_stats *ss) {
     one(f, "tokend_shared_refusals_total", "counter",
         "Commands Redis refused (NOPERM, WRONGTYPE, a lost script): the log names the command and the fix.",
         ss->refusals);
+    one(f, "tokend_shared_unreplicated_total", "counter",
+        "Drops and flushes no replica took within the deadline (with Sentinel): sent again on a connection to "
+        "the master the sentinels name.",
+        ss->unreplicated);
+    one(f, "tokend_shared_replayed_total", "counter",
+        "Drops, revocations and flushes of the last 30 s sent again to a new master after a failover (the "
+        "deposed one loses its last writes).",
+        ss->replayed);
     one(f, "tokend_shared_events_up", "gauge",
         "1 while this host reads the fleet's drops and flushes (0: it cannot hear of them).", ss->events_ok);
     one(f, "tokend_shared_events_applied_total", "counter", "Drops and flushes from the fleet applied here.",

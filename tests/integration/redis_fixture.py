@@ -36,7 +36,7 @@ TOKEND_USER = "tokend"
 # Exactly what tokend sends (and its scripts call), as the README's ACL rule
 # says: the ACL test fails if tokend needs one more.
 TOKEND_COMMANDS = ("evalsha", "script|load", "get", "set", "del", "pttl", "incr", "xadd", "xread",
-                   "xinfo|stream", "exists", "ping", "role", "time")
+                   "xinfo|stream", "exists", "ping", "role", "time", "wait")
 PREFIX = "tokend"
 MASTER_NAME = "tokend"
 
