@@ -25,7 +25,7 @@ trixie) clang_rt=libclang-rt-19-dev ;;
     ;;
 esac
 
-# libhiredis-dev is fleet mode's Redis client (issue 12): 0.14.1 on Debian 12,
+# libhiredis-dev is fleet mode's Redis client: 0.14.1 on Debian 12,
 # 1.2.0 (with hiredis_ssl) on Debian 13, same package name on both.
 build=(meson ninja-build gcc pkg-config libcurl4-openssl-dev libcjson-dev libmicrohttpd-dev
        libsystemd-dev libinih-dev libssl-dev libhiredis-dev curl ca-certificates)

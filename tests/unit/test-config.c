@@ -945,10 +945,10 @@ static void config_file_errors_name_the_file_and_line(void) {
     free(path);
 }
 
-/* Issue 14, defect 5: a FIFO at the secret's path blocked a reload in
- * open() for ever. Opened without blocking, it is refused at once. The
- * open runs in a child with a deadline, so the old behaviour fails the
- * test instead of hanging it. */
+/* A FIFO at the secret's path must not block a reload in open() for
+ * ever: opened without blocking, it is refused at once. The open runs in a
+ * child with a deadline, so a blocking open fails the test instead of
+ * hanging it. */
 static int load_in_child(const char *conf, int deadline_s) {
     pid_t pid = fork();
     int status;
@@ -1000,7 +1000,7 @@ static void secret_owned_by_another_user_refused(void) {
     free(secret);
 }
 
-/* Issue 14, defect 10: a ninth address was silently not bound. */
+/* A ninth address is refused, not silently left unbound. */
 static void listen_at_most_eight(void) {
     char text[1024];
     const char *err;
@@ -1018,8 +1018,8 @@ static void listen_at_most_eight(void) {
     ASSERT_CONTAINS(err, "at most 8");
 }
 
-/* Issue 14, defect 10: a line longer than inih's limit was split, and the
- * rest reported as an unknown key on a line that does not exist. */
+/* A line longer than inih's limit is refused on its own line, not split
+ * with the rest reported as an unknown key on a line that does not exist. */
 static void line_too_long_refused_on_its_own_line(void) {
     char text[2048], prefix[32], origins[600] = "";
     const char *err;
@@ -1034,8 +1034,8 @@ static void line_too_long_refused_on_its_own_line(void) {
     ASSERT_NOT_CONTAINS(err, "unknown key");
 }
 
-/* Issue 14, defect 7: a proxy only on purpose, its credentials never in
- * the URL (the URL shows in /v1/status). */
+/* A proxy only on purpose, its credentials never in the URL (the URL
+ * shows in /v1/status). */
 static void proxy_urls(void) {
     config *c = parse_ok(BASE "proxy = http://127.0.0.1:3128\n");
     ASSERT_STR_EQ(c->proxy, "http://127.0.0.1:3128");
