@@ -25,7 +25,7 @@ trixie) clang_rt=libclang-rt-19-dev ;;
     ;;
 esac
 
-# libhiredis-dev is fleet mode's Redis client (issue 12): 0.14.1 on Debian 12,
+# libhiredis-dev is fleet mode's Redis client: 0.14.1 on Debian 12,
 # 1.2.0 (with hiredis_ssl) on Debian 13, same package name on both.
 build=(meson ninja-build gcc pkg-config libcurl4-openssl-dev libcjson-dev libmicrohttpd-dev
        libsystemd-dev libinih-dev libssl-dev libhiredis-dev curl ca-certificates)
@@ -37,7 +37,7 @@ build=(meson ninja-build gcc pkg-config libcurl4-openssl-dev libcjson-dev libmic
 # the real forward proxy of the [upstream] proxy test; python3-requests-oauthlib
 # is a standard OAuth 2.0 client driving the drop-in; chromium (headless, driven
 # over its DevTools protocol with python3-websocket) is the real browser whose
-# CORS, cookies and Sec-Fetch-Site test_front's page-on-another-origin test uses;
+# CORS, cookies and Sec-Fetch-Site test_access's page-on-another-origin test uses;
 # redis-server and redis-sentinel are the real Redis (and Sentinel trio) the
 # fleet tests start, and python3-redis is how those tests read and tamper with
 # it (same names on Debian 12, Redis 7.0, and Debian 13, Redis 8.0);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A local fleet (issue 12): one redis-server on a Unix socket, no persistence,
+# A local fleet: one redis-server on a Unix socket, no persistence,
 # and three tokend processes on 127.0.0.1:8787-8789 sharing it, against the
 # local stand-in of Instacart. Ctrl-C stops everything.
 set -euo pipefail

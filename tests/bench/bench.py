@@ -18,13 +18,14 @@ and measures, in one run:
      HTTPS with HTTP/1.1 and HTTPS with HTTP/2 (and, for context, tokend
      straight to the stand-in): mints per second, added latency per mint,
      TLS handshakes per 1,000 mints and tokend's CPU per mint;
-  9. fleet mode (issue 12), with a Redis of its own: the hit path with
+  9. fleet mode, with a Redis of its own: the hit path with
      fleet mode on against off; a miss served from Redis against a hit;
      mints per user with 4 hosts asked at once; memory per cached token.
 
-Prints a table and the targets of issue 7 with pass or miss, and writes the
-raw figures as JSON (--json). Ratios are the measure: absolute figures drift
-between runs on a shared machine, ratios within one run do not.
+Prints a table and the performance targets (TARGETS_TEXT, below) with pass
+or miss, and writes the raw figures as JSON (--json). Ratios are the
+measure: absolute figures drift between runs on a shared machine, ratios
+within one run do not.
 
 Standard library only; /usr/bin/python3. Talks to 127.0.0.1 only. Every
 wait is bounded in count and time; every process it starts is stopped.
@@ -80,9 +81,9 @@ TARGETS_TEXT = """\
 - miss path: added latency per mint < 0.5 ms at the median; >= 5,000 mints/s
 - memory: < 1 KiB per cached token; 1,000,000 users < 1 GiB RSS; idle < 8 MB; < 8 KB per open connection
 - start-up to listening: < 50 ms
-- miss path over HTTPS (issue 16): HTTP/2 >= 0.8x plain HTTP's mints/s; added latency per mint within
+- miss path over HTTPS: HTTP/2 >= 0.8x plain HTTP's mints/s; added latency per mint within
   0.2 ms of plain HTTP's; TLS handshakes per 1,000 mints <= the connections allowed (max_concurrent)
-- fleet mode (issue 12): hit path >= 0.97x of fleet mode off; a miss served from Redis adds < 0.3 ms
+- fleet mode: hit path >= 0.97x of fleet mode off; a miss served from Redis adds < 0.3 ms
   at p50 and < 1 ms at p99 over a hit; exactly one mint per user across 4 hosts"""
 
 
@@ -288,7 +289,7 @@ class Bench:
         self.procs = Procs()
         self.results = {"mode": args.mode}
         self.checks = []      # (what, ok, detail): correctness; any failure fails the run
-        self.targets = []     # (target, ok, figure): issue 7's performance targets
+        self.targets = []     # (target, ok, figure): the performance targets
         self.skipped = []
         self.wrk_exe = shutil.which("wrk")
         self.nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None)
@@ -706,7 +707,7 @@ http {{
         body = getattr(self, "reference_body", None)
         rows = {}
         names = ["tokend", "nginx"]
-        # fleet mode's hit path must be the same code: counted, not timed (issue 12)
+        # fleet mode's hit path must be the same code: counted, not timed
         if getattr(self, "redis", None) or (shutil.which("redis-server") and self.start_redis_once()):
             names.insert(1, "tokend-fleet")
         for name in names:
@@ -895,7 +896,7 @@ http {{
         self.results["tls"] = rows
 
 
-    # ------------------------------------------------------------ 9. fleet mode (issue 12)
+    # ------------------------------------------------------------ 9. fleet mode
 
     def start_redis(self):
         """A redis-server of the benchmark's own: 127.0.0.1 on a free port, its
@@ -1462,7 +1463,7 @@ http {{
             fl = res["fleet"]
             bg = fl.get("background_cores", 0)
             note = f" -- inconclusive: {bg:.2f} cores of other load" if bg > QUIET_CORES else ""
-            out(f"### 9. Fleet mode (issue 12; Redis {fl['redis']} on 127.0.0.1, no persistence)")
+            out(f"### 9. Fleet mode (Redis {fl['redis']} on 127.0.0.1, no persistence)")
             out("")
             if "hit" in fl:
                 out(f"Hit path, {self.p['hit_users']:,} cached users, {self.p['hit_seconds']} s per run, the same "
@@ -1554,7 +1555,7 @@ http {{
                 "are not measurements, so no target is judged.")
             self.targets = []
         else:
-            out("### Targets (issues 7, 12 and 16)")
+            out("### Targets")
             out("")
             out("| target | figure | verdict |")
             out("|---|---|---|")

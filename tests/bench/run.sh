@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark of instacart-tokend (issue 7): tokend beside nginx, in one run.
+# The benchmark of instacart-tokend: tokend beside nginx, in one run.
 #
 #   tests/bench/run.sh            the whole benchmark (about 12 minutes)
 #   tests/bench/run.sh --quick    3 s runs, 5,000 miss-path users, memory to 100,000 users

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test suite on Debian 13 (trixie), from a Debian 12 machine (issue 15).
+# The test suite on Debian 13 (trixie), from a Debian 12 machine.
 #
 #   tests/debian13/run.sh [--asan] [--bench [BENCH ARGS...]]
 #   tests/debian13/run.sh --bench-only [BENCH ARGS...]

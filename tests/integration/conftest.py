@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -270,3 +271,48 @@ def assert_no_secrets(text, *secrets):
     for s in secrets:
         if s:
             assert s not in text, f"a secret or token leaked into the log: {s[:6]}..."
+
+
+@pytest.fixture
+def make_stub(tmp_path):
+    """make(**kw): another stand-in of Instacart, started; stopped when the test ends."""
+    made = []
+
+    def make(**kw):
+        s = Stub(os.path.join(os.path.dirname(TOKEND_EXE), "..", "tests", "stub", "instacart-stub"),
+                 str(tmp_path / f"stub-extra{len(made)}"), **kw)
+        s.start()
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.stop()
+
+
+def reload(t):
+    """SIGHUP, then waits until the log says it was applied or refused."""
+    done = re.compile(r"reloaded |reload refused|reload failed")
+    before = len(done.findall(t.log()))
+    t.signal(signal.SIGHUP)
+    wait_for(lambda: len(done.findall(t.log())) > before, what="the reload to be logged")
+    return t.log().splitlines()[-1]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def metrics(t):
+    """(/metrics as {series: value}, its raw body), checking its Content-Type."""
+    r = t.get("/metrics")
+    assert r.status == 200
+    assert r.header("content-type").startswith("text/plain; version=0.0.4")
+    out = {}
+    for line in r.body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out, r.body

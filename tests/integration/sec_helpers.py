@@ -1,7 +1,11 @@
-"""Helpers for the issue 5 tests (test_security.py, test_nginx.py): API keys
-and their keys file, and HTTP over a Unix socket.  Standard library only."""
+"""Helpers for the tests of tokens, access control, strict HTTP and the
+nginx example: API keys and their keys file, HTTP over a Unix socket, and
+tokend with a keys file, allowed hosts and allowed origins (the fixtures
+secure, open_tokend and front, imported by the tests that use them)."""
+import base64
 import hashlib
 import http.client
+import json
 import os
 import re
 import secrets
@@ -9,9 +13,18 @@ import shutil
 import socket
 import tempfile
 
+import pytest
+
 from conftest import SLOW, exchange, wait_for
 
 RIGHTS = ("token", "client-token", "frontend", "proxy", "admin")
+
+SHOP = "https://shop.example"
+APP = "https://app.example:8443"
+SERVER = {"allowed_hosts": "tokend.internal", "allowed_origins": f"{SHOP} {APP}"}
+USER_HEADER = "X-Tokend-User"
+JSON = {"Content-Type": "application/json"}
+TOKEN_FIELDS = {"access_token", "token_type", "expires_in", "scope", "created_at"}
 
 
 class Keys:
@@ -113,3 +126,65 @@ class ShortDir:
 
 def http_addresses(log):
     return re.findall(r"listening on http://(\S+?) ", log)
+
+
+def key_names():
+    """Key name -> rights: one key per right, one per 'all rights but one',
+    one with all, and the frontend proxy's (frontend + proxy)."""
+    named = {"all": RIGHTS, "fe": ("frontend", "proxy")}
+    for r in RIGHTS:
+        n = r.replace("-", "_")
+        named[f"only_{n}"] = (r,)
+        named[f"all_but_{n}"] = tuple(x for x in RIGHTS if x != r)
+    return named
+
+
+def only(right):
+    return "only_" + right.replace("-", "_")
+
+
+@pytest.fixture
+def secure(stub, make_tokend, tmp_path):
+    """tokend with a keys file, allowed hosts and origins; .keys holds the keys."""
+    keys = Keys(tmp_path / "keys", key_names())
+    t = make_tokend(stub, {"server": dict(SERVER), "auth": {"keys_file": keys.path}})
+    t.keys = keys
+    return t
+
+
+@pytest.fixture
+def open_tokend(stub, make_tokend):
+    """tokend without a keys file (every loopback caller is served), with
+    allowed hosts and origins."""
+    return make_tokend(stub, {"server": dict(SERVER)})
+
+
+@pytest.fixture
+def front(stub, make_tokend, tmp_path):
+    """tokend with a keys file (.keys: fe for a site's proxy, backend, admin),
+    allowed hosts and origins."""
+    keys = Keys(tmp_path / "keys", {"fe": ("frontend", "proxy"), "backend": ("token", "client-token"),
+                                    "admin": ("admin",)})
+    t = make_tokend(stub, {"server": dict(SERVER), "auth": {"keys_file": keys.path}})
+    t.keys = keys
+    return t
+
+
+def post_json(t, path, body, headers=None, **kw):
+    raw = body if isinstance(body, (bytes, bytearray)) else json.dumps(body).encode()
+    return t.request("POST", path, body=raw, headers={**JSON, **(headers or {})}, **kw)
+
+
+def assert_error(r, status, error):
+    assert r.status == status, r
+    body = r.json()
+    assert body["error"] == error, body
+    assert body.get("error_description"), body
+
+
+def assert_nothing_reached_instacart(stub):
+    assert stub.requests() == [], "a refused request must not reach Instacart"
+
+
+def b64(raw):
+    return base64.b64encode(raw if isinstance(raw, bytes) else raw.encode()).decode()

@@ -1,7 +1,7 @@
-"""Issue 5: the example nginx site (config/nginx-tokend.conf) under a real
-nginx, in front of the real tokend and the real stand-in: users log in to
-nginx (basic auth) and get their own Instacart token and Recommendations
-calls, and nothing else."""
+"""The reverse proxy: the example nginx site (config/nginx-tokend.conf)
+under a real nginx, in front of the real tokend and the real stand-in:
+users log in to nginx (basic auth) and get their own Instacart token and
+Recommendations calls, and nothing else."""
 import http.client
 import json
 import os

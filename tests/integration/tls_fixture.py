@@ -1,4 +1,4 @@
-"""The Instacart stand-in over HTTPS, for test_tls.py: throwaway
+"""The Instacart stand-in over HTTPS, for test_instacart_failing.py: throwaway
 certificates made with the openssl command, and a real nginx (Debian's
 nginx-light, through nginx_fixture.Nginx) terminating TLS in front of the
 stand-in, over HTTP/1.1 only or with HTTP/2.  Standard library only.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tokend under a real systemd (issue 4): a minimal Debian booted with
+# tokend under a real systemd: a minimal Debian booted with
 # systemd-nspawn, tokend installed into it with `meson install --destdir`, the
 # Instacart stand-in running beside it as a unit of its own, driven from the
 # host with nsenter (machinectl and systemctl -M do not work on these

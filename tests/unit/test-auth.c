@@ -93,9 +93,9 @@ static void refusals_name_the_line(void) {
     refused_at("x 1234 token\n", 1, "64 hex digits");
 }
 
-/* Issue 14, defect 8: a browser's user picked any scope through the
- * frontend route. Without scopes=, a key gets only the default scope there;
- * on the backend routes, any. */
+/* A browser's user must not pick any scope through the frontend route.
+ * Without scopes=, a key gets only the default scope there; on the backend
+ * routes, any. */
 static void frontend_route_defaults_to_the_default_scope(void) {
     auth *a = load_ok("web " H_ALPHA " frontend,proxy,token\n");
     const auth_key *web = auth_find(a, "k-alpha", 7);

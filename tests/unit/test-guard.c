@@ -1,9 +1,10 @@
 /* Unit tests of src/guard.c, one group per row of the README's security
  * model ("The security model") that the guard decides. The rows it does
  * not decide are tested where they are: a remote host (listeners bound to
- * loopback: test_security), logs/argv/disk and core dumps (test_security,
- * the container test), environment proxies and planted FIFOs (test-credentials,
- * test_security). */
+ * loopback: test_access), logs/argv/disk and core dumps (test_access,
+ * test_lifecycle, test_observability, the container test), environment
+ * proxies and planted FIFOs (test-credentials, test_instacart_failing,
+ * test_access, test_lifecycle). */
 #include <string.h>
 
 #include "auth.h"

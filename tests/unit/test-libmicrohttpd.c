@@ -174,7 +174,7 @@ static void nul_in_the_request_target(void) {
             seen_url);
     ASSERT(closed);
 #if MHD_VERSION < 0x01000000
-    /* served, cut at the NUL: test_hostile's strict expected failure */
+    /* served, cut at the NUL: test_strict_http's strict expected failure */
     ASSERT_STARTS_WITH(buf, "HTTP/1.1 200");
     ASSERT_STR_EQ(seen_url, "/v1/token");
 #else
@@ -221,7 +221,7 @@ static void half_open_requests_are_closed_with_poll(void) {
 static void half_open_requests_are_kept_with_epoll(void) {
     int kept = 0;
 
-    /* when this fails, test_hostile's strict expected failure for clients
+    /* when this fails, test_strict_http's strict expected failure for clients
      * that leave mid-request passes on this release. A round where every
      * FIN came with its data keeps none (seen once in 20 connections on a
      * busy machine): up to five rounds, so only a library that closes them
@@ -261,7 +261,7 @@ static int half_closed_suspended_requests_answered(unsigned poller) {
 }
 
 static void half_closed_suspended_requests_are_dropped(void) {
-    /* when this fails, test_front's strict expected failure for clients
+    /* when this fails, test_strict_http's strict expected failure for clients
      * that half-close on a miss passes on this release */
     ASSERT_INT_EQ(half_closed_suspended_requests_answered(MHD_USE_EPOLL), 0);
     ASSERT_INT_EQ(half_closed_suspended_requests_answered(MHD_USE_POLL), 0);

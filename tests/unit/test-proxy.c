@@ -1,6 +1,6 @@
 /* Unit tests of src/proxy.c's decision of what a browser may see of
  * Instacart's answer (the forwarding itself, with its 401 retry, runs
- * against the stand-in in test_security and test_front). */
+ * against the stand-in in test_access). */
 #include <string.h>
 
 #include "proxy.h"

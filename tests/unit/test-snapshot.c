@@ -67,8 +67,8 @@ static void check_one(void *userdata, enum oauth_grant grant, const char *user_i
               user_id, scope);
 }
 
-/* Issue 14, defect 1: a client token asked for without a scope is cached
- * under "", which the reader refused, and so the whole image was dropped. */
+/* A client token asked for without a scope is cached under "": the reader
+ * must take it, or the whole image would be dropped. */
 static void round_trip_every_key_shape(void) {
     struct shape shapes[] = {
         { UA, "kamalsingh1234", "connect:recommendations", "tok-user-default" },

@@ -286,10 +286,9 @@ static void siphash24_reference_vectors(void) {
     ASSERT(siphash24(msg, 15, key) != 0xa129ca6149be45e5ull);
 }
 
-/* Issue 14, defect 4: an unkeyed 48-bit FNV-1a of a numeric id was
- * reversed by trying every id. Keyed with the secret, the fingerprint of an
- * id is not what anyone without the secret can compute, and nearby ids
- * share nothing. */
+/* An unkeyed 48-bit FNV-1a of a numeric id could be reversed by trying
+ * every id. Keyed with the secret, the fingerprint of an id is not what
+ * anyone without the secret can compute, and nearby ids share nothing. */
 static void fingerprint_is_keyed(void) {
     char a[FINGERPRINT_LEN], b[FINGERPRINT_LEN], c[FINGERPRINT_LEN], fnv[FINGERPRINT_LEN];
     uint64_t h = 0xcbf29ce484222325ULL;

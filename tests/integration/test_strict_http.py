@@ -1,7 +1,10 @@
-"""Issue 8: hostile clients. Many idle connections, oversized headers and
-bodies, pipelining, garbage on the wire and running out of file descriptors,
-against the real daemon and the real stand-in. Each test ends by checking
-that tokend still serves, which is what a caller would notice.
+"""Strict HTTP: hostile and malformed requests, against the real daemon and
+the real stand-in. The routes' methods and paths; many idle connections,
+oversized headers and bodies, Expect: 100-continue, pipelining, garbage on
+the wire, running out of file descriptors; folded, repeated and conflicting
+headers, and transfer codings. Each test checks what a caller would notice:
+the answer (in tokend's JSON wherever tokend, not libmicrohttpd, answers),
+that nothing was minted, and that tokend still serves.
 
 The limits under test: [server] max_connections (4096, lowered to fit
 RLIMIT_NOFILE) and idle_timeout (30 s); libmicrohttpd's memory per
@@ -25,8 +28,11 @@ import pytest
 
 import conftest
 from conftest import SLOW, wait_for
+from sec_helpers import USER_HEADER, assert_error
+from sec_helpers import front  # noqa: F401 (a fixture)
 
 IDLE = 2000
+
 BIG_HEADERS = 64 * 1024
 
 
@@ -41,6 +47,9 @@ def libmicrohttpd_version():
 # Debian 12 has 0.9.75, Debian 13 1.0.1. Some of 0.9.75's faults are fixed
 # in 1.0: a test of one is a strict expected failure only where it is not.
 MHD = libmicrohttpd_version()
+
+MHD_ANSWERS_ITSELF = pytest.mark.xfail(MHD >= (1, 0, 0), strict=True,
+                                       reason="libmicrohttpd 1.0.1 refuses this itself, in HTML")
 
 
 def open_fds(pid):
@@ -156,6 +165,28 @@ def parse_responses(data):
     return out
 
 
+def raw_answer(t, data, timeout=10.0):
+    """(status, headers, body, closed) of the one answer to raw bytes."""
+    got, closed = exchange(t, data, timeout=timeout)
+    assert got, f"no answer at all (connection {'closed' if closed else 'left open'})"
+    head, _, body = got.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    return int(lines[0].split(" ")[1]), headers, body, closed
+
+
+def assert_json_refusal(t, data, status=400, error="invalid_request"):
+    code, headers, body, closed = raw_answer(t, data)
+    assert code == status, (code, body[:300])
+    assert headers.get("content-type") == "application/json", headers
+    assert json.loads(body[:int(headers["content-length"])])["error"] == error
+    return headers, closed
+
+
+def get_with(headers, version=b"1.1", path=b"/v1/token?user_id=alice"):
+    return b"GET " + path + b" HTTP/" + version + b"\r\n" + headers + b"\r\n"
+
+
 def healthy(t):
     """For wait_for: True once /healthz answers 200 on a new connection."""
     try:
@@ -170,6 +201,75 @@ def serves(t, user):
     assert r.status == 200, r
     assert r.json()["access_token"]
     return r.json()["access_token"]
+
+
+# ---------------------------------------------------------------- routes and methods
+
+
+def test_unknown_route_is_404(stub, tokend):
+    r = tokend.get("/v1/tokens?user_id=a")
+    assert r.status == 404 and r.json()["error"] == "not_found"
+    assert stub.token_requests() == []
+
+
+def test_wrong_method_is_405_with_allow(stub, tokend):
+    r = tokend.request("POST", "/v1/token?user_id=a", body=b"")
+    assert r.status == 405
+    assert r.header("allow") == "GET, DELETE"
+    assert r.json()["error"] == "invalid_request"
+    assert stub.token_requests() == []
+
+
+def test_body_on_get_is_refused(stub, tokend):
+    r = tokend.request("GET", "/v1/token?user_id=a", body=b"x" * 100)
+    assert r.status == 400
+    assert stub.token_requests() == []
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/v1/status"])
+def test_head_is_answered_wherever_get_only_reads(stub, tokend, path):
+    get = tokend.get(path)
+    head = tokend.request("HEAD", path)
+    assert head.status == get.status == 200, head
+    assert head.body == b""
+    assert head.header("content-type") == get.header("content-type")
+
+
+def test_head_is_refused_where_get_mints(stub, tokend):
+    r = tokend.request("HEAD", "/v1/token?user_id=alice")
+    assert r.status == 405
+    assert r.header("allow") == "GET, DELETE"
+    assert stub.stats()["mints"] == 0
+
+
+def test_a_query_of_more_than_16_parameters_is_refused_and_mints_nothing(stub, tokend):
+    # the transport hands the routes at most 16 parameters: a longer query
+    # is refused whole rather than read in part
+    r = tokend.get("/v1/token?" + "&".join(["scope=a"] * 16 + ["user_id=alice"]))
+    assert_error(r, 400, "invalid_request")
+    assert "16" in r.json()["error_description"], r.json()
+    assert tokend.get("/v1/token?user_id=alice&min_ttl=0&scope=connect:recommendations").status == 200
+    assert stub.stats()["mints"] == 1
+
+
+@pytest.mark.parametrize("target", ["/v1/cache/flush%00/anything", "/v1/cache/flush%00", "/metrics%00.png",
+                                    "/healthz%00", "/v1/token%00x?user_id=alice"])
+def test_a_nul_in_the_path_is_no_route(stub, tokend, target):
+    """The decoded path must be the route's exactly: %00 does not cut it
+    short (a flush through /v1/cache/flush%00/anything, /metrics served as
+    /metrics%00.png)."""
+    assert serves(tokend, "cached")
+    method = "POST" if "flush" in target else "GET"
+    got, _ = exchange(tokend, f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                              f"Content-Length: 0\r\n\r\n".encode())
+    (status, headers, body), = parse_responses(got)
+    assert status == 404, got[:300]
+    assert headers["content-type"] == "application/json" and json.loads(body)["error"] == "not_found"
+    assert b"tokend_" not in body
+    # nothing was flushed: the cached token is still a hit
+    r = tokend.token("cached")
+    assert r.status == 200 and r.header("x-cache") == "hit", r
+    assert len(stub.token_requests()) == 1
 
 
 # ---------------------------------------------------------------- many connections
@@ -199,7 +299,7 @@ def test_2000_idle_connections_do_not_stop_other_callers(stub, make_tokend):
     wait_for(lambda: accepted(t) == 0, timeout=30, what="tokend to close the connections")
 
 
-# ---------------------------------------------------------------- oversized requests
+# ---------------------------------------------------------------- header limits
 
 
 @pytest.mark.parametrize("shape", ["many-headers", "one-header"])
@@ -216,6 +316,52 @@ def test_64k_of_headers_gets_431_and_the_connection_closed(stub, tokend, shape):
     assert headers.get("connection", "").lower() == "close"
     assert stub.token_requests() == []
     serves(tokend, "after-big-headers")
+
+
+def padded(user, size):
+    return get_with(b"Host: 127.0.0.1\r\nConnection: close\r\nX-Pad: " + b"a" * size + b"\r\n",
+                    path=b"/v1/token?user_id=" + user.encode())
+
+
+def test_headers_over_5_kib_get_431_in_json_and_mint_nothing(stub, tokend):
+    for size in range(5056, 5600, 128):
+        assert_json_refusal(tokend, padded(f"pad{size}", size), 431, "request_header_fields_too_large")
+    assert stub.token_requests() == []
+
+
+def test_no_header_block_mints_without_an_answer(stub, tokend):
+    """From 4.5 to 7 KiB of headers, 64 bytes at a time: a request that
+    mints is one that was answered 200 (libmicrohttpd closes some without
+    an answer: see the expected failure below)."""
+    answered = []
+    for size in range(4608, 7 * 1024, 64):
+        got, _ = exchange(tokend, padded(f"pad{size}", size))
+        answered.append((f"pad{size}", got[:12]))
+    assert [r["user_id"] for r in stub.token_requests()] == [u for u, s in answered if s == b"HTTP/1.1 200"]
+
+
+# Measured with a bare libmicrohttpd server on tokend's flags and 6 KiB of
+# connection memory: a header block of about 5.7 to 5.8 KiB fits, but leaves
+# no room in that memory for the answer's own headers, and the connection is
+# closed without one ("failed to create response header"), whatever the
+# handler queued; past it, libmicrohttpd answers 431 itself. 0.9.75 and
+# 1.0.1 alike.
+@pytest.mark.xfail(MHD <= (1, 0, 1), strict=True,
+                   reason="libmicrohttpd 0.9.75 and 1.0.1 close without an answer when the headers fill its memory")
+def test_every_header_block_gets_an_answer(stub, tokend):
+    for size in range(5568, 5888, 32):
+        got, _ = exchange(tokend, padded(f"pad{size}", size))
+        assert got, f"{size} bytes of headers: no answer"
+
+
+@pytest.mark.xfail(strict=True, reason="libmicrohttpd (0.9.75 and 1.0.1) answers a header block past its "
+                   "connection memory itself, in HTML, before any handler runs")
+def test_headers_far_over_the_limit_get_431_in_json(stub, tokend):
+    assert_json_refusal(tokend, get_with(b"Host: 127.0.0.1\r\nX-Pad: " + b"a" * 65536 + b"\r\n"), 431,
+                        "request_header_fields_too_large")
+
+
+# ---------------------------------------------------------------- bodies, and Expect: 100-continue
 
 
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
@@ -243,7 +389,42 @@ def test_dropin_body_over_64k_gets_413_and_the_connection_serves_on(stub, tokend
     assert stub.token_requests() == []
 
 
-# ---------------------------------------------------------------- pipelining
+def expect_continue(t, extra, length):
+    """Sends headers with Expect: 100-continue and no body: what comes back."""
+    import socket
+    req = (b"POST /v2/oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+           b"Expect: 100-continue\r\nContent-Length: %d\r\n" % length) + extra + b"\r\n"
+    with socket.create_connection((t.host, t.port), timeout=10) as s:
+        s.sendall(req)
+        return recv_until(s, b"\r\n\r\n")
+
+
+def recv_until(s, marker):
+    """What arrives on socket s until marker has, or until it is closed."""
+    got = b""
+    while marker not in got:
+        b = s.recv(65536)
+        if not b:
+            break
+        got += b
+    return got
+
+
+def test_a_body_over_max_body_is_refused_before_100_continue(stub, tokend):
+    got = expect_continue(tokend, b"", 100 * 1024 ** 3)
+    assert got.startswith(b"HTTP/1.1 413 "), got[:200]
+
+
+def test_a_cross_site_post_is_refused_before_100_continue(stub, tokend):
+    got = expect_continue(tokend, b"Origin: https://evil.example\r\n", 40)
+    assert got.startswith(b"HTTP/1.1 403 "), got[:200]
+
+
+def test_an_allowed_post_still_gets_100_continue(stub, tokend):
+    assert expect_continue(tokend, b"", 40).startswith(b"HTTP/1.1 100 ")
+
+
+# ---------------------------------------------------------------- pipelining, and clients that half-close
 
 
 def test_pipelined_requests_are_each_answered_in_order(stub, tokend):
@@ -267,16 +448,154 @@ def test_pipelined_requests_are_each_answered_in_order(stub, tokend):
     assert [r["user_id"] for r in stub.token_requests()] == ["pipe1", "pipe2"]
 
 
+# Measured with a bare libmicrohttpd server (suspend on the request, resume
+# 300 ms later, answer; tests/unit/test-libmicrohttpd.c): a client that sent
+# its whole request and then shut down its side (shutdown(SHUT_WR), as
+# `nc -q` does) never gets the answer while another connection is open (alone,
+# it does): the connection is closed when it is resumed. 0.9.75 and 1.0.1,
+# with epoll and with poll alike; tokend must suspend a request that waits
+# on a mint, so there is nothing to do about it from outside the library.
+@pytest.mark.xfail(MHD <= (1, 0, 1), strict=True,
+                   reason="libmicrohttpd 0.9.75 and 1.0.1 close a suspended half-closed connection unanswered")
+def test_a_client_that_half_closes_after_its_request_gets_its_answer(stub, tokend):
+    import socket
+    stub.fault(match_path="/v2/oauth/token", action="ok", delay_ms=300, count=5)
+    with socket.create_connection((tokend.host, tokend.port), timeout=10):  # another connection, idle
+        for i in range(5):
+            with socket.create_connection((tokend.host, tokend.port), timeout=10) as s:
+                s.sendall(b"GET /v1/token?user_id=half%d HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % i)
+                s.shutdown(socket.SHUT_WR)
+                got = recv_until(s, b"}")
+            assert got.startswith(b"HTTP/1.1 200 "), (i, got[:200])
+    assert len(stub.token_requests()) == 5
+
+
+# ---------------------------------------------------------------- headers the guard reads, and the body's framing
+
+
+# What libmicrohttpd makes of these, measured with a bare server on the flags
+# src/api.c uses (0.9.75 on Debian 12, 1.0.1 on Debian 13, the option
+# MHD_OPTION_STRICT_FOR_CLIENT at its default, 0):
+# - a folded header line: 0.9.75 glues the continuation onto the header's
+#   NAME ("Host: evil\r\n x" reaches tokend as a header "Hostx"), so the
+#   folded header vanishes; 1.0.1 glues it onto the value, the CR LF turned
+#   into two spaces;
+# - `Host : x`: 0.9.75 passes a header named "Host "; 1.0.1 refuses it itself;
+# - two different Content-Length: both reach tokend, the first one frames;
+# - an unknown transfer coding: 0.9.75 reads the body until the client
+#   closes, so the request is never answered; 1.0.1 refuses it itself.
+# Where 1.0.1 refuses a request itself, it answers in HTML, before tokend
+# sees it: the JSON checks below are strict expected failures there.
+
+FOLDS = {
+    "host-1.1": (b"1.1", b"Host: evil.example\r\n 127.0.0.1\r\n"),
+    "host-1.0": (b"1.0", b"Host: evil.example\r\n x\r\n"),
+    "origin": (b"1.1", b"Host: 127.0.0.1\r\nOrigin: https://evil.example\r\n\tx\r\n"),
+    "sec-fetch-site": (b"1.1", b"Host: 127.0.0.1\r\nSec-Fetch-Site: cross-site\r\n x\r\n"),
+    "x-forwarded-for": (b"1.1", b"Host: 127.0.0.1\r\nX-Forwarded-For: 10.0.0.1\r\n x\r\n"),
+    "x-real-ip": (b"1.1", b"Host: 127.0.0.1\r\nX-Real-IP: 10.0.0.1\r\n x\r\n"),
+}
+
+
+@pytest.mark.parametrize("version,headers", FOLDS.values(), ids=FOLDS.keys())
+def test_a_folded_header_the_guard_reads_is_refused(stub, tokend, version, headers):
+    assert_json_refusal(tokend, get_with(headers, version))
+    assert stub.token_requests() == []
+
+
+def test_a_folded_user_header_is_refused_as_folded(stub, front):
+    req = get_with(b"Host: 127.0.0.1\r\nAuthorization: Bearer %s\r\n%s: alice\r\n mallory\r\n" %
+                   (front.keys["fe"].encode(), USER_HEADER.encode()), path=b"/v1/frontend/token")
+    code, headers, body, _ = raw_answer(front, req)
+    assert code == 400, body
+    assert "fold" in json.loads(body)["error_description"]
+    assert stub.token_requests() == []
+
+
+@pytest.mark.parametrize("version", [b"1.0", b"1.1"])
+def test_whitespace_before_the_colon_is_refused(stub, tokend, version):
+    data = get_with(b"Host : evil.example\r\n", version)
+    if MHD >= (1, 0, 0):  # refused by libmicrohttpd itself, in HTML
+        assert raw_answer(tokend, data)[0] == 400
+    else:
+        assert_json_refusal(tokend, data)
+    assert stub.token_requests() == []
+
+
+@pytest.mark.parametrize("headers", [b"Host: 127.0.0.1\r\nHost: evil.example\r\n",
+                                     b"Host: 127.0.0.1\r\nOrigin: https://shop.example\r\nOrigin: https://evil.example\r\n"],
+                         ids=["host", "origin"])
+def test_a_repeated_header_the_guard_reads_is_refused(stub, tokend, headers):
+    """Read one way here (the first), maybe another by whatever relayed it."""
+    assert raw_answer(tokend, get_with(headers))[0] == 400
+    assert stub.token_requests() == []
+
+
+def test_the_user_header_needs_a_frontend_key_whatever_header_follows_it(stub, front):
+    """The guard finds the user header wherever it is in the header block,
+    another header after it included: a backend key does not pass with it."""
+    req = get_with(b"Host: 127.0.0.1\r\nConnection: close\r\nAuthorization: Bearer %s\r\n"
+                   b"%s: mallory\r\nAccept: */*\r\n" % (front.keys["backend"].encode(), USER_HEADER.encode()))
+    code, _, body, _ = raw_answer(front, req)
+    assert code == 403, body
+    assert stub.token_requests() == []
+
+
+def dropin_post(extra, body=b'{"grant_type":"client_credentials"}'):
+    return (b"POST /v2/oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" + extra +
+            b"\r\n" + body)
+
+
+def test_two_different_content_lengths_are_refused_and_the_connection_closed(stub, tokend):
+    body = b'{"grant_type":"client_credentials"}'
+    _, closed = assert_json_refusal(tokend, dropin_post(b"Content-Length: %d\r\nContent-Length: %d\r\n" %
+                                                        (len(body), len(body) + 5), body))
+    assert closed
+    assert stub.token_requests() == []
+
+
+def test_a_repeated_equal_content_length_is_one(stub, tokend):
+    body = b'{"grant_type":"client_credentials"}'
+    code, _, _, _ = raw_answer(tokend, dropin_post(b"Content-Length: %d\r\nContent-Length: %d\r\nConnection: close\r\n"
+                                                    % (len(body), len(body)), body))
+    assert code == 200
+
+
+CODINGS = {
+    "xchunked": b"Transfer-Encoding: xchunked\r\n",
+    "identity-chunked": b"Transfer-Encoding: identity, chunked\r\n",
+    "gzip": b"Transfer-Encoding: gzip\r\n",
+}
+
+
+@pytest.mark.parametrize("te", [pytest.param(v, marks=MHD_ANSWERS_ITSELF) for v in CODINGS.values()],
+                         ids=CODINGS.keys())
+def test_an_unknown_transfer_coding_is_refused_in_json(stub, tokend, te):
+    _, closed = assert_json_refusal(tokend, dropin_post(te, b"23\r\n" + b'{"grant_type":"client_credentials"}' +
+                                                        b"\r\n0\r\n\r\n"))
+    assert closed
+    assert stub.token_requests() == []
+
+
+def test_chunked_and_content_length_together_are_refused(stub, tokend):
+    data = dropin_post(b"Transfer-Encoding: chunked\r\nContent-Length: 35\r\n",
+                       b"23\r\n" + b'{"grant_type":"client_credentials"}' + b"\r\n0\r\n\r\n")
+    if MHD >= (1, 0, 0):
+        assert raw_answer(tokend, data)[0] == 400
+    else:
+        assert assert_json_refusal(tokend, data)[1]
+    assert stub.token_requests() == []
+
+
 # ---------------------------------------------------------------- garbage
 
 
 # libmicrohttpd 0.9.75 hands the request target over as a C string: a raw
-# NUL in it cut the query short, so user_id=a<NUL>b was served as user "a".
-# No option of 0.9.75 refuses it (MHD_OPTION_STRICT_FOR_CLIENT included);
-# tokend refuses it itself, from its URI callback (src/api.c, on_target).
-# 1.0.1 (Debian 13) drops such a connection itself, before tokend sees the
-# request (tests/unit/test-libmicrohttpd.c shows both).
-
+# NUL in it cuts the query short, so user_id=a<NUL>b would be served as
+# user "a". No option of 0.9.75 refuses it (MHD_OPTION_STRICT_FOR_CLIENT
+# included); tokend refuses it itself, from its URI callback (src/api.c,
+# on_target). 1.0.1 (Debian 13) drops such a connection itself, before
+# tokend sees the request (tests/unit/test-libmicrohttpd.c shows both).
 GARBAGE = {
     "random-binary": random.Random(8).randbytes(4096),
     "lone-crlf": b"\r\n\r\n",
@@ -288,7 +607,7 @@ GARBAGE = {
     # the NUL followed by what looks like the version: still one request line
     "nul-then-a-version": b"GET /v1/token?user_id=a\x00HTTP/1.1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     "nul-in-the-path": b"GET /v1/tok\x00en?user_id=a HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
-    # 0.9.75 read the method up to the NUL: served as GET
+    # 0.9.75 reads the method up to the NUL: it would be served as GET
     "nul-ending-the-method": b"GET\x00 /v1/token?user_id=a HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     "nul-in-the-method": b"GET\x00X /v1/token?user_id=a HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
     "bad-content-length": b"POST /v2/oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -5\r\n\r\n{}",
@@ -296,7 +615,7 @@ GARBAGE = {
                        b"zz\r\n{}\r\n0\r\n\r\n"),
     "http-2-preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00" * 64,
     # 400: from libmicrohttpd itself on 1.0.1, from tokend on 0.9.75 (which
-    # passes such a request on: it was once served a token)
+    # passes such a request on: unless tokend refuses it, it is served a token)
     "http-1.1-without-host": b"GET /v1/token?user_id=nohost HTTP/1.1\r\n\r\n",
 }
 
@@ -455,26 +774,3 @@ def test_max_connections_is_for_the_daemon_not_each_listener(stub, make_tokend, 
             s.close()
         d.close()
     wait_for(lambda: healthy(t), what="tokend to serve once the connections are closed")
-
-
-# ---------------------------------------------------------------- a NUL in the path
-
-
-@pytest.mark.parametrize("target", ["/v1/cache/flush%00/anything", "/v1/cache/flush%00", "/metrics%00.png",
-                                    "/healthz%00", "/v1/token%00x?user_id=alice"])
-def test_a_nul_in_the_path_is_no_route(stub, tokend, target):
-    """The decoded path must be the route's exactly: %00 does not cut it
-    short (a flush through /v1/cache/flush%00/anything, /metrics served as
-    /metrics%00.png)."""
-    assert serves(tokend, "cached")
-    method = "POST" if "flush" in target else "GET"
-    got, _ = exchange(tokend, f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                              f"Content-Length: 0\r\n\r\n".encode())
-    (status, headers, body), = parse_responses(got)
-    assert status == 404, got[:300]
-    assert headers["content-type"] == "application/json" and json.loads(body)["error"] == "not_found"
-    assert b"tokend_" not in body
-    # nothing was flushed: the cached token is still a hit
-    r = tokend.token("cached")
-    assert r.status == 200 and r.header("x-cache") == "hit", r
-    assert len(stub.token_requests()) == 1

@@ -1,9 +1,11 @@
-"""Issue 5: who may reach tokend and what for (Host, Origin, forwarded
-requests, API keys and their rights, the user header, Unix socket peers),
-the frontend routes (frontend token, the Recommendations proxy), backend
-tokens and the drop-in for Instacart's token endpoint, against the real
-stand-in.  Every refusal also asserts that nothing reached Instacart."""
-import base64
+"""Who may reach tokend and what for, against the real stand-in: the Host
+check (DNS rebinding), Origin and Sec-Fetch-Site, requests relayed by a
+proxy, API keys with their rights and scopes, the keys file (checked at
+start, applied by a reload), the user header, the routes a site's proxy
+calls for its signed-in users (GET /v1/frontend/token and the
+Recommendations proxy) with CORS, also in Debian's headless Chromium, and
+Unix socket peers by uid and gid. Every refusal also checks that nothing
+reached Instacart."""
 import grp
 import json
 import os
@@ -16,17 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import SLOW, TOKEND_EXE, assert_no_secrets
-from sec_helpers import (RIGHTS, Keys, ShortDir, bearer, http_addresses, sha256_hex, start_unix_only,
-                         unix_request, wait_unix_listening)
+from conftest import SLOW, TOKEND_EXE, assert_no_secrets, reload
+from sec_helpers import (APP, JSON, RIGHTS, SHOP, SERVER, TOKEN_FIELDS, USER_HEADER, Keys, ShortDir, assert_error,
+                         assert_nothing_reached_instacart, b64, bearer, http_addresses, key_names, only, post_json,
+                         sha256_hex, start_unix_only, unix_request, wait_unix_listening)
+from sec_helpers import front, open_tokend, secure  # noqa: F401 (fixtures)
 from stub import assertion
-
-SHOP = "https://shop.example"
-APP = "https://app.example:8443"
-SERVER = {"allowed_hosts": "tokend.internal", "allowed_origins": f"{SHOP} {APP}"}
-USER_HEADER = "X-Tokend-User"
-JSON = {"Content-Type": "application/json"}
-TOKEN_FIELDS = {"access_token", "token_type", "expires_in", "scope", "created_at"}
 
 RECO_PATHS = [
     "/v2/recommendations/replacement_items",
@@ -34,46 +31,17 @@ RECO_PATHS = [
     "/v2/recommendations/orders/ORD-1234_x/replacement_items",
     "/v2/recommendations/orders/ORD-1234_x/complementary_items",
 ]
+
 RECO_BODY = {"location_code": "94105", "cart_id": "cart-1", "max_complementary_items": 3,
              "items": [{"line_num": 1, "item": {"rrc": "12345"}}, {"line_num": 2, "item": {"upc": "0001"}}]}
 
-FAST = {"upstream": {"attempt_timeout": "500ms", "request_timeout": "1500ms", "retry_base": "10ms",
-                     "retry_max": "50ms", "breaker_failures": "1000"}}
+REC = "connect:recommendations"
 
-
-def key_names():
-    """Key name -> rights: one key per right, one per 'all rights but one',
-    one with all, and the frontend proxy's (frontend + proxy)."""
-    named = {"all": RIGHTS, "fe": ("frontend", "proxy")}
-    for r in RIGHTS:
-        n = r.replace("-", "_")
-        named[f"only_{n}"] = (r,)
-        named[f"all_but_{n}"] = tuple(x for x in RIGHTS if x != r)
-    return named
-
-
-def only(right):
-    return "only_" + right.replace("-", "_")
+FUL = "connect:fulfillment"
 
 
 def all_but(right):
     return "all_but_" + right.replace("-", "_")
-
-
-@pytest.fixture
-def secure(stub, make_tokend, tmp_path):
-    """tokend with a keys file, allowed hosts and origins; .keys holds the keys."""
-    keys = Keys(tmp_path / "keys", key_names())
-    t = make_tokend(stub, {"server": dict(SERVER), "auth": {"keys_file": keys.path}})
-    t.keys = keys
-    return t
-
-
-@pytest.fixture
-def open_tokend(stub, make_tokend):
-    """tokend without a keys file (loopback as in the core issue), with
-    allowed hosts and origins."""
-    return make_tokend(stub, {"server": dict(SERVER)})
 
 
 @pytest.fixture
@@ -83,35 +51,17 @@ def short_dir():
     d.close()
 
 
-def post_json(t, path, body, headers=None, **kw):
-    raw = body if isinstance(body, (bytes, bytearray)) else json.dumps(body).encode()
-    return t.request("POST", path, body=raw, headers={**JSON, **(headers or {})}, **kw)
-
-
-def assert_error(r, status, error):
-    assert r.status == status, r
-    body = r.json()
-    assert body["error"] == error, body
-    assert body.get("error_description"), body
-
-
-def assert_nothing_reached_instacart(stub):
-    assert stub.requests() == [], "a refused request must not reach Instacart"
-
-
 def reco_requests(stub):
     return [q for q in stub.requests() if q["path"].startswith("/v2/recommendations/")]
 
 
-def b64(raw):
-    return base64.b64encode(raw if isinstance(raw, bytes) else raw.encode()).decode()
+# ---------------------------------------------------------------- Host (DNS rebinding)
 
-
-# ================================================================ Host (DNS rebinding)
 
 REBINDING_HOSTS = ["evil.example", "evil.example:8787", "127.0.0.1.nip.io", "localhost.evil.example",
                    "tokend.internal.evil.example", "evil-tokend.internal", "attacker.example:80",
                    "[::ffff:10.0.0.1]:8787", "[::]:8787", "0.0.0.0"]
+
 GOOD_HOSTS = ["localhost", "localhost:8787", "127.0.0.1", "127.0.0.1:8787", "127.1.2.3:99", "[::1]",
               "[::1]:8787", "tokend.internal", "tokend.internal:8787", "[::ffff:127.0.0.1]:8787",
               "[0:0:0:0:0:0:0:1]"]
@@ -160,7 +110,8 @@ def test_ipv4_loopback_in_ipv6_form_is_loopback_everywhere(stub, make_tokend):
     assert r.status == 200 and r.json() == {"dropped": 1}, r
 
 
-# ================================================================ Origin and Sec-Fetch-Site
+# ---------------------------------------------------------------- Origin and Sec-Fetch-Site
+
 
 BAD_ORIGINS = ["https://evil.example", "null", "https://shop.example.evil.example", "http://shop.example",
                "https://shop.example:8443", "https://app.example", "https://SHOP.example.evil"]
@@ -196,6 +147,12 @@ def test_sec_fetch_site_cross_site_is_403(stub, open_tokend, origin):
     assert_nothing_reached_instacart(stub)
 
 
+@pytest.mark.parametrize("value", ["cross-site", "Cross-Site", "CROSS-SITE"])
+def test_sec_fetch_site_cross_site_in_any_case(stub, tokend, value):
+    assert_error(tokend.get("/v1/token?user_id=alice", headers={"Sec-Fetch-Site": value}), 403, "forbidden")
+    assert stub.stats()["mints"] == 0
+
+
 def test_sec_fetch_site_cross_site_from_an_allowed_origin_is_served(stub, open_tokend):
     r = open_tokend.get("/v1/token?user_id=alice", headers={"Sec-Fetch-Site": "cross-site", "Origin": SHOP})
     assert r.status == 200, r
@@ -215,14 +172,17 @@ def test_cross_site_origin_is_403_even_with_a_good_key(stub, secure):
     assert_nothing_reached_instacart(stub)
 
 
-# ================================================================ forwarded requests
+# ---------------------------------------------------------------- requests relayed by a proxy
+
 
 FORWARDED = [{"X-Forwarded-For": "203.0.113.7"}, {"X-Forwarded-For": "127.0.0.1"},
              {"Forwarded": "for=203.0.113.7;proto=https"}, {"Forwarded": "for=127.0.0.1"}]
+
 # what other reverse proxies and CDNs add when they relay a request
 RELAY_HEADERS = {"Via": "1.1 proxy.example", "CF-Connecting-IP": "203.0.113.7",
                  "X-Original-Forwarded-For": "203.0.113.7", "X-Real-IP": "203.0.113.7",
                  "True-Client-IP": "203.0.113.7", "X-Client-IP": "203.0.113.7"}
+
 NON_FRONTEND = [("GET", "/v1/token?user_id=alice", None),
                 ("GET", "/v1/client-token", None),
                 ("POST", "/v2/oauth/token", {"grant_type": "client_credentials"}),
@@ -264,6 +224,14 @@ def test_every_relay_header_is_refused_outside_the_frontend_routes(stub, secure,
     assert r.status == 200, r
 
 
+@pytest.mark.parametrize("header", ["X-Real-IP", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-For",
+                                    "Forwarded"])
+def test_every_header_a_relaying_proxy_adds_is_refused_off_the_frontend_routes(stub, tokend, header):
+    value = "for=10.0.0.1" if header == "Forwarded" else "10.0.0.1"
+    assert_error(tokend.get("/v1/token?user_id=alice", headers={header: value}), 403, "forbidden")
+    assert stub.stats()["mints"] == 0
+
+
 @pytest.mark.parametrize("fwd", FORWARDED[:3], ids=lambda h: "-".join(h))
 def test_forwarded_request_on_frontend_routes_is_served(stub, secure, fwd):
     h = bearer(secure.keys["fe"], **{USER_HEADER: "alice"}, **fwd)
@@ -274,7 +242,8 @@ def test_forwarded_request_on_frontend_routes_is_served(stub, secure, fwd):
     assert r.json()["user_id"] == "alice"
 
 
-# ================================================================ API keys and rights
+# ---------------------------------------------------------------- API keys and their rights
+
 
 # name -> (method, path, JSON body or None, extra headers, the right it needs)
 ROUTES = {
@@ -394,6 +363,50 @@ def test_keys_never_reach_the_log(stub, make_tokend, tmp_path):
     assert_no_secrets(t.log(), *keys.values(), "not-a-key-" + "z" * 20)
 
 
+# ---------------------------------------------------------------- scopes a key may ask for
+
+
+def test_a_frontend_key_gets_only_the_default_scope_unless_listed(stub, make_tokend, tmp_path):
+    stub.config(extra_scopes=[FUL])
+    path = tmp_path / "keys"
+    keys = Keys(path, {"site": ("frontend", "proxy"), "wide": ("frontend",), "backend": ("token",)},
+                scopes={"wide": f"{REC},{FUL}"})
+    t = make_tokend(stub, sections={"auth": {"keys_file": str(path)}})
+    user = {"X-Tokend-User": "alice"}
+    r = t.get(f"/v1/frontend/token?scope={FUL}", headers=bearer(keys["site"], **user))
+    assert r.status == 403, r
+    assert r.json()["error"] == "forbidden" and "scope" in r.json()["error_description"]
+    assert stub.stats()["mints"] == 0
+    assert t.get("/v1/frontend/token", headers=bearer(keys["site"], **user)).status == 200
+    assert t.get(f"/v1/frontend/token?scope={REC}", headers=bearer(keys["site"], **user)).status == 200
+    # a key whose line lists the scope may ask for it
+    r = t.get(f"/v1/frontend/token?scope={FUL}", headers=bearer(keys["wide"], **user))
+    assert r.status == 200, r
+    assert r.json()["scope"] == FUL
+    # a backend key without scopes= asks for any
+    assert t.token_with("bob", keys["backend"], scope=FUL).status == 200
+
+
+def test_a_key_limited_to_scopes_is_held_to_them_on_every_route(stub, make_tokend, tmp_path):
+    stub.config(extra_scopes=[FUL])
+    path = tmp_path / "keys"
+    keys = Keys(path, {"rec": ("token", "client-token")}, scopes={"rec": REC})
+    t = make_tokend(stub, sections={"auth": {"keys_file": str(path)}})
+    assert t.token_with("alice", keys["rec"]).status == 200
+    assert t.token_with("alice", keys["rec"], scope=FUL).status == 403
+    assert t.get(f"/v1/client-token?scope={FUL}", headers=bearer(keys["rec"])).status == 403
+    assert t.get("/v1/client-token", headers=bearer(keys["rec"])).status == 403  # no scope: only with scopes=*
+    body = ('{"grant_type":"client_credentials","scope":"%s"}' % FUL).encode()
+    r = t.request("POST", "/v2/oauth/token", body=body,
+                  headers=bearer(keys["rec"], **{"Content-Type": "application/json"}))
+    assert r.status == 400 and r.json()["error"] == "invalid_scope", r  # the drop-in speaks OAuth
+    before = stub.stats()["mints"]
+    assert before == 1
+
+
+# ---------------------------------------------------------------- the keys file: checked at start, read again on reload
+
+
 def run_tokend(*args, timeout=30):
     return subprocess.run([TOKEND_EXE, *args], capture_output=True, text=True, timeout=timeout)
 
@@ -444,7 +457,54 @@ def test_missing_keys_file_is_refused(stub, make_tokend, tmp_path):
         assert r.returncode != 0 and missing in r.stderr, (args, r.stderr)
 
 
-# ================================================================ the user header
+def test_a_fifo_as_the_keys_file_is_refused_at_start(stub, make_tokend, tmp_path):
+    fifo = tmp_path / "keys"
+    os.mkfifo(fifo, 0o600)
+    t = make_tokend(stub, sections={"auth": {"keys_file": str(fifo)}}, start=False)
+    t.start(expect_ready=False)
+    assert t.proc.wait(timeout=10 * SLOW) == 1
+    assert "regular file, not a FIFO" in t.log()
+
+
+def test_a_key_removed_from_the_keys_file_stops_working_at_the_reload(stub, make_tokend, tmp_path):
+    path = tmp_path / "keys"
+    keys = Keys(path, {"old": ("token",), "other": ("token",)})
+    t = make_tokend(stub, sections={"auth": {"keys_file": str(path)}})
+    assert t.token_with("alice", keys["old"]).status == 200
+
+    # the operator answers a leaked key: removes it, adds a new one, reloads
+    new = Keys(path, {"new": ("token",), "other": ("token",)})
+    reload(t)
+    r = t.token_with("alice", keys["old"])
+    assert r.status == 401, r
+    assert t.token_with("alice", new["new"]).status == 200
+    assert "API keys reloaded from" in t.log()
+
+    # a broken keys file is refused with file and line; the keys in force stay
+    with open(path, "a") as f:
+        f.write("broken-line\n")
+    line = reload(t)
+    assert "reload refused" in line and f"{path}:" in line, line
+    assert t.token_with("bob", new["new"]).status == 200
+    assert t.token_with("bob", keys["old"]).status == 401
+
+
+def test_removing_keys_file_from_the_configuration_is_applied_and_said(stub, make_tokend, tmp_path):
+    path = tmp_path / "keys"
+    keys = Keys(path, {"k": ("token",)})
+    t = make_tokend(stub, sections={"auth": {"keys_file": str(path)}})
+    assert t.token("alice").status == 401
+    t.sections["auth"]["keys_file"] = None
+    t.write_config()
+    reload(t)
+    assert t.token("alice").status == 200
+    assert "keys_file removed" in t.log()
+    assert "need a restart" not in t.log()
+    assert keys["k"]
+
+
+# ---------------------------------------------------------------- the user header
+
 
 def test_user_header_without_any_keys_file_is_403(stub, open_tokend):
     for path in ("/v1/token?user_id=alice", "/v1/client-token", "/healthz"):
@@ -496,7 +556,8 @@ def test_configured_user_header(stub, make_tokend, tmp_path):
     assert len(stub.requests()) == 1
 
 
-# ================================================================ GET /v1/frontend/token
+# ---------------------------------------------------------------- GET /v1/frontend/token, and CORS
+
 
 def fe_get(t, user, path="/v1/frontend/token", **headers):
     h = bearer(t.keys["fe"], **headers)
@@ -534,8 +595,8 @@ def test_frontend_users_get_their_own_tokens(stub, secure):
 
 
 def test_frontend_token_with_scope(stub, make_tokend, tmp_path):
-    # issue 14: the browser's user does not pick the scope; the proxy's key
-    # may name the ones it may ask for (scopes=)
+    # the browser's user does not pick the scope; the proxy's key may name
+    # the ones it may ask for (scopes=)
     keys = Keys(tmp_path / "keys", {"fe": ("frontend", "proxy"), "wide": ("frontend", "proxy")},
                 scopes={"wide": "connect:recommendations,connect:post_checkout"})
     t = make_tokend(stub, {"server": dict(SERVER), "auth": {"keys_file": keys.path}})
@@ -584,10 +645,31 @@ def test_frontend_cors_for_an_allowed_origin(stub, secure, origin):
     assert r.header("access-control-allow-origin") == origin
 
 
+def test_an_allowed_origin_may_send_credentials(stub, front):
+    h = bearer(front.keys["fe"], **{USER_HEADER: "alice", "Origin": SHOP})
+    r = front.get("/v1/frontend/token", headers=h)
+    assert r.status == 200, r
+    assert r.header("access-control-allow-origin") == SHOP
+    assert r.header("access-control-allow-credentials") == "true"
+    pre = front.request("OPTIONS", "/v1/frontend/token",
+                        headers={"Origin": SHOP, "Access-Control-Request-Method": "GET"})
+    assert pre.header("access-control-allow-credentials") == "true"
+    assert pre.header("access-control-allow-origin") == SHOP
+
+
 def test_frontend_without_origin_has_no_cors_headers(stub, secure):
     r = fe_get(secure, "alice")
     assert r.status == 200
     assert r.header("access-control-allow-origin") is None
+
+
+def test_another_origin_gets_no_cors_headers(stub, front):
+    h = bearer(front.keys["fe"], **{USER_HEADER: "alice", "Origin": "https://evil.example"})
+    r = front.get("/v1/frontend/token", headers=h)
+    assert r.status == 403
+    assert r.header("access-control-allow-origin") is None
+    assert r.header("access-control-allow-credentials") is None
+    assert stub.stats()["mints"] == 0
 
 
 @pytest.mark.parametrize("path,method", [("/v1/frontend/token", "GET"), (RECO_PATHS[0], "POST"),
@@ -615,7 +697,8 @@ def test_frontend_preflight_from_another_origin_is_403(stub, secure):
     assert_nothing_reached_instacart(stub)
 
 
-# ================================================================ the Recommendations proxy
+# ---------------------------------------------------------------- the Recommendations proxy
+
 
 def reco(t, path, body=RECO_BODY, user="alice", key="fe", headers=None, **kw):
     h = bearer(t.keys[key], **{USER_HEADER: user})
@@ -671,6 +754,50 @@ def test_proxy_passes_instacarts_answer_back(stub, secure, status, body):
     assert r.json() == json.loads(body)
     assert len(reco_requests(stub)) == 1
     assert len(stub.token_requests()) == 1
+
+
+@pytest.mark.parametrize("status", [302, 304, 307, 101])
+def test_the_proxy_does_not_relay_redirects_or_informational_statuses(stub, front, status):
+    stub.fault(match_path="/v2/recommendations/replacement_items", action="status", status=status,
+               body="", content_type="application/json")
+    r = reco(front, RECO_PATHS[0])
+    if status == 101:  # libcurl itself gives up on a 101 nobody asked for
+        assert_error(r, 503, "upstream_unavailable")
+    else:
+        assert_error(r, 502, "upstream_unavailable")
+        assert str(status) in r.json()["error_description"]
+    assert r.header("location") is None
+
+
+def test_the_proxy_does_not_serve_html_on_the_sites_origin(stub, front):
+    stub.fault(match_path="/v2/recommendations/replacement_items", action="status", status=200,
+               body="<script>alert(document.cookie)</script>", content_type="text/html")
+    r = reco(front, RECO_PATHS[0])
+    assert_error(r, 502, "upstream_unavailable")
+    assert b"<script>" not in r.body
+    assert r.header("x-content-type-options") == "nosniff"
+
+
+def test_the_proxy_relays_instacarts_json_refusals_as_they_are(stub, front):
+    stub.fault(match_path="/v2/recommendations/replacement_items", action="status", status=422,
+               body='{"errors":[{"message":"bad item"}]}', content_type="application/json; charset=utf-8")
+    r = reco(front, RECO_PATHS[0])
+    assert r.status == 422, r
+    assert r.json() == {"errors": [{"message": "bad item"}]}
+    assert r.header("x-content-type-options") == "nosniff"
+
+
+@pytest.mark.parametrize("status", [401, 405, 503])
+def test_instacarts_own_refusals_carry_none_of_tokends_headers(stub, front, status):
+    # tokend's Allow, WWW-Authenticate and Retry-After describe tokend's own
+    # refusals: on Instacart's answer they would be tokend speaking for it
+    stub.fault(match_path="/v2/recommendations/replacement_items", action="status", status=status,
+               body='{"errors":[{"message":"no"}]}', content_type="application/json")
+    r = reco(front, RECO_PATHS[0])
+    assert r.status == status, r
+    assert r.json() == {"errors": [{"message": "no"}]}
+    for header in ("allow", "www-authenticate", "retry-after"):
+        assert r.header(header) is None, (header, r.header(header))
 
 
 def test_proxy_401_remints_once_and_retries(stub, secure):
@@ -764,7 +891,7 @@ def test_proxy_paths_with_another_method_are_refused(stub, secure, path, method)
     r = secure.request(method, path, body=body, headers={**h, **(JSON if body else {})})
     if body is None:
         assert r.status == 405 and "POST" in r.header("allow"), r
-    else:  # like any route given a body it does not take (tokend's rule since the core issue)
+    else:  # like any route given a body it does not take
         assert r.status in (400, 405), r
     assert_nothing_reached_instacart(stub)
 
@@ -841,236 +968,139 @@ def test_configured_max_body(stub, make_tokend, tmp_path, max_body, limit):
         assert reco(t, RECO_PATHS[0], big_json(limit)).status == 200
 
 
-# ================================================================ GET /v1/client-token
-
-def ct_get(t, scope=None):
-    path = "/v1/client-token" + ("" if scope is None else f"?scope={scope}")
-    return t.get(path, headers=bearer(t.keys[only("client-token")]))
+# ---------------------------------------------------------------- CORS with credentials, in Chromium
 
 
-def assert_token_shape(body, scope):
-    assert {"access_token", "token_type", "expires_in", "created_at"} <= set(body) <= TOKEN_FIELDS, body
-    assert body["token_type"] == "Bearer"
-    assert 86390 <= body["expires_in"] <= 86400
-    if scope is not None:
-        assert body["scope"] == scope
+# The site: one web server (here, in the test) for three origins of one site,
+# example.test. app.example.test signs its user in with a cookie and, as the
+# site's proxy does, forwards /instacart/... to tokend with its frontend key
+# and the user's id. shop.example.test is another origin of the site, listed
+# in allowed_origins; evil.example.test is not. Same site, so the browser
+# sends the cookie from both: only tokend's CORS answer tells them apart.
+class Site:
+    def __init__(self, t):
+        import http.server
+        import threading
+        site = self
+        self.forwarded = []  # (method, path, Origin, tokend's status)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def answer(self, status, body=b"", headers=()):
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def handle_any(self):
+                host = self.headers.get("Host", "").split(":")[0]
+                if host != "app.example.test":
+                    return self.answer(200, b"<!doctype html><title>a page</title>", [("Content-Type", "text/html")])
+                if self.path == "/login":
+                    return self.answer(200, b"signed in", [("Set-Cookie", "session=alice; Path=/; SameSite=Lax")])
+                if not self.path.startswith("/instacart/"):
+                    return self.answer(404)
+                import http.client
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                out = {k: self.headers[k] for k in ("Origin", "Sec-Fetch-Site", "Content-Type",
+                                                    "Access-Control-Request-Method",
+                                                    "Access-Control-Request-Headers") if self.headers.get(k)}
+                if "session=alice" in (self.headers.get("Cookie") or ""):
+                    out[USER_HEADER] = "alice"
+                    out["Authorization"] = f"Bearer {t.keys['fe']}"
+                c = http.client.HTTPConnection(t.host, t.port, timeout=10)
+                c.request(self.command, self.path[len("/instacart"):], body=body or None, headers=out)
+                r = c.getresponse()
+                data = r.read()
+                c.close()
+                site.forwarded.append((self.command, self.path, self.headers.get("Origin"), r.status))
+                keep = [(k, v) for k, v in r.getheaders()
+                        if k.lower() not in ("connection", "content-length", "date", "transfer-encoding")]
+                self.answer(r.status, data, keep)
+
+            do_GET = do_POST = do_OPTIONS = handle_any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
-def test_client_token_without_scope(stub, secure):
-    r = ct_get(secure)
-    assert r.status == 200, r
-    assert r.header("content-type") == "application/json" and r.header("cache-control") == "no-store"
-    assert_token_shape(r.json(), None)
-    (req,) = stub.token_requests()
-    assert req["grant_type"] == "client_credentials"
-    assert req["scope"] is None and req["user_id"] is None
-    assert req["client_id"] == "test-client"
-    again = ct_get(secure)
-    assert again.json()["access_token"] == r.json()["access_token"]
-    assert again.header("x-cache") == "hit"
-    assert len(stub.token_requests()) == 1
+READ_BOTH = """
+  const base = "http://app.example.test:%d/instacart";
+  const out = {};
+  try {
+    const t = await fetch(base + "/v1/frontend/token", {credentials: "include"});
+    out.token = {status: t.status, body: await t.json()};
+  } catch (e) { out.token = {failed: e.name}; }
+  try {
+    const r = await fetch(base + "/v2/recommendations/replacement_items", {
+      method: "POST", credentials: "include", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify(%s)});
+    out.reco = {status: r.status, body: await r.json()};
+  } catch (e) { out.reco = {failed: e.name}; }
+  return out;
+"""
 
 
-def test_client_token_one_per_scope_cached(stub, secure):
-    scopes = [None, "connect:fulfillment", "connect:recommendations",
-              "connect:recommendations,connect:fulfillment"]
-    tokens = {}
-    for s in scopes:
-        r = ct_get(secure, s)
-        assert r.status == 200, (s, r)
-        assert_token_shape(r.json(), s)
-        tokens[s] = r.json()["access_token"]
-    assert len(set(tokens.values())) == len(scopes)
-    for s in scopes:
-        r = ct_get(secure, s)
-        assert r.json()["access_token"] == tokens[s] and r.header("x-cache") == "hit", s
-    reqs = stub.token_requests()
-    assert [q["scope"] for q in reqs] == scopes, "one mint per scope"
-    assert {q["grant_type"] for q in reqs} == {"client_credentials"}
+@pytest.fixture
+def browser(tmp_path):
+    import shutil
+    if not shutil.which("chromium"):
+        pytest.skip("Debian's chromium is not installed (tests/deps.sh test)")
+    pytest.importorskip("websocket", reason="Debian's python3-websocket (tests/deps.sh test)")
+    from browser import Browser
+    b = Browser(str(tmp_path))
+    yield b
+    b.close()
 
 
-def test_client_tokens_and_user_tokens_do_not_mix(stub, secure):
-    c = ct_get(secure, "connect:recommendations").json()["access_token"]
-    u = secure.get("/v1/token?user_id=alice", headers=bearer(secure.keys["all"])).json()["access_token"]
-    assert c != u
-    assert sorted(q["grant_type"] for q in stub.token_requests()) == ["client_credentials",
-                                                                     "fulfillment_user_assertion"]
-
-
-def test_client_token_failure_is_not_cached(stub, make_tokend, tmp_path):
-    keys = Keys(tmp_path / "keys", key_names())
-    t = make_tokend(stub, {"auth": {"keys_file": keys.path}, **FAST})
+def test_a_page_on_an_allowed_origin_signed_in_by_cookie_reads_and_another_reads_nothing(
+        stub, make_tokend, tmp_path, browser):
+    keys = Keys(tmp_path / "keys", {"fe": ("frontend", "proxy")})
+    # the allowed origin carries the site's port, known once the site listens
+    t = make_tokend(stub, {"auth": {"keys_file": keys.path}}, start=False)
     t.keys = keys
-    stub.fault(action="status", status=503)
-    r = ct_get(t, "connect:fulfillment")
-    assert r.status == 503 and r.json()["error"] == "upstream_unavailable", r
-    stub.reset()
-    r = ct_get(t, "connect:fulfillment")
-    assert r.status == 200 and r.header("x-cache") == "miss"
+    site = Site(t)
+    try:
+        shop, evil = f"http://shop.example.test:{site.port}", f"http://evil.example.test:{site.port}"
+        t.sections["server"]["allowed_origins"] = shop
+        t.write_config()
+        t.start()
+        browser.open(f"http://app.example.test:{site.port}/login")
+        script = READ_BOTH % (site.port, json.dumps(RECO_BODY))
+
+        # another origin of the same site: the cookie goes along, tokend
+        # refuses the Origin (and the preflight), the page reads nothing
+        browser.open(evil + "/")
+        got = browser.run(script)
+        assert got == {"token": {"failed": "TypeError"}, "reco": {"failed": "TypeError"}}, got
+        assert stub.token_requests() == []
+        assert [(m, s) for m, _, o, s in site.forwarded if o == evil] == [("GET", 403), ("OPTIONS", 403)]
+
+        # the allowed origin reads the user's token and Instacart's answer
+        browser.open(shop + "/")
+        got = browser.run(script)
+        assert got["token"]["status"] == 200, got
+        assert got["token"]["body"]["access_token"]
+        assert got["reco"]["status"] == 200, got
+        assert "error" not in got["reco"]["body"], got
+        assert [r["user_id"] for r in stub.token_requests()] == ["alice"]
+    finally:
+        site.close()
 
 
-def test_backend_routes_work_without_a_keys_file(stub, open_tokend):
-    assert open_tokend.get("/v1/client-token?scope=connect:fulfillment").status == 200
-    r = post_json(open_tokend, "/v2/oauth/token", {"grant_type": "client_credentials",
-                                                    "scope": "connect:fulfillment"})
-    assert r.status == 200, r
-    assert len(stub.token_requests()) == 1
+# ---------------------------------------------------------------- Unix socket peers, and the socket itself
 
-
-# ================================================================ POST /v2/oauth/token (drop-in)
-
-def drop_in(t, body, key=None, **kw):
-    return post_json(t, "/v2/oauth/token", body, headers=bearer(t.keys[key or "all"]), **kw)
-
-
-def user_grant(user="alice", scope="connect:recommendations", **more):
-    b = {"grant_type": "fulfillment_user_assertion", "assertion": assertion(user), **more}
-    if scope is not None:
-        b["scope"] = scope
-    return b
-
-
-def test_drop_in_user_grant(stub, secure):
-    r = drop_in(secure, user_grant(), key=only("token"))
-    assert r.status == 200, r
-    assert r.header("content-type") == "application/json"
-    body = r.json()
-    assert set(body) == TOKEN_FIELDS
-    assert body["token_type"] == "Bearer" and body["scope"] == "connect:recommendations"
-    assert 86390 <= body["expires_in"] <= 86400 and isinstance(body["created_at"], int)
-    (req,) = stub.token_requests()
-    assert req["user_id"] == "alice" and req["grant_type"] == "fulfillment_user_assertion"
-    again = drop_in(secure, user_grant(), key=only("token"))
-    assert again.json()["access_token"] == body["access_token"]
-    same = secure.get("/v1/token?user_id=alice", headers=bearer(secure.keys[only("token")]))
-    assert same.json()["access_token"] == body["access_token"]
-    assert len(stub.token_requests()) == 1, "answered from the cache"
-
-
-def test_drop_in_user_grant_other_scope(stub, secure):
-    r = drop_in(secure, user_grant(scope="connect:post_checkout"))
-    assert r.status == 200 and r.json()["scope"] == "connect:post_checkout", r
-    assert [q["scope"] for q in stub.token_requests()] == ["connect:post_checkout"]
-
-
-def test_drop_in_client_grant(stub, secure):
-    b = {"grant_type": "client_credentials", "scope": "connect:fulfillment"}
-    r = drop_in(secure, b, key=only("client-token"))
-    assert r.status == 200, r
-    body = r.json()
-    assert set(body) == TOKEN_FIELDS and body["scope"] == "connect:fulfillment"
-    (req,) = stub.token_requests()
-    assert req["grant_type"] == "client_credentials" and req["scope"] == "connect:fulfillment"
-    assert drop_in(secure, b, key=only("client-token")).json()["access_token"] == body["access_token"]
-    assert ct_get(secure, "connect:fulfillment").json()["access_token"] == body["access_token"]
-    assert len(stub.token_requests()) == 1, "answered from the cache"
-
-
-def test_drop_in_client_grant_without_scope(stub, secure):
-    r = drop_in(secure, {"grant_type": "client_credentials"})
-    assert r.status == 200, r
-    assert ct_get(secure).json()["access_token"] == r.json()["access_token"]
-    (req,) = stub.token_requests()
-    assert req["scope"] is None
-
-
-def test_drop_in_accepts_a_client_id(stub, secure):
-    # an existing client changes its base URL and drops its secret, nothing more
-    r = drop_in(secure, user_grant(client_id="test-client"))
-    assert r.status == 200, r
-    r = drop_in(secure, {"grant_type": "client_credentials", "client_id": "test-client"})
-    assert r.status == 200, r
-
-
-@pytest.mark.parametrize("body", [
-    user_grant(client_id="test-client", client_secret="test-secret"),
-    user_grant(client_secret="test-secret"),
-    user_grant(client_secret=""),
-    {"grant_type": "client_credentials", "client_id": "test-client", "client_secret": "test-secret"},
-    {"grant_type": "client_credentials", "client_secret": None},
-], ids=["user-grant", "no-client-id", "empty-secret", "client-grant", "null-secret"])
-def test_drop_in_with_a_secret_is_400(stub, secure, body):
-    assert_error(drop_in(secure, body), 400, "invalid_request")
-    assert_nothing_reached_instacart(stub)
-
-
-def _padded():
-    for i in range(100):
-        a = assertion(f"user{i}")
-        if a.endswith("="):
-            return a
-    raise AssertionError("no padded assertion")
-
-
-def _url_safe():
-    for i in range(10000):
-        a = assertion(f"u{i}>>??~~")
-        if "+" in a or "/" in a:
-            return a.replace("+", "-").replace("/", "_")
-    raise AssertionError("no assertion with + or /")
-
-
-BAD_ASSERTIONS = {
-    "not-base64": "not base64!!",
-    "url-safe": _url_safe(),
-    "unpadded": _padded().rstrip("="),
-    "newline-inside": assertion("alice")[:8] + "\n" + assertion("alice")[8:],
-    "leading-space": " " + assertion("alice"),
-    "empty": "",
-    "non-json": b64("hello, world"),
-    "json-string": b64('"alice"'),
-    "json-array": b64('["alice"]'),
-    "no-user-id": b64('{"id":"alice"}'),
-    "user-id-number": b64('{"user_id":1234}'),
-    "user-id-null": b64('{"user_id":null}'),
-    "user-id-array": b64('{"user_id":["alice"]}'),
-    "user-id-empty": b64('{"user_id":""}'),
-    "user-id-257-bytes": b64(json.dumps({"user_id": "a" * 257})),
-    "user-id-control": b64('{"user_id":"a\\u0001b"}'),
-    "trailing-garbage": b64('{"user_id":"alice"} x'),
-    "docs-sample": "eyAidXNlcl9pZCI6IGthbWFsc2luZ2gxMjM0fQ==",
-}
-
-
-@pytest.mark.parametrize("name", BAD_ASSERTIONS)
-def test_drop_in_undecodable_assertion_is_invalid_grant(stub, secure, name):
-    r = drop_in(secure, {"grant_type": "fulfillment_user_assertion", "assertion": BAD_ASSERTIONS[name],
-                         "scope": "connect:recommendations"})
-    assert_error(r, 400, "invalid_grant")
-    assert_nothing_reached_instacart(stub)
-
-
-def test_drop_in_docs_corrected_sample_is_accepted(stub, secure):
-    r = drop_in(secure, {"grant_type": "fulfillment_user_assertion",
-                         "assertion": "eyJ1c2VyX2lkIjoia2FtYWxzaW5naDEyMzQifQ==", "scope": "connect:recommendations"})
-    assert r.status == 200, r
-    assert [q["user_id"] for q in stub.token_requests()] == ["kamalsingh1234"]
-
-
-@pytest.mark.parametrize("grant", ["authorization_code", "password", "refresh_token", "",
-                                   "urn:ietf:params:oauth:grant-type:jwt-bearer", "CLIENT_CREDENTIALS"])
-def test_drop_in_unsupported_grant(stub, secure, grant):
-    r = drop_in(secure, {"grant_type": grant, "code": "c", "redirect_uri": "https://x.example/cb"})
-    assert_error(r, 400, "unsupported_grant_type")
-    assert_nothing_reached_instacart(stub)
-
-
-@pytest.mark.parametrize("raw", [b"grant_type=client_credentials", b"{", b'{"grant_type":"client_credentials"',
-                                 b"\xff\xfe{}"], ids=["form", "brace", "unterminated", "not-utf8"])
-def test_drop_in_not_json_is_400(stub, secure, raw):
-    assert_error(drop_in(secure, raw), 400, "invalid_request")
-    assert_nothing_reached_instacart(stub)
-
-
-def test_drop_in_body_over_64_kib_is_413(stub, secure):
-    skel = json.dumps({"grant_type": "client_credentials", "pad": ""}).encode()
-    raw = json.dumps({"grant_type": "client_credentials", "pad": "x" * (64 * 1024 + 1 - len(skel))}).encode()
-    assert len(raw) == 64 * 1024 + 1
-    assert_error(drop_in(secure, raw), 413, "request_too_large")
-    assert_nothing_reached_instacart(stub)
-
-
-# ================================================================ Unix socket
 
 def unix_tokend(stub, make_tokend, sock, **server):
     t = make_tokend(stub, {"server": {"listen": f"unix:{sock}", **server}}, start=False)
