@@ -50,9 +50,9 @@ or a flush on one host against lookups in flight on the others (Redis held
 with SIGSTOP a tenth of a second, so the lookups reach it before the drop),
 and against a refresh in flight that the other hosts wait on (the stand-in
 slowed for that user). With the full form also runs the last test: a drop
-acknowledged by a host on a master the sentinels have just replaced, which
-is lost today (marked xfail, strict: it fails once that is fixed, to have
-the mark taken off).
+acknowledged by a host on a master the sentinels have just replaced (it
+keeps saying "master" for seconds) must not be lost when that master
+rejoins as a replica.
 """
 import collections
 import http.client
@@ -1007,9 +1007,6 @@ def shared_address(port):
 
 
 @pytest.mark.skipif(not FULL, reason="about a minute of failovers: runs with the full form (TOKEND_FAULT_SECONDS)")
-@pytest.mark.xfail(strict=True, reason="tokend keeps using a master the sentinels have replaced until that "
-                                       "node is turned into a replica (about 10 s): what it writes there "
-                                       "meanwhile, drops included, is lost")
 def test_a_drop_acknowledged_while_on_a_deposed_master_is_not_lost(stub, sentinels, make_fleet):
     """The master is stopped long enough for the sentinels to promote a
     replica, and continued just then: for a moment the sentinels still name
