@@ -698,7 +698,7 @@ static void run_batch(shared *s, redisContext **c, struct queue *batch) {
  * one falls due (or next, if sooner). Called and returns with the lock
  * held; drops it to make the jobs. */
 uint64_t fleet_due_renewals(shared *s, uint64_t now, uint64_t next) {
-    uint64_t every = __atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED) / 3;
+    uint64_t every = __atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED) / 4;
     struct {
         char key[KEY_MAX];
         char id[33];
@@ -725,7 +725,7 @@ uint64_t fleet_due_renewals(shared *s, uint64_t now, uint64_t next) {
         memcpy(j->lease_key, due[i].key, sizeof(j->lease_key));
         memcpy(j->lease_id, due[i].id, sizeof(j->lease_id));
         pthread_mutex_lock(&s->lock);
-        queue_push(&s->queue, &j->link);
+        queue_push_front(&s->queue, &j->link); /* before a crowd of lookups: a late renewal lets the lease lapse */
         pthread_mutex_unlock(&s->lock);
     }
     explicit_bzero(due, sizeof(due));

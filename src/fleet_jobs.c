@@ -159,7 +159,7 @@ static void publish(shared *s, struct job *from, token *t);
  * runs (see fleet_due_renewals()), so a slow Instacart costs no second mint. */
 void fleet_hold(shared *s, struct job *j) {
     struct held *h = calloc(1, sizeof(*h));
-    uint64_t every = __atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED) / 3;
+    uint64_t every = __atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED) / 4;
 
     if (!h)
         return; /* not renewed: at worst, a second host mints */

@@ -134,7 +134,7 @@ static int set_namespace(shared *s, const config *cfg) {
     return 0;
 }
 
-/* A lease's life: lease_wait, at least half a second (renewed three times
+/* A lease's life: lease_wait, at least half a second (renewed four times
  * within it). */
 static uint64_t lease_ms_of(const config *cfg) {
     return cfg->shared_lease_wait_ms < 500 ? 500 : cfg->shared_lease_wait_ms;

@@ -976,7 +976,9 @@ def test_a_host_restored_after_redis_lost_its_data_drops_what_it_brought_back(
     a = make_sd(stub, notify, sections=sections)
     notify.wait("READY", "1")
     (b,) = make_fleet(stub, redis, 1)
+    before = set(redis.keys())
     old = access_token(a.token("revoked-meanwhile"))
+    wait_for(lambda: token_keys(redis, before), timeout=5, what="a's token published")
     fd = stop_and_take_cache(a, notify)
     r = b.request("DELETE", "/v1/token?user_id=revoked-meanwhile&revoke=true")
     assert r.status == 200 and r.json()["revoked"] is True, r
