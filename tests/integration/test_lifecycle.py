@@ -137,6 +137,9 @@ def test_secret_from_systemd_credentials_directory(stub, make_tokend, tmp_path):
     t = make_tokend(stub, start=False, secret="wrong-secret", env={"CREDENTIALS_DIRECTORY": str(creds)})
     t.start()
     assert t.token("u").status == 200
+    # /v1/status says where the secret in use came from, not the file it ignored
+    shown = status_config(t)["upstream"]["client_secret_file"]
+    assert shown == "(the systemd credential client_secret)", shown
 
 
 def test_secret_never_in_argv_or_environment(stub, tokend):

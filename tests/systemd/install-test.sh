@@ -49,4 +49,9 @@ grep -q '^\[upstream\]' "$sample" && ! grep -q edited-by-the-operator "$sample" 
 while read -r u; do
     grep -q '^\[Unit\]' "$u" || fail "the second install did not deliver ${u#"$D"}"
 done <<<"$units"
-echo "second install: the edited configuration kept; the sample and the units delivered"
+# the four units (plain and template, service and socket) and both man pages
+[[ $(echo "$units" | wc -l) == 4 ]] || fail "$(echo "$units" | wc -l) units installed, not the plain and template pairs"
+for page in man8/instacart-tokend.8 man5/instacart-tokend.conf.5; do
+    [[ -n $(find "$D" -path "*/man/$page" -type f) ]] || fail "the man page $page was not installed"
+done
+echo "second install: the edited configuration kept; the sample, the 4 units and both man pages delivered"
