@@ -162,3 +162,12 @@ def stop_and_take_cache(t, notify):
     assert fields.get("FDNAME") == "cache", fields
     assert len(fds) == 1, fields
     return fds[0]
+
+
+def listening_socket():
+    """A listening TCP socket on loopback, as systemd passes one."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    s.listen(128)
+    return s

@@ -19,8 +19,8 @@ import redis as redis_py
 
 from conftest import BUILD, SLOW, concurrently, wait_for
 from sec_helpers import RIGHTS, Keys, bearer
-from test_systemd import make_sd, notify, stop_and_take_cache  # noqa: F401 (fixtures)
-from test_state import make_stub  # noqa: F401 (a fixture)
+from conftest import make_stub  # noqa: F401 (a fixture)
+from systemd_fixture import make_sd, notify, stop_and_take_cache  # noqa: F401 (fixtures)
 from tls_fixture import Pki
 from redis_fixture import (PREFIX, TOKEND_USER, key_file, make_cutter, make_fleet,  # noqa: F401
                            free_port, make_redis, redis, sentinels, shared_section, write_key_file)

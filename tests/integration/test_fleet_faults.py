@@ -72,7 +72,7 @@ import pytest
 from conftest import wait_for
 from redis_fixture import (PREFIX, key_file, make_fleet, make_redis, redis,  # noqa: F401 (fixtures)
                            sentinels, shared_section)
-from test_systemd import NotifySocket, listening_socket, make_sd  # noqa: F401 (fixtures)
+from systemd_fixture import NotifySocket, listening_socket, make_sd  # noqa: F401 (fixtures)
 
 FULL_SECONDS = float(os.environ.get("TOKEND_FAULT_SECONDS", "0") or 0)
 FULL = FULL_SECONDS > 0

@@ -30,7 +30,7 @@ from conftest import (BUILD, SANITIZER, SLOW, TOKEND_EXE, WRAPPER, exchange, fre
                       wait_for)
 from redis_fixture import key_file, make_redis, redis, write_key_file  # noqa: F401 (fixtures)
 from sec_helpers import Keys
-from systemd_fixture import make_sd, notify, stop_and_take_cache  # noqa: F401 (fixtures)
+from systemd_fixture import listening_socket, make_sd, notify, stop_and_take_cache  # noqa: F401 (fixtures)
 
 F_GET_SEALS = 1034
 
@@ -57,14 +57,6 @@ def table():
 
 def has_redis_tls():
     return "TLS to Redis: yes" in run("--version").stdout
-
-
-def listening_socket():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", 0))
-    s.listen(128)
-    return s
 
 
 def http_get(port, path, timeout=2.0):
