@@ -260,7 +260,11 @@ static void the_generation_may_grow_but_never_go_back(void) {
     ASSERT(why);
     ASSERT_CONTAINS(why, "went back");
     ASSERT(gen(s, "17") == NULL); /* the highest is still 17 */
-    ASSERT(gen(s, "18446744073709551615") == NULL);
+    /* the largest a script's Lua number holds exactly, and no further */
+    ASSERT(gen(s, "9007199254740990") == NULL);
+    ASSERT(gen(s, "9007199254740991") != NULL);
+    ASSERT(gen(s, "18446744073709551615") != NULL);
+    ASSERT(gen(s, "9007199254740990") == NULL); /* still the highest */
     shared_free(s);
 }
 
