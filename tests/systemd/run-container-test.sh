@@ -583,6 +583,13 @@ score=$(grep -o 'level for instacart-tokend.service: [0-9.]*' <<<"$security" | g
 [[ -n $score ]] || fail "no exposure score"
 echo "RESULT: exposure score $score"
 python3 -c "import sys; sys.exit(0 if float('$score') <= 2.0 else 1)" || fail "exposure $score is above 2.0"
+# the template unit's instance scores as the plain unit does
+tsecurity=$(ct systemd-analyze security --no-pager instacart-tokend@a.service 2>&1 | tail -1)
+echo "$tsecurity"
+tscore=$(grep -o 'level for instacart-tokend@a.service: [0-9.]*' <<<"$tsecurity" | grep -o '[0-9.]*$')
+[[ -n $tscore ]] || fail "no exposure score for the template unit"
+[[ $tscore == "$score" ]] || fail "the template unit's exposure $tscore differs from the plain unit's $score"
+echo "RESULT: template unit exposure score $tscore"
 
 step "passed"
 echo "RESULT: container test took $((SECONDS - start)) s"
