@@ -258,3 +258,6 @@ struct fleet_lookup {
 bool fleet_lookup_decode(const redisReply *r, struct fleet_lookup *ret);
 /* TIME's answer, in ms. */
 bool fleet_time_decode(const redisReply *r, unsigned long long *ret_ms);
+/* Bounds what hiredis's reader may allocate for one answer (the element
+ * count of an array): a hostile Redis cannot make us allocate gigabytes. */
+void fleet_reader_bound(redisReader *r);

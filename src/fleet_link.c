@@ -53,6 +53,7 @@ static redisContext *connect_to(shared *s, const char *address, char *err, size_
         return NULL;
     }
     redisSetTimeout(c, tv);
+    fleet_reader_bound(c->reader);
 #ifdef HAVE_HIREDIS_SSL
     if (s->ssl && port) { /* Redis serves no TLS on a Unix socket: nothing to protect there */
         /* our own SSL object, so the certificate is checked against the

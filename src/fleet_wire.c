@@ -2,6 +2,7 @@
  * writes in one round trip, with what their keys and arguments are. Only
  * text: nothing here talks to Redis. */
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -230,4 +231,50 @@ bool fleet_time_decode(const redisReply *r, unsigned long long *ret_ms) {
         return false;
     *ret_ms = t.ms * 1000 + t.seq / 1000;
     return true;
+}
+
+/* ---- a bound on what Redis's answers may make us allocate ----
+ *
+ * hiredis's reader allocates an array's element pointers as soon as it
+ * reads the array's length: "*700000000" costs 5.6 GB before any element
+ * arrives (found by fuzz-fleet-reply). Our answers are a few elements, and
+ * XREAD's at most a thousand events: any array longer than this is refused,
+ * which fails the connection as a reader error does. */
+#define REPLY_ELEMENTS_MAX 65536
+
+#if HIREDIS_MAJOR >= 1
+typedef size_t array_len;
+#else
+typedef int array_len;
+#endif
+
+static redisReplyObjectFunctions bounded;
+static void *(*default_array)(const redisReadTask *, array_len);
+static pthread_once_t bounded_once = PTHREAD_ONCE_INIT;
+static const redisReplyObjectFunctions *bounded_from;
+
+static void *bounded_array(const redisReadTask *task, array_len elements) {
+#if HIREDIS_MAJOR < 1
+    if (elements < 0)
+        return NULL;
+#endif
+    if ((size_t)elements > REPLY_ELEMENTS_MAX)
+        return NULL; /* the reader reports it as out of memory */
+    return default_array(task, elements);
+}
+
+static void make_bounded(void) {
+    bounded = *bounded_from;
+    default_array = bounded.createArray;
+    bounded.createArray = bounded_array;
+}
+
+void fleet_reader_bound(redisReader *r) {
+    if (!r || !r->fn)
+        return;
+    if (r->fn == &bounded)
+        return;
+    bounded_from = r->fn; /* hiredis's own functions, the same for every reader */
+    pthread_once(&bounded_once, make_bounded);
+    r->fn = &bounded;
 }

@@ -49,6 +49,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     void *reply = NULL;
 
     fuzz_check(rd != NULL);
+    fleet_reader_bound(rd); /* as the daemon's connections are */
     check_id((const char *)data, size);
     if (redisReaderFeed(rd, (const char *)data, size) == REDIS_OK) {
         /* every complete answer in the bytes, as a pipelined batch reads them */

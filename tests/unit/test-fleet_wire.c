@@ -13,6 +13,7 @@ static redisReply *answer(const char *resp) {
     void *r = NULL;
 
     ASSERT(rd);
+    fleet_reader_bound(rd);
     ASSERT_INT_EQ(redisReaderFeed(rd, resp, strlen(resp)), REDIS_OK);
     ASSERT_INT_EQ(redisReaderGetReply(rd, &r), REDIS_OK);
     ASSERT(r);
@@ -134,7 +135,30 @@ static void time_is_read_in_milliseconds(void) {
     freeReplyObject(r);
 }
 
+/* An array's length is read before its elements: a hostile Redis could
+ * make hiredis allocate gigabytes with one line. Refused, as a reader error. */
+static void an_array_too_long_to_be_ours_is_refused_before_any_allocation(void) {
+    redisReader *rd = redisReaderCreate();
+    void *r = NULL;
+
+    ASSERT(rd);
+    fleet_reader_bound(rd);
+    ASSERT_INT_EQ(redisReaderFeed(rd, "*700000000\r\n", 12), REDIS_OK);
+    ASSERT_INT_EQ(redisReaderGetReply(rd, &r), REDIS_ERR);
+    ASSERT(r == NULL);
+    redisReaderFree(rd);
+    /* one of our own sizes is read */
+    rd = redisReaderCreate();
+    fleet_reader_bound(rd);
+    ASSERT_INT_EQ(redisReaderFeed(rd, "*2\r\n:1\r\n:2\r\n", 12), REDIS_OK);
+    ASSERT_INT_EQ(redisReaderGetReply(rd, &r), REDIS_OK);
+    ASSERT(r && ((redisReply *)r)->elements == 2);
+    freeReplyObject(r);
+    redisReaderFree(rd);
+}
+
 static const unit_test tests[] = {
+    TEST(an_array_too_long_to_be_ours_is_refused_before_any_allocation),
     TEST(a_found_token_is_read_with_its_ttl_generation_and_key),
     TEST(a_lookup_answer_of_another_shape_is_refused),
     TEST(stream_ids_are_digits_dash_digits),
