@@ -67,8 +67,16 @@ struct shared_stats {
 /* Reads [shared] from cfg (fleet mode must be on). Connects nothing yet.
  * rv revokes what a revocation takes out of Redis. */
 int shared_new(const struct config *cfg, upstream *up, revocations *rv, shared **ret);
-/* Where drops and flushes from the other hosts are applied. Before start. */
-void shared_attach(shared *s, cache *c);
+/* Where the fleet's drops and flushes land on this host (the memory
+ * cache, through the service), given before start: callbacks, so fleet
+ * mode calls nothing of the cache's. drop returns 1 with the dropped token in *ret when ret is
+ * not NULL (a revocation: this host's copy is revoked too), 0 if none. */
+struct shared_sink {
+    int (*drop)(void *ctx, enum oauth_grant grant, const char *user_id, const char *scope, token **ret);
+    size_t (*flush)(void *ctx);
+    void *ctx;
+};
+void shared_attach(shared *s, const struct shared_sink *sink);
 /* The cache was restored from an image written age_ms ago: the first read
  * of the fleet's events starts from that far back (on Redis's own clock),
  * so drops made while this host was down reach the tokens it brought back.

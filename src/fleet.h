@@ -106,7 +106,7 @@ struct job {
 struct shared {
     upstream *up;
     revocations *rv;
-    cache *cache;
+    struct shared_sink sink;    /* where drops and flushes land here (shared_attach), or none */
 
     /* where Redis is: fixed until a restart */
     char *redis;                /* HOST:PORT or unix:PATH, or NULL with sentinels */

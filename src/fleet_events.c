@@ -41,7 +41,7 @@ static void stream_reset(struct reader *rd, const char *why) {
 }
 
 static void local_flush(struct reader *rd, const char *why) {
-    size_t n = rd->s->cache ? cache_flush(rd->s->cache) : 0;
+    size_t n = rd->s->sink.flush ? rd->s->sink.flush(rd->s->sink.ctx) : 0;
 
     pthread_mutex_lock(&rd->s->lock);
     rd->s->stats.local_flushes++;
@@ -301,8 +301,8 @@ static void apply_event(struct reader *rd, redisReply *fields) {
             /* 'v', a revocation: our own copy is revoked too, whoever holds
              * the shared one (a host minted its own during an outage, or
              * the shared copy was deleted before the revocation read it) */
-            if (s->cache)
-                cache_drop(s->cache, grant, user, scope, k->str[0] == 'v' ? &mine : NULL);
+            if (s->sink.drop)
+                s->sink.drop(s->sink.ctx, grant, user, scope, k->str[0] == 'v' ? &mine : NULL);
             if (mine) {
                 fleet_tell_revoked(s, &mine, 1);
                 revocations_revoke(s->rv, &mine, 1, NULL, NULL);
@@ -310,7 +310,7 @@ static void apply_event(struct reader *rd, redisReply *fields) {
             }
             explicit_bzero(user, sizeof(user));
         } else if (strcmp(k->str, "f") == 0) {
-            size_t n = s->cache ? cache_flush(s->cache) : 0;
+            size_t n = s->sink.flush ? s->sink.flush(s->sink.ctx) : 0;
             snprintf(rd->gen, sizeof(rd->gen), "%.*s", (int)(v->len < 20 ? v->len : 20), v->str);
             fleet_gen_check(s, v->str, v->len); /* the new generation is the highest seen */
             log_notice("fleet: flushed from another host: %zu cached tokens dropped here", n);

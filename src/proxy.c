@@ -6,6 +6,7 @@
  * origin. Not responsible for who may call (the guard), nor for the HTTP
  * answer itself (routes.c). */
 #include "proxy.h"
+#include "tokens.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -77,9 +78,10 @@ static void on_answer(void *userdata, int status, const char *content_type, cons
         /* Instacart no longer takes this token: drop it, mint once more,
          * try once more */
         p->retried = true;
-        cache_drop_if(p->target.cache, OAUTH_GRANT_USER_ASSERTION, p->user, p->target.scope, p->used, NULL);
-        if (p->target.shared) /* or the re-mint would fetch the same dead token back */
-            shared_drop(p->target.shared, OAUTH_GRANT_USER_ASSERTION, p->user, p->target.scope, p->used);
+        {
+            struct tokens tk = { .cache = p->target.cache, .shared = p->target.shared };
+            tokens_drop(&tk, OAUTH_GRANT_USER_ASSERTION, p->user, p->target.scope, p->used);
+        }
         get_token(p);
         return;
     }

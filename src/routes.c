@@ -20,6 +20,7 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "shared.h"
+#include "tokens.h"
 #include "util.h"
 
 /* ---- tokens ---- */
@@ -301,8 +302,8 @@ static int route_token_delete(const struct call *c, struct request *r, answer *a
     bool revoke = false;
     char user[OAUTH_USER_ID_MAX + 1], fp[FINGERPRINT_LEN];
     const char *scope;
-    token *t = NULL;
-    int dropped;
+    struct tokens tk = { .cache = c->a->cache, .shared = c->a->shared, .rv = c->a->rv };
+    bool here = false;
 
     if (!parse_query(c, &q, true, true, &revoke, user))
         return answer_error(ans, 400, "invalid_request", q.error, NULL);
@@ -311,23 +312,18 @@ static int route_token_delete(const struct call *c, struct request *r, answer *a
     scope = q.scope ? q.scope : c->a->default_scope;
     if (revoke && !r)
         return ROUTE_STATE;
-    dropped = cache_drop(c->a->cache, OAUTH_GRANT_USER_ASSERTION, user, scope, revoke ? &t : NULL);
     fingerprint(user, strlen(user), fp);
-    log_notice("operator dropped the token of user=%s scope=%s%s (%s)", fp, scope,
-               revoke ? " with revocation" : "", dropped > 0 ? "was cached" : "none cached");
     if (!revoke) {
-        if (c->a->shared) /* and on every host of the fleet */
-            shared_drop(c->a->shared, OAUTH_GRANT_USER_ASSERTION, user, scope, NULL);
-        return answer_static(ans, 200, dropped > 0 ? "{\"dropped\":true,\"revoked\":false}"
-                                                   : "{\"dropped\":false,\"revoked\":false}");
+        here = tokens_drop(&tk, OAUTH_GRANT_USER_ASSERTION, user, scope, NULL) > 0;
+        log_notice("operator dropped the token of user=%s scope=%s (%s)", fp, scope,
+                   here ? "was cached" : "none cached");
+        return answer_static(ans, 200, here ? "{\"dropped\":true,\"revoked\":false}"
+                                            : "{\"dropped\":false,\"revoked\":false}");
     }
+    log_notice("operator dropped the token of user=%s scope=%s with revocation", fp, scope);
     r->finish = finish_revoke;
-    r->dropped_here = dropped > 0;
-    if (c->a->shared) /* the shared copy too, read from Redis, and every host's */
-        shared_revoke(c->a->shared, OAUTH_GRANT_USER_ASSERTION, user, scope, t, on_revoked, r);
-    else
-        revocations_revoke(c->a->rv, &t, 1, on_revoked, r);
-    token_unref(t);
+    /* r may be answered before this returns: nothing of it is touched after */
+    tokens_revoke(&tk, OAUTH_GRANT_USER_ASSERTION, user, scope, on_revoked, r, &r->dropped_here);
     return ROUTE_WAIT;
 }
 
@@ -335,9 +331,9 @@ static int route_flush(const struct call *c, struct request *r, answer *ans) {
     char body[64];
     size_t n;
 
-    n = cache_flush(c->a->cache);
-    if (c->a->shared)
-        shared_flush(c->a->shared); /* a new generation: no host reads older tokens */
+    struct tokens tk = { .cache = c->a->cache, .shared = c->a->shared, .rv = c->a->rv };
+
+    n = tokens_flush(&tk); /* in fleet mode a new generation: no host reads older tokens */
     log_notice("operator flushed the cache%s: %zu entries dropped here", c->a->shared ? " of the fleet" : "", n);
     snprintf(body, sizeof(body), "{\"dropped\":%zu}", n);
     return answer_json(ans, 200, strdup(body));

@@ -356,6 +356,16 @@ static int check_passed_socket(const config *cfg, api *a) {
     return -EPERM;
 }
 
+/* The fleet's drops and flushes land in the cache: fleet mode calls the
+ * cache through these, never directly. */
+static int sink_drop(void *ctx, enum oauth_grant grant, const char *user_id, const char *scope, token **ret) {
+    return cache_drop(ctx, grant, user_id, scope, ret);
+}
+
+static size_t sink_flush(void *ctx) {
+    return cache_flush(ctx);
+}
+
 /* ---- start, serve, drain, stop ---- */
 
 /* SIGTERM, SIGINT and SIGHUP through a signalfd: blocked before any thread
@@ -428,7 +438,8 @@ static int start_threads(struct service *s, config *cfg) {
     int r;
 
     if (s->sh) {
-        shared_attach(s->sh, s->c);
+        struct shared_sink sink = { .drop = sink_drop, .flush = sink_flush, .ctx = s->c };
+        shared_attach(s->sh, &sink);
         r = shared_start(s->sh); /* before the upstream's: it listens to its 429s */
         if (r < 0)
             return r;

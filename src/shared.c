@@ -237,8 +237,8 @@ void shared_resume(shared *s, uint64_t age_ms) {
     s->resume_age_ms = age_ms ? age_ms : 1;
 }
 
-void shared_attach(shared *s, cache *c) {
-    s->cache = c;
+void shared_attach(shared *s, const struct shared_sink *sink) {
+    s->sink = *sink;
 }
 
 int shared_start(shared *s) {

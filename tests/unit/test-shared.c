@@ -274,9 +274,72 @@ static void with_redis_away_a_miss_mints_on_its_own(void) {
     stub_stop();
 }
 
+/* strdup(), for the case below: it fails for one text. Defined here, it
+ * is the one the library's objects are linked with. */
+static const char *fail_strdup_of;
+
+char *strdup(const char *text) {
+    size_t n = strlen(text) + 1;
+    char *copy;
+
+    if (fail_strdup_of && strcmp(text, fail_strdup_of) == 0) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    copy = malloc(n);
+    if (copy)
+        memcpy(copy, text, n);
+    return copy;
+}
+
+/* A copy of the Redis user name that fails must stop the start: going on
+ * without it, AUTH would log in as Redis's default user. */
+static void a_failed_copy_of_the_user_name_stops_the_start(void) {
+    char text[1024], path[128], pw_path[128], key_path[128], err[CONFIG_ERR_MAX] = "";
+    config *cfg = NULL;
+    struct host h = { 0 };
+    FILE *f;
+    int fd;
+
+    stub_start();
+    snprintf(key_path, sizeof(key_path), "%s/key", stub.dir);
+    snprintf(pw_path, sizeof(pw_path), "%s/redis-password", stub.dir);
+    fd = open(key_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ASSERT(fd >= 0 && write(fd, KEY "\n", strlen(KEY) + 1) == (ssize_t)strlen(KEY) + 1);
+    close(fd);
+    fd = open(pw_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ASSERT(fd >= 0 && write(fd, "pw\n", 3) == 3);
+    close(fd);
+    snprintf(text, sizeof(text),
+             "[upstream]\nbase_url = %s\nclient_id = test-client\nclient_secret_file = %s/secret\n"
+             "[shared]\nredis = 127.0.0.1:9\nkey_file = %s\nusername = tokend-user\npassword_file = %s\n",
+             stub.base_url, stub.dir, key_path, pw_path);
+    snprintf(path, sizeof(path), "%s/tokend.conf", stub.dir);
+    f = fopen(path, "w");
+    ASSERT(f);
+    fputs(text, f);
+    fclose(f);
+    if (config_load(path, NULL, &cfg, err) < 0)
+        UNIT_FAIL("configuration refused: %s", err);
+    ASSERT_INT_EQ(upstream_new(cfg, &h.up), 0);
+    ASSERT_INT_EQ(revocations_new(h.up, &h.rv), 0);
+    fail_strdup_of = "tokend-user";
+    ASSERT_INT_EQ(shared_new(cfg, h.up, h.rv, &h.s), -ENOMEM);
+    fail_strdup_of = NULL;
+    ASSERT(h.s == NULL);
+    config_free(cfg);
+    revocations_free(h.rv);
+    upstream_free(h.up);
+    unlink(key_path);
+    unlink(pw_path);
+    unlink(path);
+    stub_stop();
+}
+
 static const unit_test tests[] = {
     TEST(a_token_minted_by_one_host_is_handed_to_the_next),
     TEST(with_redis_away_a_miss_mints_on_its_own),
+    TEST(a_failed_copy_of_the_user_name_stops_the_start),
 };
 
 UNIT_MAIN(tests)

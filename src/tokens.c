@@ -1,0 +1,32 @@
+/* Dropping tokens here and in the fleet: see tokens.h. Not responsible for
+ * what a drop means in Redis (shared.c) nor for revoking (revoke.c). */
+#include "tokens.h"
+
+int tokens_drop(const struct tokens *t, enum oauth_grant grant, const char *user_id, const char *scope,
+                const token *only) {
+    int dropped = cache_drop_if(t->cache, grant, user_id, scope, only, NULL);
+
+    if (t->shared) /* or the next fetch would bring the same token back from Redis */
+        shared_drop(t->shared, grant, user_id, scope, only);
+    return dropped > 0;
+}
+
+void tokens_revoke(const struct tokens *t, enum oauth_grant grant, const char *user_id, const char *scope,
+                   revoke_done_fn done, void *userdata, bool *ret_here) {
+    token *mine = NULL;
+
+    *ret_here = cache_drop(t->cache, grant, user_id, scope, &mine) > 0;
+    if (t->shared) /* the shared copy too, read from Redis, and every host's */
+        shared_revoke(t->shared, grant, user_id, scope, mine, done, userdata);
+    else
+        revocations_revoke(t->rv, &mine, 1, done, userdata);
+    token_unref(mine);
+}
+
+size_t tokens_flush(const struct tokens *t) {
+    size_t n = cache_flush(t->cache);
+
+    if (t->shared)
+        shared_flush(t->shared);
+    return n;
+}
