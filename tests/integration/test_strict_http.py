@@ -700,8 +700,10 @@ def test_running_out_of_file_descriptors_refuses_connections_then_recovers(stub,
 # a client's partial request and its FIN arrive together (it sent part of a
 # request and left), the connection is never seen to close; it holds its
 # slot, in CLOSE_WAIT, until the idle timeout. Reproduced without tokend
-# (tests/unit/test-libmicrohttpd.c); MHD_USE_POLL is not affected.
-@pytest.mark.xfail(strict=True, reason="libmicrohttpd 0.9.75 and 1.0.1 with epoll keep such connections until idle_timeout")
+# (tests/unit/test-libmicrohttpd.c, which notices a fixed library); MHD_USE_POLL
+# is not affected. Not strict: the FIN must arrive with the partial request,
+# which timing decides; on Debian 13 it passed once in five runs here.
+@pytest.mark.xfail(strict=False, reason="libmicrohttpd 0.9.75 and 1.0.1 with epoll keep such connections until idle_timeout")
 def test_clients_that_leave_mid_request_do_not_hold_connection_slots(stub, make_tokend):
     t = make_tokend(stub, {"server": {"max_connections": "16", "idle_timeout": "1h"}})
     for _ in range(200):
