@@ -70,3 +70,7 @@ int request_body_append(char **body, size_t *len, const char *data, size_t n);
 
 /* One of the four frontend Recommendations paths, with a safe {order_id}. */
 bool request_proxy_path_valid(const char *path);
+
+/* Whether the path of a request target (before any '?') holds "%00", a
+ * NUL once decoded: such a path names no route. */
+bool request_path_has_nul(const char *target);

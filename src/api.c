@@ -285,21 +285,12 @@ struct conn_state {
  * its own if the version the handler is given starts right after the
  * target's end, and only spaces lie between the method's end and the
  * target. 1.0 drops such requests itself (tests/unit/test-libmicrohttpd.c). */
-/* "%00" in the path (not the query): one pass that stops at the first '?'
- * and looks closer only at a '%' (a token request's path has none). */
-static bool path_has_nul(const char *uri) {
-    for (const char *p = uri; (p = strpbrk(p, "%?")) && *p == '%'; p++)
-        if (p[1] == '0' && p[2] == '0')
-            return true;
-    return false;
-}
-
 static void *on_target(void *cls, const char *uri, struct MHD_Connection *conn) {
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     struct conn_state *st = ci ? ci->socket_context : NULL;
 
     if (st) {
-        st->path_nul = uri && path_has_nul(uri);
+        st->path_nul = uri && request_path_has_nul(uri);
 #if MHD_VERSION < 0x01000000
         st->target_seen = true;
         st->target_start = uri;

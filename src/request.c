@@ -326,3 +326,12 @@ bool request_proxy_path_valid(const char *path) {
         return false;
     return strcmp(id + n + 1, "replacement_items") == 0 || strcmp(id + n + 1, "complementary_items") == 0;
 }
+
+/* One pass that stops at the first '?' and looks closer only at a '%' (a
+ * token request's path has none): on every request's path. */
+bool request_path_has_nul(const char *target) {
+    for (const char *p = target; (p = strpbrk(p, "%?")) && *p == '%'; p++)
+        if (p[1] == '0' && p[2] == '0')
+            return true;
+    return false;
+}

@@ -264,7 +264,20 @@ static void api_key_from_bearer_or_form_encoded_basic(void) {
     ASSERT(!key && raw);
 }
 
+static void a_nul_in_the_path_is_found_and_one_in_the_query_is_not(void) {
+    ASSERT(request_path_has_nul("/v1/cache/flush%00/anything"));
+    ASSERT(request_path_has_nul("/metrics%00.png"));
+    ASSERT(request_path_has_nul("%00"));
+    ASSERT(!request_path_has_nul("/v1/token?user_id=a%00b")); /* the query's: refused where it is read */
+    ASSERT(!request_path_has_nul("/v1/token?user_id=a"));
+    ASSERT(!request_path_has_nul("/v1/a%20b%0"));
+    ASSERT(!request_path_has_nul("/v1/%0"));
+    ASSERT(!request_path_has_nul("/v1/%"));
+    ASSERT(!request_path_has_nul(""));
+}
+
 static const unit_test tests[] = {
+    TEST(a_nul_in_the_path_is_found_and_one_in_the_query_is_not),
     TEST(user_id_accepted),
     TEST(user_id_non_ascii_accepted),
     TEST(user_id_missing),
