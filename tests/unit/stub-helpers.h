@@ -1,5 +1,6 @@
 /* What the unit tests that talk to the real stand-in for Instacart share
- * (test-revoke.c, test-forward.c, test-http_client.c, test-shared.c): the
+ * (test-upstream.c, test-revoke.c, test-forward.c, test-http_client.c,
+ * test-shared.c): the
  * stub started on a free loopback port for one case and stopped at exit,
  * its control API (faults, counters, the requests it saw), an upstream
  * client of it, and waiting on a condition with a deadline. */
@@ -8,6 +9,7 @@
 #include <cjson/cJSON.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -216,6 +218,23 @@ static inline bool stub_revoked(const char *token_value) {
         found |= cJSON_IsString(t) && strcmp(t->valuestring, token_value) == 0;
     cJSON_Delete(j);
     return found;
+}
+
+/* ---- waiting on what callbacks saw ---- */
+
+/* Waits, under lock and on cond, until *counter reaches n, or fails the
+ * case at the deadline (WAIT_MS). */
+static inline void stub_wait_count(pthread_mutex_t *lock, pthread_cond_t *cond, const unsigned *counter, unsigned n,
+                                   const char *what) {
+    struct timespec until;
+
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += WAIT_MS / 1000;
+    pthread_mutex_lock(lock);
+    while (*counter < n)
+        if (pthread_cond_timedwait(cond, lock, &until) == ETIMEDOUT)
+            UNIT_FAIL("no %s within %d ms", what, WAIT_MS);
+    pthread_mutex_unlock(lock);
 }
 
 /* ---- a client of it ---- */

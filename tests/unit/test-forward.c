@@ -52,15 +52,7 @@ static void on_minted(void *userdata, const mint_outcome *o, token *t) {
 }
 
 static void wait_for(const unsigned *counter, unsigned n, const char *what) {
-    struct timespec until;
-
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += WAIT_MS / 1000;
-    pthread_mutex_lock(&seen.lock);
-    while (*counter < n)
-        if (pthread_cond_timedwait(&seen.cond, &seen.lock, &until) == ETIMEDOUT)
-            UNIT_FAIL("no %s within %d ms", what, WAIT_MS);
-    pthread_mutex_unlock(&seen.lock);
+    stub_wait_count(&seen.lock, &seen.cond, counter, n, what);
 }
 
 /* The stub, a token it minted for user, and a started HTTP client. */
