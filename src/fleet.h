@@ -256,6 +256,9 @@ struct fleet_lookup {
     int which;                   /* found: 1 the current key's name, 2 the previous key's */
 };
 bool fleet_lookup_decode(const redisReply *r, struct fleet_lookup *ret);
+/* XREAD's answer for one stream: its entries (each [id, [field, value,
+ * ...]], shapes still to check), or NULL for nil or any other shape. */
+const redisReply *fleet_xread_entries(const redisReply *r);
 /* TIME's answer, in ms. */
 bool fleet_time_decode(const redisReply *r, unsigned long long *ret_ms);
 /* Bounds what hiredis's reader may allocate for one answer (the element

@@ -65,17 +65,16 @@ static void learn_history(struct reader *rd, struct fleet_stream_id upto) {
     snprintf(key, sizeof(key), "%sevents", rd->ns);
     for (int round = 0; round < STREAM_MAXLEN / 1000 + 2; round++) {
         redisReply *r = redisCommandArgv(rd->c, 6, argv, NULL);
-        redisReply *entries;
+        const redisReply *entries;
         bool more = false;
 
         if (!r)
             return;
-        if (r->type != REDIS_REPLY_ARRAY || r->elements != 1 || r->element[0]->type != REDIS_REPLY_ARRAY ||
-            r->element[0]->elements != 2 || r->element[0]->element[1]->type != REDIS_REPLY_ARRAY) {
+        entries = fleet_xread_entries(r);
+        if (!entries) {
             freeReplyObject(r);
             return;
         }
-        entries = r->element[0]->element[1];
         for (size_t i = 0; i < entries->elements; i++) {
             redisReply *e = entries->element[i], *f;
             struct fleet_stream_id id;
@@ -327,6 +326,7 @@ static void apply_event(struct reader *rd, redisReply *fields) {
 
 /* One XREAD: blocks up to EVENT_BLOCK_MS for events after the last one. */
 static int read_events(struct reader *rd) {
+    const redisReply *entries;
     char key[KEY_MAX], block[16];
     const char *argv[] = { "XREAD", "COUNT", "128", "BLOCK", block, "STREAMS", key, rd->last };
     redisReply *r;
@@ -340,10 +340,8 @@ static int read_events(struct reader *rd) {
         freeReplyObject(r);
         return -EIO;
     }
-    /* [[key, [[id, [field, value, ...]], ...]]], or nil after the block */
-    if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->type == REDIS_REPLY_ARRAY &&
-        r->element[0]->elements == 2 && r->element[0]->element[1]->type == REDIS_REPLY_ARRAY) {
-        redisReply *entries = r->element[0]->element[1];
+    entries = fleet_xread_entries(r);
+    if (entries) { /* else nil: nothing came in the block */
         for (size_t i = 0; i < entries->elements; i++) {
             redisReply *e = entries->element[i];
             struct fleet_stream_id id;

@@ -219,6 +219,14 @@ bool fleet_lookup_decode(const redisReply *r, struct fleet_lookup *ret) {
     return true;
 }
 
+const redisReply *fleet_xread_entries(const redisReply *r) {
+    /* [[key, [[id, [field, value, ...]], ...]]] */
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 1 || r->element[0]->type != REDIS_REPLY_ARRAY ||
+        r->element[0]->elements != 2 || r->element[0]->element[1]->type != REDIS_REPLY_ARRAY)
+        return NULL;
+    return r->element[0]->element[1];
+}
+
 bool fleet_time_decode(const redisReply *r, unsigned long long *ret_ms) {
     struct fleet_stream_id t; /* seconds and microseconds: two runs of digits */
     char buf[48];

@@ -36,6 +36,10 @@ static void decode_all(const redisReply *r) {
         fuzz_check(lk.code != 1 || (lk.which >= 1 && lk.ttl > 0));
     }
     fleet_stream_info_decode(r, &info);
+    {
+        const redisReply *entries = fleet_xread_entries(r);
+        fuzz_check(!entries || entries->type == REDIS_REPLY_ARRAY);
+    }
     if (fleet_time_decode(r, &ms))
         fuzz_check(r->type == REDIS_REPLY_ARRAY && r->elements == 2);
     if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS)
