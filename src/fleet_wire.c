@@ -259,7 +259,7 @@ typedef int array_len;
 static redisReplyObjectFunctions bounded;
 static void *(*default_array)(const redisReadTask *, array_len);
 static pthread_once_t bounded_once = PTHREAD_ONCE_INIT;
-static const redisReplyObjectFunctions *bounded_from;
+static bool bounded_ready;
 
 static void *bounded_array(const redisReadTask *task, array_len elements) {
 #if HIREDIS_MAJOR < 1
@@ -271,18 +271,27 @@ static void *bounded_array(const redisReadTask *task, array_len elements) {
     return default_array(task, elements);
 }
 
+/* hiredis's own functions are the same for every reader, but not exported:
+ * they are read once from a reader of our own, never from the caller's, so
+ * that two threads binding their readers at once share nothing but this. */
 static void make_bounded(void) {
-    bounded = *bounded_from;
+    redisReader *probe = redisReaderCreate();
+    if (!probe || !probe->fn) {
+        if (probe)
+            redisReaderFree(probe);
+        return;
+    }
+    bounded = *probe->fn;
     default_array = bounded.createArray;
     bounded.createArray = bounded_array;
+    bounded_ready = true;
+    redisReaderFree(probe);
 }
 
 void fleet_reader_bound(redisReader *r) {
-    if (!r || !r->fn)
+    if (!r || !r->fn || r->fn == &bounded)
         return;
-    if (r->fn == &bounded)
-        return;
-    bounded_from = r->fn; /* hiredis's own functions, the same for every reader */
     pthread_once(&bounded_once, make_bounded);
-    r->fn = &bounded;
+    if (bounded_ready)
+        r->fn = &bounded;
 }

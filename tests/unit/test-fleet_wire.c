@@ -2,6 +2,7 @@
  * Each answer is written as Redis sends it (RESP) and parsed by hiredis's
  * own reader, as the daemon's connection parses it. */
 #include <hiredis/hiredis.h>
+#include <pthread.h>
 
 #include "fleet.h"
 #include "unit.h"
@@ -157,7 +158,36 @@ static void an_array_too_long_to_be_ours_is_refused_before_any_allocation(void) 
     redisReaderFree(rd);
 }
 
+/* The command and the event threads connect at the same time at start: each
+ * binds its own reader, and the bound still holds in both (a shared
+ * variable written by both was a data race, found by ThreadSanitizer in CI;
+ * CI runs this test under it). */
+static void *bind_many(void *arg) {
+    (void)arg;
+    for (int i = 0; i < 200; i++) {
+        redisReader *rd = redisReaderCreate();
+        void *r = NULL;
+
+        ASSERT(rd);
+        fleet_reader_bound(rd);
+        ASSERT_INT_EQ(redisReaderFeed(rd, "*700000000\r\n", 12), REDIS_OK);
+        ASSERT_INT_EQ(redisReaderGetReply(rd, &r), REDIS_ERR);
+        redisReaderFree(rd);
+    }
+    return NULL;
+}
+
+static void two_threads_bind_their_readers_at_once(void) {
+    pthread_t a, b;
+
+    ASSERT_INT_EQ(pthread_create(&a, NULL, bind_many, NULL), 0);
+    ASSERT_INT_EQ(pthread_create(&b, NULL, bind_many, NULL), 0);
+    pthread_join(a, NULL);
+    pthread_join(b, NULL);
+}
+
 static const unit_test tests[] = {
+    TEST(two_threads_bind_their_readers_at_once),
     TEST(an_array_too_long_to_be_ours_is_refused_before_any_allocation),
     TEST(a_found_token_is_read_with_its_ttl_generation_and_key),
     TEST(a_lookup_answer_of_another_shape_is_refused),
