@@ -87,10 +87,16 @@ int shared_start(shared *s);
 /* The cache's fetch function (source: the shared *). */
 void shared_fetch(void *source, enum oauth_grant grant, const char *user_id, const char *scope,
                   const struct cache_want *want, cache_done_fn done, void *ctx);
+/* Told once whether a drop or flush will survive a failover: Redis took
+ * it (with Sentinel, a replica has it too), or not yet (Redis out of reach,
+ * refusing, or no replica confirmed it: the drop is kept and sent again
+ * until Redis takes it, but until then other hosts may serve the token). */
+typedef void (*shared_ack_fn)(void *userdata, bool durable);
 /* Drops the key's token in Redis (only if it is `only`, when given) and
- * tells every host to drop its copy. Never blocks. */
+ * tells every host to drop its copy. ack, when given, is called once,
+ * perhaps before this returns. Never blocks. */
 void shared_drop(shared *s, enum oauth_grant grant, const char *user_id, const char *scope,
-                 const token *only);
+                 const token *only, shared_ack_fn ack, void *userdata);
 /* Revokes every token the fleet holds for the key: takes the shared copies
  * out of Redis (under the current and the previous key's names), opens
  * them, and hands them with local (this host's own, or NULL; the caller
@@ -101,8 +107,9 @@ void shared_drop(shared *s, enum oauth_grant grant, const char *user_id, const c
  * local is revoked at once). Never blocks. */
 void shared_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,
                    revoke_done_fn done, void *userdata);
-/* Flushes the fleet: a new generation no host reads older tokens from. */
-void shared_flush(shared *s);
+/* Flushes the fleet: a new generation no host reads older tokens from.
+ * ack as for shared_drop(). */
+void shared_flush(shared *s, shared_ack_fn ack, void *userdata);
 /* Reload: new keys and, with a new base_url or client_id, a new namespace.
  * Returns true when settings that need a restart (the Redis address,
  * sentinels, user, TLS) changed. */

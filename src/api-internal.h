@@ -135,6 +135,8 @@ struct request {
     mint_outcome outcome;
     struct revoke_outcome revoked; /* DELETE ...&revoke=true */
     bool dropped_here;
+    bool durable;    /* a fleet's drop or flush: Redis took it (see shared_ack_fn) */
+    size_t flushed;  /* a flush: entries dropped here */
     token *tok;
     char scope[OAUTH_SCOPE_MAX + 1];
 

@@ -99,6 +99,9 @@ struct job {
     token *local;               /* revoke: this host's own copy, or NULL */
     revoke_done_fn rdone;       /* revoke: the caller waiting on the first try, or NULL */
     void *rctx;
+    shared_ack_fn ack;          /* drop, flush: the caller waiting to hear it is durable, or NULL */
+    void *actx;
+    bool undurable;             /* WAIT's answer did not say a replica has it */
     uint64_t ms;                /* pause */
 };
 
@@ -186,11 +189,13 @@ struct later {
     token *local;
     revoke_done_fn done;
     void *ctx;
+    shared_ack_fn ack;
+    void *actx;
 };
 bool fleet_keep_for_later_locked(shared *s, struct job *j, struct later *l);
 void fleet_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,
                   revoke_done_fn done, void *userdata);
-void fleet_flush(shared *s);
+void fleet_flush(shared *s, shared_ack_fn ack, void *userdata);
 bool fleet_gen_check(shared *s, const char *text, size_t len);
 void fleet_count_op(shared *s, enum shared_op op, bool ok);
 void fleet_degrade(shared *s, struct job *j);

@@ -459,6 +459,11 @@ static void answered(shared *s, struct job *j, redisReply *r, uint64_t now) {
         }
     }
     fleet_count_op(s, fleet_op_of(j->kind), r->type != REDIS_REPLY_ERROR);
+    if (j->ack) { /* a drop or flush Redis took: its caller is answered */
+        shared_ack_fn ack = j->ack;
+        j->ack = NULL;
+        ack(j->actx, !j->undurable);
+    }
     fleet_job_free(j);
 }
 
@@ -523,19 +528,16 @@ static void retry_or_fail(shared *s, struct job *j, struct queue *again) {
 }
 
 /* Reads WAIT's answer after a drop, revocation or flush. When no replica
- * has it, a copy of the job is kept for the next connection (sending it
- * again is harmless: it deletes again, or flushes once more). Returns
- * whether a replica had it (true too when the answer did not come: the
- * connection is lost then, and the caller's error path runs). */
+ * has it, or the answer did not come, a copy of the job is kept for the
+ * next connection (sending it again is harmless: it deletes again, or
+ * flushes once more). Returns whether a replica had it. */
 static bool replicated(shared *s, redisContext **c, const struct job *j) {
     redisReply *w = NULL;
     struct job *again;
     struct later l = { 0 };
     bool ok;
 
-    if (redisGetReply(*c, (void **)&w) != REDIS_OK || !w)
-        return true;
-    ok = w->type == REDIS_REPLY_INTEGER && w->integer >= 1;
+    ok = redisGetReply(*c, (void **)&w) == REDIS_OK && w && w->type == REDIS_REPLY_INTEGER && w->integer >= 1;
     freeReplyObject(w);
     if (ok)
         return true;
@@ -649,7 +651,7 @@ static void run_batch(shared *s, redisContext **c, struct queue *batch) {
                 snprintf((*c)->errstr, sizeof((*c)->errstr), "the master changed");
             } else {
                 if (sent[i]->wait_replica && !replicated(s, c, sent[i]))
-                    undurable = true;
+                    undurable = sent[i]->undurable = true;
                 answered(s, sent[i], r, now_ms());
                 freeReplyObject(r);
                 if ((*c)->err) { /* WAIT's answer did not come */

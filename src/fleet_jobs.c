@@ -18,6 +18,8 @@
 void fleet_job_free(struct job *j) {
     if (!j)
         return;
+    if (j->ack) /* a drop or flush ended without Redis taking it (stopping, or nothing to send) */
+        j->ack(j->actx, false);
     token_unref(j->tok);
     token_unref(j->local);
     /* it holds a user id and, for a publish, a sealed token: no need to leave them */
@@ -94,8 +96,11 @@ static void later_take_locked(struct job *j, struct later *l) {
     l->local = j->local;
     l->done = j->rdone;
     l->ctx = j->rctx;
+    l->ack = j->ack;
+    l->actx = j->actx;
     j->local = NULL;
     j->rdone = NULL;
+    j->ack = NULL;
 }
 
 static void later_tell(shared *s, struct later *l, const char *why) {
@@ -110,6 +115,9 @@ static void later_tell(shared *s, struct later *l, const char *why) {
     if (l->done)
         l->done(l->ctx, &o);
     l->done = NULL;
+    if (l->ack)
+        l->ack(l->actx, false);
+    l->ack = NULL;
 }
 
 /* A drop or a flush that Redis cannot take now waits for the next
@@ -293,12 +301,19 @@ static void publish(shared *s, struct job *from, token *t) {
 }
 
 
-void fleet_flush(shared *s) {
+void fleet_flush(shared *s, shared_ack_fn ack, void *userdata) {
     struct job *j = fleet_job_new(s, J_FLUSH, OAUTH_GRANT_USER_ASSERTION, NULL, NULL);
 
-    if (j && !fleet_submit(s, j)) {
+    if (!j) {
+        if (ack)
+            ack(userdata, false);
+        return;
+    }
+    j->ack = ack;
+    j->actx = userdata;
+    if (!fleet_submit(s, j)) {
         fleet_count_op(s, SHARED_OP_FLUSH, false);
-        fleet_job_free(j);
+        fleet_job_free(j); /* tells ack */
     }
 }
 
@@ -319,7 +334,7 @@ void fleet_repair_flush(shared *s, const char *why) {
     if (!due)
         return;
     log_warning("fleet: %s; flushing the fleet so that no host reads what Redis held before", why);
-    fleet_flush(s);
+    fleet_flush(s, NULL, NULL);
 }
 
 /* Tells every host which tokens were revoked, so that a value written back

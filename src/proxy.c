@@ -80,7 +80,7 @@ static void on_answer(void *userdata, int status, const char *content_type, cons
         p->retried = true;
         {
             struct tokens tk = { .cache = p->target.cache, .shared = p->target.shared };
-            tokens_drop(&tk, OAUTH_GRANT_USER_ASSERTION, p->user, p->target.scope, p->used);
+            tokens_drop(&tk, OAUTH_GRANT_USER_ASSERTION, p->user, p->target.scope, p->used, NULL, NULL, NULL);
         }
         get_token(p);
         return;

@@ -296,6 +296,45 @@ static void on_revoked(void *userdata, const struct revoke_outcome *o) {
     r->resume(r);
 }
 
+/* In fleet mode a drop or a flush is answered 200 only once it will
+ * survive a failover (Redis took it; with Sentinel, a replica too): until
+ * then other hosts may still serve what it drops. One Redis cannot take now
+ * is kept and sent again until it does; the caller is told so, with a 503. */
+static void on_acked(void *userdata, bool durable) {
+    struct request *r = userdata;
+
+    r->durable = durable;
+    r->resume(r);
+}
+
+static int answer_not_durable(answer *ans, const char *error, const char *what) {
+    mint_outcome later = { .retry_after_s = 1 };
+    char desc[320];
+
+    snprintf(desc, sizeof(desc),
+             "%s on this host, but Redis has not taken it yet (out of reach, refusing, or no replica "
+             "confirmed it): other hosts may serve the tokens it drops until it does. tokend keeps "
+             "sending it; repeat the request to be told when it is done",
+             what);
+    return answer_error(ans, 503, error, desc, &later);
+}
+
+static int finish_drop(struct request *r, answer *ans) {
+    if (!r->durable)
+        return answer_not_durable(ans, "drop_pending", r->dropped_here ? "The token was dropped" : "No token was cached");
+    return answer_static(ans, 200, r->dropped_here ? "{\"dropped\":true,\"revoked\":false}"
+                                                   : "{\"dropped\":false,\"revoked\":false}");
+}
+
+static int finish_flush(struct request *r, answer *ans) {
+    char body[64];
+
+    if (!r->durable)
+        return answer_not_durable(ans, "flush_pending", "The cache was flushed");
+    snprintf(body, sizeof(body), "{\"dropped\":%zu}", r->flushed);
+    return answer_json(ans, 200, strdup(body));
+}
+
 /* A revocation waits on Instacart (and Redis): it asks for state first. */
 static int route_token_delete(const struct call *c, struct request *r, answer *ans) {
     token_query q = { 0 };
@@ -310,13 +349,21 @@ static int route_token_delete(const struct call *c, struct request *r, answer *a
     if (q.has_min_ttl)
         return answer_error(ans, 400, "invalid_request", "min_ttl has no meaning when dropping a token", NULL);
     scope = q.scope ? q.scope : c->a->default_scope;
-    if (revoke && !r)
+    if ((revoke || c->a->shared) && !r)
         return ROUTE_STATE;
     fingerprint(user, strlen(user), fp);
     if (!revoke) {
-        here = tokens_drop(&tk, OAUTH_GRANT_USER_ASSERTION, user, scope, NULL) > 0;
+        bool fleet = c->a->shared != NULL;
+
+        if (fleet)
+            r->finish = finish_drop;
+        /* with a fleet, r may be answered before this returns: nothing of it is touched after */
+        here = tokens_drop(&tk, OAUTH_GRANT_USER_ASSERTION, user, scope, NULL, fleet ? on_acked : NULL, r,
+                           fleet ? &r->dropped_here : NULL) > 0;
         log_notice("operator dropped the token of user=%s scope=%s (%s)", fp, scope,
                    here ? "was cached" : "none cached");
+        if (fleet)
+            return ROUTE_WAIT;
         return answer_static(ans, 200, here ? "{\"dropped\":true,\"revoked\":false}"
                                             : "{\"dropped\":false,\"revoked\":false}");
     }
@@ -328,13 +375,21 @@ static int route_token_delete(const struct call *c, struct request *r, answer *a
 }
 
 static int route_flush(const struct call *c, struct request *r, answer *ans) {
+    struct tokens tk = { .cache = c->a->cache, .shared = c->a->shared, .rv = c->a->rv };
+    bool fleet = c->a->shared != NULL;
     char body[64];
     size_t n;
 
-    struct tokens tk = { .cache = c->a->cache, .shared = c->a->shared, .rv = c->a->rv };
-
-    n = tokens_flush(&tk); /* in fleet mode a new generation: no host reads older tokens */
-    log_notice("operator flushed the cache%s: %zu entries dropped here", c->a->shared ? " of the fleet" : "", n);
+    if (fleet && !r)
+        return ROUTE_STATE;
+    if (fleet)
+        r->finish = finish_flush;
+    /* in fleet mode a new generation: no host reads older tokens; r may be
+     * answered before this returns, nothing of it is touched after */
+    n = tokens_flush(&tk, fleet ? on_acked : NULL, r, fleet ? &r->flushed : NULL);
+    log_notice("operator flushed the cache%s: %zu entries dropped here", fleet ? " of the fleet" : "", n);
+    if (fleet)
+        return ROUTE_WAIT;
     snprintf(body, sizeof(body), "{\"dropped\":%zu}", n);
     return answer_json(ans, 200, strdup(body));
 }

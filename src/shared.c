@@ -76,11 +76,17 @@ void shared_fetch(void *source, enum oauth_grant grant, const char *user_id, con
         fleet_degrade(s, j);
 }
 
-void shared_drop(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, const token *only) {
+void shared_drop(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, const token *only,
+                 shared_ack_fn ack, void *userdata) {
     struct job *j = fleet_job_new(s, J_DROP, grant, user_id, scope);
 
-    if (!j)
+    if (!j) {
+        if (ack)
+            ack(userdata, false);
         return;
+    }
+    j->ack = ack; /* told by fleet_job_free() if it ends before Redis takes it */
+    j->actx = userdata;
     if (only) {
         int r;
         pthread_rwlock_rdlock(&s->keys_lock);
@@ -102,8 +108,8 @@ void shared_revoke(shared *s, enum oauth_grant grant, const char *user_id, const
     fleet_revoke(s, grant, user_id, scope, local, done, userdata);
 }
 
-void shared_flush(shared *s) {
-    fleet_flush(s);
+void shared_flush(shared *s, shared_ack_fn ack, void *userdata) {
+    fleet_flush(s, ack, userdata);
 }
 
 /* ---- life cycle ---- */

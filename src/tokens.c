@@ -3,11 +3,15 @@
 #include "tokens.h"
 
 int tokens_drop(const struct tokens *t, enum oauth_grant grant, const char *user_id, const char *scope,
-                const token *only) {
+                const token *only, shared_ack_fn ack, void *userdata, bool *ret_here) {
     int dropped = cache_drop_if(t->cache, grant, user_id, scope, only, NULL);
 
+    if (ret_here)
+        *ret_here = dropped > 0;
     if (t->shared) /* or the next fetch would bring the same token back from Redis */
-        shared_drop(t->shared, grant, user_id, scope, only);
+        shared_drop(t->shared, grant, user_id, scope, only, ack, userdata);
+    else if (ack)
+        ack(userdata, true);
     return dropped > 0;
 }
 
@@ -23,10 +27,14 @@ void tokens_revoke(const struct tokens *t, enum oauth_grant grant, const char *u
     token_unref(mine);
 }
 
-size_t tokens_flush(const struct tokens *t) {
+size_t tokens_flush(const struct tokens *t, shared_ack_fn ack, void *userdata, size_t *ret_n) {
     size_t n = cache_flush(t->cache);
 
+    if (ret_n)
+        *ret_n = n;
     if (t->shared)
-        shared_flush(t->shared);
+        shared_flush(t->shared, ack, userdata);
+    else if (ack)
+        ack(userdata, true);
     return n;
 }

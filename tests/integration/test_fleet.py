@@ -635,7 +635,10 @@ def test_a_drop_made_while_redis_is_out_of_reach_is_sent_when_it_is_back(stub, r
     wait_for(lambda: a.token("probe-offline").status == 200 and metric(a, "tokend_shared_up") == 0, timeout=5,
              interval=0.1, what="the host to see Redis out of reach")
     r = a.request("DELETE", "/v1/token?user_id=revoked-offline")
-    assert r.status == 200 and r.json()["dropped"] is True
+    # not acknowledged: b still serves the token, and the caller is told so
+    assert r.status == 503 and r.json()["error"] == "drop_pending", r
+    assert "dropped on this host" in r.json()["error_description"]
+    assert r.header("retry-after") == "1"
     # kept once the command thread has found Redis still out of reach
     wait_for(lambda: metric(a, "tokend_shared_pending") == 1, timeout=2 * SLOW, interval=0.02,
              what="the drop to wait for Redis")
@@ -645,6 +648,30 @@ def test_a_drop_made_while_redis_is_out_of_reach_is_sent_when_it_is_back(stub, r
              what="the drop to reach the fleet once Redis is back")
     assert metric(a, "tokend_shared_pending") == 0
     assert access_token(a.token("revoked-offline")) == access_token(b.token("revoked-offline"))
+    # the same request once Redis is back: acknowledged
+    r = a.request("DELETE", "/v1/token?user_id=revoked-offline")
+    assert r.status == 200 and r.json() == {"dropped": True, "revoked": False}, r
+
+
+def test_a_flush_made_while_redis_is_out_of_reach_is_not_acknowledged_and_lands_later(
+        stub, redis, make_fleet, make_cutter):
+    """A flush answered 200 is one every host will apply; one Redis cannot
+    take now is answered 503 flush_pending, kept, and sent when it is back."""
+    cutter = make_cutter(redis)
+    a, b = make_fleet(stub, [cutter, redis], 2)
+    old = cache_everywhere([a, b], ["flushed-offline"])
+    cutter.cut()
+    wait_for(lambda: a.token("probe-offline").status == 200 and metric(a, "tokend_shared_up") == 0, timeout=5,
+             interval=0.1, what="the host to see Redis out of reach")
+    r = a.request("POST", "/v1/cache/flush")
+    assert r.status == 503 and r.json()["error"] == "flush_pending", r
+    assert "flushed on this host" in r.json()["error_description"]
+    assert access_token(b.token("flushed-offline")) == old["flushed-offline"], "b cannot know yet"
+    cutter.restore()
+    wait_for(lambda: access_token(b.token("flushed-offline")) != old["flushed-offline"], timeout=5, interval=0.05,
+             what="the flush to reach the fleet once Redis is back")
+    r = a.request("POST", "/v1/cache/flush")
+    assert r.status == 200 and "dropped" in r.json(), r
 
 
 # ---------------------------------------------------------------- what a Redis writer cannot do

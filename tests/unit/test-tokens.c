@@ -14,6 +14,17 @@
 #define UA OAUTH_GRANT_USER_ASSERTION
 
 /* A fetch that mints "tok-<user>" at once. */
+static struct {
+    unsigned n;
+    bool durable;
+} acks;
+
+static void acked(void *userdata, bool durable) {
+    ASSERT(userdata == &acks);
+    acks.n++;
+    acks.durable = durable;
+}
+
 static void fetch_now(void *source, enum oauth_grant grant, const char *user_id, const char *scope,
                       const struct cache_want *want, cache_done_fn done, void *ctx) {
     mint_outcome o = { .kind = MINT_OK, .http_status = 200 };
@@ -57,9 +68,11 @@ static void a_drop_takes_the_token_and_says_whether_it_was_here(void) {
     struct tokens tk = { .cache = c };
     token *t;
 
-    ASSERT_INT_EQ(tokens_drop(&tk, UA, "alice", SCOPE, NULL), 1);
+    ASSERT_INT_EQ(tokens_drop(&tk, UA, "alice", SCOPE, NULL, acked, &acks, NULL), 1);
+    ASSERT_UINT_EQ(acks.n, 1); /* without a fleet, done at once */
+    ASSERT(acks.durable);
     ASSERT(held(c, "alice") == NULL);
-    ASSERT_INT_EQ(tokens_drop(&tk, UA, "alice", SCOPE, NULL), 0); /* nothing left */
+    ASSERT_INT_EQ(tokens_drop(&tk, UA, "alice", SCOPE, NULL, NULL, NULL, NULL), 0); /* nothing left */
     t = held(c, "bob");
     ASSERT(t && strcmp(t->value, "tok-bob") == 0); /* the others stay */
     token_unref(t);
@@ -74,10 +87,10 @@ static void a_drop_of_one_token_leaves_another(void) {
     token *other = NULL, *t;
 
     ASSERT_INT_EQ(token_new("not-the-one", 11, 3600, 1700000000, now_ms(), &other), 0);
-    ASSERT_INT_EQ(tokens_drop(&tk, UA, "carol", SCOPE, other), 0);
+    ASSERT_INT_EQ(tokens_drop(&tk, UA, "carol", SCOPE, other, NULL, NULL, NULL), 0);
     t = held(c, "carol");
     ASSERT(t);
-    ASSERT_INT_EQ(tokens_drop(&tk, UA, "carol", SCOPE, t), 1);
+    ASSERT_INT_EQ(tokens_drop(&tk, UA, "carol", SCOPE, t, NULL, NULL, NULL), 1);
     ASSERT(held(c, "carol") == NULL);
     token_unref(t);
     token_unref(other);
@@ -89,9 +102,11 @@ static void a_flush_drops_every_token_and_counts_them(void) {
     cache *c = filled(users, 3);
     struct tokens tk = { .cache = c };
 
-    ASSERT_UINT_EQ(tokens_flush(&tk), 3);
+    acks.n = 0;
+    ASSERT_UINT_EQ(tokens_flush(&tk, acked, &acks, NULL), 3);
+    ASSERT(acks.n == 1 && acks.durable);
     ASSERT(held(c, "a") == NULL && held(c, "b") == NULL && held(c, "c") == NULL);
-    ASSERT_UINT_EQ(tokens_flush(&tk), 0);
+    ASSERT_UINT_EQ(tokens_flush(&tk, NULL, NULL, NULL), 0);
     cache_free(c);
 }
 
