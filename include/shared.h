@@ -43,6 +43,7 @@ struct shared_stats {
     unsigned long long mints[SHARED_MINT_COUNT];
     unsigned long long decrypt_failures;
     unsigned long long forged_flags; /* pause or credential flags no host of the fleet made: ignored */
+    unsigned long long foreign_flushes; /* flush events no host of the fleet made: not applied here */
     unsigned long long stale_refused; /* values of a flushed generation, or of a revoked token: never served */
     unsigned long long repairs;      /* flushes sent to mend a generation set back or a poisoned stream */
     unsigned long long stream_resets; /* the events stream rewound, made anew or poisoned: tokens dropped */

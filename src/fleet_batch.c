@@ -122,14 +122,16 @@ static int append(shared *s, redisContext *c, struct job *j) {
         }
     }
     case J_FLUSH: {
-        char gen_key[KEY_MAX], ev_key[KEY_MAX], floor[24];
-        const char *argv[] = { "EVALSHA", s->sha[S_FLUSH], "2", gen_key, ev_key, maxlen, floor };
+        char gen_key[KEY_MAX], ev_key[KEY_MAX], floor[24], proof[FLAG_MAX];
+        const char *argv[] = { "EVALSHA", s->sha[S_FLUSH], "2", gen_key, ev_key, maxlen, floor, proof };
         snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
         snprintf(ev_key, sizeof(ev_key), "%sevents", j->ns);
+        if (fleet_proof_make(s, j->ns, "flush", proof) < 0)
+            return REDIS_ERR;
         pthread_mutex_lock(&s->lock);
         snprintf(floor, sizeof(floor), "%llu", s->max_gen);
         pthread_mutex_unlock(&s->lock);
-        return redisAppendCommandArgv(c, 7, argv, NULL);
+        return redisAppendCommandArgv(c, 8, argv, NULL);
     }
     case J_REVOKED: {
         char ev_key[KEY_MAX];

@@ -284,6 +284,36 @@ static bool learn_revoked(struct reader *rd, const redisReply *v) {
     return true;
 }
 
+/* A flush event no host of this fleet made: another fleet shares the
+ * namespace (same Redis, prefix and client id, another shared key), or a
+ * Redis writer. Its new generation still hides the shared tokens sealed
+ * before it (each costs a mint), but this host's own are kept. */
+static void foreign_flush(shared *s) {
+    uint64_t now = now_ms();
+    bool say;
+
+    pthread_mutex_lock(&s->lock);
+    s->stats.foreign_flushes++;
+    say = !s->foreign_said_ms || now - s->foreign_said_ms >= 60000;
+    if (say)
+        s->foreign_said_ms = now;
+    pthread_mutex_unlock(&s->lock);
+    if (say)
+        log_warning("fleet: ignoring a flush that no host of this fleet made (its proof does not hold with "
+                    "our shared key): another fleet with another key uses the same Redis, [shared] prefix and "
+                    "client id, or someone with the Redis password wrote it; give each fleet its own "
+                    "[shared] prefix");
+}
+
+/* The value of field `name` in an event's fields, or NULL. */
+static const redisReply *event_field(const redisReply *fields, const char *name) {
+    for (size_t i = 0; fields->type == REDIS_REPLY_ARRAY && i + 1 < fields->elements; i += 2)
+        if (fields->element[i]->type == REDIS_REPLY_STRING && strcmp(fields->element[i]->str, name) == 0 &&
+            fields->element[i + 1]->type == REDIS_REPLY_STRING)
+            return fields->element[i + 1];
+    return NULL;
+}
+
 static void apply_event(struct reader *rd, redisReply *fields) {
     shared *s = rd->s;
 
@@ -309,9 +339,15 @@ static void apply_event(struct reader *rd, redisReply *fields) {
             }
             explicit_bzero(user, sizeof(user));
         } else if (strcmp(k->str, "f") == 0) {
-            size_t n = s->sink.flush ? s->sink.flush(s->sink.ctx) : 0;
+            const redisReply *proof = event_field(fields, "p");
+            size_t n;
             snprintf(rd->gen, sizeof(rd->gen), "%.*s", (int)(v->len < 20 ? v->len : 20), v->str);
             fleet_gen_check(s, v->str, v->len); /* the new generation is the highest seen */
+            if (!proof || !fleet_proof_holds(s, rd->ns, "flush", proof->str, proof->len)) {
+                foreign_flush(s);
+                continue;
+            }
+            n = s->sink.flush ? s->sink.flush(s->sink.ctx) : 0;
             log_notice("fleet: flushed from another host: %zu cached tokens dropped here", n);
         } else if (strcmp(k->str, "r") == 0) {
             if (!learn_revoked(rd, v))

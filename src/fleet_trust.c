@@ -48,25 +48,51 @@ int fleet_flag_make(shared *s, const char *ns, const char *name, uint64_t ms, ch
     return 0;
 }
 
+/* Whether v is "<n>:<mac>" made with our key (or, during a rotation, the
+ * other one) for this namespace and name; n in *ret_n. */
+static bool mac_holds(shared *s, const char *ns, const char *name, const char *v, size_t len,
+                      unsigned long long *ret_n) {
+    char buf[FLAG_MAX], mac[SEAL_FP_LEN + 1], *end;
+    unsigned long long n;
+
+    if (len == 0 || len >= sizeof(buf))
+        return false;
+    memcpy(buf, v, len);
+    buf[len] = '\0';
+    errno = 0;
+    n = strtoull(buf, &end, 10);
+    if (errno || end == buf || *end != ':' || strlen(end + 1) != SEAL_FP_LEN)
+        return false;
+    if ((flag_mac(s, false, ns, name, n, mac) < 0 || CRYPTO_memcmp(mac, end + 1, SEAL_FP_LEN) != 0) &&
+        (flag_mac(s, true, ns, name, n, mac) < 0 || CRYPTO_memcmp(mac, end + 1, SEAL_FP_LEN) != 0))
+        return false;
+    *ret_n = n;
+    return true;
+}
+
+/* A flush event's proof that a host of this fleet made it: "<ms>:<mac>",
+ * when it was made and a MAC with the shared key (no end: a host restored
+ * from its cache applies flushes hours old). Another fleet sharing the
+ * namespace (same Redis, prefix and client id, another key) makes proofs
+ * we refuse, so its flushes do not flush us. */
+int fleet_proof_make(shared *s, const char *ns, const char *name, char out[FLAG_MAX]) {
+    return fleet_flag_make(s, ns, name, 0, out);
+}
+
+bool fleet_proof_holds(shared *s, const char *ns, const char *name, const char *v, size_t len) {
+    unsigned long long made;
+
+    return mac_holds(s, ns, name, v, len, &made);
+}
+
 /* How long the flag still holds, at most ttl_ms (Redis's) and max_ms; 0
  * for one that is over, was not made with our key, or is malformed. */
 uint64_t fleet_flag_left_ms(shared *s, const char *ns, const char *name, const char *v, size_t len,
                              uint64_t ttl_ms, uint64_t max_ms) {
-    char buf[FLAG_MAX], mac[SEAL_FP_LEN + 1], *end;
     unsigned long long until;
     uint64_t now = now_unix_ms(), left;
 
-    if (len == 0 || len >= sizeof(buf))
-        return 0;
-    memcpy(buf, v, len);
-    buf[len] = '\0';
-    errno = 0;
-    until = strtoull(buf, &end, 10);
-    if (errno || end == buf || *end != ':' || strlen(end + 1) != SEAL_FP_LEN)
-        return 0;
-    /* made with our key, or (during a rotation) with the other one */
-    if ((flag_mac(s, false, ns, name, until, mac) < 0 || CRYPTO_memcmp(mac, end + 1, SEAL_FP_LEN) != 0) &&
-        (flag_mac(s, true, ns, name, until, mac) < 0 || CRYPTO_memcmp(mac, end + 1, SEAL_FP_LEN) != 0))
+    if (!mac_holds(s, ns, name, v, len, &until))
         return 0;
     if (until <= now)
         return 0;

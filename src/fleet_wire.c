@@ -129,8 +129,11 @@ static const char drop_lua[] =
 
 
 /* KEYS: gen, events. ARGV: the stream's length, the highest generation
- * this host has seen. A generation set back (or not a number) never goes
- * below what a host saw: the new one is above both. */
+ * this host has seen, the flush's proof of origin (fleet_proof_make()).
+ * A generation set back (or not a number) never goes below what a host
+ * saw: the new one is above both. The event is 'f' (the generation) and
+ * 'p' (the proof): hosts flush their own caches only for a proof made with
+ * the fleet's key. */
 static const char flush_lua[] =
     XADD_LUA
     "local v = redis.pcall('GET', KEYS[1])\n"
@@ -141,7 +144,7 @@ static const char flush_lua[] =
     "if not g or g ~= math.floor(g) or g < floor or g >= 9007199254740991 then g = floor end\n"
     "g = g + 1\n"
     "redis.call('SET', KEYS[1], string.format('%d', g))\n"
-    "xadd(KEYS[2], ARGV[1], 'f', string.format('%d', g))\n"
+    "xadd(KEYS[2], ARGV[1], 'f', string.format('%d', g), 'p', ARGV[3])\n"
     "return g\n";
 
 /* KEYS: events. ARGV: the stream's length, the sealed fingerprints of

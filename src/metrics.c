@@ -95,6 +95,10 @@ static void render_shared(FILE *f, const struct shared_stats *ss) {
         "Pause or credential flags in Redis that no host of the fleet made (or written back after their "
         "end): ignored.",
         ss->forged_flags);
+    one(f, "tokend_shared_foreign_flushes_total", "counter",
+        "Flush events no host of the fleet made (another fleet with another key in the same namespace, or a "
+        "Redis writer): this host's tokens kept.",
+        ss->foreign_flushes);
     one(f, "tokend_shared_stale_refused_total", "counter",
         "Values in Redis refused as revoked by the fleet or of a generation flushed since: never served.",
         ss->stale_refused);

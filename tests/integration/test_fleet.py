@@ -467,6 +467,33 @@ def test_a_host_with_another_client_id_shares_nothing(stub, redis, make_fleet):
     assert b.token("common").header("x-cache") == "hit"
 
 
+def test_two_fleets_with_one_redis_and_client_id_but_two_keys_do_not_flush_each_other(
+        stub, redis, make_fleet, tmp_path):
+    """Two fleets (say staging and production) that share a Redis, the
+    prefix and the client id but not the shared key: a flush in one must
+    not flush the other's hosts. Flush events carry a proof made with the
+    fleet's key; another fleet's is refused, counted and said."""
+    a1, a2 = make_fleet(stub, redis, 2)
+    (b,) = make_fleet(stub, redis, 1, shared={"key_file": write_key_file(tmp_path / "other-key")})
+    old = cache_everywhere([a1, a2], ["kept-by-a", "marker"])
+    assert access_token(b.token("kept-by-a")) != old["kept-by-a"], "the fleets share no token"
+    assert b.request("POST", "/v1/cache/flush").status == 200
+    # a drop on a1 after b's flush: once a2 applied it, it read b's flush too (the stream is in order)
+    assert a1.request("DELETE", "/v1/token?user_id=marker").status == 200
+    wait_for(lambda: access_token(a2.token("marker")) != old["marker"], timeout=3, interval=0.05,
+             what="a2 to read the events after fleet b's flush")
+    for h in (a1, a2):
+        r = h.token("kept-by-a")
+        assert r.header("x-cache") == "hit" and access_token(r) == old["kept-by-a"], "flushed by another fleet"
+        assert metric(h, "tokend_shared_foreign_flushes_total") == 1
+        assert "ignoring a flush that no host of this fleet made" in h.log()
+    # a flush of fleet a's own still flushes every host of fleet a
+    assert a1.request("POST", "/v1/cache/flush").status == 200
+    wait_for(lambda: metric(a2, "tokend_cache_entries") == 0, timeout=2, interval=0.05,
+             what="fleet a's own flush to reach its other host")
+    assert metric(a2, "tokend_shared_foreign_flushes_total") == 1
+
+
 def test_tokend_works_as_an_acl_user_that_cannot_flushall_keys_or_config(stub, redis, make_fleet):
     a, b = make_fleet(stub, redis, 2, acl=True)
     first = access_token(a.token("acl-user"))

@@ -187,6 +187,32 @@ static void a_flag_made_with_the_previous_key_holds_during_a_rotation(void) {
     shared_free(rotated);
 }
 
+/* A flush's proof: made by a host with the fleet's key (or, in a
+ * rotation, the other one) it holds however old; another fleet's (another
+ * key in the same namespace), another namespace's, or an altered one
+ * does not. */
+static void a_flush_proof_holds_only_for_the_fleets_keys(void) {
+    shared *s = fleet(KEY_A, NULL), *other = fleet(KEY_B, NULL), *rotated = fleet(KEY_B, KEY_A);
+    char proof[FLAG_MAX], theirs[FLAG_MAX];
+
+    ASSERT_INT_EQ(fleet_proof_make(s, NS, "flush", proof), 0);
+    ASSERT(fleet_proof_holds(s, NS, "flush", proof, strlen(proof)));
+    ASSERT(fleet_proof_holds(rotated, NS, "flush", proof, strlen(proof)));
+    ASSERT(!fleet_proof_holds(other, NS, "flush", proof, strlen(proof)));
+    ASSERT(!fleet_proof_holds(s, OTHER_NS, "flush", proof, strlen(proof)));
+    ASSERT(!fleet_proof_holds(s, NS, "pause", proof, strlen(proof)));
+    ASSERT_INT_EQ(fleet_proof_make(other, NS, "flush", theirs), 0);
+    ASSERT(!fleet_proof_holds(s, NS, "flush", theirs, strlen(theirs)));
+    theirs[0] = proof[0] == '1' ? '2' : '1';
+    memcpy(proof, theirs, 1); /* another time under the same MAC */
+    ASSERT(!fleet_proof_holds(s, NS, "flush", proof, strlen(proof)));
+    ASSERT(!fleet_proof_holds(s, NS, "flush", "", 0));
+    ASSERT(!fleet_proof_holds(s, NS, "flush", "12", 2));
+    shared_free(s);
+    shared_free(other);
+    shared_free(rotated);
+}
+
 static void a_malformed_flag_is_refused(void) {
     shared *s = fleet(KEY_A, NULL);
     char flag[FLAG_MAX], text[2 * FLAG_MAX];
@@ -362,6 +388,7 @@ static const unit_test tests[] = {
     TEST(a_flag_holds_only_for_its_namespace_and_name),
     TEST(a_flag_without_the_fleets_key_is_refused),
     TEST(a_flag_made_with_the_previous_key_holds_during_a_rotation),
+    TEST(a_flush_proof_holds_only_for_the_fleets_keys),
     TEST(a_malformed_flag_is_refused),
     TEST(a_flag_read_from_redis_holds_or_is_counted_as_forged),
     TEST(the_generation_may_grow_but_never_go_back),

@@ -80,6 +80,7 @@ static void fill(void) {
         ss.mints[i] = 650 + (unsigned long long)i;
     ss.decrypt_failures = 701;
     ss.forged_flags = 702;
+    ss.foreign_flushes = 7030;
     ss.lease_waits = 703;
     ss.lease_timeouts = 704;
     ss.events_applied = 705;
@@ -615,6 +616,7 @@ static void the_fleets_counters_show_their_values(void) {
     }
     ASSERT_INT_EQ(value_of(&e, "tokend_shared_decrypt_failures_total"), 701);
     ASSERT_INT_EQ(value_of(&e, "tokend_shared_forged_flags_total"), 702);
+    ASSERT_INT_EQ(value_of(&e, "tokend_shared_foreign_flushes_total"), 7030);
     ASSERT_INT_EQ(value_of(&e, "tokend_shared_lease_waits_total"), 703);
     ASSERT_INT_EQ(value_of(&e, "tokend_shared_lease_timeouts_total"), 704);
     ASSERT_INT_EQ(value_of(&e, "tokend_shared_events_applied_total"), 705);
