@@ -13,11 +13,15 @@ if [[ -z $release ]]; then
     # shellcheck disable=SC1091 # os-release is not ours
     release=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
 fi
+valkey=()
 case $release in
 # clang's runtime (libFuzzer, the sanitizers) is versioned with the default
 # clang of the release: 14 on Debian 12, 19 on Debian 13.
 bookworm) clang_rt=libclang-rt-14-dev ;;
-trixie) clang_rt=libclang-rt-19-dev ;;
+trixie)
+    clang_rt=libclang-rt-19-dev
+    valkey=(valkey-server valkey-sentinel)
+    ;;
 *)
     echo "deps.sh: Debian 12 (bookworm) and 13 (trixie) are supported, not '${release:-unknown}';" \
         "DEBIAN_RELEASE=trixie $0 $* picks the nearest" >&2
@@ -40,12 +44,15 @@ build=(meson ninja-build gcc pkg-config libcurl4-openssl-dev libcjson-dev libmic
 # CORS, cookies and Sec-Fetch-Site test_access's page-on-another-origin test uses;
 # redis-server and redis-sentinel are the real Redis (and Sentinel trio) the
 # fleet tests start, and python3-redis is how those tests read and tamper with
-# it (same names on Debian 12, Redis 7.0, and Debian 13, Redis 8.0);
+# it (same names on Debian 12, Redis 7.0, and Debian 13, Redis 8.0); on
+# Debian 13 the fleet's tests run against Valkey 8.1 too (valkey-server,
+# valkey-sentinel: tests/debian13/run.sh);
 # python3-yaml reads the alerting rules for test_observability; groff-base
 # renders the man pages for the test that they have no warning.
 test=("${build[@]}" python3 python3-pytest nginx-light openssl prometheus clang "$clang_rt" valgrind
       debootstrap systemd-container wrk hyperfine iproute2 procps tinyproxy python3-requests-oauthlib
-      chromium python3-websocket redis-server redis-sentinel python3-redis python3-yaml groff-base)
+      chromium python3-websocket redis-server redis-sentinel python3-redis python3-yaml groff-base
+      ${valkey[@]+"${valkey[@]}"})
 
 # tests/fleet-demo.sh: the build, and a Redis for the fleet to share
 fleet=("${build[@]}" redis-server)

@@ -19,6 +19,8 @@
 #    host by tests/systemd/run-container-test.sh with the units and the
 #    binary built in step 2 (a container inside systemd-nspawn would need
 #    nesting; this needs none).
+# 3b. The fleet's tests (test_fleet, test_fleet_faults) again, against
+#    Valkey 8.1 instead of Redis 8.0.
 # 4. --asan: the suite again built with AddressSanitizer and UBSan, in trixie.
 # 5. --bench: tests/bench/run.sh inside the root (default arguments:
 #    --quick --only hit), tokend against trixie's nginx. --bench-only skips
@@ -166,6 +168,16 @@ container_test() {
         "$SRC/tests/systemd/run-container-test.sh" "$ROOT/src" "$ROOT/src/build"
 }
 [[ $suite == no ]] || run_step "container test (systemd)" container_test
+
+# ------------------------------------------------------------------ Valkey
+# The README says fleet mode works with Valkey 8.1 (Debian 13's): the
+# fleet's tests, the fault test's short form included, against it.
+if [[ $suite == yes ]]; then
+    step "the fleet's tests against Valkey 8.1 (valkey-server, valkey-sentinel)"
+    run_step "fleet on valkey" in_root env TOKEND_REDIS_SERVER=/usr/bin/valkey-server \
+        TOKEND_REDIS_SENTINEL=/usr/bin/valkey-sentinel sh -c '/usr/bin/valkey-server --version &&
+        meson test -C build --print-errorlogs test_fleet test_fleet_faults'
+fi
 
 # ------------------------------------------------------------------ options
 if [[ $asan == yes ]]; then

@@ -27,8 +27,11 @@ import redis as redis_py
 from conftest import SLOW, terminate, wait_for
 from nginx_fixture import free_port
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-REDIS_SENTINEL = shutil.which("redis-sentinel") or "/usr/bin/redis-sentinel"
+# TOKEND_REDIS_SERVER and TOKEND_REDIS_SENTINEL name other binaries: Valkey's
+# (valkey-server, valkey-sentinel) on Debian 13, as tests/debian13/run.sh runs them.
+REDIS_SERVER = os.environ.get("TOKEND_REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_SENTINEL = (os.environ.get("TOKEND_REDIS_SENTINEL") or shutil.which("redis-sentinel")
+                  or "/usr/bin/redis-sentinel")
 
 # The ACL user tokend runs as, and the only commands it may use: the one
 # place this list lives. Keys under "tokend:" only (the default prefix).
