@@ -153,6 +153,7 @@ struct shared {
     uint64_t resume_age_ms;     /* see shared_resume(); 0: start from now */
     uint64_t flag_said_ms;      /* when a forged flag was last logged */
     uint64_t foreign_said_ms;   /* when a flush of another fleet was last logged */
+    uint64_t creds_ok_ms;       /* the newest mint success known (unix ms): older credentials flags are over */
     bool demoted;               /* the event thread saw our master become a replica (atomic) */
     bool resend;                /* a drop or flush was refused: kept, sent again on a new connection (atomic) */
     /* Drops, revocations and flushes Redis took lately (command thread
@@ -217,7 +218,9 @@ bool fleet_flag_holds(shared *s, const char *ns, const char *name, const redisRe
 uint64_t fleet_flag_left_ms(shared *s, const char *ns, const char *name, const char *v, size_t len, uint64_t ttl_ms, uint64_t max_ms);
 int fleet_flag_make(shared *s, const char *ns, const char *name, uint64_t ms, char out[FLAG_MAX]);
 int fleet_proof_make(shared *s, const char *ns, const char *name, char out[FLAG_MAX]);
-bool fleet_proof_holds(shared *s, const char *ns, const char *name, const char *v, size_t len);
+bool fleet_proof_holds(shared *s, const char *ns, const char *name, const char *v, size_t len, uint64_t *ret_made);
+void fleet_creds_ok(shared *s, uint64_t at_ms);
+bool fleet_creds_flag_holds(shared *s, const char *ns, const redisReply *v, const redisReply *ttl);
 const char *fleet_gen_seen(shared *s, const char *text, size_t len);
 uint64_t fleet_token_fp(const token *t);
 void fleet_on_credentials_rejected(void *userdata);

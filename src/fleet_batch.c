@@ -66,12 +66,18 @@ static int append(shared *s, redisContext *c, struct job *j) {
         return redisAppendCommandArgv(c, 14, argv, NULL);
     }
     case J_PUBLISH: {
-        char gen_key[KEY_MAX], creds_key[KEY_MAX], fp[SEAL_FP_LEN + 1];
+        char gen_key[KEY_MAX], creds_key[KEY_MAX], ok_key[KEY_MAX], fp[SEAL_FP_LEN + 1], proof[FLAG_MAX],
+            keep[24];
         uint64_t left = token_remaining_ms(j->tok, now_ms());
         size_t head;
         int r;
         snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
         snprintf(creds_key, sizeof(creds_key), "%screds", j->ns);
+        snprintf(ok_key, sizeof(ok_key), "%scredsok", j->ns);
+        /* outlives any credentials flag made before it */
+        snprintf(keep, sizeof(keep), "%llu", (unsigned long long)(CREDS_TTL_MS + FLAG_SLACK_MS));
+        if (fleet_proof_make(s, j->ns, "credsok", proof) < 0)
+            return REDIS_ERR;
         snprintf(aad, sizeof(aad), "%s|%s", j->tok_key[0], j->gen);
         pthread_rwlock_rdlock(&s->keys_lock);
         r = seal_fingerprint(&s->keys, j->tok->value, j->tok->len, fp);
@@ -84,12 +90,13 @@ static int append(shared *s, redisContext *c, struct job *j) {
         blen += head;
         snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)left);
         {
-            const char *argv[] = { "EVALSHA", s->sha[S_PUBLISH], "4", j->tok_key[0], j->lease_key, gen_key,
-                                   creds_key, (const char *)blob, ttl, j->lease_id, j->gen };
-            size_t lens[11];
-            for (int i = 0; i < 11; i++)
-                lens[i] = i == 7 ? blen : strlen(argv[i]); /* the value is binary */
-            r = redisAppendCommandArgv(c, 11, argv, lens);
+            const char *argv[] = { "EVALSHA",  s->sha[S_PUBLISH], "5",     j->tok_key[0], j->lease_key,
+                                   gen_key,    creds_key,         ok_key,  (const char *)blob, ttl,
+                                   j->lease_id, j->gen,           proof,   keep };
+            size_t lens[ARRAY_SIZE(argv)];
+            for (size_t i = 0; i < ARRAY_SIZE(argv); i++)
+                lens[i] = i == 8 ? blen : strlen(argv[i]); /* the value is binary */
+            r = redisAppendCommandArgv(c, (int)ARRAY_SIZE(argv), argv, lens);
         }
         explicit_bzero(blob, sizeof(blob));
         return r;

@@ -202,15 +202,17 @@ static int catch_up(struct reader *rd) {
  * threads find the master again now, not at their next error). */
 static int heartbeat(struct reader *rd) {
     shared *s = rd->s;
-    char gen_key[KEY_MAX], pause_key[KEY_MAX], creds_key[KEY_MAX];
-    const char *argv[][2] = { { "GET", gen_key }, { "GET", pause_key }, { "PTTL", pause_key },
-                              { "GET", creds_key }, { "PTTL", creds_key }, { "TIME", NULL }, { "ROLE", NULL } };
+    char gen_key[KEY_MAX], pause_key[KEY_MAX], creds_key[KEY_MAX], ok_key[KEY_MAX];
+    const char *argv[][2] = { { "GET", gen_key },   { "GET", pause_key }, { "PTTL", pause_key },
+                              { "GET", creds_key }, { "PTTL", creds_key }, { "TIME", NULL },
+                              { "ROLE", NULL },     { "GET", ok_key } };
     redisReply *r[ARRAY_SIZE(argv)] = { 0 };
     int ret = 0;
 
     snprintf(gen_key, sizeof(gen_key), "%sgen", rd->ns);
     snprintf(pause_key, sizeof(pause_key), "%spause", rd->ns);
     snprintf(creds_key, sizeof(creds_key), "%screds", rd->ns);
+    snprintf(ok_key, sizeof(ok_key), "%scredsok", rd->ns);
     for (size_t i = 0; i < ARRAY_SIZE(argv); i++)
         redisAppendCommandArgv(rd->c, argv[i][1] ? 2 : 1, argv[i], NULL);
     for (size_t i = 0; i < ARRAY_SIZE(argv); i++)
@@ -234,7 +236,12 @@ static int heartbeat(struct reader *rd) {
             ret = -EIO;
         }
         bool paused = fleet_flag_holds(s, rd->ns, "pause", r[1], r[2], PAUSE_MAX_MS);
-        bool creds = fleet_flag_holds(s, rd->ns, "creds", r[3], r[4], CREDS_TTL_MS);
+        bool creds;
+        uint64_t ok_ms;
+        if (r[7]->type == REDIS_REPLY_STRING &&
+            fleet_proof_holds(s, rd->ns, "credsok", r[7]->str, r[7]->len, &ok_ms))
+            fleet_creds_ok(s, ok_ms); /* a host's mint cleared the flag then */
+        creds = fleet_creds_flag_holds(s, rd->ns, r[3], r[4]);
         pthread_mutex_lock(&s->lock);
         s->stats.fleet_paused = paused;
         s->stats.fleet_credentials_rejected = creds;
@@ -343,7 +350,7 @@ static void apply_event(struct reader *rd, redisReply *fields) {
             size_t n;
             snprintf(rd->gen, sizeof(rd->gen), "%.*s", (int)(v->len < 20 ? v->len : 20), v->str);
             fleet_gen_check(s, v->str, v->len); /* the new generation is the highest seen */
-            if (!proof || !fleet_proof_holds(s, rd->ns, "flush", proof->str, proof->len)) {
+            if (!proof || !fleet_proof_holds(s, rd->ns, "flush", proof->str, proof->len, NULL)) {
                 foreign_flush(s);
                 continue;
             }

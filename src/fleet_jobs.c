@@ -206,6 +206,8 @@ static void minted(void *userdata, const mint_outcome *o, token *t) {
     pthread_mutex_lock(&s->lock);
     s->stats.mints[j->how]++;
     pthread_mutex_unlock(&s->lock);
+    if (t) /* the credentials work: a flag saying otherwise, made before now, is over */
+        fleet_creds_ok(s, now_unix_ms());
     if (j->how != SHARED_MINT_DEGRADED) {
         if (t)
             publish(s, j, t);

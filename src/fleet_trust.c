@@ -79,10 +79,14 @@ int fleet_proof_make(shared *s, const char *ns, const char *name, char out[FLAG_
     return fleet_flag_make(s, ns, name, 0, out);
 }
 
-bool fleet_proof_holds(shared *s, const char *ns, const char *name, const char *v, size_t len) {
+bool fleet_proof_holds(shared *s, const char *ns, const char *name, const char *v, size_t len, uint64_t *ret_made) {
     unsigned long long made;
 
-    return mac_holds(s, ns, name, v, len, &made);
+    if (!mac_holds(s, ns, name, v, len, &made))
+        return false;
+    if (ret_made)
+        *ret_made = made;
+    return true;
 }
 
 /* How long the flag still holds, at most ttl_ms (Redis's) and max_ms; 0
@@ -218,6 +222,34 @@ const char *fleet_gen_seen(shared *s, const char *text, size_t len) {
 
 
 /* Whether a flag read with GET and PTTL holds now; a forged one is said. */
+/* A mint succeeded at this time (unix ms), here or on a host that left a
+ * proof of it: a credentials flag made before it is over. Never goes back. */
+void fleet_creds_ok(shared *s, uint64_t at_ms) {
+    pthread_mutex_lock(&s->lock);
+    if (at_ms > s->creds_ok_ms)
+        s->creds_ok_ms = at_ms;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* The credentials flag holds as any flag does, unless a mint succeeded
+ * since it was made (its end less its fixed life): a real flag saved and
+ * written back after a mint cleared it is refused, not obeyed to its end. */
+bool fleet_creds_flag_holds(shared *s, const char *ns, const redisReply *v, const redisReply *ttl) {
+    unsigned long long until;
+    uint64_t ok;
+
+    if (v->type == REDIS_REPLY_STRING && mac_holds(s, ns, "creds", v->str, v->len, &until)) {
+        pthread_mutex_lock(&s->lock);
+        ok = s->creds_ok_ms;
+        pthread_mutex_unlock(&s->lock);
+        if (ok && until < ok + CREDS_TTL_MS) { /* made before the success */
+            fleet_refused_flag(s, "creds");
+            return false;
+        }
+    }
+    return fleet_flag_holds(s, ns, "creds", v, ttl, CREDS_TTL_MS);
+}
+
 bool fleet_flag_holds(shared *s, const char *ns, const char *name, const redisReply *v, const redisReply *ttl,
                        uint64_t max_ms) {
     if (v->type != REDIS_REPLY_STRING)

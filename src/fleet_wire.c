@@ -52,14 +52,18 @@ static const char lookup_lua[] =
     "end\n"
     "return {4, h, redis.call('PTTL', KEYS[3]), g, 0}\n";
 
-/* KEYS: token, lease, gen, creds. ARGV: value, ttl ms, lease id or '',
- * the generation the value was sealed for. Stores the token unless the
- * fleet was flushed since, or a token of this generation that lives longer
- * is there and we hold no lease; always gives up our lease. */
+/* KEYS: token, lease, gen, creds, credsok. ARGV: value, ttl ms, lease id
+ * or '', the generation the value was sealed for, a proof that this mint
+ * succeeded now (fleet_proof_make()), how long to keep it. Stores the token
+ * unless the fleet was flushed since, or a token of this generation that
+ * lives longer is there and we hold no lease; always gives up our lease.
+ * A mint that succeeded clears the credentials flag and, when there was
+ * one, leaves the proof: hosts then refuse a flag made before it (one
+ * written back after it was cleared). */
 static const char publish_lua[] =
     "local mine = ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3]\n"
     "if mine then redis.call('DEL', KEYS[2]) end\n"
-    "redis.call('DEL', KEYS[4])\n"
+    "if redis.call('DEL', KEYS[4]) == 1 then redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[6]) end\n"
     "local g = redis.call('GET', KEYS[3]) or '0'\n"
     "if g ~= ARGV[4] then return 0 end\n"
     "local v = redis.call('GET', KEYS[1])\n"

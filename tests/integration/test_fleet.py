@@ -760,6 +760,32 @@ def test_a_real_pause_written_back_after_it_ended_is_ignored(stub, redis, make_f
         assert metric(h, "tokend_shared_forged_flags_total") >= 1
 
 
+def test_a_real_credentials_flag_written_back_after_a_mint_cleared_it_is_ignored(stub, redis, make_fleet):
+    """A Redis writer saves the real 'credentials rejected' flag and writes
+    it back once a successful mint cleared it: within its five minutes it
+    would unready the whole fleet again. The mint left a proof of its
+    success; every host refuses a flag made before it."""
+    hosts = make_fleet(stub, redis, 3, acl=True, sections=UPSTREAM)
+    ns = namespace_of(redis, hosts[0])
+    stub.fault(action="status", status=401, body='{"error":"invalid_client"}', count=1, match_user="rejected")
+    assert hosts[0].token("rejected").status == 502
+    w = writer(redis)
+    saved = wait_for(lambda: w.get(ns + "creds"), timeout=2, what="the credentials flag in Redis")
+    wait_for(lambda: hosts[2].get("/readyz").status == 503, timeout=3, what="the real flag to unready host 2")
+    assert hosts[1].token("works-again").status == 200  # a mint that succeeds clears the flag
+    assert w.get(ns + "creds") is None
+    wait_for(lambda: all(h.get("/readyz").status == 200 for h in hosts[1:]), timeout=3,
+             what="the fleet ready again")
+    w.set(ns + "creds", saved, px=300000)  # the real flag, replayed within its five minutes
+    w.close()
+    # each host reads it within a heartbeat: it either refuses it (counted) or obeys it (unready)
+    wait_for(lambda: all(metric(h, "tokend_shared_forged_flags_total") >= 1 or h.get("/readyz").status == 503
+                         for h in hosts[1:]), timeout=3, what="each host to read the replayed flag")
+    for h in hosts[1:]:
+        assert h.get("/readyz").status == 200, "a replayed credentials flag unreadied the fleet"
+        assert metric(h, "tokend_shared_fleet_credentials_rejected") == 0
+
+
 def dead_holders_lease(stub, redis, holder, ns, user):
     """The key of the lease `holder` takes on user's token, once holder is
     killed with its mint in flight: nobody will release it or publish."""

@@ -195,19 +195,22 @@ static void a_flush_proof_holds_only_for_the_fleets_keys(void) {
     shared *s = fleet(KEY_A, NULL), *other = fleet(KEY_B, NULL), *rotated = fleet(KEY_B, KEY_A);
     char proof[FLAG_MAX], theirs[FLAG_MAX];
 
+    uint64_t made = 0, before = now_unix_ms();
+
     ASSERT_INT_EQ(fleet_proof_make(s, NS, "flush", proof), 0);
-    ASSERT(fleet_proof_holds(s, NS, "flush", proof, strlen(proof)));
-    ASSERT(fleet_proof_holds(rotated, NS, "flush", proof, strlen(proof)));
-    ASSERT(!fleet_proof_holds(other, NS, "flush", proof, strlen(proof)));
-    ASSERT(!fleet_proof_holds(s, OTHER_NS, "flush", proof, strlen(proof)));
-    ASSERT(!fleet_proof_holds(s, NS, "pause", proof, strlen(proof)));
+    ASSERT(fleet_proof_holds(s, NS, "flush", proof, strlen(proof), &made));
+    ASSERT(made >= before && made <= now_unix_ms()); /* when it was made */
+    ASSERT(fleet_proof_holds(rotated, NS, "flush", proof, strlen(proof), NULL));
+    ASSERT(!fleet_proof_holds(other, NS, "flush", proof, strlen(proof), NULL));
+    ASSERT(!fleet_proof_holds(s, OTHER_NS, "flush", proof, strlen(proof), NULL));
+    ASSERT(!fleet_proof_holds(s, NS, "pause", proof, strlen(proof), NULL));
     ASSERT_INT_EQ(fleet_proof_make(other, NS, "flush", theirs), 0);
-    ASSERT(!fleet_proof_holds(s, NS, "flush", theirs, strlen(theirs)));
+    ASSERT(!fleet_proof_holds(s, NS, "flush", theirs, strlen(theirs), NULL));
     theirs[0] = proof[0] == '1' ? '2' : '1';
     memcpy(proof, theirs, 1); /* another time under the same MAC */
-    ASSERT(!fleet_proof_holds(s, NS, "flush", proof, strlen(proof)));
-    ASSERT(!fleet_proof_holds(s, NS, "flush", "", 0));
-    ASSERT(!fleet_proof_holds(s, NS, "flush", "12", 2));
+    ASSERT(!fleet_proof_holds(s, NS, "flush", proof, strlen(proof), NULL));
+    ASSERT(!fleet_proof_holds(s, NS, "flush", "", 0, NULL));
+    ASSERT(!fleet_proof_holds(s, NS, "flush", "12", 2, NULL));
     shared_free(s);
     shared_free(other);
     shared_free(rotated);
@@ -262,6 +265,38 @@ static void a_flag_read_from_redis_holds_or_is_counted_as_forged(void) {
     freeReplyObject(ttl);
     freeReplyObject(no_ttl);
     freeReplyObject(nil);
+    shared_free(s);
+}
+
+/* A real credentials flag, saved and written back after a mint cleared
+ * it, is over: a mint that succeeded after it was made (here, or a proof
+ * another host left) supersedes it. One made after the success holds. */
+static void a_credentials_flag_made_before_a_successful_mint_is_over(void) {
+    shared *s = fleet(KEY_A, NULL);
+    char flag[FLAG_MAX], resp[128];
+    redisReply *v, *ttl = answer(":300000\r\n");
+    uint64_t ok_at;
+
+    log_set_max_level(LOG_ERR);
+    ASSERT_INT_EQ(fleet_flag_make(s, NS, "creds", CREDS_TTL_MS, flag), 0);
+    snprintf(resp, sizeof(resp), "$%zu\r\n%s\r\n", strlen(flag), flag);
+    v = answer(resp);
+    ASSERT(fleet_creds_flag_holds(s, NS, v, ttl));
+    ok_at = now_unix_ms() + 1;
+    fleet_creds_ok(s, ok_at); /* a mint succeeded after the flag */
+    ASSERT(!fleet_creds_flag_holds(s, NS, v, ttl));
+    ASSERT_UINT_EQ(stats(s).forged_flags, 1);
+    fleet_creds_ok(s, 1000); /* never goes back */
+    ASSERT(!fleet_creds_flag_holds(s, NS, v, ttl));
+    freeReplyObject(v);
+    while (now_unix_ms() <= ok_at) /* a millisecond at most: the next flag is made after the success */
+        ;
+    ASSERT_INT_EQ(fleet_flag_make(s, NS, "creds", CREDS_TTL_MS, flag), 0); /* a new rejection */
+    snprintf(resp, sizeof(resp), "$%zu\r\n%s\r\n", strlen(flag), flag);
+    v = answer(resp);
+    ASSERT(fleet_creds_flag_holds(s, NS, v, ttl));
+    freeReplyObject(v);
+    freeReplyObject(ttl);
     shared_free(s);
 }
 
@@ -391,6 +426,7 @@ static const unit_test tests[] = {
     TEST(a_flush_proof_holds_only_for_the_fleets_keys),
     TEST(a_malformed_flag_is_refused),
     TEST(a_flag_read_from_redis_holds_or_is_counted_as_forged),
+    TEST(a_credentials_flag_made_before_a_successful_mint_is_over),
     TEST(the_generation_may_grow_but_never_go_back),
     TEST(a_generation_that_is_not_a_plain_number_is_refused),
     TEST(a_tokens_fingerprint_is_the_start_of_its_sha256),
