@@ -89,6 +89,9 @@ size_t cache_flush(cache *c);
  * already answers in flight for the new ones. */
 size_t cache_flush_as(cache *c, bool stale_fetches);
 
+/* Whether the key's token is t (no other, and not dropped since). Touches
+ * nothing: no hit counted, no order changed. */
+bool cache_holds(cache *c, enum oauth_grant grant, const char *user_id, const char *scope, const token *t);
 /* Drops the key's token (and any remembered failure). Returns 1 with the
  * dropped token in *ret_token (a reference for the caller, say to revoke
  * it; NULL to just wipe it), 0 when nothing was cached. */

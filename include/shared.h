@@ -27,10 +27,15 @@ enum shared_op { SHARED_OP_LOOKUP, SHARED_OP_PUBLISH, SHARED_OP_DROP, SHARED_OP_
                  SHARED_OP_COUNT };
 enum shared_lookup { SHARED_FOUND, SHARED_LEASED, SHARED_BUSY, SHARED_PAUSED, SHARED_LOOKUP_COUNT };
 enum shared_mint { SHARED_MINT_LEASED, SHARED_MINT_LEASE_TIMEOUT, SHARED_MINT_DEGRADED, SHARED_MINT_COUNT };
+/* What became of a token minted here while Redis was away, once it is
+ * back: shared with the fleet; replaced here by the one the fleet shares;
+ * kept here only (the fleet dropped or flushed something since). */
+enum shared_outage { SHARED_OUTAGE_SHARED, SHARED_OUTAGE_REPLACED, SHARED_OUTAGE_KEPT, SHARED_OUTAGE_COUNT };
 
 extern const char *const shared_op_names[SHARED_OP_COUNT];
 extern const char *const shared_lookup_names[SHARED_LOOKUP_COUNT];
 extern const char *const shared_mint_names[SHARED_MINT_COUNT];
+extern const char *const shared_outage_names[SHARED_OUTAGE_COUNT];
 
 #define SHARED_LATENCY_BUCKETS 10
 extern const double shared_latency_bounds[SHARED_LATENCY_BUCKETS];
@@ -41,6 +46,8 @@ struct shared_stats {
     unsigned long long ops[SHARED_OP_COUNT][2]; /* [op][0 ok, 1 error] */
     unsigned long long lookups[SHARED_LOOKUP_COUNT];
     unsigned long long mints[SHARED_MINT_COUNT];
+    unsigned long long outage_tokens[SHARED_OUTAGE_COUNT]; /* degraded mints reconciled once Redis is back */
+    unsigned outage_pending;         /* degraded mints not reconciled yet */
     unsigned long long decrypt_failures;
     unsigned long long forged_flags; /* pause or credential flags no host of the fleet made: ignored */
     unsigned long long foreign_flushes; /* flush events no host of the fleet made: not applied here */
@@ -75,6 +82,9 @@ int shared_new(const struct config *cfg, upstream *up, revocations *rv, shared *
 struct shared_sink {
     int (*drop)(void *ctx, enum oauth_grant grant, const char *user_id, const char *scope, token **ret);
     size_t (*flush)(void *ctx);
+    /* whether the key's token here is still t; drops it only if it is */
+    bool (*holds)(void *ctx, enum oauth_grant grant, const char *user_id, const char *scope, const token *t);
+    int (*drop_if)(void *ctx, enum oauth_grant grant, const char *user_id, const char *scope, const token *only);
     void *ctx;
 };
 void shared_attach(shared *s, const struct shared_sink *sink);

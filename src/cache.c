@@ -652,6 +652,22 @@ int cache_drop(cache *c, enum oauth_grant grant, const char *user_id, const char
     return cache_drop_if(c, grant, user_id, scope, NULL, ret_token);
 }
 
+bool cache_holds(cache *c, enum oauth_grant grant, const char *user_id, const char *scope, const token *t) {
+    char keybuf[KEY_MAX];
+    uint64_t hash;
+    size_t keylen = make_key(c, keybuf, grant, user_id, scope, &hash);
+    cache_entry *e;
+    bool held;
+
+    if (!keylen || !t)
+        return false;
+    pthread_mutex_lock(&c->lock);
+    e = entry_find(c, keybuf, keylen, hash);
+    held = e && e->tok == t;
+    pthread_mutex_unlock(&c->lock);
+    return held;
+}
+
 int cache_drop_if(cache *c, enum oauth_grant grant, const char *user_id, const char *scope,
                   const token *only, token **ret_token) {
     char keybuf[KEY_MAX];

@@ -52,13 +52,28 @@ _Static_assert(KEY_MAX >= NS_MAX + 2 + SEAL_NAME_LEN + 1, "KEY_MAX holds no key 
 #define FUTURE_MAX_MS 3600000   /* an event id this far past Redis's clock was not made by XADD '*' */
 #define RECENT_MAX 256          /* drops, revocations and flushes kept to send again after a failover */
 #define RECENT_MS 30000         /* ... for this long: a deposed master keeps saying "master" ~10 s */
+#define OWN_MAX 16384           /* tokens minted here while Redis was away, kept to reconcile once it is back */
 
-enum script { S_LOOKUP, S_PUBLISH, S_RELEASE, S_DROP, S_FLUSH, S_REVOKED, S_RENEW, S_COUNT };
+enum script { S_LOOKUP, S_PUBLISH, S_RELEASE, S_DROP, S_FLUSH, S_REVOKED, S_RENEW, S_ADOPT, S_COUNT };
 extern const char *const fleet_scripts[S_COUNT];
 
 /* ---- state ---- */
 
-enum job_kind { J_LOOKUP, J_PUBLISH, J_RELEASE, J_RENEW, J_DROP, J_FLUSH, J_REVOKED, J_PAUSE, J_CREDS, J_PING };
+enum job_kind { J_LOOKUP, J_PUBLISH, J_RELEASE, J_RENEW, J_DROP, J_FLUSH, J_REVOKED, J_PAUSE, J_CREDS, J_PING,
+                J_ADOPT };
+
+/* A token minted here while Redis was away (degraded): once it is back,
+ * shared with the fleet if nothing was dropped or flushed since, or given
+ * up for the one the fleet shares (see fleet_reconcile()). */
+struct own {
+    struct own *next;
+    enum oauth_grant grant;
+    char user[OAUTH_USER_ID_MAX + 1];
+    char scope[OAUTH_SCOPE_MAX + 1];
+    char ns[NS_MAX];            /* the namespace it was minted for */
+    char gen[24];               /* the highest generation this host had seen then */
+    token *tok;
+};
 
 /* A lease this host holds while its mint runs: renewed until the mint ends. */
 struct held {
@@ -89,6 +104,7 @@ struct job {
     uint64_t wait_cap_ms;       /* no wait on leases goes past this, whoever holds them */
     char lease_id[33];
     char gen[24];
+    char guard[48];             /* J_ADOPT: the last event this host applied; any since and it is kept here */
     enum shared_mint how;
     token *tok;                 /* publish */
     char fp[SEAL_FP_LEN + 1];   /* drop only this token ('' for any) */
@@ -154,6 +170,9 @@ struct shared {
     uint64_t flag_said_ms;      /* when a forged flag was last logged */
     uint64_t foreign_said_ms;   /* when a flush of another fleet was last logged */
     uint64_t creds_ok_ms;       /* the newest mint success known (unix ms): older credentials flags are over */
+    struct own *own;            /* minted here while Redis was away, newest first */
+    size_t n_own;
+    size_t adopting;            /* J_ADOPT jobs not yet ended */
     bool demoted;               /* the event thread saw our master become a replica (atomic) */
     bool resend;                /* a drop or flush was refused: kept, sent again on a new connection (atomic) */
     /* Drops, revocations and flushes Redis took lately (command thread
@@ -198,6 +217,8 @@ bool fleet_keep_for_later_locked(shared *s, struct job *j, struct later *l);
 void fleet_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,
                   revoke_done_fn done, void *userdata);
 void fleet_flush(shared *s, shared_ack_fn ack, void *userdata);
+void fleet_reconcile(shared *s, const char *ns, const char *last_event);
+void fleet_own_free(shared *s);
 bool fleet_gen_check(shared *s, const char *text, size_t len);
 void fleet_count_op(shared *s, enum shared_op op, bool ok);
 void fleet_degrade(shared *s, struct job *j);

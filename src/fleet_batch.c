@@ -43,11 +43,32 @@ void fleet_lease_id(shared *s, char out[33]) {
     pthread_mutex_unlock(&s->lock);
 }
 
+/* The job's token as Redis keeps it: "<gen>:<fingerprint>:" then the token
+ * sealed for its key's name and generation, its end on the wall clock
+ * inside. Returns the length, 0 when it cannot be sealed or has less than a
+ * second left (nothing worth sharing); its time left in *ret_left. */
+static size_t seal_value(shared *s, const struct job *j, unsigned char blob[SEAL_TOKEN_MAX + 64],
+                         uint64_t *ret_left) {
+    char aad[KEY_MAX + 32], fp[SEAL_FP_LEN + 1];
+    uint64_t left = token_remaining_ms(j->tok, now_ms());
+    size_t head, blen = 0;
+    int r;
+
+    snprintf(aad, sizeof(aad), "%s|%s", j->tok_key[0], j->gen);
+    pthread_rwlock_rdlock(&s->keys_lock);
+    r = seal_fingerprint(&s->keys, j->tok->value, j->tok->len, fp);
+    head = (size_t)snprintf((char *)blob, SEAL_TOKEN_MAX + 64, "%s:%s:", j->gen, r == 0 ? fp : "");
+    if (r == 0)
+        r = seal_token(&s->keys, aad, strlen(aad), j->tok, now_unix_ms() + left, blob + head, &blen);
+    pthread_rwlock_unlock(&s->keys_lock);
+    *ret_left = left;
+    return r < 0 || left < 1000 ? 0 : head + blen;
+}
+
 /* Appends the job's command to the connection's output. */
 static int append(shared *s, redisContext *c, struct job *j) {
     char lease_ms[24], min_life[24], ttl[24], maxlen[24] = "10000";
     unsigned char blob[SEAL_TOKEN_MAX + 64];
-    char aad[KEY_MAX + 32];
     size_t blen = 0;
 
     snprintf(maxlen, sizeof(maxlen), "%d", STREAM_MAXLEN);
@@ -66,10 +87,8 @@ static int append(shared *s, redisContext *c, struct job *j) {
         return redisAppendCommandArgv(c, 14, argv, NULL);
     }
     case J_PUBLISH: {
-        char gen_key[KEY_MAX], creds_key[KEY_MAX], ok_key[KEY_MAX], fp[SEAL_FP_LEN + 1], proof[FLAG_MAX],
-            keep[24];
-        uint64_t left = token_remaining_ms(j->tok, now_ms());
-        size_t head;
+        char gen_key[KEY_MAX], creds_key[KEY_MAX], ok_key[KEY_MAX], proof[FLAG_MAX], keep[24];
+        uint64_t left;
         int r;
         snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
         snprintf(creds_key, sizeof(creds_key), "%screds", j->ns);
@@ -78,16 +97,8 @@ static int append(shared *s, redisContext *c, struct job *j) {
         snprintf(keep, sizeof(keep), "%llu", (unsigned long long)(CREDS_TTL_MS + FLAG_SLACK_MS));
         if (fleet_proof_make(s, j->ns, "credsok", proof) < 0)
             return REDIS_ERR;
-        snprintf(aad, sizeof(aad), "%s|%s", j->tok_key[0], j->gen);
-        pthread_rwlock_rdlock(&s->keys_lock);
-        r = seal_fingerprint(&s->keys, j->tok->value, j->tok->len, fp);
-        head = (size_t)snprintf((char *)blob, sizeof(blob), "%s:%s:", j->gen, r == 0 ? fp : "");
-        if (r == 0)
-            r = seal_token(&s->keys, aad, strlen(aad), j->tok, now_unix_ms() + left, blob + head, &blen);
-        pthread_rwlock_unlock(&s->keys_lock);
-        if (r < 0 || left < 1000)
+        if (!(blen = seal_value(s, j, blob, &left)))
             return REDIS_ERR; /* nothing worth sharing */
-        blen += head;
         snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)left);
         {
             const char *argv[] = { "EVALSHA",  s->sha[S_PUBLISH], "5",     j->tok_key[0], j->lease_key,
@@ -172,6 +183,26 @@ static int append(shared *s, redisContext *c, struct job *j) {
         if (fleet_flag_make(s, j->ns, pause ? "pause" : "creds", ms, value) < 0)
             return REDIS_ERR;
         return redisAppendCommandArgv(c, 5, argv, NULL);
+    }
+    case J_ADOPT: {
+        char gen_key[KEY_MAX], ev_key[KEY_MAX];
+        uint64_t left;
+        int r;
+        snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
+        snprintf(ev_key, sizeof(ev_key), "%sevents", j->ns);
+        if (!(blen = seal_value(s, j, blob, &left)))
+            return REDIS_ERR; /* nothing worth sharing */
+        snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)left);
+        {
+            const char *argv[] = { "EVALSHA", s->sha[S_ADOPT], "4", j->tok_key[0], j->tok_key[1], gen_key, ev_key,
+                                   (const char *)blob, ttl, j->gen, j->guard };
+            size_t lens[ARRAY_SIZE(argv)];
+            for (size_t i = 0; i < ARRAY_SIZE(argv); i++)
+                lens[i] = i == 7 ? blen : strlen(argv[i]); /* the value is binary */
+            r = redisAppendCommandArgv(c, (int)ARRAY_SIZE(argv), argv, lens);
+        }
+        explicit_bzero(blob, sizeof(blob));
+        return r;
     }
     case J_PING: {
         const char *argv[] = { "PING" };
@@ -455,6 +486,18 @@ static void answered(shared *s, struct job *j, redisReply *r, uint64_t now) {
     if (j->kind == J_PING) {
         fleet_job_free(j);
         return;
+    }
+    if (j->kind == J_ADOPT && r->type == REDIS_REPLY_INTEGER) {
+        enum shared_outage how = r->integer == 1   ? SHARED_OUTAGE_SHARED
+                                 : r->integer == 2 ? SHARED_OUTAGE_REPLACED
+                                                   : SHARED_OUTAGE_KEPT;
+        /* the fleet shares another token for the key: ours goes, and the
+         * next request here is served the fleet's (one lookup, no mint) */
+        if (how == SHARED_OUTAGE_REPLACED && s->sink.drop_if)
+            s->sink.drop_if(s->sink.ctx, j->grant, j->user, j->scope, j->tok);
+        pthread_mutex_lock(&s->lock);
+        s->stats.outage_tokens[how]++;
+        pthread_mutex_unlock(&s->lock);
     }
     if (r->type == REDIS_REPLY_ERROR) {
         fleet_refused(s, shared_op_names[fleet_op_of(j->kind)], r->str);

@@ -28,6 +28,7 @@ struct reader {
     char ns[NS_MAX];
     char last[48];     /* the last event applied, "" before the first connection */
     char gen[24];      /* the generation last seen, "" before */
+    bool caught_up;    /* the last read found no more events than it returned */
     unsigned long long redis_ms; /* Redis's clock at the last heartbeat, 0 before */
 };
 
@@ -384,6 +385,7 @@ static int read_events(struct reader *rd) {
         return -EIO;
     }
     entries = fleet_xread_entries(r);
+    rd->caught_up = !entries || entries->elements < 128;
     if (entries) { /* else nil: nothing came in the block */
         for (size_t i = 0; i < entries->elements; i++) {
             redisReply *e = entries->element[i];
@@ -502,6 +504,8 @@ void *fleet_event_thread(void *arg) {
             int r = heartbeat(&rd);
             if (r == 0)
                 r = read_events(&rd);
+            if (r == 0 && rd.caught_up) /* tokens minted here while Redis was away */
+                fleet_reconcile(s, rd.ns, rd.last);
             if (r < 0)
                 reader_close(&rd);
             else if (r > 0) { /* a poisoned stream being mended: not in a tight loop */

@@ -20,6 +20,11 @@ void fleet_job_free(struct job *j) {
         return;
     if (j->ack) /* a drop or flush ended without Redis taking it (stopping, or nothing to send) */
         j->ack(j->actx, false);
+    if (j->kind == J_ADOPT && j->guard[0]) { /* counted by fleet_reconcile() */
+        pthread_mutex_lock(&j->s->lock);
+        j->s->adopting--;
+        pthread_mutex_unlock(&j->s->lock);
+    }
     token_unref(j->tok);
     token_unref(j->local);
     /* it holds a user id and, for a publish, a sealed token: no need to leave them */
@@ -78,7 +83,7 @@ struct job *fleet_job_new(shared *s, enum job_kind kind, enum oauth_grant grant,
     j->grant = grant;
     snprintf(j->user, sizeof(j->user), "%s", user_id ? user_id : "");
     snprintf(j->scope, sizeof(j->scope), "%s", scope ? scope : "");
-    if (kind == J_LOOKUP || kind == J_DROP) {
+    if (kind == J_LOOKUP || kind == J_DROP || kind == J_ADOPT) {
         if (fleet_job_names(s, j) < 0) {
             fleet_job_free(j);
             return NULL;
@@ -196,6 +201,96 @@ static void unhold(shared *s, struct job *j) {
     j->held = NULL;
 }
 
+/* ---- tokens minted here while Redis was away ---- */
+
+/* Kept to reconcile once Redis is back; bounded (beyond, a token stays
+ * this host's own until it is refreshed, as before). */
+static void own_add(shared *s, const struct job *j, token *t) {
+    struct own *o;
+
+    if (fleet_ns_moved(s, j) || !(o = calloc(1, sizeof(*o))))
+        return;
+    o->grant = j->grant;
+    memcpy(o->user, j->user, sizeof(o->user));
+    memcpy(o->scope, j->scope, sizeof(o->scope));
+    memcpy(o->ns, j->ns, sizeof(o->ns));
+    o->tok = token_ref(t);
+    pthread_mutex_lock(&s->lock);
+    snprintf(o->gen, sizeof(o->gen), "%llu", s->max_gen);
+    if (s->n_own < OWN_MAX) {
+        o->next = s->own;
+        s->own = o;
+        s->n_own++;
+        o = NULL;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (o) {
+        token_unref(o->tok);
+        wipe_free(o, sizeof(*o));
+    }
+}
+
+static void own_free_list(struct own *o) {
+    while (o) {
+        struct own *next = o->next;
+        token_unref(o->tok);
+        wipe_free(o, sizeof(*o)); /* a user id */
+        o = next;
+    }
+}
+
+void fleet_own_free(shared *s) {
+    struct own *o;
+
+    pthread_mutex_lock(&s->lock);
+    o = s->own;
+    s->own = NULL;
+    s->n_own = 0;
+    pthread_mutex_unlock(&s->lock);
+    own_free_list(o);
+}
+
+/* Redis is back and this host has applied the fleet's events up to
+ * last_event: each token it minted on its own meanwhile, and still holds
+ * (no drop or flush took it), is offered to the fleet (adopt_lua): shared
+ * if nothing was dropped or flushed since, or given up here for the one
+ * the fleet already shares. So after an outage a user has one token across
+ * the hosts again, at no mint's cost. Called by the event thread. */
+void fleet_reconcile(shared *s, const char *ns, const char *last_event) {
+    struct own *list, *o;
+
+    pthread_mutex_lock(&s->lock);
+    list = s->stats.up ? s->own : NULL;
+    if (list) {
+        s->adopting += s->n_own; /* each until its job ends, or it is passed over */
+        s->own = NULL;
+        s->n_own = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    for (o = list; o; o = o->next) {
+        struct job *j = NULL;
+        if (strcmp(o->ns, ns) == 0 && last_event[0] && s->sink.holds &&
+            s->sink.holds(s->sink.ctx, o->grant, o->user, o->scope, o->tok))
+            j = fleet_job_new(s, J_ADOPT, o->grant, o->user, o->scope);
+        if (j && strcmp(j->ns, o->ns) != 0) {
+            fleet_job_free(j);
+            j = NULL;
+        }
+        if (!j) { /* dropped or flushed here since, or another namespace now */
+            pthread_mutex_lock(&s->lock);
+            s->adopting--;
+            pthread_mutex_unlock(&s->lock);
+            continue;
+        }
+        snprintf(j->guard, sizeof(j->guard), "%s", last_event); /* fleet_job_free() counts it out */
+        j->tok = token_ref(o->tok);
+        snprintf(j->gen, sizeof(j->gen), "%s", o->gen);
+        if (!fleet_submit(s, j))
+            fleet_job_free(j);
+    }
+    own_free_list(list);
+}
+
 static void minted(void *userdata, const mint_outcome *o, token *t) {
     struct job *j = userdata;
     shared *s = j->s;
@@ -208,6 +303,8 @@ static void minted(void *userdata, const mint_outcome *o, token *t) {
     pthread_mutex_unlock(&s->lock);
     if (t) /* the credentials work: a flag saying otherwise, made before now, is over */
         fleet_creds_ok(s, now_unix_ms());
+    if (j->how == SHARED_MINT_DEGRADED && t)
+        own_add(s, j, t);
     if (j->how != SHARED_MINT_DEGRADED) {
         if (t)
             publish(s, j, t);
@@ -385,6 +482,7 @@ enum shared_op fleet_op_of(enum job_kind k) {
     case J_PUBLISH:
     case J_RELEASE:
     case J_RENEW:
+    case J_ADOPT:
         return SHARED_OP_PUBLISH;
     case J_DROP:
     case J_REVOKED:

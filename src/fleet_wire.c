@@ -12,6 +12,7 @@
 const char *const shared_op_names[SHARED_OP_COUNT] = { "lookup", "publish", "drop", "flush", "pause" };
 const char *const shared_lookup_names[SHARED_LOOKUP_COUNT] = { "shared", "lease", "busy", "paused" };
 const char *const shared_mint_names[SHARED_MINT_COUNT] = { "leased", "lease_timeout", "degraded" };
+const char *const shared_outage_names[SHARED_OUTAGE_COUNT] = { "shared", "replaced", "kept" };
 const double shared_latency_bounds[SHARED_LATENCY_BUCKETS] = { 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                                                                0.005,  0.01,    0.025,  0.05,  0.1 };
 
@@ -158,8 +159,39 @@ static const char revoked_lua[] =
     "xadd(KEYS[1], ARGV[1], 'r', ARGV[2])\n"
     "return 1\n";
 
+/* KEYS: token (current key's name), token (previous key's name), gen,
+ * events. ARGV: value, ttl ms, the generation it was sealed for, the last
+ * event the host applied. A token minted on one host while Redis was away,
+ * offered once it is back: stored only if the fleet was neither flushed
+ * (the generation) nor sent any drop or flush since the host last read its
+ * events (the stream's newest id is not past that one), so that nothing
+ * dropped meanwhile comes back; 2 when the fleet shares a token for the key
+ * already (the host gives its own up for it), 1 stored, 0 refused. */
+static const char adopt_lua[] =
+    "local g = redis.call('GET', KEYS[3]) or '0'\n"
+    "if g ~= ARGV[3] then return 0 end\n"
+    "local info = redis.pcall('XINFO', 'STREAM', KEYS[4])\n"
+    "if type(info) ~= 'table' or info.err then return 0 end\n"
+    "local newest\n"
+    "for i = 1, #info - 1, 2 do\n"
+    "  if info[i] == 'last-generated-id' then newest = info[i + 1] end\n"
+    "end\n"
+    "local function id(s)\n"
+    "  local ms, seq = string.match(s or '', '^(%d+)%-(%d+)$')\n"
+    "  return tonumber(ms), tonumber(seq)\n"
+    "end\n"
+    "local nm, ns = id(newest)\n"
+    "local lm, ls = id(ARGV[4])\n"
+    "if not nm or not lm or nm > lm or (nm == lm and ns > ls) then return 0 end\n"
+    "for i = 1, 2 do\n"
+    "  local v = redis.pcall('GET', KEYS[i])\n"
+    "  if type(v) == 'string' and string.sub(v, 1, #g + 1) == g .. ':' then return 2 end\n"
+    "end\n"
+    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
+    "return 1\n";
+
 const char *const fleet_scripts[S_COUNT] = { lookup_lua, publish_lua, release_lua, drop_lua, flush_lua,
-                                              revoked_lua, renew_lua };
+                                              revoked_lua, renew_lua, adopt_lua };
 
 /* ---- reading Redis's answers: every shape checked, nothing trusted ---- */
 

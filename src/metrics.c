@@ -84,6 +84,16 @@ static void render_shared(FILE *f, const struct shared_stats *ss) {
            "host's lease, or without Redis (degraded).");
     for (int i = 0; i < SHARED_MINT_COUNT; i++)
         fprintf(f, "tokend_shared_mints_total{how=\"%s\"} %llu\n", shared_mint_names[i], ss->mints[i]);
+    one(f, "tokend_shared_outage_tokens_pending", "gauge",
+        "Tokens minted here without Redis not yet offered to the fleet (once Redis is back and this host "
+        "has caught up on its events).",
+        ss->outage_pending);
+    header(f, "tokend_shared_outage_tokens_total", "counter",
+           "Tokens minted here without Redis, once it was back: shared with the fleet, replaced by the one "
+           "the fleet shares, or kept here only (something was dropped or flushed since).");
+    for (int i = 0; i < SHARED_OUTAGE_COUNT; i++)
+        fprintf(f, "tokend_shared_outage_tokens_total{outcome=\"%s\"} %llu\n", shared_outage_names[i],
+                ss->outage_tokens[i]);
     one(f, "tokend_shared_lease_waits_total", "counter", "Misses that waited on another host's lease.",
         ss->lease_waits);
     one(f, "tokend_shared_lease_timeouts_total", "counter",

@@ -540,6 +540,11 @@ static int route_status(const struct call *c, struct request *r, answer *ans) {
             cJSON_AddNumberToObject(o, "decrypt_failures", (double)ss.decrypt_failures);
             cJSON_AddNumberToObject(o, "forged_flags", (double)ss.forged_flags);
             cJSON_AddNumberToObject(o, "foreign_flushes", (double)ss.foreign_flushes);
+            for (int i = 0; i < SHARED_OUTAGE_COUNT; i++) {
+                char name[40];
+                snprintf(name, sizeof(name), "outage_tokens_%s", shared_outage_names[i]);
+                cJSON_AddNumberToObject(o, name, (double)ss.outage_tokens[i]);
+            }
             cJSON_AddNumberToObject(o, "stale_refused", (double)ss.stale_refused);
             cJSON_AddNumberToObject(o, "stream_resets", (double)ss.stream_resets);
             cJSON_AddNumberToObject(o, "refusals", (double)ss.refusals);

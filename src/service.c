@@ -366,6 +366,15 @@ static size_t sink_flush(void *ctx) {
     return cache_flush(ctx);
 }
 
+static bool sink_holds(void *ctx, enum oauth_grant grant, const char *user_id, const char *scope, const token *t) {
+    return cache_holds(ctx, grant, user_id, scope, t);
+}
+
+static int sink_drop_if(void *ctx, enum oauth_grant grant, const char *user_id, const char *scope,
+                        const token *only) {
+    return cache_drop_if(ctx, grant, user_id, scope, only, NULL);
+}
+
 /* ---- start, serve, drain, stop ---- */
 
 /* SIGTERM, SIGINT and SIGHUP through a signalfd: blocked before any thread
@@ -438,7 +447,11 @@ static int start_threads(struct service *s, config *cfg) {
     int r;
 
     if (s->sh) {
-        struct shared_sink sink = { .drop = sink_drop, .flush = sink_flush, .ctx = s->c };
+        struct shared_sink sink = { .drop = sink_drop,
+                                    .flush = sink_flush,
+                                    .holds = sink_holds,
+                                    .drop_if = sink_drop_if,
+                                    .ctx = s->c };
         shared_attach(s->sh, &sink);
         r = shared_start(s->sh); /* before the upstream's: it listens to its 429s */
         if (r < 0)

@@ -291,6 +291,7 @@ bool shared_reload(shared *s, const config *cfg) {
 void shared_get_stats(shared *s, struct shared_stats *ret) {
     pthread_mutex_lock(&s->lock);
     *ret = s->stats;
+    ret->outage_pending = (unsigned)(s->n_own + s->adopting);
 
     ret->breaker = breaker_state_at(&s->br, now_ms());
     /* a host that cannot hear of the fleet's drops is not sharing safely */
@@ -340,6 +341,7 @@ shared *shared_free(shared *s) {
     if (!s)
         return NULL;
     shared_stop(s);
+    fleet_own_free(s);
     seal_keys_wipe(&s->keys);
     free(s->redis);
     for (size_t i = 0; i < s->n_sentinels; i++)

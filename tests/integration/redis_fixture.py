@@ -542,6 +542,7 @@ def make_cutter():
 
     def make(redis):
         c = Cutter(redis.port)
+        c.password_file = redis.password_file  # the ACL user's, as through the Redis behind it
         made.append(c)
         return c
 

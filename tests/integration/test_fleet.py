@@ -701,6 +701,90 @@ def test_a_flush_made_while_redis_is_out_of_reach_is_not_acknowledged_and_lands_
     assert r.status == 200 and "dropped" in r.json(), r
 
 
+# ---------------------------------------------------------------- tokens minted during an outage
+
+
+def outage(host, what):
+    return metric(host, f'tokend_shared_outage_tokens_total{{outcome="{what}"}}')
+
+
+def mint_while_cut_off(host, cutter, users):
+    """host, cut from Redis, mints each user's token on its own (degraded);
+    their tokens, in order."""
+    degraded = metric(host, 'tokend_shared_mints_total{how="degraded"}')
+    cutter.cut()
+    toks = []
+    for u in users:
+        r = host.token(u)
+        assert r.status == 200 and r.header("x-cache") == "miss", r
+        toks.append(access_token(r))
+    assert metric(host, 'tokend_shared_mints_total{how="degraded"}') == degraded + len(users)
+    assert metric(host, "tokend_shared_outage_tokens_pending") == len(users)
+    return toks
+
+
+def reconciled(host):
+    wait_for(lambda: metric(host, "tokend_shared_up") == 1 and
+             metric(host, "tokend_shared_outage_tokens_pending") == 0, timeout=5, interval=0.05,
+             what="the host to offer the fleet what it minted during the outage")
+
+
+def test_a_token_minted_during_an_outage_is_shared_once_redis_is_back(stub, redis, make_fleet, make_cutter):
+    """A host that minted on its own while cut off offers the token to the
+    fleet once it is back: the other hosts are served it, no second mint."""
+    cutter = make_cutter(redis)
+    a, b = make_fleet(stub, [cutter, redis], 2, acl=True)  # the script's commands are the ACL's
+    (tok,) = mint_while_cut_off(a, cutter, ["minted-alone"])
+    cutter.restore()
+    reconciled(a)
+    assert outage(a, "shared") == 1
+    r = b.token("minted-alone")
+    assert r.header("x-cache") in FROM_ANOTHER_HOST and access_token(r) == tok, r
+    assert len(mints(stub, "minted-alone")) == 1
+
+
+def test_tokens_two_hosts_minted_during_an_outage_converge_on_one(stub, redis, make_fleet, make_cutter):
+    """Both hosts cut off mint the same user on their own; once Redis is
+    back one token is shared and the other host gives its own up for it:
+    one token across the fleet again, at no mint's cost."""
+    ca, cb = make_cutter(redis), make_cutter(redis)
+    a, b = make_fleet(stub, [ca, cb], 2)
+    (ta,) = mint_while_cut_off(a, ca, ["minted-twice"])
+    (tb,) = mint_while_cut_off(b, cb, ["minted-twice"])
+    assert ta != tb
+    ca.restore()
+    reconciled(a)
+    assert outage(a, "shared") == 1
+    cb.restore()
+    reconciled(b)
+    assert outage(b, "replaced") == 1
+    assert access_token(b.token("minted-twice")) == access_token(a.token("minted-twice")) == ta
+    assert len(mints(stub, "minted-twice")) == 2, "reconciling costs no mint"
+
+
+@pytest.mark.parametrize("what", ["drop", "flush"])
+def test_a_token_minted_during_an_outage_and_dropped_meanwhile_is_never_shared(
+        stub, redis, make_fleet, make_cutter, what):
+    """The fleet dropped the user (or flushed) while a host was cut off with
+    its own token for them: once back, the host applies the drop, and the
+    token it minted before is never offered to the fleet."""
+    cutter = make_cutter(redis)
+    a, b = make_fleet(stub, [cutter, redis], 2)
+    tok, kept = mint_while_cut_off(a, cutter, ["dropped-meanwhile", "kept-meanwhile"])
+    if what == "drop":
+        r = b.request("DELETE", "/v1/token?user_id=dropped-meanwhile")
+    else:
+        r = b.request("POST", "/v1/cache/flush")
+    assert r.status == 200, r
+    cutter.restore()
+    reconciled(a)
+    assert access_token(b.token("dropped-meanwhile")) != tok, "a token dropped meanwhile was shared"
+    assert access_token(a.token("dropped-meanwhile")) != tok, "a host kept a token the fleet dropped"
+    # the other one: shared after a drop of another user; not after a flush
+    assert outage(a, "shared") == (1 if what == "drop" else 0)
+    assert (access_token(b.token("kept-meanwhile")) == kept) == (what == "drop")
+
+
 # ---------------------------------------------------------------- what a Redis writer cannot do
 #
 # "A Redis writer" is anyone holding the ACL user's password (every host has

@@ -1108,6 +1108,35 @@ static void a_flush_during_a_refresh_keeps_nothing_it_brings(void) {
     free_cache(c);
 }
 
+/* Whether the key still holds one given token (fleet mode asks before
+ * offering a token it minted during an outage): not after a drop, a
+ * flush or a newer token; and asking counts no hit. */
+static void holds_tells_whether_the_key_still_has_that_token(void) {
+    cache_settings s = settings();
+    cache *c = new_cache(&s);
+    token *t = NULL, *other = NULL;
+    unsigned long long hits;
+
+    fill(c, "alice", "tok-1", 3600);
+    ASSERT_INT_EQ(get(c, UA, "alice", SCOPE, 0, NULL, &t, NULL), CACHE_HIT);
+    hits = stats(c).hits;
+    ASSERT(cache_holds(c, UA, "alice", SCOPE, t));
+    ASSERT_UINT_EQ(stats(c).hits, hits);
+    ASSERT(!cache_holds(c, UA, "bob", SCOPE, t));
+    ASSERT(!cache_holds(c, UA, "alice", SCOPE, NULL));
+    ASSERT_INT_EQ(cache_drop(c, UA, "alice", SCOPE, NULL), 1);
+    ASSERT(!cache_holds(c, UA, "alice", SCOPE, t));
+    fill(c, "alice", "tok-2", 3600);
+    ASSERT(!cache_holds(c, UA, "alice", SCOPE, t)); /* another token now */
+    ASSERT_INT_EQ(get(c, UA, "alice", SCOPE, 0, NULL, &other, NULL), CACHE_HIT);
+    ASSERT(cache_holds(c, UA, "alice", SCOPE, other));
+    ASSERT_UINT_EQ(cache_flush(c), 1);
+    ASSERT(!cache_holds(c, UA, "alice", SCOPE, other));
+    token_unref(t);
+    token_unref(other);
+    free_cache(c);
+}
+
 /* A conditional drop (the proxy's: "this token was refused") leaves a
  * fetch in flight alone: it brings a newer token than the refused one. */
 static void a_conditional_drop_leaves_a_fetch_in_flight_alone(void) {
@@ -1185,6 +1214,7 @@ static const unit_test tests[] = {
     TEST(a_drop_during_a_fetch_is_not_undone_by_it),
     TEST(a_flush_during_a_refresh_keeps_nothing_it_brings),
     TEST(a_conditional_drop_leaves_a_fetch_in_flight_alone),
+    TEST(holds_tells_whether_the_key_still_has_that_token),
     TEST(fetches_made_stale_again_and_again_end_in_a_failure),
     TEST(cache_free_accepts_null),
 };

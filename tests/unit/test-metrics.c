@@ -78,6 +78,9 @@ static void fill(void) {
         ss.lookups[i] = 600 + (unsigned long long)i;
     for (int i = 0; i < SHARED_MINT_COUNT; i++)
         ss.mints[i] = 650 + (unsigned long long)i;
+    for (int i = 0; i < SHARED_OUTAGE_COUNT; i++)
+        ss.outage_tokens[i] = 670 + (unsigned long long)i;
+    ss.outage_pending = 680;
     ss.decrypt_failures = 701;
     ss.forged_flags = 702;
     ss.foreign_flushes = 7030;
@@ -614,6 +617,12 @@ static void the_fleets_counters_show_their_values(void) {
         snprintf(series, sizeof(series), "tokend_shared_mints_total{how=\"%s\"}", shared_mint_names[i]);
         ASSERT_INT_EQ(value_of(&e, series), 650 + i);
     }
+    for (int i = 0; i < SHARED_OUTAGE_COUNT; i++) {
+        snprintf(series, sizeof(series), "tokend_shared_outage_tokens_total{outcome=\"%s\"}",
+                 shared_outage_names[i]);
+        ASSERT_INT_EQ(value_of(&e, series), 670 + i);
+    }
+    ASSERT_INT_EQ(value_of(&e, "tokend_shared_outage_tokens_pending"), 680);
     ASSERT_INT_EQ(value_of(&e, "tokend_shared_decrypt_failures_total"), 701);
     ASSERT_INT_EQ(value_of(&e, "tokend_shared_forged_flags_total"), 702);
     ASSERT_INT_EQ(value_of(&e, "tokend_shared_foreign_flushes_total"), 7030);

@@ -1,0 +1,109 @@
+"""The scripts fleet mode runs in Redis, one mechanism at a time.
+
+Each script is read from src/fleet_wire.c, the one place it is written,
+and run in a real Redis with the keys and arguments set up by hand, so
+that a guard that is broken fails here every time, not by luck of timing
+in a test of the whole daemon. What the daemon does with the answers is
+tested in test_fleet.py."""
+import os
+import re
+
+import pytest
+
+from redis_fixture import make_redis, redis  # noqa: F401 (fixtures)
+
+SOURCE = os.path.join(os.path.dirname(__file__), "..", "..", "src", "fleet_wire.c")
+
+
+def c_strings(text):
+    """The C string literals in text, joined and unescaped."""
+    out = []
+    for lit in re.findall(r'"((?:[^"\\]|\\.)*)"', text):
+        out.append(lit.encode().decode("unicode_escape"))
+    return "".join(out)
+
+
+def script(name):
+    """The Lua text of `static const char <name>[]` in fleet_wire.c, macros
+    (XADD_LUA) expanded."""
+    src = open(SOURCE).read()
+    macros = {m.group(1): c_strings(m.group(2).replace("\\\n", "\n"))
+              for m in re.finditer(r"#define (\w+_LUA)\s+((?:.*\\\n)*.*)", src)}
+    m = re.search(r"static const char " + re.escape(name) + r"\[\] =(.*?);\n", src, re.S)
+    assert m, f"{name} is not in {SOURCE}"
+    body = m.group(1)
+    text = ""
+    for tok in re.finditer(r'(\w+_LUA)|("(?:[^"\\]|\\.)*")', body):
+        text += macros[tok.group(1)] if tok.group(1) else c_strings(tok.group(2))
+    return text
+
+
+KEYS = ["t:current", "t:previous", "gen", "events"]
+
+
+def adopt(r, value="7:fp:sealed", ttl=60000, gen="7", guard=None):
+    return r.cli("EVAL", script("adopt_lua"), 4, *KEYS, value, ttl, gen, guard)
+
+
+# ---------------------------------------------------------------- adopt: a token minted during an outage
+
+
+def test_adopt_stores_a_token_when_nothing_happened_since_the_host_caught_up(redis):
+    redis.cli("SET", "gen", "7")
+    last = redis.cli("XADD", "events", "*", "h", "1").decode()
+    assert adopt(redis, guard=last) == 1
+    assert redis.cli("GET", "t:current") == b"7:fp:sealed"
+    assert 0 < redis.cli("PTTL", "t:current") <= 60000
+
+
+def test_adopt_refuses_once_any_event_came_after_what_the_host_applied(redis):
+    """A drop or flush the host has not applied yet may be for this very
+    token: the token stays the host's own."""
+    redis.cli("SET", "gen", "7")
+    last = redis.cli("XADD", "events", "*", "h", "1").decode()
+    redis.cli("XADD", "events", "*", "d", "someone")
+    assert adopt(redis, guard=last) == 0
+    assert redis.cli("EXISTS", "t:current") == 0
+
+
+def test_adopt_refuses_after_a_flush(redis):
+    redis.cli("SET", "gen", "8")  # flushed since the token was minted under 7
+    last = redis.cli("XADD", "events", "*", "h", "1").decode()
+    assert adopt(redis, gen="7", guard=last) == 0
+    assert redis.cli("EXISTS", "t:current") == 0
+
+
+def test_adopt_refuses_without_the_stream_or_with_a_malformed_guard(redis):
+    redis.cli("SET", "gen", "7")
+    assert adopt(redis, guard="1-0") == 0  # no stream: Redis lost it, nothing can be told
+    redis.cli("XADD", "events", "5-0", "h", "1")
+    for guard in ("", "x", "5", "5-", "-0", "5-0-1"):
+        assert adopt(redis, guard=guard) == 0, guard
+    assert adopt(redis, guard="5-0") == 1
+    assert adopt(redis, guard="6-0") == 2  # a guard past the newest event: nothing since, one shared now
+
+
+@pytest.mark.parametrize("key", ["t:current", "t:previous"])
+def test_adopt_gives_way_to_the_fleets_token_under_either_key_name(redis, key):
+    redis.cli("SET", "gen", "7")
+    last = redis.cli("XADD", "events", "*", "h", "1").decode()
+    redis.cli("SET", key, "7:other:sealed", "PX", 60000)
+    assert adopt(redis, guard=last) == 2
+    assert redis.cli("GET", key) == b"7:other:sealed"
+
+
+def test_adopt_replaces_a_value_of_a_generation_flushed_since(redis):
+    redis.cli("SET", "gen", "7")
+    last = redis.cli("XADD", "events", "*", "h", "1").decode()
+    redis.cli("SET", "t:current", "6:old:sealed", "PX", 60000)
+    assert adopt(redis, guard=last) == 1
+    assert redis.cli("GET", "t:current") == b"7:fp:sealed"
+
+
+def test_adopt_compares_event_ids_as_numbers_not_text(redis):
+    redis.cli("SET", "gen", "7")
+    redis.cli("XADD", "events", "10-0", "h", "1")
+    assert adopt(redis, guard="9-5") == 0  # "10-0" > "9-5" though "1" < "9"
+    redis.cli("XADD", "events", "10-2", "h", "1")
+    assert adopt(redis, guard="10-1") == 0
+    assert adopt(redis, guard="10-2") == 1
