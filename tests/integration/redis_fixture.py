@@ -11,7 +11,9 @@ host's link to Redis.
 Fixtures (conftest.py imports them): redis, make_redis, sentinels, key_file,
 make_fleet.
 """
+import hashlib
 import os
+import re
 import secrets
 import selectors
 import shutil
@@ -493,6 +495,42 @@ class Cutter:
             self.peer.pop(other, None)
         self._close(s)
         self._close(other)
+
+
+# ---------------------------------------------------------------- the scripts tokend runs in Redis
+# Read from src/fleet_wire.c, the one place they are written: tests run them
+# by hand (test_fleet_scripts.py) and tell them apart in MONITOR by their
+# SHA1, as EVALSHA names them (test_fleet_faults.py).
+
+
+FLEET_WIRE = os.path.join(os.path.dirname(__file__), "..", "..", "src", "fleet_wire.c")
+
+
+def c_strings(text):
+    """The C string literals in text, joined and unescaped."""
+    out = []
+    for lit in re.findall(r'"((?:[^"\\]|\\.)*)"', text):
+        out.append(lit.encode().decode("unicode_escape"))
+    return "".join(out)
+
+
+def fleet_script(name):
+    """The Lua text of `static const char <name>[]` in fleet_wire.c, macros
+    (XADD_LUA) expanded."""
+    src = open(FLEET_WIRE).read()
+    macros = {m.group(1): c_strings(m.group(2).replace("\\\n", "\n"))
+              for m in re.finditer(r"#define (\w+_LUA)\s+((?:.*\\\n)*.*)", src)}
+    m = re.search(r"static const char " + re.escape(name) + r"\[\] =(.*?);\n", src, re.S)
+    assert m, f"{name} is not in {FLEET_WIRE}"
+    body = m.group(1)
+    text = ""
+    for tok in re.finditer(r'(\w+_LUA)|("(?:[^"\\]|\\.)*")', body):
+        text += macros[tok.group(1)] if tok.group(1) else c_strings(tok.group(2))
+    return text
+
+
+def fleet_script_sha(name):
+    return hashlib.sha1(fleet_script(name).encode()).hexdigest()
 
 
 # -------------------------------------------------------------------- fixtures

@@ -70,8 +70,8 @@ from urllib.parse import urlencode
 import pytest
 
 from conftest import wait_for
-from redis_fixture import (PREFIX, key_file, make_fleet, make_redis, redis,  # noqa: F401 (fixtures)
-                           sentinels, shared_section)
+from redis_fixture import (PREFIX, fleet_script_sha, key_file, make_fleet, make_redis,  # noqa: F401
+                           redis, sentinels, shared_section)
 from systemd_fixture import NotifySocket, listening_socket, make_sd  # noqa: F401 (fixtures)
 
 FULL_SECONDS = float(os.environ.get("TOKEND_FAULT_SECONDS", "0") or 0)
@@ -802,8 +802,11 @@ def token_count(redis):
 
 class Monitor:
     """Redis's MONITOR on a thread of its own: the scripts tokend ran, in
-    the order Redis ran them, as (number of keys, first key). Raw RESP over
-    a socket, since a read timeout while Redis is stopped must not end it."""
+    the order Redis ran them, as (script name, first key), the name found
+    by its SHA1 (fleet_script_sha). Raw RESP over a socket, since a read
+    timeout while Redis is stopped must not end it."""
+
+    NAMES = ("lookup_lua", "publish_lua", "drop_lua", "flush_lua")
 
     QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*)"')
 
@@ -817,6 +820,7 @@ class Monitor:
         assert line == b"+OK", line
         self.sock.settimeout(0.2)
         self.scripts = []
+        self.by_sha = {fleet_script_sha(n).encode(): n for n in self.NAMES}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -836,7 +840,7 @@ class Monitor:
             for line in lines:
                 args = self.QUOTED.findall(line)
                 if b"[0 lua]" not in line and len(args) > 3 and args[0].upper() == b"EVALSHA":
-                    self.scripts.append((int(args[2]), args[3]))
+                    self.scripts.append((self.by_sha.get(args[1].lower(), "other"), args[3]))
 
     def close(self):
         self.stop.set()
@@ -846,19 +850,19 @@ class Monitor:
 
 
 def lookups_before(scripts, per_key):
-    """Lookups (5 keys) Redis ran after a token was published (4 keys) and
-    before its drop (3 keys, the same token key), or (per_key False) before
-    the next flush (2 keys): lookups the drop or the flush raced."""
+    """Lookups Redis ran after a token was published and before its drop
+    (the same token key), or (per_key False) before the next flush: lookups
+    the drop or the flush raced."""
     n, seen, done = 0, collections.Counter(), set()
-    for nkeys, key in scripts:
-        if nkeys == 4 and key not in done:  # the first token of the key: what the race is about
+    for name, key in scripts:
+        if name == "publish_lua" and key not in done:  # the first token of the key: what the race is about
             seen[key] = 0
             done.add(key)
-        elif nkeys == 5 and key in seen:
+        elif name == "lookup_lua" and key in seen:
             seen[key] += 1
-        elif nkeys == 3 and per_key:
+        elif name == "drop_lua" and per_key:
             n += seen.pop(key, 0)
-        elif nkeys == 2 and not per_key:
+        elif name == "flush_lua" and not per_key:
             n += sum(seen.values())
             seen.clear()
     return n

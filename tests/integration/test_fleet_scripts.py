@@ -5,38 +5,10 @@ and run in a real Redis with the keys and arguments set up by hand, so
 that a guard that is broken fails here every time, not by luck of timing
 in a test of the whole daemon. What the daemon does with the answers is
 tested in test_fleet.py."""
-import os
-import re
-
 import pytest
 
+from redis_fixture import fleet_script as script
 from redis_fixture import make_redis, redis  # noqa: F401 (fixtures)
-
-SOURCE = os.path.join(os.path.dirname(__file__), "..", "..", "src", "fleet_wire.c")
-
-
-def c_strings(text):
-    """The C string literals in text, joined and unescaped."""
-    out = []
-    for lit in re.findall(r'"((?:[^"\\]|\\.)*)"', text):
-        out.append(lit.encode().decode("unicode_escape"))
-    return "".join(out)
-
-
-def script(name):
-    """The Lua text of `static const char <name>[]` in fleet_wire.c, macros
-    (XADD_LUA) expanded."""
-    src = open(SOURCE).read()
-    macros = {m.group(1): c_strings(m.group(2).replace("\\\n", "\n"))
-              for m in re.finditer(r"#define (\w+_LUA)\s+((?:.*\\\n)*.*)", src)}
-    m = re.search(r"static const char " + re.escape(name) + r"\[\] =(.*?);\n", src, re.S)
-    assert m, f"{name} is not in {SOURCE}"
-    body = m.group(1)
-    text = ""
-    for tok in re.finditer(r'(\w+_LUA)|("(?:[^"\\]|\\.)*")', body):
-        text += macros[tok.group(1)] if tok.group(1) else c_strings(tok.group(2))
-    return text
-
 
 KEYS = ["t:current", "t:previous", "gen", "events"]
 
