@@ -110,6 +110,7 @@ struct job {
     char fp[SEAL_FP_LEN + 1];   /* drop only this token ('' for any) */
     char fps[3 * 17];           /* J_REVOKED: fingerprints (token_fp) of revoked tokens, comma-separated */
     bool revoke;                /* a drop that revokes what it takes out of Redis */
+    bool remake;                /* a flush that makes the events stream anew (it holds an unreadable event) */
     bool published;             /* a mint's token was handed to a publish (which gives the lease up) */
     bool wait_replica;          /* a drop, revocation or flush followed by WAIT: durable only once a replica has it */
     token *local;               /* revoke: this host's own copy, or NULL */
@@ -217,9 +218,10 @@ bool fleet_keep_for_later_locked(shared *s, struct job *j, struct later *l);
 void fleet_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,
                   revoke_done_fn done, void *userdata);
 void fleet_flush(shared *s, shared_ack_fn ack, void *userdata);
+void fleet_flush_as(shared *s, bool remake, shared_ack_fn ack, void *userdata);
 void fleet_reconcile(shared *s, const char *ns, const char *last_event);
 void fleet_own_free(shared *s);
-bool fleet_gen_check(shared *s, const char *text, size_t len);
+bool fleet_gen_check(shared *s, const char *text, size_t len, bool proven);
 void fleet_count_op(shared *s, enum shared_op op, bool ok);
 void fleet_degrade(shared *s, struct job *j);
 void fleet_fail_job(shared *s, struct job *j);
@@ -242,13 +244,13 @@ int fleet_proof_make(shared *s, const char *ns, const char *name, char out[FLAG_
 bool fleet_proof_holds(shared *s, const char *ns, const char *name, const char *v, size_t len, uint64_t *ret_made);
 void fleet_creds_ok(shared *s, uint64_t at_ms);
 bool fleet_creds_flag_holds(shared *s, const char *ns, const redisReply *v, const redisReply *ttl);
-const char *fleet_gen_seen(shared *s, const char *text, size_t len);
+const char *fleet_gen_seen(shared *s, const char *text, size_t len, bool proven);
 uint64_t fleet_token_fp(const token *t);
 void fleet_on_credentials_rejected(void *userdata);
 void fleet_on_paused(void *userdata, uint64_t ms);
 void fleet_refused(shared *s, const char *command, const char *error);
 void fleet_refused_flag(shared *s, const char *name);
-void fleet_repair_flush(shared *s, const char *why);
+void fleet_repair_flush(shared *s, const char *why, bool remake);
 void fleet_tell_revoked(shared *s, token *const *toks, size_t n);
 
 /* fleet_link.c */

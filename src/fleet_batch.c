@@ -141,7 +141,8 @@ static int append(shared *s, redisContext *c, struct job *j) {
     }
     case J_FLUSH: {
         char gen_key[KEY_MAX], ev_key[KEY_MAX], floor[24], proof[FLAG_MAX];
-        const char *argv[] = { "EVALSHA", s->sha[S_FLUSH], "2", gen_key, ev_key, maxlen, floor, proof };
+        const char *argv[] = { "EVALSHA", s->sha[S_FLUSH], "2", gen_key, ev_key, maxlen, floor, proof,
+                               j->remake ? "1" : "0" };
         snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
         snprintf(ev_key, sizeof(ev_key), "%sevents", j->ns);
         if (fleet_proof_make(s, j->ns, "flush", proof) < 0)
@@ -149,7 +150,7 @@ static int append(shared *s, redisContext *c, struct job *j) {
         pthread_mutex_lock(&s->lock);
         snprintf(floor, sizeof(floor), "%llu", s->max_gen);
         pthread_mutex_unlock(&s->lock);
-        return redisAppendCommandArgv(c, 8, argv, NULL);
+        return redisAppendCommandArgv(c, 9, argv, NULL);
     }
     case J_REVOKED: {
         char ev_key[KEY_MAX];
@@ -194,11 +195,11 @@ static int append(shared *s, redisContext *c, struct job *j) {
             return REDIS_ERR; /* nothing worth sharing */
         snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)left);
         {
-            const char *argv[] = { "EVALSHA", s->sha[S_ADOPT], "4", j->tok_key[0], j->tok_key[1], gen_key, ev_key,
-                                   (const char *)blob, ttl, j->gen, j->guard };
+            const char *argv[] = { "EVALSHA", s->sha[S_ADOPT], "5", j->tok_key[0], j->tok_key[1], gen_key, ev_key,
+                                   j->lease_key, (const char *)blob, ttl, j->gen, j->guard };
             size_t lens[ARRAY_SIZE(argv)];
             for (size_t i = 0; i < ARRAY_SIZE(argv); i++)
-                lens[i] = i == 7 ? blen : strlen(argv[i]); /* the value is binary */
+                lens[i] = i == 8 ? blen : strlen(argv[i]); /* the value is binary */
             r = redisAppendCommandArgv(c, (int)ARRAY_SIZE(argv), argv, lens);
         }
         explicit_bzero(blob, sizeof(blob));
@@ -312,7 +313,7 @@ static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t no
     snprintf(j->gen, sizeof(j->gen), "%.*s", (int)(r->element[3]->len < 20 ? r->element[3]->len : 20),
              r->element[3]->str);
     what = code == 1 ? SHARED_FOUND : code == 2 ? SHARED_LEASED : code == 3 ? SHARED_PAUSED : SHARED_BUSY;
-    if (!fleet_gen_check(s, r->element[3]->str, r->element[3]->len) && what == SHARED_FOUND) {
+    if (!fleet_gen_check(s, r->element[3]->str, r->element[3]->len, false) && what == SHARED_FOUND) {
         /* a value of a generation this host saw flushed (or of none): never
          * served; minted here, and Redis mended */
         pthread_mutex_lock(&s->lock);

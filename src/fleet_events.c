@@ -20,6 +20,7 @@
 
 struct reader;
 static void local_flush(struct reader *rd, const char *why);
+static bool flush_proven(struct reader *rd, const redisReply *fields);
 
 struct reader {
     shared *s;
@@ -27,7 +28,6 @@ struct reader {
     unsigned ns_serial;
     char ns[NS_MAX];
     char last[48];     /* the last event applied, "" before the first connection */
-    char gen[24];      /* the generation last seen, "" before */
     bool caught_up;    /* the last read found no more events than it returned */
     unsigned long long redis_ms; /* Redis's clock at the last heartbeat, 0 before */
 };
@@ -90,8 +90,8 @@ static void learn_history(struct reader *rd, struct fleet_stream_id upto) {
                     continue;
                 if (strcmp(name->str, "r") == 0)
                     learn_revoked(rd, v);
-                else if (strcmp(name->str, "f") == 0)
-                    fleet_gen_seen(rd->s, v->str, v->len); /* the highest: nothing to flush here yet */
+                else if (strcmp(name->str, "f") == 0 && flush_proven(rd, f))
+                    fleet_gen_seen(rd->s, v->str, v->len, true); /* the highest: nothing to flush here yet */
             }
             snprintf(from, sizeof(from), "%.*s", (int)(e->element[0]->len < 40 ? e->element[0]->len : 40),
                      e->element[0]->str);
@@ -114,8 +114,8 @@ static int catch_up(struct reader *rd) {
 
     snprintf(key, sizeof(key), "%sevents", rd->ns);
     r = redisCommandArgv(rd->c, 3, argv, NULL);
-    if (!r)
-        return -EIO;
+    if (!r) /* its first or last entry (shown in full) too large for our reader */
+        return rd->c->err == REDIS_ERR_OOM ? -E2BIG : -EIO;
     if (r->type == REDIS_REPLY_ERROR) {
         /* no stream: a new namespace, or a Redis that lost everything; a
          * host back from a restart cannot tell which drops it missed */
@@ -220,14 +220,10 @@ static int heartbeat(struct reader *rd) {
         if (redisGetReply(rd->c, (void **)&r[i]) != REDIS_OK || !r[i] || r[i]->type == REDIS_REPLY_ERROR)
             ret = -EIO;
     if (ret == 0) {
-        char gen[24];
-        snprintf(gen, sizeof(gen), "%.*s", r[0]->type == REDIS_REPLY_STRING ? (int)(r[0]->len < 20 ? r[0]->len : 20) : 1,
-                 r[0]->type == REDIS_REPLY_STRING ? r[0]->str : "0");
+        /* checked only: a flush of this fleet is applied when its event,
+         * with its proof, is read (or the stream's continuity fails) */
         if (r[0]->type == REDIS_REPLY_STRING)
-            fleet_gen_check(s, r[0]->str, r[0]->len);
-        if (rd->gen[0] && strcmp(gen, rd->gen) != 0)
-            local_flush(rd, "the fleet was flushed");
-        snprintf(rd->gen, sizeof(rd->gen), "%s", gen);
+            fleet_gen_check(s, r[0]->str, r[0]->len, false);
         if (!fleet_time_decode(r[5], &rd->redis_ms))
             rd->redis_ms = 0; /* unknown: no event id is judged by it */
         if (r[6]->type != REDIS_REPLY_ARRAY || r[6]->elements < 1 || r[6]->element[0]->type != REDIS_REPLY_STRING ||
@@ -314,6 +310,16 @@ static void foreign_flush(shared *s) {
 }
 
 /* The value of field `name` in an event's fields, or NULL. */
+static const redisReply *event_field(const redisReply *fields, const char *name);
+
+/* Whether a flush event carries a proof a host of this fleet made. */
+static bool flush_proven(struct reader *rd, const redisReply *fields) {
+    const redisReply *proof = event_field(fields, "p");
+
+    return proof && fleet_proof_holds(rd->s, rd->ns, "flush", proof->str, proof->len, NULL);
+}
+
+/* The value of field `name` in an event's fields, or NULL. */
 static const redisReply *event_field(const redisReply *fields, const char *name) {
     for (size_t i = 0; fields->type == REDIS_REPLY_ARRAY && i + 1 < fields->elements; i += 2)
         if (fields->element[i]->type == REDIS_REPLY_STRING && strcmp(fields->element[i]->str, name) == 0 &&
@@ -347,14 +353,12 @@ static void apply_event(struct reader *rd, redisReply *fields) {
             }
             explicit_bzero(user, sizeof(user));
         } else if (strcmp(k->str, "f") == 0) {
-            const redisReply *proof = event_field(fields, "p");
             size_t n;
-            snprintf(rd->gen, sizeof(rd->gen), "%.*s", (int)(v->len < 20 ? v->len : 20), v->str);
-            fleet_gen_check(s, v->str, v->len); /* the new generation is the highest seen */
-            if (!proof || !fleet_proof_holds(s, rd->ns, "flush", proof->str, proof->len, NULL)) {
+            if (!flush_proven(rd, fields)) { /* its generation is not ours to trust either */
                 foreign_flush(s);
                 continue;
             }
+            fleet_gen_check(s, v->str, v->len, true); /* the new generation is the highest seen */
             n = s->sink.flush ? s->sink.flush(s->sink.ctx) : 0;
             log_notice("fleet: flushed from another host: %zu cached tokens dropped here", n);
         } else if (strcmp(k->str, "r") == 0) {
@@ -379,7 +383,7 @@ static int read_events(struct reader *rd) {
     snprintf(block, sizeof(block), "%d", EVENT_BLOCK_MS);
     r = redisCommandArgv(rd->c, 8, argv, NULL);
     if (!r)
-        return -EIO;
+        return rd->c->err == REDIS_ERR_OOM ? -E2BIG : -EIO;
     if (r->type == REDIS_REPLY_ERROR) {
         freeReplyObject(r);
         return -EIO;
@@ -398,7 +402,7 @@ static int read_events(struct reader *rd) {
                  * the future, so that hosts skip every event after it. The
                  * stream is made anew (with a flush); we read on from now. */
                 stream_reset(rd, "the fleet's events stream holds an event from the future (written by hand)");
-                fleet_repair_flush(rd->s, "the fleet's events stream was poisoned");
+                fleet_repair_flush(rd->s, "the fleet's events stream was poisoned", false);
                 snprintf(rd->last, sizeof(rd->last), "%llu-0", rd->redis_ms);
                 freeReplyObject(r);
                 return 1;
@@ -410,6 +414,18 @@ static int read_events(struct reader *rd) {
     }
     freeReplyObject(r);
     return 0;
+}
+
+/* The stream holds an event too large for our reader (fleet_reader_bound):
+ * written by hand, as no host makes one. It would fail every read, and
+ * every host would stop hearing of drops: this host's tokens go (what it
+ * can no longer hear of may be in there), and the stream is made anew
+ * with a flush. */
+static void oversized(struct reader *rd) {
+    const char *why = "the fleet's events stream holds an event too large to be one of ours (written by hand)";
+
+    stream_reset(rd, why);
+    fleet_repair_flush(rd->s, why, true);
 }
 
 static void reader_close(struct reader *rd) {
@@ -446,7 +462,7 @@ void *fleet_event_thread(void *arg) {
             /* new credentials: another namespace, whose events start now */
             snprintf(rd.ns, sizeof(rd.ns), "%s", s->ns);
             rd.ns_serial = serial;
-            rd.last[0] = rd.gen[0] = '\0';
+            rd.last[0] = '\0';
             pthread_rwlock_unlock(&s->keys_lock);
             reader_close(&rd);
         } else
@@ -474,7 +490,10 @@ void *fleet_event_thread(void *arg) {
                 s->ev_fd = rd.c->fd;
                 stop = s->stopping;
                 pthread_mutex_unlock(&s->lock);
-                if (stop || catch_up(&rd) < 0)
+                int cr = stop ? -ECANCELED : catch_up(&rd);
+                if (cr == -E2BIG)
+                    oversized(&rd);
+                if (cr < 0)
                     reader_close(&rd);
                 else {
                     pthread_mutex_lock(&s->lock);
@@ -506,6 +525,8 @@ void *fleet_event_thread(void *arg) {
                 r = read_events(&rd);
             if (r == 0 && rd.caught_up) /* tokens minted here while Redis was away */
                 fleet_reconcile(s, rd.ns, rd.last);
+            if (r == -E2BIG)
+                oversized(&rd);
             if (r < 0)
                 reader_close(&rd);
             else if (r > 0) { /* a poisoned stream being mended: not in a tight loop */

@@ -401,6 +401,10 @@ static void publish(shared *s, struct job *from, token *t) {
 
 
 void fleet_flush(shared *s, shared_ack_fn ack, void *userdata) {
+    fleet_flush_as(s, false, ack, userdata);
+}
+
+void fleet_flush_as(shared *s, bool remake, shared_ack_fn ack, void *userdata) {
     struct job *j = fleet_job_new(s, J_FLUSH, OAUTH_GRANT_USER_ASSERTION, NULL, NULL);
 
     if (!j) {
@@ -410,6 +414,7 @@ void fleet_flush(shared *s, shared_ack_fn ack, void *userdata) {
     }
     j->ack = ack;
     j->actx = userdata;
+    j->remake = remake;
     if (!fleet_submit(s, j)) {
         fleet_count_op(s, SHARED_OP_FLUSH, false);
         fleet_job_free(j); /* tells ack */
@@ -419,7 +424,7 @@ void fleet_flush(shared *s, shared_ack_fn ack, void *userdata) {
 /* A flush that puts the generation above anything a host saw and makes the
  * events stream anew if needed: what Redis holds can no longer be told
  * apart from what someone wrote, so none of it is read. */
-void fleet_repair_flush(shared *s, const char *why) {
+void fleet_repair_flush(shared *s, const char *why, bool remake) {
     uint64_t now = now_ms();
     bool due;
 
@@ -433,7 +438,7 @@ void fleet_repair_flush(shared *s, const char *why) {
     if (!due)
         return;
     log_warning("fleet: %s; flushing the fleet so that no host reads what Redis held before", why);
-    fleet_flush(s, NULL, NULL);
+    fleet_flush_as(s, remake, NULL, NULL);
 }
 
 /* Tells every host which tokens were revoked, so that a value written back
@@ -499,11 +504,11 @@ enum shared_op fleet_op_of(enum job_kind k) {
 
 /* A generation read from Redis, trusted or mended: one set back or not a
  * number is refused, and a flush puts it above the highest seen. */
-bool fleet_gen_check(shared *s, const char *text, size_t len) {
-    const char *why = fleet_gen_seen(s, text, len);
+bool fleet_gen_check(shared *s, const char *text, size_t len, bool proven) {
+    const char *why = fleet_gen_seen(s, text, len, proven);
 
     if (why)
-        fleet_repair_flush(s, why);
+        fleet_repair_flush(s, why, false);
     return !why;
 }
 

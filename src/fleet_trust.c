@@ -194,10 +194,14 @@ bool fleet_denied(shared *s, const token *t) {
 }
 
 
-/* A generation read from Redis: the highest is remembered. Returns NULL
- * when it can be trusted, else why not: set back, or not a number (Redis
- * lost it, or someone wrote it). */
-const char *fleet_gen_seen(shared *s, const char *text, size_t len) {
+/* A generation read from Redis. Returns NULL when it can be trusted, else
+ * why not: below the highest a flush of this fleet made (set back), or not
+ * a number (Redis lost it, or someone wrote it). proven: it comes with a
+ * flush event a host of this fleet made (fleet_proof_holds()), and becomes
+ * the highest; a generation read without one (a Redis writer can SET any)
+ * is only checked, so that no write can raise the floor that the next
+ * flush builds on (to where flushes no longer fit a Lua number). */
+const char *fleet_gen_seen(shared *s, const char *text, size_t len, bool proven) {
     char buf[24], *end;
     unsigned long long g;
     bool back;
@@ -213,7 +217,7 @@ const char *fleet_gen_seen(shared *s, const char *text, size_t len) {
         return "the fleet's generation in Redis is not a number";
     pthread_mutex_lock(&s->lock);
     back = g < s->max_gen;
-    if (!back)
+    if (!back && proven)
         s->max_gen = g;
     pthread_mutex_unlock(&s->lock);
     return back ? "the fleet's generation in Redis went back (Redis lost it, or it was written)" : NULL;

@@ -138,7 +138,8 @@ static const char drop_lua[] =
  * A generation set back (or not a number) never goes below what a host
  * saw: the new one is above both. The event is 'f' (the generation) and
  * 'p' (the proof): hosts flush their own caches only for a proof made with
- * the fleet's key. */
+ * the fleet's key. ARGV[4] '1': the stream is made anew first (it holds an
+ * event no host can read: written by hand). */
 static const char flush_lua[] =
     XADD_LUA
     "local v = redis.pcall('GET', KEYS[1])\n"
@@ -148,6 +149,7 @@ static const char flush_lua[] =
     /* a number Lua cannot hold exactly (2^53 and up) is no generation */
     "if not g or g ~= math.floor(g) or g < floor or g >= 9007199254740991 then g = floor end\n"
     "g = g + 1\n"
+    "if ARGV[4] == '1' then redis.call('DEL', KEYS[2]) end\n"
     "redis.call('SET', KEYS[1], string.format('%d', g))\n"
     "xadd(KEYS[2], ARGV[1], 'f', string.format('%d', g), 'p', ARGV[3])\n"
     "return g\n";
@@ -160,13 +162,14 @@ static const char revoked_lua[] =
     "return 1\n";
 
 /* KEYS: token (current key's name), token (previous key's name), gen,
- * events. ARGV: value, ttl ms, the generation it was sealed for, the last
- * event the host applied. A token minted on one host while Redis was away,
+ * events, lease. ARGV: value, ttl ms, the generation it was sealed for, the
+ * last event the host applied. A token minted on one host while Redis was away,
  * offered once it is back: stored only if the fleet was neither flushed
  * (the generation) nor sent any drop or flush since the host last read its
  * events (the stream's newest id is not past that one), so that nothing
  * dropped meanwhile comes back; 2 when the fleet shares a token for the key
- * already (the host gives its own up for it), 1 stored, 0 refused. */
+ * already, or another host holds the lease (its mint will be the fleet's):
+ * the host gives its own up for it; 1 stored, 0 refused. */
 static const char adopt_lua[] =
     "local g = redis.call('GET', KEYS[3]) or '0'\n"
     "if g ~= ARGV[3] then return 0 end\n"
@@ -187,6 +190,7 @@ static const char adopt_lua[] =
     "  local v = redis.pcall('GET', KEYS[i])\n"
     "  if type(v) == 'string' and string.sub(v, 1, #g + 1) == g .. ':' then return 2 end\n"
     "end\n"
+    "if redis.call('EXISTS', KEYS[5]) == 1 then return 2 end\n"
     "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
     "return 1\n";
 

@@ -13,6 +13,7 @@ import random
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis as redis_py
@@ -494,6 +495,28 @@ def test_two_fleets_with_one_redis_and_client_id_but_two_keys_do_not_flush_each_
     assert metric(a2, "tokend_shared_foreign_flushes_total") == 1
 
 
+def test_a_host_back_from_a_cut_is_not_flushed_by_another_fleets_flush(stub, redis, make_fleet, make_cutter,
+                                                                       tmp_path):
+    """The same two fleets; fleet b flushes while a host of fleet a is cut
+    off. Back, that host sees the generation moved: only a flush event with
+    its fleet's proof flushes it, not the generation alone (found by an
+    attack: the host dropped its cache on reconnecting)."""
+    cutter = make_cutter(redis)
+    a1, a2 = make_fleet(stub, [cutter, redis], 2)
+    (b,) = make_fleet(stub, redis, 1, shared={"key_file": write_key_file(tmp_path / "other-key")})
+    old = cache_everywhere([a1, a2], ["kept-through-the-cut"])
+    cutter.cut()
+    wait_for(lambda: metric(a1, "tokend_shared_events_up") == 0, timeout=5, interval=0.05,
+             what="a1 to lose its event reader")
+    assert b.request("POST", "/v1/cache/flush").status == 200
+    cutter.restore()
+    wait_for(lambda: metric(a1, "tokend_shared_foreign_flushes_total") >= 1, timeout=5, interval=0.05,
+             what="a1 to read fleet b's flush")
+    r = a1.token("kept-through-the-cut")
+    assert r.header("x-cache") == "hit" and access_token(r) == old["kept-through-the-cut"], r
+    assert "dropped this host's" not in a1.log()
+
+
 def test_tokend_works_as_an_acl_user_that_cannot_flushall_keys_or_config(stub, redis, make_fleet):
     a, b = make_fleet(stub, redis, 2, acl=True)
     first = access_token(a.token("acl-user"))
@@ -760,6 +783,30 @@ def test_tokens_two_hosts_minted_during_an_outage_converge_on_one(stub, redis, m
     assert outage(b, "replaced") == 1
     assert access_token(b.token("minted-twice")) == access_token(a.token("minted-twice")) == ta
     assert len(mints(stub, "minted-twice")) == 2, "reconciling costs no mint"
+
+
+def test_a_token_minted_during_an_outage_gives_way_to_a_mint_in_flight_under_the_lease(
+        stub, redis, make_fleet, make_cutter):
+    """a mints a user's token while cut off; meanwhile c holds the lease and
+    mints (slowly). Back, a must not store its token over c's lease (c's
+    publish would replace it, and a would keep serving its own): it gives
+    its own up, and every host serves c's (found by an attack)."""
+    cutter = make_cutter(redis)
+    slow = {"upstream": {"attempt_timeout": "10s", "request_timeout": "12s"}}
+    a, b, c = make_fleet(stub, [cutter, redis, redis], 3, sections=slow)
+    (ta,) = mint_while_cut_off(a, cutter, ["split"])
+    stub.fault(match_user="split", action="ok", delay_ms=3000, count=1)
+    with ThreadPoolExecutor(1) as pool:
+        from_c = pool.submit(c.get, "/v1/token?user_id=split", timeout=15)
+        wait_for(lambda: len([q for q in stub.token_requests() if q["user_id"] == "split"]) >= 2,
+                 timeout=3, interval=0.02, what="c's mint to reach Instacart")
+        cutter.restore()
+        reconciled(a)
+        assert not from_c.done(), "c's mint ended before a reconciled: the race was not forced"
+        assert outage(a, "replaced") == 1
+        tc = access_token(from_c.result())
+    assert tc != ta
+    assert {access_token(h.token("split")) for h in (a, b, c)} == {tc}
 
 
 @pytest.mark.parametrize("what", ["drop", "flush"])
@@ -1308,20 +1355,50 @@ def test_a_host_started_after_a_revocation_refuses_the_token_written_back(stub, 
     assert r.status == 200 and access_token(r) != tok, f"the new host served the revoked token: {r}"
 
 
-def test_a_generation_past_two_to_the_53_costs_one_flush_not_an_endless_one(stub, redis, make_fleet):
+def stream_top(w, ns):
+    info = w.execute_command("XINFO", "STREAM", ns + "events")
+    ms, seq = dict(zip(info[::2], info[1::2]))[b"last-generated-id"].decode().split("-")
+    return int(ms), int(seq)
+
+
+def repairs(hosts):
+    return sum(metric(h, "tokend_shared_repairs_total") for h in hosts)
+
+
+@pytest.mark.parametrize("how", ["past 2^53", "just under 2^53", "a flush event without proof"])
+def test_a_generation_near_two_to_the_53_costs_a_flush_or_two_not_an_endless_one(stub, redis, make_fleet, how):
+    """The scripts' Lua numbers hold a generation up to 2^53 exactly. A
+    writer who puts one just under it, read as the floor, leaves the next
+    flush no number to go to: each repair made another, every 5 s, for
+    ever (found by an attack). A generation read without a flush event's
+    proof is never the floor."""
     a, b = make_fleet(stub, redis, 2, acl=True)
     ns = namespace_of(redis, a)
+    assert a.request("POST", "/v1/cache/flush").status == 200  # a real flush: generation 1, below it is "back"
+    wait_for(lambda: all(metric(h, "tokend_shared_events_applied_total") >= 1 for h in (a, b)), timeout=5,
+             what="both hosts to apply the flush")
     w = writer(redis)
-    w.set(ns + "gen", "9007199254740993")
-    wait_for(lambda: sum(metric(h, "tokend_shared_repairs_total") for h in (a, b)) >= 1, timeout=5,
-             what="a host to refuse it")
+    if how == "past 2^53":
+        w.set(ns + "gen", "9007199254740993")
+        wait_for(lambda: repairs((a, b)) >= 1, timeout=5, what="a host to refuse it")
+    elif how == "just under 2^53":
+        w.set(ns + "gen", str(2 ** 53 - 2))
+        for h in (a, b):  # a lookup reads it on each host
+            assert h.token(f"reads-the-gen-{h.port}").status == 200
+    else:
+        ms, seq = stream_top(w, ns)
+        w.execute_command("XADD", ns + "events", f"{ms}-{seq + 1}", "f", str(2 ** 53 - 2))
+        wait_for(lambda: all(metric(h, "tokend_shared_foreign_flushes_total") >= 1 for h in (a, b)), timeout=5,
+                 what="each host to read the event")
+    before = repairs((a, b))
     w.set(ns + "gen", "0")
     w.close()
-    wait_for(lambda: sum(metric(h, "tokend_shared_repairs_total") for h in (a, b)) >= 2, timeout=5,
-             what="the set-back to be mended")
-    # the repairs stop: no more than one more, and none for longer than their 5 s pace
+    # repairs are paced (one per host every 5 s): the last one may hold it back that long
+    wait_for(lambda: repairs((a, b)) > before, timeout=12, what="the set-back to be mended")
+
+    # the repairs stop: no more than a few, and none for longer than their 5 s pace
     def settled():
-        n = sum(metric(h, "tokend_shared_repairs_total") for h in (a, b))
+        n = repairs((a, b))
         settled.seen.append((time.monotonic(), n))
         recent = [c for t, c in settled.seen if t >= time.monotonic() - 6]
         return settled.seen[0][0] < time.monotonic() - 6 and len(set(recent)) == 1
@@ -1332,6 +1409,34 @@ def test_a_generation_past_two_to_the_53_costs_one_flush_not_an_endless_one(stub
     tok = access_token(a.token("after-2-53"))
     r = b.token("after-2-53")
     assert r.header("x-cache") in FROM_ANOTHER_HOST and access_token(r) == tok, r
+
+
+def test_one_event_too_large_for_the_reader_does_not_silence_the_fleets_drops(stub, redis, make_fleet):
+    """A writer adds one event of 66,000 fields: more than tokend's reader
+    takes from Redis (65,536 elements an answer). Every host's read failed
+    on it, again after each reconnect, and drops acknowledged after it were
+    never applied (found by an attack). Now the stream is made anew with a
+    flush, and drops reach every host again."""
+    a, b = make_fleet(stub, redis, 2, acl=True)
+    ns = namespace_of(redis, a)
+    old = cache_everywhere([a, b], ["after-the-big-event"])
+    w = writer(redis)
+    ms, seq = stream_top(w, ns)
+    fields = []
+    for i in range(33000):
+        fields += [f"x{i}", "1"]
+    w.execute_command("XADD", ns + "events", f"{ms}-{seq + 1}", *fields)
+    w.close()
+    wait_for(lambda: all(metric(h, "tokend_shared_stream_resets_total") >= 1 for h in (a, b)), timeout=5,
+             what="each host to give up on the stream")
+    assert "too large to be one of ours" in b.log()
+    tok = access_token(a.token("after-the-big-event"))  # minted again: the hosts dropped their tokens
+    assert tok != old["after-the-big-event"]
+    wait_for(lambda: metric(b, "tokend_shared_events_up") == 1, timeout=5, what="b to read the new stream")
+    assert access_token(b.token("after-the-big-event")) == tok
+    assert a.request("DELETE", "/v1/token?user_id=after-the-big-event").status == 200
+    wait_for(lambda: access_token(b.token("after-the-big-event")) != tok, timeout=2, interval=0.05,
+             what="a drop after the big event to reach the other host")
 
 
 def test_a_revocation_reaches_a_hosts_own_copy_when_the_shared_one_is_gone(stub, redis, make_fleet):

@@ -10,11 +10,11 @@ import pytest
 from redis_fixture import fleet_script as script
 from redis_fixture import make_redis, redis  # noqa: F401 (fixtures)
 
-KEYS = ["t:current", "t:previous", "gen", "events"]
+KEYS = ["t:current", "t:previous", "gen", "events", "lease"]
 
 
 def adopt(r, value="7:fp:sealed", ttl=60000, gen="7", guard=None):
-    return r.cli("EVAL", script("adopt_lua"), 4, *KEYS, value, ttl, gen, guard)
+    return r.cli("EVAL", script("adopt_lua"), len(KEYS), *KEYS, value, ttl, gen, guard)
 
 
 # ---------------------------------------------------------------- adopt: a token minted during an outage
@@ -79,3 +79,13 @@ def test_adopt_compares_event_ids_as_numbers_not_text(redis):
     redis.cli("XADD", "events", "10-2", "h", "1")
     assert adopt(redis, guard="10-1") == 0
     assert adopt(redis, guard="10-2") == 1
+
+
+def test_adopt_gives_way_to_a_host_minting_under_the_lease(redis):
+    """Another host holds the lease: its mint will be the fleet's token, so
+    the outage's token is given up (and the user is served that one)."""
+    redis.cli("SET", "gen", "7")
+    last = redis.cli("XADD", "events", "*", "h", "1").decode()
+    redis.cli("SET", "lease", "0123456789abcdef0123456789abcdef", "PX", 5000)
+    assert adopt(redis, guard=last) == 2
+    assert redis.cli("EXISTS", "t:current") == 0

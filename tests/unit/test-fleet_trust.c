@@ -302,8 +302,23 @@ static void a_credentials_flag_made_before_a_successful_mint_is_over(void) {
 
 /* ---- the generation ---- */
 
+/* As a flush event of this fleet brings it (proven). */
 static const char *gen(shared *s, const char *text) {
-    return fleet_gen_seen(s, text, strlen(text));
+    return fleet_gen_seen(s, text, strlen(text), true);
+}
+
+/* As read without a proof (GET, a lookup's answer): checked, never the
+ * new floor, so a written generation near 2^53 cannot leave the next flush
+ * no number to go to (an endless chain of repairs). */
+static void a_generation_read_without_proof_never_raises_the_floor(void) {
+    shared *s = fleet(KEY_A, NULL);
+
+    ASSERT(gen(s, "5") == NULL);
+    ASSERT(fleet_gen_seen(s, "9007199254740990", 16, false) == NULL); /* taken as it is */
+    ASSERT(fleet_gen_seen(s, "7", 1, false) == NULL); /* not "went back": 5 is still the floor */
+    ASSERT(fleet_gen_seen(s, "4", 1, false) != NULL);  /* below a flush of ours: went back */
+    ASSERT(gen(s, "6") == NULL);                        /* the next flush of ours goes on from 5 */
+    shared_free(s);
 }
 
 static void the_generation_may_grow_but_never_go_back(void) {
@@ -345,7 +360,7 @@ static void a_generation_that_is_not_a_plain_number_is_refused(void) {
     ASSERT(gen(s, "11") == NULL);
     ASSERT(gen(s, "9") != NULL);
     /* Redis's bytes, len of them: "12" out of "12x" */
-    ASSERT(fleet_gen_seen(s, "12x", 2) == NULL);
+    ASSERT(fleet_gen_seen(s, "12x", 2, true) == NULL);
     ASSERT(gen(s, "11") != NULL);
     shared_free(s);
 }
@@ -428,6 +443,7 @@ static const unit_test tests[] = {
     TEST(a_flag_read_from_redis_holds_or_is_counted_as_forged),
     TEST(a_credentials_flag_made_before_a_successful_mint_is_over),
     TEST(the_generation_may_grow_but_never_go_back),
+    TEST(a_generation_read_without_proof_never_raises_the_floor),
     TEST(a_generation_that_is_not_a_plain_number_is_refused),
     TEST(a_tokens_fingerprint_is_the_start_of_its_sha256),
     TEST(a_revoked_token_is_denied_and_only_it),
