@@ -56,9 +56,10 @@ def open_fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def accepted(t):
+def accepted(t, by_state=False):
     """How many TCP connections on its listening port tokend holds open
-    (its own sockets, from /proc, so nothing in the listen backlog counts)."""
+    (its own sockets, from /proc, so nothing in the listen backlog counts);
+    by_state: how many in each TCP state (hex, as /proc names them)."""
     inodes = set()
     for fd in os.listdir(f"/proc/{t.proc.pid}/fd"):
         try:
@@ -67,15 +68,18 @@ def accepted(t):
             continue
         if link.startswith("socket:["):
             inodes.add(link[8:-1])
-    n = 0
+    n, states = 0, {}
     with open(f"/proc/{t.proc.pid}/net/tcp") as f:
         next(f)
         for line in f:
             field = line.split()
             local_port, state, inode = int(field[1].split(":")[1], 16), field[3], field[9]
             # ESTABLISHED or CLOSE_WAIT, not the LISTEN socket itself
-            n += local_port == t.port and state in ("01", "08") and inode in inodes
-    return n
+            mine = local_port == t.port and state in ("01", "08") and inode in inodes
+            n += mine
+            if mine:
+                states[state] = states.get(state, 0) + 1
+    return states if by_state else n
 
 
 def raise_fd_limit(need):
@@ -296,7 +300,12 @@ def test_2000_idle_connections_do_not_stop_other_callers(stub, make_tokend):
                 s.recv(1)
     assert [r["user_id"] for r in stub.token_requests()] == ["regular", "newcomer"]
     # and they are let go once their clients go
-    wait_for(lambda: accepted(t) == 0, timeout=30, what="tokend to close the connections")
+    try:
+        wait_for(lambda: accepted(t) == 0, timeout=30, what="tokend to close the connections")
+    except AssertionError:
+        # once seen on Debian 13 under CI's load, not reproduced since: say what was left
+        raise AssertionError(f"tokend still holds {accepted(t, by_state=True)} of the connections its "
+                             f"clients closed 30 s ago (01 ESTABLISHED, 08 CLOSE_WAIT)") from None
 
 
 # ---------------------------------------------------------------- header limits
