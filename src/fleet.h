@@ -254,6 +254,7 @@ void fleet_repair_flush(shared *s, const char *why, bool remake);
 void fleet_tell_revoked(shared *s, token *const *toks, size_t n);
 
 /* fleet_link.c */
+int fleet_find_master(shared *s, char *address, size_t size, char *err, size_t err_size);
 redisReply *fleet_command(redisContext *c, int argc, const char **argv, const size_t *lens, char *err, size_t err_size);
 redisContext *fleet_redis_open(shared *s, bool load_scripts, char *address, size_t address_size, char *err, size_t err_size);
 const char *fleet_redis_why(const redisContext *c);

@@ -29,6 +29,7 @@ struct reader {
     char ns[NS_MAX];
     char last[48];     /* the last event applied, "" before the first connection */
     bool caught_up;    /* the last read found no more events than it returned */
+    char address[280]; /* the Redis this thread reads from */
     unsigned long long redis_ms; /* Redis's clock at the last heartbeat, 0 before */
 };
 
@@ -198,6 +199,33 @@ static int catch_up(struct reader *rd) {
     return 0;
 }
 
+/* Whether the sentinels still name the Redis we read from. A master the
+ * sentinels deposed keeps saying "master" (ROLE) until they turn it into
+ * a replica, seconds later; meanwhile the other hosts write to the new
+ * one, and drops made there would not reach us. So the sentinels are
+ * asked with every heartbeat; when they cannot be reached, ROLE decides. */
+static bool named_by_sentinels(struct reader *rd) {
+    char named[280], err[256], commands[280];
+
+    if (fleet_find_master(rd->s, named, sizeof(named), err, sizeof(err)) < 0)
+        return true;
+    /* the command thread's connection too (stats.address, "" while down) */
+    pthread_mutex_lock(&rd->s->lock);
+    snprintf(commands, sizeof(commands), "%s", rd->s->stats.address);
+    pthread_mutex_unlock(&rd->s->lock);
+    if (strcmp(named, rd->address) == 0) {
+        if (commands[0] && strcmp(named, commands) != 0 &&
+            !__atomic_exchange_n(&rd->s->demoted, true, __ATOMIC_RELAXED))
+            log_warning("fleet: the sentinels name another master (%s, not %s): a failover; finding it again",
+                        named, commands);
+        return true; /* this thread reads from the right one */
+    }
+    if (!__atomic_exchange_n(&rd->s->demoted, true, __ATOMIC_RELAXED))
+        log_warning("fleet: the sentinels name another master (%s, not %s): a failover; finding it again", named,
+                    rd->address);
+    return false;
+}
+
 /* The fleet's state: the generation, a pause, rejected credentials; and
  * whether our Redis is still the master (a failover demoted it: both
  * threads find the master again now, not at their next error). */
@@ -231,7 +259,8 @@ static int heartbeat(struct reader *rd) {
             if (!__atomic_exchange_n(&s->demoted, true, __ATOMIC_RELAXED))
                 log_warning("fleet: our Redis is no longer the master (a failover); finding the master again");
             ret = -EIO;
-        }
+        } else if (s->n_sentinels && !named_by_sentinels(rd))
+            ret = -EIO;
         bool paused = fleet_flag_holds(s, rd->ns, "pause", r[1], r[2], PAUSE_MAX_MS);
         bool creds;
         uint64_t ok_ms;
@@ -470,6 +499,8 @@ void *fleet_event_thread(void *arg) {
         if (!rd.c) {
             char err[256] = "", address[280];
             rd.c = fleet_redis_open(s, false, address, sizeof(address), err, sizeof(err));
+            if (rd.c)
+                snprintf(rd.address, sizeof(rd.address), "%s", address);
             if (!rd.c) {
                 uint64_t now = now_ms();
                 bool say;

@@ -99,7 +99,7 @@ redisReply *fleet_command(redisContext *c, int argc, const char **argv, const si
 }
 
 /* Asks the sentinels where the master is. */
-static int find_master(shared *s, char *address, size_t size, char *err, size_t err_size) {
+int fleet_find_master(shared *s, char *address, size_t size, char *err, size_t err_size) {
     for (size_t i = 0; i < s->n_sentinels; i++) {
         const char *argv[] = { "SENTINEL", "get-master-addr-by-name", s->master_name };
         redisContext *c = connect_to(s, s->sentinels[i], err, err_size);
@@ -135,7 +135,7 @@ redisContext *fleet_redis_open(shared *s, bool load_scripts, char *address, size
     redisReply *r;
 
     if (s->n_sentinels) {
-        if (find_master(s, address, address_size, err, err_size) < 0)
+        if (fleet_find_master(s, address, address_size, err, err_size) < 0)
             return NULL;
     } else
         snprintf(address, address_size, "%s", s->redis);
