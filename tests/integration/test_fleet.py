@@ -1164,7 +1164,11 @@ def test_an_expired_token_written_back_with_a_fresh_ttl_is_never_served(stub, re
 
 
 def test_a_poisoned_stream_does_not_silence_the_fleets_drops(stub, redis, make_fleet):
-    a, b = make_fleet(stub, redis, 2, acl=True)
+    # what is tested is that drops keep reaching every host, not how fast
+    # (test_a_revocation_on_one_host_reaches_every_host_within_100ms): the
+    # waits leave room for CI's load (it failed once at 3 s under ASan on
+    # Debian 13 with the fault test beside, and passed 11 of 11 runs since)
+    a, b = make_fleet(stub, redis, 2, acl=True, shared={"timeout": "1s"})
     ns = namespace_of(redis, a)
     w = writer(redis)
     w.execute_command("XADD", ns + "events", "99999999999999-0", "x", "y")
@@ -1173,14 +1177,14 @@ def test_a_poisoned_stream_does_not_silence_the_fleets_drops(stub, redis, make_f
     tok = access_token(b.token("after-the-poison"))
     assert access_token(a.token("after-the-poison")) == tok
     assert a.request("DELETE", "/v1/token?user_id=after-the-poison").status == 200
-    wait_for(lambda: access_token(b.token("after-the-poison")) != tok, timeout=3, interval=0.05,
+    wait_for(lambda: access_token(b.token("after-the-poison")) != tok, timeout=10, interval=0.05,
              what="the drop to reach b after the stream was poisoned")
     # and after a reconnect too
     b.signal(signal.SIGHUP)
     tok2 = access_token(b.token("later"))
     assert access_token(a.token("later")) == tok2
     assert a.request("DELETE", "/v1/token?user_id=later").status == 200
-    wait_for(lambda: access_token(b.token("later")) != tok2, timeout=3, interval=0.05,
+    wait_for(lambda: access_token(b.token("later")) != tok2, timeout=10, interval=0.05,
              what="a later drop to reach b")
 
 
