@@ -215,6 +215,8 @@ struct later {
     void *actx;
 };
 bool fleet_keep_for_later_locked(shared *s, struct job *j, struct later *l);
+void fleet_drop(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, const token *only,
+                shared_ack_fn ack, void *userdata);
 void fleet_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,
                   revoke_done_fn done, void *userdata);
 void fleet_flush(shared *s, shared_ack_fn ack, void *userdata);

@@ -350,7 +350,10 @@ class Cutter:
     """A TCP forwarder on a loopback port in front of Redis, on one thread.
     cut() closes every current connection; until restore(), new ones are
     reset at once (mode "refuse") or accepted and never answered
-    ("blackhole", what a partition looks like)."""
+    ("blackhole", what a partition looks like). hold_events() holds back
+    what Redis sends on the connections that read the fleet's events (those
+    that sent XREAD), as a host slow to read them would see it, until
+    release_events()."""
 
     def __init__(self, target_port, target_host="127.0.0.1"):
         self.target = (target_host, target_port)
@@ -362,6 +365,10 @@ class Cutter:
         self.port = self.lsock.getsockname()[1]
         self.mode = "open"
         self.peer = {}  # socket -> the socket it forwards to (None: blackholed)
+        self.clients = set()  # the sockets accepted from tokend
+        self.readers = set()  # client sockets that sent XREAD: the event thread's
+        self.holding = False
+        self.held = {}  # client socket -> bytes Redis sent it, held back
         self.lock = threading.Lock()
         self.wake_r, self.wake_w = socket.socketpair()
         self.sel = selectors.DefaultSelector()
@@ -389,6 +396,12 @@ class Cutter:
     def restore(self):
         self._command("open")
 
+    def hold_events(self):
+        self._command("hold")
+
+    def release_events(self):
+        self._command("release")
+
     def close(self):
         if self.running:
             self._command("quit")
@@ -414,6 +427,9 @@ class Cutter:
         with self.lock:
             socks = list(self.peer)
             self.peer.clear()
+        self.clients.clear()
+        self.readers.clear()
+        self.held.clear()
         for s in socks:
             self._close(s, reset=True)
 
@@ -428,6 +444,16 @@ class Cutter:
                     if mode == "quit":
                         self._drop_all()
                         self.running = False
+                    elif mode == "hold":
+                        self.holding = True
+                    elif mode == "release":
+                        self.holding = False
+                        for c, data in list(self.held.items()):
+                            try:
+                                c.sendall(data)
+                            except OSError:
+                                pass
+                        self.held.clear()
                     else:
                         if mode != "open" or self.mode != "open":
                             self._drop_all()  # a cut, or the end of one (blackholed sockets)
@@ -466,6 +492,7 @@ class Cutter:
             s.settimeout(2)
         with self.lock:
             self.peer[c], self.peer[u] = u, c
+            self.clients.add(c)
         self.sel.register(c, selectors.EVENT_READ, "conn")
         self.sel.register(u, selectors.EVENT_READ, "conn")
 
@@ -484,6 +511,11 @@ class Cutter:
                     self.peer.pop(s, None)
                 self._close(s)
             return
+        if data and s in self.clients and b"XREAD" in data:
+            self.readers.add(s)
+        if data and self.holding and other in self.readers:
+            self.held[other] = self.held.get(other, b"") + data
+            return
         try:
             if data:
                 other.sendall(data)
@@ -493,6 +525,10 @@ class Cutter:
         with self.lock:
             self.peer.pop(s, None)
             self.peer.pop(other, None)
+        for x in (s, other):
+            self.clients.discard(x)
+            self.readers.discard(x)
+            self.held.pop(x, None)
         self._close(s)
         self._close(other)
 

@@ -986,6 +986,40 @@ def test_a_revocation_sent_to_a_host_that_never_held_the_token_revokes_it(stub, 
     assert access_token(b.token("leaked")) == access_token(a.token("leaked"))
 
 
+def test_a_host_that_hears_of_a_revocation_late_revokes_its_newer_token_only_once_the_fleet_dropped_it(
+        stub, redis, make_fleet, make_cutter):
+    """b reads the fleet's events late (held back on its way from Redis):
+    after a revoked the user's token, b mints the user a new one, which a
+    then takes from Redis. When b hears of the revocation it revokes its own
+    copy, as it must (it cannot tell it is newer): that token must then be
+    gone from every host and from Redis, not go on being served by a, which
+    took it, though Instacart revoked it."""
+    cutter = make_cutter(redis)
+    a, b = make_fleet(stub, [redis, cutter], 2, shared={"timeout": "3s"})  # held reads are no outage
+    old = access_token(a.token("late"))
+    wait_for(lambda: token_keys(redis, set()), timeout=2, what="the token in Redis")
+    wait_for(lambda: metric(b, "tokend_shared_events_up") == 1, timeout=5, what="b to read the events")
+    applied = metric(a, "tokend_shared_events_applied_total")
+    cutter.hold_events()
+    try:
+        r = a.request("DELETE", "/v1/token?user_id=late&revoke=true")
+        assert r.status == 200 and r.json()["revoked"] is True, r
+        wait_for(lambda: metric(a, "tokend_shared_events_applied_total") > applied, timeout=5,
+                 what="a to read its own revocation back")
+        new = b.token("late")  # b has not heard: Redis has no token for the user, b mints one
+        assert new.header("x-cache") == "miss" and access_token(new) != old, new
+        new = access_token(new)
+        assert access_token(a.token("late")) == new, "a takes b's token from Redis"
+    finally:
+        cutter.release_events()
+    wait_for(lambda: new in stub.stats()["revoked_tokens"], timeout=10, interval=0.05,
+             what="b to revoke its own copy once it heard of the revocation")
+    wait_for(lambda: all(access_token(h.token("late")) != new for h in (a, b)), timeout=2, interval=0.05,
+             what="both hosts to stop serving the token Instacart revoked")
+    now = {access_token(h.token("late")) for h in (a, b)}
+    assert len(now) == 1 and not now & set(stub.stats()["revoked_tokens"]), now
+
+
 def test_a_revocation_while_redis_is_out_of_reach_is_not_acknowledged_and_lands_later(
         stub, redis, make_fleet, make_cutter):
     cutter = make_cutter(redis)
