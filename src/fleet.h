@@ -215,8 +215,6 @@ struct later {
     void *actx;
 };
 bool fleet_keep_for_later_locked(shared *s, struct job *j, struct later *l);
-void fleet_drop(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, const token *only,
-                shared_ack_fn ack, void *userdata);
 void fleet_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,
                   revoke_done_fn done, void *userdata);
 void fleet_flush(shared *s, shared_ack_fn ack, void *userdata);
@@ -253,7 +251,8 @@ void fleet_on_paused(void *userdata, uint64_t ms);
 void fleet_refused(shared *s, const char *command, const char *error);
 void fleet_refused_flag(shared *s, const char *name);
 void fleet_repair_flush(shared *s, const char *why, bool remake);
-void fleet_tell_revoked(shared *s, token *const *toks, size_t n);
+void fleet_tell_revoked(shared *s, enum oauth_grant grant, const char *user_id, const char *scope,
+                        token *const *toks, size_t n);
 
 /* fleet_link.c */
 int fleet_find_master(shared *s, char *address, size_t size, char *err, size_t err_size);

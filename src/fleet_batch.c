@@ -154,21 +154,27 @@ static int append(shared *s, redisContext *c, struct job *j) {
     }
     case J_REVOKED: {
         char ev_key[KEY_MAX];
+        unsigned char drop[SEAL_TOKEN_MAX + 64];
+        size_t dlen = 0;
         int r;
         snprintf(ev_key, sizeof(ev_key), "%sevents", j->ns);
-        /* sealed as a drop's tuple is, the fingerprints in the user id's place */
+        /* sealed as a drop's tuple is, the fingerprints in the user id's
+         * place; and the user's drop, when there is one */
         pthread_rwlock_rdlock(&s->keys_lock);
         r = seal_tuple(&s->keys, ev_key, strlen(ev_key), OAUTH_GRANT_USER_ASSERTION, j->fps, "revoked", blob,
                        &blen);
+        if (r == 0 && j->user[0])
+            r = seal_tuple(&s->keys, ev_key, strlen(ev_key), j->grant, j->user, j->scope, drop, &dlen);
         pthread_rwlock_unlock(&s->keys_lock);
         if (r < 0)
             return REDIS_ERR;
         {
-            const char *argv[] = { "EVALSHA", s->sha[S_REVOKED], "1", ev_key, maxlen, (const char *)blob };
-            size_t lens[6];
-            for (int i = 0; i < 6; i++)
-                lens[i] = i == 5 ? blen : strlen(argv[i]);
-            return redisAppendCommandArgv(c, 6, argv, lens);
+            const char *argv[] = { "EVALSHA", s->sha[S_REVOKED], "1", ev_key, maxlen, (const char *)blob,
+                                   (const char *)drop };
+            size_t lens[7];
+            for (int i = 0; i < 7; i++)
+                lens[i] = i == 5 ? blen : i == 6 ? dlen : strlen(argv[i]);
+            return redisAppendCommandArgv(c, 7, argv, lens);
         }
     }
     case J_PAUSE:
@@ -425,7 +431,7 @@ static void revoke_taken(shared *s, struct job *j, const redisReply *r) {
         }
     }
     j->rdone = NULL;
-    fleet_tell_revoked(s, toks, 3);
+    fleet_tell_revoked(s, j->grant, j->user, j->scope, toks, 3);
     revocations_revoke(s->rv, toks, 3, done, j->rctx);
     token_unref(toks[1]);
     token_unref(toks[2]);

@@ -357,38 +357,14 @@ static const redisReply *event_field(const redisReply *fields, const char *name)
     return NULL;
 }
 
-/* Our own copy of a token the fleet revoked. It may be newer than the
- * revocation (minted or shared since the event was sent, before this host
- * read it), and then other hosts and Redis may hold it too: so the fleet
- * drops it first (Redis's copy if it is this token, and every host's copy
- * of the user, with a plain drop event that revokes nothing more), and only
- * then is Instacart told, so that no host serves it once it is dead. */
-struct own_revoke {
-    shared *s;
-    token *t;
-};
-
-static void revoke_own_dropped(void *userdata, bool durable) {
-    struct own_revoke *o = userdata;
-
-    (void)durable; /* revoked all the same: a revocation must land */
-    fleet_tell_revoked(o->s, &o->t, 1);
-    revocations_revoke(o->s->rv, &o->t, 1, NULL, NULL);
-    token_unref(o->t);
-    free(o);
-}
-
+/* Our own copy of a token the fleet revoked, revoked too. It may be newer
+ * than the revocation (minted or taken from Redis since the event was sent,
+ * before this host read it), and other hosts may hold it: so the event that
+ * tells them it is revoked drops the user on every host as well. */
 static void revoke_own(shared *s, enum oauth_grant grant, const char *user, const char *scope, token *mine) {
-    struct own_revoke *o = malloc(sizeof(*o));
-
-    if (!o) { /* revoked now; the other hosts learn it from the revocation's event */
-        fleet_tell_revoked(s, &mine, 1);
-        revocations_revoke(s->rv, &mine, 1, NULL, NULL);
-        token_unref(mine);
-        return;
-    }
-    *o = (struct own_revoke){ .s = s, .t = mine };
-    fleet_drop(s, grant, user, scope, mine, revoke_own_dropped, o); /* acknowledged whatever becomes of it */
+    fleet_tell_revoked(s, grant, user, scope, &mine, 1);
+    revocations_revoke(s->rv, &mine, 1, NULL, NULL);
+    token_unref(mine);
 }
 
 static void apply_event(struct reader *rd, redisReply *fields) {

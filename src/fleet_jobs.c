@@ -112,7 +112,7 @@ static void later_tell(shared *s, struct later *l, const char *why) {
     struct revoke_outcome o = { .pending = 1, .failure = { .kind = MINT_UNAVAILABLE, .retry_after_s = 1 } };
 
     if (l->local) {
-        fleet_tell_revoked(s, &l->local, 1);
+        fleet_tell_revoked(s, OAUTH_GRANT_USER_ASSERTION, NULL, NULL, &l->local, 1);
         revocations_revoke(s->rv, &l->local, 1, NULL, NULL);
     }
     l->local = token_unref(l->local);
@@ -442,9 +442,11 @@ void fleet_repair_flush(shared *s, const char *why, bool remake) {
 }
 
 /* Tells every host which tokens were revoked, so that a value written back
- * into Redis after its revocation is never served. */
-void fleet_tell_revoked(shared *s, token *const *toks, size_t n) {
-    struct job *j = fleet_job_new(s, J_REVOKED, OAUTH_GRANT_USER_ASSERTION, NULL, NULL);
+ * into Redis after its revocation is never served; with a user, every host
+ * drops that user's token too (one it took before it heard). */
+void fleet_tell_revoked(shared *s, enum oauth_grant grant, const char *user_id, const char *scope,
+                        token *const *toks, size_t n) {
+    struct job *j = fleet_job_new(s, J_REVOKED, grant, user_id, scope);
     size_t len = 0;
 
     for (size_t i = 0; i < n; i++) {
@@ -510,33 +512,6 @@ bool fleet_gen_check(shared *s, const char *text, size_t len, bool proven) {
     if (why)
         fleet_repair_flush(s, why, false);
     return !why;
-}
-
-void fleet_drop(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, const token *only,
-                shared_ack_fn ack, void *userdata) {
-    struct job *j = fleet_job_new(s, J_DROP, grant, user_id, scope);
-
-    if (!j) {
-        if (ack)
-            ack(userdata, false);
-        return;
-    }
-    j->ack = ack; /* told by fleet_job_free() if it ends before Redis takes it */
-    j->actx = userdata;
-    if (only) {
-        int r;
-        pthread_rwlock_rdlock(&s->keys_lock);
-        r = seal_fingerprint(&s->keys, only->value, only->len, j->fp);
-        pthread_rwlock_unlock(&s->keys_lock);
-        if (r < 0) {
-            fleet_job_free(j);
-            return;
-        }
-    }
-    if (!fleet_submit(s, j)) {
-        fleet_count_op(s, SHARED_OP_DROP, false);
-        fleet_job_free(j);
-    }
 }
 
 void fleet_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,

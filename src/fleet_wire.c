@@ -155,10 +155,12 @@ static const char flush_lua[] =
     "return g\n";
 
 /* KEYS: events. ARGV: the stream's length, the sealed fingerprints of
- * tokens revoked at Instacart. */
+ * tokens revoked at Instacart, the sealed key of their user or "": then
+ * every host drops that user's token too ('r' is read first). */
 static const char revoked_lua[] =
     XADD_LUA
-    "xadd(KEYS[1], ARGV[1], 'r', ARGV[2])\n"
+    "if ARGV[3] ~= '' then xadd(KEYS[1], ARGV[1], 'r', ARGV[2], 'd', ARGV[3])\n"
+    "else xadd(KEYS[1], ARGV[1], 'r', ARGV[2]) end\n"
     "return 1\n";
 
 /* KEYS: token (current key's name), token (previous key's name), gen,

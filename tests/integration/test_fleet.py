@@ -30,6 +30,7 @@ FAST = {"attempt_timeout": "1s", "request_timeout": "3s", "retry_base": "10ms", 
 UPSTREAM = {"upstream": FAST}
 SHARED_TIMEOUT = 0.05 * SLOW  # [shared] timeout as make_fleet sets it
 LEASE_WAIT = 2.0  # [shared] lease_wait as make_fleet sets it
+PROPAGATION_S = 1.0  # how soon every host must stop serving a revoked token (as test_fleet_faults)
 SERVED = {"hit", "miss", "coalesced", "shared", "shared-wait"}
 # Another host's token, found published or after waiting on its lease: which
 # one depends on whether the first host publishes before or after it answers.
@@ -986,16 +987,50 @@ def test_a_revocation_sent_to_a_host_that_never_held_the_token_revokes_it(stub, 
     assert access_token(b.token("leaked")) == access_token(a.token("leaked"))
 
 
-def test_a_host_that_hears_of_a_revocation_late_revokes_its_newer_token_only_once_the_fleet_dropped_it(
-        stub, redis, make_fleet, make_cutter):
-    """b reads the fleet's events late (held back on its way from Redis):
+class Asker:
+    """Asks host h for user u in a loop until stopped (at most limit_s),
+    recording (when asked, access token or status)."""
+
+    def __init__(self, h, u, limit_s=10.0):
+        self.h, self.u, self.limit_s, self.seen, self.stop = h, u, limit_s, [], threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        end = time.monotonic() + self.limit_s
+        while not self.stop.is_set() and time.monotonic() < end:
+            t0 = time.monotonic()
+            r = self.h.get("/v1/token?user_id=" + self.u, timeout=5)
+            self.seen.append((t0, access_token(r) if r.status == 200 else r.status))
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(10)
+
+
+@pytest.mark.parametrize("rotated", [False, True], ids=["one-key", "mid-rotation"])
+def test_a_host_that_hears_of_a_revocation_late_makes_the_fleet_drop_the_newer_token_it_revokes(
+        stub, redis, make_fleet, make_cutter, tmp_path, rotated):
+    """b reads the fleet's events late (held back on their way from Redis):
     after a revoked the user's token, b mints the user a new one, which a
     then takes from Redis. When b hears of the revocation it revokes its own
-    copy, as it must (it cannot tell it is newer): that token must then be
-    gone from every host and from Redis, not go on being served by a, which
-    took it, though Instacart revoked it."""
+    copy, as it must (it cannot tell it is newer): no host may then serve
+    that token past the propagation time, though a holds it and Redis
+    still has it; also when the hosts moved to a new key meanwhile (the
+    value is then under the previous key's name), and while a is asked for
+    the user without pause."""
+    k1, k2 = tmp_path / "k1", tmp_path / "k2"
+    write_key_file(k1)
+    write_key_file(k2)
     cutter = make_cutter(redis)
-    a, b = make_fleet(stub, [redis, cutter], 2, shared={"timeout": "3s"})  # held reads are no outage
+    a, b = make_fleet(stub, [redis, cutter], 2, shared={  # held reads are no outage
+        "timeout": "3s", "key_file": str(k1), "previous_key_file": str(k2)})
     old = access_token(a.token("late"))
     wait_for(lambda: token_keys(redis, set()), timeout=2, what="the token in Redis")
     wait_for(lambda: metric(b, "tokend_shared_events_up") == 1, timeout=5, what="b to read the events")
@@ -1010,12 +1045,22 @@ def test_a_host_that_hears_of_a_revocation_late_revokes_its_newer_token_only_onc
         assert new.header("x-cache") == "miss" and access_token(new) != old, new
         new = access_token(new)
         assert access_token(a.token("late")) == new, "a takes b's token from Redis"
+        if rotated:  # the README's second step, on both hosts
+            for h in (a, b):
+                rekey(h, k2, previous=k1)
+        asker = Asker(a, "late").start()
     finally:
         cutter.release_events()
-    wait_for(lambda: new in stub.stats()["revoked_tokens"], timeout=10, interval=0.05,
-             what="b to revoke its own copy once it heard of the revocation")
-    wait_for(lambda: all(access_token(h.token("late")) != new for h in (a, b)), timeout=2, interval=0.05,
-             what="both hosts to stop serving the token Instacart revoked")
+    with asker:
+        wait_for(lambda: new in stub.stats()["revoked_tokens"], timeout=10, interval=0.02,
+                 what="b to revoke its own copy once it heard of the revocation")
+        revoked = time.monotonic()
+        wait_for(lambda: all(access_token(h.token("late")) != new for h in (a, b)), timeout=2, interval=0.05,
+                 what="both hosts to stop serving the token Instacart revoked")
+        wait_for(lambda: asker.seen and asker.seen[-1][0] > revoked + PROPAGATION_S + 0.5, timeout=5,
+                 what="a to be asked past the propagation time")
+    late = [(round(t - revoked, 3), x) for t, x in asker.seen if x == new and t > revoked + PROPAGATION_S]
+    assert not late, f"a served the revoked token after the propagation time: {late[:5]} ({len(late)})"
     now = {access_token(h.token("late")) for h in (a, b)}
     assert len(now) == 1 and not now & set(stub.stats()["revoked_tokens"]), now
 

@@ -89,3 +89,17 @@ def test_adopt_gives_way_to_a_host_minting_under_the_lease(redis):
     redis.cli("SET", "lease", "0123456789abcdef0123456789abcdef", "PX", 5000)
     assert adopt(redis, guard=last) == 2
     assert redis.cli("EXISTS", "t:current") == 0
+
+
+# ---------------------------------------------------------------- revoked: tokens revoked at Instacart
+
+
+def test_revoked_tells_the_fingerprints_first_then_the_users_drop(redis):
+    """Hosts read an event's fields in order: the revoked fingerprints must
+    be known before the drop makes them look the user up again, or the
+    lookup could bring the revoked token back from Redis."""
+    assert redis.cli("EVAL", script("revoked_lua"), 1, "events", 100, "sealed-fps", "sealed-user") == 1
+    assert redis.cli("EVAL", script("revoked_lua"), 1, "events", 100, "sealed-fps", "") == 1
+    (_, with_user), (_, alone) = redis.cli("XRANGE", "events", "-", "+")
+    assert list(with_user.items()) == [(b"r", b"sealed-fps"), (b"d", b"sealed-user")]  # in the stream's order
+    assert list(alone.items()) == [(b"r", b"sealed-fps")]  # no user: nothing dropped
