@@ -280,6 +280,10 @@ static void lease_busy(shared *s, struct job *j, uint64_t now) {
         fleet_mint(s, j, SHARED_MINT_LEASE_TIMEOUT);
         return;
     }
+    /* the holder's token, once published, is the one to take: only a value
+     * refused again (still the revoked or short-lived one) is skipped again.
+     * Else every host that refused the same value would mint its own. */
+    j->skip_tokens = false;
     j->next_at_ms = now + j->poll_ms;
     if (j->next_at_ms > j->wait_cap_ms)
         j->next_at_ms = j->wait_cap_ms;
