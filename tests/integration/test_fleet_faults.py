@@ -386,9 +386,11 @@ def check(rec, stub, lifetime_s, min_ttl_s, mint_budget=True):
         if r is not None and a.t0 > r:
             t = heard_by(rec, a.host, r)
             if t is None or a.t0 > t + PROPAGATION_S:
+                asked = [f"{x.op} on host {x.host} {rec.rel(x.t0)}: {x.status or x.error}" for x in rec.answers
+                         if x.user == a.user and x.op in ("drop", "revoke") and x.t0 <= r + 0.05]
                 broken["a token served after Instacart revoked it"].append(
                     f"host {a.host} (run {a.inc}) served {a.user} token {a.token[:8]}... {rec.rel(a.t0)}, "
-                    f"revoked {rec.rel(r)} (X-Cache {a.xcache})")
+                    f"revoked {rec.rel(r)} (X-Cache {a.xcache}); asked before: {', '.join(asked[-3:]) or 'none'}")
         after_drop(a, m)
         figures["answers checked against acknowledged drops and flushes"] += 1
 
