@@ -34,6 +34,7 @@
 #define CREDS_TTL_MS 300000     /* a credential rejection is shown this long unless a mint succeeds */
 #define POLL_FIRST_MS 5         /* waiting on a lease: first poll about a fast mint later */
 #define POLL_MAX_MS 200
+#define REFUSED_MAX 4           /* values a lookup refuses before it skips every token in Redis */
 #define EVENT_BLOCK_MS 1000
 #define BREAKER_FAILURES 3
 #define BREAKER_COOLDOWN_MS 1000
@@ -96,7 +97,12 @@ struct job {
     struct cache_want want;
     cache_done_fn done;
     void *ctx;
-    bool waited, skip_tokens, skip_pause, retried;
+    bool waited, skip_pause, retried;
+    /* values this lookup refused (revoked, of too little life, not opening),
+     * by SHA1: the next look-up skips those and takes any other (the one a
+     * lease holder publishes); after REFUSED_MAX, every token in Redis */
+    char skip[2][41];
+    uint8_t refused;
     char holder[33];            /* whose lease we wait on, or take over (a lease id: 32 hex digits) */
     struct held *held;          /* the lease this lookup took, while it mints */
     uint64_t wait_until_ms, next_at_ms, poll_ms;

@@ -74,13 +74,17 @@ static int append(shared *s, redisContext *c, struct job *j) {
     snprintf(maxlen, sizeof(maxlen), "%d", STREAM_MAXLEN);
     switch (j->kind) {
     case J_LOOKUP: {
-        char gen_key[KEY_MAX], pause_key[KEY_MAX];
+        char gen_key[KEY_MAX], pause_key[KEY_MAX], skip[2 * 41] = "";
         const char *argv[] = { "EVALSHA", s->sha[S_LOOKUP], "5", j->tok_key[0], j->tok_key[1], j->lease_key,
-                               gen_key, pause_key, min_life, j->lease_id, lease_ms, j->skip_tokens ? "1" : "0",
-                               "", j->skip_pause ? "1" : "0" };
+                               gen_key, pause_key, min_life, j->lease_id, lease_ms, skip, "",
+                               j->skip_pause ? "1" : "0" };
         snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
         snprintf(pause_key, sizeof(pause_key), "%spause", j->ns);
         snprintf(min_life, sizeof(min_life), "%llu", (unsigned long long)j->want.min_life_ms);
+        if (j->refused > REFUSED_MAX)
+            snprintf(skip, sizeof(skip), "*");
+        else
+            snprintf(skip, sizeof(skip), "%s%s%s", j->skip[0], j->skip[1][0] ? "," : "", j->skip[1]);
         snprintf(lease_ms, sizeof(lease_ms), "%llu", (unsigned long long)__atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED));
         if (!j->lease_id[0])
             fleet_lease_id(s, j->lease_id);
@@ -280,10 +284,6 @@ static void lease_busy(shared *s, struct job *j, uint64_t now) {
         fleet_mint(s, j, SHARED_MINT_LEASE_TIMEOUT);
         return;
     }
-    /* the holder's token, once published, is the one to take: only a value
-     * refused again (still the revoked or short-lived one) is skipped again.
-     * Else every host that refused the same value would mint its own. */
-    j->skip_tokens = false;
     j->next_at_ms = now + j->poll_ms;
     if (j->next_at_ms > j->wait_cap_ms)
         j->next_at_ms = j->wait_cap_ms;
@@ -305,6 +305,29 @@ static void lease_busy(shared *s, struct job *j, uint64_t now) {
 static uint64_t life_needed(const token *t, uint64_t asked_ms) {
     uint64_t half = (uint64_t)t->lifetime_s * MS_PER_SEC / 2;
     return asked_ms < half ? asked_ms : half;
+}
+
+/* A value Redis returned that this host will not serve: the next look-up
+ * skips it (and one other: a key has two names), and takes any other, such
+ * as the token a lease holder publishes meanwhile. Skipping every token
+ * instead made each host that refused the same value mint its own. A
+ * lookup refusing value after value (someone rewriting them) skips them
+ * all, so it cannot go round for ever. */
+static void refuse(struct job *j, const redisReply *v) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned n = 0;
+    char *hex;
+
+    if (j->refused <= REFUSED_MAX)
+        j->refused++;
+    if (j->refused > REFUSED_MAX || v->type != REDIS_REPLY_STRING ||
+        !EVP_Digest(v->str, v->len, md, &n, EVP_sha1(), NULL) || n != 20) {
+        j->refused = REFUSED_MAX + 1;
+        return;
+    }
+    hex = j->skip[(j->refused - 1) % 2];
+    for (unsigned i = 0; i < n; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
 }
 
 static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t now) {
@@ -329,7 +352,7 @@ static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t no
         pthread_mutex_lock(&s->lock);
         s->stats.stale_refused++;
         pthread_mutex_unlock(&s->lock);
-        j->skip_tokens = true;
+        refuse(j, r->element[1]);
         if (!fleet_submit(s, j))
             fleet_degrade(s, j);
         return;
@@ -350,7 +373,7 @@ static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t no
             s->stats.stale_refused++;
             pthread_mutex_unlock(&s->lock);
             t = token_unref(t);
-            j->skip_tokens = true;
+            refuse(j, r->element[1]);
             if (!fleet_submit(s, j))
                 fleet_degrade(s, j);
             return;
@@ -376,7 +399,7 @@ static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t no
             s->stats.decrypt_failures++;
             pthread_mutex_unlock(&s->lock);
         }
-        j->skip_tokens = true;
+        refuse(j, r->element[1]);
         if (!fleet_submit(s, j))
             fleet_degrade(s, j);
         return;

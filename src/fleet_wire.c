@@ -19,7 +19,8 @@ const double shared_latency_bounds[SHARED_LATENCY_BUCKETS] = { 0.0001, 0.00025, 
 /* ---- the scripts: each does its reads and writes in one round trip ---- */
 
 /* KEYS: token (current key's name), token (previous key's name), lease,
- * gen, pause. ARGV: least life in ms, lease id, lease ms, skip tokens, the
+ * gen, pause. ARGV: least life in ms, lease id, lease ms, the values to
+ * skip (SHA1s, comma-separated, '' for none, '*' for every token), the
  * holder whose lease we take over ('' for none), skip the pause flag (one
  * this host found forged). Returns {1, value, pttl, gen, which} for a token
  * with enough life (or, failing one, a token with less: the host judges it
@@ -32,11 +33,12 @@ const double shared_latency_bounds[SHARED_LATENCY_BUCKETS] = { 0.0001, 0.00025, 
 static const char lookup_lua[] =
     "local g = redis.call('GET', KEYS[4]) or '0'\n"
     "local pre = g .. ':'\n"
-    "if ARGV[4] ~= '1' then\n"
+    "if ARGV[4] ~= '*' then\n"
     "  local short\n"
     "  for i = 1, 2 do\n"
     "    local v = redis.call('GET', KEYS[i])\n"
-    "    if v and string.sub(v, 1, #pre) == pre then\n"
+    "    if v and string.sub(v, 1, #pre) == pre and\n"
+    "       (ARGV[4] == '' or not string.find(ARGV[4], redis.sha1hex(v), 1, true)) then\n"
     "      local ttl = redis.call('PTTL', KEYS[i])\n"
     "      if ttl > tonumber(ARGV[1]) then return {1, v, ttl, g, i} end\n"
     "      if ttl > 1000 and not short then short = {1, v, ttl, g, i} end\n"
