@@ -114,6 +114,7 @@ struct job {
     enum shared_mint how;
     token *tok;                 /* publish */
     char fp[SEAL_FP_LEN + 1];   /* drop only this token ('' for any) */
+    char fp_prev[SEAL_FP_LEN + 1]; /* ... its fingerprint under the previous key, during a rotation */
     char fps[3 * 17];           /* J_REVOKED: fingerprints (token_fp) of revoked tokens, comma-separated */
     bool revoke;                /* a drop that revokes what it takes out of Redis */
     bool remake;                /* a flush that makes the events stream anew (it holds an unreadable event) */
@@ -221,6 +222,8 @@ struct later {
     void *actx;
 };
 bool fleet_keep_for_later_locked(shared *s, struct job *j, struct later *l);
+void fleet_drop(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, const token *only,
+                shared_ack_fn ack, void *userdata);
 void fleet_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,
                   revoke_done_fn done, void *userdata);
 void fleet_flush(shared *s, shared_ack_fn ack, void *userdata);

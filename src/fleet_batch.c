@@ -136,11 +136,11 @@ static int append(shared *s, redisContext *c, struct job *j) {
             return REDIS_ERR;
         {
             const char *argv[] = { "EVALSHA", s->sha[S_DROP], "3", j->tok_key[0], j->tok_key[1], ev_key,
-                                   j->fp, (const char *)blob, maxlen, j->revoke ? "v" : "d" };
-            size_t lens[10];
-            for (int i = 0; i < 10; i++)
+                                   j->fp, (const char *)blob, maxlen, j->revoke ? "v" : "d", j->fp_prev };
+            size_t lens[11];
+            for (int i = 0; i < 11; i++)
                 lens[i] = i == 7 ? blen : strlen(argv[i]); /* the sealed key is binary */
-            return redisAppendCommandArgv(c, 10, argv, lens);
+            return redisAppendCommandArgv(c, 11, argv, lens);
         }
     }
     case J_FLUSH: {
@@ -631,6 +631,7 @@ static bool replicated(shared *s, redisContext **c, const struct job *j) {
     if (!again)
         return false;
     memcpy(again->fp, j->fp, sizeof(again->fp));
+    memcpy(again->fp_prev, j->fp_prev, sizeof(again->fp_prev));
     memcpy(again->fps, j->fps, sizeof(again->fps));
     pthread_mutex_lock(&s->lock);
     s->stats.unreplicated++;

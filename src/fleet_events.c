@@ -359,9 +359,13 @@ static const redisReply *event_field(const redisReply *fields, const char *name)
 
 /* Our own copy of a token the fleet revoked, revoked too. It may be newer
  * than the revocation (minted or taken from Redis since the event was sent,
- * before this host read it), and other hosts may hold it: so the event that
- * tells them it is revoked drops the user on every host as well. */
+ * before this host read it), and Redis and other hosts may hold it: so it
+ * is deleted from Redis if Redis holds this very token (else only the
+ * hosts' memory of revoked tokens, a bounded ring, would keep it from
+ * being served), and the event that tells every host it is revoked drops
+ * the user there as well. The revocation itself is made at once. */
 static void revoke_own(shared *s, enum oauth_grant grant, const char *user, const char *scope, token *mine) {
+    fleet_drop(s, grant, user, scope, mine, NULL, NULL);
     fleet_tell_revoked(s, grant, user, scope, &mine, 1);
     revocations_revoke(s->rv, &mine, 1, NULL, NULL);
     token_unref(mine);

@@ -514,6 +514,35 @@ bool fleet_gen_check(shared *s, const char *text, size_t len, bool proven) {
     return !why;
 }
 
+void fleet_drop(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, const token *only,
+                shared_ack_fn ack, void *userdata) {
+    struct job *j = fleet_job_new(s, J_DROP, grant, user_id, scope);
+
+    if (!j) {
+        if (ack)
+            ack(userdata, false);
+        return;
+    }
+    j->ack = ack; /* told by fleet_job_free() if it ends before Redis takes it */
+    j->actx = userdata;
+    if (only) {
+        int r;
+        pthread_rwlock_rdlock(&s->keys_lock);
+        r = seal_fingerprint(&s->keys, only->value, only->len, j->fp);
+        if (r == 0 && seal_fingerprint_with(&s->keys, true, only->value, only->len, j->fp_prev) < 0)
+            j->fp_prev[0] = '\0'; /* no previous key */
+        pthread_rwlock_unlock(&s->keys_lock);
+        if (r < 0) {
+            fleet_job_free(j);
+            return;
+        }
+    }
+    if (!fleet_submit(s, j)) {
+        fleet_count_op(s, SHARED_OP_DROP, false);
+        fleet_job_free(j);
+    }
+}
+
 void fleet_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,
                   revoke_done_fn done, void *userdata) {
     struct job *j = fleet_job_new(s, J_DROP, grant, user_id, scope);

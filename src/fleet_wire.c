@@ -107,7 +107,8 @@ static const char release_lua[] =
 /* KEYS: token (current name), token (previous name), events. ARGV: the
  * fingerprint to drop ('' for any), the sealed key for the event, the
  * stream's length, the event's field ('d' a drop, 'v' a revocation: every
- * host revokes its own copy too). A key of another type under our prefix
+ * host revokes its own copy too), the fingerprint under the previous key
+ * (for the previous name; '' to use the first). A key of another type under our prefix
  * (written by hand) is deleted, not an error that would lose the drop. Returns {value, pttl, value, pttl} of what it deleted
  * ('' and 0 where nothing), so a revocation can revoke it. */
 static const char drop_lua[] =
@@ -121,7 +122,8 @@ static const char drop_lua[] =
     "  end\n"
     "  if v then\n"
     "    local a = string.find(v, ':', 1, true)\n"
-    "    if ARGV[1] == '' or (a and string.sub(v, a + 1, a + #ARGV[1]) == ARGV[1]) then\n"
+    "    local fp = (i == 2 and ARGV[5] and ARGV[5] ~= '') and ARGV[5] or ARGV[1]\n"
+    "    if ARGV[1] == '' or (a and string.sub(v, a + 1, a + #fp) == fp) then\n"
     "      out[2 * i] = redis.call('PTTL', KEYS[i])\n"
     "      out[2 * i - 1] = v\n"
     "      redis.call('DEL', KEYS[i])\n"

@@ -78,29 +78,7 @@ void shared_fetch(void *source, enum oauth_grant grant, const char *user_id, con
 
 void shared_drop(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, const token *only,
                  shared_ack_fn ack, void *userdata) {
-    struct job *j = fleet_job_new(s, J_DROP, grant, user_id, scope);
-
-    if (!j) {
-        if (ack)
-            ack(userdata, false);
-        return;
-    }
-    j->ack = ack; /* told by fleet_job_free() if it ends before Redis takes it */
-    j->actx = userdata;
-    if (only) {
-        int r;
-        pthread_rwlock_rdlock(&s->keys_lock);
-        r = seal_fingerprint(&s->keys, only->value, only->len, j->fp);
-        pthread_rwlock_unlock(&s->keys_lock);
-        if (r < 0) {
-            fleet_job_free(j);
-            return;
-        }
-    }
-    if (!fleet_submit(s, j)) {
-        fleet_count_op(s, SHARED_OP_DROP, false);
-        fleet_job_free(j);
-    }
+    fleet_drop(s, grant, user_id, scope, only, ack, userdata);
 }
 
 void shared_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,

@@ -432,6 +432,14 @@ def token_keys(redis, before):
     return ks
 
 
+def token_values(redis):
+    """The sealed values of the tokens in Redis."""
+    c = redis.client()
+    values = {c.get(k) for k in token_keys(redis, set())}
+    c.close()
+    return values - {None}
+
+
 def test_a_moved_or_altered_value_is_a_counted_miss_never_served(stub, redis, make_fleet):
     a, b = make_fleet(stub, redis, 2)
     keys = {}
@@ -1014,40 +1022,51 @@ class Asker:
         self.thread.join(10)
 
 
-@pytest.mark.parametrize("rotated", [False, True], ids=["one-key", "mid-rotation"])
-def test_a_host_that_hears_of_a_revocation_late_makes_the_fleet_drop_the_newer_token_it_revokes(
-        stub, redis, make_fleet, make_cutter, tmp_path, rotated):
-    """b reads the fleet's events late (held back on their way from Redis):
-    after a revoked the user's token, b mints the user a new one, which a
-    then takes from Redis. When b hears of the revocation it revokes its own
-    copy, as it must (it cannot tell it is newer): no host may then serve
-    that token past the propagation time, though a holds it and Redis
-    still has it; also when the hosts moved to a new key meanwhile (the
-    value is then under the previous key's name), and while a is asked for
-    the user without pause."""
+def late_to_hear(stub, redis, make_fleet, make_cutter, tmp_path, user, rotated):
+    """a revokes user's token while b's events are held back (b reads
+    them late); b then mints the user a new token, which a takes from
+    Redis; with rotated, both hosts then move to a new key (the README's
+    second step). Returns (a, b, cutter, new token, its sealed values in
+    Redis); b's events are still held: the caller releases them."""
     k1, k2 = tmp_path / "k1", tmp_path / "k2"
     write_key_file(k1)
     write_key_file(k2)
     cutter = make_cutter(redis)
     a, b = make_fleet(stub, [redis, cutter], 2, shared={  # held reads are no outage
         "timeout": "3s", "key_file": str(k1), "previous_key_file": str(k2)})
-    old = access_token(a.token("late"))
+    old = access_token(a.token(user))
     wait_for(lambda: token_keys(redis, set()), timeout=2, what="the token in Redis")
     wait_for(lambda: metric(b, "tokend_shared_events_up") == 1, timeout=5, what="b to read the events")
     applied = metric(a, "tokend_shared_events_applied_total")
     cutter.hold_events()
+    r = a.request("DELETE", f"/v1/token?user_id={user}&revoke=true")
+    assert r.status == 200 and r.json()["revoked"] is True, r
+    wait_for(lambda: metric(a, "tokend_shared_events_applied_total") > applied, timeout=5,
+             what="a to read its own revocation back")
+    new = b.token(user)  # b has not heard: Redis has no token for the user, b mints one
+    assert new.header("x-cache") == "miss" and access_token(new) != old, new
+    new = access_token(new)
+    assert access_token(a.token(user)) == new, "a takes b's token from Redis"
+    sealed = token_values(redis)
+    if rotated:
+        for h in (a, b):
+            rekey(h, k2, previous=k1)
+    return a, b, cutter, new, sealed
+
+
+ROTATION = pytest.mark.parametrize("rotated", [False, True], ids=["one-key", "mid-rotation"])
+
+
+@ROTATION
+def test_a_host_that_hears_of_a_revocation_late_makes_the_fleet_drop_the_newer_token_it_revokes(
+        stub, redis, make_fleet, make_cutter, tmp_path, rotated):
+    """When b hears of the revocation it revokes its own copy, as it must
+    (it cannot tell it is newer): no host may then serve that token past
+    the propagation time, though a holds it and Redis has it; also when
+    the hosts moved to a new key meanwhile (the value is then under the
+    previous key's name), and while a is asked for the user without pause."""
+    a, b, cutter, new, _ = late_to_hear(stub, redis, make_fleet, make_cutter, tmp_path, "late", rotated)
     try:
-        r = a.request("DELETE", "/v1/token?user_id=late&revoke=true")
-        assert r.status == 200 and r.json()["revoked"] is True, r
-        wait_for(lambda: metric(a, "tokend_shared_events_applied_total") > applied, timeout=5,
-                 what="a to read its own revocation back")
-        new = b.token("late")  # b has not heard: Redis has no token for the user, b mints one
-        assert new.header("x-cache") == "miss" and access_token(new) != old, new
-        new = access_token(new)
-        assert access_token(a.token("late")) == new, "a takes b's token from Redis"
-        if rotated:  # the README's second step, on both hosts
-            for h in (a, b):
-                rekey(h, k2, previous=k1)
         asker = Asker(a, "late").start()
     finally:
         cutter.release_events()
@@ -1063,6 +1082,25 @@ def test_a_host_that_hears_of_a_revocation_late_makes_the_fleet_drop_the_newer_t
     assert not late, f"a served the revoked token after the propagation time: {late[:5]} ({len(late)})"
     now = {access_token(h.token("late")) for h in (a, b)}
     assert len(now) == 1 and not now & set(stub.stats()["revoked_tokens"]), now
+
+
+@ROTATION
+def test_a_token_revoked_by_a_host_that_heard_late_is_deleted_from_redis(
+        stub, redis, make_fleet, make_cutter, tmp_path, rotated):
+    """Nobody asks for the user after b revoked its newer token: that token
+    must not stay in Redis, kept from being served only by the hosts'
+    memory of revoked tokens (a bounded ring, and empty on a host started
+    after the stream was trimmed)."""
+    a, b, cutter, new, sealed = late_to_hear(stub, redis, make_fleet, make_cutter, tmp_path, "kept", rotated)
+    assert sealed - {None}, "b's token is in Redis"
+    applied = metric(a, "tokend_shared_events_applied_total")
+    cutter.release_events()
+    wait_for(lambda: new in stub.stats()["revoked_tokens"], timeout=10, interval=0.02,
+             what="b to revoke its own copy once it heard of the revocation")
+    wait_for(lambda: metric(a, "tokend_shared_events_applied_total") >= applied + 2, timeout=5,
+             what="a to hear of b's revocation")
+    wait_for(lambda: not token_values(redis) & sealed, timeout=2, interval=0.05,
+             what="the token b revoked to be deleted from Redis")
 
 
 def test_a_revocation_while_redis_is_out_of_reach_is_not_acknowledged_and_lands_later(
@@ -1180,6 +1218,9 @@ def test_a_revoked_token_written_back_into_redis_is_never_served(stub, redis, ma
     r = b.request("DELETE", "/v1/token?user_id=replayed&revoke=true")
     assert r.status == 200 and r.json()["revoked"] is True, r
     assert stub.stats()["revoked_tokens"] == [tok]
+    # once every host heard of it (the revocation's events: v and d, then r and d)
+    wait_for(lambda: all(metric(h, "tokend_shared_events_applied_total") >= 4 for h in (a, b, c)), timeout=5,
+             what="every host to hear of the revocation")
     w = writer(redis)
     w.set(key, value, px=pttl)  # the saved value, written back with its TTL
     w.close()
@@ -1286,8 +1327,10 @@ def test_a_poisoned_stream_does_not_silence_the_fleets_drops(stub, redis, make_f
     w.execute_command("XADD", ns + "events", "99999999999999-0", "x", "y")
     w.delete(ns + "events")
     w.close()
+    # the hosts notice and mend it (a flush): once done, they share tokens again
+    wait_for(lambda: access_token(b.token("after-the-poison")) == access_token(a.token("after-the-poison")),
+             timeout=10, interval=0.1, what="the hosts to share a token again after the poison was mended")
     tok = access_token(b.token("after-the-poison"))
-    assert access_token(a.token("after-the-poison")) == tok
     assert a.request("DELETE", "/v1/token?user_id=after-the-poison").status == 200
     wait_for(lambda: access_token(b.token("after-the-poison")) != tok, timeout=10, interval=0.05,
              what="the drop to reach b after the stream was poisoned")
