@@ -57,6 +57,9 @@ _Static_assert(KEY_MAX >= NS_MAX + 2 + SEAL_NAME_LEN + 1, "KEY_MAX holds no key 
 
 enum script { S_LOOKUP, S_PUBLISH, S_RELEASE, S_DROP, S_FLUSH, S_REVOKED, S_RENEW, S_ADOPT, S_COUNT };
 extern const char *const fleet_scripts[S_COUNT];
+/* SHA1 in hex, as EVALSHA names a script and redis.sha1hex() a value.
+ * Returns 0, or -EIO when OpenSSL fails. */
+int fleet_sha1_hex(const void *data, size_t len, char out[41]);
 
 /* ---- state ---- */
 

@@ -314,20 +314,12 @@ static uint64_t life_needed(const token *t, uint64_t asked_ms) {
  * lookup refusing value after value (someone rewriting them) skips them
  * all, so it cannot go round for ever. */
 static void refuse(struct job *j, const redisReply *v) {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned n = 0;
-    char *hex;
-
-    if (j->refused <= REFUSED_MAX)
-        j->refused++;
+    if (j->refused > REFUSED_MAX)
+        return; /* skipping every token already */
+    j->refused++;
     if (j->refused > REFUSED_MAX || v->type != REDIS_REPLY_STRING ||
-        !EVP_Digest(v->str, v->len, md, &n, EVP_sha1(), NULL) || n != 20) {
+        fleet_sha1_hex(v->str, v->len, j->skip[(j->refused - 1) % 2]) < 0)
         j->refused = REFUSED_MAX + 1;
-        return;
-    }
-    hex = j->skip[(j->refused - 1) % 2];
-    for (unsigned i = 0; i < n; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
 }
 
 static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t now) {

@@ -1,7 +1,9 @@
 /* Fleet mode's protocol: the scripts Redis runs, each doing its reads and
  * writes in one round trip, with what their keys and arguments are. Only
  * text: nothing here talks to Redis. */
+#include <errno.h>
 #include <limits.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -199,6 +201,17 @@ static const char adopt_lua[] =
     "if redis.call('EXISTS', KEYS[5]) == 1 then return 2 end\n"
     "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
     "return 1\n";
+
+int fleet_sha1_hex(const void *data, size_t len, char out[41]) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned n = 0;
+
+    if (!EVP_Digest(data, len, md, &n, EVP_sha1(), NULL) || n != 20)
+        return -EIO;
+    for (unsigned i = 0; i < n; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+    return 0;
+}
 
 const char *const fleet_scripts[S_COUNT] = { lookup_lua, publish_lua, release_lua, drop_lua, flush_lua,
                                               revoked_lua, renew_lua, adopt_lua };

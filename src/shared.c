@@ -30,7 +30,6 @@
 #include <openssl/x509v3.h>
 #endif
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -46,15 +45,6 @@
 #include "shared.h"
 #include "util.h"
 
-
-static void sha1_hex(const char *text, char out[41]) {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned n = 0;
-
-    EVP_Digest(text, strlen(text), md, &n, EVP_sha1(), NULL);
-    for (unsigned i = 0; i < n && i < 20; i++)
-        snprintf(out + 2 * i, 3, "%02x", md[i]);
-}
 
 /* ---- the public side: never blocks ---- */
 
@@ -186,7 +176,7 @@ int shared_new(const config *cfg, upstream *up, revocations *rv, shared **ret) {
         return -ENOMEM;
     }
     for (int i = 0; i < S_COUNT; i++)
-        sha1_hex(fleet_scripts[i], s->sha[i]);
+        fleet_sha1_hex(fleet_scripts[i], strlen(fleet_scripts[i]), s->sha[i]);
     if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
         shared_free(s);
         return -EIO;

@@ -186,7 +186,19 @@ static void two_threads_bind_their_readers_at_once(void) {
     pthread_join(b, NULL);
 }
 
+/* The name EVALSHA gives a script and redis.sha1hex() a value (a lookup
+ * skips the values it refused by it): binary values included. */
+static void sha1_is_the_hex_that_redis_computes(void) {
+    char hex[41];
+
+    ASSERT_INT_EQ(fleet_sha1_hex("abc", 3, hex), 0);
+    ASSERT_STR_EQ(hex, "a9993e364706816aba3e25717850c26c9cd0d89d");
+    ASSERT_INT_EQ(fleet_sha1_hex("a\0b", 3, hex), 0);
+    ASSERT_STR_EQ(hex, "4a3dec2d1f8245280855c42db0ee4239f917fdb8");
+}
+
 static const unit_test tests[] = {
+    TEST(sha1_is_the_hex_that_redis_computes),
     TEST(two_threads_bind_their_readers_at_once),
     TEST(an_array_too_long_to_be_ours_is_refused_before_any_allocation),
     TEST(a_found_token_is_read_with_its_ttl_generation_and_key),
