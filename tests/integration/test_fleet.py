@@ -305,7 +305,9 @@ def degraded_round(stub, hosts, cached, newcomers):
             assert r.status == 200, r
             last = mints(stub, u)
             mint = (last[-1]["t_done"] - last[-1]["t_recv"]) if last else 0
-            assert took <= SHARED_TIMEOUT + mint + 0.3 * SLOW, f"{u} took {took:.3f} s (mint {mint:.3f} s)"
+            # what is checked is that no call waits on the stopped Redis (10 s here), not
+            # how fast: 0.3 s of slack failed once (0.393 s) under ASan in trixie beside CI
+            assert took <= SHARED_TIMEOUT + mint + 1.0 * SLOW, f"{u} took {took:.3f} s (mint {mint:.3f} s)"
             assert h.token(u).header("x-cache") == "hit"
         assert 1 <= len(mints(stub, u)) <= len(hosts), f"{u}: more than one mint per host"
 
