@@ -86,13 +86,30 @@ LEADER=
 ct() { timeout "${CT_TIMEOUT:-60}" nsenter -t "$LEADER" -a env SYSTEMD_PAGER= SYSTEMD_COLORS=0 "$@"; }
 # The host's python3 in the container's network only: HTTP to its loopback.
 client() { timeout "${CT_TIMEOUT:-120}" nsenter -t "$LEADER" -n /usr/bin/python3 "$HERE/ct_client.py" "$@"; }
-journal() { ct journalctl --no-pager -u "${JOURNAL_UNIT:-instacart-tokend.service}" "$@"; }
-# Whether the unit's journal has a line matching $1. Not `journal | grep -q`:
+# The unit's journal, or with JOURNAL_TAG set, that journal identity's.
+journal() {
+    if [[ -n ${JOURNAL_TAG:-} ]]; then
+        ct journalctl --no-pager -t "$JOURNAL_TAG" "$@"
+    else
+        ct journalctl --no-pager -u "${JOURNAL_UNIT:-instacart-tokend.service}" "$@"
+    fi
+}
+# Whether the unit's journal has a line matching $1 now. Not `journal | grep -q`:
 # grep's early exit would kill journalctl with SIGPIPE, a failure under pipefail.
-journal_has() {
+journal_has_now() {
     local text
     text=$(journal -o cat)
     grep -qi -- "$1" <<<"$text"
+}
+# Whether such a line arrives within 15 s. journald takes a service's lines
+# asynchronously: one written just before `systemctl reload` returned may not
+# be readable yet when it does (a CI run on a slow machine saw exactly that).
+journal_has() {
+    local deadline=$((SECONDS + 15))
+    until journal_has_now "$1"; do
+        ((SECONDS < deadline)) || return 1
+        sleep 0.2
+    done
 }
 
 cleanup() {
@@ -308,7 +325,7 @@ events=$(journal -o verbose MESSAGE_ID=ad808c4429fd4af99c549760518e4f5c 2>&1)
 for field in USER_FINGERPRINT= UPSTREAM_STATUS=200 LATENCY_MS= PRIORITY=6; do
     grep -q "$field" <<<"$events" || fail "no $field in the journal's mint event: $events"
 done
-if journal_has ct-secret; then fail "the secret is in the journal"; fi
+if journal_has_now ct-secret; then fail "the secret is in the journal"; fi
 echo "MESSAGE_ID, USER_FINGERPRINT, UPSTREAM_STATUS, LATENCY_MS present; no secret"
 
 step "reload with a rotated secret"
@@ -350,7 +367,7 @@ if ct systemctl reload instacart-tokend.service >/dev/null 2>&1; then
     fail "systemctl reload succeeded with an empty secret"
 fi
 journal_has "$SECRET: the client secret is empty" || fail "the journal does not name $SECRET as empty"
-if journal_has "/run/instacart-tokend/client_secret"; then fail "a message names the runtime copy"; fi
+if journal_has_now "/run/instacart-tokend/client_secret"; then fail "a message names the runtime copy"; fi
 [[ -z $(ct find /run/instacart-tokend -type f ! -name reload-result) ]] || fail "staged copies were left behind"
 echo "refused, naming $SECRET; no copy left in /run/instacart-tokend"
 write_secret "$SECRET" ct-secret-2
@@ -472,7 +489,7 @@ read -r sb hb fb < <(at b token shared-user)
 [[ $(inst_status b 's["config"]["upstream"]["client_id"]') == ct-client-b ]] || fail "instance b is not client b"
 for name in a b; do
     [[ $(ct systemctl is-active "instacart-tokend@$name.service") == active ]] || fail "instance $name is not active"
-    ct journalctl --no-pager -o cat -t "instacart-tokend-$name" | grep -q "listening on unix:/run/instacart-tokend-$name.sock" ||
+    JOURNAL_TAG=instacart-tokend-$name journal_has "listening on unix:/run/instacart-tokend-$name.sock" ||
         fail "no 'listening' line under the journal identity instacart-tokend-$name"
     ct test -d "/run/instacart-tokend-$name" || fail "no runtime directory /run/instacart-tokend-$name"
 done
@@ -491,7 +508,7 @@ read -r status _ < <(at a token after-a-rotation)
 [[ $status == 200 ]] || fail "instance a does not mint with its rotated secret ($status)"
 [[ $(inst_status b 's["config"]["log"]["level"]') == info ]] || fail "instance b's configuration changed"
 [[ $(ct systemctl show -p MainPID --value instacart-tokend@b.service) == "$pid_b" ]] || fail "instance b was restarted"
-if ct journalctl --no-pager -o cat -t instacart-tokend-b | grep -q reloaded; then fail "instance b reloaded"; fi
+if JOURNAL_TAG=instacart-tokend-b journal_has_now reloaded; then fail "instance b reloaded"; fi
 [[ -z $(ct find /run/instacart-tokend-b -type f) ]] || fail "something was staged in instance b's runtime directory"
 read -r status _ < <(at b token after-a-rotation)
 [[ $status == 200 ]] || fail "instance b stopped minting ($status)"
