@@ -89,12 +89,33 @@ struct shared_sink {
 };
 void shared_attach(shared *s, const struct shared_sink *sink);
 /* The cache was restored from an image written age_ms ago: the first read
- * of the fleet's events starts from that far back (on Redis's own clock),
- * so drops made while this host was down reach the tokens it brought back.
- * Before start. */
-void shared_resume(shared *s, uint64_t age_ms);
+ * of the fleet's events starts after last_read, the last event this host
+ * read before the restart from the Redis that redis names
+ * (shared_last_read(); NULL or "", or another Redis: then from that far
+ * back on Redis's own clock, counted to the first connection), so drops
+ * made while this host was down, or cut off before, reach the tokens it
+ * brought back. Before start. */
+void shared_resume(shared *s, uint64_t age_ms, const char *last_read, uint64_t redis);
+/* The last event of the fleet's stream this host read, and which Redis
+ * it read it from (a hash of its address), for the image (after
+ * shared_stop()); false when none, or one of another namespace than the
+ * one in use. */
+bool shared_last_read(shared *s, char id[48], uint64_t *redis);
 /* Starts the two threads; Redis being down is not an error (degraded). */
 int shared_start(shared *s);
+/* How long a start waits for the fleet's events, at most. */
+#define SHARED_START_WAIT_MS 2000
+/* Waits until the event thread has read everything the fleet's stream
+ * held (the drops, revocations and flushes made while this host was down,
+ * applied to the tokens it brought back), or ms have passed. A host serves
+ * only after it, so that it never serves for a moment what the fleet
+ * dropped meanwhile. After shared_start(). */
+enum shared_read {
+    SHARED_READ_DONE,
+    SHARED_READ_UNREACHED, /* no connection to Redis yet */
+    SHARED_READ_SLOW,      /* connected, and still reading */
+};
+enum shared_read shared_wait_read(shared *s, uint64_t ms);
 /* The cache's fetch function (source: the shared *). */
 void shared_fetch(void *source, enum oauth_grant grant, const char *user_id, const char *scope,
                   const struct cache_want *want, cache_done_fn done, void *ctx);
@@ -118,6 +139,47 @@ void shared_drop(shared *s, enum oauth_grant grant, const char *user_id, const c
  * local is revoked at once). Never blocks. */
 void shared_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,
                    revoke_done_fn done, void *userdata);
+/* A revocation carried over a restart: as shared_revoke() with nobody
+ * waiting, its event saying it was asked at asked_unix_ms (0: now). */
+void shared_revoke_carried(shared *s, enum oauth_grant grant, const char *user_id, const char *scope,
+                           uint64_t asked_unix_ms);
+/* What Redis had not taken when the fleet stopped (each answered 503
+ * "..._pending", or told after a revocation), for the image carried over
+ * a restart, of the namespace in use: a drop, a revocation (take the
+ * user's token out of Redis and revoke it; value: when it was asked), a
+ * flush, or telling the fleet that a token was revoked at Instacart
+ * (value: its fingerprint; with its user, if any, whom every host drops).
+ * Call after shared_stop(). */
+enum shared_carried { SHARED_CARRIED_DROP, SHARED_CARRIED_REVOKE, SHARED_CARRIED_FLUSH, SHARED_CARRIED_TELL };
+size_t shared_export_pending(shared *s,
+                             void (*fn)(void *userdata, enum shared_carried what, enum oauth_grant grant,
+                                        const char *user_id, const char *scope, uint64_t value),
+                             void *userdata);
+/* A tell carried over a restart: every host refuses the token of
+ * fingerprint fp (fleet_token_fp()) and drops the user's, if any. */
+void shared_tell_revoked(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, uint64_t fp);
+/* The tokens this host knows the fleet revoked, by fingerprint, for the
+ * image (so that a restarted host still refuses one written back into
+ * Redis), and one put back at start, before shared_start(). */
+size_t shared_export_denied(shared *s, void (*fn)(void *userdata, uint64_t fp), void *userdata);
+void shared_deny(shared *s, uint64_t fp);
+/* When each user's tokens were last revoked (user: a fingerprint; 0:
+ * every user), for the image, so that a restarted host still refuses a
+ * token hidden from a revocation and written back; and one put back. */
+size_t shared_export_floors(shared *s, void (*fn)(void *userdata, uint64_t user, uint64_t at_unix_ms),
+                            void *userdata);
+void shared_floor(shared *s, uint64_t user, uint64_t at_unix_ms);
+/* The fleet's generation of the last flush this host knew proven (0:
+ * none), for the image, so that a restarted host never takes a generation
+ * set back behind it; and one put back (it only ever rises). */
+uint64_t shared_flush_floor(shared *s);
+void shared_set_flush_floor(shared *s, uint64_t gen);
+/* The revocation events this host applied lately, by id (for the image:
+ * a host restarted with its cache replays the last seconds of events, and
+ * must not apply one twice, revoking tokens minted since), and one put
+ * back at start, before shared_start(). */
+size_t shared_export_applied(shared *s, void (*fn)(void *userdata, uint64_t id), void *userdata);
+void shared_note_applied(shared *s, uint64_t id);
 /* Flushes the fleet: a new generation no host reads older tokens from.
  * ack as for shared_drop(). */
 void shared_flush(shared *s, shared_ack_fn ack, void *userdata);

@@ -12,6 +12,9 @@ typedef struct token {
     int64_t created_at;   /* Instacart's clock, only echoed back to callers */
     uint64_t received_ms; /* local monotonic time of receipt */
     uint64_t expires_ms;  /* received_ms + expires_in: the only expiry we trust */
+    /* fleet mode: when the host that minted it says it did (wall clock, ms),
+     * as sealed in the value, whatever TTL Redis gave it; 0: at received_ms */
+    uint64_t minted_unix_ms;
     uint32_t lifetime_s;  /* expires_in as received */
     uint16_t len;
     char value[];         /* NUL-terminated, RFC 6750 b64token characters only */

@@ -61,8 +61,14 @@ int upstream_start(upstream *u);
 void upstream_mint(upstream *u, enum oauth_grant grant, const char *user_id, const char *scope,
                    upstream_done_fn done, void *userdata);
 /* Revokes a token at Instacart (POST /v2/oauth/token/revoke); done gets
- * MINT_OK and no token on success. Same queue, retries and breaker as mints. */
-void upstream_revoke(upstream *u, const char *token_value, upstream_done_fn done, void *userdata);
+ * MINT_OK and no token on success. Same queue, retries and breaker as mints.
+ * generation: upstream_generation() when the token was had (0: now). A
+ * token of a server or client id a reload moved away from is never sent
+ * to the new one: it fails at once with "server_changed". */
+void upstream_revoke(upstream *u, uint64_t generation, const char *token_value, upstream_done_fn done,
+                     void *userdata);
+/* Bumped by a reload that changes the server or the client id. */
+uint64_t upstream_generation(upstream *u);
 /* A Recommendations call forwarded for a caller: status is Instacart's
  * HTTP status, or 0 when there was no answer (body NULL then). Called
  * exactly once, from the worker thread or before upstream_forward returns. */

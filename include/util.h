@@ -11,11 +11,21 @@
 
 /* Milliseconds on CLOCK_MONOTONIC: every lifetime in tokend is measured on it. */
 uint64_t now_ms(void);
+struct timespec;
+/* ms from now on CLOCK_MONOTONIC, as pthread_cond_timedwait() takes it
+ * for a condition made with that clock. */
+void mono_deadline(uint64_t ms, struct timespec *ret);
 /* Seconds on the wall clock, only for what is shown to people and callers. */
 int64_t now_unix(void);
 /* Milliseconds on the wall clock: only where hosts must agree on a moment
  * (a fleet flag's end), never for a token's own life. */
 uint64_t now_unix_ms(void);
+/* FNV-1a (64 bits) of the strings, one after the other (NULLs skipped):
+ * a cheap name for settings, not a secret. */
+uint64_t fnv1a64(const char *const *parts, size_t n);
+/* A Redis stream id, "<ms>-<seq>" in digits, each part fitting 64 bits,
+ * the whole of the len bytes at s. ret (may be NULL): {ms, seq}. */
+bool stream_id_parse(const char *s, size_t len, unsigned long long ret[2]);
 
 /* Free memory that held a secret, wiping it first. Accepts NULL; returns NULL. */
 void *wipe_free(void *p, size_t len);

@@ -49,11 +49,29 @@ _Static_assert(KEY_MAX >= NS_MAX + 2 + SEAL_NAME_LEN + 1, "KEY_MAX holds no key 
 #define FLAG_SLACK_MS 5000      /* how far hosts' wall clocks may differ */
 #define FLAG_MAX 48             /* "<until>:<mac>" */
 #define DENY_MAX 4096           /* revoked tokens remembered (the newest), each for a token's longest life */
+#define FLOORS_MAX 4096         /* users' revocations remembered (the newest), each for a token's longest life */
 #define REPAIR_EVERY_MS 5000    /* a generation set back or a poisoned stream: mended at most this often */
+#define UNPROVEN_GEN_MS 5000    /* a generation above the floor without a flush's proof: mended after this */
+/* A flush builds its generation at most this far above its host's floor,
+ * and a host takes a flush's generation for its floor only within this of
+ * the floor it was made on (both under the flush's proof): a proof copied
+ * onto another generation by a writer lifts no floor to where flushes no
+ * longer fit a Lua number (2^53) in fewer than 2^37 flushes. */
+#define FLUSH_STEP 65536
 #define FUTURE_MAX_MS 3600000   /* an event id this far past Redis's clock was not made by XADD '*' */
+/* An event's names and values, at most: a flush has 8, the most any host
+ * writes; one with more was written by hand, to make every host's reader
+ * slow (each field costs an attempt to open it), and is refused whole */
+#define EVENT_FIELDS_MAX 16
 #define RECENT_MAX 256          /* drops, revocations and flushes kept to send again after a failover */
+#define REVS_APPLIED_MAX 1024   /* revocation events applied lately: one replayed is not applied twice */
+/* A host's own copy is revoked by a revocation event only if it was minted
+ * before the event was made, give or take the hosts' clocks: a Redis
+ * writer replaying an old event cannot have newer tokens revoked. */
+#define REVOKED_SKEW_MS 5000
 #define RECENT_MS 30000         /* ... for this long: a deposed master keeps saying "master" ~10 s */
 #define OWN_MAX 16384           /* tokens minted here while Redis was away, kept to reconcile once it is back */
+#define SAY_EVERY_MS 60000      /* a fault that lasts is logged again at most this often */
 
 enum script { S_LOOKUP, S_PUBLISH, S_RELEASE, S_DROP, S_FLUSH, S_REVOKED, S_RENEW, S_ADOPT, S_COUNT };
 extern const char *const fleet_scripts[S_COUNT];
@@ -95,8 +113,11 @@ struct job {
     char user[OAUTH_USER_ID_MAX + 1];
     char scope[OAUTH_SCOPE_MAX + 1];
     char ns[NS_MAX];            /* "<prefix>:<namespace>:" when the job was made */
+    uint64_t up_gen;            /* upstream_generation() then: what it takes from Redis is of that server */
+    uint64_t asked_unix_ms;     /* a revocation: when it was asked (its event says so, however late it is sent) */
     char tok_key[2][KEY_MAX];   /* current and previous key's names (the same without one) */
     char lease_key[KEY_MAX];
+    char lease_prev[KEY_MAX];   /* the lease's name under the previous key (lease_key without one) */
     struct cache_want want;
     cache_done_fn done;
     void *ctx;
@@ -168,8 +189,11 @@ struct shared {
     pthread_mutex_t lock;       /* guards everything below */
     pthread_cond_t cond;        /* the command thread's: work queued */
     pthread_cond_t ev_cond;     /* the event thread's: stop its backoff */
+    pthread_cond_t read_cond;   /* the start's: read_once became true */
+    bool read_once;             /* the event thread has read all the stream held, once */
     struct queue queue, waiting;
     struct queue pending;    /* drops and flushes Redis could not take yet */
+    struct queue carried;    /* after a stop: those, for the image carried over a restart */
     bool stopping, started;
     breaker br;
     int ev_fd;                  /* the event reader's socket, to interrupt it at stop */
@@ -178,6 +202,12 @@ struct shared {
     unsigned long long lease_seq;
 
     uint64_t resume_age_ms;     /* see shared_resume(); 0: start from now */
+    uint64_t resume_at_ms;      /* ... when it was given (the first connection may come much later) */
+    char resume_last[48];       /* ... the last event read before the restart, "" unknown */
+    uint64_t resume_redis;      /* ... from the Redis of this address hash (fleet_redis_id()) */
+    char last_read[48];         /* the last event the event thread read, in last_read_ns (under lock) */
+    char last_read_ns[NS_MAX];
+    uint64_t last_read_redis;   /* ... from the Redis of this address hash */
     uint64_t flag_said_ms;      /* when a forged flag was last logged */
     uint64_t foreign_said_ms;   /* when a flush of another fleet was last logged */
     uint64_t creds_ok_ms;       /* the newest mint success known (unix ms): older credentials flags are over */
@@ -196,16 +226,32 @@ struct shared {
         char user[OAUTH_USER_ID_MAX + 1];
         char scope[OAUTH_SCOPE_MAX + 1];
         char fps[3 * 17];
+        char ns[NS_MAX];        /* where it went: a reload to another server since does not move it */
+        char tok_key[2][KEY_MAX];
     } recent[RECENT_MAX];
     size_t recent_next;
     char master[280];           /* the Redis the command thread last connected to (command thread only) */
     uint64_t refusal_said_ms;   /* when a refusal from Redis was last logged */
     uint64_t events_said_ms;    /* when the event reader's failure was last logged */
     unsigned long long max_gen; /* the highest generation seen: never lets it go back */
+    uint64_t unproven_since_ms; /* since when Redis's generation is above it without proof (0: it is not) */
+    uint64_t unproven_seen_ms;  /* ... when last seen so */
     uint64_t repair_ms;         /* when a repair flush was last sent */
+    uint64_t revs_applied[REVS_APPLIED_MAX]; /* revocation events applied, by their proof's MAC (event thread) */
+    size_t revs_next;
+    uint64_t unproven_said_ms;  /* when a revocation event without its proof was last logged */
     uint64_t denied[DENY_MAX];  /* fingerprints of tokens revoked by the fleet, a ring */
     uint64_t denied_until[DENY_MAX];
     size_t deny_next;
+    /* When each user's tokens were last revoked (fleet_floor_raise()): a
+     * shared value minted before is never served, a ring; and the newest
+     * of those the ring let go, for every user */
+    struct floor {
+        uint64_t user;          /* fleet_user_fp() */
+        uint64_t at_unix_ms;
+    } floors[FLOORS_MAX];
+    size_t floor_next;
+    uint64_t floor_all_unix_ms;
     bool failing;               /* Redis failing was said, its return not yet */
     uint64_t failing_said_ms;
     unsigned long long failures_unsaid;
@@ -218,6 +264,8 @@ struct shared {
  * once that it is not done, and this host's own copy is revoked without
  * waiting; the shared copies are revoked when the drop is sent. */
 struct later {
+    char ns[NS_MAX];            /* the namespace the revocation was asked in ('' : the one now) */
+    uint64_t up_gen;            /* and the upstream's generation then (0: now) */
     token *local;
     revoke_done_fn done;
     void *ctx;
@@ -225,10 +273,15 @@ struct later {
     void *actx;
 };
 bool fleet_keep_for_later_locked(shared *s, struct job *j, struct later *l);
+void fleet_carry(shared *s, struct job *j);
+void fleet_remember(shared *s, const struct job *j, uint64_t now);
+void fleet_replay_recent_locked(shared *s, const char *address, uint64_t now);
+/* fleet_events.c */
+bool fleet_revocation_applied(shared *s, uint64_t id);
 void fleet_drop(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, const token *only,
                 shared_ack_fn ack, void *userdata);
 void fleet_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,
-                  revoke_done_fn done, void *userdata);
+                  uint64_t asked_unix_ms, revoke_done_fn done, void *userdata);
 void fleet_flush(shared *s, shared_ack_fn ack, void *userdata);
 void fleet_flush_as(shared *s, bool remake, shared_ack_fn ack, void *userdata);
 void fleet_reconcile(shared *s, const char *ns, const char *last_event);
@@ -239,6 +292,9 @@ void fleet_degrade(shared *s, struct job *j);
 void fleet_fail_job(shared *s, struct job *j);
 void fleet_hold(shared *s, struct job *j);
 void fleet_job_free(struct job *j);
+/* A drop, revocation or flush to send again: to the same namespace and
+ * keys as j, whatever a reload changed since. NULL: out of memory. */
+struct job *fleet_job_again(shared *s, const struct job *j);
 int fleet_job_names(shared *s, struct job *j);
 struct job *fleet_job_new(shared *s, enum job_kind kind, enum oauth_grant grant, const char *user_id, const char *scope);
 void fleet_mint(shared *s, struct job *j, enum shared_mint how);
@@ -247,24 +303,67 @@ bool fleet_submit(shared *s, struct job *j);
 void fleet_unavailable(struct job *j, const char *error, int http_status, unsigned retry_after_s, bool deferred);
 
 /* fleet_trust.c */
+/* Whether to log again what was last logged at *said_ms (0: never):
+ * once a minute, so that a fault that lasts does not flood the journal.
+ * Under s->lock. */
+static inline bool fleet_time_to_say(uint64_t *said_ms, uint64_t now) {
+    if (*said_ms && now - *said_ms < SAY_EVERY_MS)
+        return false;
+    *said_ms = now;
+    return true;
+}
 bool fleet_denied(shared *s, const token *t);
 void fleet_deny(shared *s, uint64_t fp);
+/* A user's key (grant, user id, scope) as the list of revocations names it. */
+uint64_t fleet_user_fp(enum oauth_grant grant, const char *user_id, const char *scope);
+/* The user's tokens were revoked at this time (Unix ms, as the revoking
+ * host's clock said): a shared value of theirs minted before it is
+ * refused from now on, for a token's longest life, and across a restart
+ * with the cache. */
+void fleet_floor_raise(shared *s, uint64_t user, uint64_t at_unix_ms);
+/* The same for every user: this host missed events, which may have been
+ * of any of them. */
+void fleet_floor_all(shared *s, uint64_t at_unix_ms);
+enum floor_verdict {
+    FLOOR_SERVE,    /* minted after the user's last revocation, or none known */
+    FLOOR_REFUSE,   /* minted before it, or too near it to tell: never served */
+    FLOOR_REVOKE,   /* ... and surely before it (by REVOKED_SKEW_MS): a token the revocation missed */
+};
+enum floor_verdict fleet_floor_check(shared *s, uint64_t user, const token *t);
 bool fleet_flag_holds(shared *s, const char *ns, const char *name, const redisReply *v, const redisReply *ttl, uint64_t max_ms);
 uint64_t fleet_flag_left_ms(shared *s, const char *ns, const char *name, const char *v, size_t len, uint64_t ttl_ms, uint64_t max_ms);
 int fleet_flag_make(shared *s, const char *ns, const char *name, uint64_t ms, char out[FLAG_MAX]);
 int fleet_proof_make(shared *s, const char *ns, const char *name, char out[FLAG_MAX]);
 bool fleet_proof_holds(shared *s, const char *ns, const char *name, const char *v, size_t len, uint64_t *ret_made);
+/* A flush's second proof ('q'), bound to the floor it was made on ('b'). */
+int fleet_floor_proof_make(shared *s, const char *ns, const char *floor, char out[FLAG_MAX]);
+bool fleet_floor_proof_holds(shared *s, const char *ns, const char *floor, size_t floor_len, const char *v,
+                             size_t len);
+int fleet_revoked_proof_make(shared *s, const char *ns, const void *v, size_t len, uint64_t at,
+                             char out[FLAG_MAX]);
+bool fleet_revoked_proof_holds(shared *s, const char *ns, const void *v, size_t len, const char *proof,
+                               size_t proof_len, uint64_t *ret_made);
 void fleet_creds_ok(shared *s, uint64_t at_ms);
 bool fleet_creds_flag_holds(shared *s, const char *ns, const redisReply *v, const redisReply *ttl);
 const char *fleet_gen_seen(shared *s, const char *text, size_t len, bool proven);
+/* Whether a value may be sealed under this generation (as the lookup read
+ * it): only under our floor, the generation of the last flush we know
+ * proven. */
+bool fleet_gen_sealable(shared *s, const char *gen);
 uint64_t fleet_token_fp(const token *t);
 void fleet_on_credentials_rejected(void *userdata);
 void fleet_on_paused(void *userdata, uint64_t ms);
 void fleet_refused(shared *s, const char *command, const char *error);
 void fleet_refused_flag(shared *s, const char *name);
 void fleet_repair_flush(shared *s, const char *why, bool remake);
-void fleet_tell_revoked(shared *s, enum oauth_grant grant, const char *user_id, const char *scope,
+void fleet_tell_revoked(shared *s, const char *ns, enum oauth_grant grant, const char *user_id, const char *scope,
                         token *const *toks, size_t n);
+/* The fingerprints in a tell's text (16 hex digits each, comma-separated,
+ * as fleet_tell_revoked_fps() writes them), at most max: how many. */
+size_t fleet_fps_parse(const char *text, uint64_t *fps, size_t max);
+/* The same by fingerprints (fleet_token_fp()), at most 3. */
+void fleet_tell_revoked_fps(shared *s, const char *ns, enum oauth_grant grant, const char *user_id,
+                            const char *scope, const uint64_t *fps, size_t n);
 
 /* fleet_link.c */
 int fleet_find_master(shared *s, char *address, size_t size, char *err, size_t err_size);
@@ -291,8 +390,9 @@ bool fleet_stream_id_parse(const char *s, size_t len, struct fleet_stream_id *re
 int fleet_stream_id_cmp(struct fleet_stream_id a, struct fleet_stream_id b);
 /* What XINFO STREAM says of the stream's ends. */
 struct fleet_stream_info {
-    bool have_newest, have_gone, have_first;
+    bool have_newest, have_gone, have_first, have_added;
     struct fleet_stream_id newest, gone, first; /* last-generated, max-deleted, recorded-first */
+    unsigned long long added;                   /* entries-added: every entry the stream ever had */
 };
 void fleet_stream_info_decode(const redisReply *r, struct fleet_stream_info *ret);
 /* The lookup script's answer (see fleet_wire.c): false for any other shape. */

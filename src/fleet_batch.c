@@ -75,8 +75,8 @@ static int append(shared *s, redisContext *c, struct job *j) {
     switch (j->kind) {
     case J_LOOKUP: {
         char gen_key[KEY_MAX], pause_key[KEY_MAX], skip[2 * 41] = "";
-        const char *argv[] = { "EVALSHA", s->sha[S_LOOKUP], "5", j->tok_key[0], j->tok_key[1], j->lease_key,
-                               gen_key, pause_key, min_life, j->lease_id, lease_ms, skip, "",
+        const char *argv[] = { "EVALSHA", s->sha[S_LOOKUP], "6", j->tok_key[0], j->tok_key[1], j->lease_key,
+                               gen_key, pause_key, j->lease_prev, min_life, j->lease_id, lease_ms, skip, "",
                                j->skip_pause ? "1" : "0" };
         snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
         snprintf(pause_key, sizeof(pause_key), "%spause", j->ns);
@@ -88,12 +88,18 @@ static int append(shared *s, redisContext *c, struct job *j) {
         snprintf(lease_ms, sizeof(lease_ms), "%llu", (unsigned long long)__atomic_load_n(&s->lease_ms, __ATOMIC_RELAXED));
         if (!j->lease_id[0])
             fleet_lease_id(s, j->lease_id);
-        return redisAppendCommandArgv(c, 14, argv, NULL);
+        return redisAppendCommandArgv(c, 15, argv, NULL);
     }
     case J_PUBLISH: {
         char gen_key[KEY_MAX], creds_key[KEY_MAX], ok_key[KEY_MAX], proof[FLAG_MAX], keep[24];
         uint64_t left;
         int r;
+        if (!fleet_gen_sealable(s, j->gen)) {
+            /* a generation no flush of ours made (yet): the token stays
+             * here, and the lease is given up for the next host to mint */
+            j->kind = J_RELEASE;
+            return append(s, c, j);
+        }
         snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
         snprintf(creds_key, sizeof(creds_key), "%screds", j->ns);
         snprintf(ok_key, sizeof(ok_key), "%scredsok", j->ns);
@@ -126,35 +132,37 @@ static int append(shared *s, redisContext *c, struct job *j) {
         return redisAppendCommandArgv(c, 6, argv, NULL);
     }
     case J_DROP: {
-        char ev_key[KEY_MAX];
+        char ev_key[KEY_MAX], made[FLAG_MAX] = "";
         int r;
         snprintf(ev_key, sizeof(ev_key), "%sevents", j->ns);
         pthread_rwlock_rdlock(&s->keys_lock);
         r = seal_tuple(&s->keys, ev_key, strlen(ev_key), j->grant, j->user, j->scope, blob, &blen);
         pthread_rwlock_unlock(&s->keys_lock);
-        if (r < 0)
+        if (r < 0 || (j->revoke && fleet_revoked_proof_make(s, j->ns, blob, blen, j->asked_unix_ms, made) < 0))
             return REDIS_ERR;
         {
             const char *argv[] = { "EVALSHA", s->sha[S_DROP], "3", j->tok_key[0], j->tok_key[1], ev_key,
-                                   j->fp, (const char *)blob, maxlen, j->revoke ? "v" : "d", j->fp_prev };
-            size_t lens[11];
-            for (int i = 0; i < 11; i++)
+                                   j->fp, (const char *)blob, maxlen, j->revoke ? "v" : "d", j->fp_prev, made };
+            size_t lens[ARRAY_SIZE(argv)];
+            for (size_t i = 0; i < ARRAY_SIZE(argv); i++)
                 lens[i] = i == 7 ? blen : strlen(argv[i]); /* the sealed key is binary */
-            return redisAppendCommandArgv(c, 11, argv, lens);
+            return redisAppendCommandArgv(c, (int)ARRAY_SIZE(argv), argv, lens);
         }
     }
     case J_FLUSH: {
-        char gen_key[KEY_MAX], ev_key[KEY_MAX], floor[24], proof[FLAG_MAX];
+        char gen_key[KEY_MAX], ev_key[KEY_MAX], floor[24], proof[FLAG_MAX], bound[FLAG_MAX], step[24];
         const char *argv[] = { "EVALSHA", s->sha[S_FLUSH], "2", gen_key, ev_key, maxlen, floor, proof,
-                               j->remake ? "1" : "0" };
+                               j->remake ? "1" : "0", bound, step };
+        snprintf(step, sizeof(step), "%d", FLUSH_STEP);
         snprintf(gen_key, sizeof(gen_key), "%sgen", j->ns);
         snprintf(ev_key, sizeof(ev_key), "%sevents", j->ns);
-        if (fleet_proof_make(s, j->ns, "flush", proof) < 0)
-            return REDIS_ERR;
         pthread_mutex_lock(&s->lock);
         snprintf(floor, sizeof(floor), "%llu", s->max_gen);
         pthread_mutex_unlock(&s->lock);
-        return redisAppendCommandArgv(c, 9, argv, NULL);
+        /* 'p' for hosts of the release before; 'q' bound to the floor */
+        if (fleet_proof_make(s, j->ns, "flush", proof) < 0 || fleet_floor_proof_make(s, j->ns, floor, bound) < 0)
+            return REDIS_ERR;
+        return redisAppendCommandArgv(c, (int)ARRAY_SIZE(argv), argv, NULL);
     }
     case J_REVOKED: {
         char ev_key[KEY_MAX];
@@ -250,6 +258,28 @@ static token *open_value(shared *s, struct job *j, const redisReply *v, int whic
         t = NULL;
     pthread_rwlock_unlock(&s->keys_lock);
     return t;
+}
+
+/* Whether a shared value was minted before its user's last revocation: a
+ * value hidden from the revocation (a Redis writer took it out, or a
+ * publish landed after it) and put back since. Never served; one surely
+ * minted before it is revoked now, as the revocation meant, and the fleet
+ * told (its fingerprint: no host serves it again). */
+static bool below_floor(shared *s, struct job *j, token *t) {
+    enum floor_verdict v = fleet_floor_check(s, fleet_user_fp(j->grant, j->user, j->scope), t);
+
+    if (v == FLOOR_SERVE)
+        return false;
+    pthread_mutex_lock(&s->lock);
+    s->stats.stale_refused++;
+    pthread_mutex_unlock(&s->lock);
+    if (v == FLOOR_REVOKE) {
+        log_warning("fleet: a token of a user revoked since was written back into Redis (someone with the "
+                    "Redis password kept it); revoking it now, and it is never served");
+        fleet_tell_revoked(s, j->ns, j->grant, NULL, NULL, &t, 1);
+        revocations_revoke(s->rv, &t, 1, j->up_gen, NULL, NULL);
+    }
+    return true;
 }
 
 /* Waits on another host's lease: poll again soon, with backoff; past
@@ -378,6 +408,13 @@ static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t no
                 fleet_degrade(s, j);
             return;
         }
+        if (t && below_floor(s, j, t)) {
+            t = token_unref(t);
+            refuse(j, r->element[1]);
+            if (!fleet_submit(s, j))
+                fleet_degrade(s, j);
+            return;
+        }
         if (t && token_remaining_ms(t, now_ms()) > life_needed(t, j->want.min_life_ms)) {
             deliver(j, t);
             return;
@@ -422,12 +459,31 @@ static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t no
     }
 }
 
+/* The caller of a revocation whose drop no replica confirmed: told so
+ * with what Instacart said (the drop is kept and sent again). */
+struct unconfirmed {
+    revoke_done_fn done;
+    void *ctx;
+};
+
+static void unconfirmed_done(void *userdata, const struct revoke_outcome *o) {
+    struct unconfirmed u = *(struct unconfirmed *)userdata;
+    struct revoke_outcome told = *o;
+
+    free(userdata);
+    told.unconfirmed = true;
+    u.done(u.ctx, &told);
+}
+
 /* A revocation's drop was made: what it took out of Redis, opened, is
  * revoked with this host's own copy. A value that does not open (tampered
- * with, or sealed under a key we lack) cannot be revoked by us: counted. */
+ * with, or sealed under a key we lack) cannot be revoked by us: counted.
+ * Revoked at once, whether or not a replica confirmed the drop; the caller
+ * is told it is done only once one did (or hears it is not, with a 503). */
 static void revoke_taken(shared *s, struct job *j, const redisReply *r) {
     token *toks[3] = { j->local, NULL, NULL };
     revoke_done_fn done = j->rdone;
+    void *ctx = j->rctx;
 
     for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && r->elements == 4 && i < 2; i++) {
         const redisReply *v = r->element[2 * i], *ttl = r->element[2 * i + 1];
@@ -450,55 +506,33 @@ static void revoke_taken(shared *s, struct job *j, const redisReply *r) {
         }
     }
     j->rdone = NULL;
-    fleet_tell_revoked(s, j->grant, j->user, j->scope, toks, 3);
-    revocations_revoke(s->rv, toks, 3, done, j->rctx);
+    if (done && j->undurable) {
+        struct unconfirmed *u = malloc(sizeof(*u));
+        if (u) {
+            *u = (struct unconfirmed){ .done = done, .ctx = ctx };
+            done = unconfirmed_done;
+            ctx = u;
+        } else { /* answered now: not durable, whatever Instacart says */
+            done(ctx, &(struct revoke_outcome){ .unconfirmed = true });
+            done = NULL;
+        }
+    }
+    fleet_tell_revoked(s, j->ns, j->grant, j->user, j->scope, toks, 3);
+    revocations_revoke(s->rv, toks, 3, j->up_gen, done, ctx);
     token_unref(toks[1]);
     token_unref(toks[2]);
 }
 
-/* A drop, revocation or flush Redis took: remembered a while (see
- * replay_recent()). */
-static void remember(shared *s, const struct job *j, uint64_t now) {
-    struct recent *m = &s->recent[s->recent_next];
-
-    *m = (struct recent){ .at_ms = now, .kind = j->kind, .grant = j->grant };
-    memcpy(m->user, j->user, sizeof(m->user));
-    memcpy(m->scope, j->scope, sizeof(m->scope));
-    memcpy(m->fps, j->fps, sizeof(m->fps));
-    s->recent_next = (s->recent_next + 1) % RECENT_MAX;
-}
-
-/* Connected to another master than before (a failover): what the last one
- * took lately is sent again, first, since a master the sentinels deposed
- * loses its last writes when it rejoins as a replica, and a host can keep
- * writing to it for seconds (it still says "master"). Drops and flushes
- * are harmless to repeat; a revocation's drop is repeated as a drop (the
- * revocation itself was made). Called with the lock held. */
-static void replay_recent_locked(shared *s, const char *address, uint64_t now) {
-    struct queue again = { 0 };
-
-    if (s->master[0] && strcmp(s->master, address) != 0)
-        for (size_t i = 0; i < RECENT_MAX; i++) {
-            struct recent *m = &s->recent[i];
-            struct job *j;
-            if (!m->at_ms || now - m->at_ms > RECENT_MS)
-                continue;
-            pthread_mutex_unlock(&s->lock);
-            j = fleet_job_new(s, m->kind, m->grant, m->user, m->scope);
-            if (j)
-                memcpy(j->fps, m->fps, sizeof(j->fps));
-            pthread_mutex_lock(&s->lock);
-            if (j)
-                queue_push(&again, &j->link);
-            s->stats.replayed++;
-        }
-    snprintf(s->master, sizeof(s->master), "%s", address);
-    queue_prepend(&s->queue, &again);
-}
-
 static void answered(shared *s, struct job *j, redisReply *r, uint64_t now) {
     if ((j->kind == J_DROP || j->kind == J_FLUSH || j->kind == J_REVOKED) && r->type != REDIS_REPLY_ERROR)
-        remember(s, j, now);
+        fleet_remember(s, j, now);
+    if (j->kind == J_FLUSH && r->type == REDIS_REPLY_INTEGER && r->integer > 0) {
+        /* our own flush's generation is proven to us now, before its
+         * event comes back: what we mint next is sealed under it */
+        char g[24];
+        snprintf(g, sizeof(g), "%lld", r->integer);
+        fleet_gen_seen(s, g, strlen(g), true);
+    }
     if (j->kind == J_LOOKUP) {
         lookup_answered(s, j, r, now);
         return;
@@ -559,7 +593,7 @@ static void connection_lost(shared *s, redisContext **c, const char *why) {
     s->stats.address[0] = '\0';
     n = ++s->failures_unsaid;
     first = !s->failing;
-    say = opened && (first || now - s->failing_said_ms >= 60000);
+    say = opened && (first || now - s->failing_said_ms >= SAY_EVERY_MS);
     if (say) {
         s->failing_said_ms = now;
         s->failures_unsaid = 0;
@@ -619,12 +653,9 @@ static bool replicated(shared *s, redisContext **c, const struct job *j) {
     freeReplyObject(w);
     if (ok)
         return true;
-    again = fleet_job_new(s, j->kind, j->grant, j->user, j->scope);
+    again = fleet_job_again(s, j);
     if (!again)
         return false;
-    memcpy(again->fp, j->fp, sizeof(again->fp));
-    memcpy(again->fp_prev, j->fp_prev, sizeof(again->fp_prev));
-    memcpy(again->fps, j->fps, sizeof(again->fps));
     pthread_mutex_lock(&s->lock);
     s->stats.unreplicated++;
     if (!fleet_keep_for_later_locked(s, again, &l)) {
@@ -682,7 +713,7 @@ static void run_batch(shared *s, redisContext **c, struct queue *batch) {
         s->stats.up = true;
         s->stats.reconnects++;
         snprintf(s->stats.address, sizeof(s->stats.address), "%s", address);
-        replay_recent_locked(s, address, now);
+        fleet_replay_recent_locked(s, address, now);
         if (s->pending.n) { /* drops and flushes from while Redis was away go first */
             queue_prepend(&s->queue, &s->pending);
             s->stats.pending = 0;
@@ -854,14 +885,7 @@ void *fleet_command_thread(void *arg) {
             struct timespec ts;
             if (s->queue.n)
                 continue;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            {
-                uint64_t wait = next > now ? next - now : 0;
-                ts.tv_sec += (time_t)(wait / 1000);
-                ts.tv_nsec += (long)(wait % 1000) * 1000000L;
-                if (ts.tv_nsec >= 1000000000L)
-                    ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-            }
+            mono_deadline(next > now ? next - now : 0, &ts);
             pthread_cond_timedwait(&s->cond, &s->lock, &ts);
             continue;
         }

@@ -20,7 +20,8 @@
 
 struct reader;
 static void local_flush(struct reader *rd, const char *why);
-static bool flush_proven(struct reader *rd, const redisReply *fields);
+enum flush_proof { FLUSH_FOREIGN, FLUSH_OURS, FLUSH_FLOOR };
+static enum flush_proof flush_proven(struct reader *rd, const redisReply *fields);
 
 struct reader {
     shared *s;
@@ -29,16 +30,27 @@ struct reader {
     char ns[NS_MAX];
     char last[48];     /* the last event applied, "" before the first connection */
     bool caught_up;    /* the last read found no more events than it returned */
+    bool fresh;        /* connected since the last read: the next one does not block */
+    /* the stream's count of entries ever added, when we had read them all,
+     * and how many we read since: see whole() */
+    bool have_added;
+    unsigned long long added, read_since;
+    bool behind;       /* whole() saw events after the last one we read: the next read must find some */
+    char newest[48];   /* ... the newest it saw */
     char address[280]; /* the Redis this thread reads from */
     unsigned long long redis_ms; /* Redis's clock at the last heartbeat, 0 before */
 };
 
 /* The events stream cannot be trusted to hold what this host missed: its
- * tokens go (each costs a fleet_mint), and the event is counted. */
+ * tokens go, and so does its trust in every shared value minted before
+ * now (a revocation or flush it missed may have been of it, and a writer
+ * may have written it back: found by an attack), each a mint; the event
+ * is counted. */
 static void stream_reset(struct reader *rd, const char *why) {
     pthread_mutex_lock(&rd->s->lock);
     rd->s->stats.stream_resets++;
     pthread_mutex_unlock(&rd->s->lock);
+    fleet_floor_all(rd->s, now_unix_ms());
     local_flush(rd, why);
 }
 
@@ -54,6 +66,7 @@ static void local_flush(struct reader *rd, const char *why) {
 /* After a (re)connection: events missed meanwhile are read from where we
  * left off, unless the stream no longer has them; then our tokens go. */
 static bool learn_revoked(struct reader *rd, const redisReply *v);
+static void learn_floor(struct reader *rd, const redisReply *v, const redisReply *fields);
 
 /* A host's first connection: the revocations and flushes the stream still
  * holds are learned (not applied: its cache has nothing older), so that a
@@ -85,13 +98,18 @@ static void learn_history(struct reader *rd, struct fleet_stream_id upto) {
                 fleet_stream_id_cmp(id, upto) > 0)
                 continue;
             f = e->element[1];
-            for (size_t k = 0; f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2) {
+            /* one too large to be ours is passed over here; read as an
+             * event, it makes the stream anew (oversized()) */
+            for (size_t k = 0; f->type == REDIS_REPLY_ARRAY && f->elements <= EVENT_FIELDS_MAX && k + 1 < f->elements;
+                 k += 2) {
                 redisReply *name = f->element[k], *v = f->element[k + 1];
                 if (name->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
                     continue;
                 if (strcmp(name->str, "r") == 0)
                     learn_revoked(rd, v);
-                else if (strcmp(name->str, "f") == 0 && flush_proven(rd, f))
+                else if (strcmp(name->str, "v") == 0)
+                    learn_floor(rd, v, f);
+                else if (strcmp(name->str, "f") == 0 && flush_proven(rd, f) == FLUSH_FLOOR)
                     fleet_gen_seen(rd->s, v->str, v->len, true); /* the highest: nothing to flush here yet */
             }
             snprintf(from, sizeof(from), "%.*s", (int)(e->element[0]->len < 40 ? e->element[0]->len : 40),
@@ -103,6 +121,14 @@ static void learn_history(struct reader *rd, struct fleet_stream_id upto) {
         if (!more)
             return;
     }
+}
+
+/* Which Redis an address names, for the image: a hash, never 0. */
+static uint64_t redis_id(const char *address) {
+    const char *parts[] = { address };
+    uint64_t h = fnv1a64(parts, 1);
+
+    return h ? h : 1;
 }
 
 static int catch_up(struct reader *rd) {
@@ -128,6 +154,7 @@ static int catch_up(struct reader *rd) {
         if ((rd->last[0] && strcmp(rd->last, "0-0") != 0) || restored)
             stream_reset(rd, "Redis lost the fleet's events (restarted without them?)");
         rd->s->resume_age_ms = 0;
+        rd->s->resume_last[0] = '\0';
         freeReplyObject(r);
         /* made now, so that a stream lost later (Redis restarted without
          * it) is told apart from one that never had an event: its first
@@ -156,12 +183,26 @@ static int catch_up(struct reader *rd) {
     have_first = info.have_first, first = info.first;
     if (!rd->last[0] && have_newest)
         learn_history(rd, newest); /* a host new or restarted: what the fleet revoked and flushed */
+    if (!rd->last[0] && rd->s->resume_last[0]) {
+        /* restarted with its cache: on from the last event it read before,
+         * however long it was cut off then, or is now; the stream must
+         * still hold everything since (checked below). Only in the Redis
+         * it was read from: another's ids say nothing of what we missed
+         * (the fleet moved to another Redis: then by Redis's clock, below) */
+        if (rd->s->resume_redis == redis_id(rd->address)) {
+            snprintf(rd->last, sizeof(rd->last), "%s", rd->s->resume_last);
+            rd->s->resume_age_ms = 0; /* once */
+        }
+        rd->s->resume_last[0] = '\0';
+    }
     if (!rd->last[0] && rd->s->resume_age_ms) {
         /* tokens brought back over a restart: replay from shortly before the
          * image was written, on Redis's clock (ours and its never compared) */
         const char *targv[] = { "TIME" };
         redisReply *t = redisCommandArgv(rd->c, 1, targv, NULL);
-        unsigned long long now_ms_redis = 0, back = rd->s->resume_age_ms + RESUME_MARGIN_MS;
+        /* the image's age when this connection is made, not when it was read */
+        uint64_t age = rd->s->resume_age_ms + (now_ms() - rd->s->resume_at_ms);
+        unsigned long long now_ms_redis = 0, back = age + RESUME_MARGIN_MS;
         if (!t || !fleet_time_decode(t, &now_ms_redis)) {
             if (t)
                 freeReplyObject(t);
@@ -169,8 +210,7 @@ static int catch_up(struct reader *rd) {
             return -EIO;
         }
         freeReplyObject(t);
-        struct fleet_stream_id image = { .ms = now_ms_redis > rd->s->resume_age_ms ? now_ms_redis - rd->s->resume_age_ms
-                                                                            : 0 };
+        struct fleet_stream_id image = { .ms = now_ms_redis > age ? now_ms_redis - age : 0 };
         rd->s->resume_age_ms = 0; /* once */
         snprintf(rd->last, sizeof(rd->last), "%llu-0", now_ms_redis > back ? now_ms_redis - back : 0);
         /* trimmed past where the replay starts, or first made after the
@@ -191,8 +231,12 @@ static int catch_up(struct reader *rd) {
             why = "the fleet's events stream was made anew since this host last read it";
         if (why) {
             stream_reset(rd, why);
-            if (have_newest)
+            if (have_newest) {
+                /* what we pass over is learned, not applied (our tokens
+                 * went): a flush's proven generation among it, above all */
+                learn_history(rd, newest);
                 snprintf(rd->last, sizeof(rd->last), "%llu-%llu", newest.ms, newest.seq);
+            }
         }
     }
     freeReplyObject(r);
@@ -244,14 +288,27 @@ static int heartbeat(struct reader *rd) {
     snprintf(ok_key, sizeof(ok_key), "%scredsok", rd->ns);
     for (size_t i = 0; i < ARRAY_SIZE(argv); i++)
         redisAppendCommandArgv(rd->c, argv[i][1] ? 2 : 1, argv[i], NULL);
-    for (size_t i = 0; i < ARRAY_SIZE(argv); i++)
-        if (redisGetReply(rd->c, (void **)&r[i]) != REDIS_OK || !r[i] || r[i]->type == REDIS_REPLY_ERROR)
+    for (size_t i = 0; i < ARRAY_SIZE(argv); i++) {
+        if (redisGetReply(rd->c, (void **)&r[i]) != REDIS_OK || !r[i])
             ret = -EIO;
+        else if (r[i]->type == REDIS_REPLY_ERROR && strcmp(argv[i][0], "GET") == 0) {
+            /* a key of ours that someone made another type (a stream, a
+             * list): named and read as no flag, never a reason to stop
+             * reading the fleet's drops (a generation so written is
+             * mended below, as one that is not a number) */
+            fleet_refused(s, "GET", r[i]->str);
+        } else if (r[i]->type == REDIS_REPLY_ERROR)
+            ret = -EIO;
+    }
     if (ret == 0) {
         /* checked only: a flush of this fleet is applied when its event,
          * with its proof, is read (or the stream's continuity fails) */
         if (r[0]->type == REDIS_REPLY_STRING)
             fleet_gen_check(s, r[0]->str, r[0]->len, false);
+        else if (r[0]->type == REDIS_REPLY_ERROR)
+            fleet_gen_check(s, "", 0, false);
+        else /* none: as the scripts read it, "0", which is going back once we knew a flush */
+            fleet_gen_check(s, "0", 1, false);
         if (!fleet_time_decode(r[5], &rd->redis_ms))
             rd->redis_ms = 0; /* unknown: no event id is judged by it */
         if (r[6]->type != REDIS_REPLY_ARRAY || r[6]->elements < 1 || r[6]->element[0]->type != REDIS_REPLY_STRING ||
@@ -302,18 +359,15 @@ static bool open_event(struct reader *rd, const redisReply *v, enum oauth_grant 
 /* An 'r' event: the fingerprints of tokens the fleet revoked, sealed. */
 static bool learn_revoked(struct reader *rd, const redisReply *v) {
     char fps[OAUTH_USER_ID_MAX + 1], scope[OAUTH_SCOPE_MAX + 1];
+    uint64_t fp[sizeof(fps) / 17 + 1];
     enum oauth_grant grant;
+    size_t n;
 
     if (!open_event(rd, v, &grant, fps, scope) || strcmp(scope, "revoked") != 0)
         return false;
-    for (char *p = fps; *p;) {
-        char *end;
-        unsigned long long fp = strtoull(p, &end, 16);
-        if (end != p + 16)
-            break;
-        fleet_deny(rd->s, fp);
-        p = *end == ',' ? end + 1 : end;
-    }
+    n = fleet_fps_parse(fps, fp, ARRAY_SIZE(fp));
+    for (size_t i = 0; i < n; i++)
+        fleet_deny(rd->s, fp[i]);
     return true;
 }
 
@@ -327,9 +381,7 @@ static void foreign_flush(shared *s) {
 
     pthread_mutex_lock(&s->lock);
     s->stats.foreign_flushes++;
-    say = !s->foreign_said_ms || now - s->foreign_said_ms >= 60000;
-    if (say)
-        s->foreign_said_ms = now;
+    say = fleet_time_to_say(&s->foreign_said_ms, now);
     pthread_mutex_unlock(&s->lock);
     if (say)
         log_warning("fleet: ignoring a flush that no host of this fleet made (its proof does not hold with "
@@ -341,11 +393,34 @@ static void foreign_flush(shared *s) {
 /* The value of field `name` in an event's fields, or NULL. */
 static const redisReply *event_field(const redisReply *fields, const char *name);
 
-/* Whether a flush event carries a proof a host of this fleet made. */
-static bool flush_proven(struct reader *rd, const redisReply *fields) {
-    const redisReply *proof = event_field(fields, "p");
+/* Whether a flush event carries a proof a host of this fleet made, and
+ * whether its generation may be our floor: only under the proof bound to
+ * the floor it was made on ('b', 'q'), and within FLUSH_STEP of it. The
+ * proof alone ('p', all a host of the release before makes) flushes our
+ * cache, but a writer can copy it onto any generation. */
+static enum flush_proof flush_proven(struct reader *rd, const redisReply *fields) {
+    const redisReply *f = event_field(fields, "f"), *p = event_field(fields, "p"), *b = event_field(fields, "b"),
+                     *q = event_field(fields, "q");
+    unsigned long long gen, floor;
+    char text[24], *end;
 
-    return proof && fleet_proof_holds(rd->s, rd->ns, "flush", proof->str, proof->len, NULL);
+    if (!p || !fleet_proof_holds(rd->s, rd->ns, "flush", p->str, p->len, NULL))
+        return FLUSH_FOREIGN;
+    if (!f || !b || !q || f->len >= sizeof(text) || b->len == 0 || b->len >= sizeof(text))
+        return FLUSH_OURS;
+    snprintf(text, sizeof(text), "%.*s", (int)b->len, b->str);
+    errno = 0;
+    floor = strtoull(text, &end, 10);
+    if (errno || *end || text[0] < '0' || text[0] > '9')
+        return FLUSH_OURS;
+    if (!fleet_floor_proof_holds(rd->s, rd->ns, b->str, b->len, q->str, q->len))
+        return FLUSH_OURS;
+    snprintf(text, sizeof(text), "%.*s", (int)f->len, f->str);
+    errno = 0;
+    gen = strtoull(text, &end, 10);
+    if (errno || *end || text[0] < '0' || text[0] > '9' || gen <= floor || gen - floor > FLUSH_STEP)
+        return FLUSH_OURS;
+    return FLUSH_FLOOR;
 }
 
 /* The value of field `name` in an event's fields, or NULL. */
@@ -357,6 +432,20 @@ static const redisReply *event_field(const redisReply *fields, const char *name)
     return NULL;
 }
 
+/* A 'v' event in the stream's history: when its user's tokens were
+ * revoked, if its proof holds (not applied: nothing here to revoke yet). */
+static void learn_floor(struct reader *rd, const redisReply *v, const redisReply *fields) {
+    const redisReply *w = event_field(fields, "w");
+    char user[OAUTH_USER_ID_MAX + 1], scope[OAUTH_SCOPE_MAX + 1];
+    enum oauth_grant grant;
+    uint64_t at = 0;
+
+    if (w && open_event(rd, v, &grant, user, scope) &&
+        fleet_revoked_proof_holds(rd->s, rd->ns, v->str, v->len, w->str, w->len, &at))
+        fleet_floor_raise(rd->s, fleet_user_fp(grant, user, scope), at);
+    explicit_bzero(user, sizeof(user));
+}
+
 /* Our own copy of a token the fleet revoked, revoked too. It may be newer
  * than the revocation (minted or taken from Redis since the event was sent,
  * before this host read it), and Redis and other hosts may hold it: so it
@@ -364,11 +453,65 @@ static const redisReply *event_field(const redisReply *fields, const char *name)
  * hosts' memory of revoked tokens, a bounded ring, would keep it from
  * being served), and the event that tells every host it is revoked drops
  * the user there as well. The revocation itself is made at once. */
-static void revoke_own(shared *s, enum oauth_grant grant, const char *user, const char *scope, token *mine) {
+static void revoke_own(struct reader *rd, enum oauth_grant grant, const char *user, const char *scope, token *mine) {
+    shared *s = rd->s;
+
     fleet_drop(s, grant, user, scope, mine, NULL, NULL);
-    fleet_tell_revoked(s, grant, user, scope, &mine, 1);
-    revocations_revoke(s->rv, &mine, 1, NULL, NULL);
+    fleet_tell_revoked(s, rd->ns, grant, user, scope, &mine, 1);
+    revocations_revoke(s->rv, &mine, 1, 0, NULL, NULL);
     token_unref(mine);
+}
+
+/* Whether a revocation event ('v', sealed) is one to revoke our own copy
+ * for: it carries a proof of when it was made that holds with our key
+ * (made at in *ret_at), and this host has not applied it yet. Else the
+ * event only drops the user here: it is replayed, or from a host of an
+ * older release, or written by hand. Event thread only. */
+static bool revocation_new(struct reader *rd, const redisReply *v, const redisReply *fields, uint64_t *ret_at) {
+    shared *s = rd->s;
+    const redisReply *w = event_field(fields, "w");
+    const char *mac = w ? memchr(w->str, ':', w->len) : NULL;
+    uint64_t id, now = now_ms();
+    char hex[17];
+    bool say;
+
+    if (!w || !mac || !fleet_revoked_proof_holds(s, rd->ns, v->str, v->len, w->str, w->len, ret_at)) {
+        pthread_mutex_lock(&s->lock);
+        say = fleet_time_to_say(&s->unproven_said_ms, now);
+        pthread_mutex_unlock(&s->lock);
+        if (say)
+            log_warning("fleet: a revocation event carries no proof of when it was made that holds with our "
+                        "shared key (a host of an older release, or written by hand): the user's token was "
+                        "dropped here, and not revoked");
+        return false;
+    }
+    snprintf(hex, sizeof(hex), "%.16s", mac + 1); /* a MAC: its first 64 bits name the event */
+    id = strtoull(hex, NULL, 16);
+    return fleet_revocation_applied(s, id);
+}
+
+/* Remembers that the revocation event id was applied; false if it was
+ * already. The event thread's, or before it starts. */
+bool fleet_revocation_applied(shared *s, uint64_t id) {
+    if (!id)
+        return true;
+    for (size_t i = 0; i < REVS_APPLIED_MAX; i++)
+        if (s->revs_applied[i] == id)
+            return false;
+    s->revs_applied[s->revs_next] = id;
+    s->revs_next = (s->revs_next + 1) % REVS_APPLIED_MAX;
+    return true;
+}
+
+/* Whether tok was minted before the wall-clock time at (ms), with
+ * REVOKED_SKEW_MS for the clocks of the hosts: as the minting host sealed
+ * it (a Redis TTL a writer shortened does not move it back), or when we
+ * received it. */
+static bool minted_before(const token *tok, uint64_t at) {
+    uint64_t now = now_ms(), ago = now > tok->received_ms ? now - tok->received_ms : 0, wall = now_unix_ms();
+    uint64_t minted = tok->minted_unix_ms ? tok->minted_unix_ms : wall > ago ? wall - ago : 0;
+
+    return minted <= at + REVOKED_SKEW_MS;
 }
 
 static void apply_event(struct reader *rd, redisReply *fields) {
@@ -382,23 +525,33 @@ static void apply_event(struct reader *rd, redisReply *fields) {
             char user[OAUTH_USER_ID_MAX + 1], scope[OAUTH_SCOPE_MAX + 1];
             enum oauth_grant grant;
             token *mine = NULL;
+            uint64_t at = 0;
+            bool revoke;
             if (!open_event(rd, v, &grant, user, scope))
                 continue;
             /* 'v', a revocation: our own copy is revoked too, whoever holds
              * the shared one (a host minted its own during an outage, or
-             * the shared copy was deleted before the revocation read it) */
+             * the shared copy was deleted before the revocation read it),
+             * if it is older than the revocation */
+            revoke = k->str[0] == 'v' && revocation_new(rd, v, fields, &at);
+            if (at) /* proven: a value of theirs minted before it is never served */
+                fleet_floor_raise(s, fleet_user_fp(grant, user, scope), at);
             if (s->sink.drop)
-                s->sink.drop(s->sink.ctx, grant, user, scope, k->str[0] == 'v' ? &mine : NULL);
-            if (mine)
-                revoke_own(s, grant, user, scope, mine);
+                s->sink.drop(s->sink.ctx, grant, user, scope, revoke ? &mine : NULL);
+            if (mine && minted_before(mine, at))
+                revoke_own(rd, grant, user, scope, mine);
+            else
+                token_unref(mine);
             explicit_bzero(user, sizeof(user));
         } else if (strcmp(k->str, "f") == 0) {
+            enum flush_proof proof = flush_proven(rd, fields);
             size_t n;
-            if (!flush_proven(rd, fields)) { /* its generation is not ours to trust either */
+            if (proof == FLUSH_FOREIGN) { /* its generation is not ours to trust either */
                 foreign_flush(s);
                 continue;
             }
-            fleet_gen_check(s, v->str, v->len, true); /* the new generation is the highest seen */
+            /* the new generation is the highest seen, if its proof says so */
+            fleet_gen_check(s, v->str, v->len, proof == FLUSH_FLOOR);
             n = s->sink.flush ? s->sink.flush(s->sink.ctx) : 0;
             log_notice("fleet: flushed from another host: %zu cached tokens dropped here", n);
         } else if (strcmp(k->str, "r") == 0) {
@@ -412,16 +565,82 @@ static void apply_event(struct reader *rd, redisReply *fields) {
     }
 }
 
-/* One XREAD: blocks up to EVENT_BLOCK_MS for events after the last one. */
+/* Whether the stream still holds every event after the last one we read.
+ * XREAD shows no gap: a writer who trims the stream (XADD MAXLEN) or
+ * makes it anew under a connected reader takes out events it has yet to
+ * read, and it reads on from what remains (found by an attack). So, each
+ * time we have read all there is, Redis's count of entries ever added must
+ * have grown by exactly what we read; and the stream must not have gone
+ * back behind us. Else our tokens go (each costs a mint). */
+static int whole(struct reader *rd) {
+    char key[KEY_MAX];
+    const char *argv[] = { "XINFO", "STREAM", key };
+    struct fleet_stream_info info;
+    struct fleet_stream_id last;
+    redisReply *r;
+    int cmp;
+
+    snprintf(key, sizeof(key), "%sevents", rd->ns);
+    r = redisCommandArgv(rd->c, 3, argv, NULL);
+    if (!r)
+        return rd->c->err == REDIS_ERR_OOM ? -E2BIG : -EIO;
+    if (r->type == REDIS_REPLY_ERROR) { /* gone: made again at the reconnect */
+        freeReplyObject(r);
+        rd->have_added = false;
+        stream_reset(rd, "the fleet's events stream was deleted under this host");
+        return -EIO;
+    }
+    fleet_stream_info_decode(r, &info);
+    freeReplyObject(r);
+    if (!info.have_newest || !fleet_stream_id_parse(rd->last, strlen(rd->last), &last))
+        return 0;
+    cmp = fleet_stream_id_cmp(info.newest, last);
+    rd->behind = cmp > 0;
+    snprintf(rd->newest, sizeof(rd->newest), "%llu-%llu", info.newest.ms, info.newest.seq);
+    if (cmp < 0) {
+        stream_reset(rd, "the fleet's events stream was made anew or rewound behind this host");
+        snprintf(rd->last, sizeof(rd->last), "%llu-%llu", info.newest.ms, info.newest.seq);
+        rd->have_added = false;
+        return 0;
+    }
+    if (cmp > 0 || !info.have_added) /* more to read first; or a Redis before 7.0 */
+        return 0;
+    if (rd->have_added && info.added != rd->added + rd->read_since)
+        stream_reset(rd, "events this host had not read were taken out of the fleet's events stream (trimmed, "
+                         "or the stream made anew, under it)");
+    rd->have_added = true;
+    rd->added = info.added;
+    rd->read_since = 0;
+    return 0;
+}
+
+/* Where the reader is, for the image: a restart replays from there. "0-0"
+ * (a stream we could not add to) says nothing of what was read. */
+static void note_read(struct reader *rd) {
+    shared *s = rd->s;
+    uint64_t redis = redis_id(rd->address);
+
+    pthread_mutex_lock(&s->lock);
+    snprintf(s->last_read, sizeof(s->last_read), "%s", strcmp(rd->last, "0-0") == 0 ? "" : rd->last);
+    snprintf(s->last_read_ns, sizeof(s->last_read_ns), "%s", rd->ns);
+    s->last_read_redis = redis;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* One XREAD: blocks up to EVENT_BLOCK_MS for events after the last one,
+ * except the first on a connection, which says at once whether we have
+ * read all there is (a host starting waits on that). */
 static int read_events(struct reader *rd) {
     const redisReply *entries;
     char key[KEY_MAX], block[16];
     const char *argv[] = { "XREAD", "COUNT", "128", "BLOCK", block, "STREAMS", key, rd->last };
+    const char *now[] = { "XREAD", "COUNT", "128", "STREAMS", key, rd->last };
     redisReply *r;
 
     snprintf(key, sizeof(key), "%sevents", rd->ns);
     snprintf(block, sizeof(block), "%d", EVENT_BLOCK_MS);
-    r = redisCommandArgv(rd->c, 8, argv, NULL);
+    r = rd->fresh ? redisCommandArgv(rd->c, 6, now, NULL) : redisCommandArgv(rd->c, 8, argv, NULL);
+    rd->fresh = false;
     if (!r)
         return rd->c->err == REDIS_ERR_OOM ? -E2BIG : -EIO;
     if (r->type == REDIS_REPLY_ERROR) {
@@ -430,6 +649,19 @@ static int read_events(struct reader *rd) {
     }
     entries = fleet_xread_entries(r);
     rd->caught_up = !entries || entries->elements < 128;
+    if (!entries && rd->behind) {
+        /* Redis added events after our last, and none is there to read:
+         * taken out (XADD MAXLEN 0, MINID) before we read them (found by
+         * an attack). On from the newest, our tokens gone. */
+        stream_reset(rd, "events this host had not read were taken out of the fleet's events stream (trimmed "
+                         "under it)");
+        snprintf(rd->last, sizeof(rd->last), "%s", rd->newest);
+        rd->behind = false;
+        rd->have_added = false;
+        freeReplyObject(r);
+        return 1;
+    }
+    rd->behind = false;
     if (entries) { /* else nil: nothing came in the block */
         for (size_t i = 0; i < entries->elements; i++) {
             redisReply *e = entries->element[i];
@@ -444,10 +676,16 @@ static int read_events(struct reader *rd) {
                 stream_reset(rd, "the fleet's events stream holds an event from the future (written by hand)");
                 fleet_repair_flush(rd->s, "the fleet's events stream was poisoned", false);
                 snprintf(rd->last, sizeof(rd->last), "%llu-0", rd->redis_ms);
+                rd->have_added = false;
                 freeReplyObject(r);
                 return 1;
             }
+            if (e->element[1]->type == REDIS_REPLY_ARRAY && e->element[1]->elements > EVENT_FIELDS_MAX) {
+                freeReplyObject(r); /* too large to be one of ours: oversized() */
+                return -E2BIG;
+            }
             apply_event(rd, e->element[1]);
+            rd->read_since++;
             snprintf(rd->last, sizeof(rd->last), "%.*s", (int)(e->element[0]->len < 40 ? e->element[0]->len : 40),
                      e->element[0]->str);
         }
@@ -456,8 +694,9 @@ static int read_events(struct reader *rd) {
     return 0;
 }
 
-/* The stream holds an event too large for our reader (fleet_reader_bound):
- * written by hand, as no host makes one. It would fail every read, and
+/* The stream holds an event too large for our reader (fleet_reader_bound),
+ * or with more fields than EVENT_FIELDS_MAX: written by hand, as no host
+ * makes one. It would fail every read, and
  * every host would stop hearing of drops: this host's tokens go (what it
  * can no longer hear of may be in there), and the stream is made anew
  * with a flush. */
@@ -516,9 +755,7 @@ void *fleet_event_thread(void *arg) {
                 uint64_t now = now_ms();
                 bool say;
                 pthread_mutex_lock(&s->lock);
-                say = !s->events_said_ms || now - s->events_said_ms >= 60000;
-                if (say)
-                    s->events_said_ms = now;
+                say = fleet_time_to_say(&s->events_said_ms, now);
                 pthread_mutex_unlock(&s->lock);
                 if (say)
                     log_warning("fleet: cannot read the fleet's drops and flushes (%s); this host shows itself "
@@ -541,6 +778,9 @@ void *fleet_event_thread(void *arg) {
                     pthread_mutex_lock(&s->lock);
                     s->stats.events_ok = true;
                     pthread_mutex_unlock(&s->lock);
+                    note_read(&rd);
+                    rd.fresh = true;
+                    rd.have_added = false; /* counted again from the next time all is read */
                 }
             }
             if (!rd.c) {
@@ -548,11 +788,7 @@ void *fleet_event_thread(void *arg) {
                 struct timespec ts;
                 uint64_t wait = failures < 3 ? 50ULL << failures : 250; /* soon: missed drops wait on it */
                 failures++;
-                clock_gettime(CLOCK_MONOTONIC, &ts);
-                ts.tv_sec += (time_t)(wait / 1000);
-                ts.tv_nsec += (long)(wait % 1000) * 1000000L;
-                if (ts.tv_nsec >= 1000000000L)
-                    ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+                mono_deadline(wait, &ts);
                 pthread_mutex_lock(&s->lock);
                 if (!s->stopping)
                     pthread_cond_timedwait(&s->ev_cond, &s->lock, &ts);
@@ -564,19 +800,27 @@ void *fleet_event_thread(void *arg) {
         {
             int r = heartbeat(&rd);
             if (r == 0)
+                r = whole(&rd);
+            if (r == 0)
                 r = read_events(&rd);
-            if (r == 0 && rd.caught_up) /* tokens minted here while Redis was away */
+            if (r >= 0)
+                note_read(&rd);
+            if (r == 0 && rd.caught_up) { /* tokens minted here while Redis was away */
                 fleet_reconcile(s, rd.ns, rd.last);
+                pthread_mutex_lock(&s->lock);
+                if (!s->read_once) { /* the start waits on it: shared_wait_read() */
+                    s->read_once = true;
+                    pthread_cond_broadcast(&s->read_cond);
+                }
+                pthread_mutex_unlock(&s->lock);
+            }
             if (r == -E2BIG)
                 oversized(&rd);
             if (r < 0)
                 reader_close(&rd);
             else if (r > 0) { /* a poisoned stream being mended: not in a tight loop */
                 struct timespec ts;
-                clock_gettime(CLOCK_MONOTONIC, &ts);
-                ts.tv_nsec += 200 * 1000000L;
-                if (ts.tv_nsec >= 1000000000L)
-                    ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+                mono_deadline(200, &ts);
                 pthread_mutex_lock(&s->lock);
                 if (!s->stopping)
                     pthread_cond_timedwait(&s->ev_cond, &s->lock, &ts);

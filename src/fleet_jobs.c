@@ -50,6 +50,61 @@ void fleet_count_op(shared *s, enum shared_op op, bool ok) {
     pthread_mutex_unlock(&s->lock);
 }
 
+/* ---- sent again after a failover ---- */
+
+/* A drop, revocation or flush Redis took: remembered a while (see
+ * fleet_replay_recent_locked()). */
+void fleet_remember(shared *s, const struct job *j, uint64_t now) {
+    struct recent *m = &s->recent[s->recent_next];
+
+    *m = (struct recent){ .at_ms = now, .kind = j->kind, .grant = j->grant };
+    memcpy(m->user, j->user, sizeof(m->user));
+    memcpy(m->scope, j->scope, sizeof(m->scope));
+    memcpy(m->fps, j->fps, sizeof(m->fps));
+    memcpy(m->ns, j->ns, sizeof(m->ns));
+    memcpy(m->tok_key, j->tok_key, sizeof(m->tok_key));
+    s->recent_next = (s->recent_next + 1) % RECENT_MAX;
+}
+
+/* A job that sends again what m remembers, to where it went then. */
+static struct job *job_of_recent(shared *s, const struct recent *m) {
+    struct job *j = fleet_job_new(s, m->kind, m->grant, m->user, m->scope);
+
+    if (!j)
+        return NULL;
+    snprintf(j->fps, sizeof(j->fps), "%s", m->fps);
+    snprintf(j->ns, sizeof(j->ns), "%s", m->ns);
+    for (size_t k = 0; k < ARRAY_SIZE(j->tok_key); k++)
+        snprintf(j->tok_key[k], sizeof(j->tok_key[k]), "%s", m->tok_key[k]);
+    return j;
+}
+
+/* Connected to another master than before (a failover): what the last one
+ * took lately is sent again, first, since a master the sentinels deposed
+ * loses its last writes when it rejoins as a replica, and a host can keep
+ * writing to it for seconds (it still says "master"). Drops and flushes
+ * are harmless to repeat; a revocation's drop is repeated as a drop (the
+ * revocation itself was made). Called with the lock held. */
+void fleet_replay_recent_locked(shared *s, const char *address, uint64_t now) {
+    struct queue again = { 0 };
+
+    if (s->master[0] && strcmp(s->master, address) != 0)
+        for (size_t i = 0; i < RECENT_MAX; i++) {
+            struct recent *m = &s->recent[i];
+            struct job *j;
+            if (!m->at_ms || now - m->at_ms > RECENT_MS)
+                continue;
+            pthread_mutex_unlock(&s->lock);
+            j = job_of_recent(s, m);
+            pthread_mutex_lock(&s->lock);
+            if (j)
+                queue_push(&again, &j->link);
+            s->stats.replayed++;
+        }
+    snprintf(s->master, sizeof(s->master), "%s", address);
+    queue_prepend(&s->queue, &again);
+}
+
 /* ---- making jobs ---- */
 
 
@@ -67,6 +122,7 @@ int fleet_job_names(shared *s, struct job *j) {
         if (s->keys.has_prev)
             r = seal_name(&s->keys, true, j->grant, j->user, j->scope, name);
         snprintf(j->tok_key[1], KEY_MAX, "%st:%s", s->ns, name);
+        snprintf(j->lease_prev, KEY_MAX, "%sl:%s", s->ns, name);
     }
     pthread_rwlock_unlock(&s->keys_lock);
     return r;
@@ -88,6 +144,8 @@ struct job *fleet_job_new(shared *s, enum job_kind kind, enum oauth_grant grant,
             fleet_job_free(j);
             return NULL;
         }
+        if (kind == J_DROP || kind == J_LOOKUP) /* a lookup may find a value to revoke */
+            j->up_gen = upstream_generation(s->up);
     } else {
         pthread_rwlock_rdlock(&s->keys_lock);
         snprintf(j->ns, sizeof(j->ns), "%s", s->ns);
@@ -96,8 +154,30 @@ struct job *fleet_job_new(shared *s, enum job_kind kind, enum oauth_grant grant,
     return j;
 }
 
+struct job *fleet_job_again(shared *s, const struct job *j) {
+    struct job *again = calloc(1, sizeof(*again));
+
+    if (!again)
+        return NULL;
+    again->s = s;
+    again->kind = j->kind;
+    again->grant = j->grant;
+    memcpy(again->user, j->user, sizeof(again->user));
+    memcpy(again->scope, j->scope, sizeof(again->scope));
+    memcpy(again->ns, j->ns, sizeof(again->ns));
+    again->up_gen = j->up_gen;
+    memcpy(again->tok_key, j->tok_key, sizeof(again->tok_key));
+    memcpy(again->lease_key, j->lease_key, sizeof(again->lease_key));
+    memcpy(again->lease_prev, j->lease_prev, sizeof(again->lease_prev));
+    memcpy(again->fp, j->fp, sizeof(again->fp));
+    memcpy(again->fp_prev, j->fp_prev, sizeof(again->fp_prev));
+    memcpy(again->fps, j->fps, sizeof(again->fps));
+    return again;
+}
 
 static void later_take_locked(struct job *j, struct later *l) {
+    memcpy(l->ns, j->ns, sizeof(l->ns));
+    l->up_gen = j->up_gen;
     l->local = j->local;
     l->done = j->rdone;
     l->ctx = j->rctx;
@@ -112,8 +192,8 @@ static void later_tell(shared *s, struct later *l, const char *why) {
     struct revoke_outcome o = { .pending = 1, .failure = { .kind = MINT_UNAVAILABLE, .retry_after_s = 1 } };
 
     if (l->local) {
-        fleet_tell_revoked(s, OAUTH_GRANT_USER_ASSERTION, NULL, NULL, &l->local, 1);
-        revocations_revoke(s->rv, &l->local, 1, NULL, NULL);
+        fleet_tell_revoked(s, l->ns[0] ? l->ns : NULL, OAUTH_GRANT_USER_ASSERTION, NULL, NULL, &l->local, 1);
+        revocations_revoke(s->rv, &l->local, 1, l->up_gen, NULL, NULL);
     }
     l->local = token_unref(l->local);
     snprintf(o.failure.error, sizeof(o.failure.error), "%s", why);
@@ -123,6 +203,20 @@ static void later_tell(shared *s, struct later *l, const char *why) {
     if (l->ack)
         l->ack(l->actx, false);
     l->ack = NULL;
+}
+
+/* At a stop, a drop, flush or revocation Redis has not taken: its caller,
+ * if one still waits, is told it is not done, a revocation's own copy is
+ * revoked now (or kept by the revocations), and the job is kept for the
+ * image carried over a restart (shared_export_pending()). */
+void fleet_carry(shared *s, struct job *j) {
+    struct later l = { 0 };
+
+    later_take_locked(j, &l);
+    later_tell(s, &l, "stopping");
+    pthread_mutex_lock(&s->lock);
+    queue_push(&s->carried, &j->link);
+    pthread_mutex_unlock(&s->lock);
 }
 
 /* A drop or a flush that Redis cannot take now waits for the next
@@ -443,21 +537,46 @@ void fleet_repair_flush(shared *s, const char *why, bool remake) {
 
 /* Tells every host which tokens were revoked, so that a value written back
  * into Redis after its revocation is never served; with a user, every host
- * drops that user's token too (one it took before it heard). */
-void fleet_tell_revoked(shared *s, enum oauth_grant grant, const char *user_id, const char *scope,
+ * drops that user's token too (one it took before it heard). Told in ns,
+ * the namespace the revocation was asked or heard in (NULL: the one now),
+ * as a reload to another server may have come meanwhile. */
+void fleet_tell_revoked(shared *s, const char *ns, enum oauth_grant grant, const char *user_id, const char *scope,
                         token *const *toks, size_t n) {
+    uint64_t fps[3];
+    size_t k = 0;
+
+    for (size_t i = 0; i < n && k < 3; i++)
+        if (toks[i])
+            fps[k++] = fleet_token_fp(toks[i]);
+    fleet_tell_revoked_fps(s, ns, grant, user_id, scope, fps, k);
+}
+
+size_t fleet_fps_parse(const char *text, uint64_t *fps, size_t max) {
+    size_t n = 0;
+
+    for (const char *p = text; *p && n < max;) {
+        char *end;
+        fps[n] = strtoull(p, &end, 16);
+        if (end != p + 16)
+            break;
+        n++;
+        p = *end == ',' ? end + 1 : end;
+    }
+    return n;
+}
+
+void fleet_tell_revoked_fps(shared *s, const char *ns, enum oauth_grant grant, const char *user_id,
+                            const char *scope, const uint64_t *fps, size_t n) {
     struct job *j = fleet_job_new(s, J_REVOKED, grant, user_id, scope);
     size_t len = 0;
 
+    if (j && ns)
+        snprintf(j->ns, sizeof(j->ns), "%s", ns);
     for (size_t i = 0; i < n; i++) {
-        uint64_t fp;
-        if (!toks[i])
-            continue;
-        fp = fleet_token_fp(toks[i]);
-        fleet_deny(s, fp);
+        fleet_deny(s, fps[i]);
         if (j && len + 17 < sizeof(j->fps))
             len += (size_t)snprintf(j->fps + len, sizeof(j->fps) - len, "%s%016llx", len ? "," : "",
-                                    (unsigned long long)fp);
+                                    (unsigned long long)fps[i]);
     }
     if (j && (!len || !fleet_submit(s, j)))
         fleet_job_free(j);
@@ -544,7 +663,7 @@ void fleet_drop(shared *s, enum oauth_grant grant, const char *user_id, const ch
 }
 
 void fleet_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,
-                  revoke_done_fn done, void *userdata) {
+                  uint64_t asked_unix_ms, revoke_done_fn done, void *userdata) {
     struct job *j = fleet_job_new(s, J_DROP, grant, user_id, scope);
     struct later l = { .local = token_ref(local), .done = done, .ctx = userdata };
 
@@ -553,6 +672,9 @@ void fleet_revoke(shared *s, enum oauth_grant grant, const char *user_id, const 
         return;
     }
     j->revoke = true;
+    j->asked_unix_ms = asked_unix_ms && asked_unix_ms < now_unix_ms() ? asked_unix_ms : now_unix_ms();
+    /* here at once; on the other hosts when they read the event */
+    fleet_floor_raise(s, fleet_user_fp(grant, user_id, scope), j->asked_unix_ms);
     j->local = l.local;
     j->rdone = l.done;
     j->rctx = l.ctx;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "fleet.h"
+#include "util.h"
 
 /* The names /metrics and /v1/status show. */
 const char *const shared_op_names[SHARED_OP_COUNT] = { "lookup", "publish", "drop", "flush", "pause" };
@@ -20,8 +21,18 @@ const double shared_latency_bounds[SHARED_LATENCY_BUCKETS] = { 0.0001, 0.00025, 
 
 /* ---- the scripts: each does its reads and writes in one round trip ---- */
 
+/* GET that reads a key someone made another type (a stream, a list) as
+ * none: SET then writes over it, and the script never fails on it (a
+ * failing script would cost a mint a miss, or the whole connection). */
+#define GET_LUA                                                                          \
+    "local function get(k)\n"                                                           \
+    "  local v = redis.pcall('GET', k)\n"                                               \
+    "  if type(v) == 'table' then return false end\n"                                   \
+    "  return v\n"                                                                      \
+    "end\n"
+
 /* KEYS: token (current key's name), token (previous key's name), lease,
- * gen, pause. ARGV: least life in ms, lease id, lease ms, the values to
+ * gen, pause, lease (previous key's name). ARGV: least life in ms, lease id, lease ms, the values to
  * skip (SHA1s, comma-separated, '' for none, '*' for every token), the
  * holder whose lease we take over ('' for none), skip the pause flag (one
  * this host found forged). Returns {1, value, pttl, gen, which} for a token
@@ -31,14 +42,18 @@ const double shared_latency_bounds[SHARED_LATENCY_BUCKETS] = { 0.0001, 0.00025, 
  * lost answer), {4, holder, pttl, gen, 0} when another host holds it. A
  * waiter whose wait ran out takes the lease over only from the holder it
  * waited on, so of several waiters one mints; a holder that is no lease id
- * (32 hex digits) was not written by a host and is taken at once. */
+ * (32 hex digits) was not written by a host and is taken at once. During a
+ * key rotation hosts name the lease under different keys: a lease another
+ * host holds under our previous key's name is waited on as well, so hosts
+ * on either side of the swap still make one mint. */
 static const char lookup_lua[] =
+    GET_LUA
     "local g = redis.call('GET', KEYS[4]) or '0'\n"
     "local pre = g .. ':'\n"
     "if ARGV[4] ~= '*' then\n"
     "  local short\n"
     "  for i = 1, 2 do\n"
-    "    local v = redis.call('GET', KEYS[i])\n"
+    "    local v = get(KEYS[i])\n"
     "    if v and string.sub(v, 1, #pre) == pre and\n"
     "       (ARGV[4] == '' or not string.find(ARGV[4], redis.sha1hex(v), 1, true)) then\n"
     "      local ttl = redis.call('PTTL', KEYS[i])\n"
@@ -50,8 +65,15 @@ static const char lookup_lua[] =
     "end\n"
     "local p = redis.call('PTTL', KEYS[5])\n"
     "if p > 0 and ARGV[6] ~= '1' then return {3, redis.call('GET', KEYS[5]) or '', p, g, 0} end\n"
-    "local h = redis.call('GET', KEYS[3])\n"
-    "if not h or h == ARGV[5] or h == ARGV[2] or not string.match(h, '^' .. string.rep('%x', 32) .. '$') then\n"
+    "local function free(h)\n"
+    "  return not h or h == ARGV[5] or h == ARGV[2] or not string.match(h, '^' .. string.rep('%x', 32) .. '$')\n"
+    "end\n"
+    "if KEYS[6] ~= KEYS[3] then\n"
+    "  local h = get(KEYS[6])\n"
+    "  if not free(h) then return {4, h, redis.call('PTTL', KEYS[6]), g, 0} end\n"
+    "end\n"
+    "local h = get(KEYS[3])\n"
+    "if free(h) then\n"
     "  redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])\n"
     "  return {2, '', 0, g, 0}\n"
     "end\n"
@@ -66,12 +88,13 @@ static const char lookup_lua[] =
  * one, leaves the proof: hosts then refuse a flag made before it (one
  * written back after it was cleared). */
 static const char publish_lua[] =
-    "local mine = ARGV[3] ~= '' and redis.call('GET', KEYS[2]) == ARGV[3]\n"
+    GET_LUA
+    "local mine = ARGV[3] ~= '' and get(KEYS[2]) == ARGV[3]\n"
     "if mine then redis.call('DEL', KEYS[2]) end\n"
     "if redis.call('DEL', KEYS[4]) == 1 then redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[6]) end\n"
-    "local g = redis.call('GET', KEYS[3]) or '0'\n"
+    "local g = get(KEYS[3]) or '0'\n"
     "if g ~= ARGV[4] then return 0 end\n"
-    "local v = redis.call('GET', KEYS[1])\n"
+    "local v = get(KEYS[1])\n"
     "if mine or not v or string.sub(v, 1, #g + 1) ~= g .. ':' or\n"
     "   redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then\n"
     "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
@@ -82,7 +105,8 @@ static const char publish_lua[] =
 /* KEYS: lease. ARGV: lease id, lease ms. Keeps the lease alive while our
  * mint runs, if it is still ours. */
 static const char renew_lua[] =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+    GET_LUA
+    "if get(KEYS[1]) == ARGV[1] then\n"
     "  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
     "  return 1\n"
     "end\n"
@@ -90,7 +114,8 @@ static const char renew_lua[] =
 
 /* KEYS: lease. ARGV: lease id. Gives the lease up if it is still ours. */
 static const char release_lua[] =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
+    GET_LUA
+    "if get(KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end\n"
     "return 0\n";
 
 /* Appends to the events stream (k) with an id of Redis's own clock.
@@ -110,7 +135,8 @@ static const char release_lua[] =
  * fingerprint to drop ('' for any), the sealed key for the event, the
  * stream's length, the event's field ('d' a drop, 'v' a revocation: every
  * host revokes its own copy too), the fingerprint under the previous key
- * (for the previous name; '' to use the first). A key of another type under our prefix
+ * (for the previous name; '' to use the first), and for a revocation the
+ * proof of when it was made ('w', fleet_revoked_proof_make()). A key of another type under our prefix
  * (written by hand) is deleted, not an error that would lose the drop. Returns {value, pttl, value, pttl} of what it deleted
  * ('' and 0 where nothing), so a revocation can revoke it. */
 static const char drop_lua[] =
@@ -132,20 +158,25 @@ static const char drop_lua[] =
     "    end\n"
     "  end\n"
     "end\n"
-    /* a revocation: 'v' for hosts that revoke their own copy too, then 'd'
-     * for hosts of the release before, which know only drops */
-    "if ARGV[4] == 'v' then xadd(KEYS[3], ARGV[3], 'v', ARGV[2], 'd', ARGV[2])\n"
+    /* a revocation: 'v' for hosts that revoke their own copy too, with 'w'
+     * (when it was made), then 'd' for hosts that know only drops */
+    "if ARGV[4] == 'v' then xadd(KEYS[3], ARGV[3], 'v', ARGV[2], 'w', ARGV[6], 'd', ARGV[2])\n"
     "else xadd(KEYS[3], ARGV[3], 'd', ARGV[2]) end\n"
     "return out\n";
 
 
 /* KEYS: gen, events. ARGV: the stream's length, the highest generation
- * this host has seen, the flush's proof of origin (fleet_proof_make()).
- * A generation set back (or not a number) never goes below what a host
- * saw: the new one is above both. The event is 'f' (the generation) and
- * 'p' (the proof): hosts flush their own caches only for a proof made with
- * the fleet's key. ARGV[4] '1': the stream is made anew first (it holds an
- * event no host can read: written by hand). */
+ * this host has seen (its floor), the flush's proof of origin
+ * (fleet_proof_make(), "flush"), '1' to make the stream anew first (it
+ * holds an event no host can read: written by hand), and the proof bound
+ * to that floor ("flush:<floor>"), FLUSH_STEP. A generation set back (or not a number)
+ * never goes below what a host saw: the new one is above both; one more
+ * than FLUSH_STEP above the floor (a writer's) is not built on. The event
+ * is 'f' (the generation), 'p', 'b' (the floor) and 'q': hosts flush
+ * their own caches only for a proof made with the fleet's key, and take
+ * 'f' as their floor only from 'q', and only within FLUSH_STEP of 'b', so
+ * that a proof copied onto another generation raises no floor out of
+ * reach. */
 static const char flush_lua[] =
     XADD_LUA
     "local v = redis.pcall('GET', KEYS[1])\n"
@@ -153,11 +184,12 @@ static const char flush_lua[] =
     "local g = tonumber(v or '0')\n"
     "local floor = tonumber(ARGV[2]) or 0\n"
     /* a number Lua cannot hold exactly (2^53 and up) is no generation */
-    "if not g or g ~= math.floor(g) or g < floor or g >= 9007199254740991 then g = floor end\n"
+    "if not g or g ~= math.floor(g) or g < floor or g >= 9007199254740991 or\n"
+    "   g - floor >= tonumber(ARGV[6]) then g = floor end\n"
     "g = g + 1\n"
     "if ARGV[4] == '1' then redis.call('DEL', KEYS[2]) end\n"
     "redis.call('SET', KEYS[1], string.format('%d', g))\n"
-    "xadd(KEYS[2], ARGV[1], 'f', string.format('%d', g), 'p', ARGV[3])\n"
+    "xadd(KEYS[2], ARGV[1], 'f', string.format('%d', g), 'p', ARGV[3], 'b', ARGV[2], 'q', ARGV[5])\n"
     "return g\n";
 
 /* KEYS: events. ARGV: the stream's length, the sealed fingerprints of
@@ -179,7 +211,8 @@ static const char revoked_lua[] =
  * already, or another host holds the lease (its mint will be the fleet's):
  * the host gives its own up for it; 1 stored, 0 refused. */
 static const char adopt_lua[] =
-    "local g = redis.call('GET', KEYS[3]) or '0'\n"
+    GET_LUA
+    "local g = get(KEYS[3]) or '0'\n"
     "if g ~= ARGV[3] then return 0 end\n"
     "local info = redis.pcall('XINFO', 'STREAM', KEYS[4])\n"
     "if type(info) ~= 'table' or info.err then return 0 end\n"
@@ -219,21 +252,9 @@ const char *const fleet_scripts[S_COUNT] = { lookup_lua, publish_lua, release_lu
 /* ---- reading Redis's answers: every shape checked, nothing trusted ---- */
 
 bool fleet_stream_id_parse(const char *s, size_t len, struct fleet_stream_id *ret) {
-    unsigned long long part[2] = { 0, 0 };
-    size_t i = 0;
+    unsigned long long part[2];
 
-    for (int p = 0; p < 2; p++) {
-        size_t digits = 0;
-        for (; i < len && s[i] >= '0' && s[i] <= '9'; i++, digits++) {
-            unsigned d = (unsigned)(s[i] - '0');
-            if (part[p] > (ULLONG_MAX - d) / 10)
-                return false;
-            part[p] = part[p] * 10 + d;
-        }
-        if (digits == 0 || (p == 0 && (i >= len || s[i++] != '-')))
-            return false;
-    }
-    if (i != len)
+    if (!stream_id_parse(s, len, part))
         return false;
     ret->ms = part[0];
     ret->seq = part[1];
@@ -250,6 +271,11 @@ void fleet_stream_info_decode(const redisReply *r, struct fleet_stream_info *ret
     *ret = (struct fleet_stream_info){ 0 };
     for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2) {
         const redisReply *k = r->element[i], *v = r->element[i + 1];
+        if ((k->type == REDIS_REPLY_STRING || k->type == REDIS_REPLY_STATUS) && v->type == REDIS_REPLY_INTEGER &&
+            strcmp(k->str, "entries-added") == 0 && v->integer >= 0) {
+            ret->have_added = true;
+            ret->added = (unsigned long long)v->integer;
+        }
         if ((k->type != REDIS_REPLY_STRING && k->type != REDIS_REPLY_STATUS) || v->type != REDIS_REPLY_STRING)
             continue;
         if (strcmp(k->str, "last-generated-id") == 0)

@@ -35,12 +35,14 @@ struct entry {
     token *t;
     struct batch *b;     /* the caller waiting on the first try, or NULL */
     bool in_flight;
+    uint64_t generation; /* the server and client id the token is of (upstream_generation()) */
     unsigned failures;
     uint64_t next_ms;
 };
 
 struct revocations {
     upstream *up;
+    uint64_t generation; /* the upstream's, as last seen (atomic): revocations_free() may outlive the upstream */
     pthread_mutex_t lock;
     struct entry *head;  /* every entry, in flight or waiting */
     struct revoke_stats stats;
@@ -52,6 +54,7 @@ int revocations_new(upstream *up, revocations **ret) {
     if (!rv)
         return -ENOMEM;
     rv->up = up;
+    rv->generation = upstream_generation(up);
     pthread_mutex_init(&rv->lock, NULL);
     *ret = rv;
     return 0;
@@ -120,7 +123,8 @@ static bool known_locked(revocations *rv, const token *t) {
     return false;
 }
 
-void revocations_revoke(revocations *rv, token *const *toks, size_t n, revoke_done_fn done, void *userdata) {
+void revocations_revoke(revocations *rv, token *const *toks, size_t n, uint64_t generation, revoke_done_fn done,
+                        void *userdata) {
     struct entry *start = NULL;
     struct batch *b = NULL;
     struct revoke_outcome now = { 0 };
@@ -138,6 +142,9 @@ void revocations_revoke(revocations *rv, token *const *toks, size_t n, revoke_do
         b->userdata = userdata;
         b->outstanding = 1; /* ours, until every token is sent */
     }
+    __atomic_store_n(&rv->generation, upstream_generation(rv->up), __ATOMIC_RELAXED);
+    if (!generation)
+        generation = __atomic_load_n(&rv->generation, __ATOMIC_RELAXED);
     pthread_mutex_lock(&rv->lock);
     for (size_t i = 0; i < n; i++) {
         struct entry *e;
@@ -161,6 +168,7 @@ void revocations_revoke(revocations *rv, token *const *toks, size_t n, revoke_do
         }
         e->rv = rv;
         e->t = token_ref(toks[i]);
+        e->generation = generation;
         e->b = b;
         e->in_flight = true;
         e->next = rv->head;
@@ -175,7 +183,7 @@ void revocations_revoke(revocations *rv, token *const *toks, size_t n, revoke_do
     while (start) {
         struct entry *e = start;
         start = e->send_next;
-        upstream_revoke(rv->up, e->t->value, attempted, e);
+        upstream_revoke(rv->up, e->generation, e->t->value, attempted, e);
     }
     if (b) {
         bool last;
@@ -194,6 +202,7 @@ void revocations_tick(revocations *rv) {
     size_t n = 0;
     uint64_t now = now_ms();
 
+    __atomic_store_n(&rv->generation, upstream_generation(rv->up), __ATOMIC_RELAXED);
     pthread_mutex_lock(&rv->lock);
     for (struct entry *e = rv->head, *next; e && n < ARRAY_SIZE(due); e = next) {
         next = e->next;
@@ -213,7 +222,22 @@ void revocations_tick(revocations *rv) {
     }
     pthread_mutex_unlock(&rv->lock);
     for (size_t i = 0; i < n; i++)
-        upstream_revoke(rv->up, due[i]->t->value, attempted, due[i]);
+        upstream_revoke(rv->up, due[i]->generation, due[i]->t->value, attempted, due[i]);
+}
+
+size_t revocations_export(revocations *rv, void (*fn)(void *userdata, const token *t), void *userdata) {
+    uint64_t generation = upstream_generation(rv->up), now = now_ms();
+    size_t n = 0;
+
+    __atomic_store_n(&rv->generation, generation, __ATOMIC_RELAXED);
+    pthread_mutex_lock(&rv->lock);
+    for (struct entry *e = rv->head; e; e = e->next)
+        if (e->generation == generation && token_remaining_ms(e->t, now) > 0) {
+            fn(userdata, e->t);
+            n++;
+        }
+    pthread_mutex_unlock(&rv->lock);
+    return n;
 }
 
 void revocations_get_stats(revocations *rv, struct revoke_stats *ret) {
@@ -223,20 +247,30 @@ void revocations_get_stats(revocations *rv, struct revoke_stats *ret) {
 }
 
 revocations *revocations_free(revocations *rv) {
-    unsigned left = 0;
+    unsigned left = 0, elsewhere = 0;
+    uint64_t generation;
 
     if (!rv)
         return NULL;
+    generation = __atomic_load_n(&rv->generation, __ATOMIC_RELAXED); /* the upstream may be gone */
     while (rv->head) {
         struct entry *e = rv->head;
         rv->head = e->next;
+        if (e->generation == generation)
+            left++;
+        else
+            elsewhere++;
         token_unref(e->t);
         free(e);
-        left++;
     }
     if (left)
-        log_warning("stopping with %u revocations Instacart has not taken yet: those tokens stay valid at "
-                    "Instacart until they expire", left);
+        log_warning("stopping with %u revocation%s Instacart has not taken yet: they go over in the cache image "
+                    "when systemd keeps one (systemctl restart); otherwise those tokens stay valid at Instacart "
+                    "until they expire", left, left == 1 ? "" : "s");
+    if (elsewhere)
+        log_warning("stopping with %u revocation%s for the Instacart server or client id used before the last "
+                    "reload: they are lost, and those tokens stay valid there until they expire", elsewhere,
+                    elsewhere == 1 ? "" : "s");
     pthread_mutex_destroy(&rv->lock);
     free(rv);
     return NULL;

@@ -264,6 +264,20 @@ static int route_preflight(const struct call *c, struct request *r, answer *ans)
 
 /* ---- operators ---- */
 
+/* A fleet's drop, a revocation's drop or a flush that Redis has not made
+ * durable yet (see on_acked): done here, kept and sent again. */
+static int answer_not_durable(answer *ans, const char *error, const char *what) {
+    mint_outcome later = { .retry_after_s = 1 };
+    char desc[320];
+
+    snprintf(desc, sizeof(desc),
+             "%s on this host, but Redis has not taken it yet (out of reach, refusing, or no replica "
+             "confirmed it): other hosts may serve the tokens it drops until it does. tokend keeps "
+             "sending it; repeat the request to be told when it is done",
+             what);
+    return answer_error(ans, 503, error, desc, &later);
+}
+
 /* DELETE /v1/token?user_id=U[&scope=S][&revoke=true]
  *
  * A revocation revokes every token the fleet holds for the key, this
@@ -275,6 +289,14 @@ static int finish_revoke(struct request *r, answer *ans) {
     const struct revoke_outcome *o = &r->revoked;
     char desc[320];
 
+    if (o->pending && strcmp(o->failure.error, "server_changed") == 0) {
+        snprintf(desc, sizeof(desc),
+                 "%u token%s of this user belong%s to the Instacart server or client id this host used before "
+                 "its last reload, and are never sent to the new one: revoke the user on a host still using "
+                 "the old one; %u revoked now",
+                 o->pending, o->pending == 1 ? "" : "s", o->pending == 1 ? "s" : "", o->revoked);
+        return answer_error(ans, 503, "revocation_pending", desc, NULL);
+    }
     if (o->pending) {
         snprintf(desc, sizeof(desc),
                  "%u token%s of this user could not be revoked now (%s): tokend keeps trying until Instacart "
@@ -285,6 +307,9 @@ static int finish_revoke(struct request *r, answer *ans) {
                  o->pending == 1 ? "it" : "them", o->pending == 1 ? "it expires" : "they expire", o->revoked);
         return answer_error(ans, 503, "revocation_pending", desc, o->failure.http_status ? &o->failure : NULL);
     }
+    if (o->unconfirmed)
+        return answer_not_durable(ans, "drop_pending",
+                                  o->revoked ? "Revoked at Instacart and dropped" : "Nothing was left to revoke; dropped");
     return answer_static(ans, 200, r->dropped_here || o->revoked ? "{\"dropped\":true,\"revoked\":true}"
                                                                  : "{\"dropped\":false,\"revoked\":false}");
 }
@@ -305,18 +330,6 @@ static void on_acked(void *userdata, bool durable) {
 
     r->durable = durable;
     r->resume(r);
-}
-
-static int answer_not_durable(answer *ans, const char *error, const char *what) {
-    mint_outcome later = { .retry_after_s = 1 };
-    char desc[320];
-
-    snprintf(desc, sizeof(desc),
-             "%s on this host, but Redis has not taken it yet (out of reach, refusing, or no replica "
-             "confirmed it): other hosts may serve the tokens it drops until it does. tokend keeps "
-             "sending it; repeat the request to be told when it is done",
-             what);
-    return answer_error(ans, 503, error, desc, &later);
 }
 
 static int finish_drop(struct request *r, answer *ans) {

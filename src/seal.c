@@ -322,6 +322,7 @@ int seal_open_token(const seal_keys *k, const void *aad, size_t aad_len, const u
     if (r < 0)
         goto out;
     t->expires_ms = now_ms + remaining_ms;
+    t->minted_unix_ms = expires_unix_ms > lifetime * MS_PER_SEC ? expires_unix_ms - lifetime * MS_PER_SEC : 0;
     *ret = t;
 out:
     explicit_bzero(plain, sizeof(plain));

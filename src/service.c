@@ -64,6 +64,20 @@ static unsigned fit_connections(unsigned wanted, unsigned upstream_conns) {
 #define STATUS_EVERY_MS 2000
 #define FDSTORE_TIMEOUT_MS 5000
 
+/* What the cache image carried over the restart besides the cache: drops,
+ * flushes and revocations promised (answered 503 "..._pending") and not
+ * yet made. Taken up again once the fleet's and the upstream's threads
+ * run. */
+struct carried {
+    struct carried *next;
+    enum snapshot_kind kind;
+    enum oauth_grant grant;
+    char user[OAUTH_USER_ID_MAX + 1];
+    char scope[OAUTH_SCOPE_MAX + 1];
+    token *t; /* SNAPSHOT_REVOKE */
+    uint64_t value; /* SNAPSHOT_REVOKE_SHARED: when it was asked; SNAPSHOT_REVOKED_TELL: the fingerprint */
+};
+
 struct service {
     const char *path;
     config *boot;     /* as started: settings that only a restart applies */
@@ -76,6 +90,9 @@ struct service {
     shared *sh;       /* fleet mode, or NULL */
     cache *c;
     api *a;
+    struct carried *carried; /* from the image, until the threads run */
+    char events_read[48]; /* from the image: the last fleet event read before the restart */
+    uint64_t events_redis; /* ... and the Redis it was read from */
     uint64_t watchdog_ms, next_watchdog_ms, next_status_ms;
     unsigned long long seen_ok, seen_rejected, seen_failed;
     unsigned long long probes; /* the watchdog's own requests, not callers' */
@@ -289,14 +306,158 @@ static snapshot_identity identity_of(const config *cfg) {
     return (snapshot_identity){ .base_url = cfg->base_url, .client_id = cfg->client_id };
 }
 
+static void carry_back(void *ctx, enum snapshot_kind kind, enum oauth_grant grant, const char *user_id,
+                       const char *scope, token *t, uint64_t value) {
+    struct service *s = ctx;
+    struct carried *c;
+
+    if (kind == SNAPSHOT_REVOCATION_SEEN) { /* not to be applied twice by the replay */
+        if (s->sh)
+            shared_note_applied(s->sh, strtoull(scope, NULL, 16));
+        return;
+    }
+    if (kind == SNAPSHOT_REVOKED_FP) { /* never served again, whoever writes it back into Redis */
+        if (s->sh)
+            shared_deny(s->sh, value);
+        return;
+    }
+    if (kind == SNAPSHOT_FLUSH_FLOOR) { /* a generation set back behind it is refused */
+        if (s->sh)
+            shared_set_flush_floor(s->sh, value);
+        return;
+    }
+    if (kind == SNAPSHOT_USER_REVOKED) { /* a user's token hidden from a revocation is still refused */
+        if (s->sh)
+            shared_floor(s->sh, strtoull(scope, NULL, 16), value);
+        return;
+    }
+    if (kind == SNAPSHOT_EVENTS_READ) { /* the fleet's events are replayed from there */
+        snprintf(s->events_read, sizeof(s->events_read), "%s", scope);
+        s->events_redis = value;
+        return;
+    }
+    c = calloc(1, sizeof(*c));
+
+    if (!c) {
+        log_error("out of memory taking up again a drop, flush or revocation from before the restart");
+        token_unref(t);
+        return;
+    }
+    *c = (struct carried){ .next = s->carried, .kind = kind, .grant = grant, .t = t, .value = value };
+    snprintf(c->user, sizeof(c->user), "%s", user_id);
+    snprintf(c->scope, sizeof(c->scope), "%s", scope);
+    s->carried = c;
+}
+
+/* Each carried thing, done again as at first (nobody waits for it now). */
+static void take_up_carried(struct service *s) {
+    struct carried *c;
+    size_t n = 0;
+
+    for (c = s->carried; c; c = c->next)
+        n++;
+    if (n)
+        log_notice("taking up again %zu %s from before the restart", n,
+                   n == 1 ? "drop, flush or revocation" : "drops, flushes or revocations");
+    while ((c = s->carried)) {
+        s->carried = c->next;
+        if (c->kind == SNAPSHOT_REVOKE)
+            revocations_revoke(s->rv, &c->t, 1, 0, NULL, NULL);
+        else if (!s->sh)
+            log_warning("a fleet drop, flush or revocation from before the restart is dropped: fleet mode is off");
+        else if (c->kind == SNAPSHOT_REVOKE_SHARED)
+            shared_revoke_carried(s->sh, c->grant, c->user, c->scope, c->value);
+        else if (c->kind == SNAPSHOT_REVOKED_TELL)
+            shared_tell_revoked(s->sh, c->grant, c->user, c->scope, c->value);
+        else if (c->kind == SNAPSHOT_DROP_SHARED)
+            shared_drop(s->sh, c->grant, c->user, c->scope, NULL, NULL, NULL);
+        else if (c->kind == SNAPSHOT_FLUSH_SHARED)
+            shared_flush(s->sh, NULL, NULL);
+        token_unref(c->t);
+        explicit_bzero(c->user, sizeof(c->user));
+        free(c);
+    }
+}
+
+struct export {
+    snapshot_put_fn put;
+    void *put_ctx;
+};
+
+static void export_revocation(void *userdata, const token *t) {
+    struct export *e = userdata;
+
+    e->put(e->put_ctx, SNAPSHOT_REVOKE, OAUTH_GRANT_CLIENT_CREDENTIALS, "", "", t, 0);
+}
+
+static void export_fleet(void *userdata, enum shared_carried what, enum oauth_grant grant, const char *user_id,
+                         const char *scope, uint64_t value) {
+    static const enum snapshot_kind kinds[] = {
+        [SHARED_CARRIED_DROP] = SNAPSHOT_DROP_SHARED,
+        [SHARED_CARRIED_REVOKE] = SNAPSHOT_REVOKE_SHARED,
+        [SHARED_CARRIED_FLUSH] = SNAPSHOT_FLUSH_SHARED,
+        [SHARED_CARRIED_TELL] = SNAPSHOT_REVOKED_TELL,
+    };
+    struct export *e = userdata;
+
+    e->put(e->put_ctx, kinds[what], grant, user_id, scope, NULL, value);
+}
+
+static void export_applied(void *userdata, uint64_t id) {
+    struct export *e = userdata;
+    char hex[17];
+
+    snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)id);
+    e->put(e->put_ctx, SNAPSHOT_REVOCATION_SEEN, OAUTH_GRANT_CLIENT_CREDENTIALS, "", hex, NULL, 0);
+}
+
+static void export_read(struct export *e, shared *sh) {
+    char id[48];
+    uint64_t redis = 0;
+
+    if (shared_last_read(sh, id, &redis))
+        e->put(e->put_ctx, SNAPSHOT_EVENTS_READ, OAUTH_GRANT_CLIENT_CREDENTIALS, "", id, NULL, redis);
+}
+
+static void export_denied(void *userdata, uint64_t fp) {
+    struct export *e = userdata;
+
+    e->put(e->put_ctx, SNAPSHOT_REVOKED_FP, OAUTH_GRANT_CLIENT_CREDENTIALS, "", "", NULL, fp);
+}
+
+static void export_floor(void *userdata, uint64_t user, uint64_t at_unix_ms) {
+    struct export *e = userdata;
+    char hex[17];
+
+    snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)user);
+    e->put(e->put_ctx, SNAPSHOT_USER_REVOKED, OAUTH_GRANT_CLIENT_CREDENTIALS, "", hex, NULL, at_unix_ms);
+}
+
+static void export_carried(void *ctx, snapshot_put_fn put, void *put_ctx) {
+    struct service *s = ctx;
+    struct export e = { .put = put, .put_ctx = put_ctx };
+
+    revocations_export(s->rv, export_revocation, &e);
+    if (s->sh) {
+        shared_export_pending(s->sh, export_fleet, &e);
+        shared_export_applied(s->sh, export_applied, &e);
+        shared_export_denied(s->sh, export_denied, &e);
+        shared_export_floors(s->sh, export_floor, &e);
+        if (shared_flush_floor(s->sh))
+            put(put_ctx, SNAPSHOT_FLUSH_FLOOR, OAUTH_GRANT_CLIENT_CREDENTIALS, "", "", NULL, shared_flush_floor(s->sh));
+        export_read(&e, s->sh);
+    }
+}
+
 /* The cache image systemd kept for us over the restart, if any. */
 static void restore_cache(struct service *s, int fd) {
     snapshot_identity id = identity_of(s->boot);
+    struct snapshot_more more = { .restore = carry_back, .ctx = s };
     struct snapshot_counts n = { 0 };
-    char err[SNAPSHOT_ERR_MAX], fields[96];
+    char err[SNAPSHOT_ERR_MAX], fields[128];
     int r;
 
-    r = snapshot_read_fd(fd, &id, s->boot->min_ttl_ms, s->c, &n, err);
+    r = snapshot_read_fd(fd, &id, s->boot->min_ttl_ms, s->c, &more, &n, err);
     close(fd);
     /* consumed: a crash later must not bring back this older image */
     systemd_store_remove(SYSTEMD_FDNAME_CACHE);
@@ -305,25 +466,27 @@ static void restore_cache(struct service *s, int fd) {
                   "ignoring the cache image passed by systemd: %s; starting with an empty cache", err);
         return;
     }
-    snprintf(fields, sizeof(fields), "TOKENS_RESTORED=%zu\nTOKENS_EXPIRED=%zu\nTOKENS_SKIPPED=%zu",
-             n.restored, n.expired, n.skipped);
+    snprintf(fields, sizeof(fields), "TOKENS_RESTORED=%zu\nTOKENS_EXPIRED=%zu\nTOKENS_SKIPPED=%zu\nPENDING_RESTORED=%zu",
+             n.restored, n.expired, n.skipped, n.carried);
     log_event(LOG_NOTICE, LOG_ID_CACHE_RESTORED, fields,
-              "restored %zu cached tokens from before the restart (%zu too close to expiry, %zu did not fit)",
-              n.restored, n.expired, n.skipped);
+              "restored %zu cached tokens from before the restart (%zu too close to expiry, %zu did not fit), "
+              "and %zu %s not yet made", n.restored, n.expired, n.skipped, n.carried,
+              n.carried == 1 ? "drop, flush or revocation" : "drops, flushes or revocations");
     if (s->sh && n.restored) /* drops the fleet made meanwhile must reach them */
-        shared_resume(s->sh, n.age_ms);
+        shared_resume(s->sh, n.age_ms, s->events_read, s->events_redis);
 }
 
 /* On stop: the cache into a sealed memfd, into systemd's fd store. */
 static void save_cache(struct service *s) {
     snapshot_identity id = identity_of(effective(s));
-    size_t count = 0;
-    char fields[64];
+    struct snapshot_more more = { .export = export_carried, .ctx = s };
+    size_t count = 0, carried = 0;
+    char fields[96];
     int fd = -1, r;
 
     if (!systemd_notifying())
         return; /* nobody to keep it */
-    r = snapshot_write_memfd(s->c, &id, &fd, &count);
+    r = snapshot_write_memfd(s->c, &more, &id, &fd, &count, &carried);
     if (r < 0) {
         log_warning("cannot write the cache image (%s); the next start begins with an empty cache",
                     strerror(-r));
@@ -336,9 +499,10 @@ static void save_cache(struct service *s) {
                     "the unit to keep cached tokens over a restart", strerror(-r));
         return;
     }
-    snprintf(fields, sizeof(fields), "TOKENS_SAVED=%zu", count);
+    snprintf(fields, sizeof(fields), "TOKENS_SAVED=%zu\nPENDING_SAVED=%zu", count, carried);
     log_event(LOG_NOTICE, LOG_ID_CACHE_SAVED, fields,
-              "handed %zu cached tokens to systemd's file descriptor store for the next start", count);
+              "handed %zu cached tokens to systemd's file descriptor store for the next start, with %zu %s not "
+              "yet made", count, carried, carried == 1 ? "drop, flush or revocation" : "drops, flushes or revocations");
 }
 
 /* A socket from systemd skips [server] listen, so check here what the
@@ -460,6 +624,22 @@ static int start_threads(struct service *s, config *cfg) {
     r = upstream_start(s->up);
     if (r < 0)
         return r;
+    /* the fleet's drops made while we were down reach what we brought back
+     * before anyone is served; without Redis, in the background later */
+    switch (s->sh ? shared_wait_read(s->sh, SHARED_START_WAIT_MS) : SHARED_READ_DONE) {
+    case SHARED_READ_DONE:
+        break;
+    case SHARED_READ_UNREACHED:
+        log_warning("fleet: the fleet's drops, revocations and flushes could not be read within %d s of the start "
+                    "(Redis out of reach?): serving now; they are applied when Redis is reached",
+                    SHARED_START_WAIT_MS / 1000);
+        break;
+    case SHARED_READ_SLOW: /* Redis is there: what it says is not to be served past */
+        log_warning("fleet: the fleet's drops, revocations and flushes were still being read %d s after the start: "
+                    "the %zu tokens brought back are dropped (a mint each) rather than served before hearing them",
+                    SHARED_START_WAIT_MS / 1000, cache_flush(s->c));
+        break;
+    }
     passed = s->listen_fd >= 0;
     r = api_new(cfg, cfg->keys, s->c, s->up, s->sh, s->rv, s->listen_fd, &s->a);
     s->listen_fd = -1; /* the server owns it and the keys, even when it failed */
@@ -489,6 +669,7 @@ static int start(struct service *s, config *cfg) {
     r = start_threads(s, cfg);
     if (r < 0)
         return r;
+    take_up_carried(s);
     log_event(LOG_NOTICE, LOG_ID_STARTED, NULL, "listening on %s (Instacart at %s, client id %s)",
               api_listening(s->a), cfg->base_url, cfg->client_id);
     /* ready: listening, credentials loaded, the old cache restored */
@@ -558,6 +739,18 @@ static void drain(struct service *s) {
  * so every waiting caller is answered before the server and the cache go
  * away. */
 static void stop(struct service *s) {
+    size_t lost = 0;
+
+    for (struct carried *c; (c = s->carried); free(c)) { /* the start failed before taking them up */
+        s->carried = c->next;
+        token_unref(c->t);
+        explicit_bzero(c->user, sizeof(c->user));
+        lost++;
+    }
+    if (lost)
+        log_error("the start failed after taking the cache image: %zu %s from before the restart %s lost; "
+                  "repeat them once tokend runs", lost, lost == 1 ? "drop, flush or revocation" : "drops, flushes "
+                  "or revocations", lost == 1 ? "is" : "are");
     shared_stop(s->sh);
     upstream_stop(s->up);
     api_free(s->a);

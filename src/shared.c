@@ -73,7 +73,16 @@ void shared_drop(shared *s, enum oauth_grant grant, const char *user_id, const c
 
 void shared_revoke(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, token *local,
                    revoke_done_fn done, void *userdata) {
-    fleet_revoke(s, grant, user_id, scope, local, done, userdata);
+    fleet_revoke(s, grant, user_id, scope, local, 0, done, userdata);
+}
+
+void shared_revoke_carried(shared *s, enum oauth_grant grant, const char *user_id, const char *scope,
+                           uint64_t asked_unix_ms) {
+    fleet_revoke(s, grant, user_id, scope, NULL, asked_unix_ms, NULL, NULL);
+}
+
+void shared_tell_revoked(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, uint64_t fp) {
+    fleet_tell_revoked_fps(s, NULL, grant, user_id[0] ? user_id : NULL, scope, &fp, 1);
 }
 
 void shared_flush(shared *s, shared_ack_fn ack, void *userdata) {
@@ -133,6 +142,7 @@ int shared_new(const config *cfg, upstream *up, revocations *rv, shared **ret) {
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
         pthread_cond_init(&s->cond, &ca);
         pthread_cond_init(&s->ev_cond, &ca);
+        pthread_cond_init(&s->read_cond, &ca);
         pthread_condattr_destroy(&ca);
     }
     s->up = up;
@@ -207,8 +217,28 @@ int shared_new(const config *cfg, upstream *up, revocations *rv, shared **ret) {
     return 0;
 }
 
-void shared_resume(shared *s, uint64_t age_ms) {
+void shared_resume(shared *s, uint64_t age_ms, const char *last_read, uint64_t redis) {
     s->resume_age_ms = age_ms ? age_ms : 1;
+    s->resume_at_ms = now_ms();
+    snprintf(s->resume_last, sizeof(s->resume_last), "%s", last_read ? last_read : "");
+    s->resume_redis = redis;
+}
+
+bool shared_last_read(shared *s, char id[48], uint64_t *redis) {
+    char ns[NS_MAX];
+    bool have;
+
+    pthread_rwlock_rdlock(&s->keys_lock);
+    snprintf(ns, sizeof(ns), "%s", s->ns);
+    pthread_rwlock_unlock(&s->keys_lock);
+    pthread_mutex_lock(&s->lock);
+    have = s->last_read[0] && strcmp(s->last_read_ns, ns) == 0;
+    if (have) {
+        snprintf(id, 48, "%s", s->last_read);
+        *redis = s->last_read_redis;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return have;
 }
 
 void shared_attach(shared *s, const struct shared_sink *sink) {
@@ -234,6 +264,20 @@ int shared_start(shared *s) {
     }
     s->started = true;
     return 0;
+}
+
+enum shared_read shared_wait_read(shared *s, uint64_t ms) {
+    enum shared_read how;
+    struct timespec ts;
+
+    mono_deadline(ms, &ts);
+    pthread_mutex_lock(&s->lock);
+    while (!s->read_once && !s->stopping)
+        if (pthread_cond_timedwait(&s->read_cond, &s->lock, &ts) == ETIMEDOUT)
+            break;
+    how = s->read_once ? SHARED_READ_DONE : s->ev_fd >= 0 ? SHARED_READ_SLOW : SHARED_READ_UNREACHED;
+    pthread_mutex_unlock(&s->lock);
+    return how;
 }
 
 static bool differ(const char *a, const char *b) {
@@ -300,15 +344,146 @@ void shared_stop(shared *s) {
     while ((j = QUEUE_POP(&left, struct job, link))) {
         if (j->kind == J_LOOKUP)
             fleet_unavailable(j, "stopping", 0, 1, false);
+        else if (j->kind == J_DROP || j->kind == J_FLUSH || j->kind == J_REVOKED)
+            fleet_carry(s, j); /* not done: carried over a restart if systemd keeps an image */
         else
             fleet_job_free(j);
     }
+}
+
+size_t shared_export_applied(shared *s, void (*fn)(void *userdata, uint64_t id), void *userdata) {
+    size_t n = 0;
+
+    for (size_t i = 0; i < REVS_APPLIED_MAX; i++) /* the event thread has stopped */
+        if (s->revs_applied[i]) {
+            fn(userdata, s->revs_applied[i]);
+            n++;
+        }
+    return n;
+}
+
+void shared_note_applied(shared *s, uint64_t id) {
+    fleet_revocation_applied(s, id);
+}
+
+size_t shared_export_denied(shared *s, void (*fn)(void *userdata, uint64_t fp), void *userdata) {
+    uint64_t now = now_ms();
+    size_t n = 0;
+
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < DENY_MAX; i++)
+        if (s->denied[i] && s->denied_until[i] > now) {
+            fn(userdata, s->denied[i]);
+            n++;
+        }
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+void shared_deny(shared *s, uint64_t fp) {
+    fleet_deny(s, fp);
+}
+
+size_t shared_export_floors(shared *s, void (*fn)(void *userdata, uint64_t user, uint64_t at_unix_ms),
+                            void *userdata) {
+    struct floor *floors = malloc(sizeof(s->floors));
+    uint64_t all;
+    size_t n = 0;
+
+    if (!floors)
+        return 0;
+    pthread_mutex_lock(&s->lock); /* copied: fn must not run under our lock */
+    memcpy(floors, s->floors, sizeof(s->floors));
+    all = s->floor_all_unix_ms;
+    pthread_mutex_unlock(&s->lock);
+    if (all) {
+        fn(userdata, 0, all);
+        n++;
+    }
+    for (size_t i = 0; i < FLOORS_MAX; i++)
+        if (floors[i].user) {
+            fn(userdata, floors[i].user, floors[i].at_unix_ms);
+            n++;
+        }
+    free(floors);
+    return n;
+}
+
+uint64_t shared_flush_floor(shared *s) {
+    uint64_t g;
+
+    pthread_mutex_lock(&s->lock);
+    g = s->max_gen;
+    pthread_mutex_unlock(&s->lock);
+    return g;
+}
+
+void shared_set_flush_floor(shared *s, uint64_t gen) {
+    pthread_mutex_lock(&s->lock);
+    if (gen > s->max_gen && gen < (1ULL << 53) - 1) /* as fleet_gen_seen() takes one */
+        s->max_gen = gen;
+    pthread_mutex_unlock(&s->lock);
+}
+
+void shared_floor(shared *s, uint64_t user, uint64_t at_unix_ms) {
+    if (!user)
+        fleet_floor_all(s, at_unix_ms);
+    else
+        fleet_floor_raise(s, user, at_unix_ms);
+}
+
+size_t shared_export_pending(shared *s,
+                             void (*fn)(void *userdata, enum shared_carried what, enum oauth_grant grant,
+                                        const char *user_id, const char *scope, uint64_t value),
+                             void *userdata) {
+    size_t n = 0;
+
+    pthread_rwlock_rdlock(&s->keys_lock);
+    for (struct qlink *l = s->carried.head; l; l = l->next) {
+        const struct job *j = (const struct job *)((const char *)l - offsetof(struct job, link));
+        if (strcmp(j->ns, s->ns) != 0)
+            continue; /* another server's: this image is for the one in use */
+        if (j->kind == J_REVOKED) { /* one entry a fingerprint, each with the user's drop */
+            uint64_t fps[3];
+            size_t k = fleet_fps_parse(j->fps, fps, ARRAY_SIZE(fps));
+            for (size_t i = 0; i < k; i++)
+                if (fps[i]) { /* 0 is no fingerprint in the image */
+                    fn(userdata, SHARED_CARRIED_TELL, j->grant, j->user, j->scope, fps[i]);
+                    n++;
+                }
+            continue;
+        }
+        fn(userdata, j->kind == J_FLUSH ? SHARED_CARRIED_FLUSH : j->revoke ? SHARED_CARRIED_REVOKE : SHARED_CARRIED_DROP,
+           j->grant, j->user, j->scope, j->revoke ? j->asked_unix_ms : 0);
+        n++;
+    }
+    pthread_rwlock_unlock(&s->keys_lock);
+    return n;
 }
 
 shared *shared_free(shared *s) {
     if (!s)
         return NULL;
     shared_stop(s);
+    {
+        unsigned here = 0, elsewhere = 0;
+        struct job *j;
+        while ((j = QUEUE_POP(&s->carried, struct job, link))) {
+            if (strcmp(j->ns, s->ns) == 0)
+                here++;
+            else
+                elsewhere++;
+            fleet_job_free(j);
+        }
+        if (here)
+            log_warning("fleet: stopping with %u drops, flushes or revocations Redis has not taken yet: they "
+                        "go over in the cache image when systemd keeps one (systemctl restart); otherwise "
+                        "repeat them once tokend is back", here);
+        if (elsewhere)
+            log_warning("fleet: stopping with %u drops, flushes or revocations for the Instacart server or "
+                        "client id used before the last reload: they are lost; repeat them on a host of that "
+                        "server", elsewhere);
+    }
     fleet_own_free(s);
     seal_keys_wipe(&s->keys);
     free(s->redis);
@@ -325,6 +500,7 @@ shared *shared_free(shared *s) {
 #endif
     pthread_cond_destroy(&s->cond);
     pthread_cond_destroy(&s->ev_cond);
+    pthread_cond_destroy(&s->read_cond);
     pthread_mutex_destroy(&s->lock);
     pthread_rwlock_destroy(&s->keys_lock);
     free(s);

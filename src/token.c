@@ -22,6 +22,7 @@ int token_new(const char *value, size_t len, uint32_t lifetime_s, int64_t create
     t->created_at = created_at;
     t->received_ms = received_ms;
     t->expires_ms = received_ms + (uint64_t)lifetime_s * MS_PER_SEC;
+    t->minted_unix_ms = 0;
     t->lifetime_s = lifetime_s;
     t->len = (uint16_t)len;
     memcpy(t->value, value, len);

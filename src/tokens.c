@@ -23,7 +23,7 @@ void tokens_revoke(const struct tokens *t, enum oauth_grant grant, const char *u
     if (t->shared) /* the shared copy too, read from Redis, and every host's */
         shared_revoke(t->shared, grant, user_id, scope, mine, done, userdata);
     else
-        revocations_revoke(t->rv, &mine, 1, done, userdata);
+        revocations_revoke(t->rv, &mine, 1, 0, done, userdata);
     token_unref(mine);
 }
 

@@ -68,10 +68,11 @@ struct upstream {
     char *client_id;
     char *client_secret;
     size_t client_secret_len;
-    /* A reload bumps serial when it swaps anything above, and generation
-     * when the server or the client id changes: a token minted for an
-     * older generation is never handed out (it would be cached and served
-     * for a day after the operator moved away from that server or client). */
+    /* A reload bumps serial when it swaps anything above. generation names
+     * the server and the client id (generation_of()): a token minted for
+     * another is never handed out (it would be cached and served for a day
+     * after the operator moved away from that server or client), nor one of
+     * theirs sent to revoke; moved back, they are the same again. */
     uint64_t generation, serial;
     bool stopping;
     breaker breaker;
@@ -152,6 +153,15 @@ static void endpoints_swap(upstream *u, struct endpoints *e) {
     *e = old;
 }
 
+/* FNV-1a of the token URL and the client id; never 0 (0 is "now" to
+ * upstream_revoke()). */
+static uint64_t generation_of(const char *token_url, const char *client_id) {
+    const char *parts[] = { token_url, "\n", client_id };
+    uint64_t h = fnv1a64(parts, ARRAY_SIZE(parts));
+
+    return h ? h : 1;
+}
+
 int upstream_new(const config *cfg, upstream **ret) {
     struct http_client_settings hs = {
         .max_concurrent = cfg->max_concurrent,
@@ -175,6 +185,7 @@ int upstream_new(const config *cfg, upstream **ret) {
         return r;
     }
     endpoints_swap(u, &e);
+    u->generation = generation_of(u->token_url, u->client_id);
     r = http_client_new(&hs, &u->http);
     if (r < 0) {
         upstream_free(u);
@@ -486,7 +497,8 @@ static const struct http_exchange_ops job_ops = {
 };
 
 static void submit(upstream *u, enum instacart_call call, enum oauth_grant grant, const char *user_id,
-                   const char *scope, const char *revoke_token, upstream_done_fn done, void *userdata) {
+                   const char *scope, const char *revoke_token, uint64_t generation, upstream_done_fn done,
+                   void *userdata) {
     mint_outcome o = { 0 };
     struct job *j;
     uint64_t now = now_ms(), wait_ms;
@@ -512,7 +524,7 @@ static void submit(upstream *u, enum instacart_call call, enum oauth_grant grant
 
     pthread_mutex_lock(&u->lock);
     /* under the lock: a reload may swap the credentials (upstream_set_credentials) */
-    j->generation = u->generation;
+    j->generation = generation ? generation : u->generation;
     j->serial = u->serial;
     if (!j->user_id || !j->scope)
         r = -ENOMEM;
@@ -524,6 +536,8 @@ static void submit(upstream *u, enum instacart_call call, enum oauth_grant grant
         instacart_outcome(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, "out_of_memory");
     else if (u->stopping)
         instacart_outcome(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, "shutting_down");
+    else if (j->generation != u->generation) /* a token of the server before: never sent to this one */
+        instacart_outcome(&o, MINT_UNAVAILABLE, 0, DEFAULT_RETRY_AFTER_S, "server_changed");
     else if (breaker_refuses(&u->breaker, now, &wait_ms))
         o = breaker_refusal(u, wait_ms);
     else if (u->paused_until_ms > j->deadline_ms)
@@ -544,11 +558,22 @@ static void submit(upstream *u, enum instacart_call call, enum oauth_grant grant
 
 void upstream_mint(upstream *u, enum oauth_grant grant, const char *user_id, const char *scope,
                    upstream_done_fn done, void *userdata) {
-    submit(u, INSTACART_MINT, grant, user_id, scope, NULL, done, userdata);
+    submit(u, INSTACART_MINT, grant, user_id, scope, NULL, 0, done, userdata);
 }
 
-void upstream_revoke(upstream *u, const char *token_value, upstream_done_fn done, void *userdata) {
-    submit(u, INSTACART_REVOKE, OAUTH_GRANT_CLIENT_CREDENTIALS, NULL, NULL, token_value, done, userdata);
+void upstream_revoke(upstream *u, uint64_t generation, const char *token_value, upstream_done_fn done,
+                     void *userdata) {
+    submit(u, INSTACART_REVOKE, OAUTH_GRANT_CLIENT_CREDENTIALS, NULL, NULL, token_value, generation, done,
+           userdata);
+}
+
+uint64_t upstream_generation(upstream *u) {
+    uint64_t g;
+
+    pthread_mutex_lock(&u->lock);
+    g = u->generation;
+    pthread_mutex_unlock(&u->lock);
+    return g;
 }
 
 void upstream_forward(upstream *u, const char *path, const char *bearer, const char *body, size_t len,
@@ -653,8 +678,8 @@ int upstream_set_credentials(upstream *u, const config *cfg) {
         moved = strcmp(u->token_url, e.token_url) != 0 || strcmp(u->client_id, e.client_id) != 0;
         endpoints_swap(u, &e);
         u->serial++;
-        if (moved)
-            u->generation++;
+        if (moved) /* moved back, it is the old one again: what waits for that server can go */
+            u->generation = generation_of(u->token_url, u->client_id);
         if (u->credentials_rejected || moved) {
             /* the breaker opened on the old credentials or server: let the
              * new ones try */

@@ -17,8 +17,51 @@ uint64_t now_ms(void) {
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+void mono_deadline(uint64_t ms, struct timespec *ret) {
+    clock_gettime(CLOCK_MONOTONIC, ret);
+    ret->tv_sec += (time_t)(ms / 1000);
+    ret->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ret->tv_nsec >= 1000000000L)
+        ret->tv_sec++, ret->tv_nsec -= 1000000000L;
+}
+
 int64_t now_unix(void) {
     return (int64_t)time(NULL);
+}
+
+bool stream_id_parse(const char *s, size_t len, unsigned long long ret[2]) {
+    unsigned long long part[2] = { 0, 0 };
+    size_t i = 0;
+
+    for (int p = 0; p < 2; p++) {
+        size_t digits = 0;
+        for (; i < len && s[i] >= '0' && s[i] <= '9'; i++, digits++) {
+            unsigned d = (unsigned)(s[i] - '0');
+            if (part[p] > (ULLONG_MAX - d) / 10)
+                return false;
+            part[p] = part[p] * 10 + d;
+        }
+        if (digits == 0 || (p == 0 && (i >= len || s[i++] != '-')))
+            return false;
+    }
+    if (i != len)
+        return false;
+    if (ret) {
+        ret[0] = part[0];
+        ret[1] = part[1];
+    }
+    return true;
+}
+
+uint64_t fnv1a64(const char *const *parts, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+
+    for (size_t i = 0; i < n; i++)
+        for (const char *c = parts[i]; c && *c; c++) {
+            h ^= (unsigned char)*c;
+            h *= 0x100000001b3ULL;
+        }
+    return h;
 }
 
 uint64_t now_unix_ms(void) {

@@ -33,17 +33,18 @@
 #include "snapshot.h"
 
 #define HEADER_LEN 64
-#define ENTRY_FIXED_LEN 28
+#define ENTRY_FIXED_LEN 36 /* the harness writes version 2 headers */
 #define PREFIX_LEN 8
 
 static const snapshot_identity identity = { "https://connect.instacart.com", "fuzz-client" };
 
 struct entry {
-    uint8_t grant;
+    uint8_t grant, kind;
     const uint8_t *user, *scope, *value;
     size_t ulen, slen, tlen;
     uint32_t lifetime_s;
     uint64_t remaining_ms;
+    uint64_t at28; /* kinds 2 to 7: the value at offset 28 */
 };
 
 struct image {
@@ -51,6 +52,7 @@ struct image {
     size_t n;
     bool valid; /* as far as this harness can tell, decode must accept it */
     size_t seen; /* tokens the cache gave back, checked */
+    size_t carried; /* drops, flushes and revocations handed back, checked */
 };
 
 static void fetch_must_not_run(void *source, enum oauth_grant grant, const char *user_id, const char *scope,
@@ -155,17 +157,62 @@ static void parse_entries(const uint8_t *p, size_t len, uint32_t count, struct i
         e->user = q + ENTRY_FIXED_LEN;
         e->scope = e->user + e->ulen;
         e->value = e->scope + e->slen;
-        if (q[1] != 0 || e->grant > OAUTH_GRANT_CLIENT_CREDENTIALS)
+        /* kinds (version 2): 0 cached, 1 to revoke, 2 and 3 a user's fleet
+         * revocation (a time at 28, or 0) and drop, 4 a fleet flush, 5 a
+         * revocation event seen (16 hex digits as its scope), 6 a revoked
+         * token's fingerprint (at 28, not 0; no user, no scope), 7 a tell of
+         * one (at 28, not 0; a user or none), 8 the last event read (a
+         * stream id, <ms>-<seq> in digits, as its scope; no user; its Redis
+         * at 28, or 0), 9 when a user's tokens were revoked (at 28, not 0;
+         * no user; the user's fingerprint, 16 hex digits, as its scope),
+         * 10 the generation of the last flush (at 28, not 0; no user, no
+         * scope); 2 to 10 hold no token, and 3, 4 and 5 nothing at 28 */
+        e->kind = q[1];
+        e->at28 = le64(q + 28);
+        if (e->kind > 10 || e->grant > OAUTH_GRANT_CLIENT_CREDENTIALS)
             return;
-        if (e->lifetime_s == 0 || e->lifetime_s > OAUTH_LIFETIME_MAX ||
-            e->remaining_ms > (uint64_t)e->lifetime_s * 1000)
+        if (e->kind >= 2 ? e->tlen != 0 || e->lifetime_s != 0 || e->remaining_ms != 0 || le64(q + 20) != 0 ||
+                               (e->kind == 6 || e->kind == 7 || e->kind == 9 || e->kind == 10 ? e->at28 == 0
+                                                              : e->kind != 2 && e->kind != 8 && e->at28 != 0)
+                         : e->lifetime_s == 0 || e->lifetime_s > OAUTH_LIFETIME_MAX ||
+                               e->remaining_ms > (uint64_t)e->lifetime_s * 1000)
             return;
+        if ((e->kind == 1 || e->kind == 4 || e->kind == 6 || e->kind == 10) &&
+            (e->grant != OAUTH_GRANT_CLIENT_CREDENTIALS || e->slen != 0))
+            return;
+        if (e->kind == 8) {
+            /* "<ms>-<seq>": two runs of digits, each a number that fits 64 bits */
+            size_t dash = 0;
+            if (e->grant != OAUTH_GRANT_CLIENT_CREDENTIALS || e->ulen != 0)
+                return;
+            while (dash < e->slen && e->scope[dash] != '-')
+                dash++;
+            if (dash == 0 || dash + 1 >= e->slen)
+                return;
+            for (size_t k = 0; k < e->slen; k++)
+                if (k != dash && (e->scope[k] < '0' || e->scope[k] > '9'))
+                    return;
+            for (int part = 0; part < 2; part++) {
+                size_t from = part ? dash + 1 : 0, to = part ? e->slen : dash;
+                while (to - from > 1 && e->scope[from] == '0')
+                    from++;
+                if (to - from > 20 || (to - from == 20 && memcmp(e->scope + from, "18446744073709551615", 20) > 0))
+                    return;
+            }
+        }
+        if (e->kind == 5 || e->kind == 9) {
+            if (e->grant != OAUTH_GRANT_CLIENT_CREDENTIALS || e->slen != 16)
+                return;
+            for (size_t k = 0; k < 16; k++)
+                if (!strchr("0123456789abcdef", e->scope[k]) || !e->scope[k])
+                    return;
+        }
         if (e->grant == OAUTH_GRANT_USER_ASSERTION ? !request_user_id_valid((const char *)e->user, e->ulen)
                                                    : e->ulen != 0)
             return;
         /* "" only for a client token asked for without a scope */
         if (!(e->slen == 0 ? e->grant == OAUTH_GRANT_CLIENT_CREDENTIALS : scope_valid(e->scope, e->slen)) ||
-            !token_valid(e->value, e->tlen))
+            !(e->kind >= 2 || token_valid(e->value, e->tlen)))
             return;
         off += ENTRY_FIXED_LEN + e->ulen + e->slen + e->tlen;
         im->n++;
@@ -197,6 +244,38 @@ static void check_exported(void *userdata, enum oauth_grant grant, const char *u
                 e->lifetime_s == t->lifetime_s;
     }
     fuzz_check(found);
+}
+
+/* A drop, flush or revocation carried over the restart, handed back: well
+ * formed, a token only for a revocation, and one of the image's. */
+static void check_carried(void *ctx, enum snapshot_kind kind, enum oauth_grant grant, const char *user_id,
+                          const char *scope, token *t, uint64_t value) {
+    struct image *im = ctx;
+    size_t ulen = strlen(user_id), slen = strlen(scope);
+    bool found = false;
+
+    fuzz_check(kind >= SNAPSHOT_REVOKE && kind <= SNAPSHOT_KIND_MAX);
+    fuzz_check((t != NULL) == (kind == SNAPSHOT_REVOKE));
+    fuzz_check(t ? value == 0
+                 : kind == SNAPSHOT_REVOKED_FP || kind == SNAPSHOT_REVOKED_TELL || kind == SNAPSHOT_USER_REVOKED ||
+                           kind == SNAPSHOT_FLUSH_FLOOR
+                     ? value != 0
+                     : kind == SNAPSHOT_REVOKE_SHARED || kind == SNAPSHOT_EVENTS_READ || !value);
+    fuzz_check(grant == OAUTH_GRANT_USER_ASSERTION ? request_user_id_valid(user_id, ulen) : ulen == 0);
+    fuzz_check(slen == 0 ? grant == OAUTH_GRANT_CLIENT_CREDENTIALS : scope_valid((const uint8_t *)scope, slen));
+    if (t) {
+        fuzz_check(t->len == strlen(t->value) && token_valid((const uint8_t *)t->value, t->len));
+        fuzz_check(t->lifetime_s >= 1 && t->lifetime_s <= OAUTH_LIFETIME_MAX);
+    }
+    im->carried++;
+    for (size_t i = 0; im->entries && i < im->n && !found; i++) {
+        const struct entry *e = &im->entries[i];
+        found = e->kind == kind && e->grant == grant && e->ulen == ulen && memcmp(e->user, user_id, ulen) == 0 &&
+                e->slen == slen && memcmp(e->scope, scope, slen) == 0 &&
+                (t ? e->tlen == t->len && memcmp(e->value, t->value, t->len) == 0 : e->at28 == value);
+    }
+    fuzz_check(found || !im->entries);
+    token_unref(t);
 }
 
 static uint64_t boottime_ns(void) {
@@ -254,12 +333,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     fuzz_check(cache_new(&s, fetch_must_not_run, NULL, &c) == 0);
     memset(err, 'x', sizeof(err));
-    r = snapshot_decode(img, len, &identity, min_ttl_ms, c, &n, err);
+    {
+        struct snapshot_more more = { .restore = check_carried, .ctx = &im };
+        r = snapshot_decode(img, len, &identity, min_ttl_ms, c, &more, &n, err);
+    }
     cache_get_stats(c, &st);
     if (r == 0) {
         fuzz_check(!built || im.valid);
         fuzz_check(n.entries == (built ? im.n : n.entries));
-        fuzz_check(n.restored + n.expired + n.skipped == n.entries);
+        fuzz_check(n.restored + n.carried + n.remembered + n.expired + n.skipped == n.entries);
+        fuzz_check(im.carried == n.carried + n.remembered);
         fuzz_check(st.entries <= n.restored);
         cache_export(c, check_exported, &im);
         fuzz_check(im.seen <= n.restored);

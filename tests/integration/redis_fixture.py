@@ -198,6 +198,14 @@ class Redis:
         finally:
             c.close()
 
+    def role(self):
+        """b"master", b"slave", ..., or None while it cannot answer (a node
+        the sentinels are reconfiguring resets its connections)."""
+        try:
+            return self.cli("ROLE")[0]
+        except (redis_py.RedisError, IndexError):
+            return None
+
     def keys(self):
         """Every key (SCAN, never KEYS), as bytes."""
         c = self.client()
@@ -652,14 +660,25 @@ def shared_section(endpoint, key_file, acl=False, **kw):  # kw may name another 
     return sec
 
 
+def events_up(t):
+    """Whether host t reads the fleet's events stream (its /metrics says so)."""
+    for line in t.get("/metrics").body.decode().splitlines():
+        if line.startswith("tokend_shared_events_up "):
+            return float(line.rsplit(" ", 1)[1]) == 1
+    return False
+
+
 @pytest.fixture
 def make_fleet(make_tokend, key_file):
-    """make(stub, redis, n, sections=None, shared=None, acl=False, **tokend_kw):
+    """make(stub, redis, n, sections=None, shared=None, acl=False, events=True, **tokend_kw):
     n started Tokend processes sharing `redis` (a Redis, Sentinels, Cutter,
     or a list with one per host) and key_file. sections: the other sections
-    of every host; shared: more [shared] keys."""
+    of every host; shared: more [shared] keys. events: wait until every
+    host reads the fleet's events stream (a host reads only events made
+    after its reader starts, and that follows readiness), so that a drop or
+    flush the test makes next reaches each host as an event."""
 
-    def make(stub, redis, n, sections=None, shared=None, acl=False, **kw):
+    def make(stub, redis, n, sections=None, shared=None, acl=False, events=True, **kw):
         endpoints = redis if isinstance(redis, (list, tuple)) else [redis] * n
         assert len(endpoints) == n
         hosts = []
@@ -668,6 +687,9 @@ def make_fleet(make_tokend, key_file):
             more = dict(shared or {})
             secs["shared"] = shared_section(ep, more.pop("key_file", key_file), acl=acl, **more)
             hosts.append(make_tokend(stub, secs, **kw))
+        if events:
+            wait_for(lambda: all(events_up(h) for h in hosts), timeout=10, interval=0.02,
+                     what="every host to read the fleet's events stream")
         return hosts
 
     return make

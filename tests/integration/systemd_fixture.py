@@ -156,9 +156,13 @@ def make_sd(tmp_path):
 
 
 def stop_and_take_cache(t, notify):
-    """SIGTERM, then the memfd the daemon handed to the store."""
+    """SIGTERM, then the memfd the daemon handed to the store (the newest,
+    when one notify socket saw several restarts)."""
+    before = len(notify.with_key("FDSTORE", "1"))
     t.stop()
-    (_, fields, fds), = notify.with_key("FDSTORE", "1")
+    stored = notify.wait("FDSTORE", "1", count=before + 1)
+    assert len(stored) == before + 1, stored
+    _, fields, fds = stored[-1]
     assert fields.get("FDNAME") == "cache", fields
     assert len(fds) == 1, fields
     return fds[0]

@@ -655,7 +655,7 @@ def test_tls_to_redis_checks_the_certificate_or_is_refused_where_the_build_has_n
     # never used; the host mints on its own and says why
     other_name = tls_redis(make_redis, pki, "other_name")
     for bad in ({**shared, "tls_ca_file": pki.ca("other")}, {**shared, "redis": f"127.0.0.1:{other_name}"}):
-        (h,) = make_fleet(stub, bad, 1)
+        (h,) = make_fleet(stub, bad, 1, events=False)  # it never reads them
         assert h.token(f"untrusted{bad['redis']}{bad['tls_ca_file']}").status == 200
         wait_for(lambda: "TLS with" in h.log(), timeout=5, what="the TLS failure to be logged")
         assert "certificate verify failed" in h.log(), h.log()
@@ -679,13 +679,375 @@ def test_a_host_restarted_with_its_cache_hears_of_drops_made_while_it_was_down(
     old = {u: access_token(a.token(u)) for u in ("dropped-meanwhile", "kept")}
     fd = stop_and_take_cache(a, notify)
     assert b.request("DELETE", "/v1/token?user_id=dropped-meanwhile").status == 200
-    a2 = make_sd(stub, notify, sections=sections, fds=[fd], names=["cache"])
-    notify.wait("READY", "1", count=2)
+    a2 = start_with_cache(make_sd, stub, notify, sections, fd)
     assert "restored 2 cached tokens" in a2.log()
     wait_for(lambda: access_token(a2.token("dropped-meanwhile")) != old["dropped-meanwhile"], timeout=3,
              interval=0.05, what="the drop made while the host was down to reach it")
     r = a2.token("kept")
     assert r.header("x-cache") == "hit" and access_token(r) == old["kept"], "the rest of the cache is kept"
+
+
+def test_a_host_restarted_with_its_cache_serves_nothing_before_reading_what_the_fleet_revoked(
+        stub, redis, make_fleet, make_cutter, notify, make_sd, key_file):
+    """a is restarted with its cache (a deploy) while b revokes U. Redis is
+    slow to answer a2's first read of the fleet's events (held for 1 s),
+    and U's caller asks a2 the moment it listens: a2 must not serve U's
+    revoked token in that moment. It served it from the cache it brought
+    back, for as long as its first read took (found by an attack); now a
+    start waits for that read (up to 2 s) before it listens."""
+    a, b, cutter, sections = behind_a_cutter(stub, redis, make_fleet, make_cutter, notify, make_sd, key_file)
+    old = access_token(a.token("revoked-while-down"))
+    fd = stop_and_take_cache(a, notify)
+    assert b.request("DELETE", "/v1/token?user_id=revoked-while-down&revoke=true").json()["revoked"] is True
+    # the revocation's last event (the tell of what was revoked, which drops
+    # the user again) written before a2 starts: else it could drop the token
+    # a2 mints after it, and a3 below would have nothing to bring back
+    ns = namespace_of(redis, b)
+    admin = redis.client()
+    wait_for(lambda: any(b"r" in f for _, f in admin.xrange(ns + "events")), timeout=5,
+             what="the revocation's tell in the stream")
+    admin.close()
+    cutter.hold_events()
+    release = threading.Timer(1.0, cutter.release_events)
+    release.start()
+    try:
+        a2 = make_sd(stub, notify, sections=sections, fds=[fd], names=["cache"])
+        r = a2.token("revoked-while-down")
+    finally:
+        release.join()
+    assert r.status == 200 and access_token(r) != old, \
+        f"the restarted host served the revoked token ({r.header('x-cache')})"
+    assert "could not be read within" not in a2.log(), a2.log()
+    # Redis there, the read not done in 2 s (a writer can make it long):
+    # what it brought back is dropped, not served (found by an attack)
+    fd = stop_and_take_cache(a2, notify)
+    cutter.hold_events()
+    try:
+        a3 = make_sd(stub, notify, sections=sections, fds=[fd], names=["cache"])
+        assert "restored 1 cached tokens" in a3.log(), a3.log()
+        wait_for(lambda: "the 1 tokens brought back are dropped" in a3.log(), timeout=5,
+                 what="the start to drop what it brought back")
+        r = a3.token("revoked-while-down")
+        assert r.status == 200 and r.header("x-cache") != "hit", r
+    finally:
+        cutter.release_events()
+    # without Redis at all, the start waits 2 s at most, serves, and says so
+    fd = stop_and_take_cache(a3, notify)
+    cutter.cut()
+    a4 = make_sd(stub, notify, sections=sections, fds=[fd], names=["cache"])
+    wait_for(lambda: "could not be read within 2 s of the start" in a4.log(), timeout=5,
+             what="the start to say it serves before reading the fleet's events")
+    assert a4.token("revoked-while-down").header("x-cache") == "hit"
+
+
+def test_drops_and_revocations_not_yet_made_cross_a_restart_with_the_cache(
+        stub, redis, make_fleet, make_cutter, notify, make_sd, key_file):
+    """A host that cannot reach Redis answers a revocation and a drop 503
+    "..._pending": they are kept until Redis takes them. systemctl restart
+    (SIGTERM, the cache image in the fd store) must not forget them: they
+    cross in the image, and once Redis is back the token only Redis held is
+    revoked at Instacart, and the other host stops serving both (found by
+    an attack: they were freed at the stop)."""
+    cutter = make_cutter(redis)
+    sections = {"shared": shared_section(cutter, key_file)}
+    a = make_sd(stub, notify, sections=sections)
+    notify.wait("READY", "1")
+    (b,) = make_fleet(stub, redis, 1)
+    old = {u: access_token(b.token(u)) for u in ("revoke-after-restart", "drop-after-restart")}
+    wait_for(lambda: len(token_keys(redis, set())) >= 2, timeout=2, what="the tokens in Redis")
+    cutter.cut()
+    wait_for(lambda: a.token("probe").status == 200 and metric(a, "tokend_shared_up") == 0, timeout=5,
+             interval=0.1, what="a to see Redis out of reach")
+    r = a.request("DELETE", "/v1/token?user_id=revoke-after-restart&revoke=true")
+    assert r.status == 503 and r.json()["error"] == "revocation_pending", r
+    r = a.request("DELETE", "/v1/token?user_id=drop-after-restart")
+    assert r.status == 503 and r.json()["error"] == "drop_pending", r
+    fd = stop_and_take_cache(a, notify)
+    assert "with 2 drops, flushes or revocations not yet made" in a.log(), a.log()
+    cutter.restore()
+    a2 = start_with_cache(make_sd, stub, notify, sections, fd)
+    assert "taking up again 2 drops, flushes or revocations" in a2.log(), a2.log()
+    wait_for(lambda: old["revoke-after-restart"] in stub.stats()["revoked_tokens"], timeout=10, interval=0.1,
+             what="the token only Redis held to be revoked once Redis is back")
+    for u in old:
+        wait_for(lambda: access_token(b.token(u)) != old[u], timeout=5, interval=0.05,
+                 what=f"the other host to stop serving {u}'s token")
+
+
+def start_with_cache(make_sd, stub, notify, sections, fd):
+    """A host started under systemd with the cache image fd from the
+    store (systemctl restart's second half), once it is ready."""
+    t = make_sd(stub, notify, sections=sections, fds=[fd], names=["cache"])
+    notify.wait("READY", "1", count=2)
+    return t
+
+
+def restarted_behind_a_writer(make_sd, stub, notify, sections, host, redis, ns, key, value, pttl):
+    """host restarted with its cache (a deploy) while a Redis writer deletes
+    the events stream (what the fleet told cannot be learned from it again)
+    and writes a saved value back: the restarted host, once ready."""
+    fd = stop_and_take_cache(host, notify)
+    w = writer(redis)
+    w.delete(ns + "events")
+    w.set(key, value, px=pttl)
+    w.close()
+    return start_with_cache(make_sd, stub, notify, sections, fd)
+
+
+def behind_a_cutter(stub, redis, make_fleet, make_cutter, notify, make_sd, key_file):
+    """(a, b, cutter, a's sections): a under systemd reaching Redis through
+    a cutter, b directly, both reading the fleet's events."""
+    cutter = make_cutter(redis)
+    sections = {"shared": shared_section(cutter, key_file)}
+    a = make_sd(stub, notify, sections=sections)
+    notify.wait("READY", "1")
+    (b,) = make_fleet(stub, redis, 1)
+    wait_for(lambda: metric(a, "tokend_shared_events_up") == 1, timeout=5, what="a to read the events")
+    return a, b, cutter, sections
+
+
+def cut_off(a, cutter):
+    cutter.cut()
+    wait_for(lambda: a.token("probe").status == 200 and metric(a, "tokend_shared_up") == 0, timeout=5,
+             interval=0.1, what="a to see Redis out of reach")
+
+
+def past_the_resume_margin(since):
+    """A host restarted with its cache used to replay only the events of
+    the image's age and 10 s more before its first connection: wait until
+    what happened at `since` is older than that."""
+    wait_for(lambda: time.monotonic() - since > 11, timeout=15, interval=0.2,
+             what="the events to be older than the replay's margin")
+
+
+@pytest.mark.parametrize("when", ["restarted-before-them", "restarted-after-them"])
+def test_a_host_restarted_while_cut_off_hears_the_drops_and_revocations_it_missed(
+        stub, redis, make_fleet, make_cutter, notify, make_sd, key_file, when):
+    """a is cut off from Redis; b drops D and revokes R (a minted its own
+    token for R meanwhile); a is restarted with its cache (before or
+    after them), and Redis comes back over 10 s after them. a replayed
+    only from shortly before its image was read, so it never heard them:
+    it served D's dropped token and its own token for R, never revoked
+    (found by an attack). The image now carries the last event a read,
+    and a replays from there."""
+    a, b, cutter, sections = behind_a_cutter(stub, redis, make_fleet, make_cutter, notify, make_sd, key_file)
+    dropped = cache_everywhere([a, b], ["dropped-meanwhile"])["dropped-meanwhile"]
+    cut_off(a, cutter)
+    own = access_token(a.token("revoked-meanwhile"))  # minted on a alone
+    assert access_token(b.token("revoked-meanwhile")) != own  # and the fleet's, on b
+    if when == "restarted-before-them":
+        a = start_with_cache(make_sd, stub, notify, sections, stop_and_take_cache(a, notify))
+    assert b.request("DELETE", "/v1/token?user_id=dropped-meanwhile").status == 200
+    r = b.request("DELETE", "/v1/token?user_id=revoked-meanwhile&revoke=true")
+    assert r.status == 200 and r.json()["revoked"] is True, r
+    since = time.monotonic()
+    if when == "restarted-after-them":
+        a = start_with_cache(make_sd, stub, notify, sections, stop_and_take_cache(a, notify))
+    assert access_token(a.token("dropped-meanwhile")) == dropped  # still cut off: its own cache
+    past_the_resume_margin(since)
+    cutter.restore()
+    wait_for(lambda: own in stub.stats()["revoked_tokens"], timeout=5, interval=0.1,
+             what="a to revoke its own token of the user revoked while it was cut off")
+    wait_for(lambda: access_token(a.token("dropped-meanwhile")) != dropped, timeout=2, interval=0.05,
+             what="a to stop serving the token dropped while it was cut off")
+    assert access_token(a.token("revoked-meanwhile")) != own
+
+
+def test_a_host_restarted_while_cut_off_hears_the_flush_it_missed(
+        stub, redis, make_fleet, make_cutter, notify, make_sd, key_file):
+    a, b, cutter, sections = behind_a_cutter(stub, redis, make_fleet, make_cutter, notify, make_sd, key_file)
+    old = cache_everywhere([a, b], ["pre-flush"])["pre-flush"]
+    cut_off(a, cutter)
+    assert b.request("POST", "/v1/cache/flush").status == 200
+    since = time.monotonic()
+    fd = stop_and_take_cache(a, notify)
+    a = start_with_cache(make_sd, stub, notify, sections, fd)
+    past_the_resume_margin(since)
+    cutter.restore()
+    wait_for(lambda: access_token(a.token("pre-flush")) != old, timeout=3, interval=0.05,
+             what="a to stop serving a token from before the flush")
+
+
+def test_a_host_restarted_onto_another_redis_replays_it_by_the_clock(
+        stub, redis, make_redis, make_fleet, notify, make_sd, key_file):
+    """The operator moves the fleet to another Redis ([shared] redis, and a
+    restart that keeps the cache). The last event a read on the old Redis
+    says nothing of the new one's stream: a resumed there from that id and
+    never heard a drop made there (found by an attack). A host resumes from
+    the id only on the Redis it read it from; elsewhere it replays by the
+    image's age, on Redis's clock."""
+    r2 = make_redis()
+    old_redis = {"shared": shared_section(redis, key_file)}
+    new_redis = {"shared": shared_section(r2, key_file)}
+    a = make_sd(stub, notify, sections=old_redis)
+    notify.wait("READY", "1")
+    (b,) = make_fleet(stub, r2, 1)
+    wait_for(lambda: metric(a, "tokend_shared_events_up") == 1, timeout=5, what="a to read the events")
+    ns = namespace_of(r2, b)
+    mine = access_token(a.token("moved"))
+    assert access_token(b.token("moved")) != mine
+    assert b.request("DELETE", "/v1/token?user_id=moved").status == 200  # on the new Redis
+    applied = metric(a, "tokend_shared_events_applied_total")
+    assert a.request("DELETE", "/v1/token?user_id=another").status == 200  # a later event on the old one
+    wait_for(lambda: metric(a, "tokend_shared_events_applied_total") > applied, timeout=2, what="a to read it")
+    c = r2.client()
+    c.execute_command("XADD", ns + "events", "*", "h", "1")
+    c.close()
+    fd = stop_and_take_cache(a, notify)
+    a = start_with_cache(make_sd, stub, notify, new_redis, fd)
+    wait_for(lambda: access_token(a.token("moved")) != mine, timeout=3, interval=0.05,
+             what="a to hear the drop made on the new Redis")
+
+
+def test_a_restarted_host_still_refuses_a_revoked_token_written_back_into_redis(
+        stub, redis, make_fleet, notify, make_sd, key_file):
+    """a heard that U's token was revoked, and refuses it if a Redis writer
+    writes it back. It is restarted with its cache (a deploy), and the
+    writer deletes the events stream, so that a2 cannot learn the
+    revocation from the stream's history, then writes the value back: a2
+    still refuses it, as the tokens it knew revoked cross in the image (it
+    served it: found by review)."""
+    sections = {"shared": shared_section(redis, key_file)}
+    a = make_sd(stub, notify, sections=sections)
+    notify.wait("READY", "1")
+    (b,) = make_fleet(stub, redis, 1)
+    ns = namespace_of(redis, b)
+    key, value, pttl = saved_value(redis, set(redis.keys()), b, "written-back")
+    old = access_token(b.token("written-back"))
+    told = metric(a, "tokend_shared_events_applied_total")
+    assert b.request("DELETE", "/v1/token?user_id=written-back&revoke=true").status == 200
+    wait_for(lambda: metric(a, "tokend_shared_events_applied_total") >= told + 2, timeout=5,
+             what="a to hear of the revocation")
+    a2 = restarted_behind_a_writer(make_sd, stub, notify, sections, a, redis, ns, key, value, pttl)
+    wait_for(lambda: metric(a2, "tokend_shared_events_up") == 1, timeout=5, what="a2 to read the events")
+    r = a2.token("written-back")
+    assert access_token(r) != old, f"the restarted host served the revoked token ({r.header('x-cache')})"
+
+
+def test_a_restarted_host_keeps_the_flush_floor_and_never_serves_a_pre_flush_token(
+        stub, redis, notify, make_sd, key_file):
+    """a flushes; a writer saved U's pre-flush value. a is restarted with
+    its cache, the writer deletes the events stream (so the flush cannot be
+    learned from it again), sets the generation back to the pre-flush one
+    and writes the value back. a2 took the old generation and served the
+    pre-flush token (found by the third attack): the generation of the last
+    flush a host knew now crosses in the image."""
+    sections = {"shared": shared_section(redis, key_file)}
+    a = make_sd(stub, notify, sections=sections)
+    notify.wait("READY", "1")
+    wait_for(lambda: metric(a, "tokend_shared_events_up") == 1, timeout=5, what="a to read the events")
+    ns = namespace_of(redis, a)
+    key, value, pttl = saved_value(redis, set(redis.keys()), a, "preflush")
+    old = access_token(a.token("preflush"))
+    w = writer(redis)
+    gen_before = w.get(ns + "gen") or b"0"
+    applied = metric(a, "tokend_shared_events_applied_total")
+    assert a.request("POST", "/v1/cache/flush").status == 200
+    wait_for(lambda: metric(a, "tokend_shared_events_applied_total") > applied, timeout=5,
+             what="a to read its own flush")
+    fd = stop_and_take_cache(a, notify)
+    w.delete(ns + "events")
+    a2 = start_with_cache(make_sd, stub, notify, sections, fd)
+    w.set(ns + "gen", gen_before)  # the generation set back...
+    w.set(key, value, px=pttl)     # ...and the pre-flush value written back
+    w.close()
+    r = a2.token("preflush")
+    assert r.status == 200 and access_token(r) != old, \
+        f"the restarted host served a token from before the flush ({r.header('x-cache')})"
+
+
+def test_a_host_restarted_with_its_cache_does_not_apply_a_revocation_twice(
+        stub, redis, make_fleet, notify, make_sd, key_file):
+    """U is revoked on b and a applies it; U's caller asks again at once and
+    a mints U's new token, which callers hold. a is restarted with its
+    cache seconds later (a deploy), and a Redis writer adds the revocation
+    event again: the revocation a applied before the restart is not
+    applied again, so the new token, minted within the clocks' allowance
+    of it, is not revoked. (Found by an attack when a restarted host
+    replayed the seconds before its image; it now replays from the last
+    event it read, and the events it applied cross in the image too.)"""
+    sections = {"shared": shared_section(redis, key_file)}
+    a = make_sd(stub, notify, sections=sections)
+    notify.wait("READY", "1")
+    (b,) = make_fleet(stub, redis, 1)
+    old = cache_everywhere([a, b], ["deployed"])["deployed"]
+    applied = metric(a, "tokend_shared_events_applied_total")
+    assert b.request("DELETE", "/v1/token?user_id=deployed&revoke=true").status == 200
+    wait_for(lambda: metric(a, "tokend_shared_events_applied_total") >= applied + 2, timeout=5,
+             what="a to apply the revocation")
+    new = access_token(a.token("deployed"))
+    assert new != old and access_token(b.token("deployed")) == new
+    ns = namespace_of(redis, b)
+    event = saved_revocation(redis, ns)
+    fd = stop_and_take_cache(a, notify)
+    a2 = start_with_cache(make_sd, stub, notify, sections, fd)
+    wait_for(lambda: metric(a2, "tokend_shared_events_up") == 1, timeout=5, what="a2 to read the events")
+    replay(redis, ns, event, [a2])
+    assert revoked_stays(stub, [old]), f"the restarted host revoked the new token: {stub.stats()['revoked_tokens']}"
+    assert access_token(a2.token("deployed")) == new
+
+
+def test_a_restart_with_the_cache_keeps_the_sealed_mint_time_of_a_token_whose_ttl_was_shortened(
+        stub, redis, make_fleet, notify, make_sd, key_file):
+    """As the replay [later, its TTL shortened], across a restart: c takes
+    from Redis U's token minted after U's revocation, whose TTL a writer
+    shortened, and is restarted with its cache; then the writer adds the
+    real revocation event again, which c never applied. The mint time
+    sealed in the value must cross in the image, or the shortened TTL
+    makes the live token look older than the revocation and c revokes it
+    (found by an attack)."""
+    a, b = make_fleet(stub, redis, 2, acl=True)
+    old = cache_everywhere([a, b], ["restarted-ttl"])["restarted-ttl"]
+    assert a.request("DELETE", "/v1/token?user_id=restarted-ttl&revoke=true").status == 200
+    revoked_at = time.monotonic()
+    wait_for(lambda: all(metric(h, "tokend_shared_events_applied_total") >= 2 for h in (a, b)), timeout=5,
+             what="a and b to apply the revocation")
+    wait_for(lambda: time.monotonic() > revoked_at + REVOKED_SKEW_S + 0.5, timeout=REVOKED_SKEW_S + 5,
+             interval=0.1, what="the clocks' allowance to pass")
+    key, value, pttl = saved_value(redis, set(redis.keys()), a, "restarted-ttl")
+    w = writer(redis)
+    w.set(key, value, px=pttl - 120000)  # allowed: Redis's TTL may only shorten a token's life
+    w.close()
+    sections = {"shared": shared_section(redis, key_file, acl=True)}
+    c = make_sd(stub, notify, sections=sections)
+    notify.wait("READY", "1")
+    new = access_token(a.token("restarted-ttl"))
+    r = c.token("restarted-ttl")
+    assert r.header("x-cache") in FROM_ANOTHER_HOST and access_token(r) == new, r
+    ns = namespace_of(redis, a)
+    event = saved_revocation(redis, ns)
+    fd = stop_and_take_cache(c, notify)
+    c2 = start_with_cache(make_sd, stub, notify, sections, fd)
+    wait_for(lambda: metric(c2, "tokend_shared_events_up") == 1, timeout=5, what="c2 to read the events")
+    replay(redis, ns, event, [c2])
+    assert revoked_stays(stub, [old]), f"the restart revoked the live token: {stub.stats()['revoked_tokens']}"
+    assert access_token(c2.token("restarted-ttl")) == new
+
+
+def test_a_revocation_kept_while_moved_to_another_server_lands_once_moved_back(stub, make_stub, redis, make_fleet):
+    """A revocation Instacart refuses now is kept (503 revocation_pending);
+    the host is reloaded to another server, where the token is never sent,
+    then back: it is the same server again, and the revocation lands once
+    Instacart takes it (before, each move made a new generation for good,
+    and it never did: found by an attack)."""
+    second = make_stub()
+    (b,) = make_fleet(stub, redis, 1, sections={"upstream": {"retry_base": "10ms", "retry_max": "50ms"}})
+    first = b.sections["upstream"]["base_url"]
+    tok = access_token(b.token("moved-back"))
+    stub.fault(match_path="/v2/oauth/token/revoke", action="status", status=500, count=100000)
+    r = b.request("DELETE", "/v1/token?user_id=moved-back&revoke=true")
+    assert r.status == 503 and r.json()["error"] == "revocation_pending", r
+    for url in (second.base_url, first):
+        b.sections["upstream"]["base_url"] = url
+        b.write_config()
+        before = b.log().count("reloaded ")
+        b.signal(signal.SIGHUP)
+        wait_for(lambda: b.log().count("reloaded ") > before, what="b's reload")
+    stub.reset()  # Instacart takes revocations again
+    wait_for(lambda: tok in stub.stats()["revoked_tokens"], timeout=70, interval=0.2,
+             what="the kept revocation to land (retries double up to 60 s)")
+    assert not [q for q in second.requests() if q["path"] == "/v2/oauth/token/revoke"], \
+        "the first server's token was sent to the second"
 
 
 def test_a_drop_made_while_redis_is_out_of_reach_is_sent_when_it_is_back(stub, redis, make_fleet, make_cutter):
@@ -1178,6 +1540,49 @@ def test_a_mint_in_flight_when_a_host_moves_to_another_server_is_not_shared_with
     assert issued_by(stub, access_token(r)), "a host on the old server served the new server's token"
 
 
+def test_a_revocation_made_across_a_reload_to_another_server_stays_with_the_old_server(
+        stub, make_stub, redis, make_fleet):
+    """b's revocation takes the token out of Redis, and b is reloaded to
+    another server before Redis answers (Redis stopped meanwhile). The token
+    is the old server's: it is never sent to the new one (another party's
+    secret there), the caller is told it is not revoked and why, and the
+    event naming it goes to the old server's namespace, so that c, which
+    never held it, refuses the value a Redis writer puts back."""
+    second = make_stub()
+    b, c = make_fleet(stub, redis, 2, acl=True, shared={"timeout": "3s"})
+    key, value, pttl = saved_value(redis, set(redis.keys()), b, "across")  # minted and shared by b
+    tok = access_token(b.token("across"))
+    answer = {}
+    redis.stop_signal()  # SIGSTOP: the drop is sent, its answer waits
+    try:
+        th = threading.Thread(target=lambda: answer.setdefault(
+            "r", b.request("DELETE", "/v1/token?user_id=across&revoke=true", timeout=20)))
+        th.start()
+        wait_for(lambda: metric(b, "tokend_http_requests_waiting") >= 1, timeout=5, interval=0.02,
+                 what="b's revocation to wait on Redis")
+        b.sections["upstream"]["base_url"] = second.base_url
+        b.write_config()
+        before = b.log().count("reloaded ")
+        b.signal(signal.SIGHUP)
+        wait_for(lambda: b.log().count("reloaded ") > before, what="b's reload")
+    finally:
+        redis.cont()
+    th.join(30)
+    r = answer["r"]
+    assert r.status == 503 and r.json()["error"] == "revocation_pending", r
+    assert "revoke the user on a host still using the old one" in r.json()["error_description"], r
+    assert not [q for q in second.requests() if q["path"] == "/v2/oauth/token/revoke"], \
+        "the old server's token was sent to the new one"
+    # c hears the drop ('v'), then which token was revoked ('r' and 'd')
+    wait_for(lambda: metric(c, "tokend_shared_events_applied_total") >= 3, timeout=5, interval=0.02,
+             what="c to hear which token was revoked")
+    w = writer(redis)
+    w.set(key, value, px=pttl)  # the saved value, written back with its TTL
+    w.close()
+    r = c.token("across")
+    assert access_token(r) != tok, f"c served the revoked token written back ({r.header('x-cache')})"
+
+
 def test_a_redis_outage_is_said_once_in_words_an_operator_reads(stub, redis, make_fleet):
     (a,) = make_fleet(stub, redis, 1, sections=UPSTREAM)
     assert a.token("before").status == 200
@@ -1232,6 +1637,75 @@ def test_a_revoked_token_written_back_into_redis_is_never_served(stub, redis, ma
     assert sum(metric(h, "tokend_shared_stale_refused_total") for h in (a, b, c)) >= 1
 
 
+def hide_from_a_revocation(stub, redis, hosts, user, how):
+    """U's token T is minted and shared; a Redis writer saves its value.
+    Then no host holds T when U is revoked: a plain DELETE let it go
+    everywhere (T lives on at Instacart), or its minting host died and the
+    writer took the value out of Redis. The revocation finds nothing.
+    Returns (T, key, value, pttl)."""
+    a = hosts[0]
+    key, value, pttl = saved_value(redis, set(redis.keys()), a, user)
+    tok = access_token(a.token(user))
+    minted = time.monotonic()
+    if how == "dropped-before":
+        assert a.request("DELETE", f"/v1/token?user_id={user}").status == 200
+    else:
+        a.signal(signal.SIGKILL)
+        a.proc.wait(timeout=10)
+        w = writer(redis)
+        w.delete(key)
+        w.close()
+    # surely older than the revocation, the hosts' clocks allowing (5 s)
+    wait_for(lambda: time.monotonic() - minted > 5.5, timeout=10, interval=0.1, what="the token to age")
+    told = {h: metric(h, "tokend_shared_events_applied_total") for h in hosts[1:]}
+    r = hosts[1].request("DELETE", f"/v1/token?user_id={user}&revoke=true")
+    assert r.status == 200 and r.json()["revoked"] is False, r
+    wait_for(lambda: all(metric(h, "tokend_shared_events_applied_total") > told[h] for h in hosts[1:]), timeout=5,
+             what="every host to hear of the revocation")
+    assert tok not in stub.stats()["revoked_tokens"]
+    return tok, key, value, pttl
+
+
+@pytest.mark.parametrize("how", ["dropped-before", "holder-died-and-taken-out"])
+def test_a_token_hidden_from_a_revocation_and_written_back_is_refused_and_revoked(stub, redis, make_fleet, how):
+    """A revocation that found nothing ("revoked": false) still revokes
+    every token of the user minted before it: a Redis writer who kept the
+    value and writes it back has it refused by every host (never served)
+    and revoked at Instacart by the first that reads it. It was served
+    (found by an attack: C1 and F1)."""
+    hosts = make_fleet(stub, redis, 3, acl=True)
+    tok, key, value, pttl = hide_from_a_revocation(stub, redis, hosts, "hidden", how)
+    w = writer(redis)
+    w.set(key, value, px=pttl)
+    w.close()
+    for h in hosts[1:]:
+        r = h.token("hidden")
+        assert r.status == 200 and access_token(r) != tok, f"a host served the hidden token ({r.header('x-cache')})"
+    wait_for(lambda: tok in stub.stats()["revoked_tokens"], timeout=5, what="the hidden token to be revoked")
+    assert any("was written back into Redis" in h.log() for h in hosts[1:])
+    # the user's new token, minted after the revocation, is shared as before
+    fresh = access_token(hosts[1].token("hidden"))
+    r = hosts[2].token("hidden")
+    assert access_token(r) == fresh, "the token minted after the revocation is not shared"
+
+
+def test_a_restarted_host_still_refuses_a_token_hidden_from_a_revocation(
+        stub, redis, make_fleet, notify, make_sd, key_file):
+    """The same, across a restart with the cache, after the writer deleted
+    the events stream (so the revocation cannot be learned from it again):
+    when users' tokens were revoked crosses in the image."""
+    sections = {"shared": shared_section(redis, key_file)}
+    b, c = make_fleet(stub, redis, 2)
+    a = make_sd(stub, notify, sections=sections)
+    notify.wait("READY", "1")
+    wait_for(lambda: metric(a, "tokend_shared_events_up") == 1, timeout=5, what="a to read the events")
+    ns = namespace_of(redis, b)
+    tok, key, value, pttl = hide_from_a_revocation(stub, redis, [b, c, a], "hidden-restart", "dropped-before")
+    a2 = restarted_behind_a_writer(make_sd, stub, notify, sections, a, redis, ns, key, value, pttl)
+    r = a2.token("hidden-restart")
+    assert r.status == 200 and access_token(r) != tok, f"the restarted host served the hidden token ({r.header('x-cache')})"
+
+
 @pytest.mark.parametrize("mint_ms", [500, 0])
 def test_hosts_that_refuse_the_same_revoked_value_at_once_share_one_new_mint(stub, redis, make_fleet, make_cutter,
                                                                              mint_ms):
@@ -1263,6 +1737,85 @@ def test_hosts_that_refuse_the_same_revoked_value_at_once_share_one_new_mint(stu
         outcomes.append((user, len(got), tok in got, len(mints(stub, user)) - 1))
     assert all(n == 1 and not revoked and m == 1 for _, n, revoked, m in outcomes), \
         f"(user, tokens served, the revoked one among them, mints after the revocation): {outcomes}"
+
+
+REVOKED_SKEW_S = 5  # src/fleet.h REVOKED_SKEW_MS: a copy minted this long after a revocation is not its
+
+
+def revoked_stays(stub, expected, seconds=1.0):
+    """Whether the stand-in's revoked tokens stay `expected` for `seconds`
+    (a revocation is made after the event that causes it is counted)."""
+    ends = time.monotonic() + seconds * SLOW
+    while time.monotonic() < ends:
+        if stub.stats()["revoked_tokens"] != expected:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def saved_revocation(redis, ns):
+    """The newest revocation event in the stream, as a writer reads it."""
+    w = writer(redis)
+    read = w.execute_command("XREAD", "COUNT", "1000", "STREAMS", ns + "events", "0-0")
+    w.close()
+    entries = read[0][1] if isinstance(read, list) else list(read.values())[0][0]
+    return [f for _, f in entries if b"v" in f][-1]
+
+
+def replay(redis, ns, event, hosts):
+    """A writer adds event again (an explicit id): returns once every host
+    read it."""
+    applied = [metric(h, "tokend_shared_events_applied_total") for h in hosts]
+    w = writer(redis)
+    ms, seq = stream_top(w, ns)
+    w.execute_command("XADD", ns + "events", f"{ms}-{seq + 1}", *[x for kv in event.items() for x in kv])
+    w.close()
+    wait_for(lambda: all(metric(h, "tokend_shared_events_applied_total") > n for h, n in zip(hosts, applied)),
+             timeout=5, what="every host to read the replayed event")
+
+
+@pytest.mark.parametrize("replayed", ["at once to the hosts that applied it", "later to a host started since",
+                                      "later, its TTL shortened", "later without its proof"])
+def test_a_replayed_revocation_event_revokes_no_live_token(stub, redis, make_fleet, replayed):
+    """A Redis writer saves a real revocation event of U and adds it again
+    (an explicit id) once U has a new token every host serves, and callers
+    hold. Hosts that applied it do not apply it twice; a host started since
+    revokes only copies minted before it (give or take REVOKED_SKEW_S for
+    the clocks), the mint time as sealed, which a TTL the writer shortened
+    does not move back; one without its proof of when it was made only
+    drops. So the writer costs the fleet no more than a drop; before, each
+    replay revoked the live token at Instacart (found by attacks)."""
+    a, b = make_fleet(stub, redis, 2, acl=True)
+    ns = namespace_of(redis, a)
+    old = cache_everywhere([a, b], ["replayed-v"])["replayed-v"]
+    assert a.request("DELETE", "/v1/token?user_id=replayed-v&revoke=true").status == 200
+    revoked_at = time.monotonic()
+    w = writer(redis)
+    event = saved_revocation(redis, ns)
+    assert set(event) == {b"v", b"w", b"d"}, event
+    if "without" in replayed:
+        event = {b"v": event[b"v"], b"d": event[b"d"]}
+    wait_for(lambda: all(metric(h, "tokend_shared_events_applied_total") >= 2 for h in (a, b)), timeout=5,
+             what="a and b to apply the revocation")
+    hosts = [a, b]
+    if "later" in replayed:
+        # a host started after the revocation has not applied it; the
+        # token is minted after it, past the clocks' allowance
+        wait_for(lambda: time.monotonic() > revoked_at + REVOKED_SKEW_S + 0.5, timeout=REVOKED_SKEW_S + 5,
+                 interval=0.1, what="the clocks' allowance to pass")
+        key, value, pttl = saved_value(redis, set(redis.keys()), a, "replayed-v")
+        if "shortened" in replayed:  # allowed: Redis's TTL may only shorten a token's life
+            w.set(key, value, px=pttl - 120000)
+        hosts += make_fleet(stub, redis, 1, acl=True)
+    w.close()
+    new = cache_everywhere(hosts, ["replayed-v"])["replayed-v"]
+    assert new != old
+    replay(redis, ns, event, hosts)
+    for h in hosts:
+        assert access_token(h.token("replayed-v")) == new
+    assert revoked_stays(stub, [old]), f"a replayed revocation revoked a live token: {stub.stats()['revoked_tokens']}"
+    if "without" in replayed:
+        assert "carries no proof of when it was made" in hosts[-1].log()
 
 
 def test_a_generation_set_back_after_a_flush_never_brings_pre_flush_tokens_back(stub, redis, make_fleet):
@@ -1358,8 +1911,7 @@ def test_a_host_restored_after_redis_lost_its_data_drops_what_it_brought_back(
     r = b.request("DELETE", "/v1/token?user_id=revoked-meanwhile&revoke=true")
     assert r.status == 200 and r.json()["revoked"] is True, r
     redis.restart()  # no persistence: the events stream is gone
-    a2 = make_sd(stub, notify, sections=sections, fds=[fd], names=["cache"])
-    notify.wait("READY", "1", count=2)
+    a2 = start_with_cache(make_sd, stub, notify, sections, fd)
     wait_for(lambda: metric(a2, "tokend_shared_stream_resets_total") >= 1, timeout=5, what="a2 to notice")
     r = a2.token("revoked-meanwhile")
     assert r.status == 200 and access_token(r) != old, "the restored host served a token revoked meanwhile"
@@ -1367,7 +1919,7 @@ def test_a_host_restored_after_redis_lost_its_data_drops_what_it_brought_back(
 
 def test_a_missing_acl_permission_is_named_and_the_host_says_it_is_degraded(stub, redis, make_fleet):
     redis.cli("ACL", "SETUSER", TOKEND_USER, "-time")
-    (a,) = make_fleet(stub, redis, 1, acl=True)
+    (a,) = make_fleet(stub, redis, 1, acl=True, events=False)
     wait_for(lambda: "TIME refused: NOPERM" in a.log(), timeout=5,
              what="the missing permission to be named: " + a.log())
     assert "give tokend's ACL user this command" in a.log()
@@ -1400,10 +1952,21 @@ def test_a_key_rotation_in_two_steps_loses_no_drop_and_remints_nothing(stub, red
     for h in (a, b):  # step 1: the new key accepted everywhere
         rekey(h, k1, previous=k2)
     rekey(a, k2, previous=k1)  # step 2, on a only so far
-    # a seals under k2, b still under k1: each finds what the other minted
+    # a seals under k2, b still under k1: two first requests at once, one on
+    # each, make one mint (each host waits on a lease named under either key)
+    stub.fault(match_user="both-at-once", action="ok", delay_ms=1500, count=1)
+    rs = concurrently(lambda h: h.get("/v1/token?user_id=both-at-once", timeout=20), [a, b], 2)
+    assert len({access_token(r) for r in rs}) == 1, "the two hosts minted a token each"
+    assert len(mints(stub, "both-at-once")) == 1
+    # and each finds what the other minted. A token is published just after
+    # its answer: each waits for the other's token to be in Redis.
+    before = set(redis.keys())
     ta = access_token(a.token("minted-by-a"))
+    wait_for(lambda: token_keys(redis, before), timeout=2, what="a's token in Redis")
     assert access_token(b.token("minted-by-a")) == ta
+    before = set(redis.keys())
     tb = access_token(b.token("minted-by-b"))
+    wait_for(lambda: token_keys(redis, before), timeout=2, what="b's token in Redis")
     assert access_token(a.token("minted-by-b")) == tb
     assert len(mints(stub, "minted-by-a")) == 1 and len(mints(stub, "minted-by-b")) == 1
     # a revocation on the rotated host reaches the one that is not yet
@@ -1529,13 +2092,17 @@ def repairs(hosts):
     return sum(metric(h, "tokend_shared_repairs_total") for h in hosts)
 
 
-@pytest.mark.parametrize("how", ["past 2^53", "just under 2^53", "a flush event without proof"])
+@pytest.mark.parametrize("how", ["past 2^53", "just under 2^53", "a flush event without proof",
+                                 "a real flush's proofs copied onto it"])
 def test_a_generation_near_two_to_the_53_costs_a_flush_or_two_not_an_endless_one(stub, redis, make_fleet, how):
     """The scripts' Lua numbers hold a generation up to 2^53 exactly. A
     writer who puts one just under it, read as the floor, leaves the next
     flush no number to go to: each repair made another, every 5 s, for
     ever (found by an attack). A generation read without a flush event's
-    proof is never the floor."""
+    proof is never the floor; nor is one a writer put in a real flush
+    event's place, with its proofs copied (found by a later attack): the
+    proof a floor needs is bound to the floor the flush was made on, and
+    holds only within FLUSH_STEP of it."""
     a, b = make_fleet(stub, redis, 2, acl=True)
     ns = namespace_of(redis, a)
     assert a.request("POST", "/v1/cache/flush").status == 200  # a real flush: generation 1, below it is "back"
@@ -1549,16 +2116,29 @@ def test_a_generation_near_two_to_the_53_costs_a_flush_or_two_not_an_endless_one
         w.set(ns + "gen", str(2 ** 53 - 2))
         for h in (a, b):  # a lookup reads it on each host
             assert h.token(f"reads-the-gen-{h.port}").status == 200
-    else:
+    elif how == "a flush event without proof":
         ms, seq = stream_top(w, ns)
         w.execute_command("XADD", ns + "events", f"{ms}-{seq + 1}", "f", str(2 ** 53 - 2))
         wait_for(lambda: all(metric(h, "tokend_shared_foreign_flushes_total") >= 1 for h in (a, b)), timeout=5,
                  what="each host to read the event")
+    else:
+        read = w.execute_command("XREAD", "COUNT", "1000", "STREAMS", ns + "events", "0-0")
+        entries = read[0][1] if isinstance(read, list) else list(read.values())[0][0]
+        real = [f for _, f in entries if b"f" in f][-1]
+        assert {b"p", b"b", b"q"} <= set(real), real
+        applied = [metric(h, "tokend_shared_events_applied_total") for h in (a, b)]
+        ms, seq = stream_top(w, ns)
+        w.execute_command("XADD", ns + "events", f"{ms}-{seq + 1}", "f", str(2 ** 53 - 2),
+                          *[x for k in (b"p", b"b", b"q") for x in (k, real[k])])
+        wait_for(lambda: all(metric(h, "tokend_shared_events_applied_total") > n for h, n in zip((a, b), applied)),
+                 timeout=5, what="each host to read the event")
     before = repairs((a, b))
     w.set(ns + "gen", "0")
     w.close()
-    # repairs are paced (one per host every 5 s): the last one may hold it back that long
-    wait_for(lambda: repairs((a, b)) > before, timeout=12, what="the set-back to be mended")
+    # repairs are paced (one per host every 5 s): the last one may hold it back that long; or a
+    # repair already on its way (the copied event is one reason for one) writes over the set-back
+    wait_for(lambda: repairs((a, b)) > before or redis.cli("GET", ns + "gen") not in (b"0", None), timeout=12,
+             what="the set-back to be mended")
 
     # the repairs stop: no more than a few, and none for longer than their 5 s pace
     def settled():
@@ -1575,20 +2155,131 @@ def test_a_generation_near_two_to_the_53_costs_a_flush_or_two_not_an_endless_one
     assert r.header("x-cache") in FROM_ANOTHER_HOST and access_token(r) == tok, r
 
 
-def test_one_event_too_large_for_the_reader_does_not_silence_the_fleets_drops(stub, redis, make_fleet):
+@pytest.mark.parametrize("key", ["pause", "creds", "credsok", "gen"])
+def test_a_key_of_ours_made_another_type_neither_deafens_nor_stalls_the_fleet(stub, redis, make_fleet, key):
+    """A writer runs one XADD on a key every host reads each second (a
+    flag, the generation). The read's WRONGTYPE stopped the host's event
+    reader before every XREAD: it reconnected for ever, applied no drop
+    and said nothing, so a token revoked on b was still served by a
+    (found by an attack). Now the key is named as a refusal and read as
+    none (a generation so written is mended by a flush)."""
+    a, b = make_fleet(stub, redis, 2, acl=True)
+    ns = namespace_of(redis, a)
+    tok = cache_everywhere([a, b], ["deaf"])["deaf"]
+    refusals = sum(metric(h, "tokend_shared_refusals_total") for h in (a, b))
+    applied = [metric(h, "tokend_shared_events_applied_total") for h in (a, b)]
+    w = writer(redis)
+    w.execute_command("XADD", ns + key, "*", "x", "y")
+    w.close()
+    # the first host to read it names it (a generation is then mended at
+    # once, so the other may never see it)
+    wait_for(lambda: sum(metric(h, "tokend_shared_refusals_total") for h in (a, b)) > refusals, timeout=5,
+             what="a host to read the key of another type")
+    logs = a.log() + b.log()
+    assert "WRONGTYPE" in logs and "holds another type: someone wrote it; delete it" in logs, logs
+    if key == "gen":  # mended by a flush, and the fleet's tokens minted again under the new generation
+        wait_for(lambda: all(metric(h, "tokend_shared_events_applied_total") > n for h, n in zip((a, b), applied)),
+                 timeout=12, what="both hosts to apply the flush that mends the generation")
+        assert redis.cli("TYPE", ns + "gen") == b"string"
+        tok = cache_everywhere([a, b], ["deaf"])["deaf"]
+    r = b.request("DELETE", "/v1/token?user_id=deaf&revoke=true")
+    assert r.status == 200 and r.json()["revoked"] is True, r
+    wait_for(lambda: access_token(a.token("deaf")) != tok, timeout=3, interval=0.05,
+             what="a to stop serving the token b revoked")
+    assert metric(a, "tokend_shared_events_up") == 1
+
+
+def test_a_generation_raised_without_a_flush_is_never_sealed_under_and_is_mended(stub, redis, make_fleet):
+    """A writer raises the generation a little (within FLUSH_STEP, so
+    hosts still read it). Hosts sealed under it, and a writer who then set
+    it back before a flush had the flush land below it: raised again, the
+    pre-flush value sealed under it was served after the flush (found by
+    the third attack). Now no host seals under a generation no flush of
+    this fleet made: the token stays on its host (the next host mints its
+    own), and within seconds a flush lifts the generation over it."""
+    a, b = make_fleet(stub, redis, 2, acl=True)
+    ns = namespace_of(redis, a)
+    w = writer(redis)
+    g0 = int(w.get(ns + "gen") or b"0")
+    w.set(ns + "gen", str(g0 + 5))
+    first = access_token(a.token("raised"))
+    r = b.token("raised")
+    assert r.status == 200 and r.header("x-cache") not in FROM_ANOTHER_HOST and access_token(r) != first, \
+        f"a token sealed under the raised generation was shared ({r.header('x-cache')})"
+    assert not [v for v in token_values(redis) if v.startswith(f"{g0 + 5}:".encode())]
+    wait_for(lambda: int(w.get(ns + "gen")) > g0 + 5, timeout=15, interval=0.2,
+             what="the fleet to lift the generation over the raised one with a flush")
+    assert "raised without a flush of this fleet" in a.log() + b.log()
+    w.close()
+    shared = access_token(a.token("after-the-mend"))
+    r = b.token("after-the-mend")
+    assert r.header("x-cache") in FROM_ANOTHER_HOST and access_token(r) == shared, "sharing did not come back"
+
+
+def test_a_generation_written_far_ahead_is_mended_so_a_flush_stays_a_flush(stub, redis, make_fleet):
+    """A writer sets the generation far above any flush (FLUSH_STEP or
+    more). Hosts took it and sealed tokens under it; a flush then went to
+    the floor's next, below it, and the writer's generation set back after
+    the flush brought the pre-flush tokens back (found by an attack). Now
+    such a generation is mended at once, and never sealed under."""
+    a, b = make_fleet(stub, redis, 2, acl=True)
+    ns = namespace_of(redis, a)
+    w = writer(redis)
+    far = int(w.get(ns + "gen") or b"0") + 100000
+    before = repairs((a, b))
+    w.set(ns + "gen", str(far))
+    wait_for(lambda: repairs((a, b)) > before, timeout=12, what="a host to mend the generation")
+    wait_for(lambda: int(w.get(ns + "gen")) < far, timeout=5, what="the generation mended")
+    old = cache_everywhere([a, b], ["pre-flush-1", "pre-flush-2"])
+    applied = [metric(h, "tokend_shared_events_applied_total") for h in (a, b)]
+    assert b.request("POST", "/v1/cache/flush").status == 200
+    wait_for(lambda: all(metric(h, "tokend_shared_events_applied_total") > n for h, n in zip((a, b), applied)),
+             timeout=5, what="both hosts to apply the flush")
+    before = repairs((a, b))
+    w.set(ns + "gen", str(far))
+    wait_for(lambda: repairs((a, b)) > before, timeout=12, what="a host to mend it again")
+    w.close()
+    assert access_token(a.token("pre-flush-1")) != old["pre-flush-1"]
+    assert access_token(b.token("pre-flush-2")) != old["pre-flush-2"]
+
+
+def test_a_lease_key_made_another_type_keeps_no_host_out_of_the_fleet(stub, redis, make_fleet):
+    """tokend checks its permissions at each connection by releasing a
+    lease named l:permissions. A writer made that key a stream: the check
+    failed with WRONGTYPE, and every host that connected after it, or
+    reconnected, minted alone for good, and could neither revoke nor flush
+    (found by an attack)."""
+    a, b = make_fleet(stub, redis, 2, acl=True)
+    ns = namespace_of(redis, a)
+    shared = cache_everywhere([a, b], ["kept-in"])["kept-in"]
+    w = writer(redis)
+    w.execute_command("XADD", ns + "l:permissions", "*", "x", "y")
+    w.close()
+    (c,) = make_fleet(stub, redis, 1, acl=True)
+    wait_for(lambda: metric(c, "tokend_shared_up") == 1, timeout=5, what="c to join the fleet")
+    r = c.token("kept-in")
+    assert r.header("x-cache") in FROM_ANOTHER_HOST and access_token(r) == shared, r
+    assert c.request("POST", "/v1/cache/flush").status == 200
+
+
+@pytest.mark.parametrize("pairs", [33000, 125], ids=["too-large-for-the-reader", "more-fields-than-any-host-writes"])
+def test_one_event_too_large_to_be_ours_does_not_silence_the_fleets_drops(stub, redis, make_fleet, pairs):
     """A writer adds one event of 66,000 fields: more than tokend's reader
     takes from Redis (65,536 elements an answer). Every host's read failed
     on it, again after each reconnect, and drops acknowledged after it were
-    never applied (found by an attack). Now the stream is made anew with a
-    flush, and drops reach every host again."""
+    never applied (found by an attack). Or one of 250 fields, each costing
+    the reader an attempt to open it: thousands of those kept a revoked
+    token served for 16 s after the revocation was answered (found by the
+    third attack). Now either makes the stream anew with a flush, and drops
+    reach every host again."""
     a, b = make_fleet(stub, redis, 2, acl=True)
     ns = namespace_of(redis, a)
     old = cache_everywhere([a, b], ["after-the-big-event"])
     w = writer(redis)
     ms, seq = stream_top(w, ns)
     fields = []
-    for i in range(33000):
-        fields += [f"x{i}", "1"]
+    for i in range(pairs):
+        fields += ["r", f"x{i}"]
     w.execute_command("XADD", ns + "events", f"{ms}-{seq + 1}", *fields)
     w.close()
     wait_for(lambda: all(metric(h, "tokend_shared_stream_resets_total") >= 1 for h in (a, b)), timeout=5,
@@ -1601,6 +2292,113 @@ def test_one_event_too_large_for_the_reader_does_not_silence_the_fleets_drops(st
     assert a.request("DELETE", "/v1/token?user_id=after-the-big-event").status == 200
     wait_for(lambda: access_token(b.token("after-the-big-event")) != tok, timeout=2, interval=0.05,
              what="a drop after the big event to reach the other host")
+
+
+# Junk events as a writer adds them: `pairs` 'r' fields each (within
+# EVENT_FIELDS_MAX), each a value that looks sealed, so that each costs the
+# reader an attempt to open it; `events` of them, 1,000 a script.
+STUFF_LUA = """
+local args = {}
+for i = 1, tonumber(ARGV[2]) do args[#args + 1] = 'r'; args[#args + 1] = ARGV[1] end
+for j = 1, tonumber(ARGV[3]) do redis.call('XADD', KEYS[1], '*', unpack(args)) end
+return 1
+"""
+
+
+def stuff_the_stream(w, ns, events, pairs):
+    real = next(v for _, es in w.xread({ns + "events": "0-0"}, count=1000) for _, f in es
+                for k, v in f.items() if k == b"d")
+    sha = w.script_load(STUFF_LUA)
+    for _ in range(events // 1000):
+        w.evalsha(sha, 1, ns + "events", real[:2] + os.urandom(38), pairs, 1000)
+
+
+@pytest.mark.parametrize("how", ["trimmed", "emptied", "minid", "made-anew", "neither"])
+@pytest.mark.parametrize("what", ["revocation", "flush"])
+def test_events_taken_out_of_the_stream_under_a_connected_reader_are_not_missed(
+        stub, redis, make_fleet, how, what):
+    """a serves U's token T; a writer keeps T's sealed value. The writer
+    adds thousands of junk events, which keep a's reader busy for a moment;
+    b revokes U (or flushes), and the writer at once trims the stream to
+    one event of its own (XADD MAXLEN 1), or to none (MAXLEN 0, MINID past
+    its own), or deletes it and adds one: b's event is gone before a's
+    reader reached it. a read on from what remained, noticed nothing, and
+    served the revoked T for as long as it lived, or a flushed one for 5 s
+    (found by the fourth and fifth attacks). Then the writer writes T's
+    value back into Redis (and the generation back, for a flush): a host
+    that noticed the gap took it from Redis and served it again (the fifth).
+    Now a reader checks that Redis's count of entries ever added grew by
+    what it read, and that a read finds the events Redis says it added;
+    else it drops its tokens and trusts no shared value minted before."""
+    a, b = make_fleet(stub, redis, 2, acl=True)
+    ns = namespace_of(redis, b)
+    assert b.request("DELETE", "/v1/token?user_id=someone").status == 200  # a real event to copy
+    w = writer(redis)
+    gen = w.get(ns + "gen")
+    key, value, pttl = saved_value(redis, set(redis.keys()), a, "taken-out")
+    tok = access_token(a.token("taken-out"))
+    assert a.token("taken-out").header("x-cache") == "hit"
+    applied = metric(a, "tokend_shared_events_applied_total")
+    stuff_the_stream(w, ns, 6000, 8)
+    if what == "revocation":
+        r = b.request("DELETE", "/v1/token?user_id=taken-out&revoke=true")
+    else:
+        r = b.request("POST", "/v1/cache/flush")
+    if how == "trimmed":
+        w.execute_command("XADD", ns + "events", "MAXLEN", "1", "*", "h", "1")
+    elif how == "emptied":
+        w.execute_command("XADD", ns + "events", "MAXLEN", "0", "*", "h", "1")
+    elif how == "minid":
+        w.execute_command("XADD", ns + "events", "MINID", "99999999999999-0", "*", "h", "1")
+    elif how == "made-anew":
+        w.delete(ns + "events")
+        w.execute_command("XADD", ns + "events", "*", "h", "1")
+    assert r.status == 200, r
+    if how == "neither":
+        wait_for(lambda: metric(a, "tokend_shared_events_applied_total") > applied, timeout=3, interval=0.05,
+                 what=f"a to hear the {what}")
+    else:
+        wait_for(lambda: metric(a, "tokend_shared_stream_resets_total") >= 1, timeout=3, interval=0.05,
+                 what="a to notice the gap")
+    # a is asked again only once the writer wrote T back (and the generation)
+    if gen is None:
+        w.delete(ns + "gen")
+    else:
+        w.set(ns + "gen", gen)
+    w.set(key, value, px=pttl)
+    w.close()
+    for _ in range(5):
+        r = a.token("taken-out")
+        assert r.status == 200 and access_token(r) != tok, \
+            f"a served the {what}'s token after it ({r.header('x-cache')})"
+
+
+def test_a_generation_raised_and_set_back_in_turns_is_mended_all_the_same(stub, redis, make_fleet):
+    """A writer raises the generation (no host seals under it) and sets it
+    back to the floor for a moment, over and over, before 5 s pass: each
+    host's count started again when it read the floor, so the raise was
+    never mended and the fleet shared nothing while it lasted (found by the
+    fourth attack). Now the count starts again only after 5 s without one."""
+    a, b = make_fleet(stub, redis, 2, acl=True)
+    ns = namespace_of(redis, a)
+    w = writer(redis)
+    g0 = int(w.get(ns + "gen") or b"0")
+    t0 = time.monotonic()
+    mended = False
+    while not mended and time.monotonic() - t0 < 15:  # bounded: 15 s
+        w.set(ns + "gen", str(g0 + 1))
+        end = time.monotonic() + 2.5
+        while not mended and time.monotonic() < end:
+            mended = int(w.get(ns + "gen")) > g0 + 1
+            time.sleep(0.1)
+        if not mended:
+            w.set(ns + "gen", str(g0))
+            time.sleep(1.2)  # the attack's pace: every host's heartbeat reads the floor meanwhile
+    w.close()
+    assert mended, "the raised generation was never mended"
+    shared = access_token(a.token("after-the-turns"))
+    r = b.token("after-the-turns")
+    assert r.header("x-cache") in FROM_ANOTHER_HOST and access_token(r) == shared
 
 
 def test_a_revocation_reaches_a_hosts_own_copy_when_the_shared_one_is_gone(stub, redis, make_fleet):

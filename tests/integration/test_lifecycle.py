@@ -695,6 +695,79 @@ def test_stop_hands_the_cache_over_and_the_next_start_mints_nothing(stub, notify
     sock.close()
 
 
+def test_a_revocation_instacart_has_not_taken_crosses_the_restart(stub, notify, make_sd):
+    """A revocation Instacart refuses now is answered 503
+    revocation_pending and tried again until it lands: a restart with the
+    cache image (systemctl restart) carries it, and the next process
+    revokes the token once Instacart takes revocations again."""
+    t = make_sd(stub, notify)
+    notify.wait("READY", "1")
+    tok = t.token("revoke-across").json()["access_token"]
+    stub.fault(match_path="/v2/oauth/token/revoke", action="status", status=503, count=1000)
+    r = t.request("DELETE", "/v1/token?user_id=revoke-across&revoke=true")
+    assert r.status == 503 and r.json()["error"] == "revocation_pending", r
+    fd = stop_and_take_cache(t, notify)
+    assert "with 1 drop, flush or revocation not yet made" in t.log(), t.log()
+    stub.reset()  # Instacart takes revocations again
+    t2 = make_sd(stub, notify, fds=[fd], names=["cache"])
+    notify.wait("READY", "1", count=2)
+    wait_for(lambda: stub.stats()["revoked_tokens"] == [tok], timeout=10, interval=0.1,
+             what="the revocation to land after the restart")
+    assert t2.token("revoke-across").json()["access_token"] != tok
+
+
+def test_a_start_that_fails_after_taking_the_image_says_what_it_lost(stub, notify, make_sd):
+    """The image carried a revocation Instacart had not taken; the next
+    process reads it (systemd forgets the image) and then cannot start (its
+    port is taken): the revocation is lost, and the log says so instead of
+    saying it was taken up (found by an attack)."""
+    t = make_sd(stub, notify)
+    notify.wait("READY", "1")
+    assert t.token("lost-on-failed-start").status == 200
+    stub.fault(match_path="/v2/oauth/token/revoke", action="status", status=503, count=1000)
+    r = t.request("DELETE", "/v1/token?user_id=lost-on-failed-start&revoke=true")
+    assert r.status == 503 and r.json()["error"] == "revocation_pending", r
+    fd = stop_and_take_cache(t, notify)
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        t2 = make_sd(stub, notify, fds=[fd], names=["cache"], start=False)
+        t2.sections["server"]["listen"] = f"127.0.0.1:{busy.getsockname()[1]}"
+        t2.write_config()
+        t2.start(expect_ready=False)
+        assert t2.proc.wait(timeout=15 * SLOW) != 0
+    finally:
+        busy.close()
+    log = t2.log()
+    assert "1 drop, flush or revocation from before the restart is lost" in log, log
+    assert "taking up again" not in log, log
+
+
+def test_a_revocation_for_the_server_before_a_reload_is_said_lost_at_the_stop(stub, make_stub, notify, make_sd):
+    """A revocation kept for the server before a reload to another cannot go
+    in the image (it is tied to the server in use): the stop says it is
+    lost, not that it goes over (found by an attack)."""
+    second = make_stub()
+    t = make_sd(stub, notify)
+    notify.wait("READY", "1")
+    assert t.token("moved-then-restarted").status == 200
+    stub.fault(match_path="/v2/oauth/token/revoke", action="status", status=500, count=1000)
+    r = t.request("DELETE", "/v1/token?user_id=moved-then-restarted&revoke=true")
+    assert r.status == 503 and r.json()["error"] == "revocation_pending", r
+    t.sections["upstream"]["base_url"] = second.base_url
+    t.write_config()
+    before = t.log().count("reloaded ")
+    t.signal(signal.SIGHUP)
+    wait_for(lambda: t.log().count("reloaded ") > before, what="the reload")
+    stop_and_take_cache(t, notify)
+    log = t.log()
+    assert "with 0 drops, flushes or revocations not yet made" in log, log
+    assert "1 revocation for the Instacart server or client id used before the last reload: they are lost" \
+        in log, log
+    assert "they go over in the cache image" not in log, log
+
+
 def test_a_client_token_without_a_scope_survives_the_restart_with_the_rest(stub, notify, make_sd):
     # cached under the empty scope, it must not make the reader refuse the
     # whole image, which would have every cached token minted again
@@ -739,7 +812,7 @@ def damaged(image):
         "header only": image[:40],
         "empty": b"",
         "garbage": os.urandom(4096),
-        "version 2": reseal(image[:8] + (2).to_bytes(4, "little") + image[12:]),
+        "version 3": reseal(image[:8] + (3).to_bytes(4, "little") + image[12:]),
         "another boot": reseal(image[:24] + bytes(16) + image[40:]),
         "entry length past the end": reseal(image[:66] + (0xFFFF).to_bytes(2, "little") + image[68:]),
         "padded": reseal(image[:16] + (len(image) - 64 + 5).to_bytes(8, "little") + image[24:]) + bytes(5),
@@ -748,7 +821,7 @@ def damaged(image):
 
 
 @pytest.mark.parametrize("kind", ["flipped byte", "truncated", "header only", "empty", "garbage",
-                                  "version 2", "another boot", "entry length past the end", "padded",
+                                  "version 3", "another boot", "entry length past the end", "padded",
                                   "bad token characters"])
 def test_a_damaged_or_foreign_image_is_ignored_with_a_warning(stub, notify, make_sd, kind):
     t = make_sd(stub, notify)

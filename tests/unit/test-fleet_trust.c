@@ -216,6 +216,33 @@ static void a_flush_proof_holds_only_for_the_fleets_keys(void) {
     shared_free(rotated);
 }
 
+/* A revocation event's proof of when it was made holds only for the sealed
+ * value it was made for, its time, the namespace and the fleet's keys: a
+ * Redis writer can neither give an old revocation a new time nor move a
+ * new time onto an old revocation. */
+static void a_revocations_proof_holds_only_for_its_value_and_time(void) {
+    shared *s = fleet(KEY_A, NULL), *other = fleet(KEY_B, NULL), *rotated = fleet(KEY_B, KEY_A);
+    const char v[] = "sealed-user-1", w[] = "sealed-user-2";
+    char proof[FLAG_MAX], later[FLAG_MAX];
+    uint64_t made = 0, before = now_unix_ms();
+
+    ASSERT_INT_EQ(fleet_revoked_proof_make(s, NS, v, sizeof(v), before - 60000, proof), 0);
+    ASSERT(fleet_revoked_proof_holds(s, NS, v, sizeof(v), proof, strlen(proof), &made));
+    ASSERT_UINT_EQ(made, before - 60000); /* when it was asked, however late it is sent */
+    ASSERT(fleet_revoked_proof_holds(rotated, NS, v, sizeof(v), proof, strlen(proof), NULL));
+    ASSERT(!fleet_revoked_proof_holds(other, NS, v, sizeof(v), proof, strlen(proof), NULL));
+    ASSERT(!fleet_revoked_proof_holds(s, OTHER_NS, v, sizeof(v), proof, strlen(proof), NULL));
+    ASSERT(!fleet_revoked_proof_holds(s, NS, w, sizeof(w), proof, strlen(proof), NULL)); /* another event's */
+    ASSERT(!fleet_proof_holds(s, NS, "flush", proof, strlen(proof), NULL));           /* not a flush's */
+    memcpy(later, proof, sizeof(later));
+    later[0] = proof[0] == '1' ? '2' : '1'; /* another time under the same MAC */
+    ASSERT(!fleet_revoked_proof_holds(s, NS, v, sizeof(v), later, strlen(later), NULL));
+    ASSERT(!fleet_revoked_proof_holds(s, NS, v, sizeof(v), "", 0, NULL));
+    shared_free(s);
+    shared_free(other);
+    shared_free(rotated);
+}
+
 static void a_malformed_flag_is_refused(void) {
     shared *s = fleet(KEY_A, NULL);
     char flag[FLAG_MAX], text[2 * FLAG_MAX];
@@ -309,15 +336,42 @@ static const char *gen(shared *s, const char *text) {
 
 /* As read without a proof (GET, a lookup's answer): checked, never the
  * new floor, so a written generation near 2^53 cannot leave the next flush
- * no number to go to (an endless chain of repairs). */
+ * no number to go to (an endless chain of repairs); and refused FLUSH_STEP
+ * or more above the floor, so that no host seals under a generation the
+ * next flush would land below (pre-flush tokens back: found by an attack). */
 static void a_generation_read_without_proof_never_raises_the_floor(void) {
     shared *s = fleet(KEY_A, NULL);
+    const char *why;
 
     ASSERT(gen(s, "5") == NULL);
-    ASSERT(fleet_gen_seen(s, "9007199254740990", 16, false) == NULL); /* taken as it is */
+    why = fleet_gen_seen(s, "9007199254740990", 16, false);
+    ASSERT(why);
+    ASSERT_CONTAINS(why, "far above");
+    ASSERT(fleet_gen_seen(s, "65541", 5, false) != NULL);  /* 5 + FLUSH_STEP */
+    ASSERT(fleet_gen_seen(s, "65540", 5, false) == NULL);  /* within the step: another host's flushes */
     ASSERT(fleet_gen_seen(s, "7", 1, false) == NULL); /* not "went back": 5 is still the floor */
     ASSERT(fleet_gen_seen(s, "4", 1, false) != NULL);  /* below a flush of ours: went back */
     ASSERT(gen(s, "6") == NULL);                        /* the next flush of ours goes on from 5 */
+    shared_free(s);
+}
+
+/* A value is sealed only under the floor: not under a generation read
+ * without a flush's proof, however near, nor under one set back. */
+static void a_value_is_sealed_only_under_the_proven_generation(void) {
+    shared *s = fleet(KEY_A, NULL);
+
+    ASSERT(fleet_gen_sealable(s, "0")); /* a fleet never flushed */
+    ASSERT(gen(s, "5") == NULL);
+    ASSERT(fleet_gen_sealable(s, "5"));
+    ASSERT(fleet_gen_seen(s, "7", 1, false) == NULL); /* read... */
+    ASSERT(!fleet_gen_sealable(s, "7"));               /* ...but not sealed under */
+    ASSERT(!fleet_gen_sealable(s, "4"));
+    ASSERT(!fleet_gen_sealable(s, ""));
+    ASSERT(!fleet_gen_sealable(s, "5x"));
+    ASSERT(!fleet_gen_sealable(s, "-5"));
+    ASSERT(gen(s, "7") == NULL); /* a flush of ours proves it */
+    ASSERT(fleet_gen_sealable(s, "7"));
+    ASSERT(!fleet_gen_sealable(s, "5"));
     shared_free(s);
 }
 
@@ -412,6 +466,71 @@ static void the_deny_list_keeps_the_newest(void) {
     shared_free(s);
 }
 
+/* ---- users' revocations ---- */
+
+/* A token of this value, minted at this wall-clock time (as sealed). */
+static token *minted_at(const char *value, uint64_t unix_ms) {
+    token *t = make_token(value);
+
+    t->minted_unix_ms = unix_ms;
+    return t;
+}
+
+/* A user's value minted before their revocation is never served; one
+ * surely before it (by REVOKED_SKEW_MS) is revoked; one minted after is
+ * served; other users are untouched. */
+static void a_value_minted_before_its_users_revocation_is_refused(void) {
+    shared *s = fleet(KEY_A, NULL);
+    uint64_t now = now_unix_ms(), u = fleet_user_fp(OAUTH_GRANT_USER_ASSERTION, "alice", "connect:recommendations");
+    uint64_t other = fleet_user_fp(OAUTH_GRANT_USER_ASSERTION, "bob", "connect:recommendations");
+    token *long_before = minted_at("tok-a", now - 60000), *just_before = minted_at("tok-b", now - 1000),
+          *after = minted_at("tok-c", now + 1), *unknown = minted_at("tok-d", 0);
+
+    ASSERT_INT_EQ(fleet_floor_check(s, u, long_before), FLOOR_SERVE); /* no revocation known */
+    fleet_floor_raise(s, u, now);
+    ASSERT_INT_EQ(fleet_floor_check(s, u, long_before), FLOOR_REVOKE);
+    ASSERT_INT_EQ(fleet_floor_check(s, u, just_before), FLOOR_REFUSE); /* the clocks may differ */
+    ASSERT_INT_EQ(fleet_floor_check(s, u, unknown), FLOOR_REFUSE);
+    ASSERT_INT_EQ(fleet_floor_check(s, u, after), FLOOR_SERVE);
+    ASSERT_INT_EQ(fleet_floor_check(s, other, long_before), FLOOR_SERVE);
+    /* the floor never goes back: an older revocation replayed moves nothing */
+    fleet_floor_raise(s, u, now - 120000);
+    ASSERT_INT_EQ(fleet_floor_check(s, u, long_before), FLOOR_REVOKE);
+    /* a revocation older than a token's longest life is forgotten */
+    fleet_floor_raise(s, other, now - (uint64_t)OAUTH_LIFETIME_MAX * MS_PER_SEC - REVOKED_SKEW_MS - 1000);
+    ASSERT_INT_EQ(fleet_floor_check(s, other, unknown), FLOOR_SERVE);
+    /* the user is named by grant, user id and scope, unambiguously */
+    ASSERT(fleet_user_fp(OAUTH_GRANT_USER_ASSERTION, "alice", "x") !=
+           fleet_user_fp(OAUTH_GRANT_USER_ASSERTION, "alic", "ex"));
+    ASSERT(fleet_user_fp(OAUTH_GRANT_USER_ASSERTION, "", "x") != fleet_user_fp(OAUTH_GRANT_CLIENT_CREDENTIALS, "", "x"));
+    token_unref(long_before);
+    token_unref(just_before);
+    token_unref(after);
+    token_unref(unknown);
+    shared_free(s);
+}
+
+/* Past FLOORS_MAX users, the one let go still holds, for every user:
+ * values minted before it are refused (a mint each), never served. */
+static void a_users_revocation_let_go_by_the_ring_still_holds_for_all(void) {
+    shared *s = fleet(KEY_A, NULL);
+    uint64_t now = now_unix_ms(), first = fleet_user_fp(OAUTH_GRANT_USER_ASSERTION, "first", "connect:recommendations");
+    token *old = minted_at("tok-old", now - 60000), *fresh = minted_at("tok-new", now + 1);
+
+    fleet_floor_raise(s, first, now);
+    for (uint64_t i = 2; i <= FLOORS_MAX; i++)
+        fleet_floor_raise(s, i, now - 30000);
+    ASSERT_INT_EQ(fleet_floor_check(s, first, old), FLOOR_REVOKE); /* FLOORS_MAX remembered */
+    ASSERT_INT_EQ(fleet_floor_check(s, 7777777, old), FLOOR_SERVE);
+    fleet_floor_raise(s, 99999999, now - 30000); /* pushes the first out */
+    ASSERT_INT_EQ(fleet_floor_check(s, first, old), FLOOR_REFUSE);
+    ASSERT_INT_EQ(fleet_floor_check(s, 7777777, old), FLOOR_REFUSE);
+    ASSERT_INT_EQ(fleet_floor_check(s, 7777777, fresh), FLOOR_SERVE);
+    token_unref(old);
+    token_unref(fresh);
+    shared_free(s);
+}
+
 /* ---- refusals ---- */
 
 static void refusals_from_redis_are_counted_and_the_last_kept(void) {
@@ -439,15 +558,19 @@ static const unit_test tests[] = {
     TEST(a_flag_without_the_fleets_key_is_refused),
     TEST(a_flag_made_with_the_previous_key_holds_during_a_rotation),
     TEST(a_flush_proof_holds_only_for_the_fleets_keys),
+    TEST(a_revocations_proof_holds_only_for_its_value_and_time),
     TEST(a_malformed_flag_is_refused),
     TEST(a_flag_read_from_redis_holds_or_is_counted_as_forged),
     TEST(a_credentials_flag_made_before_a_successful_mint_is_over),
     TEST(the_generation_may_grow_but_never_go_back),
     TEST(a_generation_read_without_proof_never_raises_the_floor),
+    TEST(a_value_is_sealed_only_under_the_proven_generation),
     TEST(a_generation_that_is_not_a_plain_number_is_refused),
     TEST(a_tokens_fingerprint_is_the_start_of_its_sha256),
     TEST(a_revoked_token_is_denied_and_only_it),
     TEST(the_deny_list_keeps_the_newest),
+    TEST(a_value_minted_before_its_users_revocation_is_refused),
+    TEST(a_users_revocation_let_go_by_the_ring_still_holds_for_all),
     TEST(refusals_from_redis_are_counted_and_the_last_kept),
 };
 

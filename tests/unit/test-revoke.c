@@ -116,7 +116,7 @@ static void a_minted_token_is_revoked_at_instacart(void) {
     t = seen.minted;
     ASSERT(!stub_revoked(t->value));
 
-    revocations_revoke(rv, &t, 1, on_revoked, NULL);
+    revocations_revoke(rv, &t, 1, 0, on_revoked, NULL);
     wait_for(&seen.dones, 1, "answer to the revocation");
     ASSERT_UINT_EQ(seen.o.revoked, 1);
     ASSERT_UINT_EQ(seen.o.pending, 0);
@@ -137,7 +137,7 @@ static void the_same_token_twice_is_revoked_once(void) {
     revocations *rv = new_revocations(u);
     token *toks[3] = { local_token("tok-twice", 600), NULL, local_token("tok-twice", 600) };
 
-    revocations_revoke(rv, toks, 3, on_revoked, NULL);
+    revocations_revoke(rv, toks, 3, 0, on_revoked, NULL);
     wait_for(&seen.dones, 1, "answer to the revocation");
     ASSERT_UINT_EQ(seen.o.revoked, 1);
     ASSERT_UINT_EQ(seen.o.pending, 0);
@@ -155,7 +155,7 @@ static void two_tokens_in_one_call_are_both_revoked(void) {
     revocations *rv = new_revocations(u);
     token *toks[2] = { local_token("tok-first", 600), local_token("tok-second", 600) };
 
-    revocations_revoke(rv, toks, 2, on_revoked, NULL);
+    revocations_revoke(rv, toks, 2, 0, on_revoked, NULL);
     wait_for(&seen.dones, 1, "answer to the revocation");
     ASSERT_UINT_EQ(seen.o.revoked, 2);
     ASSERT(stub_revoked("tok-first"));
@@ -174,8 +174,8 @@ static void a_token_in_flight_is_not_sent_again(void) {
     token *t = local_token("tok-in-flight", 600);
 
     stub_fault("{\"action\": \"ok\", \"delay_ms\": 1000, \"match_path\": \"" STUB_REVOKE_PATH "\", \"count\": 1}");
-    revocations_revoke(rv, &t, 1, on_revoked, NULL);
-    revocations_revoke(rv, &t, 1, on_revoked, NULL);
+    revocations_revoke(rv, &t, 1, 0, on_revoked, NULL);
+    revocations_revoke(rv, &t, 1, 0, on_revoked, NULL);
     wait_for(&seen.dones, 1, "answer to the second call");
     ASSERT_UINT_EQ(seen.o.revoked, 0);
     ASSERT_UINT_EQ(seen.o.pending, 0);
@@ -195,14 +195,14 @@ static void a_token_waiting_for_a_retry_is_not_sent_again(void) {
     struct revoke_stats st;
 
     fail_revocations(404);
-    revocations_revoke(rv, &t, 1, on_revoked, NULL);
+    revocations_revoke(rv, &t, 1, 0, on_revoked, NULL);
     wait_for(&seen.dones, 1, "answer to the first call");
     ASSERT_UINT_EQ(seen.o.revoked, 0);
     ASSERT_UINT_EQ(seen.o.pending, 1);
     ASSERT_INT_EQ(seen.o.failure.kind, MINT_REJECTED);
     ASSERT_INT_EQ(seen.o.failure.http_status, 404);
 
-    revocations_revoke(rv, &t, 1, on_revoked, NULL);
+    revocations_revoke(rv, &t, 1, 0, on_revoked, NULL);
     wait_for(&seen.dones, 2, "answer to the second call");
     ASSERT_UINT_EQ(seen.o.revoked, 0);
     ASSERT_UINT_EQ(seen.o.pending, 0);
@@ -224,7 +224,7 @@ static void a_failed_revocation_is_retried_until_instacart_takes_it(void) {
     struct revoke_stats st;
 
     fail_revocations(503);
-    revocations_revoke(rv, &t, 1, on_revoked, NULL);
+    revocations_revoke(rv, &t, 1, 0, on_revoked, NULL);
     wait_for(&seen.dones, 1, "answer to the first try");
     ASSERT_UINT_EQ(seen.o.revoked, 0);
     ASSERT_UINT_EQ(seen.o.pending, 1);
@@ -259,7 +259,7 @@ static void a_revocation_is_kept_across_failed_retries(void) {
     struct revoke_stats st;
 
     fail_revocations(404); /* not retried inside the request: one request per try */
-    revocations_revoke(rv, &t, 1, on_revoked, NULL);
+    revocations_revoke(rv, &t, 1, 0, on_revoked, NULL);
     wait_for(&seen.dones, 1, "answer to the first try");
     ASSERT_UINT_EQ(seen.o.pending, 1);
     tick_until(rv, &st.retried, &st, 1, "first retry");
@@ -285,7 +285,7 @@ static void an_expired_token_is_given_up(void) {
     struct revoke_stats st;
 
     fail_revocations(503);
-    revocations_revoke(rv, &t, 1, on_revoked, NULL);
+    revocations_revoke(rv, &t, 1, 0, on_revoked, NULL);
     wait_for(&seen.dones, 1, "answer to the first try");
     ASSERT_UINT_EQ(seen.o.pending, 1);
     stub_reset(); /* Instacart would take it now */
@@ -325,7 +325,7 @@ static void beyond_the_pending_bound_a_revocation_is_refused(void) {
             snprintf(value, sizeof(value), "tok-%u-%u", batch, i);
             toks[i] = local_token(value, 600);
         }
-        revocations_revoke(rv, toks, 100, on_revoked, NULL);
+        revocations_revoke(rv, toks, 100, 0, on_revoked, NULL);
         ASSERT_UINT_EQ(seen.dones, batch + 1); /* refused at once: answered before returning */
         ASSERT_UINT_EQ(seen.o.pending, 100);
         ASSERT_STR_EQ(seen.o.failure.error, "shutting_down");
@@ -337,7 +337,7 @@ static void beyond_the_pending_bound_a_revocation_is_refused(void) {
     ASSERT_UINT_EQ(st.refused, 0);
 
     extra = local_token("tok-one-too-many", 600);
-    revocations_revoke(rv, &extra, 1, on_revoked, NULL);
+    revocations_revoke(rv, &extra, 1, 0, on_revoked, NULL);
     ASSERT_UINT_EQ(seen.o.revoked, 0);
     ASSERT_UINT_EQ(seen.o.pending, 1);
     ASSERT_STR_EQ(seen.o.failure.error, "too_many_pending_revocations");
@@ -349,7 +349,7 @@ static void beyond_the_pending_bound_a_revocation_is_refused(void) {
     /* one already waiting is on its way: not a refusal */
     token_unref(extra);
     extra = local_token("tok-0-0", 600);
-    revocations_revoke(rv, &extra, 1, on_revoked, NULL);
+    revocations_revoke(rv, &extra, 1, 0, on_revoked, NULL);
     ASSERT_UINT_EQ(seen.o.pending, 0);
     ASSERT_UINT_EQ(stats(rv).refused, 1);
     token_unref(extra);
@@ -365,7 +365,7 @@ static void freeing_with_pending_revocations_releases_them(void) {
     token *toks[3] = { local_token("tok-a", 600), local_token("tok-b", 600), local_token("tok-c", 600) };
 
     fail_revocations(503);
-    revocations_revoke(rv, toks, 3, on_revoked, NULL);
+    revocations_revoke(rv, toks, 3, 0, on_revoked, NULL);
     wait_for(&seen.dones, 1, "answer to the first try");
     ASSERT_UINT_EQ(seen.o.pending, 3);
     ASSERT_UINT_EQ(stats(rv).pending, 3);

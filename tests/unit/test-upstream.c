@@ -98,7 +98,7 @@ static void a_revocation_reaches_instacart(void) {
     snprintf(value, sizeof(value), "%s", seen.t->value);
     ASSERT(!stub_revoked(value));
 
-    upstream_revoke(u, value, on_done, NULL);
+    upstream_revoke(u, 0, value, on_done, NULL);
     wait_for(&seen.dones, 2, "answer to the revocation");
     ASSERT_INT_EQ(seen.o.kind, MINT_OK);
     ASSERT(seen.t == NULL); /* a revocation hands out no token */
@@ -107,6 +107,42 @@ static void a_revocation_reaches_instacart(void) {
     upstream_get_stats(u, &st);
     ASSERT_UINT_EQ(st.revocations_ok, 1);
     ASSERT_UINT_EQ(st.mints_ok, 1);
+    upstream_free(u);
+    stub_stop();
+}
+
+/* A token had before a reload moved to another client id (or server) is
+ * never sent to the new one, where it would be another party's secret. */
+static void a_token_of_the_server_before_a_move_is_never_sent_to_the_new_one(void) {
+    upstream *u = client("", NULL);
+    char value[OAUTH_TOKEN_MAX + 1];
+    uint64_t before;
+    config *cfg;
+
+    mint(u, "user-moved");
+    wait_for(&seen.dones, 1, "answer to the mint");
+    ASSERT(seen.t);
+    snprintf(value, sizeof(value), "%s", seen.t->value);
+    before = upstream_generation(u);
+    {
+        char text[512], err[CONFIG_ERR_MAX] = "";
+        snprintf(text, sizeof(text), "[upstream]\nbase_url = %s\nclient_id = another-client\n", stub.base_url);
+        if (config_parse_string(text, "moved.conf", &cfg, err) < 0)
+            UNIT_FAIL("configuration refused: %s", err);
+        cfg->client_secret = strdup("another-secret");
+        ASSERT(cfg->client_secret);
+        cfg->client_secret_len = strlen(cfg->client_secret);
+    }
+    ASSERT_INT_EQ(upstream_set_credentials(u, cfg), 0);
+    config_free(cfg);
+    ASSERT(upstream_generation(u) != before);
+
+    upstream_revoke(u, before, value, on_done, NULL);
+    wait_for(&seen.dones, 2, "answer to the revocation");
+    ASSERT_INT_EQ(seen.o.kind, MINT_UNAVAILABLE);
+    ASSERT_STR_EQ(seen.o.error, "server_changed");
+    ASSERT_INT_EQ(stub_stat("revocations"), 0);
+    ASSERT(!stub_revoked(value));
     upstream_free(u);
     stub_stop();
 }
@@ -214,6 +250,7 @@ static void a_mint_waiting_out_a_pause_does_not_keep_the_breakers_probe(void) {
 static const unit_test tests[] = {
     TEST(one_mint_is_one_request),
     TEST(a_revocation_reaches_instacart),
+    TEST(a_token_of_the_server_before_a_move_is_never_sent_to_the_new_one),
     TEST(a_429_pauses_minting_and_tells_the_fleet),
     TEST(the_breaker_opens_after_breaker_failures),
     TEST(a_mint_waiting_out_a_pause_does_not_keep_the_breakers_probe),
