@@ -9,6 +9,7 @@
 #pragma once
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 
 #include "answer.h"
@@ -29,9 +30,23 @@ struct MHD_Connection;
 
 #define ORIGIN_MAX 256
 
+/* One libmicrohttpd daemon on a listener and the thread of ours that
+ * polls it (listen.c). */
+struct http_loop {
+    struct MHD_Daemon *mhd;
+    pthread_t thread;
+    int wake;          /* eventfd: the thread is to look again (a resume, its end) */
+    atomic_bool stop;  /* ... and end */
+    bool running;
+    bool quiesced;
+};
+
+#define LISTEN_LOOPS_MAX 256 /* [server] threads' ceiling */
+
 struct listener {
     api *api;
-    struct MHD_Daemon *mhd;
+    struct http_loop *loops; /* n_loops of them, sharing fd */
+    size_t n_loops;
     int fd;
     bool unix_socket;
     bool bound;        /* ours to unlink (a Unix socket we made) */
@@ -48,6 +63,18 @@ struct listener {
 int listen_bind(const config *cfg, const char *spec, int *ret_fd, char *err, size_t err_size);
 /* Fills l->address and l->unix_socket from l->fd. */
 void listen_describe(struct listener *l);
+/* Gives l one more libmicrohttpd daemon (started on l->fd, without a
+ * thread of its own, MHD_USE_EPOLL); on failure the daemon is stopped.
+ * Then listen_run() starts a thread of ours polling each. 0 or a negative
+ * errno. */
+int listen_add(struct listener *l, struct MHD_Daemon *mhd);
+int listen_run(struct listener *l);
+/* The eventfd of the thread polling daemon d of l, or -1; listen_wake()
+ * makes that thread look again: after MHD_resume_connection() from
+ * another thread (libmicrohttpd has no wake-up of its own for a loop it
+ * does not run). */
+int listen_wake_fd(const struct listener *l, const struct MHD_Daemon *d);
+void listen_wake(int fd);
 /* Stops accepting new connections; those open are still served. */
 void listen_quiesce(struct listener *l);
 /* Stops the listener's server and closes its socket; a Unix socket we

@@ -159,6 +159,24 @@ static enum MHD_Result refuse(const struct call *c, unsigned status, const char 
     return respond(c, &ans);
 }
 
+/* What each connection keeps: its Unix-socket peer, the current request's
+ * head (head.c; its strings are libmicrohttpd's, valid as long as the
+ * request). */
+struct conn_state {
+    int wake; /* the eventfd of the thread that polls this connection (listen.c) */
+    guard_peer peer;
+    bool has_peer;
+    head head;
+    /* the guard's verdict on the current request, once judged */
+    bool judged, keyed;
+    guard_verdict verdict;
+    /* libmicrohttpd before 1.0: where the request target starts, and where
+     * it ends as a C string */
+    bool target_seen;
+    const char *target_start, *target_end;
+    bool path_nul; /* the request's path holds a %00 */
+};
+
 /* ---- waiting on the network ---- */
 
 /* The request's resume(): marks it done and, if suspended, resumes it; the
@@ -169,10 +187,12 @@ static void request_resume(struct request *r) {
     pthread_mutex_lock(&a->lock);
     r->done = true;
     if (r->suspended) {
+        int wake = r->call.state->wake;
         r->suspended = false;
         a->waiting--;
         /* r may be answered and freed by the server thread from here on */
         MHD_resume_connection(r->call.conn);
+        listen_wake(wake); /* libmicrohttpd tells no thread of ours */
     }
     pthread_mutex_unlock(&a->lock);
 }
@@ -253,22 +273,6 @@ static enum MHD_Result dispatch(const struct call *c, struct request *r, void **
  * two, tokend answers 431 on the first call. */
 #define HEAD_MAX 5120
 
-/* What each connection keeps: its Unix-socket peer, the current request's
- * head (head.c; its strings are libmicrohttpd's, valid as long as the
- * request). */
-struct conn_state {
-    guard_peer peer;
-    bool has_peer;
-    head head;
-    /* the guard's verdict on the current request, once judged */
-    bool judged, keyed;
-    guard_verdict verdict;
-    /* libmicrohttpd before 1.0: where the request target starts, and where
-     * it ends as a C string */
-    bool target_seen;
-    const char *target_start, *target_end;
-    bool path_nul; /* the request's path holds a %00 */
-};
 
 /* Called with each request's target as it was sent, before libmicrohttpd
  * decodes it. A %00 in the path decodes to a NUL that the handler's C
@@ -667,6 +671,8 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     if (!st)
         return; /* the handler drops the connection */
     *socket_context = st;
+    ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON);
+    st->wake = listen_wake_fd(l, ci ? ci->daemon : NULL);
     if (!l->unix_socket || (!a->policy->n_allowed_uids && !a->policy->n_allowed_gids))
         return;
     st->has_peer = true;
@@ -698,41 +704,49 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
 
 /* max_connections and threads are the daemon's: shared out among its
  * listeners (the file descriptor budget counts max_connections once), at
- * least a connection and a thread each (libmicrohttpd polls each listener
- * on a thread of its own). */
+ * least a connection and a thread each (each listener is polled on
+ * threads of its own). */
 static unsigned share(unsigned total, size_t i, size_t n) {
     unsigned part = (unsigned)(total / n + (i < total % n));
 
     return part ? part : 1;
 }
 
+/* Each of the listener's threads polls a daemon of its own on the shared
+ * socket (listen.c says why not libmicrohttpd's own threads); each takes
+ * its share of the listener's connections. */
 static int start_listener(api *a, const config *cfg, struct listener *l, unsigned connections, unsigned threads) {
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
 
     fcntl(l->fd, F_SETFL, fcntl(l->fd, F_GETFL) | O_NONBLOCK);
     l->api = a;
     listen_describe(l);
-    struct MHD_OptionItem opts[] = {
-        { MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, a },
-        { MHD_OPTION_LISTEN_SOCKET, l->fd, NULL },
-        { MHD_OPTION_CONNECTION_LIMIT, connections, NULL },
-        { MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)(cfg->idle_timeout_ms / 1000), NULL },
-        /* 6 KiB: MHD zeroes the whole pool for every request, and keeps it per
-         * open connection (8 KiB measured 8.7 KB per connection, 6 KiB 6.7 KB);
-         * it also caps a request's headers (HEAD_MAX: tokend's 431 from 5 KiB) */
-        { MHD_OPTION_CONNECTION_MEMORY_LIMIT, 6144, NULL },
-        { MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, a },
-        { MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, l },
-        { MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_target, NULL },
-        /* one polling thread unless asked: more threads than cores hurt tail latency */
-        { threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, threads, NULL },
-        { MHD_OPTION_END, 0, NULL },
-    };
-    l->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handler, l, MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
-    if (!l->mhd) {
-        log_error("cannot start the HTTP server on %s", l->address);
-        return -EIO;
+    for (unsigned t = 0; t < threads; t++) {
+        struct MHD_OptionItem opts[] = {
+            { MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)on_mhd_log, a },
+            { MHD_OPTION_LISTEN_SOCKET, l->fd, NULL },
+            { MHD_OPTION_CONNECTION_LIMIT, share(connections, t, threads), NULL },
+            { MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)(cfg->idle_timeout_ms / 1000), NULL },
+            /* 6 KiB: MHD zeroes the whole pool for every request, and keeps it per
+             * open connection (8 KiB measured 8.7 KB per connection, 6 KiB 6.7 KB);
+             * it also caps a request's headers (HEAD_MAX: tokend's 431 from 5 KiB) */
+            { MHD_OPTION_CONNECTION_MEMORY_LIMIT, 6144, NULL },
+            { MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, a },
+            { MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, l },
+            { MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_target, NULL },
+            { MHD_OPTION_END, 0, NULL },
+        };
+        struct MHD_Daemon *d = MHD_start_daemon(flags, 0, NULL, NULL, handler, l, MHD_OPTION_ARRAY, opts,
+                                                MHD_OPTION_END);
+        int r = d ? listen_add(l, d) : -EIO;
+        if (r < 0) {
+            log_error("cannot start the HTTP server on %s: %s", l->address, strerror(-r));
+            return r;
+        }
+    }
+    if (listen_run(l) < 0) {
+        log_error("cannot start the HTTP server's threads on %s", l->address);
+        return -EAGAIN;
     }
     return 0;
 }
