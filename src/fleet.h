@@ -36,6 +36,7 @@
 #define POLL_MAX_MS 200
 #define REFUSED_MAX 4           /* values a lookup refuses before it skips every token in Redis */
 #define EVENT_BLOCK_MS 1000
+#define BEHIND_MAX_MS 2000      /* a reader behind the stream this long is being kept from its end (a flood) */
 #define BREAKER_FAILURES 3
 #define BREAKER_COOLDOWN_MS 1000
 #define NS_MAX 96               /* "<prefix>:<namespace>:": the prefix is at most 64 */
@@ -390,9 +391,10 @@ bool fleet_stream_id_parse(const char *s, size_t len, struct fleet_stream_id *re
 int fleet_stream_id_cmp(struct fleet_stream_id a, struct fleet_stream_id b);
 /* What XINFO STREAM says of the stream's ends. */
 struct fleet_stream_info {
-    bool have_newest, have_gone, have_first, have_added;
+    bool have_newest, have_gone, have_first, have_added, have_length;
     struct fleet_stream_id newest, gone, first; /* last-generated, max-deleted, recorded-first */
     unsigned long long added;                   /* entries-added: every entry the stream ever had */
+    unsigned long long length;                  /* the entries it has now */
 };
 void fleet_stream_info_decode(const redisReply *r, struct fleet_stream_info *ret);
 /* The lookup script's answer (see fleet_wire.c): false for any other shape. */

@@ -36,6 +36,7 @@ struct reader {
     bool have_added;
     unsigned long long added, read_since;
     bool behind;       /* whole() saw events after the last one we read: the next read must find some */
+    uint64_t behind_ms; /* since when it has seen that at every turn (now_ms()), 0 when not */
     char newest[48];   /* ... the newest it saw */
     char address[280]; /* the Redis this thread reads from */
     unsigned long long redis_ms; /* Redis's clock at the last heartbeat, 0 before */
@@ -131,7 +132,7 @@ static uint64_t redis_id(const char *address) {
     return h ? h : 1;
 }
 
-static int catch_up(struct reader *rd) {
+static int catch_up(struct reader *rd, bool same_redis) {
     char key[KEY_MAX];
     const char *argv[] = { "XINFO", "STREAM", key };
     struct fleet_stream_id last = { 0 }, gone = { 0 }, newest = { 0 }, first = { 0 };
@@ -237,6 +238,14 @@ static int catch_up(struct reader *rd) {
                 learn_history(rd, newest);
                 snprintf(rd->last, sizeof(rd->last), "%llu-%llu", newest.ms, newest.seq);
             }
+        } else if (same_redis) {
+            /* on from where we were in the same stream: Redis's count of
+             * entries ever added must still match what we read, once we
+             * have read all there is (whole()). A writer can cut any host
+             * off (a busy script) and rewrite the stream without the event
+             * it wants missed, keeping every id (found by an attack). */
+            freeReplyObject(r);
+            return 1;
         }
     }
     freeReplyObject(r);
@@ -446,6 +455,15 @@ static void learn_floor(struct reader *rd, const redisReply *v, const redisReply
     explicit_bzero(user, sizeof(user));
 }
 
+/* When tok was minted (wall clock, ms): as the minting host sealed it (a
+ * Redis TTL a writer shortened does not move it back), or when we
+ * received it. */
+static uint64_t minted_at(const token *tok) {
+    uint64_t now = now_ms(), ago = now > tok->received_ms ? now - tok->received_ms : 0, wall = now_unix_ms();
+
+    return tok->minted_unix_ms ? tok->minted_unix_ms : wall > ago ? wall - ago : 0;
+}
+
 /* Our own copy of a token the fleet revoked, revoked too. It may be newer
  * than the revocation (minted or taken from Redis since the event was sent,
  * before this host read it), and Redis and other hosts may hold it: so it
@@ -456,6 +474,10 @@ static void learn_floor(struct reader *rd, const redisReply *v, const redisReply
 static void revoke_own(struct reader *rd, enum oauth_grant grant, const char *user, const char *scope, token *mine) {
     shared *s = rd->s;
 
+    /* and the user's floor past it: a copy of it written back into Redis
+     * stays refused after the ring of revoked fingerprints forgot it (found
+     * by an attack: 4,096 other revocations) */
+    fleet_floor_raise(s, fleet_user_fp(grant, user, scope), minted_at(mine) + 1);
     fleet_drop(s, grant, user, scope, mine, NULL, NULL);
     fleet_tell_revoked(s, rd->ns, grant, user, scope, &mine, 1);
     revocations_revoke(s->rv, &mine, 1, 0, NULL, NULL);
@@ -504,14 +526,9 @@ bool fleet_revocation_applied(shared *s, uint64_t id) {
 }
 
 /* Whether tok was minted before the wall-clock time at (ms), with
- * REVOKED_SKEW_MS for the clocks of the hosts: as the minting host sealed
- * it (a Redis TTL a writer shortened does not move it back), or when we
- * received it. */
+ * REVOKED_SKEW_MS for the clocks of the hosts. */
 static bool minted_before(const token *tok, uint64_t at) {
-    uint64_t now = now_ms(), ago = now > tok->received_ms ? now - tok->received_ms : 0, wall = now_unix_ms();
-    uint64_t minted = tok->minted_unix_ms ? tok->minted_unix_ms : wall > ago ? wall - ago : 0;
-
-    return minted <= at + REVOKED_SKEW_MS;
+    return minted_at(tok) <= at + REVOKED_SKEW_MS;
 }
 
 static void apply_event(struct reader *rd, redisReply *fields) {
@@ -565,6 +582,15 @@ static void apply_event(struct reader *rd, redisReply *fields) {
     }
 }
 
+/* On from Redis's newest event (what we pass over is not applied: our
+ * tokens went with the reset). */
+static void skip_to_newest(struct reader *rd) {
+    snprintf(rd->last, sizeof(rd->last), "%s", rd->newest);
+    rd->have_added = false;
+    rd->behind = false;
+    rd->behind_ms = 0;
+}
+
 /* Whether the stream still holds every event after the last one we read.
  * XREAD shows no gap: a writer who trims the stream (XADD MAXLEN) or
  * makes it anew under a connected reader takes out events it has yet to
@@ -599,10 +625,33 @@ static int whole(struct reader *rd) {
     snprintf(rd->newest, sizeof(rd->newest), "%llu-%llu", info.newest.ms, info.newest.seq);
     if (cmp < 0) {
         stream_reset(rd, "the fleet's events stream was made anew or rewound behind this host");
-        snprintf(rd->last, sizeof(rd->last), "%llu-%llu", info.newest.ms, info.newest.seq);
-        rd->have_added = false;
+        skip_to_newest(rd);
         return 0;
     }
+    if (cmp > 0) {
+        /* Behind: a writer adding junk as fast as we read (within every
+         * limit) keeps us from the end, where the count is checked, and
+         * may trim events before we reach them (found by an attack). So:
+         * once the first entry is past ours, every entry added since ours
+         * must still be there; and no reader stays behind for long. */
+        unsigned long long ours = rd->added + rd->read_since, now = now_ms();
+        const char *why = NULL;
+        if (rd->have_added && info.have_added && info.have_first && info.have_length &&
+            fleet_stream_id_cmp(info.first, last) > 0 && (info.added < ours || info.added - ours > info.length))
+            why = "events this host had not read were trimmed out of the fleet's events stream before it read them";
+        else if (info.have_gone && fleet_stream_id_cmp(info.gone, last) > 0)
+            why = "events this host had not read were deleted from the fleet's events stream";
+        else if (!rd->behind_ms)
+            rd->behind_ms = now ? now : 1;
+        else if (now - rd->behind_ms > BEHIND_MAX_MS)
+            why = "this host could not read to the end of the fleet's events stream for 2 s (flooded?)";
+        if (why) {
+            stream_reset(rd, why);
+            skip_to_newest(rd);
+        }
+        return 0;
+    }
+    rd->behind_ms = 0;
     if (cmp > 0 || !info.have_added) /* more to read first; or a Redis before 7.0 */
         return 0;
     if (rd->have_added && info.added != rd->added + rd->read_since)
@@ -655,9 +704,7 @@ static int read_events(struct reader *rd) {
          * an attack). On from the newest, our tokens gone. */
         stream_reset(rd, "events this host had not read were taken out of the fleet's events stream (trimmed "
                          "under it)");
-        snprintf(rd->last, sizeof(rd->last), "%s", rd->newest);
-        rd->behind = false;
-        rd->have_added = false;
+        skip_to_newest(rd);
         freeReplyObject(r);
         return 1;
     }
@@ -674,9 +721,17 @@ static int read_events(struct reader *rd) {
                  * the future, so that hosts skip every event after it. The
                  * stream is made anew (with a flush); we read on from now. */
                 stream_reset(rd, "the fleet's events stream holds an event from the future (written by hand)");
-                fleet_repair_flush(rd->s, "the fleet's events stream was poisoned", false);
-                snprintf(rd->last, sizeof(rd->last), "%llu-0", rd->redis_ms);
+                /* made anew: XADD '*' goes on from the stream's top, so
+                 * every event after it would be "from the future" too */
+                fleet_repair_flush(rd->s, "the fleet's events stream was poisoned", true);
+                /* on past it: nothing can be added between (an explicit id
+                 * must be above the top), and reading from before it again
+                 * would reset at every turn until the repair (found by an
+                 * attack: a mint a request) */
+                snprintf(rd->last, sizeof(rd->last), "%.*s", (int)(e->element[0]->len < 40 ? e->element[0]->len : 40),
+                         e->element[0]->str);
                 rd->have_added = false;
+                rd->behind_ms = 0;
                 freeReplyObject(r);
                 return 1;
             }
@@ -748,9 +803,12 @@ void *fleet_event_thread(void *arg) {
             pthread_rwlock_unlock(&s->keys_lock);
         if (!rd.c) {
             char err[256] = "", address[280];
+            bool same_redis = false;
             rd.c = fleet_redis_open(s, false, address, sizeof(address), err, sizeof(err));
-            if (rd.c)
+            if (rd.c) {
+                same_redis = rd.last[0] && strcmp(rd.address, address) == 0;
                 snprintf(rd.address, sizeof(rd.address), "%s", address);
+            }
             if (!rd.c) {
                 uint64_t now = now_ms();
                 bool say;
@@ -769,7 +827,7 @@ void *fleet_event_thread(void *arg) {
                 s->ev_fd = rd.c->fd;
                 stop = s->stopping;
                 pthread_mutex_unlock(&s->lock);
-                int cr = stop ? -ECANCELED : catch_up(&rd);
+                int cr = stop ? -ECANCELED : catch_up(&rd, same_redis);
                 if (cr == -E2BIG)
                     oversized(&rd);
                 if (cr < 0)
@@ -780,7 +838,9 @@ void *fleet_event_thread(void *arg) {
                     pthread_mutex_unlock(&s->lock);
                     note_read(&rd);
                     rd.fresh = true;
-                    rd.have_added = false; /* counted again from the next time all is read */
+                    rd.behind_ms = 0;
+                    if (cr == 0) /* read from elsewhere: counted again from the next time all is read */
+                        rd.have_added = false;
                 }
             }
             if (!rd.c) {

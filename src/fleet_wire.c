@@ -276,6 +276,11 @@ void fleet_stream_info_decode(const redisReply *r, struct fleet_stream_info *ret
             ret->have_added = true;
             ret->added = (unsigned long long)v->integer;
         }
+        if ((k->type == REDIS_REPLY_STRING || k->type == REDIS_REPLY_STATUS) && v->type == REDIS_REPLY_INTEGER &&
+            strcmp(k->str, "length") == 0 && v->integer >= 0) {
+            ret->have_length = true;
+            ret->length = (unsigned long long)v->integer;
+        }
         if ((k->type != REDIS_REPLY_STRING && k->type != REDIS_REPLY_STATUS) || v->type != REDIS_REPLY_STRING)
             continue;
         if (strcmp(k->str, "last-generated-id") == 0)
