@@ -313,6 +313,10 @@ def test_concurrency_limit_with_a_bounded_queue(stub, make_tokend):
     for th in threads:
         th.start()
     wait_for(lambda: stub.stats()["token_requests"] >= 2, what="two mints in flight")
+    # and the other two queued, not still on their way in (a CI run sent the
+    # fifth before the fourth had been read: it was queued and hung, and the
+    # fourth was refused)
+    wait_for(lambda: metrics(t)[0]["tokend_mints_in_flight"] >= 4, what="two mints queued")
     # 2 in flight + 2 queued: the fifth and later are refused at once
     for i in range(3):
         r = t.token(f"over{i}")
