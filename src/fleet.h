@@ -132,6 +132,7 @@ struct job {
     struct held *held;          /* the lease this lookup took, while it mints */
     uint64_t wait_until_ms, next_at_ms, poll_ms;
     uint64_t sent_us;           /* for the lookup histogram: loopback round trips are tens of us */
+    uint64_t sent_floor;        /* a lookup: this host's flush floor when it was sent */
     uint64_t wait_cap_ms;       /* no wait on leases goes past this, whoever holds them */
     char lease_id[33];
     char gen[24];
@@ -288,6 +289,11 @@ void fleet_flush_as(shared *s, bool remake, shared_ack_fn ack, void *userdata);
 void fleet_reconcile(shared *s, const char *ns, const char *last_event);
 void fleet_own_free(shared *s);
 bool fleet_gen_check(shared *s, const char *text, size_t len, bool proven);
+/* The same for an answer to a command sent when this host's floor was
+ * sent_floor (fleet_gen_floor()): below the floor now but not below
+ * that, the answer is only older than a flush we learned since (*old),
+ * not Redis going back; nothing is mended for it. */
+bool fleet_gen_check_sent(shared *s, const char *text, size_t len, uint64_t sent_floor, bool *old);
 void fleet_count_op(shared *s, enum shared_op op, bool ok);
 void fleet_degrade(shared *s, struct job *j);
 void fleet_fail_job(shared *s, struct job *j);
@@ -347,6 +353,11 @@ bool fleet_revoked_proof_holds(shared *s, const char *ns, const void *v, size_t 
 void fleet_creds_ok(shared *s, uint64_t at_ms);
 bool fleet_creds_flag_holds(shared *s, const char *ns, const redisReply *v, const redisReply *ttl);
 const char *fleet_gen_seen(shared *s, const char *text, size_t len, bool proven);
+#define GEN_FLOOR_NOW UINT64_MAX /* fleet_gen_seen_sent(): compared with the floor now */
+/* The generation of the last flush this host knows proven: its floor. */
+uint64_t fleet_gen_floor(shared *s);
+const char *fleet_gen_seen_sent(shared *s, const char *text, size_t len, bool proven, uint64_t sent_floor,
+                                bool *old);
 /* Whether a value may be sealed under this generation (as the lookup read
  * it): only under our floor, the generation of the last flush we know
  * proven. */

@@ -75,6 +75,7 @@ static int append(shared *s, redisContext *c, struct job *j) {
     switch (j->kind) {
     case J_LOOKUP: {
         char gen_key[KEY_MAX], pause_key[KEY_MAX], skip[2 * 41] = "";
+        j->sent_floor = fleet_gen_floor(s);
         const char *argv[] = { "EVALSHA", s->sha[S_LOOKUP], "6", j->tok_key[0], j->tok_key[1], j->lease_key,
                                gen_key, pause_key, j->lease_prev, min_life, j->lease_id, lease_ms, skip, "",
                                j->skip_pause ? "1" : "0" };
@@ -368,9 +369,11 @@ static void lookup_answered(shared *s, struct job *j, redisReply *r, uint64_t no
     snprintf(j->gen, sizeof(j->gen), "%.*s", (int)(r->element[3]->len < 20 ? r->element[3]->len : 20),
              r->element[3]->str);
     what = code == 1 ? SHARED_FOUND : code == 2 ? SHARED_LEASED : code == 3 ? SHARED_PAUSED : SHARED_BUSY;
-    if (!fleet_gen_check(s, r->element[3]->str, r->element[3]->len, false) && what == SHARED_FOUND) {
+    bool old = false;
+    if ((!fleet_gen_check_sent(s, r->element[3]->str, r->element[3]->len, j->sent_floor, &old) || old) &&
+        what == SHARED_FOUND) {
         /* a value of a generation this host saw flushed (or of none): never
-         * served; minted here, and Redis mended */
+         * served; asked again (Redis mended if it went back) */
         pthread_mutex_lock(&s->lock);
         s->stats.stale_refused++;
         pthread_mutex_unlock(&s->lock);

@@ -295,6 +295,8 @@ static int heartbeat(struct reader *rd) {
     snprintf(pause_key, sizeof(pause_key), "%spause", rd->ns);
     snprintf(creds_key, sizeof(creds_key), "%screds", rd->ns);
     snprintf(ok_key, sizeof(ok_key), "%scredsok", rd->ns);
+    uint64_t sent_floor = fleet_gen_floor(s); /* an answer older than a flush learned meanwhile is no going back */
+
     for (size_t i = 0; i < ARRAY_SIZE(argv); i++)
         redisAppendCommandArgv(rd->c, argv[i][1] ? 2 : 1, argv[i], NULL);
     for (size_t i = 0; i < ARRAY_SIZE(argv); i++) {
@@ -313,11 +315,11 @@ static int heartbeat(struct reader *rd) {
         /* checked only: a flush of this fleet is applied when its event,
          * with its proof, is read (or the stream's continuity fails) */
         if (r[0]->type == REDIS_REPLY_STRING)
-            fleet_gen_check(s, r[0]->str, r[0]->len, false);
+            fleet_gen_check_sent(s, r[0]->str, r[0]->len, sent_floor, NULL);
         else if (r[0]->type == REDIS_REPLY_ERROR)
             fleet_gen_check(s, "", 0, false);
         else /* none: as the scripts read it, "0", which is going back once we knew a flush */
-            fleet_gen_check(s, "0", 1, false);
+            fleet_gen_check_sent(s, "0", 1, sent_floor, NULL);
         if (!fleet_time_decode(r[5], &rd->redis_ms))
             rd->redis_ms = 0; /* unknown: no event id is judged by it */
         if (r[6]->type != REDIS_REPLY_ARRAY || r[6]->elements < 1 || r[6]->element[0]->type != REDIS_REPLY_STRING ||

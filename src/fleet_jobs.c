@@ -633,6 +633,14 @@ bool fleet_gen_check(shared *s, const char *text, size_t len, bool proven) {
     return !why;
 }
 
+bool fleet_gen_check_sent(shared *s, const char *text, size_t len, uint64_t sent_floor, bool *old) {
+    const char *why = fleet_gen_seen_sent(s, text, len, false, sent_floor, old);
+
+    if (why)
+        fleet_repair_flush(s, why, false);
+    return !why;
+}
+
 void fleet_drop(shared *s, enum oauth_grant grant, const char *user_id, const char *scope, const token *only,
                 shared_ack_fn ack, void *userdata) {
     struct job *j = fleet_job_new(s, J_DROP, grant, user_id, scope);

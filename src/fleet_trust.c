@@ -333,10 +333,18 @@ enum floor_verdict fleet_floor_check(shared *s, uint64_t user, const token *t) {
  * sealed under it (found by an attack). Still unproven after
  * UNPROVEN_GEN_MS, it is mended by a flush. */
 const char *fleet_gen_seen(shared *s, const char *text, size_t len, bool proven) {
+    return fleet_gen_seen_sent(s, text, len, proven, GEN_FLOOR_NOW, NULL);
+}
+
+const char *fleet_gen_seen_sent(shared *s, const char *text, size_t len, bool proven, uint64_t sent_floor,
+                                bool *old) {
     char buf[24], *end;
     unsigned long long g;
     bool back, far, stale = false;
     uint64_t now = now_ms();
+
+    if (old)
+        *old = false;
 
     if (len == 0 || len >= sizeof(buf))
         return "the fleet's generation in Redis is not a number";
@@ -348,7 +356,12 @@ const char *fleet_gen_seen(shared *s, const char *text, size_t len, bool proven)
     if (errno || *end || buf[0] == '-' || buf[0] == '+' || buf[0] == ' ' || g >= (1ULL << 53) - 1)
         return "the fleet's generation in Redis is not a number";
     pthread_mutex_lock(&s->lock);
-    back = g < s->max_gen;
+    /* an answer Redis made before a flush we learned since (a lookup sent
+     * before our own flush's answer proved it) is old, not Redis going
+     * back: mending it cost the fleet a second flush (found by an attack) */
+    back = g < (sent_floor < s->max_gen ? sent_floor : s->max_gen);
+    if (old)
+        *old = g < s->max_gen;
     far = !proven && g > s->max_gen && g - s->max_gen >= FLUSH_STEP;
     if (!back && proven)
         s->max_gen = g;
@@ -370,6 +383,15 @@ const char *fleet_gen_seen(shared *s, const char *text, size_t len, bool proven)
         return "the fleet's generation in Redis was raised without a flush of this fleet (written, or a flush "
                "of a host of the release before)";
     return back ? "the fleet's generation in Redis went back (Redis lost it, or it was written)" : NULL;
+}
+
+uint64_t fleet_gen_floor(shared *s) {
+    uint64_t g;
+
+    pthread_mutex_lock(&s->lock);
+    g = s->max_gen;
+    pthread_mutex_unlock(&s->lock);
+    return g;
 }
 
 bool fleet_gen_sealable(shared *s, const char *gen) {

@@ -410,12 +410,7 @@ size_t shared_export_floors(shared *s, void (*fn)(void *userdata, uint64_t user,
 }
 
 uint64_t shared_flush_floor(shared *s) {
-    uint64_t g;
-
-    pthread_mutex_lock(&s->lock);
-    g = s->max_gen;
-    pthread_mutex_unlock(&s->lock);
-    return g;
+    return fleet_gen_floor(s);
 }
 
 void shared_set_flush_floor(shared *s, uint64_t gen) {
