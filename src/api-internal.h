@@ -34,14 +34,13 @@ struct MHD_Connection;
  * polls it (listen.c). */
 struct http_loop {
     struct MHD_Daemon *mhd;
+    int epoll_fd;      /* the daemon's, which the thread polls */
     pthread_t thread;
     int wake;          /* eventfd: the thread is to look again (a resume, its end) */
     atomic_bool stop;  /* ... and end */
     bool running;
     bool quiesced;
 };
-
-#define LISTEN_LOOPS_MAX 256 /* [server] threads' ceiling */
 
 struct listener {
     api *api;
