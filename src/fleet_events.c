@@ -42,6 +42,12 @@ struct reader {
     unsigned long long redis_ms; /* Redis's clock at the last heartbeat, 0 before */
 };
 
+/* A stream id as Redis gave it (a string), into one of our 48-byte ids:
+ * cut at 40 characters (no id of Redis's is longer). */
+static void copy_id(char dst[48], const redisReply *id) {
+    snprintf(dst, 48, "%.*s", (int)(id->len < 40 ? id->len : 40), id->str);
+}
+
 /* The events stream cannot be trusted to hold what this host missed: its
  * tokens go, and so does its trust in every shared value minted before
  * now (a revocation or flush it missed may have been of it, and a writer
@@ -113,8 +119,7 @@ static void learn_history(struct reader *rd, struct fleet_stream_id upto) {
                 else if (strcmp(name->str, "f") == 0 && flush_proven(rd, f) == FLUSH_FLOOR)
                     fleet_gen_seen(rd->s, v->str, v->len, true); /* the highest: nothing to flush here yet */
             }
-            snprintf(from, sizeof(from), "%.*s", (int)(e->element[0]->len < 40 ? e->element[0]->len : 40),
-                     e->element[0]->str);
+            copy_id(from, e->element[0]);
             more = fleet_stream_id_cmp(id, upto) < 0;
         }
         more = more && entries->elements == 1000;
@@ -168,7 +173,7 @@ static int catch_up(struct reader *rd, bool same_redis) {
             if (!r)
                 return -EIO;
             if (r->type == REDIS_REPLY_STRING)
-                snprintf(rd->last, sizeof(rd->last), "%.*s", (int)(r->len < 40 ? r->len : 40), r->str);
+                copy_id(rd->last, r);
             else {
                 if (r->type == REDIS_REPLY_ERROR)
                     fleet_refused(rd->s, "XADD", r->str);
@@ -730,8 +735,7 @@ static int read_events(struct reader *rd) {
                  * must be above the top), and reading from before it again
                  * would reset at every turn until the repair (found by an
                  * attack: a mint a request) */
-                snprintf(rd->last, sizeof(rd->last), "%.*s", (int)(e->element[0]->len < 40 ? e->element[0]->len : 40),
-                         e->element[0]->str);
+                copy_id(rd->last, e->element[0]);
                 rd->have_added = false;
                 rd->behind_ms = 0;
                 freeReplyObject(r);
@@ -743,8 +747,7 @@ static int read_events(struct reader *rd) {
             }
             apply_event(rd, e->element[1]);
             rd->read_since++;
-            snprintf(rd->last, sizeof(rd->last), "%.*s", (int)(e->element[0]->len < 40 ? e->element[0]->len : 40),
-                     e->element[0]->str);
+            copy_id(rd->last, e->element[0]);
         }
     }
     freeReplyObject(r);
