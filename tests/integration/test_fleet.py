@@ -977,12 +977,7 @@ def test_a_host_restarted_with_its_cache_does_not_apply_a_revocation_twice(
              what="a to apply the revocation")
     new = access_token(a.token("deployed"))
     assert new != old and access_token(b.token("deployed")) == new
-    ns = namespace_of(redis, b)
-    event = saved_revocation(redis, ns)
-    fd = stop_and_take_cache(a, notify)
-    a2 = start_with_cache(make_sd, stub, notify, sections, fd)
-    wait_for(lambda: metric(a2, "tokend_shared_events_up") == 1, timeout=5, what="a2 to read the events")
-    replay(redis, ns, event, [a2])
+    a2 = restart_then_replay_the_revocation(redis, namespace_of(redis, b), a, make_sd, stub, notify, sections)
     assert revoked_stays(stub, [old]), f"the restarted host revoked the new token: {stub.stats()['revoked_tokens']}"
     assert access_token(a2.token("deployed")) == new
 
@@ -1014,12 +1009,7 @@ def test_a_restart_with_the_cache_keeps_the_sealed_mint_time_of_a_token_whose_tt
     new = access_token(a.token("restarted-ttl"))
     r = c.token("restarted-ttl")
     assert r.header("x-cache") in FROM_ANOTHER_HOST and access_token(r) == new, r
-    ns = namespace_of(redis, a)
-    event = saved_revocation(redis, ns)
-    fd = stop_and_take_cache(c, notify)
-    c2 = start_with_cache(make_sd, stub, notify, sections, fd)
-    wait_for(lambda: metric(c2, "tokend_shared_events_up") == 1, timeout=5, what="c2 to read the events")
-    replay(redis, ns, event, [c2])
+    c2 = restart_then_replay_the_revocation(redis, namespace_of(redis, a), c, make_sd, stub, notify, sections)
     assert revoked_stays(stub, [old]), f"the restart revoked the live token: {stub.stats()['revoked_tokens']}"
     assert access_token(c2.token("restarted-ttl")) == new
 
@@ -1774,6 +1764,19 @@ def replay(redis, ns, event, hosts):
              timeout=5, what="every host to read the replayed event")
 
 
+def restart_then_replay_the_revocation(redis, ns, host, make_sd, stub, notify, sections):
+    """The stream's revocation event saved, host restarted with its cache
+    (systemd's store), and once it reads the events the writer adds the
+    saved event again: the restarted host."""
+    event = saved_revocation(redis, ns)
+    fd = stop_and_take_cache(host, notify)
+    again = start_with_cache(make_sd, stub, notify, sections, fd)
+    wait_for(lambda: metric(again, "tokend_shared_events_up") == 1, timeout=5,
+             what="the restarted host to read the events")
+    replay(redis, ns, event, [again])
+    return again
+
+
 @pytest.mark.parametrize("replayed", ["at once to the hosts that applied it", "later to a host started since",
                                       "later, its TTL shortened", "later without its proof"])
 def test_a_replayed_revocation_event_revokes_no_live_token(stub, redis, make_fleet, replayed):
@@ -2323,47 +2326,44 @@ def test_one_event_too_large_to_be_ours_does_not_silence_the_fleets_drops(stub, 
 # Junk events as a writer adds them: `pairs` 'r' fields each (within
 # EVENT_FIELDS_MAX), each a value that looks sealed, so that each costs the
 # reader an attempt to open it; `events` of them, 1,000 a script.
+# ARGV: value, pairs, events, and the MAXLEN ~ to trim to ("" none).
 STUFF_LUA = """
 local args = {}
 for i = 1, tonumber(ARGV[2]) do args[#args + 1] = 'r'; args[#args + 1] = ARGV[1] end
-for j = 1, tonumber(ARGV[3]) do redis.call('XADD', KEYS[1], '*', unpack(args)) end
-return 1
-"""
-
-
-def stuff_the_stream(w, ns, events, pairs):
-    real = next(v for _, es in w.xread({ns + "events": "0-0"}, count=1000) for _, f in es
-                for k, v in f.items() if k == b"d")
-    sha = w.script_load(STUFF_LUA)
-    for _ in range(events // 1000):
-        w.evalsha(sha, 1, ns + "events", real[:2] + os.urandom(38), pairs, 1000)
-
-
-# Junk events within every limit a host checks: 16 fields (8 'r' pairs), each
-# value shaped like a sealed one (so each costs an attempt to open it), ids
-# by Redis's own clock ('*'), the stream trimmed as the hosts trim it
-# (MAXLEN ~). ARGV: value, events, maxlen.
-FLOOD_LUA = """
-local args = {}
-for i = 1, 8 do args[#args + 1] = 'r'; args[#args + 1] = ARGV[1] end
-for j = 1, tonumber(ARGV[2]) do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(args))
+for j = 1, tonumber(ARGV[3]) do
+  if ARGV[4] == '' then redis.call('XADD', KEYS[1], '*', unpack(args))
+  else redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', unpack(args)) end
 end
 return 1
 """
 
 
+def junk_value(w, ns):
+    """A value shaped like a real drop event's sealed one (its version
+    bytes, then random): each costs a reader an attempt to open it."""
+    real = next(v for _, es in w.xread({ns + "events": "0-0"}, count=1000) for _, f in es
+                for k, v in f.items() if k == b"d")
+    return real[:2] + os.urandom(38)
+
+
+def stuff_the_stream(w, ns, events, pairs):
+    sha = w.script_load(STUFF_LUA)
+    value = junk_value(w, ns)
+    for _ in range(events // 1000):
+        w.evalsha(sha, 1, ns + "events", value[:2] + os.urandom(38), pairs, 1000, "")
+
+
 class Flood:
-    """A writer adding junk events in small scripts (a few ms each: no host's
-    command times out on them) until stopped, or for at most `seconds`."""
+    """A writer adding junk events within every limit a host checks (16
+    fields, ids by Redis's own clock, the stream trimmed as the hosts trim
+    it: MAXLEN ~) in small scripts (a few ms each: no host's command times
+    out on them) until stopped, or for at most `seconds`."""
 
     def __init__(self, redis, ns, per_call=3000, maxlen=20000, seconds=20):
         self.w = writer(redis)
         self.ns = ns
-        self.sha = self.w.script_load(FLOOD_LUA)
-        real = next(v for _, es in self.w.xread({ns + "events": "0-0"}, count=1000) for _, f in es
-                    for k, v in f.items() if k == b"d")
-        self.value = real[:2] + os.urandom(38)
+        self.sha = self.w.script_load(STUFF_LUA)
+        self.value = junk_value(self.w, ns)
         self.per_call, self.maxlen, self.seconds = per_call, maxlen, seconds
         self.stop_ev = threading.Event()
         self.calls = 0
@@ -2372,7 +2372,7 @@ class Flood:
     def run(self):
         end = time.monotonic() + self.seconds
         while not self.stop_ev.is_set() and time.monotonic() < end:  # bounded by `seconds`
-            self.w.evalsha(self.sha, 1, self.ns + "events", self.value, self.per_call, self.maxlen)
+            self.w.evalsha(self.sha, 1, self.ns + "events", self.value, 8, self.per_call, self.maxlen)
             self.calls += 1
 
     def start(self):

@@ -62,6 +62,7 @@ keeps saying "master" for seconds) must not be lost when that master
 rejoins as a replica.
 """
 import collections
+import contextlib
 import http.client
 import json
 import os
@@ -1092,6 +1093,29 @@ def test_a_drop_acknowledged_while_on_a_deposed_master_is_not_lost(stub, sentine
     assert old not in {x.token for x in rec.answers[-2:]}
 
 
+def shared_token(a, b, user):
+    """user's token minted on a, once b takes it from Redis."""
+    tok = json.loads(a.token(user).body)["access_token"]
+    wait_for(lambda: b.token(user).header("x-cache") in ("shared", "hit"), timeout=5, interval=0.05,
+             what="the token shared")
+    return tok
+
+
+@contextlib.contextmanager
+def replicas_stopped(sentinels):
+    """Both replicas stopped (SIGSTOP) for the block: no write to the master
+    is confirmed by one; let go on the way out."""
+    replicas = [n for n in sentinels.nodes if n is not sentinels.master and n.proc is not None]
+    assert len(replicas) == 2
+    for n in replicas:
+        n.stop_signal()
+    try:
+        yield
+    finally:
+        for n in replicas:
+            n.cont()
+
+
 def test_a_drop_and_a_flush_no_replica_confirmed_are_not_acknowledged_and_land_later(stub, sentinels, make_fleet):
     """With Sentinel, a write only the master holds is lost if it fails
     over: a drop or flush is acknowledged (200) only once a replica has it
@@ -1100,25 +1124,14 @@ def test_a_drop_and_a_flush_no_replica_confirmed_are_not_acknowledged_and_land_l
     once the replicas are back."""
     a, b = make_fleet(stub, sentinels, 2)
     users = ["unconfirmed-drop", "unconfirmed-flush"]
-    old = {}
-    for u in users:
-        old[u] = json.loads(a.token(u).body)["access_token"]
-        wait_for(lambda: b.token(u).header("x-cache") in ("shared", "hit"), timeout=5, interval=0.05,
-                 what="the token shared")
-    replicas = [n for n in sentinels.nodes if n is not sentinels.master and n.proc is not None]
-    assert len(replicas) == 2
-    for n in replicas:
-        n.stop_signal()
-    try:
+    old = {u: shared_token(a, b, u) for u in users}
+    with replicas_stopped(sentinels):
         d = a.request("DELETE", "/v1/token?user_id=unconfirmed-drop")
         assert d.status == 503 and d.json()["error"] == "drop_pending", d
         assert "no replica" in d.json()["error_description"]
         f = a.request("POST", "/v1/cache/flush")
         assert f.status == 503 and f.json()["error"] == "flush_pending", f
         assert metric(a.port, "tokend_shared_unreplicated_total") >= 2
-    finally:
-        for n in replicas:
-            n.cont()
     for u in users:
         wait_for(lambda: json.loads(b.token(u).body)["access_token"] != old[u], timeout=10, interval=0.05,
                  what=f"the unconfirmed drop or flush to reach the other host ({u})")
@@ -1141,22 +1154,13 @@ def test_a_revocation_whose_drop_no_replica_confirmed_is_revoked_at_once_but_not
     other host once the replicas are back, and the repeat is a 200."""
     a, b = make_fleet(stub, sentinels, 2)
     user = "unconfirmed-revoke"
-    tok = json.loads(a.token(user).body)["access_token"]
-    wait_for(lambda: b.token(user).header("x-cache") in ("shared", "hit"), timeout=5, interval=0.05,
-             what="the token shared")
-    replicas = [n for n in sentinels.nodes if n is not sentinels.master and n.proc is not None]
-    assert len(replicas) == 2
-    for n in replicas:
-        n.stop_signal()
-    try:
+    tok = shared_token(a, b, user)
+    with replicas_stopped(sentinels):
         r = a.request("DELETE", f"/v1/token?user_id={user}&revoke=true")
         assert r.status == 503 and r.json()["error"] == "drop_pending", r
         assert "Revoked at Instacart" in r.json()["error_description"], r
         assert r.header("retry-after") == "1", r
         assert stub.stats()["revoked_tokens"] == [tok], "not revoked at once"
-    finally:
-        for n in replicas:
-            n.cont()
     def other_token():  # a 503 dropped_while_fetching while the drop is sent again
         r = b.token(user)
         return r.status == 200 and json.loads(r.body)["access_token"] != tok

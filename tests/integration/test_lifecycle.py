@@ -695,17 +695,26 @@ def test_stop_hands_the_cache_over_and_the_next_start_mints_nothing(stub, notify
     sock.close()
 
 
+def revocation_pending(stub, notify, make_sd, user, status=503):
+    """A tokend under systemd whose revocation of user's token Instacart
+    refuses (status), kept as pending (503 revocation_pending); and the
+    token: (t, token)."""
+    t = make_sd(stub, notify)
+    notify.wait("READY", "1")
+    r = t.token(user)
+    assert r.status == 200, r
+    stub.fault(match_path="/v2/oauth/token/revoke", action="status", status=status, count=1000)
+    r2 = t.request("DELETE", f"/v1/token?user_id={user}&revoke=true")
+    assert r2.status == 503 and r2.json()["error"] == "revocation_pending", r2
+    return t, r.json()["access_token"]
+
+
 def test_a_revocation_instacart_has_not_taken_crosses_the_restart(stub, notify, make_sd):
     """A revocation Instacart refuses now is answered 503
     revocation_pending and tried again until it lands: a restart with the
     cache image (systemctl restart) carries it, and the next process
     revokes the token once Instacart takes revocations again."""
-    t = make_sd(stub, notify)
-    notify.wait("READY", "1")
-    tok = t.token("revoke-across").json()["access_token"]
-    stub.fault(match_path="/v2/oauth/token/revoke", action="status", status=503, count=1000)
-    r = t.request("DELETE", "/v1/token?user_id=revoke-across&revoke=true")
-    assert r.status == 503 and r.json()["error"] == "revocation_pending", r
+    t, tok = revocation_pending(stub, notify, make_sd, "revoke-across")
     fd = stop_and_take_cache(t, notify)
     assert "with 1 drop, flush or revocation not yet made" in t.log(), t.log()
     stub.reset()  # Instacart takes revocations again
@@ -721,12 +730,7 @@ def test_a_start_that_fails_after_taking_the_image_says_what_it_lost(stub, notif
     process reads it (systemd forgets the image) and then cannot start (its
     port is taken): the revocation is lost, and the log says so instead of
     saying it was taken up (found by an attack)."""
-    t = make_sd(stub, notify)
-    notify.wait("READY", "1")
-    assert t.token("lost-on-failed-start").status == 200
-    stub.fault(match_path="/v2/oauth/token/revoke", action="status", status=503, count=1000)
-    r = t.request("DELETE", "/v1/token?user_id=lost-on-failed-start&revoke=true")
-    assert r.status == 503 and r.json()["error"] == "revocation_pending", r
+    t, _ = revocation_pending(stub, notify, make_sd, "lost-on-failed-start")
     fd = stop_and_take_cache(t, notify)
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
@@ -749,12 +753,7 @@ def test_a_revocation_for_the_server_before_a_reload_is_said_lost_at_the_stop(st
     in the image (it is tied to the server in use): the stop says it is
     lost, not that it goes over (found by an attack)."""
     second = make_stub()
-    t = make_sd(stub, notify)
-    notify.wait("READY", "1")
-    assert t.token("moved-then-restarted").status == 200
-    stub.fault(match_path="/v2/oauth/token/revoke", action="status", status=500, count=1000)
-    r = t.request("DELETE", "/v1/token?user_id=moved-then-restarted&revoke=true")
-    assert r.status == 503 and r.json()["error"] == "revocation_pending", r
+    t, _ = revocation_pending(stub, notify, make_sd, "moved-then-restarted", status=500)
     t.sections["upstream"]["base_url"] = second.base_url
     t.write_config()
     before = t.log().count("reloaded ")
